@@ -1,0 +1,1 @@
+"""Pure architecture knowledge shared by the backends (no KVM, no I/O)."""

@@ -1,0 +1,1 @@
+"""arm64: register names, debug control registers, ESR decoding."""

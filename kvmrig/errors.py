@@ -1,0 +1,70 @@
+"""The one exception hierarchy of kvmrig.
+
+Every error a user can see is a subclass of KvmrigError and its str() is a
+message they can act on. Guest misbehaviour (wild jumps, triple faults, runaway
+loops) is *not* an exception: it is an outcome of the run, judged by the rig.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A place in a rig file: 1-based line and column, as editors count."""
+
+    path: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+class KvmrigError(Exception):
+    """Root of every error kvmrig raises on purpose."""
+
+
+class RigError(KvmrigError):
+    """Something is wrong in a rig file; the message names file:line:col."""
+
+    def __init__(self, message: str, mark: Mark | None = None, path: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+        self.path = mark.path if mark else path
+
+    def __str__(self) -> str:
+        if self.mark:
+            return f"{self.mark}: {self.message}"
+        if self.path:
+            return f"{self.path}: {self.message}"
+        return self.message
+
+
+class BackendError(KvmrigError):
+    """A backend could not do what the rig needs (not the guest's fault)."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot run here at all (no /dev/kvm, wrong host arch, ...)."""
+
+
+class KvmError(BackendError):
+    """An ioctl on /dev/kvm failed: names the call and the errno."""
+
+    def __init__(self, call: str, err: int, detail: str = ""):
+        self.call = call
+        self.errno = err
+        name = _errno.errorcode.get(err, str(err))
+        msg = f"{call} failed: {name} ({os.strerror(err)})"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+
+
+class UsageError(KvmrigError):
+    """Bad command-line use (exit status 2)."""

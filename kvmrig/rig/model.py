@@ -1,0 +1,242 @@
+"""The typed model of one rig file, as the user wrote it (after parsing values).
+
+Every object carries the Mark of the YAML node it came from so that later
+stages (image loading, symbol resolution, the runner) can still report
+`file:line:col` for what they find wrong. Addresses may name ELF symbols that
+are only known once images are read, so they stay `Address` until the machine
+layer resolves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmrig.errors import Mark
+
+ARCHES = ("x86_64", "arm64")
+BACKENDS = ("any", "kvm", "emu")
+EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout")
+# Exits that count as the guest finishing normally when a rig names no exit.
+NORMAL_EXITS = ("hlt", "exit-code", "system-off")
+X86_MODES = ("reset", "real", "protected", "long")
+ARM64_MODES = ("el1",)
+DEVICE_TYPES = ("serial", "pl011", "debugcon", "exit", "constant", "reset")
+ACCESS = ("read", "write", "access")
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Address:
+    """A guest address: a number, or `sym:name+off` resolved against ELF symbols."""
+
+    value: int | None
+    symbol: str | None
+    offset: int
+    mark: Mark
+
+    def __str__(self) -> str:
+        if self.symbol is None:
+            return hex(self.value or 0)
+        if self.offset:
+            sign = "+" if self.offset > 0 else "-"
+            return f"sym:{self.symbol}{sign}{abs(self.offset):#x}"
+        return f"sym:{self.symbol}"
+
+
+@dataclass(frozen=True)
+class Count:
+    """A hit or step count condition: exact `n`, `>=n`, `<=n` or a range."""
+
+    lo: int | None
+    hi: int | None
+    text: str
+    mark: Mark
+
+    def matches(self, n: int) -> bool:
+        return (self.lo is None or n >= self.lo) and (self.hi is None or n <= self.hi)
+
+
+@dataclass(frozen=True)
+class Region:
+    at: int
+    size: int
+    rom: bool
+    mark: Mark
+    name: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.at + self.size
+
+
+@dataclass(frozen=True)
+class Image:
+    """`file` (raw at `at`, or ELF when the file is one) or inline `hex` bytes."""
+
+    file: Path | None
+    data: bytes | None
+    at: int | None
+    mark: Mark
+    file_mark: Mark | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str
+    port: int | None
+    at: int | None
+    size: int | None
+    value: int | None
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class RegCheck:
+    """One expected register: exact value, masked value, or inclusive range."""
+
+    name: str
+    value: int | None
+    mask: int | None
+    lo: int | None
+    hi: int | None
+    mark: Mark
+
+    def matches(self, actual: int) -> bool:
+        if self.lo is not None or self.hi is not None:
+            return (self.lo is None or actual >= self.lo) and (self.hi is None or actual <= self.hi)
+        if self.mask is not None:
+            return (actual & self.mask) == ((self.value or 0) & self.mask)
+        return actual == self.value
+
+
+@dataclass(frozen=True)
+class MemCheck:
+    """Expected bytes at an address (from `hex:` or a little-endian `u8`..`u64`)."""
+
+    at: Address
+    data: bytes
+    form: str  # "hex", "u8", "u16", "u32", "u64"
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class MemWrite:
+    at: Address
+    data: bytes
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class StateCheck:
+    """What a breakpoint/watchpoint hit (or the end) must show."""
+
+    regs: tuple[RegCheck, ...] = ()
+    memory: tuple[MemCheck, ...] = ()
+    value: int | None = None  # watchpoints: the watched memory after the access
+    value_mark: Mark | None = None
+
+
+@dataclass(frozen=True)
+class StateSet:
+    """State changed at a hit (fault injection)."""
+
+    regs: tuple[tuple[str, int, Mark], ...] = ()
+    memory: tuple[MemWrite, ...] = ()
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    at: Address
+    kind: str  # "sw" | "hw"
+    hits: Count | None
+    on_hit: int | None
+    expect: StateCheck | None
+    set: StateSet | None
+    mark: Mark
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Watchpoint:
+    at: Address
+    len: int
+    access: str  # "read" | "write" | "access"
+    hits: Count | None
+    on_hit: int | None
+    expect: StateCheck | None
+    set: StateSet | None
+    mark: Mark
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class ConsoleCheck:
+    contains: tuple[str, ...] = ()
+    not_contains: tuple[str, ...] = ()
+    regex: tuple[str, ...] = ()
+    mark: Mark | None = None
+
+
+@dataclass(frozen=True)
+class Golden:
+    file: Path
+    ignore: tuple[str, ...]
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class Expect:
+    exit: str | None = None
+    exit_mark: Mark | None = None
+    exit_code: int | None = None
+    exit_code_mark: Mark | None = None
+    regs: tuple[RegCheck, ...] = ()
+    memory: tuple[MemCheck, ...] = ()
+    console: ConsoleCheck | None = None
+    port_writes: tuple[tuple[int, tuple[int, ...], Mark], ...] = ()
+    steps: Count | None = None
+    golden: Golden | None = None
+
+    @property
+    def wanted_exits(self) -> tuple[str, ...]:
+        """The exits that pass: the named one, or any normal end."""
+        if self.exit:
+            return (self.exit,)
+        if self.exit_code is not None:
+            return ("exit-code",)
+        return NORMAL_EXITS
+
+
+@dataclass(frozen=True)
+class Cpu:
+    mode: str
+    entry: Address | None
+    regs: tuple[tuple[str, int, Mark], ...]
+    tables_at: int | None  # x86: where the runner puts GDT and page tables
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class Rig:
+    path: Path
+    name: str
+    arch: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    backend: str = "any"
+    trace_max: int = 0
+    memory: tuple[Region, ...] = ()
+    images: tuple[Image, ...] = ()
+    devices: tuple[Device, ...] = ()
+    cpu: Cpu | None = None
+    breakpoints: tuple[Breakpoint, ...] = ()
+    watchpoints: tuple[Watchpoint, ...] = ()
+    expect: Expect = field(default_factory=Expect)
+    unclaimed_io: str = "record"  # extension: "record" | "stop" (exit `io`)
+    mark: Mark | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
