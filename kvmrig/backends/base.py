@@ -99,6 +99,14 @@ class Backend(ABC):
     def complete_read(self, data: bytes) -> None:
         """Answer the IO/MMIO read of the last event before the next run()."""
 
+    def get_pc(self) -> int:
+        """The program counter (cheaper than get_regs where a backend can)."""
+        from kvmrig.arch.traits import traits
+        return self.get_regs()[traits(self.arch).pc]
+
+    def reinject(self, event: Event) -> None:
+        """Hand a debug exception kvmrig did not cause back to the guest."""
+
     def describe_failure(self) -> str:
         """Extra text for a failure report (e.g. KVM's entry failure reason)."""
         return ""

@@ -1,0 +1,42 @@
+"""What the arch-neutral machine layer needs to know about each arch.
+
+One small record per arch, looked up by name, so the run loop has no
+if-chains on the arch: the software breakpoint instruction, the name of the
+program counter, and how a watched range splits over debug registers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Traits:
+    arch: str
+    pc: str                       # canonical name of the program counter
+    sw_break: bytes               # the instruction planted for `kind: sw`
+    split_watch: Callable[[int, int], list[tuple[int, int]]]  # (addr, len) -> pieces, one register each
+    hw_slots: tuple[int, int, bool]  # architectural (breakpoints, watchpoints, shared) when no backend says
+
+
+def _x86_split(addr: int, length: int) -> list[tuple[int, int]]:
+    from kvmrig.arch.x86_64.dr7 import split_watch
+    return list(split_watch(addr, length))
+
+
+def _arm64_split(addr: int, length: int) -> list[tuple[int, int]]:
+    from kvmrig.arch.arm64.debugregs import plan_watch
+    return [(p.start, p.length) for p in plan_watch(addr, length, "access")]
+
+
+TRAITS = {
+    # SDM vol.2: INT3 is the one-byte 0xCC; 4 debug address registers DR0-DR3 shared.
+    "x86_64": Traits("x86_64", "rip", b"\xcc", _x86_split, (4, 4, True)),
+    # Arm ARM C6.2.38: BRK #0 = 0xd4200000, little-endian; at least 2+2 debug registers.
+    "arm64": Traits("arm64", "pc", (0xD4200000).to_bytes(4, "little"), _arm64_split, (6, 4, False)),
+}
+
+
+def traits(arch: str) -> Traits:
+    return TRAITS[arch]

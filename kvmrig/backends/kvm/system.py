@@ -1,0 +1,519 @@
+"""Owning wrappers around the three KVM file descriptors: Kvm -> Vm -> Vcpu.
+
+Each object owns exactly one fd (the Vcpu also owns its kvm_run mapping), is
+a context manager, and closes deterministically: a parent closes its live
+children first, in reverse order of creation, then itself. close() is safe to
+call twice. A raw fd is wrapped in an owner the moment the syscall returns it,
+so an error in the next step cannot leak it.
+
+Every failing ioctl raises KvmError(call, errno) naming the ioctl (plus what
+it was asked to do, where that helps). Nothing here decides anything about a
+rig: the backend built on top reads exits and registers and maps them to
+events.
+
+Memory is not owned here: Vm.set_memory takes the address of host memory the
+caller owns (an mmap), which must stay mapped until the Vm is closed.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import mmap as _mmap
+import os
+import sys
+from typing import Iterable, Sequence
+
+from kvmrig.errors import BackendError, BackendUnavailable, KvmError
+
+from . import abi
+
+ffi = abi.ffi
+_ioctl = abi.libc.ioctl
+_ZERO = abi.ulong(0)
+
+
+def _call(fd: int, request: int, arg, call: str, detail: str = "") -> int:
+    """ioctl(fd, request, arg), retried on EINTR; KvmError(call, errno) on failure.
+
+    `arg` is cdata (a typed pointer or abi.ulong(n)). Not for KVM_RUN, where
+    EINTR is an answer rather than a hiccup.
+    """
+    while True:
+        r = _ioctl(fd, request, arg)
+        if r >= 0:
+            return r
+        err = ffi.errno
+        if err != _errno.EINTR:
+            raise KvmError(call, err, detail)
+
+
+class _Fd:
+    """Owns one file descriptor; close() is idempotent, GC closes a forgotten one."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _require(request, what: str) -> int:
+    if request is None:
+        raise BackendError(f"{what} does not exist on {abi.ARCH} hosts")
+    return request
+
+
+# ---------------------------------------------------------------------------
+
+# KVM_GET_SUPPORTED_CPUID walks every leaf the host supports: done once per
+# process (keyed by pid so a forked child asks again) and copied out.
+_cpuid_cache: tuple[int, bytes] | None = None
+
+
+class Kvm:
+    """/dev/kvm: the system fd. Checks the API version on open."""
+
+    def __init__(self, path: str = "/dev/kvm"):
+        self.path = path
+        self._fd: _Fd | None = None
+        self._vms: list[Vm] = []
+        try:
+            raw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BackendUnavailable(
+                f"{path} does not exist: this machine offers no KVM. Load the kvm_intel or "
+                "kvm_amd module, enable virtualization in the firmware, or (inside a VM) "
+                "enable nested virtualization; otherwise use the emulator backend") from None
+        except PermissionError:
+            raise BackendUnavailable(
+                f"no permission to open {path}: add your user to its group "
+                f"(usually 'kvm': sudo usermod -aG kvm $USER, then log in again) "
+                "or run as root") from None
+        except OSError as e:
+            raise BackendUnavailable(f"cannot open {path}: {e.strerror}") from None
+        self._fd = _Fd(raw)
+        try:
+            self.api_version = _call(raw, abi.KVM_GET_API_VERSION, _ZERO, "KVM_GET_API_VERSION")
+            if self.api_version != abi.KVM_API_VERSION:
+                raise BackendUnavailable(
+                    f"{path} speaks KVM API version {self.api_version}; kvmrig needs "
+                    f"{abi.KVM_API_VERSION}")
+            self.vcpu_mmap_size = _call(raw, abi.KVM_GET_VCPU_MMAP_SIZE, _ZERO,
+                                        "KVM_GET_VCPU_MMAP_SIZE")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def fd(self) -> int:
+        """The raw fd (-1 once closed)."""
+        return self._fd.fd if self._fd else -1
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on /dev/kvm: 0 if absent, else 1 or a cap-specific number."""
+        return _call(self.fd, abi.KVM_CHECK_EXTENSION, abi.ulong(cap), "KVM_CHECK_EXTENSION",
+                     f"capability {cap}")
+
+    def supported_cpuid(self):
+        """A fresh `struct kvm_cpuid2 *` (room for at least 256 entries, nent set)
+        holding KVM_GET_SUPPORTED_CPUID. The ioctl runs once per process;
+        each call returns its own copy, free to edit before Vcpu.set_cpuid2."""
+        global _cpuid_cache
+        pid = os.getpid()
+        if _cpuid_cache is None or _cpuid_cache[0] != pid:
+            _cpuid_cache = (pid, self._query_cpuid())
+        data = _cpuid_cache[1]
+        entry = ffi.sizeof("struct kvm_cpuid_entry2")
+        out = abi.new_cpuid2(max(abi.CPUID_MAX_ENTRIES, (len(data) - 8) // entry))
+        ffi.memmove(out, data, len(data))
+        return out
+
+    def _query_cpuid(self) -> bytes:
+        request = _require(abi.KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID")
+        capacity = abi.CPUID_MAX_ENTRIES
+        while True:
+            cpuid = abi.new_cpuid2(capacity)
+            try:
+                _call(self.fd, request, cpuid, "KVM_GET_SUPPORTED_CPUID")
+                break
+            except KvmError as e:
+                if e.errno != _errno.E2BIG or capacity >= 4096:
+                    raise
+                capacity *= 2  # never seen with 256, but the ABI allows it
+        size = ffi.offsetof("struct kvm_cpuid2", "entries") + \
+            cpuid.nent * ffi.sizeof("struct kvm_cpuid_entry2")
+        return bytes(ffi.buffer(cpuid, size))
+
+    def create_vm(self, machine_type: int = 0) -> Vm:
+        """KVM_CREATE_VM. `machine_type` 0 is the default (arm64: 40-bit IPA)."""
+        raw = _call(self.fd, abi.KVM_CREATE_VM, abi.ulong(machine_type), "KVM_CREATE_VM")
+        owned = _Fd(raw)
+        try:
+            vm = Vm(self, owned)
+        except BaseException:
+            owned.close()
+            raise
+        self._vms.append(vm)
+        return vm
+
+    def close(self) -> None:
+        """Close every live Vm (newest first), then /dev/kvm. Safe twice."""
+        while self._vms:
+            self._vms[-1].close()
+        if self._fd is not None:
+            self._fd.close()
+
+    def _forget(self, vm: Vm) -> None:
+        if vm in self._vms:
+            self._vms.remove(vm)
+
+    def __enter__(self) -> Kvm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Vm:
+    """A VM fd: memory slots, x86 boot addresses, vcpus.
+
+    Host memory given to set_memory stays owned by the caller, who must keep
+    it mapped until this Vm is closed (the kernel keeps using the address).
+    """
+
+    def __init__(self, kvm: Kvm, fd: _Fd):
+        self._kvm: Kvm | None = kvm
+        self._fd = fd
+        self._vcpus: list[Vcpu] = []
+        self.vcpu_mmap_size = kvm.vcpu_mmap_size
+        self._region = ffi.new("struct kvm_userspace_memory_region *")
+        self._u64 = ffi.new("uint64_t *")
+
+    @property
+    def fd(self) -> int:
+        return self._fd.fd
+
+    @property
+    def vcpus(self) -> tuple[Vcpu, ...]:
+        return tuple(self._vcpus)
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (KVM_CAP_CHECK_EXTENSION_VM): per-VM answers."""
+        return _call(self.fd, abi.KVM_CHECK_EXTENSION, abi.ulong(cap), "KVM_CHECK_EXTENSION",
+                     f"capability {cap}")
+
+    def set_memory(self, slot: int, gpa: int, size: int, host_addr: int,
+                   readonly: bool = False) -> None:
+        """KVM_SET_USER_MEMORY_REGION: back [gpa, gpa+size) with host memory at host_addr.
+
+        gpa, size and host_addr must be page aligned. readonly makes guest
+        writes exit as KVM_EXIT_MMIO (needs KVM_CAP_READONLY_MEM). size 0
+        deletes the slot. The caller keeps the memory mapped until close().
+        """
+        r = self._region
+        r.slot = slot
+        r.flags = abi.KVM_MEM_READONLY if readonly else 0
+        r.guest_phys_addr = gpa
+        r.memory_size = size
+        r.userspace_addr = host_addr
+        _call(self.fd, abi.KVM_SET_USER_MEMORY_REGION, r, "KVM_SET_USER_MEMORY_REGION",
+              f"slot {slot}, gpa {gpa:#x}, size {size:#x}{', read-only' if readonly else ''}")
+
+    def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR (x86, Intel): 3 pages of guest-physical space KVM
+        uses for real-mode emulation; must not overlap memory the guest uses."""
+        request = _require(abi.KVM_SET_TSS_ADDR, "KVM_SET_TSS_ADDR")
+        _call(self.fd, request, abi.ulong(addr), "KVM_SET_TSS_ADDR", f"address {addr:#x}")
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR (x86, Intel): one page for the EPT identity
+        map of real mode; call before creating vcpus."""
+        request = _require(abi.KVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR")
+        self._u64[0] = addr
+        _call(self.fd, request, self._u64, "KVM_SET_IDENTITY_MAP_ADDR", f"address {addr:#x}")
+
+    def arm_preferred_target(self):
+        """KVM_ARM_PREFERRED_TARGET (arm64): a `struct kvm_vcpu_init *` with the
+        target (and features zeroed) to pass to Vcpu.arm_vcpu_init."""
+        request = _require(abi.KVM_ARM_PREFERRED_TARGET, "KVM_ARM_PREFERRED_TARGET")
+        init = ffi.new("struct kvm_vcpu_init *")
+        _call(self.fd, request, init, "KVM_ARM_PREFERRED_TARGET")
+        return init
+
+    def create_vcpu(self, index: int = 0) -> Vcpu:
+        """KVM_CREATE_VCPU and map its kvm_run page."""
+        raw = _call(self.fd, abi.KVM_CREATE_VCPU, abi.ulong(index), "KVM_CREATE_VCPU",
+                    f"vcpu {index}")
+        owned = _Fd(raw)
+        try:
+            vcpu = Vcpu(self, owned, index, self.vcpu_mmap_size)
+        except BaseException:
+            owned.close()
+            raise
+        self._vcpus.append(vcpu)
+        return vcpu
+
+    def close(self) -> None:
+        """Close every live Vcpu (newest first), then the VM fd. Frees no memory
+        it does not own: guest RAM stays the caller's. Safe twice."""
+        while self._vcpus:
+            self._vcpus[-1].close()
+        self._fd.close()
+        if self._kvm is not None:
+            kvm, self._kvm = self._kvm, None
+            kvm._forget(self)
+
+    def _forget(self, vcpu: Vcpu) -> None:
+        if vcpu in self._vcpus:
+            self._vcpus.remove(vcpu)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _closed_run() -> int:
+    raise BackendError("KVM_RUN on a closed vcpu")
+
+
+class Vcpu:
+    """A vcpu fd and its mmap'd `struct kvm_run`.
+
+    `run_struct` is the shared kvm_run page: read exit details from it after
+    run(), write answers (io data, mmio.data, immediate_exit) into it before
+    the next run(). It is unmapped by close(): drop every reference first.
+
+    get_regs()/get_sregs() return one buffer per Vcpu, overwritten by the
+    next call; copy fields out (or ffi.new + memmove) to keep them.
+    """
+
+    def __init__(self, vm: Vm, fd: _Fd, index: int, mmap_size: int):
+        self._vm: Vm | None = vm
+        self._fd = fd
+        self.index = index
+        self._map_size = mmap_size
+        self._map = ffi.NULL
+        addr = abi.libc.mmap(ffi.NULL, mmap_size, _mmap.PROT_READ | _mmap.PROT_WRITE,
+                             _mmap.MAP_SHARED, fd.fd, 0)
+        if addr == abi.MAP_FAILED:
+            raise KvmError("mmap(kvm_run)", ffi.errno, f"vcpu {index}, {mmap_size} bytes")
+        self._map = addr
+        self.run_struct = ffi.cast("struct kvm_run *", addr)
+        # The whole mapping as bytes, for io_data(): created once, sliced per exit.
+        self._mem = memoryview(ffi.buffer(ffi.cast("char *", addr), mmap_size))
+
+        # Buffers reused by every call (no allocation per exit).
+        self._one = ffi.new("struct kvm_one_reg *")
+        self._one_buf = ffi.new("uint64_t[32]")  # 256 bytes: up to KVM_REG_SIZE_U2048
+        self._one.addr = int(ffi.cast("uintptr_t", self._one_buf))
+        self._debug = ffi.new("struct kvm_guest_debug *")
+        if abi.ARCH == "x86_64":
+            self._regs = ffi.new("struct kvm_regs *")
+            self._sregs = ffi.new("struct kvm_sregs *")
+            self._fpu = ffi.new("struct kvm_fpu *")
+        self.run = _make_runner(fd.fd, self.run_struct)
+
+    @property
+    def fd(self) -> int:
+        return self._fd.fd
+
+    # The hot path. run() is replaced per instance by a closure over locals
+    # (ioctl function, fd, request, argument, kvm_run pointer): one C call and
+    # one field read per exit, nothing allocated.
+    def run(self) -> int:  # pragma: no cover - shadowed in __init__
+        """KVM_RUN until the next exit; returns kvm_run.exit_reason.
+
+        If a signal interrupts it (or immediate_exit was set), returns
+        abi.KVM_EXIT_INTR without raising. Any other failure raises
+        KvmError("KVM_RUN", errno). Races: a signal that lands just before
+        the ioctl enters the kernel is missed; a timeout handler should also
+        set run_struct.immediate_exit = 1 (KVM_CAP_IMMEDIATE_EXIT) and the
+        caller clear it after the INTR exit.
+        """
+        raise NotImplementedError
+
+    def io_data(self) -> memoryview:
+        """The bytes of the current KVM_EXIT_IO: size * count bytes at
+        run->io.data_offset inside the mapping (writable: fill it to answer an IN)."""
+        io = self.run_struct.io
+        start = io.data_offset
+        return self._mem[start:start + io.size * io.count]
+
+    # -- x86 register state ---------------------------------------------------
+
+    def get_regs(self):
+        """KVM_GET_REGS into this Vcpu's reused `struct kvm_regs *`."""
+        _call(self.fd, _require(abi.KVM_GET_REGS, "KVM_GET_REGS"), self._regs, "KVM_GET_REGS")
+        return self._regs
+
+    def set_regs(self, regs) -> None:
+        """KVM_SET_REGS from a `struct kvm_regs *` (e.g. the one get_regs returned)."""
+        _call(self.fd, _require(abi.KVM_SET_REGS, "KVM_SET_REGS"), regs, "KVM_SET_REGS")
+
+    def get_sregs(self):
+        """KVM_GET_SREGS into this Vcpu's reused `struct kvm_sregs *`."""
+        _call(self.fd, _require(abi.KVM_GET_SREGS, "KVM_GET_SREGS"), self._sregs, "KVM_GET_SREGS")
+        return self._sregs
+
+    def set_sregs(self, sregs) -> None:
+        """KVM_SET_SREGS from a `struct kvm_sregs *`."""
+        _call(self.fd, _require(abi.KVM_SET_SREGS, "KVM_SET_SREGS"), sregs, "KVM_SET_SREGS")
+
+    def get_fpu(self):
+        """KVM_GET_FPU into this Vcpu's reused `struct kvm_fpu *`."""
+        _call(self.fd, _require(abi.KVM_GET_FPU, "KVM_GET_FPU"), self._fpu, "KVM_GET_FPU")
+        return self._fpu
+
+    def set_fpu(self, fpu) -> None:
+        """KVM_SET_FPU from a `struct kvm_fpu *`."""
+        _call(self.fd, _require(abi.KVM_SET_FPU, "KVM_SET_FPU"), fpu, "KVM_SET_FPU")
+
+    def set_cpuid2(self, cpuid) -> None:
+        """KVM_SET_CPUID2 from a `struct kvm_cpuid2 *` (nent entries are read)."""
+        _call(self.fd, _require(abi.KVM_SET_CPUID2, "KVM_SET_CPUID2"), cpuid, "KVM_SET_CPUID2",
+              f"{cpuid.nent} entries")
+
+    # -- debugging ------------------------------------------------------------
+
+    def set_guest_debug(self, control: int, debugreg: Sequence[int] | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG (x86 shape): control = KVM_GUESTDBG_* bits;
+        debugreg = [DR0, DR1, DR2, DR3, 0, 0, 0, DR7] (shorter lists are
+        zero-filled; read only with KVM_GUESTDBG_USE_HW_BP). control 0 turns
+        guest debugging off. On arm64 only debugreg=None is accepted."""
+        dbg = self._debug
+        ffi.memmove(dbg, bytes(ffi.sizeof(dbg[0])), ffi.sizeof(dbg[0]))
+        dbg.control = control
+        if debugreg:
+            if abi.ARCH != "x86_64":
+                raise BackendError("x86 debug registers given on an arm64 host")
+            if len(debugreg) > 8:
+                raise ValueError(f"{len(debugreg)} debug registers; x86 has DR0..DR7")
+            for i, value in enumerate(debugreg):
+                dbg.arch.debugreg[i] = value
+        _call(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, "KVM_SET_GUEST_DEBUG",
+              f"control {control:#x}")
+
+    def set_guest_debug_arm64(self, control: int, bcr: Sequence[int] = (), bvr: Sequence[int] = (),
+                              wcr: Sequence[int] = (), wvr: Sequence[int] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG (arm64 shape): DBGBCRn/DBGBVRn breakpoint and
+        DBGWCRn/DBGWVRn watchpoint pairs, slot n at index n (up to 16 each;
+        read only with KVM_GUESTDBG_USE_HW)."""
+        if abi.ARCH != "arm64":
+            raise BackendError("arm64 debug registers given on an x86_64 host")
+        dbg = self._debug
+        ffi.memmove(dbg, bytes(ffi.sizeof(dbg[0])), ffi.sizeof(dbg[0]))
+        dbg.control = control
+        for name, values in (("dbg_bcr", bcr), ("dbg_bvr", bvr), ("dbg_wcr", wcr), ("dbg_wvr", wvr)):
+            if len(values) > 16:
+                raise ValueError(f"{len(values)} values for {name}; arm64 has at most 16")
+            arr = getattr(dbg.arch, name)
+            for i, value in enumerate(values):
+                arr[i] = value
+        _call(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, "KVM_SET_GUEST_DEBUG",
+              f"control {control:#x}")
+
+    # -- ONE_REG (arm64 registers; some x86 ones) -----------------------------
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG: the register's value as an unsigned int of
+        KVM_REG_SIZE(id) bytes (16 for V registers)."""
+        one = self._one
+        one.id = reg_id
+        _call(self.fd, abi.KVM_GET_ONE_REG, one, "KVM_GET_ONE_REG", f"id {reg_id:#x}")
+        size = abi.reg_size(reg_id)
+        if size == 8:
+            return int(self._one_buf[0])
+        return int.from_bytes(ffi.buffer(self._one_buf, size), sys.byteorder)
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG with `value` as an unsigned int of KVM_REG_SIZE(id) bytes."""
+        size = abi.reg_size(reg_id)
+        if size > ffi.sizeof(self._one_buf):
+            raise ValueError(f"register id {reg_id:#x} is {size} bytes; kvmrig handles 256 at most")
+        if not 0 <= value < 1 << (8 * size):
+            raise ValueError(f"{value:#x} does not fit register {reg_id:#x} ({size} bytes)")
+        one = self._one
+        one.id = reg_id
+        if size == 8:
+            self._one_buf[0] = value
+        else:
+            ffi.memmove(self._one_buf, value.to_bytes(size, sys.byteorder), size)
+        _call(self.fd, abi.KVM_SET_ONE_REG, one, "KVM_SET_ONE_REG", f"id {reg_id:#x}")
+
+    def arm_vcpu_init(self, target: int, features: Iterable[int] = ()) -> None:
+        """KVM_ARM_VCPU_INIT (arm64, before the first run): `features` are bit
+        numbers (abi.KVM_ARM_VCPU_PSCI_0_2, ...)."""
+        request = _require(abi.KVM_ARM_VCPU_INIT, "KVM_ARM_VCPU_INIT")
+        init = ffi.new("struct kvm_vcpu_init *")
+        init.target = target
+        for bit in features:
+            if not 0 <= bit < 32 * 7:
+                raise ValueError(f"vcpu feature bit {bit} out of range")
+            init.features[bit // 32] |= 1 << (bit % 32)
+        _call(self.fd, request, init, "KVM_ARM_VCPU_INIT", f"target {target}")
+
+    # -- lifetime ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap kvm_run, close the vcpu fd. Safe twice."""
+        self.run = _closed_run
+        self.run_struct = None
+        if self._map != ffi.NULL:
+            try:
+                self._mem.release()
+            except BufferError:  # someone holds a raw export; unmap regardless
+                pass
+            addr, self._map = self._map, ffi.NULL
+            abi.libc.munmap(addr, self._map_size)
+        self._fd.close()
+        if self._vm is not None:
+            vm, self._vm = self._vm, None
+            vm._forget(self)
+
+    def __del__(self) -> None:
+        # Safety net only: unmapping must not wait for the GC in normal use.
+        try:
+            if getattr(self, "_map", ffi.NULL) != ffi.NULL:
+                self._mem.release()
+                abi.libc.munmap(self._map, self._map_size)
+                self._map = ffi.NULL
+        except Exception:
+            pass
+
+    def __enter__(self) -> Vcpu:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _make_runner(fd: int, run_struct):
+    """The per-Vcpu KVM_RUN closure (see Vcpu.run for its contract)."""
+    ioctl = _ioctl
+    request = abi.KVM_RUN
+    arg = _ZERO
+    intr = abi.KVM_EXIT_INTR
+    eintr = _errno.EINTR
+
+    def run() -> int:
+        if ioctl(fd, request, arg) < 0:
+            err = ffi.errno
+            if err == eintr:
+                return intr
+            raise KvmError("KVM_RUN", err)
+        return run_struct.exit_reason
+
+    run.__doc__ = Vcpu.run.__doc__
+    return run

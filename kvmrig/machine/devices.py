@@ -1,0 +1,223 @@
+"""The devices a rig declares, and the bus that routes port I/O and MMIO to them.
+
+Devices answer reads with an int and take writes; ending the run is a Stop
+raised from a write. Anything no device claims follows the contract: port reads
+give 0xff (an empty ISA bus), port writes are recorded (POST codes), MMIO ends
+the run with exit `mmio`.
+"""
+
+from __future__ import annotations
+
+from kvmrig.machine.outcome import Outcome, Stop, num
+from kvmrig.rig.model import Device
+
+# Bytes of port or MMIO space each device type occupies (constant: its `size`).
+PORT_SPAN = {"serial": 8, "debugcon": 1, "exit": 1, "constant": 1, "reset": 1}
+MMIO_SPAN = {"pl011": 0x1000, "exit": 8, "reset": 8}
+
+
+def _mask(size: int) -> int:
+    return (1 << (8 * size)) - 1
+
+
+class Console:
+    """Everything the guest printed, across all console devices, in order."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def put(self, byte: int) -> None:
+        self.data.append(byte & 0xFF)
+
+
+class Dev:
+    """Base device: reads 0, writes ignored."""
+
+    def __init__(self, spec: Device, console: Console, outcome: Outcome):
+        self.spec = spec
+        self.console = console
+        self.outcome = outcome
+        self.base = spec.port if spec.port is not None else spec.at
+        self.name = f"{spec.type}@{self.base:#x}"
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+
+class Serial16550(Dev):
+    """Enough of a 16550 for polled output and the usual presence probes."""
+
+    LSR_READY = 0x60  # THRE | TEMT: transmitter empty, nothing received
+
+    def __init__(self, spec: Device, console: Console, outcome: Outcome):
+        super().__init__(spec, console, outcome)
+        self.regs = [0] * 8  # IER, IIR/FCR, LCR, MCR, LSR, MSR, SCR by offset
+        self.dll = self.dlm = 0
+
+    def read(self, offset: int, size: int) -> int:
+        dlab = self.regs[3] & 0x80
+        if offset == 0:
+            return self.dll if dlab else 0  # RBR: no input
+        if offset == 1:
+            return self.dlm if dlab else self.regs[1]
+        if offset == 2:
+            return 0xC1 if self.regs[2] & 1 else 0x01  # IIR: no interrupt pending (+FIFO bits)
+        if offset == 5:
+            return self.LSR_READY
+        if offset == 6:
+            mcr = self.regs[4]
+            if mcr & 0x10:  # loopback: CTS<-RTS, DSR<-DTR, RI<-OUT1, DCD<-OUT2
+                return ((mcr & 2) << 3) | ((mcr & 1) << 5) | ((mcr & 4) << 4) | ((mcr & 8) << 4)
+            return 0xB0  # DCD, DSR, CTS
+        return self.regs[offset]
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        value &= 0xFF
+        dlab = self.regs[3] & 0x80
+        if offset == 0:
+            if dlab:
+                self.dll = value
+            elif not self.regs[4] & 0x10:
+                self.console.put(value)
+        elif offset == 1 and dlab:
+            self.dlm = value
+        elif offset not in (5, 6):
+            self.regs[offset] = value
+
+
+class Debugcon(Dev):
+    """Byte written = byte printed; reads return 0xe9, which firmware probes for."""
+
+    def read(self, offset: int, size: int) -> int:
+        return 0xE9
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.console.put(value)
+
+
+class Pl011(Dev):
+    """PL011 UART (Arm DDI 0183): DR prints, FR says transmit FIFO empty."""
+
+    ID = {0xFE0: 0x11, 0xFE4: 0x10, 0xFE8: 0x14, 0xFEC: 0x00,
+          0xFF0: 0x0D, 0xFF4: 0xF0, 0xFF8: 0x05, 0xFFC: 0xB1}
+
+    def __init__(self, spec: Device, console: Console, outcome: Outcome):
+        super().__init__(spec, console, outcome)
+        self.regs: dict[int, int] = {0x30: 0x300}  # CR: TXE | RXE
+
+    def read(self, offset: int, size: int) -> int:
+        if offset == 0x18:
+            return 0x90  # FR: TXFE | RXFE, not busy, not full
+        if offset in self.ID:
+            return self.ID[offset]
+        if offset == 0x00:
+            return 0
+        return self.regs.get(offset, 0)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == 0x00:
+            self.console.put(value)
+        else:
+            self.regs[offset] = value
+
+
+class ExitDevice(Dev):
+    """A write of V ends the run with exit code V."""
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        raise Stop("exit-code", value, f"exit device {self.name} written with {num(value)}")
+
+
+class ResetDevice(Dev):
+    """kvmrig extension: any write ends the run with exit `reset`."""
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        raise Stop("reset", None, f"reset device {self.name} written with {num(value)}")
+
+
+class Constant(Dev):
+    """Reads return `value` (cut to the access width); writes are recorded."""
+
+    def read(self, offset: int, size: int) -> int:
+        return (self.spec.value or 0) & _mask(size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.outcome.device_writes.append((self.name, self.base + offset, size, value))
+
+
+KINDS = {
+    "serial": Serial16550, "debugcon": Debugcon, "pl011": Pl011,
+    "exit": ExitDevice, "reset": ResetDevice, "constant": Constant,
+}
+
+
+def span(spec: Device) -> int:
+    if spec.port is not None:
+        return PORT_SPAN[spec.type]
+    if spec.type == "constant":
+        return spec.size or 4
+    return MMIO_SPAN[spec.type]
+
+
+class Bus:
+    """Routes port I/O and MMIO to devices; applies the unclaimed-access rules."""
+
+    def __init__(self, specs: tuple[Device, ...], outcome: Outcome, unclaimed_io: str = "record"):
+        self.console = Console()
+        self.outcome = outcome
+        self.unclaimed_io = unclaimed_io
+        self.ports: dict[int, tuple[Dev, int]] = {}
+        self.mmio: list[tuple[int, int, Dev]] = []
+        for spec in specs:
+            dev = KINDS[spec.type](spec, self.console, outcome)
+            if spec.port is not None:
+                for off in range(span(spec)):
+                    self.ports[spec.port + off] = (dev, off)
+            else:
+                assert spec.at is not None
+                self.mmio.append((spec.at, spec.at + span(spec), dev))
+
+    # Port I/O -----------------------------------------------------------
+    def port_read(self, port: int, size: int) -> int:
+        hit = self.ports.get(port)
+        if hit is None:
+            if self.unclaimed_io == "stop":
+                raise Stop("io", None, f"read of {size} byte(s) from unclaimed port {port:#x}")
+            return _mask(size)  # empty ISA bus: all ones
+        dev, off = hit
+        return dev.read(off, size) & _mask(size)
+
+    def port_write(self, port: int, size: int, value: int) -> None:
+        hit = self.ports.get(port)
+        if hit is None:
+            if self.unclaimed_io == "stop":
+                raise Stop("io", None, f"write of {num(value)} ({size} byte(s)) to unclaimed port {port:#x}")
+            self.outcome.port_writes.append((port, size, value))
+            return
+        dev, off = hit
+        dev.write(off, size, value)
+
+    # MMIO -----------------------------------------------------------------
+    def find_mmio(self, addr: int) -> tuple[Dev, int] | None:
+        for start, end, dev in self.mmio:
+            if start <= addr < end:
+                return dev, addr - start
+        return None
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        hit = self.find_mmio(addr)
+        if hit is None:
+            raise Stop("mmio", None, f"MMIO read of {size} byte(s) at {addr:#x}: no memory region or device there")
+        dev, off = hit
+        return dev.read(off, size) & _mask(size)
+
+    def mmio_write(self, addr: int, size: int, value: int, rom: bool = False) -> None:
+        hit = self.find_mmio(addr)
+        if hit is None:
+            what = "a ROM region (read-only)" if rom else "no memory region or device there"
+            raise Stop("mmio", None, f"MMIO write of {num(value)} ({size} byte(s)) at {addr:#x}: {what}")
+        dev, off = hit
+        dev.write(off, size, value)

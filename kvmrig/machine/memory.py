@@ -1,0 +1,83 @@
+"""Guest-physical memory: one host mapping per declared region.
+
+The machine layer owns the bytes; backends only map them (KVM points a
+memory slot at the mapping, the emulator maps the same pointer), so images,
+expectations and breakpoint patching all read and write one copy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+from dataclasses import dataclass
+
+from kvmrig.rig.model import Region
+
+
+class OutsideMemory(LookupError):
+    """An address range that no region backs."""
+
+
+@dataclass
+class Backing:
+    region: Region
+    buf: mmap.mmap
+
+    @property
+    def start(self) -> int:
+        return self.region.at
+
+    @property
+    def end(self) -> int:
+        return self.region.end
+
+
+class Memory:
+    """The guest's RAM and ROM, zeroed at creation."""
+
+    def __init__(self, regions: tuple[Region, ...] | list[Region]):
+        self.backings: list[Backing] = []
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        try:
+            for region in sorted(regions, key=lambda r: r.at):
+                self.backings.append(Backing(region, mmap.mmap(-1, region.size, flags=flags)))
+        except BaseException:
+            self.close()
+            raise
+        self._starts = [b.start for b in self.backings]
+
+    def find(self, addr: int) -> Backing | None:
+        """The backing that holds `addr`, or None."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and addr < self.backings[i].end:
+            return self.backings[i]
+        return None
+
+    def _span(self, addr: int, length: int) -> tuple[Backing, int]:
+        b = self.find(addr)
+        if b is None or addr + length > b.end:
+            raise OutsideMemory(f"{addr:#x}..{addr + length:#x} is not inside one memory region")
+        return b, addr - b.start
+
+    def contains(self, addr: int, length: int) -> bool:
+        b = self.find(addr)
+        return b is not None and addr + length <= b.end
+
+    def read(self, addr: int, length: int) -> bytes:
+        b, off = self._span(addr, length)
+        return b.buf[off:off + length]
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write guest memory from the host side (ROM included: this is the loader)."""
+        b, off = self._span(addr, len(data))
+        b.buf[off:off + len(data)] = data
+
+    def close(self) -> None:
+        for b in self.backings:
+            try:
+                b.buf.close()
+            except BufferError:
+                # A backend still holds a pointer into it; the mapping goes with the process.
+                pass
+        self.backings = []
+        self._starts = []

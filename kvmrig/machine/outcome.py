@@ -1,0 +1,78 @@
+"""What a run produced: how it ended, what it printed, what the checks found.
+
+These records cross the process boundary (workers pickle them to the parent),
+so they hold plain data only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvmrig.errors import Mark
+
+
+class Stop(Exception):
+    """Raised by a device or the debug model to end the run (control flow only)."""
+
+    def __init__(self, exit: str, code: int | None = None, detail: str = ""):
+        super().__init__(exit, code, detail)
+        self.exit = exit
+        self.code = code
+        self.detail = detail
+
+
+def num(value: int) -> str:
+    """A number as firmware people read it: hex and decimal."""
+    if -10 < value < 10:
+        return str(value)
+    if value < 0:
+        return f"-{-value:#x} ({value})"
+    return f"{value:#x} ({value})"
+
+
+@dataclass
+class Failure:
+    """One failed check: what, expected, actual, and where the rig asked for it."""
+
+    what: str
+    expected: str
+    actual: str
+    mark: Mark | None = None
+
+    def __str__(self) -> str:
+        where = f" [{self.mark.path.rsplit('/', 1)[-1]}:{self.mark.line}]" if self.mark else ""
+        return f"{self.what}: expected {self.expected}, got {self.actual}{where}"
+
+
+@dataclass
+class Hit:
+    """One breakpoint or watchpoint hit, for the report."""
+
+    point: str      # "breakpoint[0] sym:loop (0x1010)" style label
+    number: int     # 1-based hit count of that point
+    pc: int
+    addr: int | None = None
+    regs: dict[str, int] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """The result of running one rig on one backend."""
+
+    exit: str
+    exit_code: int | None = None
+    detail: str = ""
+    backend: str = ""
+    regs: dict[str, int] = field(default_factory=dict)
+    console: bytes = b""
+    port_writes: list[tuple[int, int, int]] = field(default_factory=list)   # (port, size, value)
+    device_writes: list[tuple[str, int, int, int]] = field(default_factory=list)  # (device, addr, size, value)
+    hits: list[Hit] = field(default_factory=list)
+    hit_counts: dict[str, int] = field(default_factory=dict)
+    steps: int | None = None
+    trace: list[int] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    exits: int = 0      # vCPU exits handled (for benchmarks and reports)
+    seconds: float = 0.0

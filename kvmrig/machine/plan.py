@@ -1,0 +1,73 @@
+"""Everything about a rig that can be known without a VM.
+
+`prepare` reads images and symbols, resolves every address, checks placement,
+plans debug registers and the boot state. `kvmrig validate` stops here; a run
+builds on the plan, so a rig that validates cannot fail for these reasons later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvmrig.arch.traits import Traits, traits
+from kvmrig.errors import RigError
+from kvmrig.machine import boot
+from kvmrig.machine.debug import DebugPlan
+from kvmrig.machine.images import LoadedImage, Symbols, check_placement, load_images
+from kvmrig.rig.model import Address, Rig
+
+
+@dataclass
+class Plan:
+    rig: Rig
+    images: list[LoadedImage]
+    symbols: Symbols
+    entry: int
+    traits: Traits
+    boot: Any  # boot.BootPlan
+
+    def resolve(self, addr: Address) -> int:
+        return self.symbols.resolve(addr)
+
+
+def _entry(rig: Rig, images: list[LoadedImage], symbols: Symbols) -> int:
+    if rig.cpu is not None and rig.cpu.entry is not None:
+        return symbols.resolve(rig.cpu.entry)
+    for img in images:
+        if img.entry is not None:
+            return img.entry
+    if images:
+        return images[0].segments[0][0]
+    return 0
+
+
+def _all_addresses(rig: Rig):
+    """Every Address in the rig, so unknown symbols fail at prepare time."""
+    checks = [rig.expect]
+    for point in (*rig.breakpoints, *rig.watchpoints):
+        yield point.at
+        if point.expect:
+            checks.append(point.expect)
+        if point.set:
+            yield from (m.at for m in point.set.memory)
+    for check in checks:
+        yield from (m.at for m in check.memory)
+
+
+def prepare(rig: Rig) -> Plan:
+    """Load and resolve everything; raise RigError (file:line:col) on any problem."""
+    images = load_images(rig)
+    check_placement(rig, images)
+    symbols = Symbols(images)
+    for addr in _all_addresses(rig):
+        symbols.resolve(addr)
+    entry = _entry(rig, images, symbols)
+    arch = traits(rig.arch)
+    plan = Plan(rig, images, symbols, entry, arch, None)
+    plan.boot = boot.plan_boot(plan)
+    if not any(r.at <= plan.boot.first_pc < r.end for r in rig.memory):
+        mark = rig.cpu.entry.mark if rig.cpu and rig.cpu.entry else (rig.cpu.mark if rig.cpu else rig.mark)
+        raise RigError(f"the CPU starts at {plan.boot.first_pc:#x}, which is not inside any memory region", mark)
+    DebugPlan(rig, arch, symbols.resolve)  # raises if the arch's debug registers cannot hold the rig's points
+    return plan

@@ -1,0 +1,216 @@
+"""Running one prepared rig on one backend: the per-exit loop.
+
+The loop turns backend events into device accesses, breakpoint hits and the
+end of the run; it is the hot path (one turn per VM exit), so each event kind
+is dispatched once and nothing is computed that the rig did not ask for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kvmrig.arch import registers
+from kvmrig.backends import base
+from kvmrig.backends.base import Backend, Event
+from kvmrig.machine.debug import MAX_HIT_RECORDS, DebugPlan, Point, SwPatches
+from kvmrig.machine.devices import Bus
+from kvmrig.machine.expect import check_end, check_state
+from kvmrig.machine.memory import Memory
+from kvmrig.machine.outcome import Hit, Outcome, Stop
+from kvmrig.machine.plan import Plan
+
+
+def apply_regs(backend: Backend, arch: str, values: tuple[tuple[str, int, object], ...]) -> None:
+    """Set user-named registers, merging sub-registers (eax, w0) into their full register."""
+    if not values:
+        return
+    current = backend.get_regs()
+    update: dict[str, int] = {}
+    for name, value, _mark in values:
+        field = registers.lookup(arch, name)
+        assert field is not None  # the rig layer rejected unknown names
+        full = update.get(field.reg, current.get(field.reg, 0))
+        update[field.reg] = registers.insert(full, value, field.shift, field.width)
+    backend.set_regs(update)
+
+
+class Session:
+    """One run: memory, devices, debug state and the loop over events."""
+
+    def __init__(self, plan: Plan, backend: Backend, memory: Memory):
+        self.plan = plan
+        self.rig = plan.rig
+        self.backend = backend
+        self.memory = memory
+        self.outcome = Outcome(exit="?", backend=backend.name)
+        self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io)
+        self.debug = DebugPlan(self.rig, plan.traits, plan.resolve, backend.hw_debug_slots())
+        self.patches = SwPatches(memory, plan.traits.sw_break)
+        self.user_step = self.rig.trace_max > 0 or self.rig.expect.steps is not None
+        self.stepping_over: int | None = None
+        self.steps = 0
+
+    # Setup ---------------------------------------------------------------
+    def setup(self) -> None:
+        for img in self.plan.images:
+            for addr, body in img.segments:
+                self.memory.write(addr, body)
+        for addr, data in self.plan.boot.writes:
+            self.memory.write(addr, data)
+        for b in self.memory.backings:
+            self.backend.map_memory(b.start, b.buf, b.region.rom)
+        self.backend.set_initial_state(self.plan.boot.state)
+        if self.rig.cpu is not None:
+            apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
+        for addr in self.debug.sw:
+            self.patches.plant(addr)
+        self._arm(self.user_step)
+        if self.user_step and self.rig.trace_max:
+            self.outcome.trace.append(self.plan.boot.first_pc)
+
+    def _arm(self, single_step: bool) -> None:
+        if self.debug.slots or self.debug.any_sw or single_step:
+            self.backend.set_debug(self.debug.slots, single_step, self.debug.any_sw)
+
+    # The loop --------------------------------------------------------------
+    def run(self) -> Outcome:
+        started = time.monotonic()
+        deadline = started + self.rig.timeout
+        backend, bus, outcome = self.backend, self.bus, self.outcome
+        exits = 0
+        try:
+            self.setup()
+            while True:
+                ev = backend.run(deadline)
+                exits += 1
+                kind = ev.kind
+                if kind == base.IO:
+                    self._io(ev)
+                elif kind == base.MMIO:
+                    self._mmio(ev)
+                elif kind == base.DEBUG:
+                    self._debug(ev)
+                elif kind == base.HALT:
+                    raise Stop("hlt", None, f"hlt at {ev.pc:#x}")
+                elif kind == base.SHUTDOWN:
+                    raise Stop("shutdown", None, ev.detail or "triple fault: the CPU shut down")
+                elif kind == base.SYSTEM:
+                    exit = {"off": "system-off", "reset": "reset"}.get(ev.detail, "unhandled")
+                    raise Stop(exit, None, f"system event {ev.detail}")
+                elif kind == base.TIMEOUT:
+                    raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
+                else:
+                    raise Stop("unhandled", None, ev.detail or f"backend stopped: {ev.raw!r}")
+        except Stop as stop:
+            outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
+            if self.user_step and stop.exit != "timeout":
+                self.steps += 1  # the instruction that ended the run
+        outcome.exits = exits
+        outcome.seconds = time.monotonic() - started
+        self._finish()
+        return outcome
+
+    def _io(self, ev: Event) -> None:
+        size, bus = ev.size, self.bus
+        if ev.write:
+            data = ev.data
+            for i in range(ev.count):
+                bus.port_write(ev.addr, size, int.from_bytes(data[i * size:(i + 1) * size], "little"))
+        else:
+            out = b"".join(bus.port_read(ev.addr, size).to_bytes(size, "little") for _ in range(ev.count))
+            self.backend.complete_read(out)
+
+    def _mmio(self, ev: Event) -> None:
+        if ev.write:
+            value = int.from_bytes(ev.data[:ev.size], "little")
+            self.bus.mmio_write(ev.addr, ev.size, value, rom=self.memory.find(ev.addr) is not None)
+        else:
+            self.backend.complete_read(self.bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little"))
+
+    # Debug ---------------------------------------------------------------
+    def _debug(self, ev: Event) -> None:
+        cause = ev.detail
+        if cause == "step":
+            if self.stepping_over is not None:
+                self.patches.plant(self.stepping_over)
+                self.stepping_over = None
+                if not self.user_step:
+                    self._arm(False)
+            if self.user_step:
+                self.steps += 1
+                if len(self.outcome.trace) < self.rig.trace_max:
+                    self.outcome.trace.append(ev.pc)
+            return
+        if cause == "sw":
+            points = self.debug.sw.get(ev.pc)
+            if not points:
+                self._foreign(ev, "a software breakpoint the rig did not plant")
+                return
+            for point in points:
+                self._hit(point, ev)
+            if self.backend.get_pc() == ev.pc:   # unless `set` moved the pc: step over it
+                self.patches.lift(ev.pc)
+                self.stepping_over = ev.pc
+                if not self.user_step:
+                    self._arm(True)
+            return
+        if cause in ("hw", "watch") and 0 <= ev.slot < len(self.debug.slot_owner):
+            self._hit(self.debug.slot_owner[ev.slot], ev)
+            return
+        self._foreign(ev, f"a debug exit kvmrig did not cause ({cause})")
+
+    def _foreign(self, ev: Event, what: str) -> None:
+        self.outcome.notes.append(f"{what} at pc {ev.pc:#x}: handed back to the guest")
+        self.backend.reinject(ev)
+
+    def _hit(self, point: Point, ev: Event) -> None:
+        point.hits += 1
+        spec = point.spec
+        applies = point.applies()
+        hit = Hit(point.label, point.hits, ev.pc, ev.addr if point.is_watch else None)
+        if applies and (spec.expect is not None or spec.set is not None):
+            regs = self.backend.get_regs()
+            if spec.expect is not None:
+                watched = (point.addr, point.length) if point.is_watch else None
+                hit.failures = check_state(self.rig.arch, f"{point.label}, hit {point.hits}: ", spec.expect,
+                                           regs, self.patches.view, self.plan.resolve, watched)
+                self.outcome.failures.extend(hit.failures)
+                hit.regs = {c.name: v for c in spec.expect.regs
+                            if (v := _reg(self.rig.arch, regs, c.name)) is not None}
+            if spec.set is not None:
+                apply_regs(self.backend, self.rig.arch, spec.set.regs)
+                for write in spec.set.memory:
+                    self.memory.write(self.plan.resolve(write.at), write.data)
+        if point.hits <= MAX_HIT_RECORDS or hit.failures:
+            self.outcome.hits.append(hit)
+
+    # End -------------------------------------------------------------------
+    def _finish(self) -> None:
+        outcome, rig = self.outcome, self.rig
+        try:
+            outcome.regs = self.backend.get_regs()
+        except Exception as e:  # a dead vCPU must not hide the verdict
+            outcome.notes.append(f"could not read the final registers: {e}")
+        self.patches.lift_all()
+        outcome.console = bytes(self.bus.console.data)
+        outcome.hit_counts = self.debug.hit_counts()
+        if self.user_step:
+            outcome.steps = self.steps
+        outcome.failures.extend(self.debug.count_failures())
+        outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
+
+
+def _reg(arch: str, regs: dict[str, int], name: str) -> int | None:
+    from kvmrig.machine.expect import reg_value
+    return reg_value(arch, regs, name)
+
+
+def execute(plan: Plan, make_backend: Callable[[], Backend]) -> Outcome:
+    """Run a prepared rig on a fresh backend; everything is released on return."""
+    memory = Memory(plan.rig.memory)
+    try:
+        with make_backend() as backend:
+            return Session(plan, backend, memory).run()
+    finally:
+        memory.close()

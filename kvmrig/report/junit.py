@@ -1,0 +1,59 @@
+"""JUnit XML (via the junit-xml package), written atomically.
+
+One <testcase> per rig: named by the rig's name, classname by its folder;
+<failure> lists every failed check as expected vs actual; the console goes to
+<system-out>; rig file errors are <error>; rigs not run are <skipped>.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from junit_xml import TestCase, TestSuite, to_xml_report_string
+
+from kvmrig.report.terminal import failure_lines
+from kvmrig.runner import ERROR, FAILED, SKIPPED, RigResult
+
+
+def _case(result: RigResult) -> TestCase:
+    out = result.outcome
+    stdout = out.console.decode("utf-8", errors="replace") if out else None
+    case = TestCase(result.name, classname=result.classname, elapsed_sec=result.seconds,
+                    stdout=stdout, file=result.path)
+    if result.status == FAILED:
+        lines = failure_lines(result)
+        first = lines[0] if lines else "failed"
+        case.add_failure_info(message=first, output="\n".join(lines))
+    elif result.status == ERROR:
+        case.add_error_info(message=result.message.splitlines()[0] if result.message else "error",
+                            output=result.message)
+    elif result.status == SKIPPED:
+        case.add_skipped_info(message=result.message or "skipped")
+    return case
+
+
+def junit_xml(results: list[RigResult], suite_name: str = "kvmrig") -> str:
+    cases = [_case(r) for r in results]
+    backends = sorted({r.backend for r in results if r.backend})
+    props = {"backends": ",".join(backends)} if backends else None
+    return to_xml_report_string([TestSuite(suite_name, cases, properties=props)])
+
+
+def write_junit(path: str | Path, results: list[RigResult]) -> None:
+    """Write the report so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = junit_xml(results)
+    fd, tmp = tempfile.mkstemp(prefix=".junit-", suffix=".xml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

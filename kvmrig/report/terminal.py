@@ -1,0 +1,96 @@
+"""What a person sees: a line per rig (or a progress line), failure details,
+and a summary like pytest's."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from typing import TextIO
+
+from kvmrig.machine.outcome import num
+from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+
+WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR", SKIPPED: "SKIP"}
+COLOR = {PASSED: "32", FAILED: "31", ERROR: "31", SKIPPED: "33"}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def failure_lines(result: RigResult) -> list[str]:
+    """Every failed check of a rig, then where the guest stopped."""
+    out = result.outcome
+    if out is None:
+        return [result.message] if result.message else []
+    lines = [str(f) for f in out.failures]
+    end = f"exit {out.exit}" + (f" (code {num(out.exit_code)})" if out.exit_code is not None else "")
+    if out.detail:
+        end += f": {out.detail}"
+    pc = out.regs.get("rip", out.regs.get("pc"))
+    if pc is not None:
+        end += f"; final pc {pc:#x}"
+    lines.append(end)
+    lines.extend(f"note: {n}" for n in out.notes)
+    lines.extend(result.details)
+    return lines
+
+
+class Terminal:
+    """Prints results as they arrive; verbosity -1 (quiet), 0, 1 (verbose)."""
+
+    def __init__(self, stream: TextIO = sys.stdout, verbosity: int = 0, color: bool | None = None):
+        self.stream = stream
+        self.verbosity = verbosity
+        self.color = stream.isatty() if color is None else color
+        self.count = 0
+        self.total = 0
+
+    def _paint(self, status: str, text: str) -> str:
+        return f"\x1b[{COLOR[status]}m{text}\x1b[0m" if self.color else text
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def result(self, result: RigResult) -> None:
+        self.count += 1
+        if self.verbosity < 0:
+            mark = {PASSED: ".", FAILED: "F", ERROR: "E", SKIPPED: "s"}[result.status]
+            self.stream.write(self._paint(result.status, mark))
+            if self.count == self.total or self.count % 80 == 0:
+                self.stream.write(f" [{self.count}/{self.total}]\n")
+            self.stream.flush()
+            return
+        where = f"{result.path}::{result.name}"
+        info = [x for x in (result.backend, _ms(result.seconds)) if x]
+        line = f"{self._paint(result.status, WORD[result.status]):5} {where} ({', '.join(info)})"
+        if result.status == SKIPPED:
+            line += f": {result.message}"
+        self.stream.write(line + "\n")
+        if result.status in (FAILED, ERROR) or (self.verbosity > 0 and result.outcome):
+            for text in (failure_lines(result) if result.status != ERROR else result.message.splitlines()):
+                self.stream.write(f"      {text}\n")
+        if self.verbosity > 0 and result.outcome and result.outcome.console:
+            console = result.outcome.console.decode("utf-8", errors="replace").rstrip("\n")
+            for text in console.splitlines()[-20:]:
+                self.stream.write(f"      | {text}\n")
+        self.stream.flush()
+
+    def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False) -> str:
+        counts = Counter(r.status for r in results)
+        parts = [f"{counts[s]} {s}" for s in (FAILED, PASSED, SKIPPED, ERROR) if counts[s]]
+        if self.verbosity < 0 and any(r.status in (FAILED, ERROR) for r in results):
+            self.stream.write("\n")
+            for r in results:
+                if r.status in (FAILED, ERROR):
+                    self.stream.write(f"{WORD[r.status]} {r.path}::{r.name}\n")
+                    for text in (failure_lines(r) if r.status != ERROR else r.message.splitlines()):
+                        self.stream.write(f"      {text}\n")
+        text = ", ".join(parts) or "no rigs ran"
+        if interrupted:
+            text += " (interrupted)"
+        line = f"== {text} in {seconds:.2f}s =="
+        worst = FAILED if counts[FAILED] else ERROR if counts[ERROR] else PASSED
+        self.stream.write(self._paint(worst, line) + "\n")
+        self.stream.flush()
+        return line

@@ -1,0 +1,423 @@
+"""A rig file to a checked `Rig` model, or a RigError at `path:line:col`.
+
+Three passes, each stopping at the first problem it finds:
+1. yamlmarks: YAML syntax, duplicate keys -> plain data + marks;
+2. schema: shape, types, unknown keys, enums (the published JSON Schema);
+3. here: values parsed into the model, and the checks a schema cannot make
+   (alignment, overlaps, register names for the arch, value widths, files).
+Image placement against memory and symbol resolution need ELF parsing and
+are left to the machine layer, which still has every Mark.
+
+Device spans (what a device claims, for overlap checks): port devices claim
+one port except `serial`, which claims 8 (a 16550's register block);
+MMIO devices claim `pl011` 0x1000, `exit` 8, `reset` 8, `constant` `size`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from kvmrig.arch import registers
+from kvmrig.errors import Mark, RigError
+from kvmrig.rig import model as m
+from kvmrig.rig.model import Rig
+from kvmrig.rig.schema import validate
+from kvmrig.rig.values import (ValueProblem, parse_address, parse_count, parse_duration, parse_hex,
+                               parse_int, parse_size, parse_uint, to_width)
+from kvmrig.rig.yamlmarks import JsonPath, Marks, format_path, load_yaml
+
+PAGE = 0x1000
+ADDRESS_LIMIT = 1 << 48  # guest-physical addresses kvmrig maps (4-level paging, KVM)
+DEFAULT_MODES = {"x86_64": "long", "arm64": "el1"}
+MODES = {"x86_64": m.X86_MODES, "arm64": m.ARM64_MODES}
+MMIO_SPAN = {"pl011": 0x1000, "exit": 8, "reset": 8}
+PORT_SPAN = {"serial": 8}
+MEM_WIDTHS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}
+
+T = TypeVar("T")
+
+
+def load_rig(path: str | Path) -> Rig:
+    """Read and check the rig file at `path`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RigError("rig file not found", path=str(p)) from None
+    except UnicodeDecodeError as e:
+        raise RigError(f"not UTF-8 text (bad byte at offset {e.start})", path=str(p)) from None
+    except OSError as e:
+        raise RigError(f"cannot read the rig file: {e.strerror}", path=str(p)) from None
+    return load_rig_text(text, p)
+
+
+def load_rig_text(text: str, path: str | Path = "rig.yaml") -> Rig:
+    """Check rig `text` as if read from `path` (marks, name and relative paths use it)."""
+    p = Path(path)
+    data, marks = load_yaml(text, str(p))
+    if data is None:
+        raise RigError("the rig file is empty: it needs at least `kvmrig: 1` and `arch:`", Mark(str(p), 1, 1))
+    validate(data, marks)
+    return _Builder(p, data, marks).build()
+
+
+class _Builder:
+    """Builds the model from schema-valid data; every check fails at a mark."""
+
+    def __init__(self, path: Path, data: dict[str, Any], marks: Marks):
+        self.path = path
+        self.data = data
+        self.marks = marks
+        self.arch: str = data["arch"]
+        self.folder = path.parent
+
+    # -- helpers --------------------------------------------------------
+
+    def mark(self, path: JsonPath) -> Mark:
+        return self.marks.value(path)
+
+    def fail(self, path: JsonPath, message: str, *, key: bool = False) -> NoReturn:
+        mark = self.marks.key(path) if key else self.marks.value(path)
+        raise RigError(f"{format_path(path)}: {message}", mark)
+
+    def parse(self, fn: Callable[..., T], path: JsonPath, value: Any, *args: Any) -> T:
+        """fn(value, *args), with a ValueProblem reported at `path`."""
+        try:
+            return fn(value, *args)
+        except ValueProblem as e:
+            self.fail(path, str(e))
+
+    def fit(self, value: int, bits: int, path: JsonPath, what: str = "value") -> int:
+        return self.parse(to_width, path, value, bits, what)
+
+    def register(self, path: JsonPath, name: str) -> Any:
+        """The (reg, shift, width) field a register name means on this arch;
+        an unknown name fails at its key, with close names suggested."""
+        found = registers.lookup(self.arch, name)
+        if found is None:
+            close = difflib.get_close_matches(name.lower(), registers.names(self.arch), n=3, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            self.fail(path, f"unknown {self.arch} register {name!r}{hint}", key=True)
+        return found
+
+    # -- the rig --------------------------------------------------------
+
+    def build(self) -> m.Rig:
+        d = self.data
+        if d["kvmrig"] != 1:  # the schema says so too; kept for callers that skip it
+            self.fail(("kvmrig",), f"unsupported rig format version {d['kvmrig']!r}: this kvmrig reads 1")
+        timeout = m.DEFAULT_TIMEOUT
+        if "timeout" in d:
+            timeout = self.parse(parse_duration, ("timeout",), d["timeout"])
+            if timeout <= 0:
+                self.fail(("timeout",), "must be more than 0 seconds")
+        memory = self.memory()
+        return m.Rig(
+            path=self.path,
+            name=d.get("name") or self.path.stem,
+            arch=self.arch,
+            description=d.get("description", ""),
+            tags=tuple(d.get("tags", ())),
+            timeout=timeout,
+            backend=d.get("backend", "any"),
+            trace_max=self.parse(parse_uint, ("trace", "max"), d["trace"]["max"]) if "trace" in d else 0,
+            memory=memory,
+            images=self.images(),
+            devices=self.devices(memory),
+            cpu=self.cpu(),
+            breakpoints=tuple(self.breakpoint(i, b) for i, b in enumerate(d.get("breakpoints", []))),
+            watchpoints=tuple(self.watchpoint(i, w) for i, w in enumerate(d.get("watchpoints", []))),
+            expect=self.expect(d.get("expect", {})),
+            unclaimed_io=d.get("io", {}).get("unclaimed", "record"),
+            mark=self.mark(()),
+        )
+
+    def memory(self) -> tuple[m.Region, ...]:
+        regions: list[m.Region] = []
+        for i, raw in enumerate(self.data.get("memory", [])):
+            p: JsonPath = ("memory", i)
+            at = self.parse(parse_uint, p + ("at",), raw["at"])
+            size = self.parse(parse_size, p + ("size",), raw["size"])
+            if size == 0:
+                self.fail(p + ("size",), "a region needs a size > 0")
+            for key, n in (("at", at), ("size", size)):
+                if n % PAGE:
+                    self.fail(p + (key,), f"{n:#x} is not a multiple of 4 KiB (0x1000): KVM maps whole pages")
+            if at + size > ADDRESS_LIMIT:
+                self.fail(p, f"{_span(at, size)} goes beyond the 48-bit guest-physical address space")
+            region = m.Region(at, size, bool(raw.get("rom", False)), self.mark(p), raw.get("name", ""))
+            for j, other in enumerate(regions):
+                if _overlap(at, size, other.at, other.size):
+                    self.fail(p, f"{_region_text(i, region)} overlaps {_region_text(j, other)}")
+            regions.append(region)
+        return tuple(regions)
+
+    def images(self) -> tuple[m.Image, ...]:
+        images = []
+        for i, raw in enumerate(self.data.get("images", [])):
+            p: JsonPath = ("images", i)
+            at = self.parse(parse_uint, p + ("at",), raw["at"]) if "at" in raw else None
+            if "hex" in raw:
+                data = self.parse(parse_hex, p + ("hex",), raw["hex"])
+                images.append(m.Image(None, data, at, self.mark(p)))
+                continue
+            file = self.folder / raw["file"]
+            head = self.read_head(p + ("file",), file)
+            if head != b"\x7fELF" and at is None:
+                self.fail(p + ("file",), f"{raw['file']} is not an ELF file, so the image needs `at:` "
+                          "(the address to load its raw bytes)")
+            images.append(m.Image(file, None, at, self.mark(p), self.mark(p + ("file",))))
+        return tuple(images)
+
+    def read_head(self, path: JsonPath, file: Path) -> bytes:
+        """The first 4 bytes of an image file (to tell ELF from raw)."""
+        try:
+            with open(file, "rb") as f:
+                return f.read(4)
+        except FileNotFoundError:
+            self.fail(path, f"image file not found: {file}")
+        except IsADirectoryError:
+            self.fail(path, f"image file is a directory: {file}")
+        except OSError as e:
+            self.fail(path, f"cannot read image file {file}: {e.strerror}")
+
+    def devices(self, memory: tuple[m.Region, ...]) -> tuple[m.Device, ...]:
+        devices: list[m.Device] = []
+        claims: list[tuple[str, int, int, int]] = []  # (space, start, size, index)
+        for i, raw in enumerate(self.data.get("devices", [])):
+            p: JsonPath = ("devices", i)
+            kind = raw["type"]
+            port = self.parse(parse_uint, p + ("port",), raw["port"]) if "port" in raw else None
+            at = self.parse(parse_uint, p + ("at",), raw["at"]) if "at" in raw else None
+            if port is not None:
+                if self.arch != "x86_64":
+                    self.fail(p + ("port",), f"{self.arch} has no port I/O: give the device an MMIO address with `at:`",
+                              key=True)
+                if port > 0xFFFF:
+                    self.fail(p + ("port",), f"port {port:#x} is beyond 0xffff")
+                if kind == "pl011":
+                    self.fail(p + ("port",), "pl011 is an MMIO UART: give `at:`, not `port:`", key=True)
+            if at is not None and kind in ("serial", "debugcon"):
+                self.fail(p + ("at",), f"{kind} is x86 port I/O: give `port:`, not `at:`", key=True)
+            size = None
+            if "size" in raw:
+                if kind != "constant" or at is None:
+                    self.fail(p + ("size",), "size is only for constant devices on MMIO (at:)", key=True)
+                size = self.parse(parse_size, p + ("size",), raw["size"])
+                if size == 0:
+                    self.fail(p + ("size",), "size must be > 0")
+            value = None
+            if "value" in raw:
+                if kind != "constant":
+                    self.fail(p + ("value",), f"value is only for constant devices, not {kind}", key=True)
+                value = self.fit(self.parse(parse_uint, p + ("value",), raw["value"]),
+                                 32 if port is not None else 64, p + ("value",))
+            if port is not None:
+                span, space, start = PORT_SPAN.get(kind, 1), "port", port
+            else:
+                span, space, start = size or MMIO_SPAN[kind], "mmio", at
+                assert start is not None
+                if start + span > ADDRESS_LIMIT:
+                    self.fail(p + ("at",), f"{_span(start, span)} goes beyond the 48-bit guest-physical address space")
+                for j, region in enumerate(memory):
+                    if _overlap(start, span, region.at, region.size):
+                        self.fail(p + ("at",), f"{kind} MMIO {_span(start, span)} overlaps "
+                                  f"{_region_text(j, region)}")
+            for other_space, other_start, other_span, j in claims:
+                if other_space == space and _overlap(start, span, other_start, other_span):
+                    what = "ports" if space == "port" else "MMIO"
+                    self.fail(p + (space if space == "port" else "at",),
+                              f"{kind} {what} {_span(start, span)} overlaps devices[{j}] "
+                              f"({devices[j].type}, {what} {_span(other_start, other_span)})")
+            claims.append((space, start, span, i))
+            devices.append(m.Device(kind, port, at, size, value, self.mark(p)))
+        return tuple(devices)
+
+    def cpu(self) -> m.Cpu:
+        raw = self.data.get("cpu", {})
+        p: JsonPath = ("cpu",)
+        mode = raw.get("mode", DEFAULT_MODES[self.arch])
+        if mode not in MODES[self.arch]:
+            self.fail(p + ("mode",), f"{mode!r} is not a mode of {self.arch} (one of {', '.join(MODES[self.arch])})")
+        entry = self.parse(parse_address, p + ("entry",), raw["entry"], self.mark(p + ("entry",))) \
+            if "entry" in raw else None
+        tables_at = None
+        if "tables_at" in raw:
+            if self.arch != "x86_64":
+                self.fail(p + ("tables_at",), "tables_at is for x86_64 only (GDT and page tables)", key=True)
+            tables_at = self.parse(parse_uint, p + ("tables_at",), raw["tables_at"])
+            if tables_at % PAGE or tables_at >= ADDRESS_LIMIT:
+                self.fail(p + ("tables_at",), f"{tables_at:#x} must be 4 KiB aligned and below 2**48 "
+                          "(page tables live on page boundaries)")
+        return m.Cpu(mode, entry, self.reg_sets(p + ("regs",), raw.get("regs", {})), tables_at,
+                     self.mark(p))
+
+    # -- registers and memory -------------------------------------------
+
+    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int, Mark], ...]:
+        out = []
+        for name, value in raw.items():
+            field = self.register(p + (name,), name)
+            n = self.fit(self.parse(parse_int, p + (name,), value), field.width, p + (name,), name)
+            out.append((name.lower(), n, self.mark(p + (name,))))
+        return tuple(out)
+
+    def reg_checks(self, p: JsonPath, raw: dict[str, Any]) -> tuple[m.RegCheck, ...]:
+        out = []
+        for name, spec in raw.items():
+            q = p + (name,)
+            width = self.register(q, name).width
+            value = mask = lo = hi = None
+            if isinstance(spec, dict) and "range" in spec:
+                lo, hi = (self.fit(self.parse(parse_uint, q + ("range", k), x), width, q + ("range", k), name)
+                          for k, x in enumerate(spec["range"]))
+                if lo > hi:
+                    self.fail(q + ("range",), f"range [{lo:#x}, {hi:#x}] is empty: the low end comes first")
+            elif isinstance(spec, dict):
+                mask = self.fit(self.parse(parse_uint, q + ("mask",), spec["mask"]), width, q + ("mask",), "mask")
+                value = self.fit(self.parse(parse_int, q + ("value",), spec["value"]), width, q + ("value",), name)
+            else:
+                value = self.fit(self.parse(parse_int, q, spec), width, q, name)
+            out.append(m.RegCheck(name.lower(), value, mask, lo, hi, self.mark(q)))
+        return tuple(out)
+
+    def mem_bytes(self, p: JsonPath, raw: dict[str, Any]) -> tuple[m.Address, bytes, str]:
+        at = self.parse(parse_address, p + ("at",), raw["at"], self.mark(p + ("at",)))
+        form = next(k for k in ("hex", *MEM_WIDTHS) if k in raw)
+        q = p + (form,)
+        if form == "hex":
+            return at, self.parse(parse_hex, q, raw[form]), form
+        bits = MEM_WIDTHS[form]
+        n = self.fit(self.parse(parse_int, q, raw[form]), bits, q, form)
+        return at, n.to_bytes(bits // 8, "little"), form
+
+    def mem_checks(self, p: JsonPath, raw: list[dict[str, Any]]) -> tuple[m.MemCheck, ...]:
+        return tuple(m.MemCheck(*self.mem_bytes(p + (i,), item), self.mark(p + (i,))) for i, item in enumerate(raw))
+
+    def mem_writes(self, p: JsonPath, raw: list[dict[str, Any]]) -> tuple[m.MemWrite, ...]:
+        return tuple(m.MemWrite(*self.mem_bytes(p + (i,), item)[:2], self.mark(p + (i,))) for i, item in enumerate(raw))
+
+    # -- breakpoints and watchpoints ------------------------------------
+
+    def hit_common(self, p: JsonPath, raw: dict[str, Any]) -> dict[str, Any]:
+        """at, hits, on_hit and set: the keys breakpoints and watchpoints share."""
+        on_hit = None
+        if "on_hit" in raw:
+            on_hit = self.parse(parse_uint, p + ("on_hit",), raw["on_hit"])
+            if on_hit < 1:
+                self.fail(p + ("on_hit",), "on_hit counts from 1 (the first hit)")
+        state_set = None
+        if "set" in raw:
+            s = raw["set"]
+            state_set = m.StateSet(self.reg_sets(p + ("set", "regs"), s.get("regs", {})),
+                                   self.mem_writes(p + ("set", "memory"), s.get("memory", [])))
+        return dict(
+            at=self.parse(parse_address, p + ("at",), raw["at"], self.mark(p + ("at",))),
+            hits=self.parse(parse_count, p + ("hits",), raw["hits"], self.mark(p + ("hits",))) if "hits" in raw else None,
+            on_hit=on_hit,
+            set=state_set,
+            mark=self.mark(p),
+        )
+
+    def state_check(self, p: JsonPath, raw: dict[str, Any], value_bits: int = 0) -> m.StateCheck:
+        value = None
+        if "value" in raw:
+            q = p + ("value",)
+            value = self.fit(self.parse(parse_uint, q, raw["value"]), value_bits, q, "value")
+        return m.StateCheck(self.reg_checks(p + ("regs",), raw.get("regs", {})),
+                            self.mem_checks(p + ("memory",), raw.get("memory", [])),
+                            value, self.mark(p + ("value",)) if value is not None else None)
+
+    def breakpoint(self, i: int, raw: dict[str, Any]) -> m.Breakpoint:
+        p: JsonPath = ("breakpoints", i)
+        expect = self.state_check(p + ("expect",), raw["expect"]) if "expect" in raw else None
+        return m.Breakpoint(kind=raw.get("kind", "sw"), expect=expect, index=i, **self.hit_common(p, raw))
+
+    def watchpoint(self, i: int, raw: dict[str, Any]) -> m.Watchpoint:
+        p: JsonPath = ("watchpoints", i)
+        length = self.parse(parse_uint, p + ("len",), raw["len"])
+        if length < 1:
+            self.fail(p + ("len",), "len must be at least 1 byte")
+        expect = self.state_check(p + ("expect",), raw["expect"], 8 * length) if "expect" in raw else None
+        return m.Watchpoint(len=length, access=raw.get("access", "write"), expect=expect, index=i,
+                            **self.hit_common(p, raw))
+
+    # -- expect ---------------------------------------------------------
+
+    def expect(self, raw: dict[str, Any]) -> m.Expect:
+        p: JsonPath = ("expect",)
+        exit_code = None
+        if "exit_code" in raw:
+            if raw.get("exit", "exit-code") != "exit-code":
+                self.fail(p + ("exit_code",), f"exit_code needs exit: exit-code (or no exit), not exit: {raw['exit']}",
+                          key=True)
+            exit_code = self.fit(self.parse(parse_uint, p + ("exit_code",), raw["exit_code"]), 64,
+                                 p + ("exit_code",), "exit_code")
+        return m.Expect(
+            exit=raw.get("exit"),
+            exit_mark=self.mark(p + ("exit",)) if "exit" in raw else None,
+            exit_code=exit_code,
+            exit_code_mark=self.mark(p + ("exit_code",)) if exit_code is not None else None,
+            regs=self.reg_checks(p + ("regs",), raw.get("regs", {})),
+            memory=self.mem_checks(p + ("memory",), raw.get("memory", [])),
+            console=self.console(p + ("console",), raw["console"]) if "console" in raw else None,
+            port_writes=self.port_writes(p + ("port_writes",), raw.get("port_writes", {})),
+            steps=self.parse(parse_count, p + ("steps",), raw["steps"], self.mark(p + ("steps",)))
+            if "steps" in raw else None,
+            golden=self.golden(p + ("golden",), raw["golden"]) if "golden" in raw else None,
+        )
+
+    def console(self, p: JsonPath, raw: dict[str, Any]) -> m.ConsoleCheck:
+        def strings(key: str) -> tuple[str, ...]:
+            value = raw.get(key, ())
+            return (value,) if isinstance(value, str) else tuple(value)
+
+        for k, pattern in enumerate(strings("regex")):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                q = p + ("regex",) + ((k,) if isinstance(raw["regex"], list) else ())
+                self.fail(q, f"{pattern!r} is not a valid regular expression: {e}")
+        return m.ConsoleCheck(strings("contains"), strings("not_contains"), strings("regex"), self.mark(p))
+
+    def port_writes(self, p: JsonPath, raw: dict[str, list[Any]]) -> tuple[tuple[int, tuple[int, ...], Mark], ...]:
+        out = []
+        seen: dict[int, str] = {}
+        for key, values in raw.items():
+            q = p + (key,)
+            port = self.parse(parse_uint, q, key)
+            if port > 0xFFFF:
+                self.fail(q, f"port {port:#x} is beyond 0xffff", key=True)
+            if port in seen:
+                self.fail(q, f"port {port:#x} is listed twice (also as {seen[port]!r})", key=True)
+            seen[port] = key
+            written = tuple(self.fit(self.parse(parse_uint, q + (k,), x), 32, q + (k,))
+                            for k, x in enumerate(values))
+            out.append((port, written, self.marks.key(q)))
+        return tuple(out)
+
+    def golden(self, p: JsonPath, raw: str | dict[str, Any]) -> m.Golden:
+        if isinstance(raw, str):
+            return m.Golden(self.folder / raw, (), self.mark(p))
+        ignore = raw.get("ignore", [])
+        for k, name in enumerate(ignore):
+            self.register(p + ("ignore", k), name)
+        return m.Golden(self.folder / raw["file"], tuple(n.lower() for n in ignore), self.mark(p))
+
+
+def _overlap(a: int, a_size: int, b: int, b_size: int) -> bool:
+    return a < b + b_size and b < a + a_size
+
+
+def _span(at: int, size: int) -> str:
+    """An inclusive range, as firmware people write memory maps."""
+    return f"{at:#x}..{at + size - 1:#x}"
+
+
+def _region_text(i: int, region: m.Region) -> str:
+    name = f" {region.name!r}" if region.name else ""
+    return f"memory[{i}]{name} ({_span(region.at, region.size)})"

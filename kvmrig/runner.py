@@ -1,0 +1,271 @@
+"""Running rigs: one in-process, many across worker processes.
+
+Workers are forked once and fed rigs through pipes, so the per-rig cost is a
+VM's, not a process's. A worker that dies (segfault, kill -9) or overruns its
+rig's timeout by a wide margin becomes an error for that rig and is replaced;
+the rest of the run goes on. Ctrl-C stops the run and still reports it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from kvmrig.errors import KvmrigError, RigError
+from kvmrig.machine.outcome import Outcome
+from kvmrig.rig.load import load_rig
+from kvmrig.rig.model import Rig
+
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
+
+
+@dataclass
+class RigResult:
+    """The verdict on one rig, as reported (pickled from workers)."""
+
+    path: str
+    name: str
+    status: str
+    classname: str = ""
+    tags: tuple[str, ...] = ()
+    outcome: Outcome | None = None
+    message: str = ""          # error or skip reason
+    seconds: float = 0.0
+    backend: str = ""
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (PASSED, SKIPPED)
+
+
+def classname_for(path: Path) -> str:
+    """JUnit classname: the rig's folder, dotted, relative to the working dir when possible."""
+    folder = path.parent
+    try:
+        folder = folder.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    text = str(folder).replace(os.sep, ".").strip(".")
+    return text or "rigs"
+
+
+def error_result(path: str, message: str, name: str | None = None) -> RigResult:
+    p = Path(path)
+    return RigResult(path, name or p.stem, ERROR, classname_for(p), message=message)
+
+
+def _result_for(rig: Rig, status: str, **kw) -> RigResult:
+    return RigResult(str(rig.path), rig.name, status, classname_for(rig.path), rig.tags, **kw)
+
+
+def run_rig(rig: Rig, backend: str = "auto") -> RigResult:
+    """Prepare and run one rig here, in this process; never raises for bad rigs or guests."""
+    from kvmrig.backends.select import NoBackend, backend_for
+    from kvmrig.machine.plan import prepare
+    from kvmrig.machine.session import execute
+
+    start = time.monotonic()
+    try:
+        plan = prepare(rig)
+        try:
+            name, factory = backend_for(rig, backend)
+        except NoBackend as e:
+            return _result_for(rig, SKIPPED, message=str(e), seconds=time.monotonic() - start)
+        outcome = execute(plan, factory)
+    except RigError as e:
+        return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
+    except KvmrigError as e:
+        return _result_for(rig, ERROR, message=f"{rig.path}: {e}", seconds=time.monotonic() - start)
+    except Exception:  # a kvmrig bug: report it against the rig, keep the run going
+        return _result_for(rig, ERROR, message=f"{rig.path}: internal error in kvmrig:\n{traceback.format_exc()}",
+                           seconds=time.monotonic() - start)
+    status = FAILED if outcome.failures else PASSED
+    return _result_for(rig, status, outcome=outcome, seconds=time.monotonic() - start, backend=outcome.backend)
+
+
+# Workers -------------------------------------------------------------------
+
+def _worker(conn: Connection, backend: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        index, rig = job
+        conn.send((index, run_rig(rig, backend)))
+
+
+class _Worker:
+    def __init__(self, ctx, backend: str):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, backend), daemon=True)
+        self.proc.start()
+        child.close()
+        self.job: tuple[int, Rig] | None = None
+        self.deadline = 0.0
+
+    def give(self, index: int, rig: Rig) -> None:
+        self.job = (index, rig)
+        self.deadline = time.monotonic() + rig.timeout + WATCHDOG_GRACE
+        self.conn.send(self.job)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(1)
+        self.conn.close()
+
+
+def _died(rig: Rig, how: str) -> RigResult:
+    return _result_for(rig, ERROR, message=f"{rig.path}: the worker running this rig {how}; "
+                                           "the rest of the run went on")
+
+
+def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
+             on_result: Callable[[RigResult], None] | None = None,
+             exitfirst: bool = False) -> tuple[list[RigResult | None], bool]:
+    """Run rigs over `jobs` workers (0: one per core). Returns (results in input
+    order — None for rigs not run — and whether the run was interrupted)."""
+    results: list[RigResult | None] = [None] * len(rigs)
+    if not rigs:
+        return results, False
+    jobs = jobs or os.cpu_count() or 1
+    jobs = max(1, min(jobs, len(rigs)))
+    ctx = multiprocessing.get_context("fork")
+    pending = list(enumerate(rigs))
+    pending.reverse()
+    workers: list[_Worker] = []
+    stop = False
+
+    def record(index: int, result: RigResult) -> None:
+        nonlocal stop
+        results[index] = result
+        if on_result:
+            on_result(result)
+        if exitfirst and not result.ok:
+            stop = True
+
+    try:
+        workers = [_Worker(ctx, backend) for _ in range(jobs)]
+        for w in workers:
+            if pending:
+                w.give(*pending.pop())
+        while any(w.job for w in workers):
+            busy = [w for w in workers if w.job]
+            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout)
+            for w in list(busy):
+                job = w.job
+                assert job is not None
+                index, rig = job
+                replace = False
+                if w.conn in ready:
+                    try:
+                        _, result = w.conn.recv()
+                    except (EOFError, OSError):
+                        result, replace = _died(rig, _exit_text(w.proc)), True
+                elif w.proc.sentinel in ready:
+                    result, replace = _died(rig, _exit_text(w.proc)), True
+                elif time.monotonic() > w.deadline:
+                    result, replace = _died(rig, f"did not answer {rig.timeout + WATCHDOG_GRACE:g}s after "
+                                                 "starting it and was killed"), True
+                else:
+                    continue
+                w.job = None
+                record(index, result)
+                if replace:
+                    w.kill()
+                    workers[workers.index(w)] = w = _Worker(ctx, backend)
+                if pending and not stop:
+                    w.give(*pending.pop())
+        return results, False
+    except KeyboardInterrupt:
+        return results, True
+    finally:
+        for w in workers:
+            if w.job is None and w.proc.is_alive():
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
+        for w in workers:
+            if w.job is not None:
+                w.kill()
+            else:
+                w.proc.join(2)
+                if w.proc.is_alive():
+                    w.kill()
+
+
+def _exit_text(proc) -> str:
+    proc.join(1)
+    code = proc.exitcode
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"died from signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"died from signal {-code}"
+    return f"exited with status {code}"
+
+
+# Collecting ---------------------------------------------------------------------
+
+def expand(paths: Iterable[str]) -> list[Path]:
+    """Rig files named on the command line; folders expand to their *.yaml (recursively)."""
+    found: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found.extend(sorted(q for q in path.rglob("*.yaml")
+                                if not q.name.endswith(".golden.yaml") and q.is_file()))
+        else:
+            found.append(path)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def is_rig_file(path: Path) -> bool:
+    """A YAML file whose first key is `kvmrig:` (folders may hold other YAML)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                stripped = line.strip()
+                if not stripped or stripped.startswith("#") or stripped == "---":
+                    continue
+                return stripped.startswith("kvmrig:")
+    except OSError:
+        return True  # let the loader report it
+    return False
+
+
+def load_all(paths: list[Path], explicit: set[Path] | None = None) -> tuple[list[Rig], list[RigResult]]:
+    """Load rig files; return the rigs and an error result per file that failed."""
+    rigs, errors = [], []
+    for path in paths:
+        if explicit is not None and path not in explicit and not is_rig_file(path):
+            continue
+        try:
+            rigs.append(load_rig(path))
+        except RigError as e:
+            errors.append(error_result(str(path), str(e)))
+    return rigs, errors
