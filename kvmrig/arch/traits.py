@@ -18,6 +18,7 @@ class Traits:
     sw_break: bytes               # the instruction planted for `kind: sw`
     split_watch: Callable[[int, int], list[tuple[int, int]]]  # (addr, len) -> pieces, one register each
     hw_slots: tuple[int, int, bool]  # architectural (breakpoints, watchpoints, shared) when no backend says
+    halt: bytes | None = None     # an instruction that stops the CPU, which a single-step can swallow
 
 
 def _x86_split(addr: int, length: int) -> list[tuple[int, int]]:
@@ -32,7 +33,7 @@ def _arm64_split(addr: int, length: int) -> list[tuple[int, int]]:
 
 TRAITS = {
     # SDM vol.2: INT3 is the one-byte 0xCC; 4 debug address registers DR0-DR3 shared.
-    "x86_64": Traits("x86_64", "rip", b"\xcc", _x86_split, (4, 4, True)),
+    "x86_64": Traits("x86_64", "rip", b"\xcc", _x86_split, (4, 4, True), b"\xf4"),
     # Arm ARM C6.2.38: BRK #0 = 0xd4200000, little-endian; at least 2+2 debug registers.
     "arm64": Traits("arm64", "pc", (0xD4200000).to_bytes(4, "little"), _arm64_split, (6, 4, False)),
 }

@@ -9,6 +9,7 @@ expectations live in the machine layer, which reads the events below.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +89,9 @@ class Backend(ABC):
         """(breakpoint slots, watchpoint slots, shared): x86 has 4 shared."""
 
     @abstractmethod
-    def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: bool) -> None:
-        """Arm hardware slots, single-step and software-breakpoint trapping."""
+    def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
+        """Arm hardware slots, single-step, and trapping of the software
+        breakpoints planted at `sw_breakpoints` (addresses)."""
 
     @abstractmethod
     def run(self, deadline: float) -> Event:
@@ -98,6 +100,11 @@ class Backend(ABC):
     @abstractmethod
     def complete_read(self, data: bytes) -> None:
         """Answer the IO/MMIO read of the last event before the next run()."""
+
+    def sw_break_insn(self) -> bytes:
+        """The instruction planted for `kind: sw` breakpoints on this backend."""
+        from kvmrig.arch.traits import traits
+        return traits(self.arch).sw_break
 
     def get_pc(self) -> int:
         """The program counter (cheaper than get_regs where a backend can)."""

@@ -46,10 +46,11 @@ class Session:
         self.outcome = Outcome(exit="?", backend=backend.name)
         self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io)
         self.debug = DebugPlan(self.rig, plan.traits, plan.resolve, backend.hw_debug_slots())
-        self.patches = SwPatches(memory, plan.traits.sw_break)
+        self.patches = SwPatches(memory, backend.sw_break_insn())
         self.user_step = self.rig.trace_max > 0 or self.rig.expect.steps is not None
         self.stepping_over: int | None = None
         self.steps = 0
+        self.last_pc = plan.boot.first_pc  # the instruction a single-step exit has just executed
 
     # Setup ---------------------------------------------------------------
     def setup(self) -> None:
@@ -71,7 +72,7 @@ class Session:
 
     def _arm(self, single_step: bool) -> None:
         if self.debug.slots or self.debug.any_sw or single_step:
-            self.backend.set_debug(self.debug.slots, single_step, self.debug.any_sw)
+            self.backend.set_debug(self.debug.slots, single_step, frozenset(self.debug.sw))
 
     # The loop --------------------------------------------------------------
     def run(self) -> Outcome:
@@ -132,6 +133,8 @@ class Session:
     def _debug(self, ev: Event) -> None:
         cause = ev.detail
         if cause == "step":
+            self._check_halted()
+            self.last_pc = ev.pc
             if self.stepping_over is not None:
                 self.patches.plant(self.stepping_over)
                 self.stepping_over = None
@@ -149,6 +152,7 @@ class Session:
                 return
             for point in points:
                 self._hit(point, ev)
+            self.last_pc = ev.pc
             if self.backend.get_pc() == ev.pc:   # unless `set` moved the pc: step over it
                 self.patches.lift(ev.pc)
                 self.stepping_over = ev.pc
@@ -157,8 +161,22 @@ class Session:
             return
         if cause in ("hw", "watch") and 0 <= ev.slot < len(self.debug.slot_owner):
             self._hit(self.debug.slot_owner[ev.slot], ev)
+            if cause == "hw":
+                self.last_pc = ev.pc
             return
         self._foreign(ev, f"a debug exit kvmrig did not cause ({cause})")
+
+    def _check_halted(self) -> None:
+        """A single-step over a halting instruction exits as a step, not a halt."""
+        halt = self.plan.traits.halt
+        if halt is None:
+            return
+        try:
+            insn = self.patches.view(self.last_pc, len(halt))
+        except LookupError:
+            return
+        if insn == halt:
+            raise Stop("hlt", None, f"hlt at {self.last_pc:#x}")
 
     def _foreign(self, ev: Event, what: str) -> None:
         self.outcome.notes.append(f"{what} at pc {ev.pc:#x}: handed back to the guest")

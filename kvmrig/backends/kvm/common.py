@@ -22,6 +22,7 @@ from kvmrig.errors import BackendError
 
 ffi = abi.ffi
 TIMER_REPEAT = 0.01
+PAGE = 0x1000
 
 _kvm: Kvm | None = None
 _kvm_pid = 0
@@ -64,6 +65,9 @@ class KvmBackendBase(Backend):
         self.vcpu = None
         self.regions: list[tuple[int, int]] = []
         self._buffers: list = []
+        self._backing: list[tuple[int, int, int, bool]] = []  # (gpa, size, host address, rom)
+        self._slot_ids: list[int] = []
+        self._traps: dict[int, str] = {}  # page gpa -> "ro" | "absent" (watchpoint page traps)
         self._slot = 0
         self._answer = None  # where complete_read() writes: "io" | "mmio"
         self._timer_armed = False
@@ -74,9 +78,66 @@ class KvmBackendBase(Backend):
         ptr = ffi.from_buffer(buf)
         self._buffers.append(ptr)
         host = int(ffi.cast("uintptr_t", ptr))
-        self.vm.set_memory(self._slot, gpa, len(buf), host, readonly=rom)
-        self._slot += 1
+        self._backing.append((gpa, len(buf), host, rom))
+        self._slot_ids.append(self._add_slot(gpa, len(buf), host, rom))
         self.regions.append((gpa, gpa + len(buf)))
+
+    def _add_slot(self, gpa: int, size: int, host: int, readonly: bool) -> int:
+        slot = self._slot
+        self.vm.set_memory(slot, gpa, size, host, readonly=readonly)
+        self._slot += 1
+        return slot
+
+    def _host(self, gpa: int, length: int) -> int | None:
+        for start, size, host, _rom in self._backing:
+            if start <= gpa and gpa + length <= start + size:
+                return host + gpa - start
+        return None
+
+    def peek(self, gpa: int, length: int) -> bytes | None:
+        """Guest-physical bytes from the host side (None outside memory)."""
+        host = self._host(gpa, length)
+        return None if host is None else bytes(ffi.buffer(ffi.cast("char *", host), length))
+
+    def poke(self, gpa: int, data: bytes) -> bool:
+        host = self._host(gpa, len(data))
+        if host is None:
+            return False
+        ffi.memmove(ffi.cast("char *", host), data, len(data))
+        return True
+
+    # Page traps: watchpoints where the debug hardware cannot ----------------
+    def set_traps(self, pages: dict[int, str]) -> None:
+        """Make each page read-only ("ro": writes exit as MMIO) or unmapped
+        ("absent": every access exits as MMIO), rebuilding the memory slots."""
+        if pages == self._traps:
+            return
+        for slot in self._slot_ids:
+            self.vm.set_memory(slot, 0, 0, 0)  # size 0 deletes the slot
+        self._slot_ids = []
+        for gpa, size, host, rom in self._backing:
+            cut = gpa
+            for page in sorted(p for p in pages if gpa <= p < gpa + size):
+                if page > cut:
+                    self._slot_ids.append(self._add_slot(cut, page - cut, host + cut - gpa, rom))
+                if pages[page] == "ro":
+                    self._slot_ids.append(self._add_slot(page, PAGE, host + page - gpa, True))
+                cut = page + PAGE
+            if cut < gpa + size:
+                self._slot_ids.append(self._add_slot(cut, gpa + size - cut, host + cut - gpa, rom))
+        self._traps = dict(pages)
+
+    def _trapped_access(self, addr: int, size: int, write: bool, data) -> Event | None:
+        """Complete a guest access to a trapped page; an Event if it hits a watch."""
+        if write:
+            self.poke(addr, bytes(ffi.buffer(data, size)))
+        else:
+            ffi.memmove(data, self.peek(addr, size) or bytes(size), size)
+        return self._watch_access(addr, size, write)
+
+    def _watch_access(self, addr: int, size: int, write: bool) -> Event | None:
+        """Arch hook: which watchpoint (if any) a trapped access hits."""
+        return None
 
     # Timeout ---------------------------------------------------------------
     def _arm_timer(self, deadline: float) -> None:
@@ -103,8 +164,10 @@ class KvmBackendBase(Backend):
         vcpu = self.vcpu
         rs = vcpu.run_struct
         run = vcpu.run
-        self._before_run()
+        traps = self._traps
         while True:
+            if self._fixup:
+                self._before_run()
             reason = run()
             if reason == abi.KVM_EXIT_IO:
                 io = rs.io
@@ -114,12 +177,20 @@ class KvmBackendBase(Backend):
                 return Event(base.IO, io.port, io.size, False, b"", io.count)
             if reason == abi.KVM_EXIT_MMIO:
                 m = rs.mmio
+                if traps and (m.phys_addr & ~(PAGE - 1)) in traps:
+                    ev = self._trapped_access(m.phys_addr, m.len, bool(m.is_write), m.data)
+                    if ev is None:
+                        continue
+                    return ev
                 if m.is_write:
                     return Event(base.MMIO, m.phys_addr, m.len, True, bytes(ffi.buffer(m.data, m.len)))
                 self._answer = "mmio"
                 return Event(base.MMIO, m.phys_addr, m.len, False)
             if reason == abi.KVM_EXIT_DEBUG:
-                return self._debug_event(rs.debug.arch)
+                ev = self._debug_event(rs.debug.arch)
+                if ev is None:  # the backend's own business (e.g. stepping past a breakpoint)
+                    continue
+                return ev
             if reason == abi.KVM_EXIT_INTR:
                 rs.immediate_exit = 0
                 if time.monotonic() >= deadline:
@@ -127,15 +198,19 @@ class KvmBackendBase(Backend):
                 continue
             return self._other_exit(reason, rs)
 
-    def _before_run(self) -> None:
-        """Arch hook: state to fix up before the next KVM_RUN."""
+    # Arch hooks ----------------------------------------------------------
+    _fixup = False  # set by a subclass when _before_run has work before the next KVM_RUN
 
-    def _debug_event(self, arch_info) -> Event:
+    def _before_run(self) -> None:
+        """State to fix up before the next KVM_RUN (only called while _fixup is set)."""
+
+    def _debug_event(self, arch_info) -> Event | None:
+        """A KVM_EXIT_DEBUG as an event, or None to keep running."""
         raise NotImplementedError
 
     def _other_exit(self, reason: int, rs) -> Event:
         if reason == abi.KVM_EXIT_HLT:
-            return Event(base.HALT, pc=self._halt_pc())
+            return self._halt_event()
         if reason == abi.KVM_EXIT_SHUTDOWN:
             return Event(base.SHUTDOWN, pc=self.get_pc(),
                          detail="triple fault: the CPU shut down (an exception could not be delivered, "
@@ -147,6 +222,9 @@ class KvmBackendBase(Backend):
         if reason == abi.KVM_EXIT_INTERNAL_ERROR:
             sub = rs.internal.suberror
             text = INTERNAL.get(sub, f"KVM internal error, suberror {sub}")
+            if self._traps.get(self.get_pc() & ~(PAGE - 1)) == "absent":
+                text = ("the guest ran code on a page kvmrig unmapped to catch reads for a watchpoint (this KVM "
+                        "raises no data breakpoints): keep watched data off code pages, or watch writes only")
             return Event(base.UNHANDLED, pc=self.get_pc(), detail=f"{text} (pc {self.get_pc():#x})", raw=sub)
         if reason == abi.KVM_EXIT_FAIL_ENTRY:
             why = rs.fail_entry.hardware_entry_failure_reason
@@ -155,8 +233,8 @@ class KvmBackendBase(Backend):
         return Event(base.UNHANDLED, pc=self.get_pc(),
                      detail=f"unexpected KVM exit {abi.exit_name(reason)} ({reason})", raw=reason)
 
-    def _halt_pc(self) -> int:
-        return self.get_pc()
+    def _halt_event(self) -> Event:
+        return Event(base.HALT, pc=self.get_pc())
 
     def complete_read(self, data: bytes) -> None:
         if self._answer == "io":

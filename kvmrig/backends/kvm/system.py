@@ -169,7 +169,7 @@ class Kvm:
     def close(self) -> None:
         """Close every live Vm (newest first), then /dev/kvm. Safe twice."""
         while self._vms:
-            self._vms[-1].close()
+            self._vms.pop().close()
         if self._fd is not None:
             self._fd.close()
 
@@ -267,7 +267,7 @@ class Vm:
         """Close every live Vcpu (newest first), then the VM fd. Frees no memory
         it does not own: guest RAM stays the caller's. Safe twice."""
         while self._vcpus:
-            self._vcpus[-1].close()
+            self._vcpus.pop().close()
         self._fd.close()
         if self._kvm is not None:
             kvm, self._kvm = self._kvm, None

@@ -1,8 +1,23 @@
 """The x86_64 KVM backend: CPUID, segment/control state, registers by name,
-and DR0-DR3/DR7 debugging through KVM_SET_GUEST_DEBUG.
+and debugging through KVM_SET_GUEST_DEBUG.
+
+Debug strategies follow what this KVM really delivers (x86_probe):
+- hardware breakpoints use DR0-DR3 everywhere; after a hit the backend steps
+  one instruction with that register disabled (the breakpoint is a fault and
+  not every KVM honours RFLAGS.RF), then re-arms it;
+- software breakpoints plant INT3 where KVM intercepts it, else HLT (1 byte
+  too), whose exit at a planted address is reported as the breakpoint;
+- watchpoints use DR0-DR3 where data breakpoints fire, else page traps: the
+  watched pages become read-only (write watches) or unmapped (read/access),
+  so accesses exit as MMIO, are completed here and matched byte-exactly.
+x86 has no read-only data breakpoint: `read` arms read-or-write and a hit that
+changed the watched bytes is dropped (a write storing the same value still
+counts as a read; page traps tell reads from writes exactly).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State
@@ -10,15 +25,17 @@ from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends import base
 from kvmrig.backends.base import Event, HwSlot
 from kvmrig.backends.kvm import abi
-from kvmrig.backends.kvm.common import KvmBackendBase
+from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
+from kvmrig.backends.kvm.x86_probe import debug_support
+from kvmrig.errors import BackendError
 
-RFLAGS_RF = 1 << 16          # SDM vol.3 17.3.1.1: resume flag, suppresses the next instruction breakpoint
-DR6_BS = 1 << 14             # single-step
+DR6_BS = dr7_mod.DR6_BS
 VECTOR_DB, VECTOR_BP = 1, 3
+INT3, HLT = b"\xcc", b"\xf4"
 # KVM needs 3 pages for the real-mode TSS and 1 for the EPT identity map,
 # somewhere no memory slot is; QEMU's choice first, then lower holes.
-SYSTEM_PAGES = 4 * 0x1000
-SYSTEM_CANDIDATES = (0xFEFFC000, 0xFFFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
+SYSTEM_PAGES = 4 * PAGE
+SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
 _REG_FIELDS = GPRS + ("rip", "rflags")
 
 
@@ -27,10 +44,17 @@ class KvmX86Backend(KvmBackendBase):
 
     def __init__(self) -> None:
         super().__init__()
-        self._control = 0
+        self.support = debug_support(self.kvm)
+        self._user_step = False
+        self._sw_int3 = False
+        self._sw_addrs: frozenset[int] = frozenset()
         self._dr: list[int] = [0] * 8
-        self._slot_kinds: list[str] = []
-        self._rf_next = False
+        self._dr_kind: list[str] = []     # per DR index: exec | write | access | read
+        self._dr_owner: list[int] = []    # per DR index: the HwSlot index it serves
+        self._dr_len: list[int] = []
+        self._shadow: dict[int, bytes] = {}  # DR index -> watched bytes, for `read` filtering
+        self._soft: list[tuple[int, HwSlot]] = []  # page-trapped watches: (HwSlot index, slot)
+        self._resume: int | None = None   # DR index being stepped past
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -38,14 +62,13 @@ class KvmX86Backend(KvmBackendBase):
             end = start + SYSTEM_PAGES
             if all(end <= lo or start >= hi for lo, hi in self.regions):
                 return start
-        from kvmrig.errors import BackendError
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
     def set_initial_state(self, state: X86State) -> None:
         area = self._system_area()
         self.vm.set_identity_map_addr(area)
-        self.vm.set_tss_addr(area + 0x1000)
+        self.vm.set_tss_addr(area + PAGE)
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self.kvm.supported_cpuid())
         s = vcpu.get_sregs()
@@ -98,59 +121,128 @@ class KvmX86Backend(KvmBackendBase):
                     setattr(s, name, value)
             self.vcpu.set_sregs(s)
 
+    def _linear_pc(self) -> tuple[int, object]:
+        """(cs.base + rip, the kvm_regs buffer): debug exits report linear addresses."""
+        r = self.vcpu.get_regs()
+        return self.vcpu.get_sregs().cs.base + r.rip, r
+
     # Debug -------------------------------------------------------------------------
     def hw_debug_slots(self) -> tuple[int, int, bool]:
-        return (4, 4, True)  # DR0-DR3, shared by breakpoints and watchpoints
+        if self.support.data_breakpoints:
+            return (4, 4, True)  # DR0-DR3, shared by breakpoints and watchpoints
+        return (4, 64, False)    # DR0-DR3 for breakpoints; page traps for watchpoints
 
-    def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: bool) -> None:
+    def sw_break_insn(self) -> bytes:
+        return INT3 if self.support.int3 else HLT
+
+    def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
+        dr_slots = [(i, s) for i, s in enumerate(slots) if s.kind == "exec" or self.support.data_breakpoints]
+        soft = [(i, s) for i, s in enumerate(slots) if not (s.kind == "exec" or self.support.data_breakpoints)]
+        if len(dr_slots) > dr7_mod.SLOTS:
+            raise BackendError(f"{len(dr_slots)} debug registers asked for; x86 has {dr7_mod.SLOTS}")
+        self._user_step = single_step
+        self._sw_addrs = frozenset(sw_breakpoints or ())
+        self._sw_int3 = bool(self._sw_addrs) and self.support.int3
+        self._dr = [0] * 8
+        self._dr_owner, self._dr_kind, self._dr_len = [], [], []
+        for n, (i, s) in enumerate(dr_slots):
+            self._dr[n] = s.addr
+            self._dr_owner.append(i)
+            self._dr_kind.append(s.kind)
+            self._dr_len.append(s.length)
+        self._shadow = {n: self.peek(self._dr[n], self._dr_len[n]) or b""
+                        for n, kind in enumerate(self._dr_kind) if kind == "read"}
+        pages: dict[int, str] = {}
+        for _i, s in soft:
+            mode = "ro" if s.kind == "write" else "absent"
+            for page in range(s.addr & ~(PAGE - 1), s.addr + s.length, PAGE):
+                if pages.get(page) != "absent":
+                    pages[page] = mode
+        self._soft = soft
+        self.set_traps(pages)
+        self._apply()
+
+    def _apply(self, skip: int | None = None, step: bool = False) -> None:
+        """KVM_SET_GUEST_DEBUG for the current setup (DR `skip` left out, `step` forced)."""
+        kinds = [None if n == skip else ("access" if k == "read" else k, self._dr_len[n])
+                 for n, k in enumerate(self._dr_kind)]
+        armed = any(kinds)
         control = 0
-        if slots or single_step or sw_breakpoints:
+        if armed or self._user_step or step or self._sw_int3:
             control = abi.KVM_GUESTDBG_ENABLE
-            if single_step:
+            if self._user_step or step:
                 control |= abi.KVM_GUESTDBG_SINGLESTEP
-            if sw_breakpoints:
+            if self._sw_int3:
                 control |= abi.KVM_GUESTDBG_USE_SW_BP
-            if slots:
+            if armed:
                 control |= abi.KVM_GUESTDBG_USE_HW_BP
-        dr = [0] * 8
-        kinds = []
-        for i, slot in enumerate(slots):
-            dr[i] = slot.addr
-            # x86 has no read-only data breakpoint: `read` arms read-or-write
-            # (R/W = 11) and the machine layer drops the hits that changed memory.
-            kinds.append("access" if slot.kind == "read" else slot.kind)
-        dr[7] = dr7_mod.encode_dr7([(k, s.length) for k, s in zip(kinds, slots)]) if slots else 0
-        self._control, self._dr, self._slot_kinds = control, dr, kinds
-        self.vcpu.set_guest_debug(control, dr if slots else None)
+        dr = list(self._dr)
+        dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
+        self._control = control
+        self.vcpu.set_guest_debug(control, dr if armed else None)
 
-    def _debug_event(self, info) -> Event:
+    def _debug_event(self, info) -> Event | None:
         exception, pc = info.exception, info.pc
         if exception == VECTOR_BP:
             return Event(base.DEBUG, pc=pc, detail="sw", raw=exception)
-        if exception == VECTOR_DB:
-            dr6 = info.dr6
-            fired = tuple(i for i in range(len(self._slot_kinds)) if dr6 & (1 << i))
-            if fired:
-                slot = fired[0]
-                if self._slot_kinds[slot] == "exec":
-                    self._rf_next = True  # the breakpoint is a fault: resume past it once
-                    return Event(base.DEBUG, pc=pc, slot=slot, addr=self._dr[slot], detail="hw", raw=fired)
-                return Event(base.DEBUG, pc=pc, slot=slot, addr=self._dr[slot], detail="watch", raw=fired)
-            if dr6 & DR6_BS:
-                return Event(base.DEBUG, pc=pc, detail="step", raw=dr6)
+        if exception != VECTOR_DB:
+            return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+        dr6 = info.dr6
+        if self._resume is not None and dr6 & DR6_BS:
+            self._resume = None
+            self._apply()
+            return Event(base.DEBUG, pc=pc, detail="step", raw=dr6) if self._user_step else None
+        for n in range(len(self._dr_kind)):
+            if not dr6 & (1 << n):
+                continue
+            kind = self._dr_kind[n]
+            if kind == "exec":
+                self._resume = n  # a fault: step past it with DRn off, then re-arm
+                self._fixup = True
+                return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw", raw=dr6)
+            if kind == "read":
+                now = self.peek(self._dr[n], self._dr_len[n]) or b""
+                if now != self._shadow.get(n):
+                    self._shadow[n] = now  # the bytes changed: a write, not a read
+                    continue
+            return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="watch", raw=dr6)
+        if dr6 & DR6_BS:
+            return Event(base.DEBUG, pc=pc, detail="step", raw=dr6)
+        if dr6 & 0xF:
+            return None  # only `read` watches that saw writes fired
         return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
 
     def _before_run(self) -> None:
-        if self._rf_next:
-            self._rf_next = False
-            r = self.vcpu.get_regs()
-            r.rflags |= RFLAGS_RF
+        self._fixup = False
+        if self._resume is None:
+            return
+        pc, _ = self._linear_pc()
+        if self.peek(pc, 1) == HLT:
+            # Stepping a HLT would swallow it; the run ends there anyway.
+            self._apply(skip=self._resume)
+            self._resume = None
+        else:
+            self._apply(skip=self._resume, step=True)
+
+    def _watch_access(self, addr: int, size: int, write: bool) -> Event | None:
+        for i, s in self._soft:
+            if addr < s.addr + s.length and s.addr < addr + size:
+                if (s.kind == "write" and not write) or (s.kind == "read" and write):
+                    continue
+                return Event(base.DEBUG, pc=self.get_pc(), slot=i, addr=addr, size=size, write=write,
+                             detail="watch")
+        return None
+
+    def _halt_event(self) -> Event:
+        pc, r = self._linear_pc()
+        pc -= 1  # HLT exits with rip past the 1-byte instruction
+        if pc in self._sw_addrs and not self._sw_int3:
+            r.rip -= 1  # a planted HLT: the breakpoint, with rip back on it
             self.vcpu.set_regs(r)
+            return Event(base.DEBUG, pc=pc, detail="sw")
+        return Event(base.HALT, pc=pc)
 
     def reinject(self, event: Event) -> None:
         flag = abi.KVM_GUESTDBG_INJECT_BP if event.raw == VECTOR_BP else abi.KVM_GUESTDBG_INJECT_DB
-        self.vcpu.set_guest_debug(self._control | abi.KVM_GUESTDBG_ENABLE | flag,
-                                  self._dr if self._slot_kinds else None)
-
-    def _halt_pc(self) -> int:
-        return self.vcpu.get_regs().rip - 1  # HLT exits with rip past the 1-byte instruction
+        armed = any(self._dr_kind)
+        self.vcpu.set_guest_debug(self._control | abi.KVM_GUESTDBG_ENABLE | flag, self._dr if armed else None)
