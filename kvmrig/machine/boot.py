@@ -65,7 +65,7 @@ def _x86(plan) -> BootPlan:
 
     rig = plan.rig
     mode = rig.cpu.mode if rig.cpu else "long"
-    ranges = [(r.at, r.end) for r in rig.memory]
+    ranges = [(r.at, r.size) for r in rig.memory]  # (start, size), as paging expects
     need = x86.reserve_size(mode, ranges)
     if need == 0:
         state = _state(plan, x86.initial_state, mode, plan.entry, 0, ranges)

@@ -82,17 +82,27 @@ class _Builder:
 
     def fail(self, path: JsonPath, message: str, *, key: bool = False) -> NoReturn:
         mark = self.marks.key(path) if key else self.marks.value(path)
-        raise RigError(f"{format_path(path)}: {message}", mark)
+        raise RigError(f"{format_path(path)}: {message}", mark) from None
 
-    def parse(self, fn: Callable[..., T], path: JsonPath, value: Any, *args: Any) -> T:
-        """fn(value, *args), with a ValueProblem reported at `path`."""
+    def parse(self, fn: Callable[..., T], path: JsonPath, value: Any, *args: Any, key: bool = False) -> T:
+        """fn(value, *args), with a ValueProblem reported at `path` (its key if `key`)."""
         try:
             return fn(value, *args)
         except ValueProblem as e:
-            self.fail(path, str(e))
+            self.fail(path, str(e), key=key)
 
     def fit(self, value: int, bits: int, path: JsonPath, what: str = "value") -> int:
+        """`value` as an unsigned `bits`-wide field (negatives: two's complement)."""
         return self.parse(to_width, path, value, bits, what)
+
+    def uint(self, path: JsonPath, value: Any) -> int:
+        return self.parse(parse_uint, path, value)
+
+    def address(self, path: JsonPath, value: Any) -> m.Address:
+        return self.parse(parse_address, path, value, self.mark(path))
+
+    def count(self, path: JsonPath, value: Any) -> m.Count:
+        return self.parse(parse_count, path, value, self.mark(path))
 
     def register(self, path: JsonPath, name: str) -> Any:
         """The (reg, shift, width) field a register name means on this arch;
@@ -124,7 +134,7 @@ class _Builder:
             tags=tuple(d.get("tags", ())),
             timeout=timeout,
             backend=d.get("backend", "any"),
-            trace_max=self.parse(parse_uint, ("trace", "max"), d["trace"]["max"]) if "trace" in d else 0,
+            trace_max=self.uint(("trace", "max"), d["trace"]["max"]) if "trace" in d else 0,
             memory=memory,
             images=self.images(),
             devices=self.devices(memory),
@@ -140,7 +150,7 @@ class _Builder:
         regions: list[m.Region] = []
         for i, raw in enumerate(self.data.get("memory", [])):
             p: JsonPath = ("memory", i)
-            at = self.parse(parse_uint, p + ("at",), raw["at"])
+            at = self.uint(p + ("at",), raw["at"])
             size = self.parse(parse_size, p + ("size",), raw["size"])
             if size == 0:
                 self.fail(p + ("size",), "a region needs a size > 0")
@@ -152,7 +162,7 @@ class _Builder:
             region = m.Region(at, size, bool(raw.get("rom", False)), self.mark(p), raw.get("name", ""))
             for j, other in enumerate(regions):
                 if _overlap(at, size, other.at, other.size):
-                    self.fail(p, f"{_region_text(i, region)} overlaps {_region_text(j, other)}")
+                    self.fail(p, f"region {_span(at, size)} overlaps {_region_text(j, other)}")
             regions.append(region)
         return tuple(regions)
 
@@ -160,7 +170,7 @@ class _Builder:
         images = []
         for i, raw in enumerate(self.data.get("images", [])):
             p: JsonPath = ("images", i)
-            at = self.parse(parse_uint, p + ("at",), raw["at"]) if "at" in raw else None
+            at = self.uint(p + ("at",), raw["at"]) if "at" in raw else None
             if "hex" in raw:
                 data = self.parse(parse_hex, p + ("hex",), raw["hex"])
                 images.append(m.Image(None, data, at, self.mark(p)))
@@ -191,12 +201,12 @@ class _Builder:
         for i, raw in enumerate(self.data.get("devices", [])):
             p: JsonPath = ("devices", i)
             kind = raw["type"]
-            port = self.parse(parse_uint, p + ("port",), raw["port"]) if "port" in raw else None
-            at = self.parse(parse_uint, p + ("at",), raw["at"]) if "at" in raw else None
+            port = self.uint(p + ("port",), raw["port"]) if "port" in raw else None
+            at = self.uint(p + ("at",), raw["at"]) if "at" in raw else None
             if port is not None:
                 if self.arch != "x86_64":
-                    self.fail(p + ("port",), f"{self.arch} has no port I/O: give the device an MMIO address with `at:`",
-                              key=True)
+                    self.fail(p + ("port",), f"{self.arch} has no port I/O: give the device an MMIO address "
+                              "with `at:`", key=True)
                 if port > 0xFFFF:
                     self.fail(p + ("port",), f"port {port:#x} is beyond 0xffff")
                 if kind == "pl011":
@@ -214,7 +224,7 @@ class _Builder:
             if "value" in raw:
                 if kind != "constant":
                     self.fail(p + ("value",), f"value is only for constant devices, not {kind}", key=True)
-                value = self.fit(self.parse(parse_uint, p + ("value",), raw["value"]),
+                value = self.fit(self.uint(p + ("value",), raw["value"]),
                                  32 if port is not None else 64, p + ("value",))
             if port is not None:
                 span, space, start = PORT_SPAN.get(kind, 1), "port", port
@@ -222,7 +232,8 @@ class _Builder:
                 span, space, start = size or MMIO_SPAN[kind], "mmio", at
                 assert start is not None
                 if start + span > ADDRESS_LIMIT:
-                    self.fail(p + ("at",), f"{_span(start, span)} goes beyond the 48-bit guest-physical address space")
+                    self.fail(p + ("at",), f"{_span(start, span)} goes beyond the 48-bit guest-physical "
+                              "address space")
                 for j, region in enumerate(memory):
                     if _overlap(start, span, region.at, region.size):
                         self.fail(p + ("at",), f"{kind} MMIO {_span(start, span)} overlaps "
@@ -243,13 +254,12 @@ class _Builder:
         mode = raw.get("mode", DEFAULT_MODES[self.arch])
         if mode not in MODES[self.arch]:
             self.fail(p + ("mode",), f"{mode!r} is not a mode of {self.arch} (one of {', '.join(MODES[self.arch])})")
-        entry = self.parse(parse_address, p + ("entry",), raw["entry"], self.mark(p + ("entry",))) \
-            if "entry" in raw else None
+        entry = self.address(p + ("entry",), raw["entry"]) if "entry" in raw else None
         tables_at = None
         if "tables_at" in raw:
             if self.arch != "x86_64":
                 self.fail(p + ("tables_at",), "tables_at is for x86_64 only (GDT and page tables)", key=True)
-            tables_at = self.parse(parse_uint, p + ("tables_at",), raw["tables_at"])
+            tables_at = self.uint(p + ("tables_at",), raw["tables_at"])
             if tables_at % PAGE or tables_at >= ADDRESS_LIMIT:
                 self.fail(p + ("tables_at",), f"{tables_at:#x} must be 4 KiB aligned and below 2**48 "
                           "(page tables live on page boundaries)")
@@ -273,12 +283,12 @@ class _Builder:
             width = self.register(q, name).width
             value = mask = lo = hi = None
             if isinstance(spec, dict) and "range" in spec:
-                lo, hi = (self.fit(self.parse(parse_uint, q + ("range", k), x), width, q + ("range", k), name)
+                lo, hi = (self.fit(self.uint(q + ("range", k), x), width, q + ("range", k), name)
                           for k, x in enumerate(spec["range"]))
                 if lo > hi:
                     self.fail(q + ("range",), f"range [{lo:#x}, {hi:#x}] is empty: the low end comes first")
             elif isinstance(spec, dict):
-                mask = self.fit(self.parse(parse_uint, q + ("mask",), spec["mask"]), width, q + ("mask",), "mask")
+                mask = self.fit(self.uint(q + ("mask",), spec["mask"]), width, q + ("mask",), "mask")
                 value = self.fit(self.parse(parse_int, q + ("value",), spec["value"]), width, q + ("value",), name)
             else:
                 value = self.fit(self.parse(parse_int, q, spec), width, q, name)
@@ -286,7 +296,7 @@ class _Builder:
         return tuple(out)
 
     def mem_bytes(self, p: JsonPath, raw: dict[str, Any]) -> tuple[m.Address, bytes, str]:
-        at = self.parse(parse_address, p + ("at",), raw["at"], self.mark(p + ("at",)))
+        at = self.address(p + ("at",), raw["at"])
         form = next(k for k in ("hex", *MEM_WIDTHS) if k in raw)
         q = p + (form,)
         if form == "hex":
@@ -296,18 +306,21 @@ class _Builder:
         return at, n.to_bytes(bits // 8, "little"), form
 
     def mem_checks(self, p: JsonPath, raw: list[dict[str, Any]]) -> tuple[m.MemCheck, ...]:
-        return tuple(m.MemCheck(*self.mem_bytes(p + (i,), item), self.mark(p + (i,))) for i, item in enumerate(raw))
+        return tuple(m.MemCheck(*self.mem_bytes(p + (i,), item), self.mark(p + (i,)))
+                     for i, item in enumerate(raw))
 
     def mem_writes(self, p: JsonPath, raw: list[dict[str, Any]]) -> tuple[m.MemWrite, ...]:
-        return tuple(m.MemWrite(*self.mem_bytes(p + (i,), item)[:2], self.mark(p + (i,))) for i, item in enumerate(raw))
+        return tuple(m.MemWrite(*self.mem_bytes(p + (i,), item)[:2], self.mark(p + (i,)))
+                     for i, item in enumerate(raw))
 
     # -- breakpoints and watchpoints ------------------------------------
 
     def hit_common(self, p: JsonPath, raw: dict[str, Any]) -> dict[str, Any]:
         """at, hits, on_hit and set: the keys breakpoints and watchpoints share."""
+        at = self.address(p + ("at",), raw["at"])
         on_hit = None
         if "on_hit" in raw:
-            on_hit = self.parse(parse_uint, p + ("on_hit",), raw["on_hit"])
+            on_hit = self.uint(p + ("on_hit",), raw["on_hit"])
             if on_hit < 1:
                 self.fail(p + ("on_hit",), "on_hit counts from 1 (the first hit)")
         state_set = None
@@ -316,8 +329,8 @@ class _Builder:
             state_set = m.StateSet(self.reg_sets(p + ("set", "regs"), s.get("regs", {})),
                                    self.mem_writes(p + ("set", "memory"), s.get("memory", [])))
         return dict(
-            at=self.parse(parse_address, p + ("at",), raw["at"], self.mark(p + ("at",))),
-            hits=self.parse(parse_count, p + ("hits",), raw["hits"], self.mark(p + ("hits",))) if "hits" in raw else None,
+            at=at,
+            hits=self.count(p + ("hits",), raw["hits"]) if "hits" in raw else None,
             on_hit=on_hit,
             set=state_set,
             mark=self.mark(p),
@@ -327,7 +340,7 @@ class _Builder:
         value = None
         if "value" in raw:
             q = p + ("value",)
-            value = self.fit(self.parse(parse_uint, q, raw["value"]), value_bits, q, "value")
+            value = self.fit(self.uint(q, raw["value"]), value_bits, q, "value")
         return m.StateCheck(self.reg_checks(p + ("regs",), raw.get("regs", {})),
                             self.mem_checks(p + ("memory",), raw.get("memory", [])),
                             value, self.mark(p + ("value",)) if value is not None else None)
@@ -339,10 +352,17 @@ class _Builder:
 
     def watchpoint(self, i: int, raw: dict[str, Any]) -> m.Watchpoint:
         p: JsonPath = ("watchpoints", i)
-        length = self.parse(parse_uint, p + ("len",), raw["len"])
+        length = self.uint(p + ("len",), raw["len"])
         if length < 1:
             self.fail(p + ("len",), "len must be at least 1 byte")
-        expect = self.state_check(p + ("expect",), raw["expect"], 8 * length) if "expect" in raw else None
+        if length > ADDRESS_LIMIT:
+            self.fail(p + ("len",), f"len {length:#x} is larger than the 48-bit address space")
+        expect = None
+        if "expect" in raw:
+            if "value" in raw["expect"] and length > 8:
+                self.fail(p + ("expect", "value"), f"value compares at most 8 bytes, but len is {length}: "
+                          "check a longer range with expect.memory and hex", key=True)
+            expect = self.state_check(p + ("expect",), raw["expect"], 8 * length)
         return m.Watchpoint(len=length, access=raw.get("access", "write"), expect=expect, index=i,
                             **self.hit_common(p, raw))
 
@@ -352,10 +372,9 @@ class _Builder:
         p: JsonPath = ("expect",)
         exit_code = None
         if "exit_code" in raw:
-            if raw.get("exit", "exit-code") != "exit-code":
-                self.fail(p + ("exit_code",), f"exit_code needs exit: exit-code (or no exit), not exit: {raw['exit']}",
-                          key=True)
-            exit_code = self.fit(self.parse(parse_uint, p + ("exit_code",), raw["exit_code"]), 64,
+            # The contract pairs `exit: hlt` with `exit_code: 0`: exit_code is then
+            # checked only if the guest does end through an exit device.
+            exit_code = self.fit(self.uint(p + ("exit_code",), raw["exit_code"]), 64,
                                  p + ("exit_code",), "exit_code")
         return m.Expect(
             exit=raw.get("exit"),
@@ -366,8 +385,7 @@ class _Builder:
             memory=self.mem_checks(p + ("memory",), raw.get("memory", [])),
             console=self.console(p + ("console",), raw["console"]) if "console" in raw else None,
             port_writes=self.port_writes(p + ("port_writes",), raw.get("port_writes", {})),
-            steps=self.parse(parse_count, p + ("steps",), raw["steps"], self.mark(p + ("steps",)))
-            if "steps" in raw else None,
+            steps=self.count(p + ("steps",), raw["steps"]) if "steps" in raw else None,
             golden=self.golden(p + ("golden",), raw["golden"]) if "golden" in raw else None,
         )
 
@@ -389,13 +407,13 @@ class _Builder:
         seen: dict[int, str] = {}
         for key, values in raw.items():
             q = p + (key,)
-            port = self.parse(parse_uint, q, key)
+            port = self.parse(parse_uint, q, key, key=True)
             if port > 0xFFFF:
                 self.fail(q, f"port {port:#x} is beyond 0xffff", key=True)
             if port in seen:
                 self.fail(q, f"port {port:#x} is listed twice (also as {seen[port]!r})", key=True)
             seen[port] = key
-            written = tuple(self.fit(self.parse(parse_uint, q + (k,), x), 32, q + (k,))
+            written = tuple(self.fit(self.uint(q + (k,), x), 32, q + (k,))
                             for k, x in enumerate(values))
             out.append((port, written, self.marks.key(q)))
         return tuple(out)

@@ -44,22 +44,22 @@ _TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "
 
 
 @functools.cache
-def rig_schema() -> dict[str, Any]:
+def load_schema() -> dict[str, Any]:
     """The rig JSON Schema shipped in the package (read once)."""
-    text = resources.files("kvmrig").joinpath("schemas", "rig.schema.json").read_text(encoding="utf-8")
+    text = (resources.files("kvmrig") / "schemas" / "rig.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
 @functools.cache
 def _validator() -> Draft202012Validator:
-    return Draft202012Validator(rig_schema())
+    return Draft202012Validator(load_schema())
 
 
 @functools.cache
 def _kind_ids() -> dict[int, str]:
     # jsonschema hands back the very dicts of the loaded schema, so identity
     # says which $def an error came from, without parsing schema paths.
-    defs = rig_schema()["$defs"]
+    defs = load_schema()["$defs"]
     return {id(defs[name]): name for name in _KINDS}
 
 
@@ -132,7 +132,7 @@ def _likely_branch(err: ValidationError) -> list[ValidationError] | None:
 def _properties(schema: dict[str, Any]) -> dict[str, Any]:
     ref = schema.get("$ref", "")
     if ref.startswith("#/$defs/"):
-        schema = rig_schema()["$defs"][ref[len("#/$defs/"):]]
+        schema = load_schema()["$defs"][ref[len("#/$defs/"):]]
     return schema.get("properties", {})
 
 

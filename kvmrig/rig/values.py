@@ -42,8 +42,13 @@ COUNT_EXAMPLES = '20, ">=1", "<=3", "==2", {range: [1, 5]}'
 HEX_EXAMPLES = '"f4", "34120000", "90 90 f4"'
 
 
+# The widest value any key takes (arm64 v0-v31); bigger numbers are typos, and
+# bounding them keeps int/str conversions and shifts cheap.
+MAX_BITS = 128
+
+
 def show(value: Any) -> str:
-    """A value as the user would recognise it in a message."""
+    """A value as the user would recognise it in a message (long ones cut)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -52,14 +57,20 @@ def show(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        return f"{value:#x}"[:40] + "..."
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _unsigned_text(text: str) -> int:
     """Value of text that matched _UNSIGNED (underscores are fine for int())."""
-    if text[:2].lower() in ("0x", "0b", "0o"):
-        return int(text, 0)
-    return int(text, 10)
+    if len(text) > 2 * MAX_BITS:
+        raise ValueProblem(f"{show(text)} has too many digits")
+    n = int(text, 0) if text[:2].lower() in ("0x", "0b", "0o") else int(text, 10)
+    if n.bit_length() > MAX_BITS:
+        raise ValueProblem(f"{show(text)} is too large (over {MAX_BITS} bits)")
+    return n
 
 
 def parse_int(value: Any, examples: str = INT_EXAMPLES) -> int:
@@ -107,7 +118,7 @@ def parse_duration(value: Any) -> float:
             return float(value)
     elif isinstance(value, str):
         m = _DURATION_RE.fullmatch(value.strip())
-        if m:
+        if m and len(m.group(1)) < 20:  # longer reads as float("inf")
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     raise ValueProblem(f"{show(value)} is not a duration (examples: {DURATION_EXAMPLES})")
 

@@ -42,7 +42,10 @@ JsonPath = tuple[Union[str, int], ...]
 # nesting ("[" * 100000): depth is checked on the event stream first.
 MAX_DEPTH = 64
 # Aliases can expand exponentially ("billion laughs"); rigs are small.
-MAX_NODES = 200_000
+MAX_NODES = 100_000
+# No key takes a number wider than an arm64 vector register; bounding numbers
+# here keeps jsonschema's and the messages' int-to-str conversions cheap.
+MAX_INT_BITS = 128
 
 _TAG = "tag:yaml.org,2002:"
 _PLAIN_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
@@ -101,7 +104,7 @@ def load_yaml(text: str, source: str) -> tuple[Any, Marks]:
             node = loader.get_single_node()
             if node is None:
                 return None, marks
-            return _Walker(loader, marks).plain(node, (), 0), marks
+            return _Walker(loader, marks).plain(node, ()), marks
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as e:
@@ -136,7 +139,7 @@ class _Walker:
     def fail(self, node: yaml.Node, message: str) -> RigError:
         return RigError(message, _mark(node.start_mark, self.marks.source))
 
-    def plain(self, node: yaml.Node, path: JsonPath, depth: int) -> Any:
+    def plain(self, node: yaml.Node, path: JsonPath) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
             raise self.fail(node, f"YAML expands to more than {MAX_NODES} values (aliases?)")
@@ -149,9 +152,9 @@ class _Walker:
         try:
             if isinstance(node, yaml.SequenceNode):
                 self.check_tag(node, "seq")
-                return [self.plain(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+                return [self.plain(item, path + (i,)) for i, item in enumerate(node.value)]
             self.check_tag(node, "map")
-            return self.mapping(node, path, depth)
+            return self.mapping(node, path)
         finally:
             self.active.discard(id(node))
 
@@ -165,9 +168,14 @@ class _Walker:
         if node.tag not in _PLAIN_TAGS:
             raise self.fail(node, f"unsupported YAML tag {_short_tag(node.tag)!r}")
         try:
-            return self.loader.construct_object(node)
+            value = self.loader.construct_object(node)
         except (ValueError, KeyError, yaml.YAMLError):  # e.g. `!!int abc`, `!!bool maybe`
-            raise self.fail(node, f"{node.value!r} is not a valid {_short_tag(node.tag)}") from None
+            if node.tag == _TAG + "int" and len(node.value) > 40:  # Python's int-from-str limit
+                raise self.fail(node, f"number too large (over {MAX_INT_BITS} bits)") from None
+            raise self.fail(node, f"{node.value[:40]!r} is not a valid {_short_tag(node.tag)}") from None
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise self.fail(node, f"number too large (over {MAX_INT_BITS} bits)")
+        return value
 
     def key(self, node: yaml.Node) -> str:
         if not isinstance(node, yaml.ScalarNode):
@@ -177,13 +185,13 @@ class _Walker:
             return str(value)
         return value if isinstance(value, str) else node.value
 
-    def mapping(self, node: yaml.MappingNode, path: JsonPath, depth: int) -> dict[str, Any]:
+    def mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         # Merged keys (`<<`) come first so that explicit keys override them.
         merged: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
                 for source in self.merge_sources(value_node):
-                    for k, v in self.mapping(source, path, depth).items():
+                    for k, v in self.mapping(source, path).items():
                         merged.setdefault(k, v)
         out: dict[str, Any] = dict(merged)
         seen: dict[str, yaml.Node] = {}
@@ -196,7 +204,7 @@ class _Walker:
                 raise self.fail(key_node, f"duplicate key {key!r} (first at line {first.line}, col {first.col})")
             seen[key] = key_node
             self.marks.keys[path + (key,)] = _mark(key_node.start_mark, self.marks.source)
-            out[key] = self.plain(value_node, path + (key,), depth + 1)
+            out[key] = self.plain(value_node, path + (key,))
         return out
 
     def merge_sources(self, node: yaml.Node) -> list[yaml.MappingNode]:
@@ -204,6 +212,8 @@ class _Walker:
         for n in nodes:
             if not isinstance(n, yaml.MappingNode):
                 raise self.fail(n, "a merge key '<<' needs a mapping or a list of mappings")
+            if id(n) in self.active:
+                raise self.fail(n, "YAML alias refers to itself (recursive data)")
         return nodes
 
 

@@ -118,6 +118,7 @@ def test_duplicate_key():
     ("a: !!binary aGk=\n", "1:4", "unsupported YAML tag '!!binary'"),
     ("a: !!int abc\n", "1:4", "'abc' is not a valid !!int"),
     ("a: &x [*x]\n", "1:4", "refers to itself"),
+    ("a: &x {<<: *x}\n", "1:4", "refers to itself"),
     ("? [1, 2]\n: x\n", "1:3", "mapping key must be a plain value"),
     ("a: {<<: 1}\n", "1:9", "merge key"),
 ])

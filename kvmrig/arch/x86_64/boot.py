@@ -1,5 +1,7 @@
 """Initial x86 CPU states for the rig's `cpu.mode`, as pure data.
 
+Memory ranges are (start, size) pairs throughout, as kvmrig.arch.x86_64.paging takes them.
+
 reset:     the power-on state (SDM vol.3 9.1.4): CS selector 0xf000 with base
            0xffff0000, IP 0xfff0, so the first fetch is at 0xfffffff0.
 real:      16-bit real mode; CS derived from the entry (entry < 1 MiB).
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from kvmrig.arch.x86_64 import gdt, paging
 
 GDT_SIZE = 0x1000            # one page holds kvmrig's GDT and its TSS
-LOW_4G = (0, 1 << 32)
+LOW_4G = (0, 1 << 32)        # (start, size)
 
 # SDM vol.3 2.5 control register bits.
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_NW, CR0_CD, CR0_PG = (

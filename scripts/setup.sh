@@ -1,0 +1,41 @@
+#!/bin/sh
+# Set up kvmrig on a fresh Debian/Ubuntu machine: the Debian packages the
+# tests and the guest rebuilds use, then kvmrig itself (editable) with its test
+# and emulator extras into the current Python. Idempotent: when everything is
+# in place it touches no network and returns in a couple of seconds.
+#
+#   scripts/setup.sh            packages + pip install
+#   SKIP_APT=1 scripts/setup.sh pip install only (no root needed)
+set -eu
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# Debian packages: assembler/linker for the x86 guests, the aarch64 binutils
+# for the arm64 guests, a C compiler for the KVM ABI guard test and the
+# benchmark's C limit, gdb for the debugger tests.
+PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu"
+
+missing=""
+for p in $PACKAGES; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ] && [ "${SKIP_APT:-0}" != 1 ]; then
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; else SUDO=""; fi
+    echo "setup: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The arm64 lane: qemu-system-aarch64 and the arm64 package lists (see the script).
+if [ "${SKIP_APT:-0}" != 1 ] && [ -x scripts/setup-arm64-lane.sh ]; then
+    scripts/setup-arm64-lane.sh
+fi
+
+if ! "$PYTHON" -c "import kvmrig, pytest, unicorn, capstone, elftools, junit_xml" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt "$(ls -d ./*.egg-info 2>/dev/null | head -n1 || echo pyproject.toml)" ]; then
+    echo "setup: pip install -e '.[test,emu]'"
+    "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test,emu]'
+fi
+"$PYTHON" -m kvmrig --version
