@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop after the first failure or error")
     run.add_argument("-v", "--verbose", action="count", default=0, help="show registers checked and console")
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
+    run.add_argument("--update-golden", action="store_true",
+                     help="write or refresh the golden snapshot files of rigs with expect.golden, "
+                          "printing what changed, instead of comparing with them")
 
     val = sub.add_parser("validate", help="check rig files (schema, images, symbols) without running")
     val.add_argument("paths", nargs="+", metavar="PATH")
@@ -98,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     term.start(len(rigs) + len(errors))
     for e in errors:
         term.result(e)
-    results, interrupted = run_rigs(rigs, args.jobs, on_result=term.result, exitfirst=args.exitfirst)
+    results, interrupted = run_rigs(rigs, args.jobs, on_result=term.result, exitfirst=args.exitfirst,
+                                    update_golden=args.update_golden)
     final: list[RigResult] = list(errors)
     for rig, result in zip(rigs, results):
         final.append(result or _result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted

@@ -67,11 +67,11 @@ def _result_for(rig: Rig, status: str, **kw) -> RigResult:
     return RigResult(str(rig.path), rig.name, status, classname_for(rig.path), rig.tags, **kw)
 
 
-def run_rig(rig: Rig, backend: str = "auto") -> RigResult:
+def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> RigResult:
     """Prepare and run one rig here, in this process; never raises for bad rigs or guests."""
     from kvmrig.backends.select import NoBackend, backend_for
     from kvmrig.machine.plan import prepare
-    from kvmrig.machine.session import execute
+    from kvmrig.machine.session import RunOptions, execute
 
     start = time.monotonic()
     try:
@@ -80,7 +80,7 @@ def run_rig(rig: Rig, backend: str = "auto") -> RigResult:
             name, factory = backend_for(rig, backend)
         except NoBackend as e:
             return _result_for(rig, SKIPPED, message=str(e), seconds=time.monotonic() - start)
-        outcome = execute(plan, factory)
+        outcome = execute(plan, factory, RunOptions(update_golden=update_golden))
     except RigError as e:
         return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
     except KvmrigError as e:
@@ -94,7 +94,7 @@ def run_rig(rig: Rig, backend: str = "auto") -> RigResult:
 
 # Workers -------------------------------------------------------------------
 
-def _worker(conn: Connection, backend: str) -> None:
+def _worker(conn: Connection, backend: str, update_golden: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     while True:
         try:
@@ -104,13 +104,13 @@ def _worker(conn: Connection, backend: str) -> None:
         if job is None:
             return
         index, rig = job
-        conn.send((index, run_rig(rig, backend)))
+        conn.send((index, run_rig(rig, backend, update_golden)))
 
 
 class _Worker:
-    def __init__(self, ctx, backend: str):
+    def __init__(self, ctx, backend: str, update_golden: bool):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, backend), daemon=True)
+        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden), daemon=True)
         self.proc.start()
         child.close()
         self.job: tuple[int, Rig] | None = None
@@ -135,7 +135,7 @@ def _died(rig: Rig, how: str) -> RigResult:
 
 def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False) -> tuple[list[RigResult | None], bool]:
+             exitfirst: bool = False, update_golden: bool = False) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core). Returns (results in input
     order — None for rigs not run — and whether the run was interrupted)."""
     results: list[RigResult | None] = [None] * len(rigs)
@@ -158,7 +158,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
             stop = True
 
     try:
-        workers = [_Worker(ctx, backend) for _ in range(jobs)]
+        workers = [_Worker(ctx, backend, update_golden) for _ in range(jobs)]
         for w in workers:
             if pending:
                 w.give(*pending.pop())
@@ -187,7 +187,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
                 record(index, result)
                 if replace:
                     w.kill()
-                    workers[workers.index(w)] = w = _Worker(ctx, backend)
+                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden)
                 if pending and not stop:
                     w.give(*pending.pop())
         return results, False

@@ -74,5 +74,7 @@ class Outcome:
     trace: list[int] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)  # code at the stop, registers (failed rigs only)
+    stop_pc: int | None = None
     exits: int = 0      # vCPU exits handled (for benchmarks and reports)
     seconds: float = 0.0

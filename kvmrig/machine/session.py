@@ -8,17 +8,32 @@ is dispatched once and nothing is computed that the rig did not ask for.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kvmrig.arch import registers
 from kvmrig.backends import base
 from kvmrig.backends.base import Backend, Event
 from kvmrig.machine.debug import MAX_HIT_RECORDS, DebugPlan, Point, SwPatches
+from kvmrig.machine import golden
 from kvmrig.machine.devices import Bus
+from kvmrig.machine.diagnose import stop_report
 from kvmrig.machine.expect import check_end, check_state
 from kvmrig.machine.memory import Memory
 from kvmrig.machine.outcome import Hit, Outcome, Stop
 from kvmrig.machine.plan import Plan
+
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, beyond what the rig says (from the command line)."""
+
+    update_golden: bool = False
+
+
+TAIL = 16  # executed addresses kept for the failure report when single-stepping
 
 
 def apply_regs(backend: Backend, arch: str, values: tuple[tuple[str, int, object], ...]) -> None:
@@ -38,8 +53,9 @@ def apply_regs(backend: Backend, arch: str, values: tuple[tuple[str, int, object
 class Session:
     """One run: memory, devices, debug state and the loop over events."""
 
-    def __init__(self, plan: Plan, backend: Backend, memory: Memory):
+    def __init__(self, plan: Plan, backend: Backend, memory: Memory, options: RunOptions | None = None):
         self.plan = plan
+        self.options = options or RunOptions()
         self.rig = plan.rig
         self.backend = backend
         self.memory = memory
@@ -51,6 +67,7 @@ class Session:
         self.stepping_over: int | None = None
         self.steps = 0
         self.last_pc = plan.boot.first_pc  # the instruction a single-step exit has just executed
+        self.tail: deque[int] = deque(maxlen=TAIL)  # last executed addresses, for failure reports
 
     # Setup ---------------------------------------------------------------
     def setup(self) -> None:
@@ -80,6 +97,7 @@ class Session:
         deadline = started + self.rig.timeout
         backend, bus, outcome = self.backend, self.bus, self.outcome
         exits = 0
+        ev = None
         try:
             self.setup()
             while True:
@@ -105,6 +123,8 @@ class Session:
                     raise Stop("unhandled", None, ev.detail or f"backend stopped: {ev.raw!r}")
         except Stop as stop:
             outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
+            if outcome.stop_pc is None and ev is not None and ev.kind not in (base.IO, base.MMIO):
+                outcome.stop_pc = ev.pc
             if self.user_step and stop.exit != "timeout":
                 self.steps += 1  # the instruction that ended the run
         outcome.exits = exits
@@ -142,6 +162,7 @@ class Session:
                     self._arm(False)
             if self.user_step:
                 self.steps += 1
+                self.tail.append(ev.pc)
                 if len(self.outcome.trace) < self.rig.trace_max:
                     self.outcome.trace.append(ev.pc)
             return
@@ -176,6 +197,7 @@ class Session:
         except LookupError:
             return
         if insn == halt:
+            self.outcome.stop_pc = self.last_pc
             raise Stop("hlt", None, f"hlt at {self.last_pc:#x}")
 
     def _foreign(self, ev: Event, what: str) -> None:
@@ -217,6 +239,14 @@ class Session:
             outcome.steps = self.steps
         outcome.failures.extend(self.debug.count_failures())
         outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
+        golden_spec = rig.expect.golden
+        if golden_spec is not None:
+            if self.options.update_golden:
+                outcome.notes.extend(golden.update(rig, golden_spec, outcome, self.memory.read))
+            else:
+                outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
+        if outcome.failures:
+            outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail))
 
 
 def _reg(arch: str, regs: dict[str, int], name: str) -> int | None:
@@ -224,11 +254,11 @@ def _reg(arch: str, regs: dict[str, int], name: str) -> int | None:
     return reg_value(arch, regs, name)
 
 
-def execute(plan: Plan, make_backend: Callable[[], Backend]) -> Outcome:
+def execute(plan: Plan, make_backend: Callable[[], Backend], options: RunOptions | None = None) -> Outcome:
     """Run a prepared rig on a fresh backend; everything is released on return."""
     memory = Memory(plan.rig.memory)
     try:
         with make_backend() as backend:
-            return Session(plan, backend, memory).run()
+            return Session(plan, backend, memory, options).run()
     finally:
         memory.close()

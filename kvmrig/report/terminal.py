@@ -32,6 +32,7 @@ def failure_lines(result: RigResult) -> list[str]:
         end += f"; final pc {pc:#x}"
     lines.append(end)
     lines.extend(f"note: {n}" for n in out.notes)
+    lines.extend(out.report)
     lines.extend(result.details)
     return lines
 
@@ -70,6 +71,10 @@ class Terminal:
         if result.status in (FAILED, ERROR) or (self.verbosity > 0 and result.outcome):
             for text in (failure_lines(result) if result.status != ERROR else result.message.splitlines()):
                 self.stream.write(f"      {text}\n")
+        if result.status == PASSED and result.outcome:
+            for note in result.outcome.notes:
+                if note.startswith("golden "):
+                    self.stream.write(f"      {note}\n")
         if self.verbosity > 0 and result.outcome and result.outcome.console:
             console = result.outcome.console.decode("utf-8", errors="replace").rstrip("\n")
             for text in console.splitlines()[-20:]:

@@ -418,13 +418,17 @@ class _Builder:
             out.append((port, written, self.marks.key(q)))
         return tuple(out)
 
-    def golden(self, p: JsonPath, raw: str | dict[str, Any]) -> m.Golden:
+    def golden(self, p: JsonPath, raw: str | bool | dict[str, Any]) -> m.Golden:
+        default = self.folder / f"{self.path.stem}.golden.yaml"
+        if raw is True:
+            return m.Golden(default, (), self.mark(p))
         if isinstance(raw, str):
             return m.Golden(self.folder / raw, (), self.mark(p))
         ignore = raw.get("ignore", [])
         for k, name in enumerate(ignore):
             self.register(p + ("ignore", k), name)
-        return m.Golden(self.folder / raw["file"], tuple(n.lower() for n in ignore), self.mark(p))
+        file = self.folder / raw["file"] if "file" in raw else default
+        return m.Golden(file, tuple(n.lower() for n in ignore), self.mark(p))
 
 
 def _overlap(a: int, a_size: int, b: int, b_size: int) -> bool:

@@ -96,6 +96,7 @@ class KvmX86Backend(KvmBackendBase):
             out[name] = getattr(s, name).selector
         for name in CONTROL:
             out[name] = getattr(s, name)
+        out["cs_base"] = s.cs.base  # not a register name users write: for linear addresses in reports
         return out
 
     def get_pc(self) -> int:

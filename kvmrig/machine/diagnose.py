@@ -1,0 +1,78 @@
+"""The failure report: where the guest stopped, what it was executing, and the
+whole register state, so a failed rig can be read without re-running it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kvmrig.arch.traits import traits
+
+ReadMem = Callable[[int, int], bytes]
+WINDOW = 48     # bytes disassembled from the stop address
+LINES = 6       # instructions shown
+
+
+def _x86_mode(regs: dict[str, int]) -> int:
+    from capstone import CS_MODE_16, CS_MODE_32, CS_MODE_64
+    if regs.get("efer", 0) & (1 << 10):      # EFER.LMA: long mode (64-bit code assumed)
+        return CS_MODE_64
+    if regs.get("cr0", 0) & 1:               # CR0.PE
+        return CS_MODE_32
+    return CS_MODE_16
+
+
+def _disassembler(arch: str, regs: dict[str, int]):
+    import capstone
+    if arch == "x86_64":
+        return capstone.Cs(capstone.CS_ARCH_X86, _x86_mode(regs))
+    return capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+
+
+def disassemble(arch: str, regs: dict[str, int], pc: int, read: ReadMem) -> list[str]:
+    """A few instructions from `pc` (linear = physical, as in kvmrig's identity maps)."""
+    data = b""
+    for size in (WINDOW, 16, 4):
+        try:
+            data = read(pc, size)
+            break
+        except LookupError:
+            continue
+    if not data:
+        return [f"   {pc:#x}: <not in guest memory>"]
+    try:
+        md = _disassembler(arch, regs)
+    except Exception as e:  # capstone missing or broken: the rest of the report still helps
+        return [f"   {pc:#x}: {data[:16].hex(' ')} (no disassembler: {e})"]
+    out = []
+    for insn in md.disasm(data, pc):
+        marker = "=>" if insn.address == pc else "  "
+        out.append(f"{marker} {insn.address:#x}: {insn.bytes.hex(' '):24} {insn.mnemonic} {insn.op_str}".rstrip())
+        if len(out) >= LINES:
+            break
+    return out or [f"   {pc:#x}: {data[:16].hex(' ')} (does not decode)"]
+
+
+def register_dump(arch: str, regs: dict[str, int]) -> list[str]:
+    names = [n for n in regs if not n.startswith("v") or arch != "arm64"]
+    cells = [f"{n:>7} {regs[n]:#018x}" for n in names if isinstance(regs[n], int)]
+    return ["  " + "  ".join(cells[i:i + 4]) for i in range(0, len(cells), 4)]
+
+
+def stop_report(arch: str, regs: dict[str, int], stop_pc: int | None, read: ReadMem,
+                trace_tail: list[int]) -> list[str]:
+    """Lines for a failed rig's report: code at the stop, registers, last addresses."""
+    lines: list[str] = []
+    pc = stop_pc
+    if pc is None:
+        pc = regs.get(traits(arch).pc)
+        if arch == "x86_64" and pc is not None:
+            pc += regs.get("cs_base", 0)
+    if pc is not None:
+        lines.append(f"code at {pc:#x}:")
+        lines += disassemble(arch, regs, pc, read)
+    if regs:
+        lines.append("registers:")
+        lines += register_dump(arch, regs)
+    if trace_tail:
+        lines.append("last executed: " + " ".join(f"{a:#x}" for a in trace_tail))
+    return lines
