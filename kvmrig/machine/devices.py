@@ -64,7 +64,10 @@ class Serial16550(Dev):
         if offset == 1:
             return self.dlm if dlab else self.regs[1]
         if offset == 2:
-            return 0xC1 if self.regs[2] & 1 else 0x01  # IIR: no interrupt pending (+FIFO bits)
+            # IIR: "transmitter empty" pending when that interrupt is enabled (IER bit 1),
+            # else none; FIFO bits when FCR enabled them. Firmware probes this.
+            iir = 0x02 if self.regs[1] & 0x02 else 0x01
+            return iir | (0xC0 if self.regs[2] & 1 else 0)
         if offset == 5:
             return self.LSR_READY
         if offset == 6:
