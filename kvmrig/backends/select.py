@@ -27,11 +27,8 @@ def kvm_usable() -> str | None:
     return None
 
 
-def backend_for(rig: Rig, wanted: str = "auto") -> tuple[str, Callable[[], Backend]]:
-    """(backend name, factory) for the rig, or NoBackend with the reason."""
-    choice = rig.backend if rig.backend != "any" else wanted
-    if choice == "emu":
-        raise NoBackend("the emulator backend is not available yet (rig pins `backend: emu`)")
+def kvm_factory(rig: Rig) -> Callable[[], Backend]:
+    """The KVM backend class for the rig, or NoBackend saying why KVM cannot run it here."""
     why = kvm_usable()
     if rig.arch != HOST_ARCH:
         why = f"KVM runs {HOST_ARCH} guests on this {HOST_ARCH} host, not {rig.arch}"
@@ -39,5 +36,65 @@ def backend_for(rig: Rig, wanted: str = "auto") -> tuple[str, Callable[[], Backe
         raise NoBackend(f"KVM cannot run this rig: {why}")
     if rig.arch == "x86_64":
         from kvmrig.backends.kvm.x86_64 import KvmX86Backend
-        return "kvm", KvmX86Backend
+        return KvmX86Backend
+    if rig.arch == "arm64":
+        from kvmrig.backends.kvm.arm64 import KvmArm64Backend
+        return KvmArm64Backend
     raise NoBackend(f"no KVM backend for {rig.arch} yet")
+
+
+def emu_factory(rig: Rig) -> Callable[[], Backend]:
+    """The emulator backend class for the rig, or NoBackend saying why not."""
+    from kvmrig.backends import emu
+
+    why = emu.unavailable()
+    if why:
+        raise NoBackend(why)
+    return emu.backend_class(rig.arch)
+
+
+FACTORIES = {"kvm": kvm_factory, "emu": emu_factory}
+WANTED = ("auto", "kvm", "emu")
+
+
+def backend_for(rig: Rig, wanted: str = "auto") -> tuple[str, Callable[[], Backend]]:
+    """(backend name, factory) for the rig, or NoBackend with the reason.
+
+    `wanted` is the run's --backend: "auto" takes KVM where it can run the
+    rig (this host's arch, /dev/kvm usable) and the emulator elsewhere;
+    "kvm" / "emu" take that backend only. A rig's `backend:` pin wins over
+    "auto" and must agree with an explicit choice: a rig pinned to KVM is
+    skipped, with the reason, where KVM cannot run it (never passed
+    silently on the emulator), and the same for a rig pinned to emu.
+    """
+    if wanted not in WANTED:
+        raise ValueError(f"unknown backend {wanted!r}: one of {', '.join(WANTED)}")
+    pin = rig.backend if rig.backend != "any" else None
+    if pin is not None and wanted not in ("auto", pin):
+        raise NoBackend(f"the rig pins `backend: {pin}` and this run asked for --backend {wanted}")
+    choice = pin or wanted
+    if choice != "auto":
+        try:
+            return choice, FACTORIES[choice](rig)
+        except NoBackend as e:
+            if pin is not None:
+                raise NoBackend(f"{e} (the rig pins `backend: {pin}`)") from None
+            raise
+    try:
+        return "kvm", kvm_factory(rig)
+    except NoBackend as kvm_why:
+        try:
+            return "emu", emu_factory(rig)
+        except NoBackend as emu_why:
+            raise NoBackend(f"{kvm_why}; {emu_why}") from None
+
+
+def available_backends(rig: Rig) -> dict[str, Callable[[], Backend] | str]:
+    """Each backend's factory for the rig, or the reason it cannot run it (for --cross-check)."""
+    out: dict[str, Callable[[], Backend] | str] = {}
+    for name, factory in FACTORIES.items():
+        try:
+            out[name] = factory(rig)
+        except NoBackend as e:
+            out[name] = str(e)
+    return out

@@ -11,6 +11,7 @@ TIMEOUT. This needs the main thread, which is where workers run rigs.
 from __future__ import annotations
 
 import signal
+from collections import deque
 import threading
 import time
 
@@ -68,6 +69,10 @@ class KvmBackendBase(Backend):
         self._backing: list[tuple[int, int, int, bool]] = []  # (gpa, size, host address, rom)
         self._slot_ids: list[int] = []
         self._traps: dict[int, str] = {}  # page gpa -> "ro" | "absent" (watchpoint page traps)
+        self._watch_mmio = False   # watchpoints over MMIO (unbacked) addresses are matched on MMIO exits
+        self._queue: deque[Event] = deque()   # events found, not yet returned
+        self._owe_step = False     # a step to report once pending I/O completes
+        self._owe_hits: list[Event] = []      # watch hits to report once pending I/O completes
         self._slot = 0
         self._answer = None  # where complete_read() writes: "io" | "mmio"
         self._timer_armed = False
@@ -127,14 +132,6 @@ class KvmBackendBase(Backend):
                 self._slot_ids.append(self._add_slot(cut, gpa + size - cut, host + cut - gpa, rom))
         self._traps = dict(pages)
 
-    def _trapped_access(self, addr: int, size: int, write: bool, data) -> Event | None:
-        """Complete a guest access to a trapped page; an Event if it hits a watch."""
-        if write:
-            self.poke(addr, bytes(ffi.buffer(data, size)))
-        else:
-            ffi.memmove(data, self.peek(addr, size) or bytes(size), size)
-        return self._watch_access(addr, size, write)
-
     def _watch_access(self, addr: int, size: int, write: bool) -> Event | None:
         """Arch hook: which watchpoint (if any) a trapped access hits."""
         return None
@@ -159,44 +156,110 @@ class KvmBackendBase(Backend):
 
     # Running ---------------------------------------------------------------
     def run(self, deadline: float) -> Event:
+        if self._queue:
+            return self._queue.popleft()
         if not self._timer_armed:
             self._arm_timer(deadline)
-        vcpu = self.vcpu
-        rs = vcpu.run_struct
-        run = vcpu.run
-        traps = self._traps
+        run = self.vcpu.run
         while True:
+            if self._owe_step or self._owe_hits:
+                events = self._settle(deadline)
+                if events:
+                    self._queue.extend(events[1:])
+                    return events[0]
             if self._fixup:
                 self._before_run()
-            reason = run()
-            if reason == abi.KVM_EXIT_IO:
-                io = rs.io
-                if io.direction == abi.KVM_EXIT_IO_OUT:
-                    return Event(base.IO, io.port, io.size, True, bytes(vcpu.io_data()), io.count)
-                self._answer = "io"
-                return Event(base.IO, io.port, io.size, False, b"", io.count)
-            if reason == abi.KVM_EXIT_MMIO:
-                m = rs.mmio
-                if traps and (m.phys_addr & ~(PAGE - 1)) in traps:
-                    ev = self._trapped_access(m.phys_addr, m.len, bool(m.is_write), m.data)
-                    if ev is None:
-                        continue
-                    return ev
-                if m.is_write:
-                    return Event(base.MMIO, m.phys_addr, m.len, True, bytes(ffi.buffer(m.data, m.len)))
-                self._answer = "mmio"
-                return Event(base.MMIO, m.phys_addr, m.len, False)
-            if reason == abi.KVM_EXIT_DEBUG:
-                ev = self._debug_event(rs.debug.arch)
-                if ev is None:  # the backend's own business (e.g. stepping past a breakpoint)
-                    continue
+            ev = self._event(run(), deadline)
+            if ev is not None:
                 return ev
-            if reason == abi.KVM_EXIT_INTR:
-                rs.immediate_exit = 0
-                if time.monotonic() >= deadline:
-                    return Event(base.TIMEOUT, pc=self.get_pc())
-                continue
-            return self._other_exit(reason, rs)
+
+    def _event(self, reason: int, deadline: float) -> Event | None:
+        """One KVM exit as an event, or None to keep running (the hot path)."""
+        rs = self.vcpu.run_struct
+        if reason == abi.KVM_EXIT_IO:
+            io = rs.io
+            if self._stepping():
+                self._owe_step = True
+            if io.direction == abi.KVM_EXIT_IO_OUT:
+                return Event(base.IO, io.port, io.size, True, bytes(self.vcpu.io_data()), io.count)
+            self._answer = "io"
+            return Event(base.IO, io.port, io.size, False, b"", io.count)
+        if reason == abi.KVM_EXIT_MMIO:
+            m = rs.mmio
+            addr, size, write = m.phys_addr, m.len, bool(m.is_write)
+            if self._traps and (addr & ~(PAGE - 1)) in self._traps:
+                return self._trapped_access(addr, size, write, m.data)
+            if self._stepping():
+                self._owe_step = True
+            if self._watch_mmio:
+                hit = self._watch_access(addr, size, write)
+                if hit is not None:
+                    self._owe_hits.append(hit)  # delivered once the device access completed
+            if write:
+                return Event(base.MMIO, addr, size, True, bytes(ffi.buffer(m.data, size)))
+            self._answer = "mmio"
+            return Event(base.MMIO, addr, size, False)
+        if reason == abi.KVM_EXIT_DEBUG:
+            return self._debug_event(rs.debug.arch)  # None: the backend's own (stepping past a breakpoint)
+        if reason == abi.KVM_EXIT_INTR:
+            rs.immediate_exit = 0
+            if time.monotonic() >= deadline:
+                return Event(base.TIMEOUT, pc=self.get_pc())
+            return None
+        return self._other_exit(reason, rs)
+
+    def _settle(self, deadline: float) -> list[Event]:
+        """Complete the access the guest is waiting on, then deliver what was
+        owed: watch hits (with the state after the access) and, when stepping,
+        the step of that instruction if this KVM does not report it itself.
+
+        KVM_RUN with immediate_exit set finishes pending port/MMIO I/O and
+        returns EINTR before entering the guest (api.rst, immediate_exit)."""
+        owe_step, hits = self._owe_step, self._owe_hits
+        self._owe_step, self._owe_hits = False, []
+        rs = self.vcpu.run_struct
+        rs.immediate_exit = 1
+        reason = self.vcpu.run()
+        rs.immediate_exit = 0
+        events: list[Event] = []
+        if hits or (owe_step and reason == abi.KVM_EXIT_INTR):
+            pc = self._pc_now()
+            for hit in hits:
+                hit.pc = pc
+                events.append(hit)
+            if owe_step and reason == abi.KVM_EXIT_INTR:
+                step = self._step_done(pc)
+                if step is not None:
+                    events.append(step)
+        if reason != abi.KVM_EXIT_INTR:
+            follow = self._event(reason, deadline)  # e.g. the step exit a full KVM reports
+            if follow is not None:
+                events.append(follow)
+        return events
+
+    def _trapped_access(self, addr: int, size: int, write: bool, data) -> Event | None:
+        """A guest access to a page trapped for watchpoints: complete it here.
+        A write to ROM is not applied: it ends the run as the MMIO exit it is."""
+        hit = self._watch_access(addr, size, write)
+        if write and self._is_rom(addr):
+            end = Event(base.MMIO, addr, size, True, bytes(ffi.buffer(data, size)))
+            if hit is None:
+                return end
+            self._queue.append(end)
+            hit.pc = self._pc_now()
+            return hit
+        if write:
+            self.poke(addr, bytes(ffi.buffer(data, size)))
+        else:
+            ffi.memmove(data, self.peek(addr, size) or bytes(size), size)
+        if self._stepping():
+            self._owe_step = True
+        if hit is not None:
+            self._owe_hits.append(hit)
+        return None
+
+    def _is_rom(self, gpa: int) -> bool:
+        return any(start <= gpa < start + size and rom for start, size, _h, rom in self._backing)
 
     # Arch hooks ----------------------------------------------------------
     _fixup = False  # set by a subclass when _before_run has work before the next KVM_RUN
@@ -207,6 +270,18 @@ class KvmBackendBase(Backend):
     def _debug_event(self, arch_info) -> Event | None:
         """A KVM_EXIT_DEBUG as an event, or None to keep running."""
         raise NotImplementedError
+
+    def _stepping(self) -> bool:
+        """Whether the vCPU is single-stepping (for the session or the backend itself)."""
+        return False
+
+    def _step_done(self, pc: int) -> Event | None:
+        """A single-step finished at `pc`: the event for it, or None if it was the backend's."""
+        return Event(base.DEBUG, pc=pc, detail="step")
+
+    def _pc_now(self) -> int:
+        """The program counter as debug exits report it (x86: linear)."""
+        return self.get_pc()
 
     def _other_exit(self, reason: int, rs) -> Event:
         if reason == abi.KVM_EXIT_HLT:

@@ -154,10 +154,13 @@ class KvmX86Backend(KvmBackendBase):
         self._shadow = {n: self.peek(self._dr[n], self._dr_len[n]) or b""
                         for n, kind in enumerate(self._dr_kind) if kind == "read"}
         pages: dict[int, str] = {}
+        self._watch_mmio = False
         for _i, s in soft:
             mode = "ro" if s.kind == "write" else "absent"
             for page in range(s.addr & ~(PAGE - 1), s.addr + s.length, PAGE):
-                if pages.get(page) != "absent":
+                if self._host(page, PAGE) is None:
+                    self._watch_mmio = True  # device or unbacked: its accesses exit as MMIO anyway
+                elif pages.get(page) != "absent":
                     pages[page] = mode
         self._soft = soft
         self.set_traps(pages)
@@ -190,28 +193,41 @@ class KvmX86Backend(KvmBackendBase):
             return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
         dr6 = info.dr6
         if self._resume is not None and dr6 & DR6_BS:
-            self._resume = None
-            self._apply()
-            return Event(base.DEBUG, pc=pc, detail="step", raw=dr6) if self._user_step else None
-        for n in range(len(self._dr_kind)):
-            if not dr6 & (1 << n):
-                continue
-            kind = self._dr_kind[n]
-            if kind == "exec":
+            return self._step_done(pc)
+        fired = [n for n in range(len(self._dr_kind)) if dr6 & (1 << n)]
+        for n in fired:
+            if self._dr_kind[n] == "exec":
                 self._resume = n  # a fault: step past it with DRn off, then re-arm
                 self._fixup = True
-                return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw", raw=dr6)
-            if kind == "read":
+                return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw", raw=(n,))
+        watches = []
+        for n in fired:
+            if self._dr_kind[n] == "read":
                 now = self.peek(self._dr[n], self._dr_len[n]) or b""
                 if now != self._shadow.get(n):
                     self._shadow[n] = now  # the bytes changed: a write, not a read
                     continue
-            return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="watch", raw=dr6)
+            watches.append(self._dr_owner[n])
+        if watches:
+            return Event(base.DEBUG, pc=pc, slot=watches[0], addr=self._dr[fired[0]], detail="watch",
+                         raw=tuple(watches))
         if dr6 & DR6_BS:
-            return Event(base.DEBUG, pc=pc, detail="step", raw=dr6)
-        if dr6 & 0xF:
+            return self._step_done(pc)
+        if fired:
             return None  # only `read` watches that saw writes fired
         return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+
+    def _stepping(self) -> bool:
+        return self._user_step or self._resume is not None
+
+    def _step_done(self, pc: int) -> Event | None:
+        if self._resume is not None:  # the step past a hardware breakpoint: re-arm it
+            self._resume = None
+            self._apply()
+        return Event(base.DEBUG, pc=pc, detail="step") if self._user_step else None
+
+    def _pc_now(self) -> int:
+        return self._linear_pc()[0]
 
     def _before_run(self) -> None:
         self._fixup = False
@@ -219,20 +235,22 @@ class KvmX86Backend(KvmBackendBase):
             return
         pc, _ = self._linear_pc()
         if self.peek(pc, 1) == HLT:
-            # Stepping a HLT would swallow it; the run ends there anyway.
+            # Stepping a HLT would swallow it: run it with DRn off instead. If it
+            # is a planted breakpoint the session steps it next; keep DRn off
+            # until that step is done, so the breakpoint there is not hit twice.
             self._apply(skip=self._resume)
-            self._resume = None
+            self._fixup = True
         else:
             self._apply(skip=self._resume, step=True)
 
     def _watch_access(self, addr: int, size: int, write: bool) -> Event | None:
-        for i, s in self._soft:
-            if addr < s.addr + s.length and s.addr < addr + size:
-                if (s.kind == "write" and not write) or (s.kind == "read" and write):
-                    continue
-                return Event(base.DEBUG, pc=self.get_pc(), slot=i, addr=addr, size=size, write=write,
-                             detail="watch")
-        return None
+        """The watch hit (every matching slot, in `raw`) of an access seen as MMIO."""
+        slots = tuple(i for i, s in self._soft
+                      if addr < s.addr + s.length and s.addr < addr + size
+                      and not (s.kind == "write" and not write) and not (s.kind == "read" and write))
+        if not slots:
+            return None
+        return Event(base.DEBUG, slot=slots[0], addr=addr, size=size, write=write, detail="watch", raw=slots)
 
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()

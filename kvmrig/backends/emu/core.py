@@ -1,0 +1,531 @@
+"""What both emulator backends share: memory, the emulation thread, MMIO,
+ROM writes, breakpoints, watchpoints, single-step and the timeout.
+
+The emulation thread
+--------------------
+Unicorn calls back into Python from inside an instruction, and some answers
+must be given right there: the value an `in` or an MMIO load returns. The
+Backend interface, though, hands every access to the machine layer as an
+Event from run() and gets the answer through complete_read() before the
+next run(). So `emu_start` runs on a worker thread of this backend:
+
+* a *blocking* hook (port I/O, MMIO, ROM write) posts its Event to run(),
+  which returns it, and waits; the next run() resumes it with the answer.
+  The instruction then completes exactly as on KVM, with the device's value.
+* a *stopping* hook (breakpoint, watchpoint, exception, PSCI) records its
+  Event and calls emu_stop; run() returns it once emu_start has returned,
+  so the machine layer may change registers and memory (breakpoint patches,
+  `set`) while no translated code is running.
+
+An exception raised in a hook does not cross the C boundary: every hook is
+wrapped by `_guard`, which records the exception, stops the emulator, and
+run() re-raises it once emu_start has returned.
+
+Every emu_start is given an instruction count (1 for a single-step, else a
+practically infinite budget), so unicorn's own counting hook is in every
+translated block from the start (unicorn does not flush translations when
+counting is switched on later, and an uncounted block would ignore count=1).
+
+Unicorn checks for a stop request right after every memory access and then
+restarts the instruction from its beginning; so no hook that sees an access
+may call emu_stop, or the instruction would run twice. A watchpoint's
+memory hook only records the hit; while watchpoints are armed a code hook
+on every instruction reports it before the next instruction starts, so the
+hit is seen after the access with the next pc, as a data breakpoint trap is
+on KVM (this makes the emulator slower while watchpoints are armed).
+
+Translated code is flushed whenever it may be stale: after breakpoints or
+watchpoints change (unicorn bakes code hooks into translated blocks) and
+after every debug stop, when the machine layer may have lifted or planted a
+breakpoint instruction or written memory with `set`.
+
+Memory
+------
+RAM and ROM are the machine layer's own buffers, mapped with mem_map_ptr, so
+images, checks and breakpoint patches see the one copy the guest runs on.
+ROM is mapped read+exec: a guest write raises unicorn's write-protection
+hook, which stops the emulator before the store with an MMIO write event
+(the pc on the writing instruction, as KVM reports it). If the machine goes
+on, that one instruction is replayed with the ROM page writable and the
+page's bytes put back right after it: the store is not applied and the
+instruction completes, as with KVM_MEM_READONLY. Any other address is MMIO: the first access to an
+unmapped page maps that page with unicorn's MMIO callbacks (lazily, so no
+map of the whole physical space is needed), and every access to it becomes
+an MMIO event; a load gets the machine's complete_read() answer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import threading
+import time
+from collections.abc import Collection
+from typing import Any
+
+from unicorn import UcError
+from unicorn import unicorn_const as U
+
+from kvmrig.backends import base
+from kvmrig.backends.base import Backend, Event, HwSlot
+from kvmrig.errors import BackendError
+
+BUDGET = 1 << 62          # "run until something happens" as an instruction count
+STOP_RETRY = 0.01         # seconds between emu_stop calls once the deadline passed
+ACCESS_SPAN = 15          # widest access unicorn reports at once is 16 bytes: hook ranges start this far early
+_QUIT = object()
+_ABORT = object()
+
+# Unicorn errors that mean the guest did something the emulator cannot go on
+# from, with what to tell the user. (A table test checks every entry is used.)
+ERROR_TEXT = {
+    U.UC_ERR_FETCH_UNMAPPED: "the guest jumped to {addr}, where no RAM or ROM region is "
+                             "(instructions cannot be fetched from MMIO)",
+    U.UC_ERR_FETCH_PROT: "the guest fetched an instruction from {addr}, which is not executable",
+    U.UC_ERR_READ_UNMAPPED: "the guest read {addr}, which the emulator could not map as MMIO",
+    U.UC_ERR_WRITE_UNMAPPED: "the guest wrote {addr}, which the emulator could not map as MMIO",
+    U.UC_ERR_READ_PROT: "the guest read {addr}, which is mapped without read permission",
+    U.UC_ERR_MAP: "the emulator lost the mapping of {addr} during an access",
+    U.UC_ERR_EXCEPTION: "the CPU raised an exception the emulator backend does not handle",
+    U.UC_ERR_INSN_INVALID: "the guest executed an invalid instruction",
+}
+
+
+class _Aborted(Exception):
+    """The run is over while a hook waited for an answer: unwind quietly."""
+
+
+class EmuBackendBase(Backend):
+    """Unicorn with the machine's memory, on a worker thread; arch subclasses
+    add registers, the boot state, port I/O and exceptions."""
+
+    name = "emu"
+
+    def __init__(self) -> None:
+        self.uc = self._create()
+        self.page = self.uc.ctl_get_page_size()
+        self._views: list[Any] = []                 # ctypes arrays pinning the machine's buffers
+        self._regions: list[tuple[int, int, bool, Any]] = []   # (start, end, rom, view)
+        self._mmio_pages: set[int] = set()
+        self._mmio_hooks: list[int] = []
+        # The worker thread and what passes between it and run().
+        self._thread: threading.Thread | None = None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()    # to the worker
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()   # to run()
+        self._in_hook = False          # the worker waits inside a blocking hook
+        self._running = False          # an emu_start is under way (in a hook or not)
+        self._answer = b""
+        self._closed = False
+        # What stopped the emulator.
+        self._stop_event: Event | None = None
+        self._hook_error: BaseException | None = None
+        self._timed_out = False
+        self._rom_write: tuple[int, int] | None = None      # (addr, size) of the last ROM store
+        self._replay: list[tuple[int, bytes]] | None = None  # ROM pages to put back after a replay
+        self._replayed = False
+        self._watch_pending: Event | None = None
+        self._every_insn: int | None = None                  # the code hook on every instruction
+        self._pending: list[Event] = []
+        # Debug state.
+        self._single_step = False
+        self._exec_at: dict[int, list[int]] = {}    # address -> exec slot indexes
+        self._sw: frozenset[int] = frozenset()
+        self._sw_insn = self.sw_break_insn()
+        self._watches: list[tuple[int, HwSlot]] = []
+        self._code_hooks: list[int] = []
+        self._watch_hooks: list[int] = []
+        self._debug_key: tuple = ((), frozenset(), ())
+        self._skip: tuple[int, frozenset] | None = None      # (pc, reported at pc) for the next start
+        self._just_hit: tuple[int, frozenset] | None = None
+        self._flush = False
+        self._install_base_hooks()
+
+    # Arch hooks ----------------------------------------------------------
+    def _create(self):
+        raise NotImplementedError
+
+    def _linear_pc(self) -> int:
+        """The address of the next instruction as hooks see it."""
+        return self.get_pc()
+
+    def _start_pc(self) -> int:
+        """The `begin` argument of emu_start that resumes where the CPU is."""
+        return self.get_pc()
+
+    def _natural_stop(self) -> Event:
+        """emu_start returned for no reason of ours (x86 HLT, arm64 WFI)."""
+        return Event(base.HALT, pc=self.get_pc())
+
+    def _error_event(self, err: UcError) -> Event | None:
+        """An emulation error as an event (None: handled, run on)."""
+        code = err.errno
+        addr = self._fault_addr
+        text = ERROR_TEXT.get(code)
+        if text is None:
+            text = f"unicorn error {code} ({err})"
+        where = f"{addr:#x}" if addr is not None else "an unknown address"
+        return Event(base.UNHANDLED, pc=self.get_pc(), raw=code,
+                     detail=f"{text.format(addr=where)} (pc {self.get_pc():#x}; emulator backend)")
+
+    def _on_interrupt(self, intno: int) -> None:
+        """UC_HOOK_INTR, on the worker thread: record a stop event and emu_stop."""
+        raise NotImplementedError
+
+    # Memory ----------------------------------------------------------------
+    def map_memory(self, gpa: int, buf, rom: bool) -> None:
+        size = len(buf)
+        if gpa % self.page or size % self.page:
+            raise BackendError(f"memory region {gpa:#x}+{size:#x} is not aligned to the emulator's "
+                               f"{self.page:#x}-byte pages")
+        view = (ctypes.c_char * size).from_buffer(buf)
+        self._views.append(view)
+        perms = U.UC_PROT_READ | U.UC_PROT_EXEC if rom else U.UC_PROT_ALL
+        self.uc.mem_map_ptr(gpa, size, perms, ctypes.addressof(view))
+        self._regions.append((gpa, gpa + size, rom, view))
+
+    def peek(self, gpa: int, length: int) -> bytes | None:
+        """Guest-physical bytes straight from the machine's buffers (None outside RAM/ROM)."""
+        for start, end, _rom, view in self._regions:
+            if start <= gpa and gpa + length <= end:
+                off = gpa - start
+                return bytes(view[off:off + length])
+        return None
+
+    def poke(self, gpa: int, data: bytes) -> bool:
+        for start, end, _rom, view in self._regions:
+            if start <= gpa and gpa + len(data) <= end:
+                off = gpa - start
+                view[off:off + len(data)] = data
+                return True
+        return False
+
+    # Hooks every run has -----------------------------------------------------
+    def _guard(self, fn, default=None):
+        """Wrap a hook: an exception is recorded and stops the emulator
+        (it cannot cross unicorn's C frames); run() re-raises it."""
+        def hook(uc, *args):
+            try:
+                return fn(*args)
+            except _Aborted:
+                uc.emu_stop()
+                return default
+            except BaseException as e:  # noqa: BLE001 - re-raised by run()
+                if self._hook_error is None:
+                    self._hook_error = e
+                uc.emu_stop()
+                return default
+        return hook
+
+    def _install_base_hooks(self) -> None:
+        uc = self.uc
+        self._fault_addr: int | None = None
+        uc.hook_add(U.UC_HOOK_MEM_READ_UNMAPPED | U.UC_HOOK_MEM_WRITE_UNMAPPED,
+                    self._guard(self._on_unmapped, False))
+        uc.hook_add(U.UC_HOOK_MEM_FETCH_UNMAPPED | U.UC_HOOK_MEM_FETCH_PROT | U.UC_HOOK_MEM_READ_PROT,
+                    self._guard(self._on_bad_access, False))
+        uc.hook_add(U.UC_HOOK_MEM_WRITE_PROT, self._guard(self._on_rom_write, False))
+        uc.hook_add(U.UC_HOOK_INTR, self._guard(self._on_interrupt))
+
+    def _block(self, event: Event) -> bytes:
+        """On the worker thread: hand `event` to run() and wait for the next run()."""
+        if self._closed:
+            raise _Aborted
+        self._outbox.put(("event", event))
+        reply = self._inbox.get()
+        if reply is _ABORT:
+            raise _Aborted
+        return reply
+
+    def _on_unmapped(self, access: int, addr: int, size: int, value: int, _ud=None) -> bool:
+        """First touch of a page no region backs: make it an MMIO page and retry."""
+        page = addr & ~(self.page - 1)
+        if page in self._mmio_pages:
+            self._fault_addr = addr
+            return False
+        try:
+            self.uc.mmio_map(page, self.page, self._guard(self._mmio_read, 0), page,
+                             self._guard(self._mmio_write), page)
+        except UcError:
+            self._fault_addr = addr
+            return False
+        self._mmio_pages.add(page)
+        # A memory hook on the page makes unicorn sync the pc before each
+        # access, so the registers of an MMIO event show the accessing instruction.
+        self._mmio_hooks.append(self.uc.hook_add(U.UC_HOOK_MEM_READ | U.UC_HOOK_MEM_WRITE, _noop_mem,
+                                                 begin=page, end=page + self.page - 1))
+        return True
+
+    def _mmio_read(self, offset: int, size: int, page: int) -> int:
+        data = self._block(Event(base.MMIO, page + offset, size, False))
+        return int.from_bytes(data[:size].ljust(size, b"\xff"), "little")
+
+    def _mmio_write(self, offset: int, size: int, value: int, page: int) -> None:
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._block(Event(base.MMIO, page + offset, size, True, data))
+
+    def _on_rom_write(self, access: int, addr: int, size: int, value: int, _ud=None) -> bool:
+        """A store to ROM: stop before it with an MMIO write event (see the module doc)."""
+        if self._stop_event is None:
+            data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+            self._stop_event = Event(base.MMIO, addr, size, True, data)
+            self._rom_write = (addr, size)
+        return False  # declined: unicorn stops and restarts the instruction later
+
+    def _on_bad_access(self, access: int, addr: int, size: int, value: int, _ud=None) -> bool:
+        self._fault_addr = addr
+        return False
+
+    # Debug ---------------------------------------------------------------------
+    def hw_debug_slots(self) -> tuple[int, int, bool]:
+        from kvmrig.arch.traits import traits
+        return traits(self.arch).hw_slots
+
+    def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
+        self._single_step = single_step
+        exec_at: dict[int, list[int]] = {}
+        watches = []
+        for i, s in enumerate(slots):
+            if s.kind == "exec":
+                exec_at.setdefault(s.addr, []).append(i)
+            else:
+                watches.append((i, s))
+        sw = frozenset(sw_breakpoints or ())
+        key = (tuple(sorted((a, tuple(v)) for a, v in exec_at.items())), sw, tuple(watches))
+        if key == self._debug_key:
+            return
+        self._debug_key = key
+        self._exec_at, self._sw, self._watches = exec_at, sw, watches
+        uc = self.uc
+        for h in self._code_hooks + self._watch_hooks:
+            uc.hook_del(h)
+        self._code_hooks, self._watch_hooks = [], []
+        if watches:  # first in the list: a pending watch hit is reported before a breakpoint there
+            self._code_hooks.append(uc.hook_add(U.UC_HOOK_CODE, self._guard(self._on_every_insn), begin=1, end=0))
+        on_code = self._guard(self._on_code)
+        for addr in sorted(set(exec_at) | sw):
+            self._code_hooks.append(uc.hook_add(U.UC_HOOK_CODE, on_code, begin=addr, end=addr))
+        for i, s in watches:
+            kinds = {"read": U.UC_HOOK_MEM_READ, "write": U.UC_HOOK_MEM_WRITE,
+                     "access": U.UC_HOOK_MEM_READ | U.UC_HOOK_MEM_WRITE}[s.kind]
+            self._watch_hooks.append(uc.hook_add(kinds, self._guard(self._make_watch(i, s)),
+                                                 begin=max(s.addr - ACCESS_SPAN, 0),
+                                                 end=s.addr + s.length - 1))
+        self._flush = True  # code hooks live in translated blocks
+
+    def _on_code(self, addr: int, size: int, _ud=None) -> None:
+        """A breakpoint address is about to execute: report each point there once."""
+        done: frozenset = frozenset()
+        skip = self._skip
+        if skip is not None:
+            self._skip = None
+            if skip[0] == addr:
+                done = skip[1]
+        for slot in self._exec_at.get(addr, ()):
+            if ("hw", slot) not in done:
+                self._hit(Event(base.DEBUG, pc=addr, slot=slot, addr=addr, detail="hw"), done | {("hw", slot)})
+                return
+        if addr in self._sw and "sw" not in done and self.peek(addr, len(self._sw_insn)) == self._sw_insn:
+            self._hit(Event(base.DEBUG, pc=addr, detail="sw"), done | {"sw"})
+
+    def _hit(self, event: Event, reported: frozenset) -> None:
+        if self._stop_event is None:
+            self._stop_event = event
+            self._just_hit = (event.pc, reported)
+        self.uc.emu_stop()
+
+    def _make_watch(self, index: int, slot: HwSlot):
+        lo, hi = slot.addr, slot.addr + slot.length
+
+        def on_access(access: int, addr: int, size: int, value: int, _ud=None) -> None:
+            if addr < hi and lo < addr + size and self._watch_pending is None:
+                # Only recorded: reported before the next instruction (module doc).
+                self._watch_pending = Event(base.DEBUG, slot=index, addr=lo, size=size,
+                                            write=access == U.UC_MEM_WRITE, detail="watch")
+        return on_access
+
+    def _on_every_insn(self, addr: int, size: int, _ud=None) -> None:
+        if self._watch_pending is not None and self._stop_event is None:
+            event, self._watch_pending = self._watch_pending, None
+            event.pc = addr
+            self._stop_event = event
+            self.uc.emu_stop()
+
+    # Running -------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            job = self._inbox.get()
+            if job is _QUIT:
+                return
+            if job is _ABORT:  # a stale abort for a hook that has already returned
+                continue
+            begin, count = job
+            err = None
+            try:
+                self.uc.emu_start(begin, 0, count=count)
+            except UcError as e:
+                err = e
+            except BaseException as e:  # noqa: BLE001 - a hook error the binding re-raised
+                if self._hook_error is None:
+                    self._hook_error = e
+            self._outbox.put(("done", err))
+
+    def _launch(self) -> None:
+        if self._thread is None:
+            uc = self.uc
+            uc.ctl_exits_enabled(True)   # `until` means nothing: stops are ours alone
+            uc.ctl_set_exits([])
+            self._thread = threading.Thread(target=self._worker, name="kvmrig-emu", daemon=True)
+            self._thread.start()
+        if self._flush:
+            self.uc.ctl_flush_tb()
+            self._flush = False
+        hit, self._just_hit = self._just_hit, None
+        self._skip = hit if hit is not None and hit[0] == self._linear_pc() else None
+        self._stop_event = None
+        self._fault_addr = None
+        self._timed_out = False
+        count = 1 if self._single_step else BUDGET
+        if self._rom_write is not None:
+            count = 1
+            self._begin_replay(*self._rom_write)
+            self._rom_write = None
+        self._running = True
+        self._inbox.put((self._start_pc(), count))
+
+    def _rom_pages(self, addr: int, size: int) -> list[tuple[int, int]]:
+        first, last = addr & ~(self.page - 1), (addr + size - 1) & ~(self.page - 1)
+        return [(p, self.page) for p in range(first, last + self.page, self.page)
+                if any(s <= p < e and rom for s, e, rom, _v in self._regions)]
+
+    def _begin_replay(self, addr: int, size: int) -> None:
+        """Run the ROM-writing instruction once with its page(s) writable; _end_replay undoes the store."""
+        pages = self._rom_pages(addr, size)
+        self._replay = [(p, self.peek(p, n) or b"") for p, n in pages]
+        for p, n in pages:
+            self.uc.mem_protect(p, n, U.UC_PROT_ALL)
+
+    def _end_replay(self) -> None:
+        saved, self._replay = self._replay, None
+        for p, data in saved or ():
+            self.poke(p, data)
+            self.uc.mem_protect(p, len(data), U.UC_PROT_READ | U.UC_PROT_EXEC)
+            self.uc.ctl_remove_cache(p, p + len(data))
+
+    def run(self, deadline: float) -> Event:
+        if self._closed:
+            raise BackendError("the emulator backend was closed")
+        if self._in_hook:
+            self._in_hook = False
+            answer, self._answer = self._answer, b""
+            self._inbox.put(answer)
+        else:
+            if self._pending:
+                return self._pending.pop(0)
+            if time.monotonic() >= deadline:
+                return Event(base.TIMEOUT, pc=self.get_pc())
+            self._launch()
+        return self._wait(deadline)
+
+    def _wait(self, deadline: float) -> Event:
+        stopping = False
+        while True:
+            wait = STOP_RETRY if stopping else max(deadline - time.monotonic(), 0.0)
+            try:
+                kind, payload = self._outbox.get(timeout=wait)
+            except queue.Empty:
+                # Past the deadline: stop the emulator (again, in case a stop
+                # landed between two emu_starts and was reset by the second).
+                stopping = self._timed_out = True
+                self.uc.emu_stop()
+                continue
+            if kind == "event":
+                self._in_hook = True
+                return payload
+            self._running = False
+            replayed = self._replayed = self._replay is not None
+            if replayed:
+                self._end_replay()
+            event = self._finished(payload)
+            self._replayed = False
+            if event is None and replayed and self._single_step:
+                event = Event(base.DEBUG, pc=self._linear_pc(), detail="step")
+            if event is not None:
+                return event
+            if time.monotonic() >= deadline:
+                return Event(base.TIMEOUT, pc=self.get_pc())
+            self._running = True
+            self._stop_event = None
+            self._inbox.put((self._start_pc(), 1 if self._single_step else BUDGET))
+
+    def _finished(self, err: UcError | None) -> Event | None:
+        """emu_start returned: the event that ends this run(), or None to go on."""
+        if self._hook_error is not None:
+            e, self._hook_error = self._hook_error, None
+            raise BackendError(f"the emulator backend failed in a hook: {type(e).__name__}: {e}") from e
+        self._flush = True  # the machine may write memory or registers before the next start
+        event, self._stop_event = self._stop_event, None
+        if event is None and self._watch_pending is not None:
+            event, self._watch_pending = self._watch_pending, None   # a single-step ended first
+            event.pc = self._linear_pc()
+        if event is not None:
+            return self._stopped(event)
+        if self._timed_out:
+            return Event(base.TIMEOUT, pc=self.get_pc())
+        if err is not None:
+            return self._error_event(err)
+        if self._replayed:   # the ROM-writing instruction ran (count 1): go on as asked
+            return None
+        if self._single_step:
+            return Event(base.DEBUG, pc=self._linear_pc(), detail="step")
+        return self._natural_stop()
+
+    def _stopped(self, event: Event) -> Event | None:
+        """A hook's stop event (arch hook: e.g. an exception handled in place → None)."""
+        return event
+
+    def complete_read(self, data: bytes) -> None:
+        self._answer = bytes(data)
+
+    # Closing ------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            if self._running:
+                self._timed_out = True
+                self.uc.emu_stop()
+                if self._in_hook:
+                    self._inbox.put(_ABORT)
+                # Wait for emu_start to return (a hook that waits is aborted,
+                # a running guest is stopped again until it is).
+                end = time.monotonic() + 5
+                while time.monotonic() < end:
+                    try:
+                        kind, _ = self._outbox.get(timeout=STOP_RETRY)
+                    except queue.Empty:
+                        self.uc.emu_stop()
+                        continue
+                    if kind == "done":
+                        break
+                    self._inbox.put(_ABORT)
+            self._inbox.put(_QUIT)
+            thread.join(5)
+            self._thread = None
+        self._running = self._in_hook = False
+        uc, self.uc = self.uc, None
+        if uc is not None and (thread is None or not thread.is_alive()):
+            try:
+                for start, end, _rom, _view in self._regions:
+                    uc.mem_unmap(start, end - start)
+            except UcError:
+                pass
+            del uc
+        # Drop our views so the machine can close its mmaps.
+        self._regions = []
+        self._views = []
+
+
+def _noop_mem(uc, access, addr, size, value, user_data) -> None:
+    """A memory hook whose only job is to make unicorn sync the pc first."""
