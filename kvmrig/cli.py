@@ -28,6 +28,8 @@ examples:
   kvmrig run -j 1 -v rigs/x86/fib.yaml
   kvmrig run --tag smoke -k serial rigs/
   kvmrig validate rigs/            check rig files without running them
+  kvmrig run --backend emu rigs/   run on the unicorn emulator, no /dev/kvm needed
+  kvmrig run --cross-check rigs/x86   run on KVM and the emulator and compare the two
 """
 
 
@@ -51,11 +53,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", action="append", default=[], metavar="T",
                      help="only rigs with this tag (repeatable: any of them)")
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop after the first failure or error")
+    run.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
+                     help="where rigs run: kvm, emu (the unicorn emulator), or auto (default): KVM where "
+                          "/dev/kvm can run the rig's arch, else the emulator. A rig's `backend:` pin "
+                          "must agree, or the rig is skipped with the reason")
+    run.add_argument("--cross-check", action="store_true",
+                     help="run each rig on KVM and on the emulator where both can, and fail it where "
+                          "exit, exit code, final registers, hit counts, console or RAM digest differ")
     run.add_argument("-v", "--verbose", action="count", default=0, help="show registers checked and console")
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
     run.add_argument("--update-golden", action="store_true",
                      help="write or refresh the golden snapshot files of rigs with expect.golden, "
                           "printing what changed, instead of comparing with them")
+    from kvmrig.shard import parse_shard
+    run.add_argument("--shard", type=parse_shard, metavar="K/N",
+                     help="run only shard K of N (1-based): a deterministic share of the rigs, "
+                          "balanced by --durations-from, else round-robin by file and name")
+    run.add_argument("--durations-from", metavar="FILE",
+                     help="JSON results of an earlier run (--json) whose durations balance --shard")
+    run.add_argument("--json", metavar="FILE", help="write JSON results, one record per rig, to FILE")
+    run.add_argument("--gdb-on-fail", metavar="[HOST]:PORT",
+                     help="after the run, run the first rig that failed again in this process, to its end, "
+                          "and serve its final state to gdb on [HOST]:PORT (see `kvmrig debug`)")
 
     val = sub.add_parser("validate", help="check rig files (schema, images, symbols) without running")
     val.add_argument("paths", nargs="+", metavar="PATH")
@@ -64,6 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("paths", nargs="+", metavar="PATH")
 
     sub.add_parser("schema", help="print the rig file JSON Schema")
+
+    mrg = sub.add_parser("merge", help="merge JUnit XML or JSON results of several runs (shards) into one",
+                         description="Merge JUnit XML files (OUT.xml) or JSON results (OUT.json): suites of "
+                                     "the same name become one, every count is recounted.")
+    mrg.add_argument("out", metavar="OUT", help="the merged report: .xml (JUnit) or .json (JSON results)")
+    mrg.add_argument("inputs", nargs="+", metavar="IN", help="reports of the same kind to merge")
+    dbg = sub.add_parser("debug", help="run one rig under gdb: stopped at its entry, served over TCP",
+                         description="Load RIG, stop it at its first instruction and serve it to one gdb "
+                                     "(GDB remote protocol): breakpoints, watchpoints, stepping, registers and "
+                                     "memory. The rig's own breakpoints still count and its checks still run; "
+                                     "detaching lets it run to its end and prints the verdict.")
+    dbg.add_argument("rig", metavar="RIG", help="the rig file")
+    dbg.add_argument("--gdb", default="127.0.0.1:1234", metavar="[HOST]:PORT",
+                     help="where to listen (default %(default)s; the host defaults to 127.0.0.1, port 0 picks one)")
+    dbg.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
+                     help="backend for rigs with `backend: any` (default %(default)s)")
     return p
 
 
@@ -94,15 +129,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         rigs = [r for r in rigs if args.keyword in r.name or args.keyword in str(r.path)]
     if args.tag:
         rigs = [r for r in rigs if set(args.tag) & set(r.tags)]
-    if not rigs and not errors:
+    if args.shard or args.durations_from:  # after the filters: every shard must split the same list
+        from kvmrig.errors import UsageError
+        from kvmrig.shard import shard_rigs
+        total = len(rigs) + len(errors)
+        try:
+            rigs, errors = shard_rigs(rigs, errors, args.shard, args.durations_from)
+        except UsageError as e:
+            return _usage(str(e))
+        print(f"shard {args.shard}: {len(rigs) + len(errors)} of {total} rigs")
+    if not rigs and not errors and not (args.shard and total):  # an empty shard of a real run passes
         return _usage("no rigs found" + (" matching the filters" if args.keyword or args.tag else ""))
     verbosity = args.verbose - args.quiet
     term = Terminal(verbosity=verbosity)
     term.start(len(rigs) + len(errors))
     for e in errors:
         term.result(e)
-    results, interrupted = run_rigs(rigs, args.jobs, on_result=term.result, exitfirst=args.exitfirst,
-                                    update_golden=args.update_golden)
+    if args.cross_check and args.backend != "auto":
+        return _usage("--cross-check runs both backends: it cannot be combined with --backend")
+    from kvmrig.runner import CROSS
+    backend = CROSS if args.cross_check else args.backend
+    results, interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
+                                    exitfirst=args.exitfirst, update_golden=args.update_golden)
     final: list[RigResult] = list(errors)
     for rig, result in zip(rigs, results):
         final.append(result or _result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted
@@ -110,6 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     term.summary(final, time.monotonic() - started, interrupted)
     if args.junit:
         write_junit(args.junit, final)
+    if args.json:
+        from kvmrig.report.json_report import write_json
+        write_json(args.json, final, time.monotonic() - started)
+    if args.gdb_on_fail:
+        _gdb_on_fail(args.gdb_on_fail, rigs, results)
     if any(r.status == FAILED for r in final):
         return 1
     if interrupted or any(r.status == ERROR for r in final):
@@ -155,13 +208,55 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from kvmrig.errors import UsageError
+    from kvmrig.merge import merge_files
+
+    try:
+        print(merge_files(args.out, args.inputs))
+    except UsageError as e:
+        return _usage(str(e))
+    return 0
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    from kvmrig.errors import RigError
+    from kvmrig.gdb.server import serve_rig
+    from kvmrig.rig.load import load_rig
+
+    if not Path(args.rig).is_file():
+        return _usage(f"no such rig file: {args.rig}")
+    try:
+        rig = load_rig(args.rig)
+    except RigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    return serve_rig(rig, args.gdb, args.backend)
+
+
+def _gdb_on_fail(address: str, rigs, results) -> None:
+    """Re-run the first rig that failed in this process and serve its final state to gdb."""
+    from kvmrig.gdb.server import serve_rig
+    from kvmrig.runner import FAILED
+
+    failed = next(((rig, r) for rig, r in zip(rigs, results) if r is not None and r.status == FAILED), None)
+    if failed is None:
+        print("kvmrig: --gdb-on-fail: no rig failed", file=sys.stderr)
+        return
+    rig, result = failed
+    backend = result.backend if result.backend in ("kvm", "emu") else "auto"  # the one it failed on
+    print(f"kvmrig: --gdb-on-fail: running {rig.path} again on {backend}, to its end, for gdb", flush=True)
+    serve_rig(rig, address, backend, at_end=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema": cmd_schema}[args.command]
+    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema": cmd_schema,
+               "merge": cmd_merge, "debug": cmd_debug}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from kvmrig.rig.model import Rig
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
+CROSS = "cross"        # run_rig's backend for `kvmrig run --cross-check`
 
 
 @dataclass
@@ -73,6 +74,9 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> Rig
     from kvmrig.machine.plan import prepare
     from kvmrig.machine.session import RunOptions, execute
 
+    if backend == CROSS:  # --cross-check: both backends, compared (kvmrig/crosscheck.py)
+        from kvmrig.crosscheck import cross_check
+        return cross_check(rig, update_golden)
     start = time.monotonic()
     try:
         plan = prepare(rig)

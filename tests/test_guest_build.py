@@ -1,10 +1,11 @@
 """The example guests under rigs/ rebuild byte for byte, and every rig's files exist.
 
-The built images (rigs/x86/guests/*.bin, *.elf) are committed because the rigs
-load them; `make -C rigs` is only for editing a guest. These tests keep the two
-honest: a rebuild from the sources must give exactly the committed bytes (so a
-source edit without a rebuild, or a non-reproducible build, is caught), and no
-rig may point at a file that is not there.
+The built images (rigs/x86/guests/*.bin, *.elf, rigs/arm64/guests/*.bin) are
+committed because the rigs load them; `make -C rigs` is only for editing a
+guest. These tests keep the two honest: a rebuild from the sources must give
+exactly the committed bytes (so a source edit without a rebuild, or a
+non-reproducible build, is caught), and no rig may point at a file that is not
+there.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def _built(folder: Path) -> dict[str, bytes]:
     }
 
 
+def _x86_only(images: dict[str, bytes]) -> dict[str, bytes]:
+    """The x86 guests of a _built(rigs) map (the arm64 ones have their own tests below)."""
+    return {rel: data for rel, data in images.items() if rel.startswith("x86/")}
+
+
 def _missing_build_tool() -> str | None:
     """Why the guests cannot be rebuilt here, or None when they can."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
@@ -47,7 +53,7 @@ def _missing_build_tool() -> str | None:
 
 
 def test_committed_guest_images_exist():
-    built = _built(RIGS)
+    built = _built(RIGS / "x86")
     sources = sorted(GUESTS.glob("*.S"))
     assert sources, "no guest sources under rigs/x86/guests"
     assert len(built) == len(sources), (
@@ -59,7 +65,7 @@ def test_rebuild_is_byte_identical(tmp_path):
     reason = _missing_build_tool()
     if reason:
         pytest.skip(reason)
-    committed = _built(RIGS)
+    committed = _x86_only(_built(RIGS))
     copy = tmp_path / "rigs"
     shutil.copytree(RIGS, copy, ignore=shutil.ignore_patterns("build"))
     for rel in committed:
@@ -69,7 +75,7 @@ def test_rebuild_is_byte_identical(tmp_path):
     done = subprocess.run(["make", "-C", str(copy)], capture_output=True, text=True)
     assert done.returncode == 0, f"make -C rigs failed:\n{done.stdout}\n{done.stderr}"
 
-    rebuilt = _built(copy)
+    rebuilt = _x86_only(_built(copy))
     assert sorted(rebuilt) == sorted(committed), "the rebuild made a different set of images"
     differ = [rel for rel in committed if rebuilt[rel] != committed[rel]]
     assert not differ, (
@@ -117,6 +123,91 @@ def test_rig_follows_the_example_conventions(rig_path):
 
 @pytest.mark.parametrize("rig_path", X86_RIGS, ids=lambda p: p.name)
 def test_rig_matches_the_published_schema(rig_path):
+    schema_path = ROOT / "schemas" / "rig.schema.json"
+    if not schema_path.is_file():
+        pytest.skip("schemas/rig.schema.json is not there yet")
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(schema_path.read_text())
+    rig = yaml.safe_load(rig_path.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(rig), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+# --- arm64 -------------------------------------------------------------------
+
+ARM64_RIGS = sorted((RIGS / "arm64").glob("*.yaml"))
+ARM64_GUESTS = RIGS / "arm64" / "guests"
+ARM64_TOOLS = ("aarch64-linux-gnu-as", "aarch64-linux-gnu-ld", "aarch64-linux-gnu-objcopy", "make")
+
+
+def _missing_arm64_build_tool() -> str | None:
+    """Why the arm64 guests cannot be rebuilt here, or None when they can."""
+    missing = [t for t in ARM64_TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"needs {', '.join(missing)} on PATH to rebuild the arm64 guests (binutils-aarch64-linux-gnu)"
+    return None
+
+
+def test_committed_arm64_guest_images_exist():
+    built = _built(ARM64_GUESTS)
+    sources = sorted(ARM64_GUESTS.glob("*.S"))
+    assert sources, "no guest sources under rigs/arm64/guests"
+    assert sorted(built) == sorted(f"{s.stem}.bin" for s in sources), (
+        f"{len(sources)} arm64 guest sources but built images {sorted(built)}"
+    )
+
+
+def test_arm64_rebuild_is_byte_identical(tmp_path):
+    reason = _missing_arm64_build_tool()
+    if reason:
+        pytest.skip(reason)
+    committed = {rel: data for rel, data in _built(RIGS).items() if rel.startswith("arm64/")}
+    copy = tmp_path / "rigs"
+    shutil.copytree(RIGS, copy, ignore=shutil.ignore_patterns("build"))
+    for rel in committed:
+        (copy / rel).unlink()
+
+    # The documented rebuild command: make -C rigs (its arm64 part)
+    done = subprocess.run(["make", "-C", str(copy), "arm64"], capture_output=True, text=True)
+    assert done.returncode == 0, f"make -C rigs arm64 failed:\n{done.stdout}\n{done.stderr}"
+
+    rebuilt = {rel: data for rel, data in _built(copy).items() if rel.startswith("arm64/")}
+    assert sorted(rebuilt) == sorted(committed), "the rebuild made a different set of arm64 images"
+    differ = [rel for rel in committed if rebuilt[rel] != committed[rel]]
+    assert not differ, (
+        f"rebuilt arm64 images differ from the committed ones: {differ}; "
+        "run `make -C rigs` and commit the result, or make the build reproducible"
+    )
+
+
+def test_there_are_arm64_rigs():
+    assert len(ARM64_RIGS) >= 8
+
+
+@pytest.mark.parametrize("rig_path", ARM64_RIGS, ids=lambda p: p.name)
+def test_arm64_rig_references_existing_files(rig_path):
+    rig = yaml.safe_load(rig_path.read_text())
+    assert isinstance(rig, dict), f"{rig_path}: not a mapping"
+    for rel in _referenced_files(rig):
+        assert (rig_path.parent / rel).is_file(), f"{rig_path.name} names {rel}, which does not exist"
+
+
+@pytest.mark.parametrize("rig_path", ARM64_RIGS, ids=lambda p: p.name)
+def test_arm64_rig_follows_the_example_conventions(rig_path):
+    text = rig_path.read_text()
+    lines = text.splitlines()
+    assert lines[0] == SCHEMA_COMMENT, f"{rig_path.name}: first line must be the schema comment"
+    assert lines[1].startswith("# "), f"{rig_path.name}: second line must say what the rig teaches"
+    rig = yaml.safe_load(text)
+    assert rig["kvmrig"] == 1
+    assert rig["arch"] == "arm64"
+    assert isinstance(rig.get("description"), str) and rig["description"]
+    assert isinstance(rig.get("tags"), list) and rig["tags"]
+
+
+@pytest.mark.parametrize("rig_path", ARM64_RIGS, ids=lambda p: p.name)
+def test_arm64_rig_matches_the_published_schema(rig_path):
     schema_path = ROOT / "schemas" / "rig.schema.json"
     if not schema_path.is_file():
         pytest.skip("schemas/rig.schema.json is not there yet")

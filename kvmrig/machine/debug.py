@@ -45,6 +45,29 @@ class Point:
         return None
 
 
+@dataclass(eq=False)
+class ClientPoint:
+    """A breakpoint or watchpoint a debugger (kvmrig.gdb) adds while the rig runs.
+
+    It only stops the run for the debugger: it is never counted or checked,
+    and the rig's own points keep their hits and expectations whatever the
+    debugger does. kind: "sw" | "hw" (execution) | "write" | "read" | "access".
+    """
+
+    kind: str
+    addr: int
+    length: int = 1
+    slots: list[int] = field(default_factory=list)
+
+    @property
+    def is_watch(self) -> bool:
+        return self.kind in ("write", "read", "access")
+
+
+class NoDebugSlot(Exception):
+    """A debugger's point needs more hardware debug registers than the rig left free."""
+
+
 class DebugPlan:
     """Points resolved to addresses and hardware slots assigned."""
 
@@ -98,16 +121,100 @@ class DebugPlan:
                 point.slots.append(len(self.slots))
                 self.slots.append(HwSlot(piece_addr, wp.access, piece_len))
                 self.slot_owner.append(point)
+        self.capacity = (n_bp, n_wp, shared)
+        self.rig_used = (used_bp, used_wp)
+        self.rig_slots = len(self.slots)      # the rig's slots come first; a debugger's follow
+        self.client: list[ClientPoint] = []
+        self.client_sw: frozenset[int] = frozenset()
+        self.sw_all: frozenset[int] = frozenset(self.sw)  # where instructions are planted
 
     @property
     def any_sw(self) -> bool:
-        return bool(self.sw)
+        return bool(self.sw_all)
 
     def count_failures(self) -> list[Failure]:
         return [f for p in self.points if (f := p.check_count()) is not None]
 
     def hit_counts(self) -> dict[str, int]:
         return {p.label: p.hits for p in self.points}
+
+    # A debugger's points, added and removed while the rig runs -------------
+    def add_client(self, kind: str, addr: int, length: int = 1) -> ClientPoint:
+        """Add a debugger's point; NoDebugSlot when too few debug registers are left."""
+        point = ClientPoint(kind, addr, length)
+        self.client.append(point)
+        try:
+            self._slot_clients()
+        except NoDebugSlot:
+            self.client.pop()
+            self._slot_clients()
+            raise
+        return point
+
+    def remove_client(self, kind: str, addr: int, length: int = 1) -> bool:
+        for i, p in enumerate(self.client):
+            if (p.kind, p.addr) == (kind, addr) and (p.length == length or not p.is_watch):
+                del self.client[i]
+                self._slot_clients()
+                return True
+        return False
+
+    def _slot_clients(self) -> None:
+        """Give the debugger's points the hardware slots after the rig's."""
+        del self.slots[self.rig_slots:]
+        del self.slot_owner[self.rig_slots:]
+        n_bp, n_wp, shared = self.capacity
+        used_bp, used_wp = self.rig_used
+        rig_exec = {s.addr for s in self.slots if s.kind == "exec"}
+        for p in self.client:
+            p.slots = []
+            if p.kind == "sw" or (p.kind == "hw" and p.addr in rig_exec):
+                continue  # planted, or the rig's own register already stops there
+            exec_ = p.kind == "hw"
+            pieces = [(p.addr, 1)] if exec_ else self.traits.split_watch(p.addr, p.length)
+            if shared:
+                left = n_bp - len(self.slots)
+            else:
+                left = n_bp - used_bp if exec_ else n_wp - used_wp
+            if len(pieces) > left:
+                raise NoDebugSlot(f"{len(pieces)} hardware debug register(s) needed, {max(left, 0)} left "
+                                  "after the rig's own points")
+            if exec_:
+                used_bp += len(pieces)
+            else:
+                used_wp += len(pieces)
+            for piece_addr, piece_len in pieces:
+                p.slots.append(len(self.slots))
+                self.slots.append(HwSlot(piece_addr, "exec" if exec_ else p.kind, piece_len))
+                self.slot_owner.append(p)
+        self.client_sw = frozenset(p.addr for p in self.client if p.kind == "sw")
+        self.sw_all = frozenset(self.sw) | self.client_sw
+
+    def client_hit(self, ev) -> ClientPoint | None:
+        """The debugger's point a debug event (sw, hw or watch) stops at, if any.
+
+        Slots are matched in order, rig first, so a watch event may name the
+        rig's slot: the debugger's watches are then matched by the accessed
+        range (and, where the backend says, by read or write)."""
+        cause = ev.detail
+        if cause in ("sw", "hw"):
+            kind = cause
+            return next((p for p in self.client if p.kind == kind and p.addr == ev.pc), None)
+        if cause != "watch":
+            return None
+        slot = ev.slot if 0 <= ev.slot < len(self.slots) else None
+        fired = ev.raw if isinstance(ev.raw, tuple) else (ev.slot,)  # backends name every slot that matched
+        for n in fired:
+            if isinstance(n, int) and 0 <= n < len(self.slots) and isinstance(self.slot_owner[n], ClientPoint):
+                return self.slot_owner[n]
+        lo = ev.addr
+        size = ev.size or (self.slots[slot].length if slot is not None else 1)
+        for p in self.client:
+            if p.is_watch and p.addr < lo + size and lo < p.addr + p.length:
+                if ev.size and ((p.kind == "write" and not ev.write) or (p.kind == "read" and ev.write)):
+                    continue
+                return p
+        return None
 
 
 class SwPatches:
@@ -135,6 +242,21 @@ class SwPatches:
     def lift_all(self) -> None:
         for addr in list(self.saved):
             self.lift(addr)
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write guest memory as a debugger does: bytes that fall under a planted
+        instruction go to its saved original, and the instruction stays."""
+        n, end = len(self.insn), addr + len(data)
+        planted = [at for at in self.saved
+                   if at + n > addr and at < end and self.memory.read(at, n) == self.insn]
+        self.memory.write(addr, data)
+        for at in planted:
+            orig = bytearray(self.saved[at])
+            for i in range(n):
+                if addr <= at + i < end:
+                    orig[i] = data[at + i - addr]
+            self.saved[at] = bytes(orig)
+            self.memory.write(at, self.insn)
 
     def view(self, addr: int, length: int) -> bytes:
         data = bytearray(self.memory.read(addr, length))

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from kvmrig.arch import registers
 from kvmrig.backends import base
 from kvmrig.backends.base import Backend, Event
-from kvmrig.machine.debug import MAX_HIT_RECORDS, DebugPlan, Point, SwPatches
+from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
 from kvmrig.machine import golden
 from kvmrig.machine.devices import Bus
 from kvmrig.machine.diagnose import stop_report
 from kvmrig.machine.expect import check_end, check_state
-from kvmrig.machine.memory import Memory
+from kvmrig.machine.memory import Memory, OutsideMemory
 from kvmrig.machine.outcome import Hit, Outcome, Stop
 from kvmrig.machine.plan import Plan
 
@@ -68,6 +68,11 @@ class Session:
         self.steps = 0
         self.last_pc = plan.boot.first_pc  # the instruction a single-step exit has just executed
         self.tail: deque[int] = deque(maxlen=TAIL)  # last executed addresses, for failure reports
+        # A debugger driving this session event by event (kvmrig.gdb): its single-step,
+        # and why the last dispatch() stopped for it: ("step" | "sw" | "hw" | "watch", point).
+        self.client_step = False
+        self.client_stop: tuple[str, ClientPoint | None] | None = None
+        self._armed = False
 
     # Setup ---------------------------------------------------------------
     def setup(self) -> None:
@@ -86,10 +91,40 @@ class Session:
         self._arm(self.user_step)
         if self.user_step and self.rig.trace_max:
             self.outcome.trace.append(self.plan.boot.first_pc)
+        if self.user_step and self.debug.sw_all:
+            self.arrive(self.plan.boot.first_pc)  # a breakpoint on the first instruction
 
     def _arm(self, single_step: bool) -> None:
-        if self.debug.slots or self.debug.any_sw or single_step:
-            self.backend.set_debug(self.debug.slots, single_step, frozenset(self.debug.sw))
+        single_step = single_step or self.client_step
+        if self.debug.slots or self.debug.any_sw or single_step or self._armed:
+            self._armed = True
+            self.backend.set_debug(self.debug.slots, single_step, self.debug.sw_all)
+
+    # Hooks for a debugger (kvmrig.gdb drives dispatch() itself) ------------
+    def add_client_point(self, kind: str, addr: int, length: int = 1) -> ClientPoint:
+        """A debugger's breakpoint ("sw" | "hw") or watchpoint ("write" | "read" |
+        "access"), armed at once; debug.NoDebugSlot when no register is left."""
+        if kind == "sw" and not self.memory.contains(addr, len(self.patches.insn)):
+            raise OutsideMemory(f"no memory at {addr:#x} to plant a breakpoint in")
+        point = self.debug.add_client(kind, addr, length)
+        if kind == "sw" and addr != self.stepping_over:  # being stepped over: the step re-plants it
+            self.patches.plant(addr)
+        self._arm(self.user_step or self.stepping_over is not None)
+        return point
+
+    def remove_client_point(self, kind: str, addr: int, length: int = 1) -> bool:
+        if not self.debug.remove_client(kind, addr, length):
+            return False
+        if kind == "sw" and addr not in self.debug.sw_all and addr != self.stepping_over:
+            self.patches.lift(addr)
+        self._arm(self.user_step or self.stepping_over is not None)
+        return True
+
+    def set_client_step(self, on: bool) -> None:
+        """Single-step for a debugger: dispatch() sets client_stop at the next step."""
+        if on != self.client_step:
+            self.client_step = on
+            self._arm(self.user_step or self.stepping_over is not None)
 
     # The loop --------------------------------------------------------------
     def run(self) -> Outcome:
@@ -100,37 +135,48 @@ class Session:
         ev = None
         try:
             self.setup()
+            dispatch = self.dispatch
             while True:
                 ev = backend.run(deadline)
                 exits += 1
-                kind = ev.kind
-                if kind == base.IO:
-                    self._io(ev)
-                elif kind == base.MMIO:
-                    self._mmio(ev)
-                elif kind == base.DEBUG:
-                    self._debug(ev)
-                elif kind == base.HALT:
-                    raise Stop("hlt", None, f"hlt at {ev.pc:#x}")
-                elif kind == base.SHUTDOWN:
-                    raise Stop("shutdown", None, ev.detail or "triple fault: the CPU shut down")
-                elif kind == base.SYSTEM:
-                    exit = {"off": "system-off", "reset": "reset"}.get(ev.detail, "unhandled")
-                    raise Stop(exit, None, f"system event {ev.detail}")
-                elif kind == base.TIMEOUT:
-                    raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
-                else:
-                    raise Stop("unhandled", None, ev.detail or f"backend stopped: {ev.raw!r}")
+                dispatch(ev)
         except Stop as stop:
-            outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
-            if outcome.stop_pc is None and ev is not None and ev.kind not in (base.IO, base.MMIO):
-                outcome.stop_pc = ev.pc
-            if self.user_step and stop.exit != "timeout":
-                self.steps += 1  # the instruction that ended the run
+            self.ended(stop, ev)
         outcome.exits = exits
         outcome.seconds = time.monotonic() - started
         self._finish()
         return outcome
+
+    def dispatch(self, ev: Event) -> None:
+        """Handle one backend event; raise Stop when it ends the run. The body of
+        run()'s loop, also driven event by event by a debugger (kvmrig.gdb)."""
+        kind = ev.kind
+        if kind == base.IO:
+            self._io(ev)
+        elif kind == base.MMIO:
+            self._mmio(ev)
+        elif kind == base.DEBUG:
+            self._debug(ev)
+        elif kind == base.HALT:
+            raise Stop("hlt", None, f"hlt at {ev.pc:#x}")
+        elif kind == base.SHUTDOWN:
+            raise Stop("shutdown", None, ev.detail or "triple fault: the CPU shut down")
+        elif kind == base.SYSTEM:
+            exit = {"off": "system-off", "reset": "reset"}.get(ev.detail, "unhandled")
+            raise Stop(exit, None, f"system event {ev.detail}")
+        elif kind == base.TIMEOUT:
+            raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
+        else:
+            raise Stop("unhandled", None, ev.detail or f"backend stopped: {ev.raw!r}")
+
+    def ended(self, stop: Stop, ev: Event | None) -> None:
+        """Record how the run ended (`ev`: the last event); _finish() follows."""
+        outcome = self.outcome
+        outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
+        if outcome.stop_pc is None and ev is not None and ev.kind not in (base.IO, base.MMIO):
+            outcome.stop_pc = ev.pc
+        if self.user_step and stop.exit != "timeout":
+            self.steps += 1  # the instruction that ended the run
 
     def _io(self, ev: Event) -> None:
         size, bus = ev.size, self.bus
@@ -156,7 +202,8 @@ class Session:
             self._check_halted()
             self.last_pc = ev.pc
             if self.stepping_over is not None:
-                self.patches.plant(self.stepping_over)
+                if self.stepping_over in self.debug.sw_all:  # a debugger may have removed its point
+                    self.patches.plant(self.stepping_over)
                 self.stepping_over = None
                 if not self.user_step:
                     self._arm(False)
@@ -165,14 +212,22 @@ class Session:
                 self.tail.append(ev.pc)
                 if len(self.outcome.trace) < self.rig.trace_max:
                     self.outcome.trace.append(ev.pc)
+            if self.user_step or self.client_step:
+                if self.debug.sw_all:
+                    self.arrive(ev.pc)
+                if self.client_step:
+                    self.client_stop = ("step", None)
             return
         if cause == "sw":
             points = self.debug.sw.get(ev.pc)
-            if not points:
+            client = self.debug.client_hit(ev) if self.debug.client else None
+            if not points and client is None:
                 self._foreign(ev, "a software breakpoint the rig did not plant")
                 return
-            for point in points:
+            for point in points or ():
                 self._hit(point, ev)
+            if client is not None:
+                self.client_stop = ("sw", client)
             self.last_pc = ev.pc
             if self.backend.get_pc() == ev.pc:   # unless `set` moved the pc: step over it
                 self.patches.lift(ev.pc)
@@ -181,11 +236,30 @@ class Session:
                     self._arm(True)
             return
         if cause in ("hw", "watch") and 0 <= ev.slot < len(self.debug.slot_owner):
-            self._hit(self.debug.slot_owner[ev.slot], ev)
+            owner = self.debug.slot_owner[ev.slot]
+            if isinstance(owner, Point):
+                self._hit(owner, ev)
+            if self.debug.client and (client := self.debug.client_hit(ev)) is not None:
+                self.client_stop = (cause, client)
             if cause == "hw":
                 self.last_pc = ev.pc
             return
         self._foreign(ev, f"a debug exit kvmrig did not cause ({cause})")
+
+    def arrive(self, pc: int) -> None:
+        """The vCPU will single-step the instruction at `pc`: a breakpoint planted
+        there is hit now, and stepped over, so no single-step runs a planted
+        instruction (a KVM that plants HLT reports that as a plain step and
+        leaves the vCPU halted)."""
+        if pc == self.stepping_over or pc not in self.debug.sw_all:
+            return
+        insn = self.patches.insn
+        try:
+            if self.memory.read(pc, len(insn)) != insn:
+                return
+        except LookupError:
+            return
+        self._debug(Event(base.DEBUG, pc=pc, detail="sw"))
 
     def _check_halted(self) -> None:
         """A single-step over a halting instruction exits as a step, not a halt."""

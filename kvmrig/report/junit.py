@@ -38,7 +38,27 @@ def junit_xml(results: list[RigResult], suite_name: str = "kvmrig") -> str:
     cases = [_case(r) for r in results]
     backends = sorted({r.backend for r in results if r.backend})
     props = {"backends": ",".join(backends)} if backends else None
-    return to_xml_report_string([TestSuite(suite_name, cases, properties=props)])
+    text = to_xml_report_string([TestSuite(suite_name, cases, properties=props)])
+    return _with_backends(text, results)
+
+
+def _with_backends(text: str, results: list[RigResult]) -> str:
+    """Give each <testcase> a <properties><property name="backend" .../>
+    saying which backend ran it ("kvm", "emu", or "kvm+emu" for a
+    cross-check). junit-xml 1.9's TestCase has no properties, so they are
+    added to its XML here, in the order the cases were written."""
+    import xml.etree.ElementTree as ET
+
+    if not any(r.backend for r in results):
+        return text
+    root = ET.fromstring(text)
+    for element, result in zip(root.iter("testcase"), results):
+        if result.backend:
+            props = ET.Element("properties")
+            ET.SubElement(props, "property", name="backend", value=result.backend)
+            element.insert(0, props)
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
 def write_junit(path: str | Path, results: list[RigResult]) -> None:

@@ -40,7 +40,8 @@ def failure_lines(result: RigResult) -> list[str]:
 class Terminal:
     """Prints results as they arrive; verbosity -1 (quiet), 0, 1 (verbose)."""
 
-    def __init__(self, stream: TextIO = sys.stdout, verbosity: int = 0, color: bool | None = None):
+    def __init__(self, stream: TextIO | None = None, verbosity: int = 0, color: bool | None = None):
+        stream = stream or sys.stdout  # looked up now: tests and callers replace sys.stdout
         self.stream = stream
         self.verbosity = verbosity
         self.color = stream.isatty() if color is None else color

@@ -9,9 +9,15 @@ Backend interface, though, hands every access to the machine layer as an
 Event from run() and gets the answer through complete_read() before the
 next run(). So `emu_start` runs on a worker thread of this backend:
 
-* a *blocking* hook (port I/O, MMIO, ROM write) posts its Event to run(),
-  which returns it, and waits; the next run() resumes it with the answer.
-  The instruction then completes exactly as on KVM, with the device's value.
+* a *blocking* hook (port I/O, MMIO) posts its Event to run(), which
+  returns it, and waits; the next run() resumes it with the answer. The
+  instruction then completes exactly as on KVM, with the device's value.
+  KVM reports a *write* (OUT, an MMIO store) with the instruction already
+  complete (the pc after it); so when the machine reads registers while a
+  write waits, the backend first completes that instruction (`_settle`):
+  an OUT just runs on to the next instruction; an MMIO store, which unicorn
+  would restart, is run once more with device writes muted and the loads it
+  made before answered again from a log, so the device sees each access once.
 * a *stopping* hook (breakpoint, watchpoint, exception, PSCI) records its
   Event and calls emu_stop; run() returns it once emu_start has returned,
   so the machine layer may change registers and memory (breakpoint patches,
@@ -44,11 +50,10 @@ Memory
 RAM and ROM are the machine layer's own buffers, mapped with mem_map_ptr, so
 images, checks and breakpoint patches see the one copy the guest runs on.
 ROM is mapped read+exec: a guest write raises unicorn's write-protection
-hook, which stops the emulator before the store with an MMIO write event
-(the pc on the writing instruction, as KVM reports it). If the machine goes
-on, that one instruction is replayed with the ROM page writable and the
-page's bytes put back right after it: the store is not applied and the
-instruction completes, as with KVM_MEM_READONLY. Any other address is MMIO: the first access to an
+hook, which stops the emulator before the store; that one instruction is
+then run again with the ROM page writable and the page's bytes put back
+right after it, and the MMIO write event is reported: the store is not
+applied and the instruction has completed, as with KVM_MEM_READONLY. Any other address is MMIO: the first access to an
 unmapped page maps that page with unicorn's MMIO callbacks (lazily, so no
 map of the whole physical space is needed), and every access to it becomes
 an MMIO event; a load gets the machine's complete_read() answer.
@@ -100,6 +105,7 @@ class EmuBackendBase(Backend):
     add registers, the boot state, port I/O and exceptions."""
 
     name = "emu"
+    PC_REG = 0   # unicorn's id of the pc register (arch subclasses)
 
     def __init__(self) -> None:
         self.uc = self._create()
@@ -112,7 +118,10 @@ class EmuBackendBase(Backend):
         self._thread: threading.Thread | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()    # to the worker
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()   # to run()
-        self._in_hook = False          # the worker waits inside a blocking hook
+        self._in_hook: str | None = None   # the worker waits in a blocking hook: "read" | "write"
+        self._hook_src = ""                # what waits: "port" | "mmio"
+        self._answers: list[tuple[int, bytes]] = []   # (pc, data) of recent reads, for _settle
+        self._mute = False                 # _settle's rerun: device accesses are not events
         self._running = False          # an emu_start is under way (in a hook or not)
         self._answer = b""
         self._closed = False
@@ -122,8 +131,9 @@ class EmuBackendBase(Backend):
         self._timed_out = False
         self._rom_write: tuple[int, int] | None = None      # (addr, size) of the last ROM store
         self._replay: list[tuple[int, bytes]] | None = None  # ROM pages to put back after a replay
+        self._rom_event: Event | None = None
         self._replayed = False
-        self._watch_pending: Event | None = None
+        self._watch_pending: list[Event] = []   # hits of the running instruction, one per slot
         self._every_insn: int | None = None                  # the code hook on every instruction
         self._pending: list[Event] = []
         # Debug state.
@@ -226,14 +236,26 @@ class EmuBackendBase(Backend):
         uc.hook_add(U.UC_HOOK_MEM_WRITE_PROT, self._guard(self._on_rom_write, False))
         uc.hook_add(U.UC_HOOK_INTR, self._guard(self._on_interrupt))
 
-    def _block(self, event: Event) -> bytes:
-        """On the worker thread: hand `event` to run() and wait for the next run()."""
+    def _block(self, event: Event, src: str) -> bytes:
+        """On the worker thread: hand `event` to run() and wait for the next run()
+        (for a read, its answer). While _settle reruns an instruction, nothing
+        is handed over: writes are dropped, reads answered from the log."""
+        pc = self.uc.reg_read(self.PC_REG)
+        if self._mute:
+            if not event.write:
+                for i, (at, data) in enumerate(self._answers):
+                    if at == pc:
+                        del self._answers[i]
+                        return data
+            return b""
         if self._closed:
             raise _Aborted
-        self._outbox.put(("event", event))
+        self._outbox.put(("event", event, src))
         reply = self._inbox.get()
         if reply is _ABORT:
             raise _Aborted
+        if not event.write:
+            self._answers = [a for a in self._answers[-3:] if a[0] == pc] + [(pc, reply)]
         return reply
 
     def _on_unmapped(self, access: int, addr: int, size: int, value: int, _ud=None) -> bool:
@@ -256,15 +278,15 @@ class EmuBackendBase(Backend):
         return True
 
     def _mmio_read(self, offset: int, size: int, page: int) -> int:
-        data = self._block(Event(base.MMIO, page + offset, size, False))
+        data = self._block(Event(base.MMIO, page + offset, size, False), "mmio")
         return int.from_bytes(data[:size].ljust(size, b"\xff"), "little")
 
     def _mmio_write(self, offset: int, size: int, value: int, page: int) -> None:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        self._block(Event(base.MMIO, page + offset, size, True, data))
+        self._block(Event(base.MMIO, page + offset, size, True, data), "mmio")
 
     def _on_rom_write(self, access: int, addr: int, size: int, value: int, _ud=None) -> bool:
-        """A store to ROM: stop before it with an MMIO write event (see the module doc)."""
+        """A store to ROM: stop before it; the event follows the rerun (module doc)."""
         if self._stop_event is None:
             data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
             self._stop_event = Event(base.MMIO, addr, size, True, data)
@@ -337,18 +359,26 @@ class EmuBackendBase(Backend):
         lo, hi = slot.addr, slot.addr + slot.length
 
         def on_access(access: int, addr: int, size: int, value: int, _ud=None) -> None:
-            if addr < hi and lo < addr + size and self._watch_pending is None:
+            pending = self._watch_pending
+            if addr < hi and lo < addr + size and all(e.slot != index for e in pending):
                 # Only recorded: reported before the next instruction (module doc).
-                self._watch_pending = Event(base.DEBUG, slot=index, addr=lo, size=size,
-                                            write=access == U.UC_MEM_WRITE, detail="watch")
+                pending.append(Event(base.DEBUG, slot=index, addr=lo, size=size,
+                                     write=access == U.UC_MEM_WRITE, detail="watch"))
         return on_access
 
     def _on_every_insn(self, addr: int, size: int, _ud=None) -> None:
-        if self._watch_pending is not None and self._stop_event is None:
-            event, self._watch_pending = self._watch_pending, None
-            event.pc = addr
-            self._stop_event = event
+        if self._watch_pending and self._stop_event is None:
+            self._stop_event = self._take_watches(addr)
             self.uc.emu_stop()
+
+    def _take_watches(self, pc: int) -> Event:
+        """One event for the watch hits of an instruction, as KVM's x86 backend
+        reports them: `slot` the first, `raw` every slot that fired."""
+        hits, self._watch_pending = self._watch_pending, []
+        event = hits[0]
+        event.pc = pc
+        event.raw = tuple(e.slot for e in hits)
+        return event
 
     # Running -------------------------------------------------------------------
     def _worker(self) -> None:
@@ -384,13 +414,8 @@ class EmuBackendBase(Backend):
         self._stop_event = None
         self._fault_addr = None
         self._timed_out = False
-        count = 1 if self._single_step else BUDGET
-        if self._rom_write is not None:
-            count = 1
-            self._begin_replay(*self._rom_write)
-            self._rom_write = None
         self._running = True
-        self._inbox.put((self._start_pc(), count))
+        self._inbox.put((self._start_pc(), 1 if self._single_step else BUDGET))
 
     def _rom_pages(self, addr: int, size: int) -> list[tuple[int, int]]:
         first, last = addr & ~(self.page - 1), (addr + size - 1) & ~(self.page - 1)
@@ -415,8 +440,9 @@ class EmuBackendBase(Backend):
         if self._closed:
             raise BackendError("the emulator backend was closed")
         if self._in_hook:
-            self._in_hook = False
+            self._in_hook = None
             answer, self._answer = self._answer, b""
+            self._running = True
             self._inbox.put(answer)
         else:
             if self._pending:
@@ -431,7 +457,7 @@ class EmuBackendBase(Backend):
         while True:
             wait = STOP_RETRY if stopping else max(deadline - time.monotonic(), 0.0)
             try:
-                kind, payload = self._outbox.get(timeout=wait)
+                kind, payload, *src = self._outbox.get(timeout=wait)
             except queue.Empty:
                 # Past the deadline: stop the emulator (again, in case a stop
                 # landed between two emu_starts and was reset by the second).
@@ -439,16 +465,33 @@ class EmuBackendBase(Backend):
                 self.uc.emu_stop()
                 continue
             if kind == "event":
-                self._in_hook = True
+                self._in_hook = "write" if payload.write else "read"
+                self._hook_src = src[0]
                 return payload
             self._running = False
-            replayed = self._replayed = self._replay is not None
-            if replayed:
+            if self._replay is not None:   # the ROM-writing instruction has run again: report its write
                 self._end_replay()
+                rom_event, self._rom_event = self._rom_event, None
+                self._replayed = True
+                try:
+                    event = self._finished(payload)
+                finally:
+                    self._replayed = False
+                if event is not None and event.kind != base.DEBUG:
+                    self._pending.append(event)   # e.g. an exception of the next instruction
+                elif event is not None:
+                    self._pending.append(event)   # the single-step that ran it
+                return rom_event
             event = self._finished(payload)
-            self._replayed = False
-            if event is None and replayed and self._single_step:
-                event = Event(base.DEBUG, pc=self._linear_pc(), detail="step")
+            if event is not None and event.kind == base.MMIO and self._rom_write is not None:
+                # Stopped before a ROM store: run that instruction with the page
+                # writable, put the bytes back, then report the write.
+                self._rom_event = event
+                self._begin_replay(*self._rom_write)
+                self._rom_write = None
+                self._running = True
+                self._inbox.put((self._start_pc(), 1))
+                continue
             if event is not None:
                 return event
             if time.monotonic() >= deadline:
@@ -464,17 +507,16 @@ class EmuBackendBase(Backend):
             raise BackendError(f"the emulator backend failed in a hook: {type(e).__name__}: {e}") from e
         self._flush = True  # the machine may write memory or registers before the next start
         event, self._stop_event = self._stop_event, None
-        if event is None and self._watch_pending is not None:
-            event, self._watch_pending = self._watch_pending, None   # a single-step ended first
-            event.pc = self._linear_pc()
+        if event is None and self._watch_pending:   # a single-step ended first
+            event = self._take_watches(self._linear_pc())
         if event is not None:
             return self._stopped(event)
         if self._timed_out:
             return Event(base.TIMEOUT, pc=self.get_pc())
         if err is not None:
             return self._error_event(err)
-        if self._replayed:   # the ROM-writing instruction ran (count 1): go on as asked
-            return None
+        if self._replayed:   # the ROM-writing instruction ran (count 1)
+            return Event(base.DEBUG, pc=self._linear_pc(), detail="step") if self._single_step else None
         if self._single_step:
             return Event(base.DEBUG, pc=self._linear_pc(), detail="step")
         return self._natural_stop()
@@ -485,6 +527,42 @@ class EmuBackendBase(Backend):
 
     def complete_read(self, data: bytes) -> None:
         self._answer = bytes(data)
+
+    def _settle(self) -> None:
+        """Complete the instruction whose write waits in a hook (module doc),
+        so registers read now are those KVM shows at a write exit."""
+        if self._in_hook != "write" or self._closed:
+            return
+        self._in_hook = None
+        self.uc.emu_stop()       # stop at the next check: after the OUT; right after the store (restarted)
+        self._inbox.put(b"")
+        self._drain()
+        if self._hook_src == "mmio":
+            self._mute = True
+            try:
+                self._running = True
+                self._inbox.put((self._start_pc(), 1))
+                self._drain()
+            finally:
+                self._mute = False
+        self._flush = True
+
+    def _drain(self) -> None:
+        """Wait for the worker's emu_start to return (used where no event may pass)."""
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                kind, *_ = self._outbox.get(timeout=STOP_RETRY)
+            except queue.Empty:
+                continue
+            if kind == "done":
+                self._running = False
+                self._stop_event = None
+                self._watch_pending = []
+                self._hook_error = None
+                return
+            self._inbox.put(b"")   # an access the muted rerun could not avoid: let it pass
+        raise BackendError("the emulator did not stop while completing an instruction")
 
     # Closing ------------------------------------------------------------------
     def close(self) -> None:
@@ -503,7 +581,7 @@ class EmuBackendBase(Backend):
                 end = time.monotonic() + 5
                 while time.monotonic() < end:
                     try:
-                        kind, _ = self._outbox.get(timeout=STOP_RETRY)
+                        kind, *_ = self._outbox.get(timeout=STOP_RETRY)
                     except queue.Empty:
                         self.uc.emu_stop()
                         continue
@@ -513,7 +591,8 @@ class EmuBackendBase(Backend):
             self._inbox.put(_QUIT)
             thread.join(5)
             self._thread = None
-        self._running = self._in_hook = False
+        self._running = False
+        self._in_hook = None
         uc, self.uc = self.uc, None
         if uc is not None and (thread is None or not thread.is_alive()):
             try:

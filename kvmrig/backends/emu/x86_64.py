@@ -154,6 +154,7 @@ def trampoline(long_mode: bool, selectors: dict[str, int], cs: int, rip: int) ->
 
 class EmuX86Backend(EmuBackendBase):
     arch = "x86_64"
+    PC_REG = X.UC_X86_REG_RIP
 
     def _create(self):
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -251,15 +252,18 @@ class EmuX86Backend(EmuBackendBase):
 
     # Registers -------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
+        self._settle()
         values = self.uc.reg_read_batch(_BATCH_IDS)
         out = {name: v & 0xFFFFFFFFFFFFFFFF for name, v in zip(_BATCH_NAMES, values)}
         out["efer"] = self.uc.msr_read(MSR_EFER)
         return out
 
     def get_pc(self) -> int:
+        self._settle()
         return self.uc.reg_read(X.UC_X86_REG_RIP)
 
     def set_regs(self, regs: dict[str, int]) -> None:
+        self._settle()
         uc = self.uc
         for name, value in regs.items():
             key = name.lower()
@@ -294,12 +298,12 @@ class EmuX86Backend(EmuBackendBase):
 
     # Port I/O (unicorn syncs RIP to the IN/OUT before calling these) ----------
     def _on_in(self, port: int, size: int, _ud=None) -> int:
-        data = self._block(Event(base.IO, port, size, False))
+        data = self._block(Event(base.IO, port, size, False), "port")
         return int.from_bytes(data[:size].ljust(size, b"\xff"), "little")
 
     def _on_out(self, port: int, size: int, value: int, _ud=None) -> None:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        self._block(Event(base.IO, port, size, True, data))
+        self._block(Event(base.IO, port, size, True, data), "port")
 
     # Stops ---------------------------------------------------------------
     def _natural_stop(self) -> Event:

@@ -40,6 +40,24 @@ backend does itself:
 * while one of these internal steps runs, an MMIO exit of the stepped
   instruction is returned as usual and the step finishes on the next run();
   a step exit the machine asked for itself (single_step) is still reported.
+
+Known limits:
+
+* One watchpoint exit reports one slot (the watch the FAR points into, else
+  the nearest overlapping one): two rig watchpoints over the same bytes do
+  not both count one access.
+* Guest code written from the host (planted and lifted BRKs, `set: memory`
+  over code) is fetched correctly by CPUs with CTR_EL0.DIC = 1, and KVM
+  cleans the I-cache when it first maps a page. On cores without DIC a BRK
+  lifted after the guest ran it may still be fetched from the I-cache; that
+  needs IC IVAU over the written bytes from the host, i.e. a hook from the
+  machine layer naming what it wrote (not there yet).
+* Under QEMU TCG (7.2, the arm64 lane of kvmrig.invm) host writes to guest
+  code the guest already executed are never seen at all (stale
+  translations), and a new VM whose RAM lands on a recycled host page at the
+  same guest address may run the previous guest's code. kvmrig's software
+  breakpoints still work there only because stepping over one runs freshly
+  translated single-step code.
 """
 
 from __future__ import annotations
@@ -168,16 +186,18 @@ def full_esr(info) -> int:
     return int(info.hsr) | int(info.hsr_high) << 32
 
 
-def watch_slot(watches: list[tuple[int, debugregs.WatchReg]], far: int, write: bool | None) -> int | None:
+def watch_slot(watches: list[tuple[int, debugregs.WatchReg]], far: int, write: bool | None,
+               cache_op: bool = False) -> int | None:
     """The slot (index in the set_debug list) of the watch a watchpoint exit at `far` belongs to.
 
-    Any access that OVERLAPS a watched range counts (debugregs.watch_hit),
-    first with the window of an ordinary load/store, then with a DC ZVA block.
+    Any access that OVERLAPS a watched range counts (debugregs.watch_hit): the
+    window of an ordinary load/store (up to an LDP/STP of two X registers), or
+    for a cache maintenance instruction (ESR CM = 1, e.g. DC ZVA, whose FAR may
+    be anywhere in its block) the largest DC ZVA block.
     """
     regs = [w for _, w in watches]
-    index = debugregs.watch_hit(regs, far, WATCH_ACCESS, write=write)
-    if index is None:
-        index = debugregs.watch_hit(regs, far, WATCH_ACCESS, write=write, block=DC_ZVA_MAX_BLOCK)
+    block = DC_ZVA_MAX_BLOCK if cache_op else 8
+    index = debugregs.watch_hit(regs, far, WATCH_ACCESS, write=write, block=block)
     return None if index is None else watches[index][0]
 
 
@@ -229,6 +249,10 @@ class KvmArm64Backend(KvmBackendBase):
 
     def __init__(self) -> None:
         super().__init__()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """The arm64 part of the state (tests build a backend around a fake vCPU with it)."""
         self._regs: LazyRegs | None = None
         self._caps: tuple[int, int] | None = None
         self._slots: list[HwSlot] = []
@@ -369,8 +393,9 @@ class KvmArm64Backend(KvmBackendBase):
             return Event(base.DEBUG, pc=pc, slot=self._breaks[index][0], addr=pc, detail="hw", raw=syndrome)
         if cause == "watch":
             far = int(info.far)
-            write = None if esr.cm(syndrome) else esr.wnr(syndrome)
-            slot = watch_slot(self._watches, far, write)
+            cache_op = esr.cm(syndrome)
+            write = None if cache_op else esr.wnr(syndrome)  # CM sets WnR whatever the operation
+            slot = watch_slot(self._watches, far, write, cache_op)
             if slot is None:
                 return Event(base.DEBUG, pc=pc, addr=far, detail="foreign", raw=syndrome)
             # Let the access complete: step the instruction with every watch (and a

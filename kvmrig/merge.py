@@ -1,0 +1,188 @@
+"""`kvmrig merge OUT IN...`: one report from the reports of several runs (CI shards).
+
+- JUnit XML (OUT ends in .xml): test suites of the same name become one
+  suite holding all their test cases; suites of other names stay beside it.
+  Every count (tests, failures, errors, skipped) is recounted from the test
+  cases, times are summed, and suite properties are kept (a property that
+  differs between inputs, like `backends`, gets the distinct values joined
+  by commas). Reads what `kvmrig run --junit` and pytest's `--junitxml` write.
+- JSON results (OUT ends in .json): the rig records of every input in order,
+  under a summary recounted from them (seconds: the sum of the inputs').
+
+Both are written atomically. A rig that appears in more than one input is
+kept each time (and counted each time), so a mistake in the sharding shows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+from kvmrig.errors import UsageError
+
+COUNTS = ("tests", "failures", "errors", "skipped")
+
+
+# JUnit ---------------------------------------------------------------------------
+
+def _suites(path: str | Path) -> list[ET.Element]:
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    except ET.ParseError as e:
+        raise UsageError(f"{path}: not XML: {e}") from None
+    if root.tag == "testsuite":
+        return [root]
+    if root.tag == "testsuites":
+        return root.findall("testsuite")
+    raise UsageError(f"{path}: not a JUnit report (its root is <{root.tag}>, not <testsuites> or <testsuite>)")
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
+
+
+def _case_counts(suite: ET.Element) -> Counter:
+    counts: Counter = Counter()
+    for case in suite.findall("testcase"):
+        counts["tests"] += 1
+        if case.find("failure") is not None:
+            counts["failures"] += 1
+        elif case.find("error") is not None:
+            counts["errors"] += 1
+        elif case.find("skipped") is not None:
+            counts["skipped"] += 1
+    return counts
+
+
+def _merge_properties(into: ET.Element, other: ET.Element | None) -> None:
+    if other is None:
+        return
+    props = into.find("properties")
+    if props is None:
+        props = ET.Element("properties")
+        into.insert(0, props)
+    known = {p.get("name"): p for p in props.findall("property")}
+    for prop in other.findall("property"):
+        name, value = prop.get("name"), prop.get("value", "")
+        mine = known.get(name)
+        if mine is None:
+            known[name] = ET.SubElement(props, "property", {"name": name or "", "value": value})
+            continue
+        values = [v for v in mine.get("value", "").split(",") if v]
+        for v in value.split(","):
+            if v and v not in values:
+                values.append(v)
+        mine.set("value", ",".join(values))
+
+
+def merge_junit(inputs: list[str | Path]) -> ET.Element:
+    """One <testsuites> with the inputs' suites merged by name, counts recounted."""
+    merged: dict[str, ET.Element] = {}
+    for path in inputs:
+        for suite in _suites(path):
+            name = suite.get("name", "")
+            target = merged.get(name)
+            if target is None:
+                target = merged[name] = ET.Element("testsuite", {"name": name})
+                for key, value in suite.attrib.items():
+                    if key not in COUNTS and key not in ("name", "time", "disabled"):
+                        target.set(key, value)   # timestamp, hostname: those of the first input
+                target.set("time", "0")
+            _merge_properties(target, suite.find("properties"))
+            target.set("time", f"{_float(target.get('time')) + _float(suite.get('time')):.6f}")
+            for child in suite:
+                if child.tag != "properties":
+                    target.append(child)
+    root = ET.Element("testsuites")
+    totals: Counter = Counter()
+    seconds = 0.0
+    for suite in merged.values():
+        counts = _case_counts(suite)
+        for key in COUNTS:
+            suite.set(key, str(counts[key]))
+        totals.update(counts)
+        seconds += _float(suite.get("time"))
+        root.append(suite)
+    for key in COUNTS:
+        root.set(key, str(totals[key]))
+    root.set("time", f"{seconds:.6f}")
+    return root
+
+
+def write_junit_tree(path: str | Path, root: ET.Element) -> None:
+    ET.indent(root)
+    text = ET.tostring(root, encoding="unicode", xml_declaration=False)
+    _write_atomic(path, '<?xml version="1.0" encoding="utf-8"?>\n' + text + "\n", ".xml")
+
+
+# JSON ----------------------------------------------------------------------------
+
+def merge_json(inputs: list[str | Path]) -> dict:
+    from kvmrig.report.json_report import ResultsFileError, document, read_results
+
+    records: list[dict] = []
+    seconds = 0.0
+    for path in inputs:
+        try:
+            doc = read_results(path)
+        except ResultsFileError as e:
+            raise UsageError(str(e)) from None
+        records.extend(doc["rigs"])
+        summary = doc.get("summary") or {}
+        seconds += _float(str(summary.get("seconds", 0)))
+    return document(records, seconds)
+
+
+# Both ----------------------------------------------------------------------------
+
+KINDS = {".xml": "junit", ".json": "json"}
+
+
+def merge_files(out: str | Path, inputs: list[str | Path]) -> str:
+    """Merge `inputs` into `out` (the kind by the suffix, the same for all); returns a summary line."""
+    kind = KINDS.get(Path(out).suffix.lower())
+    if kind is None:
+        raise UsageError(f"{out}: the output must end in .xml (JUnit) or .json (JSON results)")
+    wrong = [str(p) for p in inputs if KINDS.get(Path(p).suffix.lower()) != kind]
+    if wrong:
+        raise UsageError(f"cannot merge {', '.join(wrong)} into {kind} output {out}: "
+                         f"inputs must all be {'.xml' if kind == 'junit' else '.json'} files")
+    if kind == "junit":
+        root = merge_junit(inputs)
+        write_junit_tree(out, root)
+        counts = {k: int(root.get(k, 0)) for k in COUNTS}
+    else:
+        from kvmrig.report.json_report import write_document
+
+        doc = merge_json(inputs)
+        write_document(out, doc)
+        s = doc["summary"]
+        counts = {"tests": s["total"], "failures": s["failed"], "errors": s["error"], "skipped": s["skipped"]}
+    return (f"merged {len(inputs)} file(s) into {out}: {counts['tests']} tests, {counts['failures']} failures, "
+            f"{counts['errors']} errors, {counts['skipped']} skipped")
+
+
+def _write_atomic(path: str | Path, text: str, suffix: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".merge-", suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,123 @@
+"""Shared test machinery: the `kvm` marker, rig files in tmp_path, and a count
+of the KVM tests that really ran.
+
+- `@pytest.mark.kvm` tests create real VMs. They are skipped only where
+  /dev/kvm is absent, with the reason "no /dev/kvm on this machine" (the same
+  reason tests/backends/kvm/test_system.py gives with its own skipif).
+- At the end of the session one line says `KVM tests: N ran, M skipped`, so a
+  CI log shows whether the KVM tests ran at all.
+- With KVMRIG_REQUIRE_KVM=1 (CI sets it) on a machine that has /dev/kvm, a
+  skipped kvm test fails the session: a KVM lane that silently skips is no
+  KVM lane. A test skipped because its guest code is for the *other*
+  architecture (test_system.py's arm64-only tests on an x86 host) is not a KVM
+  problem and does not count against the session; it is still listed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import textwrap
+from pathlib import Path
+
+import pytest
+
+KVM_DEVICE = "/dev/kvm"
+NO_KVM_REASON = "no /dev/kvm on this machine"
+REQUIRE_ENV = "KVMRIG_REQUIRE_KVM"
+
+# Words in a skip reason that name an architecture this host cannot run under KVM.
+_HOST = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(
+    platform.machine().lower(), platform.machine().lower())
+_FOREIGN_ARCH_WORDS = {"x86_64": ("arm64", "aarch64"), "arm64": ("x86_64", "x86", "amd64")}.get(_HOST, ())
+
+
+def kvm_present() -> bool:
+    return os.path.exists(KVM_DEVICE)
+
+
+# ---------------------------------------------------------------------------
+# The kvm marker
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if kvm_present():
+        return
+    skip = pytest.mark.skip(reason=NO_KVM_REASON)
+    for item in items:
+        if item.get_closest_marker("kvm") is not None:
+            item.add_marker(skip)
+
+
+class KvmTally:
+    """A plugin: the outcome of every kvm-marked test, the summary line, and
+    the KVMRIG_REQUIRE_KVM verdict."""
+
+    def __init__(self) -> None:
+        self.ran: set[str] = set()
+        self.skipped: dict[str, str] = {}   # node id -> skip reason
+        self.require_failure = ""
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if "kvm" not in report.keywords:
+            return
+        if report.skipped and not hasattr(report, "wasxfail"):
+            self.skipped[report.nodeid] = _skip_reason(report)
+            self.ran.discard(report.nodeid)
+        elif (report.when == "call" or report.failed) and report.nodeid not in self.skipped:
+            self.ran.add(report.nodeid)   # passed, failed, errored or xfailed: it was attempted on KVM
+
+    def blocking_skips(self) -> dict[str, str]:
+        """Skips that mean KVM did not run (not those of a guest for another arch)."""
+        return {node: why for node, why in self.skipped.items()
+                if not any(word in why.lower() for word in _FOREIGN_ARCH_WORDS)}
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if os.environ.get(REQUIRE_ENV) != "1" or not kvm_present():
+            return
+        blocking = self.blocking_skips()
+        if blocking:
+            self.require_failure = (
+                f"{REQUIRE_ENV}=1 and {KVM_DEVICE} exists, but {len(blocking)} KVM test(s) were skipped, "
+                "so the session fails:\n" + "\n".join(f"  {node}: {why}" for node, why in sorted(blocking.items())))
+            if session.exitstatus == 0:
+                session.exitstatus = 1
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        terminalreporter.write_line(f"KVM tests: {len(self.ran)} ran, {len(self.skipped)} skipped")
+        if self.require_failure:
+            terminalreporter.write_line(self.require_failure, red=True, bold=True)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(KvmTally(), "kvmrig-kvm-tally")
+
+
+# ---------------------------------------------------------------------------
+# Rig files
+
+@pytest.fixture
+def make_rig(tmp_path: Path):
+    """make_rig(text, name="rig.yaml", guests={"guests/a.bin": "eb fe"}) -> Path
+
+    Writes the rig YAML (dedented) and each guest, given as hex bytes (spaces
+    and newlines allowed), under tmp_path; returns the rig's path.
+    """
+
+    def make(text: str, name: str = "rig.yaml", guests: dict[str, str | bytes] | None = None) -> Path:
+        for rel, data in (guests or {}).items():
+            target = tmp_path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data if isinstance(data, bytes) else bytes.fromhex("".join(data.split())))
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return path
+
+    return make

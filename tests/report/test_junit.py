@@ -1,0 +1,144 @@
+"""The JUnit writer on hand-made results: one <testcase> per rig, <failure>
+with every failed check, <error>, <skipped>, the console in <system-out>, and
+an atomic write."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from kvmrig.errors import Mark
+from kvmrig.machine.outcome import Failure, Outcome
+from kvmrig.report import junit
+from kvmrig.report.junit import junit_xml, write_junit
+from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+
+
+def failed_result() -> RigResult:
+    outcome = Outcome(
+        exit="hlt", detail="hlt at 0x1003", backend="kvm", regs={"rip": 0x1004},
+        console=b"booting\nFAIL: table\n",
+        failures=[
+            Failure("register rax", "0x2a (42)", "0x2b (43)", Mark("/rigs/x86/a.yaml", 12, 5)),
+            Failure("memory at 0x5000", "34 12 00 00", "00 00 00 00", Mark("/rigs/x86/a.yaml", 14, 7)),
+            Failure("console", "to contain 'PASS'", "'booting\\nFAIL: table\\n'"),
+        ])
+    return RigResult("/rigs/x86/a.yaml", "a", FAILED, "rigs.x86", ("smoke",), outcome, seconds=0.25, backend="kvm")
+
+
+def passed_result(name: str = "ok", console: bytes = b"Hello\n") -> RigResult:
+    return RigResult(f"/rigs/x86/{name}.yaml", name, PASSED, "rigs.x86",
+                     outcome=Outcome(exit="hlt", console=console, regs={"rip": 0x1001}), seconds=0.01, backend="kvm")
+
+
+def error_result() -> RigResult:
+    return RigResult("/rigs/x86/bad.yaml", "bad", ERROR, "rigs.x86",
+                     message="/rigs/x86/bad.yaml:3:1: unknown key 'memry' (did you mean 'memory'?)\nmore detail")
+
+
+def skipped_result() -> RigResult:
+    return RigResult("/rigs/arm/s.yaml", "s", SKIPPED, "rigs.arm",
+                     message="KVM cannot run this rig: KVM runs x86_64 guests on this x86_64 host, not arm64")
+
+
+def parse(results) -> ET.Element:
+    return ET.fromstring(junit_xml(results))
+
+
+def cases(root: ET.Element) -> dict[str, ET.Element]:
+    return {c.get("name"): c for c in root.iter("testcase")}
+
+
+def test_one_testcase_per_rig_named_and_classed():
+    root = parse([failed_result(), passed_result(), error_result(), skipped_result()])
+    found = cases(root)
+    assert list(found) == ["a", "ok", "bad", "s"]
+    assert [c.get("classname") for c in found.values()] == ["rigs.x86", "rigs.x86", "rigs.x86", "rigs.arm"]
+    assert found["a"].get("file") == "/rigs/x86/a.yaml"
+    (suite,) = root.iter("testsuite")
+    counts = [suite.get(k) for k in ("tests", "failures", "errors", "skipped")]
+    assert counts == ["4", "1", "1", "1"]
+
+
+def test_failure_carries_every_failed_check_and_where_it_stopped():
+    case = cases(parse([failed_result()]))["a"]
+    failure = case.find("failure")
+    assert failure is not None and case.find("error") is None
+    text = failure.text
+    assert "register rax: expected 0x2a (42), got 0x2b (43) [a.yaml:12]" in text
+    assert "memory at 0x5000: expected 34 12 00 00, got 00 00 00 00 [a.yaml:14]" in text
+    assert "console: expected to contain 'PASS'" in text
+    assert "final pc 0x1004" in text
+    assert failure.get("message").startswith("register rax: expected 0x2a (42)")
+
+
+def test_console_goes_to_system_out():
+    case = cases(parse([failed_result()]))["a"]
+    assert case.findtext("system-out") == "booting\nFAIL: table\n"
+    assert cases(parse([passed_result()]))["ok"].findtext("system-out") == "Hello\n"
+
+
+def test_passed_has_no_failure_error_or_skipped():
+    case = cases(parse([passed_result()]))["ok"]
+    assert [child.tag for child in case if child.tag in ("failure", "error", "skipped")] == []
+    assert case.findtext("system-out") == "Hello\n"
+
+
+def test_error_is_an_error_element_with_the_whole_message():
+    case = cases(parse([error_result()]))["bad"]
+    error = case.find("error")
+    assert error is not None and case.find("failure") is None
+    assert error.get("message") == "/rigs/x86/bad.yaml:3:1: unknown key 'memry' (did you mean 'memory'?)"
+    assert "more detail" in error.text
+
+
+def test_skipped_is_a_skipped_element_with_the_reason():
+    case = cases(parse([skipped_result()]))["s"]
+    skipped = case.find("skipped")
+    assert skipped is not None
+    assert "not arm64" in skipped.get("message")
+    assert case.find("failure") is None and case.find("error") is None
+
+
+def test_console_bytes_that_xml_cannot_hold_do_not_break_the_report():
+    result = passed_result("noisy", b"ok\x00\x1b[31mred\x07 \xff <&> ]]> end\n")
+    out = cases(parse([result]))["noisy"].findtext("system-out")   # parses: the XML is well formed
+    assert out.startswith("ok") and "<&> ]]> end" in out and "red" in out
+
+
+def test_suite_names_the_backends_that_ran():
+    root = parse([passed_result(), skipped_result()])
+    props = {p.get("name"): p.get("value") for p in root.findall("testsuite/properties/property")}
+    assert props["backends"] == "kvm"
+
+
+# -- writing --------------------------------------------------------------------
+
+def test_write_creates_folders_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "reports" / "deep" / "junit.xml"
+    write_junit(target, [passed_result(), error_result()])
+    assert sorted(p.name for p in target.parent.iterdir()) == ["junit.xml"]
+    assert len(list(ET.parse(target).getroot().iter("testcase"))) == 2
+
+
+def test_write_replaces_an_existing_report(tmp_path):
+    target = tmp_path / "junit.xml"
+    target.write_text("old")
+    write_junit(target, [passed_result()])
+    assert ET.parse(target).getroot().find(".//testcase").get("name") == "ok"
+
+
+def test_a_failed_write_keeps_the_old_report_and_no_temporary_file(tmp_path, monkeypatch):
+    target = tmp_path / "junit.xml"
+    target.write_text("previous report")
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(junit.os, "replace", refuse)
+    with pytest.raises(OSError):
+        write_junit(target, [passed_result()])
+    assert target.read_text() == "previous report"
+    assert sorted(os.listdir(tmp_path)) == ["junit.xml"]
