@@ -69,5 +69,18 @@ def prepare(rig: Rig) -> Plan:
     if not any(r.at <= plan.boot.first_pc < r.end for r in rig.memory):
         mark = rig.cpu.entry.mark if rig.cpu and rig.cpu.entry else (rig.cpu.mark if rig.cpu else rig.mark)
         raise RigError(f"the CPU starts at {plan.boot.first_pc:#x}, which is not inside any memory region", mark)
+    _check_sw_breakpoints(rig, symbols)
     DebugPlan(rig, arch, symbols.resolve)  # raises if the arch's debug registers cannot hold the rig's points
     return plan
+
+
+def _check_sw_breakpoints(rig: Rig, symbols: Symbols) -> None:
+    """A software breakpoint is an instruction written into guest memory: it needs memory there."""
+    for bp in rig.breakpoints:
+        if bp.kind != "sw":
+            continue
+        addr = symbols.resolve(bp.at)
+        if not any(r.at <= addr < r.end for r in rig.memory):
+            raise RigError(f"breakpoint[{bp.index}] at {addr:#x} (kind: sw) is outside every memory region: a "
+                           "software breakpoint is planted in guest memory; use kind: hw for addresses "
+                           "without memory", bp.at.mark)

@@ -1013,11 +1013,7 @@ def test_bug_on_hit_never_reached_fails(make_rig, debug):
     assert result.status == "failed", explain(result)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a `kind: sw` breakpoint outside guest memory passes `kvmrig validate` and makes "
-    "`kvmrig run` report 'internal error in kvmrig' with a traceback (OutsideMemory from "
-    "SwPatches.plant in Session.setup) instead of a rig error naming file:line"))
-def test_bug_sw_breakpoint_outside_memory_is_a_rig_error(make_rig, debug, capsys):
+def test_sw_breakpoint_outside_memory_is_a_rig_error(make_rig, debug, capsys):
     path = make_rig(f"""
         kvmrig: 1
         arch: x86_64

@@ -1,0 +1,215 @@
+"""The arm64 KVM backend on REAL arm64 KVM, inside the arm64 VM of kvmrig.invm.
+
+An x86_64 host has no arm64 KVM, so this module boots the arm64 Debian VM
+of kvmrig.invm (qemu-system-aarch64, TCG, virtualization=on: the VM has its
+own /dev/kvm) ONCE and runs three things in it:
+
+1. `python3 -m kvmrig run rigs/arm64 --backend kvm --junit out.xml -j 1`:
+   every example rig must pass, on KVM (JUnit counts, names and the backend
+   property checked here);
+2. the same command on "mutants", copies of some rigs with one expectation
+   made wrong on purpose: each must FAIL with the expected-vs-actual line
+   that names the wrong check, so a passing rig means the check really ran;
+3. tests/backends/kvm/arm64_vm_checks.py, which drives the backend directly
+   (registers round trip incl. sp at EL1h vs sp_el0 and v0's 128 bits, watch
+   hits in the middle of ranges, breakpoints on MMIO instructions and in
+   loops, a foreign BRK handed back to the guest's VBAR_EL1 handler) and
+   writes one JSON record per check.
+
+Skipped only where qemu-system-aarch64 is absent (scripts/setup-arm64-lane.sh
+installs it). The first run builds the VM's base image (cached under
+~/.cache/kvmrig/arm64). Timings (boot, per rig) are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from kvmrig.invm import qemu as invm_qemu
+
+QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
+ROOT = Path(__file__).resolve().parents[3]
+ARM64_RIGS = ROOT / "rigs" / "arm64"
+CHECKS = Path(__file__).with_name("arm64_vm_checks.py")
+VM_TIMEOUT = 900.0
+
+pytestmark = [
+    pytest.mark.arm64vm,
+    pytest.mark.skipif(shutil.which(QEMU) is None,
+                       reason=f"{QEMU} is not installed (run scripts/setup-arm64-lane.sh)"),
+]
+
+# Rigs with one expectation made wrong, and the failure text each must produce.
+# (rig, text to replace, replacement, words the JUnit <failure> must contain)
+MUTANTS = [
+    ("hw-breakpoint", "hits: 10 ", "hits: 11 ", "hits: expected 11, got 10"),
+    ("sw-breakpoint", "x21: {range: [0, 11]}", "x21: {range: [1, 11]}", "x21: expected in [1, 0xb"),
+    ("watchpoint", 'value: "0x0000333300000000"', 'value: "0x0000444400000000"', "watched value"),
+    ("single-step", "steps: 5", "steps: 6", "steps: expected 6, got 5"),
+    ("guest-brk", "x21: 1 ", "x21: 2 ", "register x21: expected 2, got 1"),
+    ("psci-off", "\n  exit: system-off ", "\n  exit: exit-code ", "exit: expected exit-code, got system-off"),
+]
+
+COMMAND = r"""
+set +e
+python3 -m kvmrig run rigs/arm64 --backend kvm --junit out.xml -j 1 > rigs.log 2>&1
+echo $? > rigs.status
+python3 -m kvmrig run mutants --backend kvm --junit mutants.xml -j 1 > mutants.log 2>&1
+echo $? > mutants.status
+python3 arm64_vm_checks.py checks.json > checks.log 2>&1
+echo $? > checks.status
+cat rigs.log checks.log
+"""
+FETCH = ["out.xml", "rigs.status", "rigs.log", "mutants.xml", "mutants.status", "mutants.log",
+         "checks.json", "checks.status", "checks.log"]
+
+
+def _report(request, line: str) -> None:
+    """A line in pytest's output even when it captures."""
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    cap = request.config.pluginmanager.get_plugin("capturemanager")
+    if tr is None:
+        print(line)
+        return
+    if cap is not None:
+        with cap.global_and_fixture_disabled():
+            tr.write_line(line)
+    else:
+        tr.write_line(line)
+
+
+def _mutants(folder: Path) -> None:
+    """Write the MUTANTS rigs into `folder`, their images taken from ../rigs/arm64/guests."""
+    folder.mkdir()
+    for rig, old, new, _why in MUTANTS:
+        text = (ARM64_RIGS / f"{rig}.yaml").read_text()
+        assert text.count(old) == 1, f"{rig}.yaml: {old!r} must occur exactly once to mutate it"
+        text = text.replace(old, new).replace("file: guests/", "file: ../rigs/arm64/guests/")
+        text = text.replace("kvmrig: 1\n", f"kvmrig: 1\nname: mutant-{rig}\n", 1)
+        (folder / f"{rig}.yaml").write_text(text)
+
+
+class Lane:
+    """What one VM boot brought back."""
+
+    def __init__(self, result, seconds: float):
+        self.result = result
+        self.seconds = seconds
+        self.files = result.files_back
+
+    def text(self, name: str) -> str:
+        assert name in self.files, (f"{name} did not come back from the VM: {self.result.error or ''}\n"
+                                    f"{self.result.output[-3000:]}")
+        return self.files[name].decode("utf-8", "replace")
+
+    def status(self, name: str) -> int:
+        return int(self.text(f"{name}.status").strip())
+
+    def junit(self, name: str) -> ET.Element:
+        return ET.fromstring(self.files[name])
+
+
+@pytest.fixture(scope="module")
+def lane(request, tmp_path_factory) -> Lane:
+    mutants = tmp_path_factory.mktemp("arm64vm") / "mutants"
+    _mutants(mutants)
+    t0 = time.monotonic()
+    result = invm_qemu.run_in_vm(
+        COMMAND,
+        files=[("rigs/arm64", str(ARM64_RIGS)), ("mutants", str(mutants)), ("arm64_vm_checks.py", str(CHECKS))],
+        fetch=FETCH,
+        timeout=VM_TIMEOUT,
+    )
+    lane = Lane(result, time.monotonic() - t0)
+    boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "?"
+    cmd = f"{result.command_seconds:.1f}s" if result.command_seconds is not None else "?"
+    _report(request, f"arm64 VM: boot {boot}, commands {cmd}, total {lane.seconds:.1f}s")
+    if "out.xml" in lane.files:
+        cases = lane.junit("out.xml").iter("testcase")
+        _report(request, "arm64 rigs in the VM: " + ", ".join(
+            f"{c.get('name')} {float(c.get('time', 0)) * 1000:.0f}ms" for c in cases))
+    if result.error:
+        pytest.fail(f"the arm64 VM run did not complete:\n{result.error}")
+    return lane
+
+
+# --- 1. the example rigs ------------------------------------------------------
+
+def test_every_arm64_rig_passes(lane):
+    log = lane.text("rigs.log")
+    assert lane.status("rigs") == 0, f"kvmrig run rigs/arm64 failed in the VM:\n{log}"
+    root = lane.junit("out.xml")
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    rigs = sorted(p.stem for p in ARM64_RIGS.glob("*.yaml"))
+    assert int(suite.get("tests")) == len(rigs) >= 8
+    for counter in ("failures", "errors", "skipped"):
+        assert int(suite.get(counter, 0)) == 0, f"{counter} in out.xml:\n{log}"
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert sorted(cases) == rigs
+    for name, case in cases.items():
+        assert case.get("classname") == "rigs.arm64"
+        assert case.find("failure") is None and case.find("error") is None and case.find("skipped") is None, name
+        backend = {p.get("name"): p.get("value") for p in case.iter("property")}.get("backend")
+        assert backend in (None, "kvm"), f"{name} ran on {backend}, not on the VM's KVM"
+    assert "Hello from arm64 EL1 over PL011" in (cases["pl011-hello"].findtext("system-out") or "")
+
+
+# --- 2. wrong expectations fail -------------------------------------------------
+
+def test_wrong_expectations_fail_with_the_check_named(lane):
+    log = lane.text("mutants.log")
+    assert lane.status("mutants") == 1, f"the mutant rigs must fail (exit status 1):\n{log}"
+    suite = lane.junit("mutants.xml")
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert int(suite.get("failures")) == len(MUTANTS) and int(suite.get("errors", 0)) == 0, log
+    for rig, _old, _new, why in MUTANTS:
+        failure = cases[f"mutant-{rig}"].find("failure")
+        assert failure is not None, f"mutant-{rig} passed although its rig was made wrong"
+        text = (failure.get("message") or "") + (failure.text or "")
+        assert why in text, f"mutant-{rig}: expected the failure to say {why!r}, it says:\n{text}"
+
+
+# --- 3. the backend, driven directly --------------------------------------------
+
+def _check_names() -> list[str]:
+    names = []
+    for line in CHECKS.read_text().splitlines():
+        if line.startswith("def check_"):
+            names.append(line[len("def check_"):line.index("(")])
+    return names
+
+
+def test_backend_checks_all_reported(lane):
+    results = json.loads(lane.text("checks.json"))
+    assert sorted(results) == sorted(_check_names())
+    assert lane.status("checks") == (0 if all(r["ok"] for r in results.values()) else 1)
+
+
+@pytest.mark.parametrize("check", _check_names())
+def test_backend_check(lane, check, record_property):
+    results = json.loads(lane.text("checks.json"))
+    res = results.get(check)
+    assert res is not None, f"{check} did not run:\n{lane.text('checks.log')}"
+    record_property("seconds", res.get("seconds"))
+    facts = {k: v for k, v in res.items() if k not in ("ok", "detail")}
+    assert res["ok"], f"{check} failed in the arm64 VM: {res.get('detail')}\nfacts: {facts}"
+
+
+def test_watch_hit_in_the_middle_of_a_range_is_attributed(lane):
+    res = json.loads(lane.text("checks.json"))["watch_middle"]
+    assert res["ok"], res.get("detail")
+    assert res["value_at_report"] == "0xdeadbeef", "the hit is reported after the store completed"
+
+
+def test_foreign_brk_reaches_the_guest_handler(lane):
+    res = json.loads(lane.text("checks.json"))["foreign_brk"]
+    assert res["ok"], res.get("detail")
+    assert res["esr_el1"] == "0xf2000007"
