@@ -30,6 +30,8 @@ examples:
   kvmrig validate rigs/            check rig files without running them
   kvmrig run --backend emu rigs/   run on the unicorn emulator, no /dev/kvm needed
   kvmrig run --cross-check rigs/x86   run on KVM and the emulator and compare the two
+  kvmrig run --shard 2/4 --junit j2.xml --json r2.json rigs/   the 2nd quarter (CI: docs/ci.md)
+  kvmrig merge junit.xml j1.xml j2.xml j3.xml j4.xml           one report from the shards'
 """
 
 
@@ -71,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                           "balanced by --durations-from, else round-robin by file and name")
     run.add_argument("--durations-from", metavar="FILE",
                      help="JSON results of an earlier run (--json) whose durations balance --shard")
+    run.add_argument("--in-vm", choices=("arm64",), metavar="ARCH",
+                     help="run the rigs on real KVM of another arch, inside a Linux booted under QEMU "
+                          "(arm64: qemu-system-aarch64, set up by scripts/setup-arm64-lane.sh); "
+                          "lines, reports and exit status come back as if run here")
     run.add_argument("--json", metavar="FILE", help="write JSON results, one record per rig, to FILE")
     run.add_argument("--gdb-on-fail", metavar="[HOST]:PORT",
                      help="after the run, run the first rig that failed again in this process, to its end, "
@@ -123,6 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvmrig.report.terminal import Terminal
     from kvmrig.runner import ERROR, FAILED, SKIPPED, RigResult, _result_for, run_rigs
 
+    if args.in_vm:
+        return _run_in_vm(args)
     started = time.monotonic()
     rigs, errors = _collect(args.paths)
     if args.keyword:
@@ -168,6 +176,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if interrupted or any(r.status == ERROR for r in final):
         return 2
     return 0
+
+
+def _run_in_vm(args: argparse.Namespace) -> int:
+    from kvmrig.errors import BackendUnavailable
+    from kvmrig.invm.remote import run_in_vm_cli
+    from kvmrig.runner import expand, is_rig_file
+
+    clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
+                                   ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),
+                                   ("--backend emu", args.backend == "emu")) if on]
+    if clash:
+        return _usage(f"--in-vm cannot be combined with {', '.join(clash)}")
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        return _usage(f"no such file or folder: {', '.join(missing)}")
+    explicit = {Path(p) for p in args.paths if Path(p).is_file()}
+    files = [p for p in expand(args.paths) if p in explicit or is_rig_file(p)]
+    if not files:
+        return _usage("no rigs found")
+    try:
+        return run_in_vm_cli(args, files)
+    except BackendUnavailable as e:
+        return _usage(str(e))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

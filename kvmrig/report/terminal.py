@@ -3,6 +3,7 @@ and a summary like pytest's."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from typing import TextIO
@@ -44,7 +45,9 @@ class Terminal:
         stream = stream or sys.stdout  # looked up now: tests and callers replace sys.stdout
         self.stream = stream
         self.verbosity = verbosity
-        self.color = stream.isatty() if color is None else color
+        if color is None:  # NO_COLOR / FORCE_COLOR as other tools honour them
+            color = bool(os.environ.get("FORCE_COLOR")) or (stream.isatty() and not os.environ.get("NO_COLOR"))
+        self.color = color
         self.count = 0
         self.total = 0
 
@@ -65,7 +68,8 @@ class Terminal:
             return
         where = f"{result.path}::{result.name}"
         info = [x for x in (result.backend, _ms(result.seconds)) if x]
-        line = f"{self._paint(result.status, WORD[result.status]):5} {where} ({', '.join(info)})"
+        word = WORD[result.status]
+        line = f"{self._paint(result.status, word)}{' ' * (5 - len(word))} {where} ({', '.join(info)})"
         if result.status == SKIPPED:
             line += f": {result.message}"
         self.stream.write(line + "\n")

@@ -190,9 +190,6 @@ def test_colour_only_when_asked_or_on_a_tty():
     assert "\x1b[" not in plain_out.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Terminal.result pads the *painted* word (f'{paint(WORD):5}'), so with "
-                                       "colour the escape codes eat the padding and PASS/FAIL/SKIP lines lose the "
-                                       "column alignment they have without colour")
 def test_colour_does_not_change_the_layout():
     ansi = re.compile(r"\x1b\[[0-9;]*m")
     for make in (passed, failed, errored, skipped):

@@ -1,0 +1,50 @@
+"""`kvmrig run --in-vm arm64`: the user-facing way to real arm64 KVM from this
+x86_64 host. One VM boot runs every arm64 example rig plus a broken rig kept
+outside the checkout, and everything must come back as if run locally."""
+
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.arm64vm,
+              pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None,
+                                 reason="qemu-system-aarch64 is absent (scripts/setup-arm64-lane.sh installs it)")]
+
+BROKEN = """\
+kvmrig: 1
+arch: arm64
+memory: [{at: 0x40000000, size: 64K}]
+images: [{hex: "00 00 80 d2", at: 0x40000000}]
+expect:
+  exitt: system-off
+"""
+
+
+def test_in_vm_runs_the_arm64_rigs_and_reports_as_if_local(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN)
+    junit = tmp_path / "junit.xml"
+    r = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--in-vm", "arm64", "-j", "1",
+                        "--junit", str(junit), "rigs/arm64", str(broken)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    rigs = sorted(p.stem for p in (ROOT / "rigs" / "arm64").glob("*.yaml"))
+    out = r.stdout
+    assert r.returncode == 2, out + r.stderr          # all passed, but one rig file is an error
+    for name in rigs:
+        assert f"PASS  rigs/arm64/{name}.yaml::" in out
+    # the rig file error names the host path, line and column
+    assert "\x1b[" not in out                                   # no color codes into a pipe
+    assert f"{broken}:6:3: " in out and "exitt" in out
+    assert f"{len(rigs)} passed" in out and "1 error" in out
+    suites = ET.parse(junit).getroot()
+    cases = list(suites.iter("testcase"))
+    assert len(cases) == len(rigs) + 1
+    props = {c.get("name"): [p.get("value") for p in c.iter("property") if p.get("name") == "backend"]
+             for c in cases}
+    assert all(props[name] == ["kvm"] for name in rigs)
+    assert sum(1 for c in cases if c.find("error") is not None) == 1
