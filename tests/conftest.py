@@ -11,6 +11,9 @@ of the KVM tests that really ran.
   KVM lane. A test skipped because its guest code is for the *other*
   architecture (test_system.py's arm64-only tests on an x86 host) is not a KVM
   problem and does not count against the session; it is still listed.
+- `@pytest.mark.arm64vm` tests (real arm64 KVM inside the nested VM lane) are
+  counted too, shown apart on the summary line, and any skip of theirs fails
+  the session under KVMRIG_REQUIRE_KVM=1, whatever its reason.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ is reported as a message, never as a crash.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -57,8 +58,12 @@ def good(ax: int = 42, tags: str = "") -> str:
     return GOOD.format(ax=ax, tags=tags)
 
 
+# Plain output whatever the caller's environment says about colour.
+ENV = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+
+
 def kvmrig(*args: str, cwd: Path = REPO, timeout: float = 60) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "kvmrig", *map(str, args)], cwd=cwd,
+    proc = subprocess.run([sys.executable, "-m", "kvmrig", *map(str, args)], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     return proc
@@ -369,7 +374,7 @@ def test_ctrl_c_stops_the_run_reports_it_and_exits_2(make_rig, tmp_path):
         folder = make_rig(SPIN, f"rigs/{name}.yaml").parent
     report = tmp_path / "j.xml"
     proc = subprocess.Popen([sys.executable, "-m", "kvmrig", "run", "-j", "1", "--junit", str(report), str(folder)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)
         assert proc.poll() is None, "still running its first 5 s rig"

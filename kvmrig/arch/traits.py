@@ -16,24 +16,29 @@ class Traits:
     arch: str
     pc: str                       # canonical name of the program counter
     sw_break: bytes               # the instruction planted for `kind: sw`
-    split_watch: Callable[[int, int], list[tuple[int, int]]]  # (addr, len) -> pieces, one register each
+    split_watch: Callable[..., list[tuple[int, int]]]  # (addr, len, max piece) -> pieces, one register each
     hw_slots: tuple[int, int, bool]  # architectural (breakpoints, watchpoints, shared) when no backend says
     halt: bytes | None = None     # an instruction that stops the CPU, which a single-step can swallow
+    wide_modes: tuple[str, ...] = ()  # CPU modes whose data breakpoints may cover 8 bytes (x86: long only)
+
+    def watch_max(self, mode: str) -> int:
+        """The longest piece one debug register watches in `mode`."""
+        return 8 if not self.wide_modes or mode in self.wide_modes else 4
 
 
-def _x86_split(addr: int, length: int) -> list[tuple[int, int]]:
+def _x86_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
     from kvmrig.arch.x86_64.dr7 import split_watch
-    return list(split_watch(addr, length))
+    return list(split_watch(addr, length, max_len))
 
 
-def _arm64_split(addr: int, length: int) -> list[tuple[int, int]]:
+def _arm64_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
     from kvmrig.arch.arm64.debugregs import plan_watch
     return [(p.start, p.length) for p in plan_watch(addr, length, "access")]
 
 
 TRAITS = {
     # SDM vol.2: INT3 is the one-byte 0xCC; 4 debug address registers DR0-DR3 shared.
-    "x86_64": Traits("x86_64", "rip", b"\xcc", _x86_split, (4, 4, True), b"\xf4"),
+    "x86_64": Traits("x86_64", "rip", b"\xcc", _x86_split, (4, 4, True), b"\xf4", ("long",)),
     # Arm ARM C6.2.38: BRK #0 = 0xd4200000, little-endian; at least 2+2 debug registers.
     "arm64": Traits("arm64", "pc", (0xD4200000).to_bytes(4, "little"), _arm64_split, (6, 4, False)),
 }

@@ -39,10 +39,16 @@ class Point:
         on_hit = self.spec.on_hit
         return on_hit is None or on_hit == self.hits
 
-    def check_count(self) -> Failure | None:
+    def check_count(self) -> list[Failure]:
+        failures = []
         if self.spec.hits is not None and not self.spec.hits.matches(self.hits):
-            return Failure(f"{self.label} hits", self.spec.hits.text, str(self.hits), self.spec.hits.mark)
-        return None
+            failures.append(Failure(f"{self.label} hits", self.spec.hits.text, str(self.hits), self.spec.hits.mark))
+        spec = self.spec
+        if spec.on_hit is not None and self.hits < spec.on_hit and (spec.expect is not None or spec.set is not None):
+            # the checks or the fault injection the rig asked for never happened
+            failures.append(Failure(f"{self.label} on_hit", f"a hit number {spec.on_hit}",
+                                    f"{self.hits} hit(s), so its expect/set never applied", spec.mark))
+        return failures
 
 
 @dataclass(eq=False)
@@ -73,6 +79,7 @@ class DebugPlan:
 
     def __init__(self, rig: Rig, traits: Traits, resolve, capacity: tuple[int, int, bool] | None = None):
         self.traits = traits
+        self.watch_max = traits.watch_max(rig.cpu.mode if rig.cpu else "")
         self.points: list[Point] = []
         self.sw: dict[int, list[Point]] = {}
         self.slots: list[HwSlot] = []
@@ -115,7 +122,7 @@ class DebugPlan:
             label = f"watchpoint[{wp.index}] at {wp.at}" + (f" ({addr:#x})" if wp.at.symbol else "") + f" len {wp.len}"
             point = Point(wp, addr, wp.len, label)
             self.points.append(point)
-            pieces = traits.split_watch(addr, wp.len)
+            pieces = traits.split_watch(addr, wp.len, self.watch_max)
             take("watch", point, wp.mark, len(pieces))
             for piece_addr, piece_len in pieces:
                 point.slots.append(len(self.slots))
@@ -133,7 +140,7 @@ class DebugPlan:
         return bool(self.sw_all)
 
     def count_failures(self) -> list[Failure]:
-        return [f for p in self.points if (f := p.check_count()) is not None]
+        return [f for p in self.points for f in p.check_count()]
 
     def hit_counts(self) -> dict[str, int]:
         return {p.label: p.hits for p in self.points}
@@ -171,7 +178,7 @@ class DebugPlan:
             if p.kind == "sw" or (p.kind == "hw" and p.addr in rig_exec):
                 continue  # planted, or the rig's own register already stops there
             exec_ = p.kind == "hw"
-            pieces = [(p.addr, 1)] if exec_ else self.traits.split_watch(p.addr, p.length)
+            pieces = [(p.addr, 1)] if exec_ else self.traits.split_watch(p.addr, p.length, self.watch_max)
             if shared:
                 left = n_bp - len(self.slots)
             else:

@@ -65,6 +65,7 @@ class Session:
         self.patches = SwPatches(memory, backend.sw_break_insn())
         self.user_step = self.rig.trace_max > 0 or self.rig.expect.steps is not None
         self.stepping_over: int | None = None
+        self.pc_moved = False  # a breakpoint's `set` changed the program counter
         self.steps = 0
         self.last_pc = plan.boot.first_pc  # the instruction a single-step exit has just executed
         self.tail: deque[int] = deque(maxlen=TAIL)  # last executed addresses, for failure reports
@@ -224,21 +225,29 @@ class Session:
             if not points and client is None:
                 self._foreign(ev, "a software breakpoint the rig did not plant")
                 return
+            self.pc_moved = False
             for point in points or ():
                 self._hit(point, ev)
             if client is not None:
                 self.client_stop = ("sw", client)
             self.last_pc = ev.pc
-            if self.backend.get_pc() == ev.pc:   # unless `set` moved the pc: step over it
+            if not self.pc_moved:   # unless `set` moved the pc: step over it
                 self.patches.lift(ev.pc)
                 self.stepping_over = ev.pc
                 if not self.user_step:
                     self._arm(True)
             return
         if cause in ("hw", "watch") and 0 <= ev.slot < len(self.debug.slot_owner):
-            owner = self.debug.slot_owner[ev.slot]
-            if isinstance(owner, Point):
-                self._hit(owner, ev)
+            # One access can hit several watchpoints (overlapping ranges, or one
+            # split over registers): each of the rig's points counts it once.
+            slots = ev.raw if cause == "watch" and isinstance(ev.raw, tuple) else (ev.slot,)
+            owners: list = []
+            for i in slots:
+                if 0 <= i < len(self.debug.slot_owner) and not any(o is self.debug.slot_owner[i] for o in owners):
+                    owners.append(self.debug.slot_owner[i])
+            for owner in owners:
+                if isinstance(owner, Point):
+                    self._hit(owner, ev)
             if self.debug.client and (client := self.debug.client_hit(ev)) is not None:
                 self.client_stop = (cause, client)
             if cause == "hw":
@@ -293,9 +302,12 @@ class Session:
                 hit.regs = {c.name: v for c in spec.expect.regs
                             if (v := _reg(self.rig.arch, regs, c.name)) is not None}
             if spec.set is not None:
-                apply_regs(self.backend, self.rig.arch, spec.set.regs)
-                for write in spec.set.memory:
-                    self.memory.write(self.plan.resolve(write.at), write.data)
+                if spec.set.regs:
+                    before = self.backend.get_pc()
+                    apply_regs(self.backend, self.rig.arch, spec.set.regs)
+                    self.pc_moved = self.pc_moved or self.backend.get_pc() != before
+                for write in spec.set.memory:  # through the patches: a planted breakpoint stays planted
+                    self.patches.write(self.plan.resolve(write.at), write.data)
         if point.hits <= MAX_HIT_RECORDS or hit.failures:
             self.outcome.hits.append(hit)
 

@@ -863,11 +863,7 @@ def test_trap_mode_picks_the_fallbacks(debug):
 # ---------------------------------------------------------------------------
 # Bugs: each xfail(strict=True) test below fails because of a bug in kvmrig.
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: two watchpoints over the same bytes: one access is given to the first matching "
-    "watchpoint only (KvmX86Backend._watch_access / _debug_event return one event), so the "
-    "second one misses hits"))
-def test_bug_overlapping_watchpoints_each_count(make_rig, debug):
+def test_overlapping_watchpoints_each_count(make_rig, debug):
     path = make_rig(f"""
         kvmrig: 1
         arch: x86_64
@@ -921,12 +917,7 @@ def test_write_watch_on_rom_keeps_it_read_only(make_rig, trap):
     assert_passed(run(path))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a `kind: sw` breakpoint where CS base != 0 (mode reset: base 0xffff0000) hits "
-    "forever: Session._debug compares backend.get_pc() (RIP) with the event's linear pc to "
-    "see whether `set` moved the pc, never finds them equal, and so never steps over the "
-    "planted instruction"))
-def test_bug_sw_breakpoint_in_reset_mode(make_rig, debug):
+def test_sw_breakpoint_in_reset_mode(make_rig, debug):
     path = make_rig(f"""
         kvmrig: 1
         arch: x86_64
@@ -943,11 +934,7 @@ def test_bug_sw_breakpoint_in_reset_mode(make_rig, debug):
     assert_passed(run(path))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: `set: {memory: ...}` over the address of a planted `kind: sw` breakpoint is undone: "
-    "SwPatches.lift() writes the saved original byte back over the byte `set` wrote, so the "
-    "guest runs the old instruction and memory ends up mixed (75 90 for 90 90)"))
-def test_bug_set_memory_over_a_sw_breakpoint_sticks(make_rig, debug):
+def test_set_memory_over_a_sw_breakpoint_sticks(make_rig, debug):
     # At the 3rd `jnz` replace it by two NOPs: the loop ends with RCX = 2.
     path = make_rig(f"""
         kvmrig: 1
@@ -994,10 +981,7 @@ def test_single_step_counts_port_writes(make_rig):
     assert out.trace == [0x1000, 0x1002, 0x1004, 0x1006]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an `on_hit: N` whose point is hit fewer than N times passes silently: its `expect` "
-    "is never checked and nothing says so (a check that never ran should fail)"))
-def test_bug_on_hit_never_reached_fails(make_rig, debug):
+def test_on_hit_never_reached_fails(make_rig, debug):
     path = make_rig(f"""
         kvmrig: 1
         arch: x86_64

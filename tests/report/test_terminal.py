@@ -179,15 +179,33 @@ def test_summary_says_interrupted():
     assert line == "== 2 skipped (interrupted) in 0.10s =="
 
 
-def test_colour_only_when_asked_or_on_a_tty():
+def test_colour_only_when_asked_or_on_a_tty(monkeypatch):
     term, out = terminal(color=True)
     term.result(failed())
     term.summary([failed()], 0.1)
     assert "\x1b[31mFAIL\x1b[0m" in out.getvalue()
     assert "\x1b[31m== 1 failed" in out.getvalue()
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
     plain, plain_out = terminal(color=None)   # a StringIO is no tty
     plain.result(failed())
     assert "\x1b[" not in plain_out.getvalue()
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    forced, forced_out = terminal(color=None)
+    forced.result(failed())
+    assert "\x1b[31mFAIL" in forced_out.getvalue()
+
+
+def test_no_color_wins_over_a_tty(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert Terminal(Tty()).color
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not Terminal(Tty()).color
 
 
 def test_colour_does_not_change_the_layout():
