@@ -131,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.in_vm:
         return _run_in_vm(args)
+    if args.cross_check and args.backend != "auto":
+        return _usage("--cross-check runs both backends: it cannot be combined with --backend")
     started = time.monotonic()
     rigs, errors = _collect(args.paths)
     if args.keyword:
@@ -153,29 +155,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     term.start(len(rigs) + len(errors))
     for e in errors:
         term.result(e)
-    if args.cross_check and args.backend != "auto":
-        return _usage("--cross-check runs both backends: it cannot be combined with --backend")
     from kvmrig.runner import CROSS
     backend = CROSS if args.cross_check else args.backend
-    results, interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
-                                    exitfirst=args.exitfirst, update_golden=args.update_golden)
+    if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
+        results, interrupted = [None] * len(rigs), False
+    else:
+        results, interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
+                                        exitfirst=args.exitfirst, update_golden=args.update_golden)
     final: list[RigResult] = list(errors)
     for rig, result in zip(rigs, results):
         final.append(result or _result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted
                                            else "not run (--exitfirst)"))
     term.summary(final, time.monotonic() - started, interrupted)
-    if args.junit:
-        write_junit(args.junit, final)
-    if args.json:
-        from kvmrig.report.json_report import write_json
-        write_json(args.json, final, time.monotonic() - started)
+    unwritten = False
+    for flag, target, write in (("--junit", args.junit, lambda: write_junit(args.junit, final)),
+                                ("--json", args.json, lambda: _write_json(args.json, final, started))):
+        if not target:
+            continue
+        try:
+            write()
+        except OSError as e:
+            print(f"kvmrig: error: cannot write the report {flag} {target}: {e.strerror or e}", file=sys.stderr)
+            unwritten = True
     if args.gdb_on_fail:
         _gdb_on_fail(args.gdb_on_fail, rigs, results)
     if any(r.status == FAILED for r in final):
         return 1
-    if interrupted or any(r.status == ERROR for r in final):
+    if interrupted or unwritten or any(r.status == ERROR for r in final):
         return 2
     return 0
+
+
+def _write_json(path: str, final, started: float) -> None:
+    from kvmrig.report.json_report import write_json
+    write_json(path, final, time.monotonic() - started)
 
 
 def _run_in_vm(args: argparse.Namespace) -> int:

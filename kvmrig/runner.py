@@ -251,7 +251,7 @@ def expand(paths: Iterable[str]) -> list[Path]:
 def is_rig_file(path: Path) -> bool:
     """A YAML file whose first key is `kvmrig:` (folders may hold other YAML)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:  # a BOM is not content
             for line in f:
                 stripped = line.strip()
                 if not stripped or stripped.startswith("#") or stripped == "---":

@@ -205,8 +205,6 @@ def test_bad_rig_files_are_reported_never_crash(tmp_path, command):
         assert str(path) in out, path.name
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a --junit path that cannot be written (a folder, a path under a "
-                                       "file) ends kvmrig run with a Python traceback from write_junit")
 @pytest.mark.parametrize("where", ["folder", "under-a-file"])
 def test_unwritable_junit_path_is_a_message_not_a_traceback(make_rig, tmp_path, where):
     rig = make_rig("kvmrig: 1\narch: x86_64\nmemry: []\n")    # a rig error: no KVM needed
@@ -319,8 +317,6 @@ def test_exitfirst_stops_after_the_first_failure(make_rig, tmp_path):
 
 @kvm
 @x86_host
-@pytest.mark.xfail(strict=True, reason="BUG: -x ('stop after the first failure or error') does not stop on a rig "
-                                       "file error: the rigs after it still run")
 def test_exitfirst_stops_after_a_rig_file_error(make_rig, tmp_path):
     folder = make_rig("kvmrig: 1\narch: x86_64\nmemry: []\n", "rigs/a-broken.yaml").parent
     make_rig(good(), "rigs/b.yaml")

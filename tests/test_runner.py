@@ -241,8 +241,6 @@ def test_is_rig_file(tmp_path):
     assert is_rig_file(tmp_path / "missing.yaml"), "unreadable: let the loader say why"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: is_rig_file reads without utf-8-sig, so a rig saved with a UTF-8 "
-                                       "BOM loads when named but is silently left out of a folder run")
 def test_is_rig_file_accepts_a_utf8_bom(tmp_path):
     path = tmp_path / "bom.yaml"
     path.write_bytes(b"\xef\xbb\xbfkvmrig: 1\narch: x86_64\n")

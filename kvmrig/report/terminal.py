@@ -88,7 +88,8 @@ class Terminal:
 
     def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False) -> str:
         counts = Counter(r.status for r in results)
-        parts = [f"{counts[s]} {s}" for s in (FAILED, PASSED, SKIPPED, ERROR) if counts[s]]
+        parts = [f"{counts[s]} {s}" + ("s" if s == ERROR and counts[s] > 1 else "")
+                 for s in (FAILED, PASSED, SKIPPED, ERROR) if counts[s]]
         if self.verbosity < 0 and any(r.status in (FAILED, ERROR) for r in results):
             self.stream.write("\n")
             for r in results:

@@ -366,9 +366,6 @@ def test_a_start_the_mode_cannot_reach_is_a_rig_error(mode, memory, entry, messa
 
 
 @kvm
-@pytest.mark.xfail(strict=True, reason="BUG: for timeout/unhandled/shutdown exits the x86 KVM backend reports "
-                                       "pc = rip, not cs.base + rip, so in reset (and real) mode the failure "
-                                       "report disassembles the wrong memory")
 def test_failure_report_of_a_reset_mode_guest_shows_the_code_it_ran():
     text = rig_text("reset", "eb fe  # jmp $", at=0xFFFF_FFF0, timeout="50ms",
                     memory="[{at: 0, size: 64K}, {at: 0xffff0000, size: 64K, rom: true}]")

@@ -35,7 +35,7 @@ def shared_kvm() -> Kvm:
     global _kvm, _kvm_pid
     import os
     if _kvm is None or _kvm_pid != os.getpid():
-        _kvm, _kvm_pid = Kvm(), os.getpid()
+        _kvm, _kvm_pid = Kvm(os.environ.get("KVMRIG_KVM_DEVICE", "/dev/kvm")), os.getpid()
     return _kvm
 
 
@@ -204,7 +204,7 @@ class KvmBackendBase(Backend):
         if reason == abi.KVM_EXIT_INTR:
             rs.immediate_exit = 0
             if time.monotonic() >= deadline:
-                return Event(base.TIMEOUT, pc=self.get_pc())
+                return Event(base.TIMEOUT, pc=self._pc_now())
             return None
         return self._other_exit(reason, rs)
 
@@ -287,29 +287,29 @@ class KvmBackendBase(Backend):
         if reason == abi.KVM_EXIT_HLT:
             return self._halt_event()
         if reason == abi.KVM_EXIT_SHUTDOWN:
-            return Event(base.SHUTDOWN, pc=self.get_pc(),
+            return Event(base.SHUTDOWN, pc=self._pc_now(),
                          detail="triple fault: the CPU shut down (an exception could not be delivered, "
                                 "e.g. with no valid IDT)")
         if reason == abi.KVM_EXIT_SYSTEM_EVENT:
             kind = {abi.KVM_SYSTEM_EVENT_SHUTDOWN: "off", abi.KVM_SYSTEM_EVENT_RESET: "reset",
                     abi.KVM_SYSTEM_EVENT_CRASH: "crash"}.get(rs.system_event.type, f"type {rs.system_event.type}")
-            return Event(base.SYSTEM, detail=kind, pc=self.get_pc(), raw=rs.system_event.type)
+            return Event(base.SYSTEM, detail=kind, pc=self._pc_now(), raw=rs.system_event.type)
         if reason == abi.KVM_EXIT_INTERNAL_ERROR:
             sub = rs.internal.suberror
             text = INTERNAL.get(sub, f"KVM internal error, suberror {sub}")
-            if self._traps.get(self.get_pc() & ~(PAGE - 1)) == "absent":
+            if self._traps.get(self._pc_now() & ~(PAGE - 1)) == "absent":
                 text = ("the guest ran code on a page kvmrig unmapped to catch reads for a watchpoint (this KVM "
                         "raises no data breakpoints): keep watched data off code pages, or watch writes only")
-            return Event(base.UNHANDLED, pc=self.get_pc(), detail=f"{text} (pc {self.get_pc():#x})", raw=sub)
+            return Event(base.UNHANDLED, pc=self._pc_now(), detail=f"{text} (pc {self._pc_now():#x})", raw=sub)
         if reason == abi.KVM_EXIT_FAIL_ENTRY:
             why = rs.fail_entry.hardware_entry_failure_reason
             return Event(base.UNHANDLED, detail=f"VM entry failed (hardware reason {why:#x}): the CPU state is "
                                                 "invalid for this mode", raw=why)
-        return Event(base.UNHANDLED, pc=self.get_pc(),
+        return Event(base.UNHANDLED, pc=self._pc_now(),
                      detail=f"unexpected KVM exit {abi.exit_name(reason)} ({reason})", raw=reason)
 
     def _halt_event(self) -> Event:
-        return Event(base.HALT, pc=self.get_pc())
+        return Event(base.HALT, pc=self._pc_now())
 
     def complete_read(self, data: bytes) -> None:
         if self._answer == "io":
