@@ -667,8 +667,9 @@ def table(rows: list[Row]) -> str:
     out = [line(head), line(tuple("-" * w for w in widths))]
     out += [line(b) for b in body]
     out.append("")
-    out.append("ratio: per-operation rows kvmrig/limit (limit = bench/limit.c, raw ioctls in C); suite and qemu "
-               "rows QEMU/kvmrig (how many times faster kvmrig is).")
+    out.append("ratio: per-operation and floor_* rows kvmrig/limit (limit = bench/limit.c, the same ioctls from C); "
+               "suite_*, qemu_* and emu_suite_* rows QEMU/kvmrig (how many times faster kvmrig is; in qemu_* rows "
+               "the kvmrig column is ms per rig in suite_1000_j1, or _j2 for qemu_kvm_j2).")
     out.append("notes:")
     out += [f"  {r.name}: {r.note}" for r in rows]
     return "\n".join(out)

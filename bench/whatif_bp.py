@@ -10,6 +10,7 @@ B: a per-hit check naming only GPRs reads only KVM_GET_REGS
 C: KVM_SET_GUEST_DEBUG from cached structs
 D: no get_pc() after a planted-HLT hit (the backend just wrote rip)
 E: set_debug with unchanged points only flips single-step
+S: KVM_CAP_SYNC_REGS: registers read from / written to kvm_run after the first exit
 
 It reaches into private attributes of kvmrig's x86 KVM backend as of the
 commit bench/README.md names; when they change, this script breaks, and the
@@ -31,6 +32,8 @@ orig = {name: getattr(KvmX86Backend, name) for name in ("_debug_event", "_before
 orig_hit = session_mod.Session._hit
 
 def patch(which):
+    if "S" in which:
+        patch_sync()
     # A: _before_run uses the pc of the breakpoint exit instead of GET_REGS+GET_SREGS
     if "A" in which:
         def _debug_event(self, info):
@@ -104,7 +107,59 @@ def patch(which):
             self._dbg_key = key
         KvmX86Backend.set_debug = set_debug
 
+orig_vcpu = {name: getattr(system.Vcpu, name) for name in ("get_regs", "get_sregs", "set_regs", "set_sregs")}
+orig_init_state = KvmX86Backend.set_initial_state
+REGS_SIZE = ffi.sizeof("struct kvm_regs")
+SREGS_SIZE = ffi.sizeof("struct kvm_sregs")
+
+
+def patch_sync():
+    def set_initial_state(self, state):
+        orig_init_state(self, state)
+        vcpu = self.vcpu
+        rs = vcpu.run_struct
+        rs.kvm_valid_regs = 1 | 2  # KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS
+        base_ptr = ffi.cast("char *", ffi.addressof(rs, "s"))
+        vcpu._s_regs, vcpu._s_sregs = base_ptr, base_ptr + REGS_SIZE
+        vcpu._fresh = False
+        inner = vcpu.run
+
+        def run():
+            reason = inner()
+            vcpu._fresh = True
+            return reason
+        vcpu.run = run
+    def get_regs(self):
+        if getattr(self, "_fresh", False):
+            ffi.memmove(self._regs, self._s_regs, REGS_SIZE)
+            return self._regs
+        return orig_vcpu["get_regs"](self)
+    def get_sregs(self):
+        if getattr(self, "_fresh", False):
+            ffi.memmove(self._sregs, self._s_sregs, SREGS_SIZE)
+            return self._sregs
+        return orig_vcpu["get_sregs"](self)
+    def set_regs(self, regs):
+        if getattr(self, "_fresh", False):
+            ffi.memmove(self._s_regs, regs, REGS_SIZE)
+            self.run_struct.kvm_dirty_regs |= 1
+            return
+        orig_vcpu["set_regs"](self, regs)
+    def set_sregs(self, sregs):
+        if getattr(self, "_fresh", False):
+            ffi.memmove(self._s_sregs, sregs, SREGS_SIZE)
+            self.run_struct.kvm_dirty_regs |= 2
+            return
+        orig_vcpu["set_sregs"](self, sregs)
+    KvmX86Backend.set_initial_state = set_initial_state
+    system.Vcpu.get_regs, system.Vcpu.get_sregs = get_regs, get_sregs
+    system.Vcpu.set_regs, system.Vcpu.set_sregs = set_regs, set_sregs
+
+
 def unpatch():
+    for name, fn in orig_vcpu.items():
+        setattr(system.Vcpu, name, fn)
+    KvmX86Backend.set_initial_state = orig_init_state
     for name, fn in orig.items():
         setattr(KvmX86Backend, name, fn)
     session_mod.Session._hit = orig_hit
@@ -112,15 +167,19 @@ def unpatch():
 if __name__ != "__main__":
     raise ImportError("bench/whatif_bp.py is a script")
 K, N = 1000, 7
-variants = {"hwbp": ["", "A", "AB", "ABC"], "swbp": ["", "D", "DE", "CDE"]}
+variants = {"hwbp": ["", "A", "AB", "ABC", "S", "ACS"], "swbp": ["", "E", "CE", "S", "CES"],
+            "lifecycle": ["", "S"]}
 res = {}
 for rnd in range(3):
     for op, vs in variants.items():
         for v in vs:
             unpatch(); patch(v)
-            d = kvmrig_side.measure(op, K, N)
+            d = kvmrig_side.measure(op, 0 if op == "lifecycle" else K, N)
             res.setdefault((op, v), ([], []))
-            res[(op, v)][0].extend(d["ns"]); res[(op, v)][1].extend(d["ns_0"])
+            res[(op, v)][0].extend(d["ns"]); res[(op, v)][1].extend(d.get("ns_0", []))
 unpatch()
 for (op, v), (k, z) in res.items():
-    print(f"{op:5} {v or 'as is':6} {(statistics.median(k) - statistics.median(z)) / K / 1000:6.1f} us per hit")
+    if op == "lifecycle":
+        print(f"{op:9} {v or 'as is':6} {statistics.median(k) / 1000:7.1f} us per rig")
+    else:
+        print(f"{op:9} {v or 'as is':6} {(statistics.median(k) - statistics.median(z)) / K / 1000:7.1f} us per hit")

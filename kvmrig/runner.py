@@ -98,8 +98,25 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> Rig
 
 # Workers -------------------------------------------------------------------
 
-def _worker(conn: Connection, backend: str, update_golden: bool) -> None:
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive the run: ask Linux to kill it when the parent
+    dies (prctl PR_SET_PDEATHSIG), and check the parent did not die already."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0,
+            parent_end: Connection | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    if parent_end is not None:
+        parent_end.close()  # else this process holds its own pipe open and never sees EOF
+    if parent:
+        _die_with_parent(parent)
     while True:
         try:
             job = conn.recv()
@@ -114,7 +131,8 @@ def _worker(conn: Connection, backend: str, update_golden: bool) -> None:
 class _Worker:
     def __init__(self, ctx, backend: str, update_golden: bool):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden), daemon=True)
+        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn),
+                                daemon=True)
         self.proc.start()
         child.close()
         self.job: tuple[int, Rig] | None = None

@@ -258,3 +258,39 @@ def test_load_all_skips_other_yaml_in_folders_but_not_named_files(tmp_path):
     assert errors[0].message.startswith(f"{bad}:2:")
     rigs, errors = load_all([other], explicit={other})
     assert rigs == [] and len(errors) == 1, "a named non-rig file is an error, not silently skipped"
+
+
+@pytest.mark.kvm
+def test_workers_die_with_a_killed_run(make_rig, tmp_path):
+    """kill -9 of `kvmrig run` must not leave workers behind (they would hold
+    the terminal and CI's pipes open forever)."""
+    import os
+    import signal as _signal
+    import subprocess
+    import sys
+    import time
+
+    loop = "kvmrig: 1\narch: x86_64\ntimeout: 30s\nmemory: [{at: 0, size: 2M}]\nimages: [{hex: 'eb fe', at: 0x1000}]\n"
+    folder = make_rig(loop, "rigs/a.yaml").parent
+    make_rig(loop, "rigs/b.yaml")
+    run = subprocess.Popen([sys.executable, "-m", "kvmrig", "run", "-j", "2", "--junit", "", str(folder)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(children) < 2:
+        time.sleep(0.1)
+        try:
+            text = open(f"/proc/{run.pid}/task/{run.pid}/children").read()
+        except OSError:
+            text = ""
+        children = [int(c) for c in text.split()]
+    assert len(children) == 2, "the run did not start its two workers"
+    os.kill(run.pid, _signal.SIGKILL)
+    run.wait(10)
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [c for c in children if os.path.exists(f"/proc/{c}") and
+                 open(f"/proc/{c}/stat").read().split(")")[1].split()[0] != "Z"]
+    assert not alive, f"workers {alive} outlived the killed run"
