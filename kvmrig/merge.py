@@ -15,12 +15,11 @@ kept each time (and counted each time), so a mistake in the sharding shows.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+from kvmrig.atomic import write_atomic
 from kvmrig.errors import UsageError
 
 COUNTS = ("tests", "failures", "errors", "skipped")
@@ -173,16 +172,4 @@ def merge_files(out: str | Path, inputs: list[str | Path]) -> str:
 
 
 def _write_atomic(path: str | Path, text: str, suffix: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".merge-", suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, text, prefix=".merge-")

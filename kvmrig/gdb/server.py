@@ -329,7 +329,6 @@ class GdbServer:
     # monitor ------------------------------------------------------------------
     def monitor(self, command: str) -> str:
         ctl = self.ctl
-        out = ctl.outcome
         if command in ("", "help"):
             return ("kvmrig monitor commands:\n"
                     "  monitor status   where the run is, and the verdict once it ended\n"

@@ -11,11 +11,11 @@ inner run's.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from kvmrig.atomic import write_atomic
 from kvmrig.errors import RigError
 from kvmrig.rig.load import load_rig
 
@@ -84,9 +84,5 @@ def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None
         return 2 if result.exit_status in (0, EXIT_VM_FAILED) else result.exit_status
     for inner, host in ((junit, args.junit), (json_out, getattr(args, "json", None))):
         if inner and host and inner in result.files_back:
-            path = Path(host)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_bytes(result.files_back[inner])
-            os.replace(tmp, path)
+            write_atomic(host, result.files_back[inner].decode("utf-8", errors="replace"))
     return result.exit_status

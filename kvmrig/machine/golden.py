@@ -10,12 +10,11 @@ it and says what changed; a plain run compares and fails on any difference.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from kvmrig.atomic import write_atomic
 from kvmrig.machine.outcome import Failure, Outcome, num
 from kvmrig.rig.model import Golden, Rig
 
@@ -128,9 +127,5 @@ def update(rig: Rig, golden: Golden, outcome: Outcome, read) -> list[str]:
         notes = [f"golden {golden.file.name}: created"]
     header = f"# kvmrig golden snapshot for {rig.path.name}: written by `kvmrig run --update-golden`\n"
     text = header + yaml.safe_dump(new, sort_keys=False, allow_unicode=True, width=100)
-    golden.file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".golden-", dir=golden.file.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, golden.file)
+    write_atomic(golden.file, text, prefix=".golden-")
     return notes

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from kvmrig.errors import Mark, RigError
 from kvmrig.rig.model import Address, Image, Rig

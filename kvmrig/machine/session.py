@@ -131,7 +131,7 @@ class Session:
     def run(self) -> Outcome:
         started = time.monotonic()
         deadline = started + self.rig.timeout
-        backend, bus, outcome = self.backend, self.bus, self.outcome
+        backend, outcome = self.backend, self.outcome
         exits = 0
         ev = None
         try:

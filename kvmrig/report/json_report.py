@@ -20,12 +20,11 @@ values do not survive a JSON reader that parses numbers as doubles.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kvmrig.atomic import write_atomic
 from kvmrig.machine.outcome import Failure, Hit, Outcome
 from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
@@ -114,20 +113,7 @@ def write_json(path: str | Path, results: list[RigResult], seconds: float | None
 
 def write_document(path: str | Path, doc: dict[str, Any]) -> None:
     """Write a results document so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", prefix=".results-")
 
 
 class ResultsFileError(ValueError):

@@ -7,12 +7,11 @@ One <testcase> per rig: named by the rig's name, classname by its folder;
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
+from kvmrig.atomic import write_atomic
 from kvmrig.report.terminal import failure_lines
 from kvmrig.runner import ERROR, FAILED, SKIPPED, RigResult
 
@@ -63,17 +62,4 @@ def _with_backends(text: str, results: list[RigResult]) -> str:
 
 def write_junit(path: str | Path, results: list[RigResult]) -> None:
     """Write the report so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = junit_xml(results)
-    fd, tmp = tempfile.mkstemp(prefix=".junit-", suffix=".xml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, junit_xml(results), prefix=".junit-")

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from kvmrig import atomic
 from kvmrig.errors import Mark
 from kvmrig.machine.outcome import Failure, Outcome
 from kvmrig.report import junit
@@ -137,7 +138,7 @@ def test_a_failed_write_keeps_the_old_report_and_no_temporary_file(tmp_path, mon
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(junit.os, "replace", refuse)
+    monkeypatch.setattr(atomic.os, "replace", refuse)
     with pytest.raises(OSError):
         write_junit(target, [passed_result()])
     assert target.read_text() == "previous report"
