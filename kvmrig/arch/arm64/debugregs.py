@@ -394,3 +394,56 @@ def watch_hit(plans: Sequence[WatchReg | Sequence[WatchReg]], far: int,
         if score is not None and (best is None or score < best[0]):
             best = (score, index)
     return None if best is None else best[1]
+
+
+# Slots as a backend arms them -------------------------------------------
+
+# Watchpoint attribution window (watch_hit): the largest ordinary access is
+# an LDP/STP of two X registers (16 bytes); DC ZVA may report any address of
+# its block, at most 2 KiB (DCZID_EL0.BS <= 9).
+WATCH_ACCESS = 16
+DC_ZVA_MAX_BLOCK = 2048
+
+
+def watch_slot(watches: list[tuple[int, WatchReg]], far: int, write: bool | None,
+               cache_op: bool = False) -> int | None:
+    """The slot (index in the set_debug list) of the watch a watchpoint exit at `far` belongs to.
+
+    Any access that OVERLAPS a watched range counts (watch_hit): the
+    window of an ordinary load/store (up to an LDP/STP of two X registers), or
+    for a cache maintenance instruction (ESR CM = 1, e.g. DC ZVA, whose FAR may
+    be anywhere in its block) the largest DC ZVA block.
+    """
+    regs = [w for _, w in watches]
+    block = DC_ZVA_MAX_BLOCK if cache_op else 8
+    index = watch_hit(regs, far, WATCH_ACCESS, write=write, block=block)
+    return None if index is None else watches[index][0]
+
+
+def plan_slots(slots: list) -> tuple[list[tuple[int, BreakReg]],
+                                             list[tuple[int, WatchReg]]]:
+    """Break and watch register pairs for the machine's slots, each tagged with its slot index."""
+    breaks: list[tuple[int, BreakReg]] = []
+    watches: list[tuple[int, WatchReg]] = []
+    for i, slot in enumerate(slots):
+        try:
+            if slot.kind == "exec":
+                breaks.append((i, plan_break(slot.addr)))
+                continue
+            plan = plan_watch(slot.addr, slot.length, slot.kind)
+        except ValueError as e:
+            raise ValueError(f"debug slot {i} ({slot.kind} at {slot.addr:#x}): {e}") from None
+        if len(plan) != 1:
+            raise ValueError(f"watch slot {i} ({slot.addr:#x}, {slot.length} bytes) needs {len(plan)} "
+                               "watchpoint registers; the machine layer must split it first")
+        watches.append((i, plan[0]))
+    return breaks, watches
+
+
+def debug_words(breaks, watches, disabled=frozenset()) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(bcr, bvr, wcr, wvr) lists for KVM_SET_GUEST_DEBUG; slots in `disabled` get E = 0."""
+    bcr = [0 if i in disabled else b.bcr for i, b in breaks]
+    bvr = [b.bvr for _, b in breaks]
+    wcr = [0 if i in disabled else w.wcr for i, w in watches]
+    wvr = [w.wvr for _, w in watches]
+    return bcr, bvr, wcr, wvr

@@ -73,104 +73,11 @@ from kvmrig.backends import base
 from kvmrig.backends.base import Event, HwSlot
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.common import KvmBackendBase
+from kvmrig.backends.kvm.lazyregs import LazyRegs
 from kvmrig.errors import BackendError, KvmError
 
-REG_NAMES = frozenset(CANONICAL)
 # Registers whose value decides where "sp" lives: writing them forgets a cached "sp".
 _SP_DEPENDS = frozenset({"pstate", "sp_el0", "sp_el1"})
-# Watchpoint attribution window (debugregs.watch_hit): the largest ordinary
-# access is an LDP/STP of two X registers (16 bytes); DC ZVA may report any
-# address of its block, at most 2 KiB (DCZID_EL0.BS <= 9).
-WATCH_ACCESS = 16
-DC_ZVA_MAX_BLOCK = 2048
-
-
-class LazyRegs(dict):
-    """Registers of one stop by canonical name, each read on first access.
-
-    `read(name)` returns the value, or None when KVM does not expose the
-    register (it is then simply absent). After `detach()` (the vCPU ran
-    again) reading a register not yet fetched raises: the values of a past
-    stop are gone. Pickles as a plain dict.
-    """
-
-    __slots__ = ("_read", "_live", "_complete")
-
-    def __init__(self, read) -> None:
-        super().__init__()
-        self._read = read
-        self._live = True
-        self._complete = False
-
-    def _fetch(self, key: str):
-        if not self._live:
-            if self._complete:
-                return None  # everything KVM has was read: this one does not exist
-            raise BackendError(f"register {key} of an earlier stop was read after the vCPU ran again "
-                               "(call get_regs() again)")
-        value = self._read(key)
-        if value is not None:
-            dict.__setitem__(self, key, value)
-        return value
-
-    def __missing__(self, key):
-        if key in REG_NAMES and (value := self._fetch(key)) is not None:
-            return value
-        raise KeyError(key)
-
-    def __contains__(self, key) -> bool:
-        if dict.__contains__(self, key):
-            return True
-        return key in REG_NAMES and self._fetch(key) is not None
-
-    def get(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def fill(self) -> "LazyRegs":
-        """Read every register not read yet."""
-        if self._live and not self._complete:
-            for name in CANONICAL:
-                if not dict.__contains__(self, name):
-                    self._fetch(name)
-            self._complete = True
-        return self
-
-    def detach(self, complete: bool = False) -> None:
-        """The vCPU is about to change: keep what was read (or read all first)."""
-        if complete and self._live:
-            self.fill()
-        self._live = False
-
-    # Whole-dict views read everything first.
-    def __iter__(self):
-        return dict.__iter__(self.fill())
-
-    def __len__(self) -> int:
-        return dict.__len__(self.fill())
-
-    def keys(self):
-        return dict.keys(self.fill())
-
-    def values(self):
-        return dict.values(self.fill())
-
-    def items(self):
-        return dict.items(self.fill())
-
-    def copy(self) -> dict:
-        return dict(self.items())
-
-    def __eq__(self, other) -> bool:
-        return dict(self.items()) == other
-
-    def __repr__(self) -> str:
-        return f"LazyRegs({dict.__repr__(self)}{'' if self._live else ', detached'})"
-
-    def __reduce__(self):
-        return (dict, (dict(self.items()),))
 
 
 @dataclass
@@ -184,50 +91,6 @@ class _Step:
 def full_esr(info) -> int:
     """ESR_EL2 of a debug exit: kvm_debug_exit_arch.hsr plus ISS2 in hsr_high (bits 63:32)."""
     return int(info.hsr) | int(info.hsr_high) << 32
-
-
-def watch_slot(watches: list[tuple[int, debugregs.WatchReg]], far: int, write: bool | None,
-               cache_op: bool = False) -> int | None:
-    """The slot (index in the set_debug list) of the watch a watchpoint exit at `far` belongs to.
-
-    Any access that OVERLAPS a watched range counts (debugregs.watch_hit): the
-    window of an ordinary load/store (up to an LDP/STP of two X registers), or
-    for a cache maintenance instruction (ESR CM = 1, e.g. DC ZVA, whose FAR may
-    be anywhere in its block) the largest DC ZVA block.
-    """
-    regs = [w for _, w in watches]
-    block = DC_ZVA_MAX_BLOCK if cache_op else 8
-    index = debugregs.watch_hit(regs, far, WATCH_ACCESS, write=write, block=block)
-    return None if index is None else watches[index][0]
-
-
-def plan_slots(slots: list[HwSlot]) -> tuple[list[tuple[int, debugregs.BreakReg]],
-                                             list[tuple[int, debugregs.WatchReg]]]:
-    """Break and watch register pairs for the machine's slots, each tagged with its slot index."""
-    breaks: list[tuple[int, debugregs.BreakReg]] = []
-    watches: list[tuple[int, debugregs.WatchReg]] = []
-    for i, slot in enumerate(slots):
-        try:
-            if slot.kind == "exec":
-                breaks.append((i, debugregs.plan_break(slot.addr)))
-                continue
-            plan = debugregs.plan_watch(slot.addr, slot.length, slot.kind)
-        except ValueError as e:
-            raise BackendError(f"debug slot {i} ({slot.kind} at {slot.addr:#x}): {e}") from None
-        if len(plan) != 1:
-            raise BackendError(f"watch slot {i} ({slot.addr:#x}, {slot.length} bytes) needs {len(plan)} "
-                               "watchpoint registers; the machine layer must split it first")
-        watches.append((i, plan[0]))
-    return breaks, watches
-
-
-def debug_words(breaks, watches, disabled=frozenset()) -> tuple[list[int], list[int], list[int], list[int]]:
-    """(bcr, bvr, wcr, wvr) lists for KVM_SET_GUEST_DEBUG; slots in `disabled` get E = 0."""
-    bcr = [0 if i in disabled else b.bcr for i, b in breaks]
-    bvr = [b.bvr for _, b in breaks]
-    wcr = [0 if i in disabled else w.wcr for i, w in watches]
-    wvr = [w.wvr for _, w in watches]
-    return bcr, bvr, wcr, wvr
 
 
 def debug_control(any_slots: bool, single_step: bool, sw: bool) -> int:
@@ -262,7 +125,6 @@ class KvmArm64Backend(KvmBackendBase):
         self._sw = False
         self._step: _Step | None = None           # internal step in progress
         self._resume_bp: tuple[int, frozenset[int]] | None = None  # (pc, exec slots) to step past
-        self._pending: list[Event] = []           # reported by the next run() without running
         self._last_esr = 0
 
     # Boot ----------------------------------------------------------------
@@ -289,7 +151,7 @@ class KvmArm64Backend(KvmBackendBase):
     def get_regs(self) -> LazyRegs:
         regs = self._regs
         if regs is None:
-            regs = self._regs = LazyRegs(self._read_reg)
+            regs = self._regs = LazyRegs(self._read_reg, CANONICAL)
         return regs
 
     def get_pc(self) -> int:
@@ -326,7 +188,10 @@ class KvmArm64Backend(KvmBackendBase):
         return (*self._caps, False)
 
     def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
-        breaks, watches = plan_slots(list(slots))
+        try:
+            breaks, watches = debugregs.plan_slots(list(slots))
+        except ValueError as e:
+            raise BackendError(str(e)) from None
         n_bp, n_wp, _ = self.hw_debug_slots()
         if len(breaks) > n_bp or len(watches) > n_wp:
             raise BackendError(f"{len(breaks)} breakpoint and {len(watches)} watchpoint registers wanted, "
@@ -340,7 +205,7 @@ class KvmArm64Backend(KvmBackendBase):
         step = self._step
         disabled = step.disabled if step is not None else frozenset()
         control = debug_control(bool(self._slots), self._user_step or step is not None, self._sw)
-        bcr, bvr, wcr, wvr = debug_words(self._breaks, self._watches, disabled)
+        bcr, bvr, wcr, wvr = debugregs.debug_words(self._breaks, self._watches, disabled)
         self.vcpu.set_guest_debug_arm64(control, bcr, bvr, wcr, wvr)
 
     def _begin_step(self, disabled: set[int]) -> None:
@@ -354,8 +219,6 @@ class KvmArm64Backend(KvmBackendBase):
 
     # Running -------------------------------------------------------------
     def run(self, deadline: float) -> Event:
-        if self._pending:
-            return self._pending.pop(0)
         try:
             return super().run(deadline)
         except KvmError as e:
@@ -395,7 +258,7 @@ class KvmArm64Backend(KvmBackendBase):
             far = int(info.far)
             cache_op = esr.cm(syndrome)
             write = None if cache_op else esr.wnr(syndrome)  # CM sets WnR whatever the operation
-            slot = watch_slot(self._watches, far, write, cache_op)
+            slot = debugregs.watch_slot(self._watches, far, write, cache_op)
             if slot is None:
                 return Event(base.DEBUG, pc=pc, addr=far, detail="foreign", raw=syndrome)
             # Let the access complete: step the instruction with every watch (and a
@@ -418,7 +281,7 @@ class KvmArm64Backend(KvmBackendBase):
             events.append(Event(base.DEBUG, pc=pc, detail="step", raw=syndrome))
         if not events:
             return None  # a step nobody waits for any more (stepping was just turned off)
-        self._pending.extend(events[1:])
+        self._queue.extend(events[1:])
         return events[0]
 
     # Foreign debug exceptions ----------------------------------------------

@@ -8,6 +8,7 @@ tests/backends/kvm/test_arm64.py (inside the arm64 VM).
 from __future__ import annotations
 
 import pickle
+from collections import deque
 from types import SimpleNamespace
 
 import pytest
@@ -67,6 +68,7 @@ def backend(regs: dict[str, int] | None = None, caps=(6, 4), **kw) -> a64.KvmArm
     """A KvmArm64Backend around a FakeVcpu: no /dev/kvm, no VM."""
     b = a64.KvmArm64Backend.__new__(a64.KvmArm64Backend)
     b._init_state()
+    b._queue = deque()  # common.KvmBackendBase state the fake needs
     b.vcpu = FakeVcpu(regs, **kw)
     b._caps = caps
     return b
@@ -107,7 +109,7 @@ def test_debug_control():
 def test_plan_slots_keeps_slot_indices_and_maps_access_to_lsc():
     slots = [HwSlot(0x4000_8000, "write", 16), HwSlot(0x4000_0010, "exec"),
              HwSlot(0x4000_8020, "read", 8), HwSlot(0x4000_8040, "access", 4)]
-    breaks, watches = a64.plan_slots(slots)
+    breaks, watches = debugregs.plan_slots(slots)
     assert [i for i, _ in breaks] == [1]
     assert breaks[0][1].bvr == 0x4000_0010 and breaks[0][1].bcr == debugregs.bcr()
     assert [i for i, _ in watches] == [0, 2, 3]
@@ -119,15 +121,15 @@ def test_plan_slots_keeps_slot_indices_and_maps_access_to_lsc():
 
 
 def test_plan_slots_refuses_what_one_register_cannot_cover():
-    with pytest.raises(BackendError, match="needs 2 watchpoint registers"):
-        a64.plan_slots([HwSlot(0x4000_8006, "write", 4)])
-    with pytest.raises(BackendError, match="must be 4-byte aligned"):
-        a64.plan_slots([HwSlot(0x4000_0002, "exec")])
+    with pytest.raises(ValueError, match="needs 2 watchpoint registers"):
+        debugregs.plan_slots([HwSlot(0x4000_8006, "write", 4)])
+    with pytest.raises(ValueError, match="must be 4-byte aligned"):
+        debugregs.plan_slots([HwSlot(0x4000_0002, "exec")])
 
 
 def test_debug_words_disable_only_the_given_slots():
-    breaks, watches = a64.plan_slots([HwSlot(0x1000, "exec"), HwSlot(0x2000, "write", 8), HwSlot(0x1004, "exec")])
-    bcr, bvr, wcr, wvr = a64.debug_words(breaks, watches, {2})
+    breaks, watches = debugregs.plan_slots([HwSlot(0x1000, "exec"), HwSlot(0x2000, "write", 8), HwSlot(0x1004, "exec")])
+    bcr, bvr, wcr, wvr = debugregs.debug_words(breaks, watches, {2})
     assert bcr == [debugregs.bcr(), 0] and bvr == [0x1000, 0x1004]
     assert wcr[0] & 1 and wvr == [0x2000]
 
@@ -140,15 +142,15 @@ def test_debug_words_disable_only_the_given_slots():
     (0x4000_8400, True, None),     # far away
 ])
 def test_watch_slot_attributes_overlapping_accesses(far, write, expected):
-    _, watches = a64.plan_slots([HwSlot(0x4000_8000, "write", 16), HwSlot(0x4000_8020, "read", 8)])
-    assert a64.watch_slot(watches, far, write) == expected
+    _, watches = debugregs.plan_slots([HwSlot(0x4000_8000, "write", 16), HwSlot(0x4000_8020, "read", 8)])
+    assert debugregs.watch_slot(watches, far, write) == expected
 
 
 def test_watch_slot_covers_a_dc_zva_block():
-    _, watches = a64.plan_slots([HwSlot(0x4000_8100, "write", 8)])
+    _, watches = debugregs.plan_slots([HwSlot(0x4000_8100, "write", 8)])
     # DC ZVA may report the start of its block, up to 2 KiB below the watch.
-    assert a64.watch_slot(watches, 0x4000_8000, None, cache_op=True) == 0
-    assert a64.watch_slot(watches, 0x4000_8000, True) is None, "an ordinary store there does not touch it"
+    assert debugregs.watch_slot(watches, 0x4000_8000, None, cache_op=True) == 0
+    assert debugregs.watch_slot(watches, 0x4000_8000, True) is None, "an ordinary store there does not touch it"
 
 
 # --- events ---------------------------------------------------------------------
