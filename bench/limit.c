@@ -7,6 +7,11 @@
  *     limit ioctls 0 N    median cost of single ioctls (for reading profiles)
  *     limit reuse 0 N     the lifecycle rig on a kept VM + vCPU (what a VM pool would cost)
  *
+ * LIMIT_SYNC_REGS=1 (not used by bench/run.py, which measures kvmrig's
+ * strategy): KVM_CAP_SYNC_REGS, i.e. kvm_run.kvm_valid_regs = REGS | SREGS;
+ * the hw/sw breakpoint turns then read registers from kvm_run.s.regs and
+ * write rip back through kvm_dirty_regs instead of GET_REGS / SET_REGS.
+ *
  * It prints one JSON line: {"op": OP, "k": K, "exits": E, "ns": [N samples],
  * "ns_0": [N samples]}: wall-clock ns of the K-turn rig and, interleaved with
  * it (K > 0 only), of the same rig with 0 turns; per operation is
@@ -78,6 +83,7 @@
 #define CPUID_MAX 256
 
 static int kvm_fd;
+static int sync_regs; /* LIMIT_SYNC_REGS=1: registers through kvm_run (KVM_CAP_SYNC_REGS) */
 static int run_size;
 static struct kvm_cpuid2 *cpuid;
 static volatile struct kvm_run *alarmed;
@@ -177,6 +183,8 @@ static long one_rig(enum op op, unsigned k) {
     if (run == MAP_FAILED)
         die("mmap(kvm_run)");
     xioctl(vcpu, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+    if (sync_regs)
+        run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
     PHASE(3);
 
     struct kvm_sregs sregs;
@@ -245,7 +253,10 @@ static long one_rig(enum op op, unsigned k) {
                     done = 1;
                 last_pc = d->pc;
             } else if (op == HWBP && (d->dr6 & 1)) {
-                xioctl(vcpu, KVM_GET_REGS, &regs, "KVM_GET_REGS");
+                if (sync_regs)
+                    regs = run->s.regs.regs;
+                else
+                    xioctl(vcpu, KVM_GET_REGS, &regs, "KVM_GET_REGS");
                 if ((regs.rdx & 0xffff) != DX_MAGIC)
                     failures++;
                 guest_debug(vcpu, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, 0);
@@ -262,10 +273,18 @@ static long one_rig(enum op op, unsigned k) {
         }
         case KVM_EXIT_HLT:
             if (op == SWBP) {
-                xioctl(vcpu, KVM_GET_REGS, &regs, "KVM_GET_REGS");
+                if (sync_regs)
+                    regs = run->s.regs.regs;
+                else
+                    xioctl(vcpu, KVM_GET_REGS, &regs, "KVM_GET_REGS");
                 if (regs.rip - 1 == BP_ADDR) {
                     regs.rip -= 1;
-                    xioctl(vcpu, KVM_SET_REGS, &regs, "KVM_SET_REGS");
+                    if (sync_regs) {
+                        run->s.regs.regs.rip = regs.rip;
+                        run->kvm_dirty_regs = KVM_SYNC_X86_REGS;
+                    } else {
+                        xioctl(vcpu, KVM_SET_REGS, &regs, "KVM_SET_REGS");
+                    }
                     mem[BP_ADDR] = saved;
                     guest_debug(vcpu, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, 0);
                     break;
@@ -494,6 +513,7 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    sync_regs = getenv("LIMIT_SYNC_REGS") && !strcmp(getenv("LIMIT_SYNC_REGS"), "1");
     kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm_fd < 0)
         die("open /dev/kvm");

@@ -35,6 +35,11 @@ examples:
 """
 
 
+def _parse_shard(text: str):
+    from kvmrig.shard import parse_shard  # imported when used: `kvmrig --version` stays fast
+    return parse_shard(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvmrig", description="Run bare-metal guest code under real Linux KVM and check what it does.",
@@ -67,8 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--update-golden", action="store_true",
                      help="write or refresh the golden snapshot files of rigs with expect.golden, "
                           "printing what changed, instead of comparing with them")
-    from kvmrig.shard import parse_shard
-    run.add_argument("--shard", type=parse_shard, metavar="K/N",
+    run.add_argument("--shard", type=_parse_shard, metavar="K/N",
                      help="run only shard K of N (1-based): a deterministic share of the rigs, "
                           "balanced by --durations-from, else round-robin by file and name")
     run.add_argument("--durations-from", metavar="FILE",

@@ -16,7 +16,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 CC = shutil.which("cc")
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) to build bench/limit.c")
-pytestmark = pytest.mark.kvm
+kvm = pytest.mark.kvm  # creates real VMs: skipped (by conftest) only where /dev/kvm is absent
 
 
 def _load(name: str):
@@ -41,6 +41,7 @@ def limit_exe(run_mod, tmp_path_factory):
     return run_mod.build_limit(tmp_path_factory.mktemp("limit"))
 
 
+@kvm
 @needs_cc
 @pytest.mark.parametrize("op", ["lifecycle", "pio", "mmio", "singlestep", "hwbp", "swbp"])
 def test_limit_runs_each_operation(run_mod, limit_exe, op):
@@ -58,6 +59,7 @@ def test_limit_runs_each_operation(run_mod, limit_exe, op):
         assert set(got["phases_median_ns"]) >= {"create_vm", "timer_run_to_hlt", "teardown"}
 
 
+@kvm
 @needs_cc
 def test_limit_ioctl_costs(run_mod, limit_exe):
     import subprocess
@@ -67,6 +69,7 @@ def test_limit_ioctl_costs(run_mod, limit_exe):
     assert {"KVM_GET_REGS", "KVM_GET_SREGS", "KVM_SET_GUEST_DEBUG_step_on", "KVM_RUN_to_HLT"} <= set(costs)
 
 
+@kvm
 @pytest.mark.parametrize("op", ["lifecycle", "pio", "hwbp", "swbp"])
 def test_kvmrig_side_runs_the_same_rigs(op):
     side = _load("kvmrig_side")
@@ -89,6 +92,7 @@ def test_kvmrig_side_on_the_emulator():
     assert got["backend"] == "emu" and len(got["ns"]) == 1
 
 
+@kvm
 def test_bench_rigs_check_what_they_claim(tmp_path):
     """A benchmark rig that did less work than asked must fail, not look fast."""
     rigs = _load("rigs")
@@ -102,6 +106,7 @@ def test_bench_rigs_check_what_they_claim(tmp_path):
     assert run_rig(load_rig(bad)).status == FAILED
 
 
+@kvm
 @needs_cc
 def test_run_writes_the_report_shape(run_mod, tmp_path, capsys):
     out = tmp_path / "bench.json"

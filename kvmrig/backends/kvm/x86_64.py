@@ -55,6 +55,9 @@ class KvmX86Backend(KvmBackendBase):
         self._shadow: dict[int, bytes] = {}  # DR index -> watched bytes, for `read` filtering
         self._soft: list[tuple[int, HwSlot]] = []  # page-trapped watches: (HwSlot index, slot)
         self._resume: int | None = None   # DR index being stepped past
+        self._resume_pc = 0               # where that breakpoint hit
+        self._regs_set = False            # registers were set since the last exit
+        self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -103,6 +106,7 @@ class KvmX86Backend(KvmBackendBase):
         return self.vcpu.get_regs().rip
 
     def set_regs(self, regs: dict[str, int]) -> None:
+        self._regs_set = True
         plain = {k: v for k, v in regs.items() if k in _REG_FIELDS}
         special = {k: v for k, v in regs.items() if k not in _REG_FIELDS}
         if plain:
@@ -164,26 +168,34 @@ class KvmX86Backend(KvmBackendBase):
                     pages[page] = mode
         self._soft = soft
         self.set_traps(pages)
+        self._debug_cache = {}
         self._apply()
 
     def _apply(self, skip: int | None = None, step: bool = False) -> None:
-        """KVM_SET_GUEST_DEBUG for the current setup (DR `skip` left out, `step` forced)."""
-        kinds = [None if n == skip else ("access" if k == "read" else k, self._dr_len[n])
-                 for n, k in enumerate(self._dr_kind)]
-        armed = any(kinds)
-        control = 0
-        if armed or self._user_step or step or self._sw_int3:
-            control = abi.KVM_GUESTDBG_ENABLE
-            if self._user_step or step:
-                control |= abi.KVM_GUESTDBG_SINGLESTEP
-            if self._sw_int3:
-                control |= abi.KVM_GUESTDBG_USE_SW_BP
-            if armed:
-                control |= abi.KVM_GUESTDBG_USE_HW_BP
-        dr = list(self._dr)
-        dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
-        self._control = control
-        self.vcpu.set_guest_debug(control, dr if armed else None)
+        """KVM_SET_GUEST_DEBUG for the current setup (DR `skip` left out, `step` forced).
+
+        A breakpoint hit switches between a few settings many times: each is
+        computed once per set_debug() and kept."""
+        key = (skip, step or self._user_step)
+        cached = self._debug_cache.get(key)
+        if cached is None:
+            kinds = [None if n == skip else ("access" if k == "read" else k, self._dr_len[n])
+                     for n, k in enumerate(self._dr_kind)]
+            armed = any(kinds)
+            control = 0
+            if armed or key[1] or self._sw_int3:
+                control = abi.KVM_GUESTDBG_ENABLE
+                if key[1]:
+                    control |= abi.KVM_GUESTDBG_SINGLESTEP
+                if self._sw_int3:
+                    control |= abi.KVM_GUESTDBG_USE_SW_BP
+                if armed:
+                    control |= abi.KVM_GUESTDBG_USE_HW_BP
+            dr = list(self._dr)
+            dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
+            cached = self._debug_cache[key] = (control, dr if armed else None)
+        self._control = cached[0]
+        self.vcpu.set_guest_debug(*cached)
 
     def _debug_event(self, info) -> Event | None:
         exception, pc = info.exception, info.pc
@@ -198,6 +210,7 @@ class KvmX86Backend(KvmBackendBase):
         for n in fired:
             if self._dr_kind[n] == "exec":
                 self._resume = n  # a fault: step past it with DRn off, then re-arm
+                self._resume_pc = pc
                 self._fixup = True
                 return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw", raw=(n,))
         watches = []
@@ -233,7 +246,9 @@ class KvmX86Backend(KvmBackendBase):
         self._fixup = False
         if self._resume is None:
             return
-        pc, _ = self._linear_pc()
+        # The exit gave the pc; only a `set` at the hit can have moved it since.
+        pc = self._linear_pc()[0] if self._regs_set else self._resume_pc
+        self._regs_set = False
         if self.peek(pc, 1) == HLT:
             # Stepping a HLT would swallow it: run it with DRn off instead. If it
             # is a planted breakpoint the session steps it next; keep DRn off
