@@ -58,6 +58,7 @@ class KvmX86Backend(KvmBackendBase):
         self._resume_pc = 0               # where that breakpoint hit
         self._regs_set = False            # registers were set since the last exit
         self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
+        self._setup: tuple = ()                # (slots, sw addresses) of the last set_debug
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -141,6 +142,12 @@ class KvmX86Backend(KvmBackendBase):
         return INT3 if self.support.int3 else HLT
 
     def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
+        setup = (tuple(slots), frozenset(sw_breakpoints or ()))
+        if setup == self._setup:  # only single-step changes (stepping over a planted breakpoint)
+            self._user_step = single_step
+            self._apply()
+            return
+        self._setup = setup
         dr_slots = [(i, s) for i, s in enumerate(slots) if s.kind == "exec" or self.support.data_breakpoints]
         soft = [(i, s) for i, s in enumerate(slots) if not (s.kind == "exec" or self.support.data_breakpoints)]
         if len(dr_slots) > dr7_mod.SLOTS:
