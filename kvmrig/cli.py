@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                           "exit, exit code, final registers, hit counts, console or RAM digest differ")
     run.add_argument("-v", "--verbose", action="count", default=0, help="show registers checked and console")
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
+    run.add_argument("--rerun-failed", action="store_true",
+                     help="run only the rigs that failed or errored last time (recorded in "
+                          "reports/last-failed.json; all of them when none is recorded)")
     run.add_argument("--update-golden", action="store_true",
                      help="write or refresh the golden snapshot files of rigs with expect.golden, "
                           "printing what changed, instead of comparing with them")
@@ -112,14 +115,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _collect(paths: list[str]):
-    from kvmrig.runner import expand, load_all
+def _collect(paths: list[str], rerun_failed: bool = False):
+    from kvmrig.runner import expand, is_rig_file, load_all
 
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise SystemExit(_usage(f"no such file or folder: {', '.join(missing)}"))
     files = expand(paths)
     explicit = {Path(p) for p in paths if Path(p).is_file()}
+    if rerun_failed:
+        from kvmrig import lastfailed
+        files = [f for f in files if f in explicit or is_rig_file(f)]
+        files, narrowed = lastfailed.select(files)
+        print(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
+              else "rerun-failed: no failures recorded for these rigs: running all")
     return load_all(files, explicit)
 
 
@@ -138,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cross_check and args.backend != "auto":
         return _usage("--cross-check runs both backends: it cannot be combined with --backend")
     started = time.monotonic()
-    rigs, errors = _collect(args.paths)
+    rigs, errors = _collect(args.paths, args.rerun_failed)
     if args.keyword:
         rigs = [r for r in rigs if args.keyword in r.name or args.keyword in str(r.path)]
     if args.tag:
@@ -172,6 +181,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                            else "not run (--exitfirst)"))
     term.summary(final, time.monotonic() - started, interrupted)
     unwritten = False
+    if not interrupted:
+        try:
+            from kvmrig import lastfailed
+            lastfailed.update(final)
+        except OSError as e:
+            print(f"kvmrig: warning: cannot record the failed rigs for --rerun-failed: {e}", file=sys.stderr)
     for flag, target, write in (("--junit", args.junit, lambda: write_junit(args.junit, final)),
                                 ("--json", args.json, lambda: _write_json(args.json, final, started))):
         if not target:
