@@ -12,8 +12,9 @@ PYTHON=${PYTHON:-python3}
 
 # Debian packages: assembler/linker for the x86 guests, the aarch64 binutils
 # for the arm64 guests, a C compiler for the KVM ABI guard test and the
-# benchmark's C limit, gdb for the debugger tests, seabios for the firmware rig.
-PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios gdb"
+# benchmark's C limit, gdb for the debugger tests, seabios and u-boot-qemu for the
+# firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree.
+PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb"
 
 missing=""
 for p in $PACKAGES; do

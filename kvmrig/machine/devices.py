@@ -39,6 +39,12 @@ class Dev:
         self.outcome = outcome
         self.base = spec.port if spec.port is not None else spec.at
         self.name = f"{spec.type}@{self.base:#x}"
+        # Console input (kvmrig extension, UARTs only): bytes the guest still has to read.
+        self.rx = bytearray(spec.input or b"")
+
+    def receive(self) -> int:
+        """The next input byte, or 0 when there is none left."""
+        return self.rx.pop(0) if self.rx else 0
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -48,9 +54,11 @@ class Dev:
 
 
 class Serial16550(Dev):
-    """Enough of a 16550 for polled output and the usual presence probes."""
+    """Enough of a 16550 for polled output and input (`input:`) and the usual
+    presence probes."""
 
     LSR_READY = 0x60  # THRE | TEMT: transmitter empty, nothing received
+    LSR_DR = 0x01     # data ready: a received byte waits in RBR
 
     def __init__(self, spec: Device, console: Console, outcome: Outcome):
         super().__init__(spec, console, outcome)
@@ -60,16 +68,20 @@ class Serial16550(Dev):
     def read(self, offset: int, size: int) -> int:
         dlab = self.regs[3] & 0x80
         if offset == 0:
-            return self.dll if dlab else 0  # RBR: no input
+            return self.dll if dlab else self.receive()  # RBR
         if offset == 1:
             return self.dlm if dlab else self.regs[1]
         if offset == 2:
             # IIR: "transmitter empty" pending when that interrupt is enabled (IER bit 1),
             # else none; FIFO bits when FCR enabled them. Firmware probes this.
-            iir = 0x02 if self.regs[1] & 0x02 else 0x01
+            # "Received data available" (IER bit 0) outranks it.
+            if self.regs[1] & 0x01 and self.rx:
+                iir = 0x04
+            else:
+                iir = 0x02 if self.regs[1] & 0x02 else 0x01
             return iir | (0xC0 if self.regs[2] & 1 else 0)
         if offset == 5:
-            return self.LSR_READY
+            return self.LSR_READY | (self.LSR_DR if self.rx else 0)
         if offset == 6:
             mcr = self.regs[4]
             if mcr & 0x10:  # loopback: CTS<-RTS, DSR<-DTR, RI<-OUT1, DCD<-OUT2
@@ -102,7 +114,11 @@ class Debugcon(Dev):
 
 
 class Pl011(Dev):
-    """PL011 UART (Arm DDI 0183): DR prints, FR says transmit FIFO empty."""
+    """PL011 UART (Arm DDI 0183): DR prints, FR says transmit FIFO empty; DR
+    reads give the `input:` bytes in order, FR.RXFE is clear while some remain."""
+
+    FR_TXFE = 0x80
+    FR_RXFE = 0x10
 
     ID = {0xFE0: 0x11, 0xFE4: 0x10, 0xFE8: 0x14, 0xFEC: 0x00,
           0xFF0: 0x0D, 0xFF4: 0xF0, 0xFF8: 0x05, 0xFFC: 0xB1}
@@ -112,12 +128,12 @@ class Pl011(Dev):
         self.regs: dict[int, int] = {0x30: 0x300}  # CR: TXE | RXE
 
     def read(self, offset: int, size: int) -> int:
-        if offset == 0x18:
-            return 0x90  # FR: TXFE | RXFE, not busy, not full
+        if offset == 0x18:  # FR: transmit FIFO empty, not busy, not full
+            return self.FR_TXFE | (0 if self.rx else self.FR_RXFE)
         if offset in self.ID:
             return self.ID[offset]
         if offset == 0x00:
-            return 0
+            return self.receive()  # DR: no error bits
         return self.regs.get(offset, 0)
 
     def write(self, offset: int, size: int, value: int) -> None:

@@ -11,6 +11,7 @@ are left to the machine layer, which still has every Mark.
 Device spans (what a device claims, for overlap checks): port devices claim
 one port except `serial`, which claims 8 (a 16550's register block);
 MMIO devices claim `pl011` 0x1000, `exit` 8, `reset` 8, `constant` `size`.
+Only the UARTs (`serial`, `pl011`) take `input:` (extension), sent as UTF-8.
 """
 
 from __future__ import annotations
@@ -226,6 +227,11 @@ class _Builder:
                     self.fail(p + ("value",), f"value is only for constant devices, not {kind}", key=True)
                 value = self.fit(self.uint(p + ("value",), raw["value"]),
                                  32 if port is not None else 64, p + ("value",))
+            data = None
+            if "input" in raw:
+                if kind not in ("serial", "pl011"):
+                    self.fail(p + ("input",), f"input is only for the UARTs (serial, pl011), not {kind}", key=True)
+                data = self.parse(_console_bytes, p + ("input",), raw["input"])
             if port is not None:
                 span, space, start = PORT_SPAN.get(kind, 1), "port", port
             else:
@@ -245,7 +251,7 @@ class _Builder:
                               f"{kind} {what} {_span(start, span)} overlaps devices[{j}] "
                               f"({devices[j].type}, {what} {_span(other_start, other_span)})")
             claims.append((space, start, span, i))
-            devices.append(m.Device(kind, port, at, size, value, self.mark(p)))
+            devices.append(m.Device(kind, port, at, size, value, self.mark(p), data))
         return tuple(devices)
 
     def cpu(self) -> m.Cpu:
@@ -429,6 +435,14 @@ class _Builder:
             self.register(p + ("ignore", k), name)
         file = self.folder / raw["file"] if "file" in raw else default
         return m.Golden(file, tuple(n.lower() for n in ignore), self.mark(p))
+
+
+def _console_bytes(text: str) -> bytes:
+    """A device's `input:` text as the bytes a terminal would send: UTF-8."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueProblem(f"cannot be sent as UTF-8 (character {e.start}: {e.reason})") from None
 
 
 def _overlap(a: int, a_size: int, b: int, b_size: int) -> bool:

@@ -89,6 +89,7 @@ class Device:
     size: int | None
     value: int | None
     mark: Mark
+    input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """`kvmrig run --in-vm arm64`: the user-facing way to real arm64 KVM from this
-x86_64 host. One VM boot runs every arm64 example rig plus a broken rig kept
-outside the checkout, and everything must come back as if run locally."""
+x86_64 host. One VM boot runs every arm64 example rig, Debian's U-Boot
+(rigs/firmware) and a broken rig kept outside the checkout, and everything
+must come back as if run locally."""
 
 import shutil
 import subprocess
@@ -30,20 +31,22 @@ def test_in_vm_runs_the_arm64_rigs_and_reports_as_if_local(tmp_path):
     broken.write_text(BROKEN)
     junit = tmp_path / "junit.xml"
     r = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--in-vm", "arm64", "-j", "1",
-                        "--junit", str(junit), "rigs/arm64", str(broken)],
+                        "--junit", str(junit), "rigs/arm64", "rigs/firmware/u-boot-arm64.yaml", str(broken)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     rigs = sorted(p.stem for p in (ROOT / "rigs" / "arm64").glob("*.yaml"))
     out = r.stdout
+    # real firmware on real arm64 KVM: Debian's U-Boot, powering off through PSCI
+    assert "PASS  rigs/firmware/u-boot-arm64.yaml::" in out, out
     assert r.returncode == 2, out + r.stderr          # all passed, but one rig file is an error
     for name in rigs:
         assert f"PASS  rigs/arm64/{name}.yaml::" in out
     # the rig file error names the host path, line and column
     assert "\x1b[" not in out                                   # no color codes into a pipe
     assert f"{broken}:6:3: " in out and "exitt" in out
-    assert f"{len(rigs)} passed" in out and "1 error" in out
+    assert f"{len(rigs) + 1} passed" in out and "1 error" in out
     suites = ET.parse(junit).getroot()
     cases = list(suites.iter("testcase"))
-    assert len(cases) == len(rigs) + 1
+    assert len(cases) == len(rigs) + 2
     props = {c.get("name"): [p.get("value") for p in c.iter("property") if p.get("name") == "backend"]
              for c in cases}
     assert all(props[name] == ["kvm"] for name in rigs)

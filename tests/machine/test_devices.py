@@ -113,6 +113,32 @@ def test_serial_loopback_mirrors_mcr_into_msr_and_prints_nothing(serial):
     assert bytes(serial.console.data) == b"L"
 
 
+def test_serial_input_is_read_from_rbr_in_order_while_lsr_says_data_ready():
+    bus, _ = bus_of(Device("serial", COM1, None, None, None, MARK, b"hi\n"))
+    got = []
+    while bus.port_read(COM1 + LSR, 1) & 0x01:                # DR: a byte waits
+        assert bus.port_read(COM1 + LSR, 1) & 0x60 == 0x60     # still ready to send
+        got.append(bus.port_read(COM1 + RBR, 1))
+    assert bytes(got) == b"hi\n"
+    assert bus.port_read(COM1 + LSR, 1) == 0x60               # exhausted: nothing received
+    assert bus.port_read(COM1 + RBR, 1) == 0
+    assert bytes(bus.console.data) == b"", "input is not echoed by the UART"
+
+
+def test_serial_input_raises_received_data_in_iir_when_enabled_and_dlab_hides_rbr():
+    bus, _ = bus_of(Device("serial", COM1, None, None, None, MARK, b"x"))
+    assert bus.port_read(COM1 + IIR, 1) == 0x01                # RX interrupt not enabled
+    bus.port_write(COM1 + IER, 1, 0x03)                        # RX data + THR empty
+    assert bus.port_read(COM1 + IIR, 1) == 0x04                # received data outranks THRE
+    bus.port_write(COM1 + LCR, 1, DLAB)
+    bus.port_write(COM1 + DLL, 1, 0x01)
+    assert bus.port_read(COM1 + DLL, 1) == 0x01                # the divisor, not the input
+    bus.port_write(COM1 + LCR, 1, 0x03)
+    assert bus.port_read(COM1 + RBR, 1) == ord("x")
+    assert bus.port_read(COM1 + IIR, 1) == 0x02                # now only THRE
+    assert bus.port_read(COM1 + LSR, 1) & 0x01 == 0
+
+
 def test_serial_claims_exactly_eight_ports():
     bus, outcome = bus_of(port_dev("serial", COM1))
     assert bus.port_read(COM1 - 1, 1) == 0xFF
@@ -286,3 +312,21 @@ def test_pl011_dr_prints_and_other_registers_read_back():
     assert bus.mmio_read(PL011 + 0x30, 4) & 0x300 == 0x300     # CR: TXE | RXE at reset
     with pytest.raises(Stop):
         bus.mmio_read(PL011 + 0x1000, 4)                       # past its 4 KiB
+
+
+def test_pl011_input_is_read_from_dr_in_order_while_fr_rxfe_is_clear():
+    bus, _ = bus_of(Device("pl011", None, PL011, None, None, MARK, b"ok\r"))
+    got = []
+    while not bus.mmio_read(PL011 + 0x18, 4) & (1 << 4):       # RXFE clear: a byte waits
+        assert bus.mmio_read(PL011 + 0x18, 4) & (1 << 7)       # TXFE: still ready to send
+        got.append(bus.mmio_read(PL011, 4))
+    assert bytes(got) == b"ok\r"
+    assert bus.mmio_read(PL011 + 0x18, 4) == 0x90             # exhausted: TXFE | RXFE
+    assert bus.mmio_read(PL011, 4) == 0
+    assert bytes(bus.console.data) == b"", "input is not echoed by the UART"
+
+
+def test_pl011_without_input_reads_empty():
+    bus, _ = bus_of(mmio_dev("pl011", PL011))
+    assert bus.mmio_read(PL011 + 0x18, 4) & (1 << 4)
+    assert bus.mmio_read(PL011, 4) == 0

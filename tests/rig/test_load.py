@@ -211,6 +211,36 @@ devices: [{type: reset, port: 0xcf9}, {type: reset, at: 0x100000}]
     assert [(d.type, d.port, d.at) for d in rig.devices] == [("reset", 0xCF9, None), ("reset", None, 0x100000)]
 
 
+def test_console_input_on_the_uarts():
+    text = HEAD + """\
+devices:
+  - {type: serial, port: 0x3f8, input: "boot\\n"}
+  - {type: pl011, at: 0x09000000, input: "\\e\\x01h\u00e9"}
+  - {type: serial, port: 0x2f8, input: ""}
+"""
+    rig = load_rig_text(text, "r.yaml")
+    assert [d.input for d in rig.devices] == [b"boot\n", b"\x1b\x01h\xc3\xa9", b""]
+    rig = load_rig_text(ARM + "devices: [{type: pl011, at: 0x09000000, input: 'poweroff\\n'}]\n", "a.yaml")
+    assert rig.devices[0].input == b"poweroff\\n"  # single-quoted YAML has no escapes
+    assert load_rig_text(HEAD + "devices: [{type: serial, port: 0x3f8}]\n", "r.yaml").devices[0].input is None
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("devices: [{type: debugcon, port: 0xe9, input: x}]\n",
+     "r.yaml:3:40: devices[0].input: input is only for the UARTs (serial, pl011), not debugcon"),
+    ("devices:\n  - {type: serial, port: 0x3f8}\n  - {type: exit, at: 0x1000, input: 'x'}\n",
+     "r.yaml:5:30: devices[1].input: input is only for the UARTs (serial, pl011), not exit"),
+    ("devices: [{type: constant, port: 0x71, value: 0, input: x}]\n",
+     "r.yaml:3:50: devices[0].input: input is only for the UARTs (serial, pl011), not constant"),
+])
+def test_console_input_elsewhere_is_refused_at_its_key(body: str, expected: str):
+    assert error(HEAD + body).startswith(expected)
+
+
+def test_console_input_must_be_text():
+    assert error(HEAD + "devices: [{type: serial, port: 0x3f8, input: 12}]\n").startswith("r.yaml:3:46: devices[0].input: expected a string, not 12")
+
+
 def test_values_in_many_forms():
     text = HEAD + """\
 timeout: 500ms

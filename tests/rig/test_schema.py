@@ -69,7 +69,7 @@ CONTRACT_KEYS = {
     ("trace",): {"max"},
     ("memory", "items"): {"at", "size", "rom", "name"},
     ("images", "items"): {"file", "at", "hex"},
-    ("devices", "items"): {"type", "port", "at", "value", "size"},
+    ("devices", "items"): {"type", "port", "at", "value", "size", "input"},
     ("cpu",): {"mode", "entry", "regs", "tables_at"},
     ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set"},
     ("watchpoints", "items"): {"at", "len", "access", "hits", "expect", "on_hit", "set"},

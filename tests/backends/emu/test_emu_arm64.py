@@ -128,6 +128,17 @@ expect: {{exit: mmio}}
     passed(r)
 
 
+def test_pl011_input_is_read_from_dr(make_rig):
+    LDR_W5_X1 = 0xB9400025      # ldr w5, [x1]
+    LDR_W6_X1_18 = 0xB9401826   # ldr w6, [x1, #24]
+    r = run(make_rig, HEAD + f"""\
+images: [{{hex: "{words(MOV_X1_PL011, LDR_W4_X1_18, LDR_W5_X1, LDR_W6_X1_18, *PSCI_OFF)}", at: 0x40000000}}]
+devices: [{{type: pl011, at: 0x09000000, input: "k"}}]
+expect: {{exit: system-off, regs: {{x4: 0x80, x5: 0x6b, x6: 0x90}}}}
+""")
+    passed(r)
+
+
 # Exceptions to the guest's vectors: VBAR_EL1 = 0x40000800, the handler at
 # +0x200 (current EL, SPx) saves ESR and ELR in x21/x22 and powers off.
 VECTORS = f"""\
