@@ -24,8 +24,44 @@ the instruction at the pc and does what KVM (with PSCI 0.2) would:
   with DAIF masked, pc = VBAR_EL1 + the synchronous vector.
 * SVC (EC 0x15, ELR = the next instruction) and undefined instructions
   (EC 0x00) are taken by the guest the same way.
-* Data and instruction aborts end the run UNHANDLED: unicorn does not
-  expose their syndrome, so they cannot be handed to the guest faithfully.
+* Data and instruction aborts end the run UNHANDLED. A fault of the
+  translation (below) is described exactly: kind, VA, level, the descriptor
+  and the ESR_EL1/FAR_EL1 the guest would have got (the event's `raw` is that
+  ESR, `addr` the VA). Other aborts (unicorn's own, e.g. alignment) have no
+  syndrome unicorn would give.
+
+The MMU (SCTLR_EL1.M = 1): translation is kvmrig's own VMSAv8-64 stage-1
+walk (kvmrig/arch/arm64/mmu.py), run from unicorn's UC_HOOK_TLB_FILL with
+the TLB in UC_TLB_VIRTUAL mode. QEMU's softmmu TLB stays in front of it, so
+the hook runs only on a TLB miss (the first access to a 4 KiB page after a
+flush; SCTLR_EL1/TCR_EL1 writes, TTBRn_EL1 writes with a new ASID and TLBI
+flush it, as on QEMU). At a miss the hook reads SCTLR_EL1, TCR_EL1,
+TTBR0/1_EL1 and PSTATE (EL, PAN) with one prepared call, walks the guest's
+tables in the machine's memory and installs the page with what the access's
+EL may do on it, or refuses it: unicorn then stops with UC_ERR_EXCEPTION
+before the access, pc on the instruction, and the recorded fault becomes the
+UNHANDLED event. The hook sees only the page, so the exact address (FAR_EL1)
+comes from the instruction: the pc for a fetch, the address a load/store
+computes (mmu.access_address) for data.
+
+* With the MMU off the TLB is unicorn's own (UC_TLB_CPU, the flat map) and
+  no Python runs per page: the mode follows SCTLR_EL1.M through a hook on
+  MSR (before the write, which flushes the TLB; ~2 us per MSR to a system
+  register) and at every run() (the machine may set SCTLR_EL1).
+* The entries we install are 4 KiB pieces, also of 2 MiB / 1 GiB blocks,
+  and QEMU's TLBI by VA drops only the piece holding that VA (it knows of
+  large pages only from its own walk): a hook on SYS flushes the whole TLB
+  at every TLBI while we walk (over-invalidation is always allowed).
+
+Why not unicorn's own walk: unicorn resets its Cortex-A72 with SCR_EL3.RW = 0
+and HCR_EL2.RW = 0, so QEMU's MMU code takes EL1 for AArch32 and reads the
+tables with the AArch32 TTBCR/short-descriptor rules: an AArch64 identity
+map prefetch-aborts on the instruction after the MSR that enables it. The
+backend sets SCR_EL3.NS|RW and HCR_EL2.RW at creation (EL1 non-secure
+AArch64, as under KVM), which makes QEMU's own walk right too (it serves AT
+S1E1R and friends, and tests/backends/emu/test_emu_arm64_mmu.py checks it
+against ours on random tables); the translation of accesses is ours so that
+a fault says what and where.
 
 WFI / WFE: with no interrupt source a KVM vCPU sleeps in WFI until the
 rig's timeout; so does this backend (the run ends with `timeout`, the pc
@@ -34,12 +70,16 @@ after the WFI).
 
 from __future__ import annotations
 
+import ctypes
+import struct
 import time
+from dataclasses import replace
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, Uc, UcError
 from unicorn import arm64_const as A
+from unicorn import unicorn_const as U
 
-from kvmrig.arch.arm64 import esr
+from kvmrig.arch.arm64 import esr, mmu
 from kvmrig.arch.arm64.boot import Arm64State
 from kvmrig.arch.arm64.onereg import ONE_REGS, sp_for_pstate
 from kvmrig.arch.arm64.regs import CANONICAL, SYSREGS
@@ -74,6 +114,14 @@ NOT_SUPPORTED = (1 << 64) - 1             # -1
 INTERNAL_FAILURE = (1 << 64) - 6          # -6: what KVM leaves in x0 at SYSTEM_OFF/RESET
 KNOWN = {PSCI_VERSION, PSCI_FEATURES, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, SMCCC_VERSION}
 
+# System registers the boot fix and the walk use: (crn, crm, op0, op1, op2).
+SCR_EL3, HCR_EL2 = (1, 1, 3, 6, 0), (1, 1, 3, 4, 0)
+SCTLR_EL1, TCR_EL1, ID_AA64MMFR0_EL1 = (1, 0, 3, 0, 0), (2, 0, 3, 0, 2), (0, 7, 3, 0, 0)
+SCR_NS, SCR_RW, HCR_RW = 1 << 0, 1 << 10, 1 << 31
+_U64 = struct.Struct("<Q").unpack_from
+# unicorn's access types in UC_HOOK_TLB_FILL -> the walker's.
+TLB_ACCESS = {U.UC_MEM_READ: mmu.READ, U.UC_MEM_WRITE: mmu.WRITE, U.UC_MEM_FETCH: mmu.FETCH}
+
 
 def _sysreg_fields(reg_id: int) -> tuple[int, int, int, int, int]:
     """(crn, crm, op0, op1, op2) of a KVM_REG_ARM64_SYSREG id (onereg.sys_reg's layout)."""
@@ -100,12 +148,144 @@ class EmuArm64Backend(EmuBackendBase):
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
         uc.ctl_set_page_size(PAGE)
+        # EL1 is non-secure AArch64, as on KVM: unicorn resets SCR_EL3 and HCR_EL2
+        # with RW = 0, which makes QEMU treat EL1 as AArch32 (module doc).
+        cp = A.UC_ARM64_REG_CP_REG
+        uc.reg_write(cp, (*SCR_EL3, uc.reg_read(cp, SCR_EL3) | SCR_NS | SCR_RW))
+        uc.reg_write(cp, (*HCR_EL2, uc.reg_read(cp, HCR_EL2) | HCR_RW))
         return uc
 
     def _install_base_hooks(self) -> None:
         super()._install_base_hooks()
         self._trap: tuple[int, int] | None = None
         self._deadline = 0.0
+        uc = self.uc
+        parange = uc.reg_read(A.UC_ARM64_REG_CP_REG, ID_AA64MMFR0_EL1) & 0xF
+        self.pa_bits = mmu.PARANGE_BITS[min(parange, len(mmu.PARANGE_BITS) - 1)]
+        self._walk_fault: mmu.Fault | None = None
+        self.tlb_fills = 0                 # TLB-fill hook calls (for measurements)
+        self._regime_regs = self._regime_reader()
+        self._walking = False              # UC_TLB_VIRTUAL (our walk) rather than UC_TLB_CPU (the MMU off)
+        uc.hook_add(U.UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
+        uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_msr, False), aux1=A.UC_ARM64_INS_MSR)
+        uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_sys, False), aux1=A.UC_ARM64_INS_SYS)
+
+    # The MMU -------------------------------------------------------------------
+    def _regime_reader(self):
+        """A function returning (SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, PSTATE)
+        with one prepared call into unicorn (~1 us; the binding's reg_read_batch
+        builds its arguments each time, ~10 us), for the TLB-fill hook."""
+        uc = self.uc
+        try:
+            from unicorn.unicorn_py3.arch.arm64 import UcRegCP64
+            raw = uc._do_reg_read_batch
+        except (ImportError, AttributeError):   # another binding layout: the public, slower call
+            ids = [(A.UC_ARM64_REG_CP_REG, SCTLR_EL1), (A.UC_ARM64_REG_CP_REG, TCR_EL1),
+                   A.UC_ARM64_REG_TTBR0_EL1, A.UC_ARM64_REG_TTBR1_EL1, A.UC_ARM64_REG_PSTATE]
+            return lambda: uc.reg_read_batch(ids)
+        sctlr, tcr = UcRegCP64(*SCTLR_EL1, 0), UcRegCP64(*TCR_EL1, 0)
+        ttbr0, ttbr1, pstate = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
+        values = (sctlr, tcr, ttbr0, ttbr1, pstate)
+        reg_ids = (ctypes.c_int * 5)(A.UC_ARM64_REG_CP_REG, A.UC_ARM64_REG_CP_REG, A.UC_ARM64_REG_TTBR0_EL1,
+                                     A.UC_ARM64_REG_TTBR1_EL1, A.UC_ARM64_REG_PSTATE)
+        pointers = (ctypes.c_void_p * 5)(*(ctypes.addressof(v) for v in values))
+        count = ctypes.c_int(5)
+
+        def read() -> tuple[int, int, int, int, int]:
+            status = raw(reg_ids, pointers, count)
+            if status:
+                raise UcError(status)
+            return sctlr.val, tcr.val, ttbr0.value, ttbr1.value, pstate.value
+        return read
+
+    def _read64(self, pa: int) -> int | None:
+        """A descriptor: the little-endian word at `pa` in RAM or ROM, None elsewhere."""
+        for start, end, _rom, view in self._regions:
+            if start <= pa and pa + 8 <= end:
+                return _U64(view, pa - start)[0]
+        return None
+
+    def regime(self) -> mmu.Regime:
+        """The translation regime the vCPU is in now (for the walker)."""
+        sctlr, tcr, ttbr0, ttbr1, pstate = (self._read(n) for n in
+                                            ("sctlr_el1", "tcr_el1", "ttbr0_el1", "ttbr1_el1", "pstate"))
+        return mmu.Regime(sctlr, tcr, ttbr0, ttbr1, (pstate >> 2) & 3, bool(pstate & mmu.PSTATE_PAN), self.pa_bits)
+
+    def translate(self, va: int, access: str = mmu.READ) -> mmu.Translation | mmu.Fault:
+        """Translate a virtual address as the vCPU would now (the MMU off: itself)."""
+        return mmu.translate(self.regime(), va, access, self._read64)
+
+    def _walk(self, on: bool) -> None:
+        """Translate with our walk (the MMU on) or unicorn's flat map (off)."""
+        if on != self._walking:
+            self._walking = on
+            self.uc.ctl_set_tlb_mode(U.UC_TLB_VIRTUAL if on else U.UC_TLB_CPU)
+            self.uc.ctl(U.UC_CTL_TLB_FLUSH, U.UC_CTL_IO_WRITE)   # no entry of the other mode may survive
+
+    def _on_msr(self, _reg: int, cp, _ud=None) -> bool:
+        """Every MSR to a system register, before it runs: a write to SCTLR_EL1
+        switches the translation with its M bit (False: the MSR then runs)."""
+        if (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2) == (3, 0, 1, 0, 0):
+            self._walk(bool(cp.val & mmu.SCTLR_M))
+        return False
+
+    def _on_sys(self, _reg: int, cp, _ud=None) -> bool:
+        """Every SYS instruction (TLBI, DC, IC, AT), before it runs: a TLBI while
+        we walk flushes the whole TLB. Our entries are 4 KiB pieces of what may be
+        a block, and QEMU's TLBI by VA would drop only the piece holding that VA."""
+        if self._walking and cp.crn in (8, 9):
+            self.uc.ctl(U.UC_CTL_TLB_FLUSH, U.UC_CTL_IO_WRITE)
+        return False
+
+    def _on_tlb_fill(self, vaddr: int, access: int, entry, _ud=None) -> bool:
+        """UC_HOOK_TLB_FILL, on a TLB miss (module doc): walk, fill `entry`, or
+        refuse (False: unicorn stops with UC_ERR_EXCEPTION, _error_event reports it)."""
+        self.tlb_fills += 1
+        sctlr, tcr, ttbr0, ttbr1, pstate = self._regime_regs()
+        if not sctlr & mmu.SCTLR_M and not vaddr >> self.pa_bits:   # the flat map (_walk lags behind)
+            entry.paddr = vaddr
+            entry.perms = mmu.PROT_ALL
+            return True
+        regime = mmu.Regime(sctlr, tcr, ttbr0, ttbr1, (pstate >> 2) & 3, bool(pstate & mmu.PSTATE_PAN),
+                            self.pa_bits)
+        result = mmu.translate(regime, vaddr, TLB_ACCESS.get(access, mmu.READ), self._read64)
+        if type(result) is mmu.Fault:
+            self._walk_fault = result
+            return False
+        entry.paddr = result.pa & ~(PAGE - 1)
+        entry.perms = result.prot
+        return True
+
+    def _error_event(self, err: UcError) -> Event | None:
+        fault, self._walk_fault = self._walk_fault, None
+        if err.errno != U.UC_ERR_EXCEPTION or fault is None:
+            return super()._error_event(err)
+        pc = self.get_pc()
+        fault = self._exact(fault, pc)
+        syndrome = fault.esr()
+        what = "an instruction abort" if fault.access == mmu.FETCH else f"a data abort ({fault.access})"
+        return Event(base.UNHANDLED, pc=pc, addr=fault.va, raw=syndrome, detail=(
+            f"{what} at pc {pc:#x}: {fault.describe()}; the guest would get ESR_EL1 {syndrome:#x} "
+            f"({esr.describe(syndrome)}), FAR_EL1 {fault.va:#x}. The emulator backend ends the run here "
+            "instead of taking the abort to the guest's vectors; run this rig on KVM (`backend: kvm`) for that"))
+
+    def _exact(self, fault: mmu.Fault, pc: int) -> mmu.Fault:
+        """The fault with the exact address FAR_EL1 would hold: the hook sees
+        only the page; a fetch faults at the pc, a load/store at the address
+        its instruction computes (mmu.access_address) or, when the access
+        starts in the page before, at the first byte of the faulting page."""
+        page = fault.va
+        if fault.access == mmu.FETCH:
+            return replace(fault, va=pc) if pc & ~(PAGE - 1) == page else fault
+        insn = self._insn(pc)
+        uc = self.uc
+
+        def xreg(n: int) -> int:
+            return uc.reg_read(A.UC_ARM64_REG_SP if n == 31 else REGS[f"x{n}"])
+        access = None if insn is None else mmu.access_address(insn, pc, xreg)
+        if access is not None and access[0] & ~(PAGE - 1) == page:
+            return replace(fault, va=access[0])
+        return fault      # an access that starts in the page before: its first byte in this page
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
@@ -162,10 +342,17 @@ class EmuArm64Backend(EmuBackendBase):
     # Running ---------------------------------------------------------------
     def run(self, deadline: float) -> Event:
         self._deadline = deadline
+        if not self._in_hook:
+            self._walk_fault = None     # a refused probe of an earlier run is no fault of this one
+            self._walk(bool(self._read("sctlr_el1") & mmu.SCTLR_M))   # the machine may have set SCTLR_EL1
         return super().run(deadline)
 
     def _insn(self, addr: int) -> int | None:
-        data = self.peek(addr, 4)
+        """The instruction at virtual address `addr` (through the MMU when it is on)."""
+        where = self.translate(addr, mmu.FETCH)
+        if type(where) is mmu.Fault:
+            return None
+        data = self.peek(where.pa, 4)
         return None if data is None else int.from_bytes(data, "little")
 
     def _on_interrupt(self, intno: int, _ud=None) -> None:
