@@ -34,9 +34,11 @@ if [ "${SKIP_APT:-0}" != 1 ] && [ -x scripts/setup-arm64-lane.sh ]; then
     scripts/setup-arm64-lane.sh
 fi
 
-if ! "$PYTHON" -c "import kvmrig, pytest, unicorn, capstone, elftools, junit_xml" >/dev/null 2>&1 \
-   || [ pyproject.toml -nt "$(ls -d ./*.egg-info 2>/dev/null | head -n1 || echo pyproject.toml)" ]; then
+# Install (editable) unless this very checkout is what the Python imports, with its extras.
+here=$(pwd -P)
+installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, unicorn, capstone, elftools, junit_xml; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
+if [ "$installed" != "$here" ]; then
     echo "setup: pip install -e '.[test,emu]'"
-    "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test,emu]'
+    "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,emu]'
 fi
 "$PYTHON" -m kvmrig --version
