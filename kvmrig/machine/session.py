@@ -333,6 +333,9 @@ class Session:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
         if outcome.failures:
             outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail))
+            extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
+            if extra:
+                outcome.report.append(extra)
 
 
 def _reg(arch: str, regs: dict[str, int], name: str) -> int | None:
