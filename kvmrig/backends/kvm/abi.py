@@ -129,6 +129,28 @@ struct kvm_guest_debug_arch {
     uint64_t debugreg[8];
 };
 
+/* asm/kvm.h, KVM_GET/SET_VCPU_EVENTS; part of kvm_sync_regs. */
+struct kvm_vcpu_events {
+    struct { uint8_t injected, nr, has_error_code, pending; uint32_t error_code; } exception;
+    struct { uint8_t injected, nr, soft, shadow; } interrupt;
+    struct { uint8_t injected, pending, masked, pad; } nmi;
+    uint32_t sipi_vector;
+    uint32_t flags;
+    struct { uint8_t smm, pending, smm_inside_nmi, latched_init; } smi;
+    struct { uint8_t pending; } triple_fault;
+    uint8_t reserved[26];
+    uint8_t exception_has_payload;
+    uint64_t exception_payload;
+};
+
+/* asm/kvm.h: kvm_run.s.regs; KVM fills the sets named in kvm_valid_regs
+   (KVM_SYNC_X86_REGS, _SREGS, _EVENTS) whenever KVM_RUN returns. */
+struct kvm_sync_regs {
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    struct kvm_vcpu_events events;
+};
+
 /* asm/kvm.h, kvm_run.debug.arch on KVM_EXIT_DEBUG: exception is the vector
    (1 = #DB, 3 = #BP), pc the linear address (cs.base + rip). */
 struct kvm_debug_exit_arch {
@@ -186,6 +208,11 @@ struct kvm_guest_debug_arch {
     uint64_t dbg_bvr[16];
     uint64_t dbg_wcr[16];
     uint64_t dbg_wvr[16];
+};
+
+/* asm/kvm.h: kvm_run.s.regs on arm64 (no register sets to sync). */
+struct kvm_sync_regs {
+    uint64_t device_irq_level;
 };
 
 /* asm/kvm.h, kvm_run.debug.arch: hsr = ESR_EL2 (EC in bits 31:26), far the
@@ -271,7 +298,9 @@ struct kvm_run {
     };
     uint64_t kvm_valid_regs;
     uint64_t kvm_dirty_regs;
-    union { char padding[2048]; } s;  /* SYNC_REGS_SIZE_BYTES; unused here */
+    /* SYNC_REGS_SIZE_BYTES: with kvm_valid_regs set (KVM_CAP_SYNC_REGS), KVM
+       stores the chosen register sets here on every return from KVM_RUN. */
+    union { struct kvm_sync_regs regs; char padding[2048]; } s;
 };
 """
 
@@ -541,6 +570,7 @@ KVM_CAP_CHECK_EXTENSION_VM = 105
 KVM_CAP_GUEST_DEBUG_HW_BPS = 119
 KVM_CAP_GUEST_DEBUG_HW_WPS = 120
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_SYNC_REGS = 74
 KVM_CAP_ARM_VM_IPA_SIZE = 165
 KVM_CAP_SET_GUEST_DEBUG2 = 195
 
@@ -568,6 +598,11 @@ def reg_size(reg_id: int) -> int:
     """Bytes of a ONE_REG value (KVM_REG_SIZE in asm/kvm.h): 1 << size field."""
     return 1 << ((reg_id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
 
+
+# x86 kvm_run.kvm_valid_regs bits (asm/kvm.h)
+KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
 
 # arm64 (asm/kvm.h): register group ("coprocessor") in bits 27:16.
 KVM_REG_ARM_COPROC_MASK = 0x000000000FFF0000

@@ -323,7 +323,13 @@ class Vcpu:
             self._regs = ffi.new("struct kvm_regs *")
             self._sregs = ffi.new("struct kvm_sregs *")
             self._fpu = ffi.new("struct kvm_fpu *")
-        self.run = _make_runner(fd.fd, self.run_struct)
+        # KVM_CAP_SYNC_REGS: after each KVM_RUN the register sets enabled by
+        # enable_sync_regs() are in kvm_run itself; `_fresh[0]` says they are
+        # current (set by run(), cleared by any set_*regs ioctl).
+        self._fresh = [False]
+        self._sync_regs = None
+        self._sync_sregs = None
+        self.run = _make_runner(fd.fd, self.run_struct, self._fresh)
 
     @property
     def fd(self) -> int:
@@ -353,22 +359,39 @@ class Vcpu:
 
     # -- x86 register state ---------------------------------------------------
 
+    def enable_sync_regs(self, mask: int) -> None:
+        """x86: have KVM store the register sets in `mask` (abi.KVM_SYNC_X86_*) in
+        kvm_run at every exit, so get_regs/get_sregs need no ioctl after a run.
+        Only where Kvm.check_extension(KVM_CAP_SYNC_REGS) includes them."""
+        self.run_struct.kvm_valid_regs = mask
+        sync = self.run_struct.s.regs
+        self._sync_regs = ffi.addressof(sync, "regs") if mask & abi.KVM_SYNC_X86_REGS else None
+        self._sync_sregs = ffi.addressof(sync, "sregs") if mask & abi.KVM_SYNC_X86_SREGS else None
+
     def get_regs(self):
-        """KVM_GET_REGS into this Vcpu's reused `struct kvm_regs *`."""
+        """KVM_GET_REGS into this Vcpu's reused `struct kvm_regs *` (or, with
+        sync regs current, the copy KVM left in kvm_run: no ioctl)."""
+        if self._fresh[0] and self._sync_regs is not None:
+            return self._sync_regs
         _call(self.fd, _require(abi.KVM_GET_REGS, "KVM_GET_REGS"), self._regs, "KVM_GET_REGS")
         return self._regs
 
     def set_regs(self, regs) -> None:
         """KVM_SET_REGS from a `struct kvm_regs *` (e.g. the one get_regs returned)."""
+        self._fresh[0] = False
         _call(self.fd, _require(abi.KVM_SET_REGS, "KVM_SET_REGS"), regs, "KVM_SET_REGS")
 
     def get_sregs(self):
-        """KVM_GET_SREGS into this Vcpu's reused `struct kvm_sregs *`."""
+        """KVM_GET_SREGS into this Vcpu's reused `struct kvm_sregs *` (or the
+        kvm_run copy, as get_regs)."""
+        if self._fresh[0] and self._sync_sregs is not None:
+            return self._sync_sregs
         _call(self.fd, _require(abi.KVM_GET_SREGS, "KVM_GET_SREGS"), self._sregs, "KVM_GET_SREGS")
         return self._sregs
 
     def set_sregs(self, sregs) -> None:
         """KVM_SET_SREGS from a `struct kvm_sregs *`."""
+        self._fresh[0] = False
         _call(self.fd, _require(abi.KVM_SET_SREGS, "KVM_SET_SREGS"), sregs, "KVM_SET_SREGS")
 
     def get_fpu(self):
@@ -499,7 +522,7 @@ class Vcpu:
         self.close()
 
 
-def _make_runner(fd: int, run_struct):
+def _make_runner(fd: int, run_struct, fresh: list[bool]):
     """The per-Vcpu KVM_RUN closure (see Vcpu.run for its contract)."""
     ioctl = _ioctl
     request = abi.KVM_RUN
@@ -511,8 +534,10 @@ def _make_runner(fd: int, run_struct):
         if ioctl(fd, request, arg) < 0:
             err = ffi.errno
             if err == eintr:
+                fresh[0] = True  # KVM stores the sync regs on this return too
                 return intr
             raise KvmError("KVM_RUN", err)
+        fresh[0] = True
         return run_struct.exit_reason
 
     run.__doc__ = Vcpu.run.__doc__

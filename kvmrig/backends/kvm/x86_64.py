@@ -37,6 +37,20 @@ INT3, HLT = b"\xcc", b"\xf4"
 SYSTEM_PAGES = 4 * PAGE
 SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
 _REG_FIELDS = GPRS + ("rip", "rflags")
+SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
+_sync_cache: tuple[int, bool] | None = None
+
+
+def _sync_regs_supported(kvm) -> bool:
+    """KVM_CAP_SYNC_REGS covers regs and sregs here (asked once per process;
+    KVMRIG_KVM_SYNC_REGS=0 turns it off, to compare)."""
+    global _sync_cache
+    import os
+    if os.environ.get("KVMRIG_KVM_SYNC_REGS", "1") == "0":
+        return False
+    if _sync_cache is None or _sync_cache[0] != os.getpid():
+        _sync_cache = (os.getpid(), kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & SYNC == SYNC)
+    return _sync_cache[1]
 
 
 class KvmX86Backend(KvmBackendBase):
@@ -75,6 +89,8 @@ class KvmX86Backend(KvmBackendBase):
         self.vm.set_tss_addr(area + PAGE)
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self.kvm.supported_cpuid())
+        if _sync_regs_supported(self.kvm):
+            vcpu.enable_sync_regs(SYNC)  # registers come with every exit: no GET ioctls
         s = vcpu.get_sregs()
         for name, seg in state.segments.items():
             dst = getattr(s, name)

@@ -140,6 +140,41 @@ def test_out_then_hlt(kvm):
 
 
 @x86_only
+def test_sync_regs_match_the_ioctls(kvm):
+    """With KVM_CAP_SYNC_REGS the registers KVM leaves in kvm_run after an exit
+    are the ones KVM_GET_REGS/GET_SREGS return; a set_* makes reads go back
+    to the ioctls until the next run."""
+    mask = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
+    # KVM_CAP_SYNC_REGS exists since Linux 4.17; where it is missing kvmrig
+    # never calls enable_sync_regs, so there is nothing else to test.
+    assert kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & mask == mask
+    code = bytes([
+        0x66, 0xB8, 0x78, 0x56, 0x34, 0x12,   # mov eax, 0x12345678
+        0xBB, 0x34, 0x12,                     # mov bx, 0x1234
+        0xE6, 0x10,                           # out 0x10, al
+        0xF4,                                 # hlt
+    ])
+    with memories() as new:
+        vm, vcpu, _ = x86_real_mode(kvm, new, code)
+        with vm:
+            vcpu.enable_sync_regs(mask)
+            assert vcpu.run() == abi.KVM_EXIT_IO
+            synced = vcpu.get_regs()
+            assert synced == vcpu._sync_regs, "read from kvm_run, no ioctl"
+            got = (synced.rax, synced.rbx, synced.rip, vcpu.get_sregs().cs.selector)
+            vcpu._fresh[0] = False  # force the ioctls
+            ioctl = vcpu.get_regs()
+            assert ioctl != vcpu._sync_regs
+            assert got == (ioctl.rax, ioctl.rbx, ioctl.rip, vcpu.get_sregs().cs.selector)
+            assert (ioctl.rax & 0xFFFFFFFF, ioctl.rbx & 0xFFFF) == (0x12345678, 0x1234)
+            ioctl.rbx = 0x5555
+            vcpu.set_regs(ioctl)
+            assert vcpu.get_regs().rbx == 0x5555, "after a set, reads use the ioctl"
+            assert vcpu.run() == abi.KVM_EXIT_HLT
+            assert vcpu.get_regs() == vcpu._sync_regs and vcpu.get_regs().rbx == 0x5555
+
+
+@x86_only
 def test_in_is_answered_through_io_data(kvm):
     code = bytes([
         0xE4, 0x20,          # in al, 0x20
