@@ -19,18 +19,18 @@ of the KVM tests that really ran.
 from __future__ import annotations
 
 import os
-import platform
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from kvmrig.arch import host_arch
+
 KVM_DEVICE = "/dev/kvm"
 NO_KVM_REASON = "no /dev/kvm on this machine"
 REQUIRE_ENV = "KVMRIG_REQUIRE_KVM"
 
-_HOST = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(
-    platform.machine().lower(), platform.machine().lower())
+_HOST = host_arch()
 
 
 def kvm_present() -> bool:

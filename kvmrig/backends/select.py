@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
 
+from kvmrig.arch import host_arch
 from kvmrig.backends.base import Backend
 from kvmrig.rig.model import Rig
 
-HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(
-    platform.machine().lower(), platform.machine())
+HOST_ARCH = host_arch()
 
 
 class NoBackend(Exception):

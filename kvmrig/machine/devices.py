@@ -11,9 +11,6 @@ from __future__ import annotations
 from kvmrig.machine.outcome import Outcome, Stop, num
 from kvmrig.rig.model import Device
 
-# Bytes of port or MMIO space each device type occupies (constant: its `size`).
-PORT_SPAN = {"serial": 8, "debugcon": 1, "exit": 1, "constant": 1, "reset": 1}
-MMIO_SPAN = {"pl011": 0x1000, "exit": 8, "reset": 8}
 
 
 def _mask(size: int) -> int:
@@ -173,14 +170,6 @@ KINDS = {
 }
 
 
-def span(spec: Device) -> int:
-    if spec.port is not None:
-        return PORT_SPAN[spec.type]
-    if spec.type == "constant":
-        return spec.size or 4
-    return MMIO_SPAN[spec.type]
-
-
 class Bus:
     """Routes port I/O and MMIO to devices; applies the unclaimed-access rules."""
 
@@ -193,11 +182,11 @@ class Bus:
         for spec in specs:
             dev = KINDS[spec.type](spec, self.console, outcome)
             if spec.port is not None:
-                for off in range(span(spec)):
+                for off in range(spec.span):
                     self.ports[spec.port + off] = (dev, off)
             else:
                 assert spec.at is not None
-                self.mmio.append((spec.at, spec.at + span(spec), dev))
+                self.mmio.append((spec.at, spec.at + spec.span, dev))
 
     # Port I/O -----------------------------------------------------------
     def port_read(self, port: int, size: int) -> int:

@@ -19,7 +19,7 @@ from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point,
 from kvmrig.machine import golden
 from kvmrig.machine.devices import Bus
 from kvmrig.machine.diagnose import stop_report
-from kvmrig.machine.expect import check_end, check_state
+from kvmrig.machine.expect import check_end, check_state, reg_value
 from kvmrig.machine.memory import Memory, OutsideMemory
 from kvmrig.machine.outcome import Hit, Outcome, Stop
 from kvmrig.machine.plan import Plan
@@ -300,7 +300,7 @@ class Session:
                                            regs, self.patches.view, self.plan.resolve, watched)
                 self.outcome.failures.extend(hit.failures)
                 hit.regs = {c.name: v for c in spec.expect.regs
-                            if (v := _reg(self.rig.arch, regs, c.name)) is not None}
+                            if (v := reg_value(self.rig.arch, regs, c.name)) is not None}
             if spec.set is not None:
                 if spec.set.regs:
                     before = self.backend.get_pc()
@@ -336,11 +336,6 @@ class Session:
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
             if extra:
                 outcome.report.append(extra)
-
-
-def _reg(arch: str, regs: dict[str, int], name: str) -> int | None:
-    from kvmrig.machine.expect import reg_value
-    return reg_value(arch, regs, name)
 
 
 def execute(plan: Plan, make_backend: Callable[[], Backend], options: RunOptions | None = None) -> Outcome:

@@ -35,8 +35,6 @@ PAGE = 0x1000
 ADDRESS_LIMIT = 1 << 48  # guest-physical addresses kvmrig maps (4-level paging, KVM)
 DEFAULT_MODES = {"x86_64": "long", "arm64": "el1"}
 MODES = {"x86_64": m.X86_MODES, "arm64": m.ARM64_MODES}
-MMIO_SPAN = {"pl011": 0x1000, "exit": 8, "reset": 8}
-PORT_SPAN = {"serial": 8}
 MEM_WIDTHS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}
 
 T = TypeVar("T")
@@ -232,10 +230,12 @@ class _Builder:
                 if kind not in ("serial", "pl011"):
                     self.fail(p + ("input",), f"input is only for the UARTs (serial, pl011), not {kind}", key=True)
                 data = self.parse(_console_bytes, p + ("input",), raw["input"])
+            device = m.Device(kind, port, at, size, value, self.mark(p), data)
+            span = device.span
             if port is not None:
-                span, space, start = PORT_SPAN.get(kind, 1), "port", port
+                space, start = "port", port
             else:
-                span, space, start = size or MMIO_SPAN[kind], "mmio", at
+                space, start = "mmio", at
                 assert start is not None
                 if start + span > ADDRESS_LIMIT:
                     self.fail(p + ("at",), f"{_span(start, span)} goes beyond the 48-bit guest-physical "
@@ -251,7 +251,7 @@ class _Builder:
                               f"{kind} {what} {_span(start, span)} overlaps devices[{j}] "
                               f"({devices[j].type}, {what} {_span(other_start, other_span)})")
             claims.append((space, start, span, i))
-            devices.append(m.Device(kind, port, at, size, value, self.mark(p), data))
+            devices.append(device)
         return tuple(devices)
 
     def cpu(self) -> m.Cpu:

@@ -24,6 +24,10 @@ ARM64_MODES = ("el1",)
 DEVICE_TYPES = ("serial", "pl011", "debugcon", "exit", "constant", "reset")
 ACCESS = ("read", "write", "access")
 DEFAULT_TIMEOUT = 10.0
+# What a device claims: a 16550 is 8 ports, other port devices 1; MMIO devices
+# as listed, `constant` its `size`.
+PORT_SPAN = {"serial": 8}
+MMIO_SPAN = {"pl011": 0x1000, "exit": 8, "reset": 8}
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,13 @@ class Device:
     value: int | None
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
+
+    @property
+    def span(self) -> int:
+        """Ports or MMIO bytes the device claims (rig checks and the bus agree on it)."""
+        if self.port is not None:
+            return PORT_SPAN.get(self.type, 1)
+        return self.size or MMIO_SPAN[self.type]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import pytest
 from kvmrig import atomic
 from kvmrig.errors import Mark
 from kvmrig.machine.outcome import Failure, Outcome
-from kvmrig.report import junit
 from kvmrig.report.junit import junit_xml, write_junit
 from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
 

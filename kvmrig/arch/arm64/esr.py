@@ -14,6 +14,8 @@ the guest itself sees when an exception is handed back to it at EL1
 
 from __future__ import annotations
 
+from kvmrig.arch.arm64.boot import PSTATE_EL1H_DAIF
+
 # --- Exception classes (Arm ARM, ESR_ELx.EC; Linux asm/esr.h ESR_ELx_EC_*) ---
 EC_UNKNOWN = 0x00        # unknown reason, e.g. an undefined instruction
 EC_WFX = 0x01
@@ -265,7 +267,7 @@ def describe(esr: int) -> str:
 # F masked, PC = VBAR_EL1 + the vector offset below. A watchpoint also
 # needs FAR_EL1 = the FAR.
 
-PSTATE_EL1H_MASKED = 0x3C5   # M[3:0]=0b0101 (EL1h), DAIF (bits 9:6) all set
+PSTATE_EL1H_MASKED = PSTATE_EL1H_DAIF  # M[3:0]=0b0101 (EL1h), DAIF (bits 9:6) all set
 
 _VECTOR_CUR_SP0 = 0x000      # from the same EL, using SP_EL0
 _VECTOR_CUR_SPX = 0x200      # from the same EL, using SP_ELx

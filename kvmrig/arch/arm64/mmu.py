@@ -67,6 +67,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+from kvmrig.arch.arm64.boot import PSTATE_EL1H_DAIF
+
 READ, WRITE, FETCH = "read", "write", "fetch"
 
 # Permission bits of a Translation, the same values as unicorn's UC_PROT_*.
@@ -184,7 +186,7 @@ class Fault:
 
 def regime_from_regs(regs: dict[str, int], pa_bits: int = 48) -> Regime:
     """A Regime from kvmrig's canonical arm64 register names (pstate gives EL and PAN)."""
-    pstate = regs.get("pstate", 0x3C5)
+    pstate = regs.get("pstate", PSTATE_EL1H_DAIF)
     return Regime(sctlr=regs.get("sctlr_el1", 0), tcr=regs.get("tcr_el1", 0), ttbr0=regs.get("ttbr0_el1", 0),
                   ttbr1=regs.get("ttbr1_el1", 0), el=(pstate >> 2) & 3, pan=bool(pstate & PSTATE_PAN),
                   pa_bits=pa_bits)

@@ -21,24 +21,15 @@ with `ulong(n)`. It returns -1 and leaves the error in `ffi.errno`.
 from __future__ import annotations
 
 import functools
-import platform
 
 import cffi
+
+from kvmrig.arch import host_arch
 
 # --------------------------------------------------------------------------
 # Which layouts: the host's architecture.
 
 ARCHES = ("x86_64", "arm64")
-
-
-def host_arch(machine: str | None = None) -> str:
-    """kvmrig's name for the architecture of `machine` (default: this host)."""
-    m = (machine if machine is not None else platform.machine()).lower()
-    if m in ("x86_64", "amd64"):
-        return "x86_64"
-    if m in ("aarch64", "arm64"):
-        return "arm64"
-    return m  # unsupported: ffi_for() refuses it
 
 
 ARCH = host_arch()
