@@ -72,6 +72,7 @@ class KvmX86Backend(KvmBackendBase):
         self._resume_pc = 0               # where that breakpoint hit
         self._regs_set = False            # registers were set since the last exit
         self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
+        self._armed: tuple[int, list[int] | None] = (0, None)  # what KVM_SET_GUEST_DEBUG holds now
         self._setup: tuple = ()                # (slots, sw addresses) of the last set_debug
 
     # Boot ----------------------------------------------------------------------
@@ -217,7 +218,7 @@ class KvmX86Backend(KvmBackendBase):
             dr = list(self._dr)
             dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
             cached = self._debug_cache[key] = (control, dr if armed else None)
-        self._control = cached[0]
+        self._armed = cached
         self.vcpu.set_guest_debug(*cached)
 
     def _debug_event(self, info) -> Event | None:
@@ -301,5 +302,5 @@ class KvmX86Backend(KvmBackendBase):
 
     def reinject(self, event: Event) -> None:
         flag = abi.KVM_GUESTDBG_INJECT_BP if event.raw == VECTOR_BP else abi.KVM_GUESTDBG_INJECT_DB
-        armed = any(self._dr_kind)
-        self.vcpu.set_guest_debug(self._control | abi.KVM_GUESTDBG_ENABLE | flag, self._dr if armed else None)
+        control, dr = self._armed  # as armed now, DR7 included: injecting must not disarm anything
+        self.vcpu.set_guest_debug(control | abi.KVM_GUESTDBG_ENABLE | flag, dr)
