@@ -36,6 +36,7 @@ ADDRESS_LIMIT = 1 << 48  # guest-physical addresses kvmrig maps (4-level paging,
 DEFAULT_MODES = {"x86_64": "long", "arm64": "el1"}
 MODES = {"x86_64": m.X86_MODES, "arm64": m.ARM64_MODES}
 MEM_WIDTHS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}
+PC_TESTDEV_MMIO = 0xFF000000  # QEMU's pc-testdev iomem window (64 KiB)
 
 T = TypeVar("T")
 
@@ -143,7 +144,19 @@ class _Builder:
             expect=self.expect(d.get("expect", {})),
             unclaimed_io=d.get("io", {}).get("unclaimed", "record"),
             mark=self.mark(()),
+            machine=self.machine(),
+            verdict=m.Verdict(d["verdict"].get("console"), d["verdict"].get("exit_codes"),
+                              self.mark(("verdict",))) if "verdict" in d else m.Verdict(),
         )
+
+    def machine(self) -> m.Machine:
+        raw = self.data.get("machine")
+        if raw is None:
+            return m.Machine()
+        if self.arch != "x86_64":
+            self.fail(("machine",), "machine (irqchip, pit) is for x86_64 rigs", key=True)
+        pit = bool(raw.get("pit", False))
+        return m.Machine(bool(raw.get("irqchip", False)) or pit, pit, self.mark(("machine",)))
 
     def memory(self) -> tuple[m.Region, ...]:
         regions: list[m.Region] = []
@@ -176,10 +189,32 @@ class _Builder:
                 continue
             file = self.folder / raw["file"]
             head = self.read_head(p + ("file",), file)
-            if head != b"\x7fELF" and at is None:
+            fmt = raw.get("format", "auto")
+            if fmt != "multiboot":
+                for key in ("cmdline", "modules"):
+                    if key in raw:
+                        self.fail(p + (key,), f"{key} is for `format: multiboot` images", key=True)
+            if fmt == "multiboot" and self.arch != "x86_64":
+                self.fail(p + ("format",), "multiboot kernels are x86 (32-bit protected-mode entry)")
+            if fmt == "elf" and head != b"\x7fELF":
+                self.fail(p + ("file",), f"{raw['file']} is not an ELF file (format: elf)")
+            if fmt in ("auto", "raw") and (fmt == "raw" or head != b"\x7fELF") and at is None:
                 self.fail(p + ("file",), f"{raw['file']} is not an ELF file, so the image needs `at:` "
                           "(the address to load its raw bytes)")
-            images.append(m.Image(file, None, at, self.mark(p), self.mark(p + ("file",))))
+            if fmt == "multiboot" and at is not None:
+                self.fail(p + ("at",), "a multiboot kernel says where it loads (ELF or its header): no at",
+                          key=True)
+            modules = []
+            for k, mod in enumerate(raw.get("modules", [])):
+                q = p + ("modules", k)
+                mfile = None
+                if "file" in mod:
+                    mfile = self.folder / mod["file"]
+                    self.read_head(q + ("file",), mfile)
+                text = mod["text"].encode("utf-8") if "text" in mod else None
+                modules.append(m.Module(mfile, text, mod.get("cmdline", ""), self.mark(q)))
+            images.append(m.Image(file, None, at, self.mark(p), self.mark(p + ("file",)), fmt,
+                                  raw.get("cmdline"), tuple(modules)))
         return tuple(images)
 
     def read_head(self, path: JsonPath, file: Path) -> bytes:
@@ -202,6 +237,12 @@ class _Builder:
             kind = raw["type"]
             port = self.uint(p + ("port",), raw["port"]) if "port" in raw else None
             at = self.uint(p + ("at",), raw["at"]) if "at" in raw else None
+            if kind in m.FIXED_PORT:
+                if self.arch != "x86_64":
+                    self.fail(p + ("type",), f"{kind} is an x86 PC device")
+                if port is not None and port != m.FIXED_PORT[kind]:
+                    self.fail(p + ("port",), f"{kind} sits at port {m.FIXED_PORT[kind]:#x} (QEMU's place)")
+                port = m.FIXED_PORT[kind]
             if port is not None:
                 if self.arch != "x86_64":
                     self.fail(p + ("port",), f"{self.arch} has no port I/O: give the device an MMIO address "
@@ -210,15 +251,37 @@ class _Builder:
                     self.fail(p + ("port",), f"port {port:#x} is beyond 0xffff")
                 if kind == "pl011":
                     self.fail(p + ("port",), "pl011 is an MMIO UART: give `at:`, not `port:`", key=True)
-            if at is not None and kind in ("serial", "debugcon"):
+            if at is not None and kind in ("serial", "debugcon", "isa-debug-exit"):
                 self.fail(p + ("at",), f"{kind} is x86 port I/O: give `port:`, not `at:`", key=True)
             size = None
             if "size" in raw:
-                if kind != "constant" or at is None:
-                    self.fail(p + ("size",), "size is only for constant devices on MMIO (at:)", key=True)
-                size = self.parse(parse_size, p + ("size",), raw["size"])
-                if size == 0:
-                    self.fail(p + ("size",), "size must be > 0")
+                if kind == "isa-debug-exit":
+                    size = self.uint(p + ("size",), raw["size"])
+                    if size not in (1, 2, 4):
+                        self.fail(p + ("size",), "isa-debug-exit claims 1, 2 or 4 ports")
+                elif kind != "constant" or at is None:
+                    self.fail(p + ("size",), "size is only for constant devices on MMIO (at:) and "
+                              "isa-debug-exit", key=True)
+                else:
+                    size = self.parse(parse_size, p + ("size",), raw["size"])
+                    if size == 0:
+                        self.fail(p + ("size",), "size must be > 0")
+            irq = None
+            if "irq" in raw:
+                if kind != "serial":
+                    self.fail(p + ("irq",), "irq is only for serial devices", key=True)
+                irq = self.uint(p + ("irq",), raw["irq"])
+                if irq > 23:
+                    self.fail(p + ("irq",), "the IOAPIC has pins 0..23")
+            files: list[tuple[str, Path]] = []
+            for name, rel in raw.get("files", {}).items():
+                if kind != "fw-cfg":
+                    self.fail(p + ("files",), "files is only for fw-cfg devices", key=True)
+                if len(name.encode()) > 55:
+                    self.fail(p + ("files", name), "fw_cfg file names are at most 55 bytes", key=True)
+                path = self.folder / rel
+                self.read_head(p + ("files", name), path)
+                files.append((name, path))
             value = None
             if "value" in raw:
                 if kind != "constant":
@@ -230,7 +293,12 @@ class _Builder:
                 if kind not in ("serial", "pl011"):
                     self.fail(p + ("input",), f"input is only for the UARTs (serial, pl011), not {kind}", key=True)
                 data = self.parse(_console_bytes, p + ("input",), raw["input"])
-            device = m.Device(kind, port, at, size, value, self.mark(p), data)
+            device = m.Device(kind, port, at, size, value, self.mark(p), data, irq, tuple(files))
+            if kind == "pc-testdev":
+                for j, region in enumerate(memory):
+                    if _overlap(PC_TESTDEV_MMIO, 0x10000, region.at, region.size):
+                        self.fail(p + ("type",), f"pc-testdev's MMIO window {_span(PC_TESTDEV_MMIO, 0x10000)} "
+                                  f"overlaps {_region_text(j, region)}")
             span = device.span
             if port is not None:
                 space, start = "port", port
@@ -270,7 +338,30 @@ class _Builder:
                 self.fail(p + ("tables_at",), f"{tables_at:#x} must be 4 KiB aligned and below 2**48 "
                           "(page tables live on page boundaries)")
         return m.Cpu(mode, entry, self.reg_sets(p + ("regs",), raw.get("regs", {})), tables_at,
-                     self.mark(p))
+                     self.mark(p), self.cpuid(p + ("cpuid",), raw["cpuid"]) if "cpuid" in raw else None)
+
+    def cpuid(self, p: JsonPath, raw: dict[str, Any]) -> m.Cpuid:
+        from kvmrig.arch.x86_64 import cpuid as features
+
+        if self.arch != "x86_64":
+            self.fail(p, "cpuid is for x86_64 rigs", key=True)
+        for key in ("add", "remove"):
+            for k, name in enumerate(raw.get(key, [])):
+                if features.feature(name) is None:
+                    known = sorted(features.FEATURES)
+                    close = difflib.get_close_matches(name.lower().replace("-", "_"), known, n=3)
+                    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+                    self.fail(p + (key, k), f"unknown CPUID feature {name!r}{hint}")
+        leaves = []
+        for k, leaf in enumerate(raw.get("leaves", [])):
+            q = p + ("leaves", k)
+            regs = tuple((r, self.fit(self.uint(q + (r,), leaf[r]), 32, q + (r,), r))
+                         for r in ("eax", "ebx", "ecx", "edx") if r in leaf)
+            leaves.append(m.CpuidLeaf(self.fit(self.uint(q + ("leaf",), leaf["leaf"]), 32, q + ("leaf",)),
+                                      self.fit(self.uint(q + ("subleaf",), leaf.get("subleaf", 0)), 32,
+                                               q + ("subleaf",)), regs, self.mark(q)))
+        return m.Cpuid(tuple(raw.get("add", ())), tuple(raw.get("remove", ())), raw.get("vendor"),
+                       tuple(leaves), self.mark(p))
 
     # -- registers and memory -------------------------------------------
 

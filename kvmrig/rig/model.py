@@ -21,12 +21,15 @@ EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "t
 NORMAL_EXITS = ("hlt", "exit-code", "system-off")
 X86_MODES = ("reset", "real", "protected", "long")
 ARM64_MODES = ("el1",)
-DEVICE_TYPES = ("serial", "pl011", "debugcon", "exit", "constant", "reset")
+DEVICE_TYPES = ("serial", "pl011", "debugcon", "exit", "constant", "reset",
+                "isa-debug-exit", "pc-testdev", "fw-cfg", "cmos")
+# Devices at QEMU's fixed places (extension): their default port.
+FIXED_PORT = {"pc-testdev": 0xE0, "fw-cfg": 0x510, "cmos": 0x70}
 ACCESS = ("read", "write", "access")
 DEFAULT_TIMEOUT = 10.0
 # What a device claims: a 16550 is 8 ports, other port devices 1; MMIO devices
 # as listed, `constant` its `size`.
-PORT_SPAN = {"serial": 8}
+PORT_SPAN = {"serial": 8, "pc-testdev": 8, "fw-cfg": 12, "cmos": 2, "isa-debug-exit": 4}
 MMIO_SPAN = {"pl011": 0x1000, "exit": 8, "reset": 8}
 
 
@@ -75,14 +78,28 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Module:
+    """A multiboot module: a file or inline text, with its command line."""
+
+    file: Path | None
+    text: bytes | None
+    cmdline: str
+    mark: Mark
+
+
+@dataclass(frozen=True)
 class Image:
-    """`file` (raw at `at`, or ELF when the file is one) or inline `hex` bytes."""
+    """`file` (raw at `at`, or ELF when the file is one) or inline `hex` bytes;
+    `format: multiboot` (extension) boots the file as a Multiboot v1 kernel."""
 
     file: Path | None
     data: bytes | None
     at: int | None
     mark: Mark
     file_mark: Mark | None = None
+    format: str = "auto"        # auto | raw | elf | multiboot
+    cmdline: str | None = None  # multiboot
+    modules: tuple[Module, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,11 +111,15 @@ class Device:
     value: int | None
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
+    irq: int | None = None      # serial (extension): the IRQ line it raises with machine.irqchip
+    files: tuple[tuple[str, Path], ...] = ()  # fw-cfg (extension): (fw_cfg name, host file)
 
     @property
     def span(self) -> int:
         """Ports or MMIO bytes the device claims (rig checks and the bus agree on it)."""
         if self.port is not None:
+            if self.type == "isa-debug-exit" and self.size:
+                return self.size
             return PORT_SPAN.get(self.type, 1)
         return self.size or MMIO_SPAN[self.type]
 
@@ -221,12 +242,50 @@ class Expect:
 
 
 @dataclass(frozen=True)
+class CpuidLeaf:
+    leaf: int
+    subleaf: int
+    regs: tuple[tuple[str, int], ...]  # ("eax", value), ... only those given
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class Cpuid:
+    """`cpu.cpuid` (extension, x86_64): changes to what KVM reports."""
+
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    vendor: str | None = None
+    leaves: tuple[CpuidLeaf, ...] = ()
+    mark: Mark | None = None
+
+
+@dataclass(frozen=True)
 class Cpu:
     mode: str
     entry: Address | None
     regs: tuple[tuple[str, int, Mark], ...]
     tables_at: int | None  # x86: where the runner puts GDT and page tables
     mark: Mark
+    cpuid: Cpuid | None = None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """`machine:` (extension, x86_64): in-kernel interrupt controllers and timer."""
+
+    irqchip: bool = False
+    pit: bool = False
+    mark: Mark | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`verdict:` (extension): the guest's own report read as results."""
+
+    console: str | None = None     # "kvm-unit-tests" | "tap"
+    exit_codes: str | None = None  # "kvm-unit-tests"
+    mark: Mark | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +307,8 @@ class Rig:
     expect: Expect = field(default_factory=Expect)
     unclaimed_io: str = "record"  # extension: "record" | "stop" (exit `io`)
     mark: Mark | None = None
+    machine: Machine = field(default_factory=Machine)
+    verdict: Verdict = field(default_factory=Verdict)
 
     @property
     def folder(self) -> Path:

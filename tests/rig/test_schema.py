@@ -65,12 +65,12 @@ def test_every_property_has_a_description_and_objects_are_closed():
 
 CONTRACT_KEYS = {
     (): {"kvmrig", "name", "description", "arch", "tags", "timeout", "backend", "trace", "memory", "images",
-         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io"},
+         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io", "machine", "verdict"},
     ("trace",): {"max"},
     ("memory", "items"): {"at", "size", "rom", "name"},
-    ("images", "items"): {"file", "at", "hex"},
-    ("devices", "items"): {"type", "port", "at", "value", "size", "input"},
-    ("cpu",): {"mode", "entry", "regs", "tables_at"},
+    ("images", "items"): {"file", "at", "hex", "format", "cmdline", "modules"},
+    ("devices", "items"): {"type", "port", "at", "value", "size", "input", "irq", "files"},
+    ("cpu",): {"mode", "entry", "regs", "tables_at", "cpuid"},
     ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set"},
     ("watchpoints", "items"): {"at", "len", "access", "hits", "expect", "on_hit", "set"},
     ("expect",): {"exit", "exit_code", "regs", "memory", "console", "port_writes", "steps", "golden"},
@@ -94,9 +94,11 @@ def test_enums_match_the_contract():
     assert props["expect"]["properties"]["exit"]["enum"] == [
         "hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout"]
     assert props["devices"]["items"]["properties"]["type"]["enum"] == [
-        "serial", "pl011", "debugcon", "exit", "constant", "reset"]
+        "serial", "pl011", "debugcon", "exit", "constant", "reset",
+        "isa-debug-exit", "pc-testdev", "fw-cfg", "cmos"]
     assert props["io"]["properties"]["unclaimed"]["enum"] == ["record", "stop"]
-    for extension in (props["io"], props["cpu"]["properties"]["tables_at"],
+    for extension in (props["io"], props["cpu"]["properties"]["tables_at"], props["machine"], props["verdict"],
+                      props["cpu"]["properties"]["cpuid"], props["images"]["items"]["properties"]["format"],
                       props["memory"]["items"]["properties"]["name"]):
         assert "kvmrig extension" in extension["description"]
 

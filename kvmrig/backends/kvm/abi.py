@@ -142,6 +142,13 @@ struct kvm_sync_regs {
     struct kvm_vcpu_events events;
 };
 
+/* asm/kvm.h, KVM_CREATE_PIT2: flags = KVM_PIT_SPEAKER_DUMMY makes port 0x61
+   (speaker/gate) answer in the kernel too. */
+struct kvm_pit_config {
+    uint32_t flags;
+    uint32_t pad[15];
+};
+
 /* asm/kvm.h, kvm_run.debug.arch on KVM_EXIT_DEBUG: exception is the vector
    (1 = #DB, 3 = #BP), pc the linear address (cs.base + rip). */
 struct kvm_debug_exit_arch {
@@ -239,6 +246,20 @@ struct kvm_one_reg {
 struct kvm_reg_list {
     uint64_t n;
     uint64_t reg[];
+};
+
+/* linux/kvm.h, KVM_IRQ_LINE: drive input `irq` of the in-kernel irqchip
+   (PIC and IOAPIC pin on x86) to `level`. */
+struct kvm_irq_level {
+    union { uint32_t irq; int32_t status; };
+    uint32_t level;
+};
+
+/* linux/kvm.h, KVM_GET_MP_STATE / KVM_SET_MP_STATE (needs an in-kernel
+   irqchip on x86): KVM_MP_STATE_RUNNABLE, _UNINITIALIZED, _INIT_RECEIVED,
+   _HALTED, _SIPI_RECEIVED. */
+struct kvm_mp_state {
+    uint32_t mp_state;
 };
 
 /* linux/kvm.h, KVM_SET_GUEST_DEBUG. */
@@ -387,6 +408,10 @@ def ioctl_table(arch: str) -> dict[str, int]:
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64)
+        "KVM_CREATE_IRQCHIP":           _IO(0x60),                               # VM, before vcpus; KVM_CAP_IRQCHIP
+        "KVM_IRQ_LINE":                 IOW(0x61, "struct kvm_irq_level"),       # VM; KVM_CAP_IRQCHIP
+        "KVM_GET_MP_STATE":             IOR(0x98, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
+        "KVM_SET_MP_STATE":             IOW(0x99, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
     }
     if arch == "x86_64":
         table.update({
@@ -400,6 +425,7 @@ def ioctl_table(arch: str) -> dict[str, int]:
             "KVM_GET_FPU":              IOR(0x8C, "struct kvm_fpu"),             # vcpu
             "KVM_SET_FPU":              IOW(0x8D, "struct kvm_fpu"),             # vcpu
             "KVM_SET_CPUID2":           IOW(0x90, "struct kvm_cpuid2"),          # vcpu; KVM_CAP_EXT_CPUID
+            "KVM_CREATE_PIT2":          IOW(0x77, "struct kvm_pit_config"),      # VM, after the irqchip; KVM_CAP_PIT2
         })
     elif arch == "arm64":
         table.update({
@@ -434,6 +460,11 @@ KVM_SET_SREGS = IOCTLS.get("KVM_SET_SREGS")
 KVM_GET_FPU = IOCTLS.get("KVM_GET_FPU")
 KVM_SET_FPU = IOCTLS.get("KVM_SET_FPU")
 KVM_SET_CPUID2 = IOCTLS.get("KVM_SET_CPUID2")
+KVM_CREATE_PIT2 = IOCTLS.get("KVM_CREATE_PIT2")
+KVM_CREATE_IRQCHIP = IOCTLS["KVM_CREATE_IRQCHIP"]
+KVM_IRQ_LINE = IOCTLS["KVM_IRQ_LINE"]
+KVM_GET_MP_STATE = IOCTLS["KVM_GET_MP_STATE"]
+KVM_SET_MP_STATE = IOCTLS["KVM_SET_MP_STATE"]
 KVM_ARM_VCPU_INIT = IOCTLS.get("KVM_ARM_VCPU_INIT")
 KVM_ARM_PREFERRED_TARGET = IOCTLS.get("KVM_ARM_PREFERRED_TARGET")
 
@@ -548,6 +579,8 @@ KVM_CAP_EXT_CPUID = 7
 KVM_CAP_NR_VCPUS = 9
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_SYNC_MMU = 16
+KVM_CAP_MP_STATE = 14
+KVM_CAP_PIT2 = 33
 KVM_CAP_SET_GUEST_DEBUG = 23
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_INTERNAL_ERROR_DATA = 40
@@ -589,6 +622,16 @@ def reg_size(reg_id: int) -> int:
     """Bytes of a ONE_REG value (KVM_REG_SIZE in asm/kvm.h): 1 << size field."""
     return 1 << ((reg_id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
 
+
+# linux/kvm.h: kvm_mp_state.mp_state values
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+
+# linux/kvm.h: kvm_pit_config.flags
+KVM_PIT_SPEAKER_DUMMY = 1
 
 # x86 kvm_run.kvm_valid_regs bits (asm/kvm.h)
 KVM_SYNC_X86_REGS = 1 << 0

@@ -198,6 +198,7 @@ class Vm:
         self.vcpu_mmap_size = kvm.vcpu_mmap_size
         self._region = ffi.new("struct kvm_userspace_memory_region *")
         self._u64 = ffi.new("uint64_t *")
+        self._irq = ffi.new("struct kvm_irq_level *")
 
     @property
     def fd(self) -> int:
@@ -241,6 +242,24 @@ class Vm:
         request = _require(abi.KVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR")
         self._u64[0] = addr
         _call(self.fd, request, self._u64, "KVM_SET_IDENTITY_MAP_ADDR", f"address {addr:#x}")
+
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: the in-kernel interrupt controllers (x86: PIC pair,
+        IOAPIC and a local APIC per vcpu); before any vcpu is created."""
+        _call(self.fd, abi.KVM_CREATE_IRQCHIP, abi.ulong(0), "KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self, flags: int = 0) -> None:
+        """KVM_CREATE_PIT2 (x86): the in-kernel 8254 on ports 0x40-0x43, ticking
+        IRQ 0; needs the irqchip first."""
+        config = ffi.new("struct kvm_pit_config *")
+        config.flags = flags
+        _call(self.fd, _require(abi.KVM_CREATE_PIT2, "KVM_CREATE_PIT2"), config, "KVM_CREATE_PIT2")
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE: drive irqchip input `irq` to `level` (0 or 1)."""
+        line = self._irq
+        line.irq, line.level = irq, level
+        _call(self.fd, abi.KVM_IRQ_LINE, line, "KVM_IRQ_LINE", f"irq {irq}, level {level}")
 
     def arm_preferred_target(self):
         """KVM_ARM_PREFERRED_TARGET (arm64): a `struct kvm_vcpu_init *` with the
@@ -402,6 +421,19 @@ class Vcpu:
     def set_fpu(self, fpu) -> None:
         """KVM_SET_FPU from a `struct kvm_fpu *`."""
         _call(self.fd, _require(abi.KVM_SET_FPU, "KVM_SET_FPU"), fpu, "KVM_SET_FPU")
+
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE: KVM_MP_STATE_* (e.g. HALTED while the in-kernel
+        irqchip holds a vcpu in HLT)."""
+        state = ffi.new("struct kvm_mp_state *")
+        _call(self.fd, abi.KVM_GET_MP_STATE, state, "KVM_GET_MP_STATE")
+        return state.mp_state
+
+    def set_mp_state(self, mp_state: int) -> None:
+        """KVM_SET_MP_STATE (e.g. RUNNABLE to take a vcpu out of HLT)."""
+        state = ffi.new("struct kvm_mp_state *")
+        state.mp_state = mp_state
+        _call(self.fd, abi.KVM_SET_MP_STATE, state, "KVM_SET_MP_STATE", f"state {mp_state}")
 
     def set_cpuid2(self, cpuid) -> None:
         """KVM_SET_CPUID2 from a `struct kvm_cpuid2 *` (nent entries are read)."""
