@@ -111,6 +111,11 @@ class Backend(ABC):
         from kvmrig.arch.traits import traits
         return self.get_regs()[traits(self.arch).pc]
 
+    def set_irq(self, line: int, level: int) -> None:
+        """Drive interrupt line `line` (ISA IRQ / IOAPIC pin) to `level` (machine.irqchip)."""
+        from kvmrig.errors import BackendError
+        raise BackendError(f"the {self.name} backend has no interrupt controller (IRQ {line} raised)")
+
     def reinject(self, event: Event) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest."""
 

@@ -46,7 +46,7 @@ def emu_factory(rig: Rig) -> Callable[[], Backend]:
     """The emulator backend class for the rig, or NoBackend saying why not."""
     from kvmrig.backends import emu
 
-    why = emu.unavailable()
+    why = emu.unavailable() or emu.refuses(rig)
     if why:
         raise NoBackend(why)
     return emu.backend_class(rig.arch)

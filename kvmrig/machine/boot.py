@@ -14,6 +14,7 @@ from typing import Any
 from kvmrig.errors import RigError
 
 PAGE = 0x1000
+MULTIBOOT_TABLES = 0x9F000  # kvmrig's GDT for a multiboot kernel: below 640 KiB, where a BIOS keeps its EBDA
 
 
 @dataclass
@@ -61,6 +62,14 @@ def _state(plan, make, *args):
 
 
 def _x86(plan) -> BootPlan:
+    boot = _x86_cpu(plan)
+    rig = plan.rig
+    boot.state.irqchip, boot.state.pit = rig.machine.irqchip, rig.machine.pit
+    boot.state.cpuid = rig.cpu.cpuid if rig.cpu else None
+    return boot
+
+
+def _x86_cpu(plan) -> BootPlan:
     from kvmrig.arch.x86_64 import boot as x86
 
     rig = plan.rig
@@ -70,12 +79,49 @@ def _x86(plan) -> BootPlan:
     if need == 0:
         state = _state(plan, x86.initial_state, mode, plan.entry, 0, ranges)
         return BootPlan(state, state.first_pc)
-    start = _tables_spot(plan, need)
+    boot_mb = next((img for img in plan.images if img.multiboot), None)
+    if boot_mb is not None and (rig.cpu is None or rig.cpu.tables_at is None) and \
+            any(r.at <= MULTIBOOT_TABLES and MULTIBOOT_TABLES + need <= r.end and not r.rom for r in rig.memory):
+        start = MULTIBOOT_TABLES
+    else:
+        start = _tables_spot(plan, need)
     if start % PAGE:
         raise RigError(f"cpu.tables_at {start:#x} must be 4 KiB aligned", rig.cpu.mark if rig.cpu else rig.mark)
     _check_free(plan, start, start + need)
     state = _state(plan, x86.initial_state, mode, plan.entry, start, ranges)
-    return BootPlan(state, state.first_pc, list(state.writes), (start, start + need))
+    writes = list(state.writes)
+    if boot_mb is not None:
+        writes += _multiboot_info(plan, boot_mb, state, start)
+    return BootPlan(state, state.first_pc, writes, (start, start + need))
+
+
+def _multiboot_info(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
+    """The multiboot information after the kernel's end; EAX/EBX set to find it."""
+    from kvmrig.arch.x86_64 import multiboot
+    from kvmrig.machine.images import image_mark
+
+    rig, spec = plan.rig, kernel.image
+    mark = image_mark(kernel)
+    modules = []
+    for mod in spec.modules:
+        if mod.file is not None:
+            try:
+                data = mod.file.read_bytes()
+            except OSError as e:
+                raise RigError(f"cannot read multiboot module {mod.file}: {e.strerror}", mod.mark) from None
+        else:
+            data = mod.text or b""
+        modules.append(multiboot.Module(data, mod.cmdline))
+    end = max(addr + len(body) for img in plan.images for addr, body in img.segments)
+    at = (end + PAGE - 1) & ~(PAGE - 1)
+    regions = [(r.at, r.size, not r.rom) for r in rig.memory]
+    cmdline = spec.cmdline if spec.cmdline is not None else str(spec.file.name if spec.file else "")
+    info = multiboot.build_info(at, regions, cmdline, modules, lower_limit=tables_at)
+    if not any(r.at <= at and info.end <= r.end and not r.rom for r in rig.memory):
+        raise RigError(f"the multiboot information and modules ({at:#x}..{info.end:#x}) go after the kernel's end "
+                       "and must fit in the same RAM region: add RAM", mark)
+    state.gprs.update(rax=multiboot.BOOT_MAGIC, rbx=at)
+    return info.writes
 
 
 def _arm64(plan) -> BootPlan:

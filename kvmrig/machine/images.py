@@ -23,6 +23,7 @@ class LoadedImage:
     segments: list[tuple[int, bytes]]
     entry: int | None = None
     symbols: dict[str, int] = field(default_factory=dict)
+    multiboot: bool = False  # a Multiboot v1 kernel: the boot plan adds its information structure
 
 
 def _read_file(image: Image) -> bytes:
@@ -71,11 +72,33 @@ def load_image(image: Image) -> LoadedImage:
         assert image.at is not None
         return LoadedImage(image, f"hex bytes at {image.at:#x}", [(image.at, image.data)])
     data = _read_file(image)
-    if data[:4] == ELF_MAGIC and image.at is None:
+    if image.format == "multiboot":
+        return _load_multiboot(image, data)
+    if data[:4] == ELF_MAGIC and image.at is None and image.format != "raw":
         return _load_elf(image, data)
     if image.at is None:
         raise RigError(f"{image.file} is not an ELF file, so it needs `at:`", image.mark)
     return LoadedImage(image, str(image.file), [(image.at, data)])
+
+
+def _load_multiboot(image: Image, data: bytes) -> LoadedImage:
+    """A Multiboot v1 kernel: the a.out-kludge addresses of its header, else its ELF."""
+    from kvmrig.arch.x86_64 import multiboot
+
+    mark = image.file_mark or image.mark
+    try:
+        header = multiboot.find_header(data)
+        if header.aout:
+            segments, entry = multiboot.aout_segments(data, header)
+            return LoadedImage(image, str(image.file), segments, entry, multiboot=True)
+    except multiboot.MultibootError as e:
+        raise RigError(f"{image.file}: {e}", mark) from None
+    if data[:4] != ELF_MAGIC:
+        raise RigError(f"{image.file}: the multiboot header has no a.out kludge (flag bit 16) and the file is "
+                       "not ELF, so kvmrig cannot tell where it loads", mark)
+    loaded = _load_elf(image, data)
+    loaded.multiboot = True
+    return loaded
 
 
 class Symbols:

@@ -85,6 +85,7 @@ class Session:
         for b in self.memory.backings:
             self.backend.map_memory(b.start, b.buf, b.region.rom)
         self.backend.set_initial_state(self.plan.boot.state)
+        self.patches.insn = self.backend.sw_break_insn()  # may depend on the machine (irqchip)
         if self.rig.cpu is not None:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
         for addr in self.debug.sw:
@@ -263,6 +264,8 @@ class Session:
         if pc == self.stepping_over or pc not in self.debug.sw_all:
             return
         insn = self.patches.insn
+        if not insn:   # the backend holds software breakpoints in debug registers: it reports them
+            return
         try:
             if self.memory.read(pc, len(insn)) != insn:
                 return

@@ -326,6 +326,10 @@ class _Builder:
         raw = self.data.get("cpu", {})
         p: JsonPath = ("cpu",)
         mode = raw.get("mode", DEFAULT_MODES[self.arch])
+        if any(img.get("format") == "multiboot" for img in self.data.get("images", [])):
+            if "mode" in raw and mode != "protected":
+                self.fail(p + ("mode",), "a multiboot kernel starts in protected mode (leave mode out)")
+            mode = "protected"
         if mode not in MODES[self.arch]:
             self.fail(p + ("mode",), f"{mode!r} is not a mode of {self.arch} (one of {', '.join(MODES[self.arch])})")
         entry = self.address(p + ("entry",), raw["entry"]) if "entry" in raw else None

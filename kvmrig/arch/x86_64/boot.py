@@ -42,6 +42,10 @@ class X86State:
     gdt: tuple[int, int] = (0, 0xFFFF)   # (base, limit)
     idt: tuple[int, int] = (0, 0xFFFF)
     writes: list[tuple[int, bytes]] = field(default_factory=list)
+    gprs: dict[str, int] = field(default_factory=dict)  # general registers at entry (e.g. multiboot EAX/EBX)
+    irqchip: bool = False        # in-kernel PIC/IOAPIC/LAPIC (rig `machine:`)
+    pit: bool = False            # in-kernel 8254
+    cpuid: object = None         # rig.model.Cpuid: edits to the CPUID KVM reports
 
 
 def _real_segments(cs_selector: int, cs_base: int) -> dict[str, gdt.Segment]:

@@ -25,6 +25,17 @@ def unavailable() -> str | None:
     return None
 
 
+def refuses(rig) -> str | None:
+    """Why the emulator cannot model what this rig asks for (None: it can).
+    Never a silently different machine: the rig is skipped with this reason."""
+    if rig.machine.irqchip:
+        return ("the emulator backend has no interrupt controller or timer (the rig sets machine.irqchip/pit; "
+                "unicorn delivers no external interrupts)")
+    if rig.cpu is not None and rig.cpu.cpuid is not None:
+        return "the emulator backend cannot change CPUID (the rig sets cpu.cpuid; unicorn's CPUID is fixed)"
+    return None
+
+
 def backend_class(arch: str):
     if arch == "x86_64":
         from kvmrig.backends.emu.x86_64 import EmuX86Backend

@@ -198,7 +198,7 @@ class EmuX86Backend(EmuBackendBase):
             uc.reg_write(X.UC_X86_REG_LDTR, (ldt.selector, ldt.base, ldt.limit,
                                              0 if ldt.unusable else descriptor_flags(ldt)))
             for name in GPRS:
-                uc.reg_write(REG_IDS[name], 0)
+                uc.reg_write(REG_IDS[name], state.gprs.get(name, 0))
             uc.reg_write(X.UC_X86_REG_RIP, state.rip)
             uc.reg_write(X.UC_X86_REG_RFLAGS, state.rflags)
         except UcError as e:

@@ -143,7 +143,10 @@ class KvmBackendBase(Backend):
             raise BackendError("the KVM backend must run rigs on the main thread (timeouts use SIGALRM)")
         _alarmed_run = self.vcpu.run_struct
         self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.0001), TIMER_REPEAT)
+        first = max(deadline - time.monotonic(), 0.0001)
+        if self.irqchip:  # KVM runs HLT itself: kick the vcpu now and then to look (_halted)
+            first = min(first, TIMER_REPEAT)
+        signal.setitimer(signal.ITIMER_REAL, first, TIMER_REPEAT)
         self._timer_armed = True
 
     def _disarm_timer(self) -> None:
@@ -205,7 +208,7 @@ class KvmBackendBase(Backend):
             rs.immediate_exit = 0
             if time.monotonic() >= deadline:
                 return Event(base.TIMEOUT, pc=self._pc_now())
-            return None
+            return self._halted() if self.irqchip else None
         return self._other_exit(reason, rs)
 
     def _settle(self, deadline: float) -> list[Event]:
@@ -263,6 +266,15 @@ class KvmBackendBase(Backend):
 
     # Arch hooks ----------------------------------------------------------
     _fixup = False  # set by a subclass when _before_run has work before the next KVM_RUN
+    irqchip = False  # an in-kernel interrupt controller runs HLT/WFI itself
+
+    def _halted(self) -> Event | None:
+        """After a kick (irqchip only): the end of the run if the vcpu can never wake."""
+        return None
+
+    def set_irq(self, line: int, level: int) -> None:
+        """Drive an interrupt line of the in-kernel irqchip."""
+        raise BackendError(f"IRQ {line} raised, but this machine has no interrupt controller")
 
     def _before_run(self) -> None:
         """State to fix up before the next KVM_RUN (only called while _fixup is set)."""

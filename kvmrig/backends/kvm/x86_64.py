@@ -31,6 +31,7 @@ from kvmrig.errors import BackendError
 
 DR6_BS = dr7_mod.DR6_BS
 VECTOR_DB, VECTOR_BP = 1, 3
+RFLAGS_IF = 1 << 9
 INT3, HLT = b"\xcc", b"\xf4"
 # KVM needs 3 pages for the real-mode TSS and 1 for the EPT identity map,
 # somewhere no memory slot is; QEMU's choice first, then lower holes.
@@ -74,6 +75,7 @@ class KvmX86Backend(KvmBackendBase):
         self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
         self._armed: tuple[int, list[int] | None] = (0, None)  # what KVM_SET_GUEST_DEBUG holds now
         self._setup: tuple = ()                # (slots, sw addresses) of the last set_debug
+        self.irqchip = False                   # machine.irqchip: KVM runs HLT and the interrupt controllers
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -88,8 +90,13 @@ class KvmX86Backend(KvmBackendBase):
         area = self._system_area()
         self.vm.set_identity_map_addr(area)
         self.vm.set_tss_addr(area + PAGE)
+        if state.irqchip:
+            self.vm.create_irqchip()   # before the vcpu, so it gets a local APIC
+            self.irqchip = True
+            if state.pit:
+                self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
         vcpu = self.vcpu = self.vm.create_vcpu(0)
-        vcpu.set_cpuid2(self.kvm.supported_cpuid())
+        vcpu.set_cpuid2(self._cpuid(state.cpuid))
         if _sync_regs_supported(self.kvm):
             vcpu.enable_sync_regs(SYNC)  # registers come with every exit: no GET ioctls
         s = vcpu.get_sregs()
@@ -105,9 +112,47 @@ class KvmX86Backend(KvmBackendBase):
         r = vcpu.get_regs()
         for name in _REG_FIELDS:
             setattr(r, name, 0)
+        for name, value in state.gprs.items():
+            setattr(r, name, value)
         r.rip, r.rflags = state.rip, state.rflags
         vcpu.set_regs(r)
 
+    def _cpuid(self, spec):
+        """What KVM supports, with the rig's `cpu.cpuid` edits applied."""
+        table = self.kvm.supported_cpuid()
+        if spec is None:
+            return table
+        from kvmrig.arch.x86_64 import cpuid
+
+        entries = [cpuid.Entry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                   for e in table.entries[0:table.nent]]
+        leaves = [(leaf.leaf, leaf.subleaf, dict(leaf.regs)) for leaf in spec.leaves]
+        entries = cpuid.apply(entries, spec.add, spec.remove, spec.vendor, leaves)
+        out = abi.new_cpuid2(max(abi.CPUID_MAX_ENTRIES, len(entries)))
+        out.nent = len(entries)
+        for i, e in enumerate(entries):
+            d = out.entries[i]
+            d.function, d.index, d.flags, d.eax, d.ebx, d.ecx, d.edx = \
+                e.leaf, e.subleaf, e.flags, e.eax, e.ebx, e.ecx, e.edx
+        return out
+
+    # Interrupts ---------------------------------------------------------------------
+    def set_irq(self, line: int, level: int) -> None:
+        if not self.irqchip:
+            raise BackendError(f"IRQ {line} raised without an interrupt controller: set machine.irqchip")
+        self.vm.irq_line(line, level)
+
+    def _halted(self) -> Event | None:
+        """With the in-kernel irqchip KVM runs HLT itself; after a kick, a vCPU
+        still halted with interrupts masked (RFLAGS.IF clear) can never wake:
+        that is the guest's `hlt` end. A halted vCPU with IF set waits for an
+        interrupt and keeps running."""
+        if self.vcpu.get_mp_state() != abi.KVM_MP_STATE_HALTED:
+            return None
+        r = self.vcpu.get_regs()
+        if r.rflags & RFLAGS_IF:
+            return None
+        return Event(base.HALT, pc=self.vcpu.get_sregs().cs.base + r.rip - 1)
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
         r = self.vcpu.get_regs()
@@ -156,7 +201,12 @@ class KvmX86Backend(KvmBackendBase):
         return (4, 64, False)    # DR0-DR3 for breakpoints; page traps for watchpoints
 
     def sw_break_insn(self) -> bytes:
-        return INT3 if self.support.int3 else HLT
+        if self.support.int3:
+            return INT3
+        # With the in-kernel irqchip KVM runs a planted HLT itself (and this KVM
+        # reports neither INT3 nor ICEBP): software breakpoints take debug
+        # registers instead, so nothing is planted.
+        return b"" if self.irqchip else HLT
 
     def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
         setup = (tuple(slots), frozenset(sw_breakpoints or ()))
@@ -167,6 +217,13 @@ class KvmX86Backend(KvmBackendBase):
         self._setup = setup
         dr_slots = [(i, s) for i, s in enumerate(slots) if s.kind == "exec" or self.support.data_breakpoints]
         soft = [(i, s) for i, s in enumerate(slots) if not (s.kind == "exec" or self.support.data_breakpoints)]
+        if not self.support.int3 and self.irqchip:  # see sw_break_insn(): DR exec breakpoints
+            dr_slots += [(-1, HwSlot(addr, "sw")) for addr in sorted(sw_breakpoints or ())]
+            if len(dr_slots) > dr7_mod.SLOTS:
+                raise BackendError(
+                    f"{len(dr_slots)} debug registers needed: this KVM intercepts neither INT3 nor ICEBP and, "
+                    "with machine.irqchip, runs HLT itself, so kind: sw breakpoints use debug registers too; "
+                    f"x86 has {dr7_mod.SLOTS}")
         if len(dr_slots) > dr7_mod.SLOTS:
             raise BackendError(f"{len(dr_slots)} debug registers asked for; x86 has {dr7_mod.SLOTS}")
         self._user_step = single_step
@@ -203,7 +260,7 @@ class KvmX86Backend(KvmBackendBase):
         key = (skip, step or self._user_step)
         cached = self._debug_cache.get(key)
         if cached is None:
-            kinds = [None if n == skip else ("access" if k == "read" else k, self._dr_len[n])
+            kinds = [None if n == skip else ({"read": "access", "sw": "exec"}.get(k, k), self._dr_len[n])
                      for n, k in enumerate(self._dr_kind)]
             armed = any(kinds)
             control = 0
@@ -232,6 +289,11 @@ class KvmX86Backend(KvmBackendBase):
             return self._step_done(pc)
         fired = [n for n in range(len(self._dr_kind)) if dr6 & (1 << n)]
         for n in fired:
+            if self._dr_kind[n] == "sw":   # a software breakpoint held in a debug register
+                self._resume = n
+                self._resume_pc = pc
+                self._fixup = True
+                return Event(base.DEBUG, pc=pc, detail="sw")
             if self._dr_kind[n] == "exec":
                 self._resume = n  # a fault: step past it with DRn off, then re-arm
                 self._resume_pc = pc
