@@ -57,13 +57,40 @@ class Serial16550(Dev):
     LSR_READY = 0x60  # THRE | TEMT: transmitter empty, nothing received
     LSR_DR = 0x01     # data ready: a received byte waits in RBR
 
+    COM_IRQ = {0x3F8: 4, 0x2F8: 3, 0x3E8: 4, 0x2E8: 3}
+
     def __init__(self, spec: Device, console: Console, outcome: Outcome):
         super().__init__(spec, console, outcome)
         self.regs = [0] * 8  # IER, IIR/FCR, LCR, MCR, LSR, MSR, SCR by offset
         self.dll = self.dlm = 0
+        self.ctx = None           # set by attach_irq: interrupts need machine.irqchip
+        self.irq = 4
+        self.thre = False         # "transmitter empty" interrupt pending
+
+    def attach_irq(self, ctx, spec: Device) -> None:
+        """With an interrupt controller, THRE and RX interrupts raise `irq`
+        (default: the PC's COM1/COM2 lines by port)."""
+        self.ctx = ctx
+        self.irq = spec.irq if spec.irq is not None else self.COM_IRQ.get(self.base, 4)
+
+    def _update_irq(self) -> None:
+        if self.ctx is not None and self.ctx.irq is not None:
+            ier = self.regs[1]
+            pending = bool((ier & 0x01 and self.rx) or (ier & 0x02 and self.thre))
+            self.ctx.set_irq(self.irq, int(pending))
+
+    def receive(self) -> int:
+        byte = super().receive()
+        self._update_irq()
+        return byte
 
     def read(self, offset: int, size: int) -> int:
         dlab = self.regs[3] & 0x80
+        if offset == 2 and self.thre and not (self.regs[1] & 0x01 and self.rx):
+            self.thre = False     # reading IIR that reports THRE acknowledges it
+            value = 0x02 | (0xC0 if self.regs[2] & 1 else 0)
+            self._update_irq()
+            return value
         if offset == 0:
             return self.dll if dlab else self.receive()  # RBR
         if offset == 1:
@@ -92,12 +119,19 @@ class Serial16550(Dev):
         if offset == 0:
             if dlab:
                 self.dll = value
-            elif not self.regs[4] & 0x10:
-                self.console.put(value)
+            else:
+                if not self.regs[4] & 0x10:
+                    self.console.put(value)
+                self.thre = True   # sent at once: the holding register is empty again
+                self._update_irq()
         elif offset == 1 and dlab:
             self.dlm = value
         elif offset not in (5, 6):
+            if offset == 1 and value & 0x02 and not self.regs[1] & 0x02:
+                self.thre = True   # enabling THRE with the holding register empty interrupts at once
             self.regs[offset] = value
+            if offset == 1:
+                self._update_irq()
 
 
 class Debugcon(Dev):
@@ -173,20 +207,37 @@ KINDS = {
 class Bus:
     """Routes port I/O and MMIO to devices; applies the unclaimed-access rules."""
 
-    def __init__(self, specs: tuple[Device, ...], outcome: Outcome, unclaimed_io: str = "record"):
+    def __init__(self, specs: tuple[Device, ...], outcome: Outcome, unclaimed_io: str = "record", ctx=None):
+        from kvmrig.machine import pcdevices as pc
+
         self.console = Console()
         self.outcome = outcome
         self.unclaimed_io = unclaimed_io
+        self.ctx = ctx if ctx is not None else pc.MachineContext()
         self.ports: dict[int, tuple[Dev, int]] = {}
         self.mmio: list[tuple[int, int, Dev]] = []
+        pc_kinds = {"pc-testdev": pc.PcTestdev, "fw-cfg": pc.FwCfg, "cmos": pc.Cmos}
         for spec in specs:
-            dev = KINDS[spec.type](spec, self.console, outcome)
+            if spec.type in pc_kinds:
+                dev = pc_kinds[spec.type](spec, self.console, outcome, self.ctx)
+            elif spec.type == "isa-debug-exit":
+                dev = pc.IsaDebugExit(spec, self.console, outcome)
+            else:
+                dev = KINDS[spec.type](spec, self.console, outcome)
+            if isinstance(dev, Serial16550):
+                dev.attach_irq(self.ctx, spec)
             if spec.port is not None:
                 for off in range(spec.span):
                     self.ports[spec.port + off] = (dev, off)
             else:
                 assert spec.at is not None
                 self.mmio.append((spec.at, spec.at + spec.span, dev))
+            if isinstance(dev, pc.PcTestdev):
+                irq = pc.PcTestdevIrq(dev)
+                for line in range(pc.PC_TESTDEV_IRQ_LINES):
+                    self.ports[pc.PC_TESTDEV_IRQ_PORT + line] = (irq, line)
+                self.mmio.append((pc.PC_TESTDEV_MMIO, pc.PC_TESTDEV_MMIO + pc.PC_TESTDEV_MMIO_LEN,
+                                  pc.PcTestdevMem(dev)))
 
     # Port I/O -----------------------------------------------------------
     def port_read(self, port: int, size: int) -> int:

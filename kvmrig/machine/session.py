@@ -60,7 +60,10 @@ class Session:
         self.backend = backend
         self.memory = memory
         self.outcome = Outcome(exit="?", backend=backend.name)
-        self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io)
+        from kvmrig.machine.pcdevices import MachineContext
+        irq = backend.set_irq if self.rig.machine.irqchip else None
+        ctx = MachineContext(self.rig.memory, memory, 1, irq)
+        self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io, ctx)
         self.debug = DebugPlan(self.rig, plan.traits, plan.resolve, backend.hw_debug_slots())
         self.patches = SwPatches(memory, backend.sw_break_insn())
         self.user_step = self.rig.trace_max > 0 or self.rig.expect.steps is not None
