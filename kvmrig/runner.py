@@ -92,8 +92,9 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> Rig
     except Exception:  # a kvmrig bug: report it against the rig, keep the run going
         return _result_for(rig, ERROR, message=f"{rig.path}: internal error in kvmrig:\n{traceback.format_exc()}",
                            seconds=time.monotonic() - start)
-    status = FAILED if outcome.failures else PASSED
-    return _result_for(rig, status, outcome=outcome, seconds=time.monotonic() - start, backend=outcome.backend)
+    status = FAILED if outcome.failures else SKIPPED if outcome.skipped else PASSED
+    return _result_for(rig, status, outcome=outcome, seconds=time.monotonic() - start, backend=outcome.backend,
+                       message=outcome.skipped or "" if status == SKIPPED else "")
 
 
 # Workers -------------------------------------------------------------------

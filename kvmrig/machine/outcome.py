@@ -57,6 +57,15 @@ class Hit:
 
 
 @dataclass
+class Subtest:
+    """One check the guest reported itself (rig `verdict:`): a JUnit testcase under the rig."""
+
+    name: str
+    status: str     # passed | failed | skipped | xfail (known failure: fine) | xpass (unexpected pass)
+    line: str = ""  # the console line it came from
+
+
+@dataclass
 class Outcome:
     """The result of running one rig on one backend."""
 
@@ -78,3 +87,5 @@ class Outcome:
     stop_pc: int | None = None
     exits: int = 0      # vCPU exits handled (for benchmarks and reports)
     seconds: float = 0.0
+    subtests: list[Subtest] = field(default_factory=list)  # the guest's own checks (rig `verdict:`)
+    skipped: str | None = None  # the guest skipped itself (verdict exit codes): the reason

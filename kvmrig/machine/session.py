@@ -331,6 +331,9 @@ class Session:
             outcome.steps = self.steps
         outcome.failures.extend(self.debug.count_failures())
         outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
+        if rig.verdict.console or rig.verdict.exit_codes:
+            from kvmrig.machine import verdict
+            outcome.failures.extend(verdict.apply(rig, outcome))
         golden_spec = rig.expect.golden
         if golden_spec is not None:
             if self.options.update_golden:

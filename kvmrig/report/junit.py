@@ -33,12 +33,36 @@ def _case(result: RigResult) -> TestCase:
     return case
 
 
+def _subtest_cases(result: RigResult) -> list[TestCase]:
+    """The guest's own checks (rig `verdict:`), each a testcase under the rig:
+    classname = the rig's classname + its name."""
+    out = result.outcome
+    if out is None or not out.subtests:
+        return []
+    cases = []
+    for st in out.subtests:
+        case = TestCase(st.name, classname=f"{result.classname}.{result.name}", elapsed_sec=0.0, file=result.path)
+        if st.status == "failed":
+            case.add_failure_info(message=st.line, output=st.line)
+        elif st.status == "xpass":
+            case.add_failure_info(message=f"{st.line} (a known failure passed: unexpected)", output=st.line)
+        elif st.status == "skipped":
+            case.add_skipped_info(message=st.line)
+        cases.append(case)
+    return cases
+
+
 def junit_xml(results: list[RigResult], suite_name: str = "kvmrig") -> str:
-    cases = [_case(r) for r in results]
+    cases: list[TestCase] = []
+    owners: list[RigResult] = []  # the rig each testcase belongs to, in order
+    for r in results:
+        for case in [_case(r), *_subtest_cases(r)]:
+            cases.append(case)
+            owners.append(r)
     backends = sorted({r.backend for r in results if r.backend})
     props = {"backends": ",".join(backends)} if backends else None
     text = to_xml_report_string([TestSuite(suite_name, cases, properties=props)])
-    return _with_backends(text, results)
+    return _with_backends(text, owners)
 
 
 def _with_backends(text: str, results: list[RigResult]) -> str:

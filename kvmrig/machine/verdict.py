@@ -1,0 +1,101 @@
+"""The guest's own verdict (rig `verdict:`, a kvmrig extension): checks it
+prints on the console become subtests, and its exit code convention decides
+pass, fail or skip.
+
+kvm-unit-tests (lib/report.c) prints one line per check, `PASS: name`,
+`FAIL: name`, `SKIP: name`, `XFAIL: name` (a known failure, counted as
+expected) or `XPASS: name` (a known failure that passed: unexpected), then
+`SUMMARY: N tests, M unexpected failures[, K expected failures][, S skipped]`,
+and ends by writing a code to its exit port: 0 pass, 1 fail, 38 skip (QEMU
+status 77), 63 abort. TAP (testanything.org, version 12/13) prints
+`ok N - name`, `not ok N - name`, with `# SKIP reason` or `# TODO` directives.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kvmrig.machine.outcome import Failure, Outcome, Subtest
+from kvmrig.rig.model import Rig
+
+KUT_LINE = re.compile(r"^(PASS|FAIL|SKIP|XFAIL|XPASS): ?(.*)$")
+KUT_SUMMARY = re.compile(r"^SUMMARY: (.*)$")
+TAP_LINE = re.compile(r"^(not )?ok\b(?: +(\d+))?(?: *-? *)?([^#]*?)\s*(?:#\s*(SKIP|TODO)\b\s*(.*))?$", re.I)
+KUT_STATUS = {"PASS": "passed", "FAIL": "failed", "SKIP": "skipped", "XFAIL": "xfail", "XPASS": "xpass"}
+KUT_EXIT = {0: "pass", 1: "fail", 38: "skip", 63: "abort"}
+
+
+def parse_kvm_unit_tests(text: str) -> tuple[list[Subtest], str | None]:
+    """Subtests in console order, and the SUMMARY line's text (None if missing)."""
+    subtests, summary = [], None
+    for line in text.splitlines():
+        line = line.rstrip("\r")
+        m = KUT_LINE.match(line)
+        if m:
+            subtests.append(Subtest(m.group(2).strip(), KUT_STATUS[m.group(1)], line))
+            continue
+        m = KUT_SUMMARY.match(line)
+        if m:
+            summary = m.group(1)
+    return subtests, summary
+
+
+def parse_tap(text: str) -> tuple[list[Subtest], str | None]:
+    subtests, plan = [], None
+    for line in text.splitlines():
+        line = line.rstrip("\r")
+        if re.match(r"^1\.\.\d+", line):
+            plan = line
+            continue
+        m = TAP_LINE.match(line)
+        if not m:
+            continue
+        failed, number, name, directive = bool(m.group(1)), m.group(2), m.group(3).strip(), (m.group(4) or "").upper()
+        if directive == "SKIP":
+            status = "skipped"
+        elif directive == "TODO":
+            status = "xpass" if not failed else "xfail"
+        else:
+            status = "failed" if failed else "passed"
+        subtests.append(Subtest(name or f"test {number}", status, line))
+    return subtests, plan
+
+
+def _unique(subtests: list[Subtest]) -> None:
+    """Repeated check names get ` #2`, ` #3`... so each JUnit testcase is its own."""
+    seen: dict[str, int] = {}
+    for st in subtests:
+        n = seen.get(st.name, 0) + 1
+        seen[st.name] = n
+        if n > 1:
+            st.name = f"{st.name} #{n}"
+
+
+def apply(rig: Rig, outcome: Outcome) -> list[Failure]:
+    """Fill outcome.subtests and outcome.skipped from the guest's report; the failures it implies."""
+    spec = rig.verdict
+    failures: list[Failure] = []
+    text = outcome.console.decode("utf-8", errors="replace")
+    if spec.console is not None:
+        parse = parse_tap if spec.console == "tap" else parse_kvm_unit_tests
+        subtests, summary = parse(text)
+        _unique(subtests)
+        outcome.subtests = subtests
+        for st in subtests:
+            if st.status in ("failed", "xpass"):
+                failures.append(Failure(f"guest check {st.line!r}", "PASS", st.status.upper(), spec.mark))
+        if spec.console == "kvm-unit-tests" and summary is None and outcome.exit == "exit-code":
+            outcome.notes.append("the guest printed no SUMMARY line")
+    if spec.exit_codes == "kvm-unit-tests" and outcome.exit == "exit-code" and outcome.exit_code is not None:
+        meaning = KUT_EXIT.get(outcome.exit_code)
+        if meaning == "skip":
+            skips = [st.name for st in outcome.subtests if st.status == "skipped"]
+            last = text.strip().splitlines()[-1] if text.strip() else ""
+            outcome.skipped = "the guest skipped itself (exit code 38)" + (
+                f": {skips[-1]}" if skips else (f": {last}" if last else ""))
+        elif meaning != "pass":
+            what = {"fail": "the guest reported failure", "abort": "the guest aborted"}.get(
+                meaning, "the guest ended with a code kvm-unit-tests does not define")
+            failures.append(Failure(f"guest exit code ({what})", "0 (pass) or 38 (skip)",
+                                    str(outcome.exit_code), spec.mark))
+    return failures
