@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
                                      "the same name become one, every count is recounted.")
     mrg.add_argument("out", metavar="OUT", help="the merged report: .xml (JUnit) or .json (JSON results)")
     mrg.add_argument("inputs", nargs="+", metavar="IN", help="reports of the same kind to merge")
+    imp = sub.add_parser("import", help="write rigs for another test suite's tests",
+                         description="kvm-unit-tests: one rig per test of UNITTESTS_CFG for the host's arch, "
+                                     "running FLAT_DIR's binaries as the suite's QEMU runner does.")
+    imp.add_argument("suite", choices=("kvm-unit-tests",), help="the suite")
+    imp.add_argument("cfg", metavar="UNITTESTS_CFG", help="the suite's unittests.cfg")
+    imp.add_argument("flat_dir", metavar="FLAT_DIR", help="the folder with its built *.flat files")
+    imp.add_argument("-o", "--output", required=True, metavar="DIR", help="where to write the rigs")
     dbg = sub.add_parser("debug", help="run one rig under gdb: stopped at its entry, served over TCP",
                          description="Load RIG, stop it at its first instruction and serve it to one gdb "
                                      "(GDB remote protocol): breakpoints, watchpoints, stepping, registers and "
@@ -282,6 +289,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from kvmrig.errors import UsageError
+    from kvmrig.importers.kvm_unit_tests import import_suite
+
+    for path in (args.cfg, args.flat_dir):
+        if not Path(path).exists():
+            return _usage(f"no such file or folder: {path}")
+    try:
+        written, left_out = import_suite(Path(args.cfg), Path(args.flat_dir), Path(args.output))
+    except UsageError as e:
+        return _usage(str(e))
+    for line in left_out:
+        print(f"left out {line}")
+    print(f"wrote {len(written)} rig(s) to {args.output}")
+    return 0
+
+
 def cmd_debug(args: argparse.Namespace) -> int:
     from kvmrig.errors import RigError
     from kvmrig.gdb.server import serve_rig
@@ -319,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema": cmd_schema,
-               "merge": cmd_merge, "debug": cmd_debug}[args.command]
+               "merge": cmd_merge, "debug": cmd_debug, "import": cmd_import}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -62,7 +62,7 @@ class Session:
         self.outcome = Outcome(exit="?", backend=backend.name)
         from kvmrig.machine.pcdevices import MachineContext
         irq = backend.set_irq if self.rig.machine.irqchip else None
-        ctx = MachineContext(self.rig.memory, memory, 1, irq)
+        ctx = MachineContext(self.rig.memory, memory, self.rig.machine.cpus, irq)
         self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io, ctx)
         self.debug = DebugPlan(self.rig, plan.traits, plan.resolve, backend.hw_debug_slots())
         self.patches = SwPatches(memory, backend.sw_break_insn())

@@ -156,7 +156,11 @@ class _Builder:
         if self.arch != "x86_64":
             self.fail(("machine",), "machine (irqchip, pit) is for x86_64 rigs", key=True)
         pit = bool(raw.get("pit", False))
-        return m.Machine(bool(raw.get("irqchip", False)) or pit, pit, self.mark(("machine",)))
+        cpus = raw.get("cpus", 1)
+        if cpus > 1 and not raw.get("irqchip", False):
+            self.fail(("machine", "cpus"), "more than one vCPU needs machine.irqchip (the guest starts them "
+                      "through its local APIC)")
+        return m.Machine(bool(raw.get("irqchip", False)) or pit, pit, self.mark(("machine",)), cpus)
 
     def memory(self) -> tuple[m.Region, ...]:
         regions: list[m.Region] = []

@@ -277,6 +277,7 @@ class Machine:
     irqchip: bool = False
     pit: bool = False
     mark: Mark | None = None
+    cpus: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Turning other test suites' descriptions into rigs (`kvmrig import`)."""
