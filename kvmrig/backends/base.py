@@ -116,6 +116,13 @@ class Backend(ABC):
         from kvmrig.errors import BackendError
         raise BackendError(f"the {self.name} backend has no interrupt controller (IRQ {line} raised)")
 
+    def start_aps(self, handler) -> None:
+        """Start the other vCPUs (machine.cpus > 1); `handler(index, event)`
+        handles their port I/O and MMIO and raises to end the run."""
+
+    def quiesce(self) -> None:
+        """Stop every vCPU but the one run() drives (before the verdict)."""
+
     def reinject(self, event: Event) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest."""
 

@@ -66,6 +66,7 @@ def _x86(plan) -> BootPlan:
     rig = plan.rig
     boot.state.irqchip, boot.state.pit = rig.machine.irqchip, rig.machine.pit
     boot.state.cpuid = rig.cpu.cpuid if rig.cpu else None
+    boot.state.cpus = rig.machine.cpus
     return boot
 
 

@@ -77,6 +77,7 @@ class Session:
         self.client_step = False
         self.client_stop: tuple[str, ClientPoint | None] | None = None
         self._armed = False
+        self.ap_stop: Stop | None = None  # how another vCPU ended the run (machine.cpus > 1)
 
     # Setup ---------------------------------------------------------------
     def setup(self) -> None:
@@ -93,6 +94,8 @@ class Session:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
         for addr in self.debug.sw:
             self.patches.plant(addr)
+        if self.rig.machine.cpus > 1:
+            self.backend.start_aps(self._ap_event)
         self._arm(self.user_step)
         if self.user_step and self.rig.trace_max:
             self.outcome.trace.append(self.plan.boot.first_pc)
@@ -155,6 +158,8 @@ class Session:
     def dispatch(self, ev: Event) -> None:
         """Handle one backend event; raise Stop when it ends the run. The body of
         run()'s loop, also driven event by event by a debugger (kvmrig.gdb)."""
+        if self.ap_stop is not None:
+            raise self.ap_stop
         kind = ev.kind
         if kind == base.IO:
             self._io(ev)
@@ -174,8 +179,35 @@ class Session:
         else:
             raise Stop("unhandled", None, ev.detail or f"backend stopped: {ev.raw!r}")
 
+    def _ap_event(self, index: int, ev: Event) -> bytes | None:
+        """An exit of vCPU `index` > 0 (on its thread, under the machine lock):
+        its port I/O and MMIO reach the same devices; what ends the run is kept
+        (naming the vCPU) for the main loop to raise."""
+        bus = self.bus
+        try:
+            if ev.kind == base.IO:
+                size = ev.size
+                if ev.write:
+                    for i in range(ev.count):
+                        bus.port_write(ev.addr, size, int.from_bytes(ev.data[i * size:(i + 1) * size], "little"))
+                    return None
+                return b"".join(bus.port_read(ev.addr, size).to_bytes(size, "little") for _ in range(ev.count))
+            if ev.kind == base.MMIO:
+                if ev.write:
+                    bus.mmio_write(ev.addr, ev.size, int.from_bytes(ev.data[:ev.size], "little"),
+                                   rom=self.memory.find(ev.addr) is not None)
+                    return None
+                return bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little")
+            exit = "shutdown" if ev.kind == base.SHUTDOWN else "unhandled"
+            raise Stop(exit, None, ev.detail or ev.kind)
+        except Stop as stop:
+            stop.detail = f"vCPU {index}: {stop.detail}"
+            self.ap_stop = stop
+            raise
+
     def ended(self, stop: Stop, ev: Event | None) -> None:
         """Record how the run ended (`ev`: the last event); _finish() follows."""
+        self.backend.quiesce()
         outcome = self.outcome
         outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
         if outcome.stop_pc is None and ev is not None and ev.kind not in (base.IO, base.MMIO):

@@ -46,6 +46,7 @@ class X86State:
     irqchip: bool = False        # in-kernel PIC/IOAPIC/LAPIC (rig `machine:`)
     pit: bool = False            # in-kernel 8254
     cpuid: object = None         # rig.model.Cpuid: edits to the CPUID KVM reports
+    cpus: int = 1                # vCPUs; the others wait for the guest's INIT/SIPI
 
 
 def _real_segments(cs_selector: int, cs_base: int) -> dict[str, gdt.Segment]:

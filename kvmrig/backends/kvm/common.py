@@ -157,6 +157,44 @@ class KvmBackendBase(Backend):
             self._timer_armed = False
         _alarmed_run = None
 
+    # Application processors (machine.cpus > 1) ------------------------------
+    _ap_vcpus: list = []
+    _aps = None       # smp.Aps once started
+    _holding = False  # the session holds the machine lock (between run() calls)
+
+    def start_aps(self, handler) -> None:
+        """Start the AP threads; `handler(index, event)` handles their I/O under
+        the machine lock (answer bytes for reads) and raises to end the run."""
+        if not self._ap_vcpus:
+            return
+        from kvmrig.backends.kvm.smp import Aps
+        self._aps = Aps(self._ap_vcpus, handler)
+        self.run = self._run_smp  # type: ignore[method-assign]
+        self._aps.lock.acquire()
+        self._holding = True
+        self._aps.start()
+
+    def _run_smp(self, deadline: float) -> Event:
+        aps = self._aps
+        if self._holding:
+            self._holding = False
+            aps.lock.release()
+        if aps.ended is not None:
+            ev = Event(base.UNHANDLED, detail=f"another vCPU ended the run: {aps.ended}", raw=aps.ended)
+        else:
+            ev = KvmBackendBase.run(self, deadline)
+        aps.lock.acquire()
+        self._holding = True
+        return ev
+
+    def quiesce(self) -> None:
+        """Stop every AP (before the verdict is taken)."""
+        if self._aps is not None:
+            if self._holding:
+                self._holding = False
+                self._aps.lock.release()
+            self._aps.stop()
+
     # Running ---------------------------------------------------------------
     def run(self, deadline: float) -> Event:
         if self._queue:
@@ -208,6 +246,8 @@ class KvmBackendBase(Backend):
             rs.immediate_exit = 0
             if time.monotonic() >= deadline:
                 return Event(base.TIMEOUT, pc=self._pc_now())
+            if self._aps is not None and self._aps.ended is not None:
+                return Event(base.UNHANDLED, detail=f"another vCPU ended the run: {self._aps.ended}", raw=self._aps.ended)
             return self._halted() if self.irqchip else None
         return self._other_exit(reason, rs)
 
@@ -331,6 +371,7 @@ class KvmBackendBase(Backend):
         self._answer = None
 
     def close(self) -> None:
+        self.quiesce()
         self._disarm_timer()
         vm, self.vm = self.vm, None
         if vm is not None:

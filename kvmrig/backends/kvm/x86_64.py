@@ -97,6 +97,13 @@ class KvmX86Backend(KvmBackendBase):
                 self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self._cpuid(state.cpuid))
+        if state.cpus > 1:
+            aps = []
+            for index in range(1, state.cpus):
+                ap = self.vm.create_vcpu(index)   # waits for INIT/SIPI from the guest (in-kernel LAPIC)
+                ap.set_cpuid2(self._cpuid(state.cpuid, apic_id=index))
+                aps.append(ap)
+            self._ap_vcpus = aps
         if _sync_regs_supported(self.kvm):
             vcpu.enable_sync_regs(SYNC)  # registers come with every exit: no GET ioctls
         s = vcpu.get_sregs()
@@ -117,17 +124,24 @@ class KvmX86Backend(KvmBackendBase):
         r.rip, r.rflags = state.rip, state.rflags
         vcpu.set_regs(r)
 
-    def _cpuid(self, spec):
-        """What KVM supports, with the rig's `cpu.cpuid` edits applied."""
+    def _cpuid(self, spec, apic_id: int = 0):
+        """What KVM supports, with the rig's `cpu.cpuid` edits applied (and,
+        for an AP, its own APIC ID in leaves 1 and 0xb)."""
         table = self.kvm.supported_cpuid()
-        if spec is None:
+        if spec is None and apic_id == 0:
             return table
         from kvmrig.arch.x86_64 import cpuid
 
         entries = [cpuid.Entry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
                    for e in table.entries[0:table.nent]]
-        leaves = [(leaf.leaf, leaf.subleaf, dict(leaf.regs)) for leaf in spec.leaves]
-        entries = cpuid.apply(entries, spec.add, spec.remove, spec.vendor, leaves)
+        if spec is not None:
+            leaves = [(leaf.leaf, leaf.subleaf, dict(leaf.regs)) for leaf in spec.leaves]
+            entries = cpuid.apply(entries, spec.add, spec.remove, spec.vendor, leaves)
+        for e in entries:
+            if e.leaf == 1:
+                e.ebx = (e.ebx & 0x00FFFFFF) | (apic_id << 24)
+            elif e.leaf in (0xB, 0x1F):
+                e.edx = apic_id
         out = abi.new_cpuid2(max(abi.CPUID_MAX_ENTRIES, len(entries)))
         out.nent = len(entries)
         for i, e in enumerate(entries):
