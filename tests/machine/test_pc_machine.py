@@ -1,0 +1,237 @@
+"""The x86 PC machine on real KVM: the in-kernel irqchip and PIT, `exit: hlt`
+under the irqchip, software breakpoints there, CPUID edits, multiboot, SMP.
+Guests are inline hex (listings beside the bytes, Intel syntax)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from kvmrig.backends.kvm.x86_probe import debug_support
+from kvmrig.backends.kvm.common import shared_kvm
+from tests.machine.test_session import assert_passed, hexof, kvm, rig_text, run
+
+IRQCHIP = "machine: {irqchip: true}\n"
+
+
+@kvm
+def test_hlt_with_interrupts_masked_ends_the_run_under_the_irqchip():
+    out = run(rig_text("long", """
+        b8 07 00 00 00   # mov eax, 7
+        fa               # cli
+        f4               # hlt       (0x1006)
+    """, extra=IRQCHIP))
+    assert out.exit == "hlt" and out.stop_pc == 0x1006
+    assert out.regs["rax"] == 7
+    assert out.seconds < 1.5   # noticed by a kick, not at the 2 s timeout
+
+
+@kvm
+def test_hlt_with_interrupts_enabled_waits_for_an_interrupt_that_never_comes():
+    out = run(rig_text("long", """
+        fb               # sti
+        f4               # hlt
+    """, timeout="300ms", extra=IRQCHIP))
+    assert out.exit == "timeout"
+
+
+@kvm
+def test_software_breakpoints_work_under_the_irqchip():
+    out = run(rig_text("long", """
+        31 c0            # xor eax, eax
+        ff c0            # inc eax      (0x1002, breakpoint)
+        83 f8 05         # cmp eax, 5
+        75 f9            # jne 0x1002
+        fa               # cli
+        f4               # hlt
+    """, extra=IRQCHIP + "breakpoints: [{at: 0x1002, hits: 5, on_hit: 3, expect: {regs: {eax: 2}}}]\n"))
+    assert_passed(out)
+    assert out.exit == "hlt" and out.regs["rax"] == 5
+    assert out.hit_counts and list(out.hit_counts.values()) == [5]
+
+
+@kvm
+def test_software_breakpoints_beyond_the_debug_registers_are_refused_without_int3():
+    if debug_support(shared_kvm()).int3:
+        pytest.skip("this KVM intercepts INT3: software breakpoints are planted, not held in debug registers")
+    points = ", ".join(f"{{at: {0x1000 + i:#x}}}" for i in range(5))
+    from kvmrig.errors import BackendError
+    with pytest.raises(BackendError, match="debug registers"):
+        run(rig_text("long", "90 90 90 90 90 fa f4", extra=IRQCHIP + f"breakpoints: [{points}]\n"))
+
+
+@kvm
+def test_pit_interrupts_are_delivered_through_the_pic():
+    # IDT at 0x3000 (vector 0x20 -> 0x1100: inc esi; EOI; iretq), PIC base 0x20,
+    # only IRQ 0 unmasked, PIT channel 0 mode 2, divisor 0x400; wait for 3 ticks.
+    gate = struct.pack("<HHHHII", 0x1100, 8, 0x8E00, 0, 0, 0).hex(" ")
+    handler = hexof("""
+        ff c6            # inc esi
+        b0 20            # mov al, 0x20
+        e6 20            # out 0x20, al  (EOI)
+        48 cf            # iretq
+    """)
+    main = hexof("""
+        0f 01 1c 25 00 20 00 00   # lidt [0x2000]
+        b0 11 e6 20      # ICW1
+        b0 20 e6 21      # ICW2: vectors 0x20..
+        b0 04 e6 21      # ICW3
+        b0 01 e6 21      # ICW4
+        b0 fe e6 21      # mask all but IRQ 0
+        b0 34 e6 43      # PIT ch0 mode 2, lo/hi
+        b0 00 e6 40      # divisor low
+        b0 04 e6 40      # divisor high
+        31 f6            # xor esi, esi
+        fb               # sti
+        f4               # hlt          (wait)
+        83 fe 03         # cmp esi, 3
+        72 fa            # jb wait
+        fa               # cli
+        f4               # hlt
+    """)
+    idtr = struct.pack("<HQ", 0x0FFF, 0x3000).hex(" ")
+    text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\nmachine: {{pit: true}}\n"
+            f"images: [{{hex: '{main}', at: 0x1000}}, {{hex: '{handler}', at: 0x1100}},"
+            f" {{hex: '{idtr}', at: 0x2000}}, {{hex: '{gate}', at: 0x3200}}]\n"
+            "cpu: {mode: long, regs: {rsp: 0x8000}}\n")
+    out = run(text)
+    assert out.exit == "hlt", out.detail
+    assert out.regs["rsi"] == 3
+
+
+@kvm
+def test_cpuid_features_are_added_and_removed():
+    code = """
+        b8 01 00 00 00   # mov eax, 1
+        0f a2            # cpuid
+        fa f4            # cli; hlt
+    """
+    removed = run(rig_text("long", code, cpu="cpuid: {remove: [x2apic, pcid]}"))
+    added = run(rig_text("long", code, cpu="cpuid: {add: [x2apic, pcid]}"))
+    assert removed.regs["rcx"] & (1 << 21 | 1 << 17) == 0
+    assert added.regs["rcx"] & (1 << 21 | 1 << 17) == 1 << 21 | 1 << 17
+
+
+@kvm
+def test_cpuid_whole_leaf_and_vendor():
+    code = """
+        31 c0            # xor eax, eax
+        0f a2            # cpuid
+        89 d8            # mov eax, ebx
+        f4               # hlt
+    """
+    out = run(rig_text("long", code, cpu="cpuid: {vendor: AuthenticAMD}"))
+    assert out.regs["rax"] == 0x68747541   # "Auth"
+    out = run(rig_text("long", """
+        b8 00 00 00 40   # mov eax, 0x40000000
+        0f a2            # cpuid
+        f4               # hlt
+    """, cpu="cpuid: {leaves: [{leaf: 0x40000000, ebx: 0x12345678}]}"))
+    assert out.regs["rbx"] == 0x12345678
+
+
+@kvm
+def test_serial_thre_interrupt_reaches_the_guest():
+    # IRQ 4 (COM1) -> vector 0x24 with the PIC at 0x20; enabling THRE interrupts
+    # with an empty transmitter interrupts at once; the handler reads IIR (ack).
+    gate = struct.pack("<HHHHII", 0x1100, 8, 0x8E00, 0, 0, 0).hex(" ")
+    handler = hexof("""
+        ff c6                    # inc esi
+        66 ba fa 03              # mov dx, 0x3fa
+        ec                       # in al, dx     (IIR: acknowledges THRE)
+        b0 20 e6 20              # EOI
+        48 cf                    # iretq
+    """)
+    main = hexof("""
+        0f 01 1c 25 00 20 00 00  # lidt [0x2000]
+        b0 11 e6 20 b0 20 e6 21 b0 04 e6 21 b0 01 e6 21   # PIC: base 0x20
+        b0 ef e6 21              # unmask IRQ 4 only
+        31 f6                    # xor esi, esi
+        fb                       # sti
+        66 ba f9 03              # mov dx, 0x3f9
+        b0 02                    # mov al, 2   (IER: THRE)
+        ee                       # out dx, al
+        90 90 90                 # nop (the interrupt lands)
+        fa f4                    # cli; hlt
+    """)
+    idtr = struct.pack("<HQ", 0x0FFF, 0x3000).hex(" ")
+    text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\nmachine: {{irqchip: true}}\n"
+            f"devices: [{{type: serial, port: 0x3f8}}]\n"
+            f"images: [{{hex: '{main}', at: 0x1000}}, {{hex: '{handler}', at: 0x1100}},"
+            f" {{hex: '{idtr}', at: 0x2000}}, {{hex: '{gate}', at: 0x3240}}]\n"
+            "cpu: {mode: long, regs: {rsp: 0x8000}}\n")
+    out = run(text)
+    assert out.exit == "hlt", out.detail
+    assert out.regs["rsi"] == 1
+
+
+@kvm
+def test_multiboot_kernel_gets_its_information_structure():
+    # An a.out-kludge kernel at 0x100000: header, then mov [0x5000], ebx; mov [0x5004], eax; hlt
+    flags = 1 << 16
+    header = struct.pack("<IIIIIIII", 0x1BADB002, flags, (-(0x1BADB002 + flags)) & 0xFFFFFFFF,
+                         0x100000, 0x100000, 0, 0, 0x100020)
+    code = bytes.fromhex(hexof("""
+        89 1d 00 50 00 00   # mov [0x5000], ebx
+        a3 04 50 00 00      # mov [0x5004], eax
+        f4                  # hlt
+    """))
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        kernel = Path(d) / "k.bin"
+        kernel.write_bytes(header + code)
+        text = (f"kvmrig: 1\narch: x86_64\ntimeout: 2s\nmemory: [{{at: 0, size: 4M}}]\n"
+                f"images: [{{file: k.bin, format: multiboot, cmdline: 'k.bin x=1', modules: [{{text: 'ENV=1'}}]}}]\n"
+                "expect: {exit: hlt, memory: [{at: 0x5004, u32: 0x2badb002}]}\n")
+        out = run(text, str(Path(d) / "mb.yaml"))
+    assert_passed(out)
+    assert out.regs["rbx"] == 0x101000   # the page after the kernel
+
+
+@kvm
+def test_two_vcpus_the_ap_started_by_init_sipi_writes_memory():
+    # BSP (protected mode): SVR enable, INIT + SIPI vector 0x08 to APIC 1, wait for [0x5000] == 0x42.
+    # AP (real mode at 0x8000): mov byte [0x5000], 0x42; cli; hlt
+    bsp = hexof("""
+        c7 05 f0 00 e0 fe ff 01 00 00   # mov dword [0xfee000f0], 0x1ff
+        c7 05 10 03 e0 fe 00 00 00 01   # mov dword [0xfee00310], 1 << 24
+        c7 05 00 03 e0 fe 00 45 00 00   # mov dword [0xfee00300], 0x4500  (INIT)
+        c7 05 00 03 e0 fe 08 46 00 00   # mov dword [0xfee00300], 0x4608  (SIPI 0x08)
+        80 3d 00 50 00 00 42            # cmp byte [0x5000], 0x42   (wait)
+        75 f7                           # jne wait
+        fa f4                           # cli; hlt
+    """)
+    ap = hexof("""
+        c6 06 00 50 42                  # mov byte [0x5000], 0x42
+        fa f4                           # cli; hlt
+    """)
+    text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\n"
+            f"machine: {{irqchip: true, cpus: 2}}\n"
+            f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
+            "cpu: {mode: protected, entry: 0x1000}\nexpect: {exit: hlt, memory: [{at: 0x5000, u8: 0x42}]}\n")
+    out = run(text)
+    assert_passed(out)
+
+
+@kvm
+def test_an_ap_ending_the_run_is_named():
+    bsp = hexof("""
+        c7 05 f0 00 e0 fe ff 01 00 00   # SVR enable
+        c7 05 10 03 e0 fe 00 00 00 01   # destination APIC 1
+        c7 05 00 03 e0 fe 00 45 00 00   # INIT
+        c7 05 00 03 e0 fe 08 46 00 00   # SIPI 0x08
+        eb fe                           # jmp $
+    """)
+    ap = hexof("""
+        b0 07                           # mov al, 7
+        e6 f4                           # out 0xf4, al
+    """)
+    text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\n"
+            f"machine: {{irqchip: true, cpus: 2}}\ndevices: [{{type: exit, port: 0xf4}}]\n"
+            f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
+            "cpu: {mode: protected, entry: 0x1000}\nexpect: {exit_code: 7}\n")
+    out = run(text)
+    assert_passed(out)
+    assert out.detail.startswith("vCPU 1:")
