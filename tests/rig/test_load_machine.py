@@ -1,0 +1,61 @@
+"""Rig keys of the PC machine (extensions): machine, cpu.cpuid, verdict,
+multiboot images and the QEMU-style devices; each mistake at its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvmrig.errors import RigError
+from kvmrig.rig.load import load_rig_text
+
+HEAD = "kvmrig: 1\narch: x86_64\nmemory: [{at: 0, size: 2M}]\n"
+
+
+def error(text: str, folder: Path | None = None) -> str:
+    with pytest.raises(RigError) as e:
+        load_rig_text(text, (folder or Path("/rigs")) / "m.yaml")
+    return str(e.value)
+
+
+def test_machine_keys():
+    rig = load_rig_text(HEAD + "machine: {pit: true}\n", "/rigs/m.yaml")
+    assert rig.machine.irqchip and rig.machine.pit and rig.machine.cpus == 1
+    assert "needs machine.irqchip" in error(HEAD + "machine: {cpus: 2}\n")
+    arm = "kvmrig: 1\narch: arm64\nmemory: [{at: 0, size: 2M}]\nmachine: {irqchip: true}\n"
+    assert "for x86_64 rigs" in error(arm)
+
+
+def test_cpuid_names_are_checked_with_suggestions():
+    msg = error(HEAD + "cpu: {cpuid: {add: [x2apc]}}\n")
+    assert "m.yaml:4:" in msg and "unknown CPUID feature 'x2apc'" in msg and "x2apic" in msg
+    rig = load_rig_text(HEAD + "cpu: {cpuid: {remove: [tsc-deadline], leaves: [{leaf: 7, subleaf: 1, eax: 5}]}}\n",
+                        "/rigs/m.yaml")
+    assert rig.cpu.cpuid.remove == ("tsc-deadline",) and rig.cpu.cpuid.leaves[0].regs == (("eax", 5),)
+
+
+def test_verdict_and_devices():
+    rig = load_rig_text(HEAD + "verdict: {console: tap}\ndevices: [{type: pc-testdev}, {type: fw-cfg},"
+                        " {type: cmos}, {type: isa-debug-exit, port: 0xf4, size: 2}]\n", "/rigs/m.yaml")
+    assert rig.verdict.console == "tap"
+    assert [(d.type, d.port, d.span) for d in rig.devices] == [
+        ("pc-testdev", 0xE0, 8), ("fw-cfg", 0x510, 12), ("cmos", 0x70, 2), ("isa-debug-exit", 0xF4, 2)]
+    assert "port 0xe0" in error(HEAD + "devices: [{type: pc-testdev, port: 0xe8}]\n")
+    assert "give no at" in error(HEAD + "devices: [{type: cmos, at: 0x1000}]\n")
+    assert "overlaps devices[0]" in error(HEAD + "devices: [{type: cmos}, {type: constant, port: 0x71, value: 0}]\n")
+    big = "kvmrig: 1\narch: x86_64\nmemory: [{at: 0xff000000, size: 4K}]\ndevices: [{type: pc-testdev}]\n"
+    assert "MMIO window" in error(big)
+
+
+def test_multiboot_images(tmp_path: Path):
+    (tmp_path / "k.flat").write_bytes(b"\0" * 64)
+    ok = load_rig_text(HEAD + "images: [{file: k.flat, format: multiboot, cmdline: 'k a', modules: [{text: E}]}]\n",
+                       tmp_path / "m.yaml")
+    assert ok.cpu.mode == "protected" and ok.images[0].modules[0].text == b"E"
+    assert "no at" in error(HEAD + "images: [{file: k.flat, format: multiboot, at: 0x1000}]\n", tmp_path)
+    assert "protected mode" in error(HEAD + "images: [{file: k.flat, format: multiboot}]\ncpu: {mode: long}\n",
+                                     tmp_path)
+    assert "for `format: multiboot`" in error(HEAD + "images: [{file: k.flat, at: 0, cmdline: x}]\n", tmp_path)
+    assert "not found" in error(HEAD + "images: [{file: k.flat, format: multiboot, modules: [{file: nope}]}]\n",
+                                tmp_path)
