@@ -90,7 +90,8 @@ def apply(rig: Rig, outcome: Outcome) -> list[Failure]:
         meaning = KUT_EXIT.get(outcome.exit_code)
         if meaning == "skip":
             skips = [st.name for st in outcome.subtests if st.status == "skipped"]
-            last = text.strip().splitlines()[-1] if text.strip() else ""
+            lines = [ln for ln in text.strip().splitlines() if ln.strip() and not KUT_SUMMARY.match(ln)]
+            last = lines[-1].strip() if lines else ""
             outcome.skipped = "the guest skipped itself (exit code 38)" + (
                 f": {skips[-1]}" if skips else (f": {last}" if last else ""))
         elif meaning != "pass":
