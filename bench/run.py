@@ -4,7 +4,8 @@
 
 GROUPS: ops (lifecycle, per-exit rows, C vs kvmrig in-process), cli (start-up),
 suite + qemu (`kvmrig run` on 1/100/1000 rigs against QEMU per test and the
-C floor), rss (peak memory), emu (the emulator backend).
+C floor), rss (peak memory), emu (the emulator backend), kut (the kvm-unit-tests
+x86 binaries per test under kvmrig and under QEMU, bench/kut.py).
 
 Prints a table and writes reports/bench.json:
     {"machine": {...}, "params": {...}, "rows": [{"name", "unit", "limit", "kvmrig",
@@ -699,7 +700,7 @@ class LoadWatch:
         self.samples.append(os.getloadavg()[0])
 
 
-GROUPS = ("ops", "cli", "suite", "qemu", "rss", "emu")
+GROUPS = ("ops", "cli", "suite", "qemu", "rss", "emu", "kut")
 # The smallest run that still makes every selected row (tests/test_bench_smoke.py).
 TINY = Params(k=3, n_op=1, n_lifecycle=1, n_suite_1000=1, n_suite_100=1, n_suite_1=1,
               n_version=1, n_qemu=1, qemu_j2_batch=2, n_rss=1, rounds=1)
@@ -740,6 +741,9 @@ def bench(p: Params, groups: set[str], out: Path, quick: bool = False) -> dict:
         if "emu" in groups:
             tcg = [r.limit for r in qrows if r.name.startswith("qemu_tcg") and r.limit]
             rows += emu_rows(p, tmp, min(tcg) if tcg else None, rows)
+        if "kut" in groups:
+            from kut import kut_rows
+            rows += kut_rows(Row, rounds=1 if p.rounds <= 3 else 3)
     machine["loadavg_1min"] = {"min": min(load.samples), "median": median(load.samples), "max": max(load.samples)}
     report = {"machine": machine, "params": {"quick": quick, **p.__dict__},
               "seconds": round(time.monotonic() - started, 1), "rows": [r.as_json() for r in rows]}
