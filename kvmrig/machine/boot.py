@@ -93,7 +93,49 @@ def _x86_cpu(plan) -> BootPlan:
     writes = list(state.writes)
     if boot_mb is not None:
         writes += _multiboot_info(plan, boot_mb, state, start)
+    kernel = next((img for img in plan.images if img.linux is not None), None)
+    if kernel is not None:
+        writes += _linux_boot(plan, kernel, state, start)
     return BootPlan(state, state.first_pc, writes, (start, start + need))
+
+
+LINUX_ZERO_PAGE = 0x7000   # where Firecracker-style loaders put boot_params
+LINUX_CMDLINE = 0x20000
+
+
+def _linux_boot(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
+    """The zero page, command line and initrd of a Linux 64-bit boot; RSI set."""
+    from kvmrig.arch.x86_64 import linux
+    from kvmrig.machine.images import image_mark
+
+    rig, spec = plan.rig, kernel.image
+    mark = image_mark(kernel)
+    low = [r for r in rig.memory if r.at == 0 and not r.rom]
+    if not low or low[0].end < LINUX_CMDLINE + 0x1000:
+        raise RigError("a Linux boot needs RAM from address 0 (zero page at 0x7000, command line at 0x20000)", mark)
+    bz = kernel.linux if isinstance(kernel.linux, linux.BzImage) else None
+    cmdline = (spec.cmdline or "").encode() + b"\0"
+    if bz is not None and len(cmdline) > bz.cmdline_size + 1:
+        raise RigError(f"the command line is {len(cmdline) - 1} bytes; this kernel takes {bz.cmdline_size}", mark)
+    writes = [(LINUX_CMDLINE, cmdline)]
+    initrd = None
+    if spec.initrd is not None:
+        try:
+            data = spec.initrd.read_bytes()
+        except OSError as e:
+            raise RigError(f"cannot read initrd {spec.initrd}: {e.strerror}", mark) from None
+        top = min(tables_at, low[0].end, (bz.initrd_max + 1) if bz else 1 << 32)
+        at = (top - len(data)) & ~(PAGE - 1)
+        kernel_end = max(a + len(b) for a, b in kernel.segments)
+        if at < max(kernel_end, LINUX_CMDLINE + PAGE):
+            raise RigError(f"the initrd ({len(data)} bytes) does not fit between the kernel's end "
+                           f"({kernel_end:#x}) and {top:#x}: add RAM", mark)
+        writes.append((at, data))
+        initrd = (at, len(data))
+    regions = [(r.at, r.size, not r.rom) for r in rig.memory]
+    writes.append((LINUX_ZERO_PAGE, linux.zero_page(bz.header if bz else None, regions, LINUX_CMDLINE, initrd)))
+    state.gprs.update(rsi=LINUX_ZERO_PAGE)
+    return writes
 
 
 def _multiboot_info(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:

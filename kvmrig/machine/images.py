@@ -24,6 +24,7 @@ class LoadedImage:
     entry: int | None = None
     symbols: dict[str, int] = field(default_factory=dict)
     multiboot: bool = False  # a Multiboot v1 kernel: the boot plan adds its information structure
+    linux: object = None     # a Linux kernel: arch.x86_64.linux.BzImage, or True for a vmlinux ELF
 
 
 def _read_file(image: Image) -> bytes:
@@ -74,6 +75,8 @@ def load_image(image: Image) -> LoadedImage:
     data = _read_file(image)
     if image.format == "multiboot":
         return _load_multiboot(image, data)
+    if image.format == "linux":
+        return _load_linux(image, data)
     if data[:4] == ELF_MAGIC and image.at is None and image.format != "raw":
         return _load_elf(image, data)
     if image.at is None:
@@ -99,6 +102,23 @@ def _load_multiboot(image: Image, data: bytes) -> LoadedImage:
     loaded = _load_elf(image, data)
     loaded.multiboot = True
     return loaded
+
+
+def _load_linux(image: Image, data: bytes) -> LoadedImage:
+    """A Linux kernel: a vmlinux ELF (segments at their physical addresses,
+    entered at e_entry) or a bzImage (its protected-mode part at its load address)."""
+    from kvmrig.arch.x86_64 import linux
+
+    if data[:4] == ELF_MAGIC:
+        loaded = _load_elf(image, data)
+        loaded.linux = True
+        return loaded
+    try:
+        bz = linux.parse_bzimage(data)
+    except linux.LinuxImageError as e:
+        raise RigError(f"{image.file}: {e}", image.file_mark or image.mark) from None
+    return LoadedImage(image, str(image.file), [(bz.load_address, bz.kernel + bytes(max(0, bz.init_size - len(bz.kernel))))],
+                       bz.entry, linux=bz)
 
 
 class Symbols:

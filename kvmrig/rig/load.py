@@ -194,12 +194,22 @@ class _Builder:
             file = self.folder / raw["file"]
             head = self.read_head(p + ("file",), file)
             fmt = raw.get("format", "auto")
-            if fmt != "multiboot":
-                for key in ("cmdline", "modules"):
-                    if key in raw:
-                        self.fail(p + (key,), f"{key} is for `format: multiboot` images", key=True)
-            if fmt == "multiboot" and self.arch != "x86_64":
-                self.fail(p + ("format",), "multiboot kernels are x86 (32-bit protected-mode entry)")
+            allowed = {"multiboot": ("cmdline", "modules"), "linux": ("cmdline", "initrd")}.get(fmt, ())
+            for key in ("cmdline", "modules", "initrd"):
+                if key in raw and key not in allowed:
+                    which = " or ".join(f"`format: {f}`" for f in ("multiboot", "linux")
+                                        if key in {"multiboot": ("cmdline", "modules"),
+                                                   "linux": ("cmdline", "initrd")}[f])
+                    self.fail(p + (key,), f"{key} is for {which} images", key=True)
+            if fmt in ("multiboot", "linux") and self.arch != "x86_64":
+                self.fail(p + ("format",), f"{fmt} kernels are x86 kernels here")
+            if fmt == "linux" and at is not None:
+                self.fail(p + ("at",), "a Linux kernel says where it loads (its boot header or ELF): no at",
+                          key=True)
+            initrd = None
+            if "initrd" in raw:
+                initrd = self.folder / raw["initrd"]
+                self.read_head(p + ("initrd",), initrd)
             if fmt == "elf" and head != b"\x7fELF":
                 self.fail(p + ("file",), f"{raw['file']} is not an ELF file (format: elf)")
             if fmt in ("auto", "raw") and (fmt == "raw" or head != b"\x7fELF") and at is None:
@@ -218,7 +228,7 @@ class _Builder:
                 text = mod["text"].encode("utf-8") if "text" in mod else None
                 modules.append(m.Module(mfile, text, mod.get("cmdline", ""), self.mark(q)))
             images.append(m.Image(file, None, at, self.mark(p), self.mark(p + ("file",)), fmt,
-                                  raw.get("cmdline"), tuple(modules)))
+                                  raw.get("cmdline"), tuple(modules), initrd))
         return tuple(images)
 
     def read_head(self, path: JsonPath, file: Path) -> bytes:
@@ -334,6 +344,10 @@ class _Builder:
             if "mode" in raw and mode != "protected":
                 self.fail(p + ("mode",), "a multiboot kernel starts in protected mode (leave mode out)")
             mode = "protected"
+        if any(img.get("format") == "linux" for img in self.data.get("images", [])):
+            if "mode" in raw and mode != "long":
+                self.fail(p + ("mode",), "a Linux kernel starts at its 64-bit entry in long mode (leave mode out)")
+            mode = "long"
         if mode not in MODES[self.arch]:
             self.fail(p + ("mode",), f"{mode!r} is not a mode of {self.arch} (one of {', '.join(MODES[self.arch])})")
         entry = self.address(p + ("entry",), raw["entry"]) if "entry" in raw else None

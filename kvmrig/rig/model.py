@@ -97,9 +97,10 @@ class Image:
     at: int | None
     mark: Mark
     file_mark: Mark | None = None
-    format: str = "auto"        # auto | raw | elf | multiboot
-    cmdline: str | None = None  # multiboot
+    format: str = "auto"        # auto | raw | elf | multiboot | linux
+    cmdline: str | None = None  # multiboot, linux
     modules: tuple[Module, ...] = ()
+    initrd: Path | None = None  # linux
 
 
 @dataclass(frozen=True)

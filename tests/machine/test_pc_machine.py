@@ -235,3 +235,25 @@ def test_an_ap_ending_the_run_is_named():
     out = run(text)
     assert_passed(out)
     assert out.detail.startswith("vCPU 1:")
+
+
+@kvm
+def test_linux_bzimage_is_entered_at_its_64_bit_entry_with_the_zero_page(tmp_path):
+    from tests.arch.x86_64.test_linux import bzimage
+    # The protected-mode "kernel": 0x200 bytes of padding, then the 64-bit entry.
+    entry = bytes.fromhex(hexof("""
+        48 89 f0         # mov rax, rsi               (the zero page)
+        8b 8e 28 02 00 00   # mov ecx, [rsi + 0x228]  (cmd_line_ptr)
+        8a 11            # mov dl, [rcx]
+        8b 9e 18 02 00 00   # mov ebx, [rsi + 0x218]  (ramdisk_image)
+        8a 3b            # mov bh, [rbx]   (initrd's first byte, in bh)
+        f4               # hlt
+    """))
+    (tmp_path / "bzImage").write_bytes(bzimage(pref=0x1000000, init_size=0x10000, kernel=bytes(0x200) + entry))
+    (tmp_path / "initrd").write_bytes(b"Z" * 100)
+    text = ("kvmrig: 1\narch: x86_64\ntimeout: 2s\nmemory: [{at: 0, size: 64M}]\n"
+            "images: [{file: bzImage, format: linux, cmdline: 'console=ttyS0', initrd: initrd}]\n")
+    out = run(text, str(tmp_path / "l.yaml"))
+    assert out.exit == "hlt", out.detail
+    assert out.regs["rax"] == 0x7000 and out.regs["rcx"] == 0x20000
+    assert out.regs["rdx"] & 0xFF == ord("c") and (out.regs["rbx"] >> 8) & 0xFF == ord("Z")
