@@ -32,7 +32,7 @@ QEMU = {
     "vmexit_cpuid": PASSED, "vmexit_mov_from_cr8": PASSED, "vmexit_mov_to_cr8": PASSED,
     "vmexit_inl_pmtimer": PASSED,
     "tsc": SKIPPED,
-    "msr": FAILED, "msr64": FAILED, "tsc_adjust": FAILED, "umip": FAILED, "syscall": FAILED,
+    "msr": FAILED, "tsc_adjust": FAILED, "umip": FAILED, "syscall": FAILED,
     "emulator": "unhandled", "pcid-enabled": "unhandled", "pcid-disabled": "unhandled",
     "pcid-asymmetric": "unhandled", "xsave": "unhandled", "eventinj": "unhandled", "memory": "unhandled",
     "hypercall": "hang", "vmexit_vmcall": "hang",
@@ -43,6 +43,8 @@ MSR_FAILS = ["Expected #GP on RDMSR(SPEC_CTRL), got vector 0", "Expected #GP on 
              "Expected #GP on WRMSR(FLUSH_CMD, 0x0), got vector 0",
              "Expected #GP on WRMSR(FLUSH_CMD, 0x1), got vector 0"]
 HANG_TIMEOUT = 5.0
+# Left out of CI for time (docs/kvm-unit-tests.md has its row): msr64 runs the
+# same 1,904 checks as msr (40-70 s on kvm_pvm) with the same 6 failures.
 
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not (X86 / "unittests.cfg").is_file(),
                                                   reason=f"kvm-unit-tests binaries not found in {X86}")]
@@ -59,7 +61,9 @@ def results(tmp_path_factory):
         if verdict == "hang":
             rig = dataclasses.replace(rig, timeout=HANG_TIMEOUT)
         rigs.append(rig)
-    return {r.name: r for r in run_rigs(rigs, jobs=2)}
+    done, interrupted = run_rigs(rigs, jobs=2)
+    assert not interrupted
+    return {r.name: r for r in done if r is not None}
 
 
 @pytest.mark.parametrize("name", list(QEMU))
@@ -73,11 +77,11 @@ def test_kvmrig_gives_qemus_verdict(results, name):
         assert result.status == FAILED and out.exit == "unhandled", why
     else:
         assert result.status == FAILED and out.exit == "timeout", why
-    if qemu == PASSED:
-        assert out.subtests and all(s.status in ("passed", "skipped", "xfail") for s in out.subtests)
+    if qemu == PASSED:   # (the vmexit tests print timings, no PASS lines)
+        assert all(s.status in ("passed", "skipped", "xfail") for s in out.subtests)
 
 
-@pytest.mark.parametrize("name", ["msr", "msr64"])
+@pytest.mark.parametrize("name", ["msr"])
 def test_msr_fails_the_same_checks_as_under_qemu(results, name):
     out = results[name].outcome
     failed = [s.name for s in out.subtests if s.status == "failed"]

@@ -1,0 +1,132 @@
+"""Debian's own x86_64 kernel and a busybox initramfs, as a rig's guest
+(`python3 -m kvmrig.linuxguest [CACHE_DIR]`, run by scripts/setup-linux-guest.sh).
+
+The packages are fetched with `apt-get download` and unpacked with `dpkg -x`
+into a cache (~/.cache/kvmrig/linux-x86, or $KVMRIG_LINUX_CACHE), never
+installed on the host, as the arm64 lane does:
+- linux-image-cloud-amd64's kernel: its bzImage, and the vmlinux inside it
+  (the compressed payload the boot header points at, decompressed here: the
+  rig boots the vmlinux ELF directly, skipping the kernel's own decompressor,
+  which runs for minutes on a KVM that executes guest code slowly);
+- busybox-static: the initramfs is /bin/busybox and an /init that prints
+  MARKER and reboots, which with `reboot=t` is a triple fault (exit shutdown).
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MARKER = "KVMRIG-LINUX-BOOTED"
+INIT = f"""#!/bin/busybox sh
+/bin/busybox echo {MARKER}
+/bin/busybox reboot -f
+"""
+FILES = ("vmlinux", "vmlinuz", "initramfs.cpio")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("KVMRIG_LINUX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kvmrig" / "linux-x86"
+
+
+def ready(cache: Path) -> bool:
+    return all((cache / f).is_file() for f in FILES)
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def kernel_package() -> str:
+    """The versioned package linux-image-cloud-amd64 depends on."""
+    out = _run(["apt-cache", "depends", "linux-image-cloud-amd64"])
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends:") and "linux-image-" in line:
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError("apt-cache knows no linux-image-cloud-amd64 (run apt-get update)")
+
+
+def decompress_payload(bzimage: bytes) -> bytes:
+    """The vmlinux ELF inside a bzImage (payload_offset/payload_length, boot protocol 2.08)."""
+    setup = ((bzimage[0x1F1] or 4) + 1) * 512
+    offset, length = struct.unpack_from("<II", bzimage, 0x248)
+    payload = bzimage[setup + offset:setup + offset + length]
+    if payload[:2] == b"\x1f\x8b":
+        return gzip.decompress(payload)
+    if payload[:6] == b"\xfd7zXZ\x00":
+        return lzma.decompress(payload)
+    tools = {b"\x02\x21\x4c\x18": "lz4", b"\x28\xb5\x2f\xfd": "zstd"}
+    tool = tools.get(payload[:4])
+    if tool is None:
+        raise RuntimeError(f"unknown kernel compression (payload starts {payload[:6].hex()})")
+    if shutil.which(tool) is None:
+        raise RuntimeError(f"the kernel payload is {tool}-compressed: install {tool} (Debian package {tool})")
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(payload)
+        f.flush()
+        return subprocess.run([tool, "-dc", f.name], capture_output=True, check=True).stdout
+
+
+def initramfs(busybox: bytes) -> bytes:
+    from io import BytesIO
+
+    from kvmrig.invm.image import CpioWriter
+
+    out = BytesIO()
+    w = CpioWriter(out)
+    w.mkdir("dev")
+    w.chardev("dev/console", 5, 1)
+    w.file("bin/busybox", busybox, 0o755)
+    w.file("init", INIT.encode(), 0o755)
+    w.close()
+    return out.getvalue()
+
+
+def build(cache: Path) -> Path:
+    """Fetch, unpack and build into `cache` (nothing is done when it is there)."""
+    if ready(cache):
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kvmrig-linux-") as tmp:
+        work = Path(tmp)
+        _run(["apt-get", "download", "-q=2", kernel_package(), "busybox-static"], cwd=work)
+        root = work / "root"
+        for deb in work.glob("*.deb"):
+            _run(["dpkg", "-x", str(deb), str(root)])
+        vmlinuz = next(root.glob("boot/vmlinuz-*"))
+        data = vmlinuz.read_bytes()
+        (cache / "vmlinux").write_bytes(decompress_payload(data))
+        (cache / "initramfs.cpio").write_bytes(initramfs((root / "bin" / "busybox").read_bytes()))
+        (cache / "vmlinuz").write_bytes(data)   # last: ready() means complete
+    return cache
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    cache = Path(args[0]) if args else cache_dir()
+    try:
+        build(cache)
+    except (RuntimeError, OSError, StopIteration, subprocess.CalledProcessError) as e:
+        print(f"linuxguest: {e}", file=sys.stderr)
+        return 1
+    print(cache)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
