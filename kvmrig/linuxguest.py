@@ -10,6 +10,8 @@ installed on the host, as the arm64 lane does:
   which runs for minutes on a KVM that executes guest code slowly);
 - busybox-static: the initramfs is /bin/busybox and an /init that prints
   MARKER and reboots, which with `reboot=t` is a triple fault (exit shutdown).
+The rig that boots them, debian-cloud.yaml, is written beside them:
+`kvmrig run ~/.cache/kvmrig/linux-x86/debian-cloud.yaml`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,43 @@ INIT = f"""#!/bin/busybox sh
 /bin/busybox echo {MARKER}
 /bin/busybox reboot -f
 """
-FILES = ("vmlinux", "vmlinuz", "initramfs.cpio")
+RIG_NAME = "debian-cloud.yaml"
+FILES = ("vmlinux", "vmlinuz", "initramfs.cpio", RIG_NAME)
+RIG = """# Debian's own cloud kernel boots to a busybox initramfs that prints a marker
+# and reboots; `reboot=t` makes that a triple fault (exit shutdown).
+# Written by scripts/setup-linux-guest.sh (python3 -m kvmrig.linuxguest) beside
+# the kernel and initramfs it fetched and built.
+kvmrig: 1
+name: linux-debian-cloud
+description: >
+  linux-image-cloud-amd64 as a vmlinux ELF entered at its 64-bit entry
+  (boot_params in RSI, e820 from the memory map, cmdline, initrd), on KVM's
+  PIC/IOAPIC/LAPIC/PIT with a 16550 console; the initramfs prints
+  KVMRIG-LINUX-BOOTED and reboots.
+arch: x86_64
+tags: [linux, slow]
+backend: kvm
+timeout: 60s
+machine: {pit: true}
+memory:
+  - {at: 0, size: 512M}
+images:
+  - file: vmlinux
+    format: linux
+    initrd: initramfs.cpio
+    cmdline: "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1 tsc=reliable lpj=1000000 noxsave i8042.noaux i8042.nokbd"
+devices:
+  - {type: serial, port: 0x3f8}
+  - {type: cmos}
+cpu:
+  # kvm_pvm cannot emulate the kernel's CMPXCHG16B on write-tracked pages:
+  # CPUID without cx16 and the kernel takes its fallback (harmless elsewhere).
+  # It also keeps XSAVE in CPUID whatever KVM_SET_CPUID2 says, hence noxsave.
+  cpuid: {remove: [cx16]}
+expect:
+  exit: shutdown
+  console: {contains: KVMRIG-LINUX-BOOTED, not_contains: "Kernel panic"}
+"""
 
 
 def cache_dir() -> Path:
@@ -79,7 +117,12 @@ def decompress_payload(bzimage: bytes) -> bytes:
     with tempfile.NamedTemporaryFile() as f:
         f.write(payload)
         f.flush()
-        return subprocess.run([tool, "-dc", f.name], capture_output=True, check=True).stdout
+        # The kernel appends the uncompressed size to the payload, which the
+        # tools call trailing garbage (exit status 1) after decompressing it all.
+        done = subprocess.run([tool, "-dc", f.name], capture_output=True)
+    if not done.stdout.startswith(b"\x7fELF"):
+        raise RuntimeError(f"{tool} -dc gave no ELF kernel: {done.stderr.decode(errors='replace')[-300:]}")
+    return done.stdout
 
 
 def initramfs(busybox: bytes) -> bytes:
@@ -112,6 +155,7 @@ def build(cache: Path) -> Path:
         data = vmlinuz.read_bytes()
         (cache / "vmlinux").write_bytes(decompress_payload(data))
         (cache / "initramfs.cpio").write_bytes(initramfs((root / "bin" / "busybox").read_bytes()))
+        (cache / RIG_NAME).write_text(RIG, encoding="utf-8")
         (cache / "vmlinuz").write_bytes(data)   # last: ready() means complete
     return cache
 

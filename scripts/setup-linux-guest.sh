@@ -1,11 +1,11 @@
 #!/bin/sh
-# Set up the x86 Linux guest rig (tests/linux/debian-cloud.yaml): Debian's own
+# Set up the x86 Linux guest rig (debian-cloud.yaml in the cache): Debian's own
 # cloud kernel (linux-image-cloud-amd64) and busybox-static, fetched with
 # `apt-get download` and unpacked with `dpkg -x` into ~/.cache/kvmrig/linux-x86
 # (or $KVMRIG_LINUX_CACHE), never installed as the host's kernel; the vmlinux
 # is taken out of the bzImage and a busybox initramfs is built beside it
 # (python3 -m kvmrig.linuxguest). Also installs the `lz4` tool the cloud
-# kernel's payload needs. tests/linux/cache is pointed at the cache.
+# kernel's payload needs. Prints the rig's path.
 #
 # Idempotent: when the cache is complete it does no network access.
 set -eu
@@ -13,7 +13,7 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KVMRIG_LINUX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvmrig/linux-x86}
 
-if [ ! -f "$cache/vmlinuz" ]; then
+if [ ! -f "$cache/vmlinuz" ] || [ ! -f "$cache/debian-cloud.yaml" ]; then
     if ! command -v lz4 >/dev/null 2>&1; then
         if [ "$(id -u)" -ne 0 ]; then
             echo "setup-linux-guest.sh: needs root once to install lz4 (apt-get install lz4)" >&2
@@ -23,4 +23,4 @@ if [ ! -f "$cache/vmlinuz" ]; then
     fi
     PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" python3 -m kvmrig.linuxguest "$cache" >/dev/null
 fi
-ln -sfn "$cache" "$here/tests/linux/cache"
+echo "$cache/debian-cloud.yaml"

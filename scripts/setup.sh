@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 # for the arm64 guests, a C compiler for the KVM ABI guard test and the
 # benchmark's C limit, gdb for the debugger tests, seabios and u-boot-qemu for the
 # firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree.
-PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb"
+PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb lz4"
 
 missing=""
 for p in $PACKAGES; do
@@ -40,5 +40,9 @@ installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, unicorn, cap
 if [ "$installed" != "$here" ]; then
     echo "setup: pip install -e '.[test,emu]'"
     "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,emu]'
+fi
+# The x86 Linux guest (Debian's cloud kernel + busybox initramfs) in its cache.
+if [ "${SKIP_APT:-0}" != 1 ] && [ -x scripts/setup-linux-guest.sh ]; then
+    scripts/setup-linux-guest.sh >/dev/null
 fi
 "$PYTHON" -m kvmrig --version
