@@ -59,3 +59,16 @@ def test_multiboot_images(tmp_path: Path):
     assert "for `format: multiboot`" in error(HEAD + "images: [{file: k.flat, at: 0, cmdline: x}]\n", tmp_path)
     assert "not found" in error(HEAD + "images: [{file: k.flat, format: multiboot, modules: [{file: nope}]}]\n",
                                 tmp_path)
+
+
+def test_linux_images(tmp_path: Path):
+    (tmp_path / "bzImage").write_bytes(b"\0" * 64)
+    (tmp_path / "initrd").write_bytes(b"x")
+    ok = load_rig_text(HEAD + "images: [{file: bzImage, format: linux, cmdline: 'console=ttyS0', initrd: initrd}]\n",
+                       tmp_path / "m.yaml")
+    assert ok.cpu.mode == "long" and ok.images[0].initrd == tmp_path / "initrd"
+    assert "no at" in error(HEAD + "images: [{file: bzImage, format: linux, at: 0x100000}]\n", tmp_path)
+    assert "long mode" in error(HEAD + "images: [{file: bzImage, format: linux}]\ncpu: {mode: protected}\n", tmp_path)
+    assert "`format: linux`" in error(HEAD + "images: [{file: bzImage, format: multiboot, initrd: initrd}]\n",
+                                      tmp_path)
+    assert "not found" in error(HEAD + "images: [{file: bzImage, format: linux, initrd: nope}]\n", tmp_path)

@@ -68,7 +68,7 @@ CONTRACT_KEYS = {
          "devices", "cpu", "breakpoints", "watchpoints", "expect", "io", "machine", "verdict"},
     ("trace",): {"max"},
     ("memory", "items"): {"at", "size", "rom", "name"},
-    ("images", "items"): {"file", "at", "hex", "format", "cmdline", "modules"},
+    ("images", "items"): {"file", "at", "hex", "format", "cmdline", "modules", "initrd"},
     ("devices", "items"): {"type", "port", "at", "value", "size", "input", "irq", "files"},
     ("cpu",): {"mode", "entry", "regs", "tables_at", "cpuid"},
     ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set"},
