@@ -44,13 +44,13 @@ class MachineContext:
     irq_levels: dict[int, int] = field(default_factory=dict)
 
     def set_irq(self, line: int, level: int) -> None:
-        """Drive an IRQ line; only changes reach the interrupt controller."""
-        if self.irq_levels.get(line, 0) == level:
-            return
+        """Drive an IRQ line. Every call reaches the interrupt controller, as
+        QEMU's qemu_set_irq does: asserting a level-triggered line again
+        re-evaluates its delivery (the IOAPIC's retrigger semantics); an edge
+        line only fires on a rising edge anyway."""
         self.irq_levels[line] = level
-        if self.irq is None:
-            return
-        self.irq(line, level)
+        if self.irq is not None:
+            self.irq(line, level)
 
     def ram_below_4g(self) -> int:
         """RAM contiguous from address 0 (what a PC reports as its low memory)."""
