@@ -110,30 +110,32 @@ class PcTestdev(Dev):
             _flush_page(self.ctx.memory, value)
 
 
-class PcTestdevIrq(Dev):
-    """Ports 0x2000+n: a write drives IRQ line n to (value != 0)."""
+class _Part(Dev):
+    """Another address range of a pc-testdev, sharing its state."""
+
+    BASE, WHAT = 0, ""
 
     def __init__(self, owner: PcTestdev):
-        self.spec, self.console, self.outcome = owner.spec, owner.console, owner.outcome
+        super().__init__(owner.spec, owner.console, owner.outcome)
         self.owner = owner
-        self.base = PC_TESTDEV_IRQ_PORT
-        self.name = f"pc-testdev irq@{self.base:#x}"
-        self.rx = bytearray()
+        self.base = self.BASE
+        self.name = f"pc-testdev {self.WHAT}@{self.base:#x}"
+
+
+class PcTestdevIrq(_Part):
+    """Ports 0x2000+n: a write drives IRQ line n to (value != 0)."""
+
+    BASE, WHAT = PC_TESTDEV_IRQ_PORT, "irq"
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.owner.ctx.set_irq(offset, 1 if value else 0)
 
 
-class PcTestdevMem(Dev):
+class PcTestdevMem(_Part):
     """The 64 KiB window at 0xff000000: reads give what was written (MMIO, so
     every access exits: QEMU's emulator tests run instructions against it)."""
 
-    def __init__(self, owner: PcTestdev):
-        self.spec, self.console, self.outcome = owner.spec, owner.console, owner.outcome
-        self.owner = owner
-        self.base = PC_TESTDEV_MMIO
-        self.name = f"pc-testdev iomem@{self.base:#x}"
-        self.rx = bytearray()
+    BASE, WHAT = PC_TESTDEV_MMIO, "iomem"
 
     def read(self, offset: int, size: int) -> int:
         return int.from_bytes(self.owner.iomem[offset:offset + size], "little")

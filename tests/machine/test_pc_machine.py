@@ -61,11 +61,21 @@ def test_software_breakpoints_beyond_the_debug_registers_are_refused_without_int
         run(rig_text("long", "90 90 90 90 90 fa f4", extra=IRQCHIP + f"breakpoints: [{points}]\n"))
 
 
+def _interrupt_rig(main: str, handler: str, vector: int, extra: str) -> str:
+    """Long-mode code at 0x1000 with an IDT at 0x3000 (limit in the IDTR at
+    0x2000) whose gate `vector` goes to `handler` at 0x1100."""
+    gate = struct.pack("<HHHHII", 0x1100, 8, 0x8E00, 0, 0, 0).hex(" ")
+    idtr = struct.pack("<HQ", 0x0FFF, 0x3000).hex(" ")
+    return (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\n{extra}"
+            f"images: [{{hex: '{main}', at: 0x1000}}, {{hex: '{handler}', at: 0x1100}},"
+            f" {{hex: '{idtr}', at: 0x2000}}, {{hex: '{gate}', at: {0x3000 + 16 * vector:#x}}}]\n"
+            "cpu: {mode: long, regs: {rsp: 0x8000}}\n")
+
+
 @kvm
 def test_pit_interrupts_are_delivered_through_the_pic():
     # IDT at 0x3000 (vector 0x20 -> 0x1100: inc esi; EOI; iretq), PIC base 0x20,
     # only IRQ 0 unmasked, PIT channel 0 mode 2, divisor 0x400; wait for 3 ticks.
-    gate = struct.pack("<HHHHII", 0x1100, 8, 0x8E00, 0, 0, 0).hex(" ")
     handler = hexof("""
         ff c6            # inc esi
         b0 20            # mov al, 0x20
@@ -90,12 +100,7 @@ def test_pit_interrupts_are_delivered_through_the_pic():
         fa               # cli
         f4               # hlt
     """)
-    idtr = struct.pack("<HQ", 0x0FFF, 0x3000).hex(" ")
-    text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\nmachine: {{pit: true}}\n"
-            f"images: [{{hex: '{main}', at: 0x1000}}, {{hex: '{handler}', at: 0x1100}},"
-            f" {{hex: '{idtr}', at: 0x2000}}, {{hex: '{gate}', at: 0x3200}}]\n"
-            "cpu: {mode: long, regs: {rsp: 0x8000}}\n")
-    out = run(text)
+    out = run(_interrupt_rig(main, handler, 0x20, "machine: {pit: true}\n"))
     assert out.exit == "hlt", out.detail
     assert out.regs["rsi"] == 3
 
@@ -135,7 +140,6 @@ def test_cpuid_whole_leaf_and_vendor():
 def test_serial_thre_interrupt_reaches_the_guest():
     # IRQ 4 (COM1) -> vector 0x24 with the PIC at 0x20; enabling THRE interrupts
     # with an empty transmitter interrupts at once; the handler reads IIR (ack).
-    gate = struct.pack("<HHHHII", 0x1100, 8, 0x8E00, 0, 0, 0).hex(" ")
     handler = hexof("""
         ff c6                    # inc esi
         66 ba fa 03              # mov dx, 0x3fa
@@ -155,13 +159,8 @@ def test_serial_thre_interrupt_reaches_the_guest():
         90 90 90                 # nop (the interrupt lands)
         fa f4                    # cli; hlt
     """)
-    idtr = struct.pack("<HQ", 0x0FFF, 0x3000).hex(" ")
-    text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\nmachine: {{irqchip: true}}\n"
-            f"devices: [{{type: serial, port: 0x3f8}}]\n"
-            f"images: [{{hex: '{main}', at: 0x1000}}, {{hex: '{handler}', at: 0x1100}},"
-            f" {{hex: '{idtr}', at: 0x2000}}, {{hex: '{gate}', at: 0x3240}}]\n"
-            "cpu: {mode: long, regs: {rsp: 0x8000}}\n")
-    out = run(text)
+    out = run(_interrupt_rig(main, handler, 0x24,
+                             "machine: {irqchip: true}\ndevices: [{type: serial, port: 0x3f8}]\n"))
     assert out.exit == "hlt", out.detail
     assert out.regs["rsi"] == 1
 
