@@ -86,7 +86,7 @@ class Terminal:
                 self.stream.write(f"      | {text}\n")
         self.stream.flush()
 
-    def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False) -> str:
+    def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False, extra: str = "") -> str:
         counts = Counter(r.status for r in results)
         parts = [f"{counts[s]} {s}" + ("s" if s == ERROR and counts[s] > 1 else "")
                  for s in (FAILED, PASSED, SKIPPED, ERROR) if counts[s]]
@@ -97,7 +97,7 @@ class Terminal:
                     self.stream.write(f"{WORD[r.status]} {r.path}::{r.name}\n")
                     for text in (failure_lines(r) if r.status != ERROR else r.message.splitlines()):
                         self.stream.write(f"      {text}\n")
-        text = ", ".join(parts) or "no rigs ran"
+        text = ", ".join(parts + ([extra] if extra else [])) or "no rigs ran"
         if interrupted:
             text += " (interrupted)"
         line = f"== {text} in {seconds:.2f}s =="
