@@ -37,7 +37,7 @@ fi
 
 # Install (editable) unless this very checkout is what the Python imports, with the test extra.
 here=$(pwd -P)
-installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, unicorn, capstone, elftools, junit_xml; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
+installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, xmlschema, unicorn, capstone, elftools; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
 if [ "$installed" != "$here" ]; then
     echo "setup: pip install -e '.[test]'"
     "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
