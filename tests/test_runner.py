@@ -107,7 +107,23 @@ def test_run_rig_turns_a_kvmrig_bug_into_an_error_with_the_traceback(monkeypatch
 def test_classname_is_the_folder_dotted(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert runner.classname_for(tmp_path / "rigs" / "x86" / "a.yaml") == "rigs.x86"
-    assert runner.classname_for(tmp_path / "a.yaml") == "rigs"
+    assert runner.classname_for(Path("a.yaml")) == tmp_path.name, "outside a project, at the cwd: its name"
+
+
+@pytest.mark.parametrize("marker", runner.ROOT_MARKERS)
+def test_classname_is_relative_to_the_project_root_wherever_the_run_starts(monkeypatch, tmp_path, marker):
+    """CI history survives: the same rig gets the same classname from any cwd, however typed."""
+    project = tmp_path / "nu"
+    (project / "rigs" / "x86").mkdir(parents=True)
+    (project / marker).mkdir() if marker == ".git" else (project / marker).write_text("")
+    runner.project_root.cache_clear()
+    seen = set()
+    for cwd, typed in ((tmp_path, "nu/rigs/x86/crc.yaml"), (project, "rigs/x86/crc.yaml"),
+                       (project / "rigs", "x86/crc.yaml"), (project / "rigs" / "x86", "crc.yaml"),
+                       (project / "rigs", "./x86/../x86/crc.yaml"), (tmp_path, str(project / "rigs/x86/crc.yaml"))):
+        monkeypatch.chdir(cwd)
+        seen.add(runner.classname_for(Path(typed)))
+    assert seen == {"rigs.x86"}
 
 
 # -- run_rigs: fake rigs through the real worker machinery ------------------------
