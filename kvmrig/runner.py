@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from kvmrig.errors import KvmrigError, RigError
 from kvmrig.machine.outcome import Outcome
-from kvmrig.rig.load import load_rig
-from kvmrig.rig.model import Rig
+
+if TYPE_CHECKING:  # the loader (YAML, jsonschema) is imported when a rig is loaded: the pytest
+    from kvmrig.rig.model import Rig  # plugin imports this module in sessions that hold no rig
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
@@ -299,6 +302,8 @@ def is_rig_file(path: Path) -> bool:
 
 def load_all(paths: list[Path], explicit: set[Path] | None = None) -> tuple[list[Rig], list[RigResult]]:
     """Load rig files; return the rigs and an error result per file that failed."""
+    from kvmrig.rig.load import load_rig
+
     rigs, errors = [], []
     for path in paths:
         if explicit is not None and path not in explicit and not is_rig_file(path):
