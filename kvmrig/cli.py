@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
     run.add_argument("--rerun-failed", action="store_true",
                      help="run only the rigs that failed or errored last time (recorded in "
-                          "reports/last-failed.json; all of them when none is recorded)")
+                          ".kvmrig_cache/last-failed.json at the project root, or $KVMRIG_CACHE_DIR; "
+                          "all of them when none is recorded)")
     run.add_argument("--update-golden", action="store_true",
                      help="write or refresh the golden snapshot files of rigs with expect.golden, "
                           "printing what changed, instead of comparing with them")
@@ -135,7 +136,7 @@ def _collect(paths: list[str], rerun_failed: bool = False):
     if rerun_failed:
         from kvmrig import lastfailed
         files = [f for f in files if f in explicit or is_rig_file(f)]
-        files, narrowed = lastfailed.select(files)
+        files, narrowed = lastfailed.select(files, lastfailed.record_for(paths))
         print(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
               else "rerun-failed: no failures recorded for these rigs: running all")
     return load_all(files, explicit)
@@ -197,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not interrupted:
         try:
             from kvmrig import lastfailed
-            lastfailed.update(final)
+            lastfailed.update(final, lastfailed.record_for(args.paths))
         except OSError as e:
             print(f"kvmrig: warning: cannot record the failed rigs for --rerun-failed: {e}", file=sys.stderr)
     for flag, target, write in (("--junit", args.junit, lambda: write_junit(args.junit, final)),
