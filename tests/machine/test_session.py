@@ -140,6 +140,22 @@ def test_serial_console():
 
 
 @kvm
+def test_a_failed_console_check_names_the_unclaimed_port_the_guest_wrote_to():
+    code = """
+        66 ba f8 03   # mov dx, 0x3f8
+        b0 68         # mov al, 'h'
+        ee            # out dx, al
+        b0 69         # mov al, 'i'
+        ee            # out dx, al
+        f4            # hlt
+    """
+    out = run(rig_text("long", code, extra="expect: {console: {contains: hi}}\n"))   # no serial device
+    assert [f.what for f in out.failures] == ["console"]
+    (note,) = [n for n in out.notes if "no device claims" in n]
+    assert "0x3f8 (2 byte(s): 'hi')" in note and "devices: [{type: serial, port: 0x3f8}]" in note
+
+
+@kvm
 def test_debugcon_console_and_probe():
     code = """
         e4 e9         # in al, 0xe9        (the probe: reads 0xe9)
