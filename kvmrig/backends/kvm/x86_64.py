@@ -21,6 +21,7 @@ from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State
+from kvmrig.arch.x86_64.faults import explain_shutdown
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends import base
 from kvmrig.backends.base import Event, HwSlot
@@ -290,6 +291,15 @@ class KvmX86Backend(KvmBackendBase):
         if not slots:
             return None
         return Event(base.DEBUG, slot=slots[0], addr=addr, size=size, write=write, detail="watch", raw=slots)
+
+    def _other_exit(self, reason: int, rs) -> Event:
+        if reason != abi.KVM_EXIT_SHUTDOWN:
+            return super()._other_exit(reason, rs)
+        # KVM does not say which exception failed: read it from the code and the IDT.
+        s = self.vcpu.get_sregs()
+        pc = self._pc_now()
+        detail = explain_shutdown(pc, self.peek, s.idt.base, s.idt.limit, s.cr0, s.efer)
+        return Event(base.SHUTDOWN, pc=pc, detail=detail)
 
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()
