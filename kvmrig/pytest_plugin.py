@@ -138,7 +138,7 @@ class RigFile(pytest.File):
         from kvmrig.rig.load import load_rig
 
         try:
-            rig = load_rig(self.path)
+            rig = load_rig(_as_typed(self.path, self.config.invocation_params.dir))
             _check(rig)
         except RigError as e:
             raise self.CollectError(_error_text(e, self.config.invocation_params.dir)) from None
@@ -148,6 +148,15 @@ class RigFile(pytest.File):
             _register_marker(self.config, tag)
             item.add_marker(tag)
         yield item
+
+
+def _as_typed(path: Path, base: Path) -> Path:
+    """`path` relative to where pytest was started when below it (as a user types
+    it, and as `kvmrig run` reports it), else absolute."""
+    try:
+        return path.relative_to(base)
+    except ValueError:
+        return path
 
 
 def _check(rig: Rig) -> None:
@@ -164,7 +173,11 @@ def _check(rig: Rig) -> None:
 
 
 def _error_text(error: RigError, base: Path) -> str:
-    """The error as `path:line:col: message`, the path relative to where pytest was started."""
+    """Every error of the file, each as `path:line:col: message`, the path relative to where pytest was started."""
+    return "\n".join(_one_error(e, base) for e in (error, *error.more))
+
+
+def _one_error(error: RigError, base: Path) -> str:
     where = error.mark.path if error.mark else error.path
     if not where:
         return error.message

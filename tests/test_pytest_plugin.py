@@ -147,7 +147,7 @@ def test_failure_shows_checks_not_a_traceback(folder: Path) -> None:
     got = pytest_run(str(folder / "wrong.yaml"), cwd=folder.parent)
     assert got.returncode == 1
     out = got.stdout
-    assert "register ax: expected 6, got 5 [wrong.yaml:10]" in out, out
+    assert "register ax: expected 6, got 5 [rigs/wrong.yaml:10]" in out, out
     assert "exit hlt" in out
     assert "FAILED rigs/wrong.yaml::wrong - 1 failed check: register ax: expected 6" in out
     for internal in ("Traceback", "pytest_plugin.py", "_pytest", "RigFailed", "raise "):

@@ -64,14 +64,18 @@ def _kind_ids() -> dict[int, str]:
 
 
 def validate(data: Any, marks: Marks) -> None:
-    """Raise RigError for the first schema violation in the file, if any."""
+    """Raise RigError for the schema violations in the file, if any (every one, in file order)."""
     problems = [p for error in _validator().iter_errors(data) for p in _explain(error, marks)]
     # A misspelt key explains the required key that seems missing beside it.
     misspelt = {p.path for p in problems if p.unknown_key}
     problems = [p for p in problems if not (p.missing_key and p.path in misspelt)]
     if problems:
-        first = min(problems, key=lambda p: (p.mark.line, p.mark.col))
-        raise RigError(first.message, first.mark) from None
+        seen, errors = set(), []
+        for p in problems:
+            if (p.mark, p.message) not in seen:
+                seen.add((p.mark, p.message))
+                errors.append(RigError(p.message, p.mark))
+        raise RigError.of(errors) from None
 
 
 class _Problem(NamedTuple):

@@ -68,13 +68,13 @@ def test_failure_carries_every_failed_check_and_where_it_stopped():
     failure = case.find("failure")
     assert failure is not None and case.find("error") is None
     text = failure.text
-    assert "register rax: expected 0x2a (42), got 0x2b (43) [a.yaml:12]" in text
-    assert "memory at 0x5000: expected 34 12 00 00, got 00 00 00 00 [a.yaml:14]" in text
+    assert "register rax: expected 0x2a (42), got 0x2b (43) [/rigs/x86/a.yaml:12]" in text
+    assert "memory at 0x5000: expected 34 12 00 00, got 00 00 00 00 [/rigs/x86/a.yaml:14]" in text
     assert "console: expected to contain 'PASS'" in text
     assert "final pc 0x1004" in text
     message = failure.get("message")
     assert "\n" not in message, "one line"
-    assert message.startswith("3 failed checks: register rax: expected 0x2a (42), got 0x2b (43) [a.yaml:12]; "
+    assert message.startswith("3 failed checks: register rax: expected 0x2a (42), got 0x2b (43) [/rigs/x86/a.yaml:12]; "
                               "memory at 0x5000: ")
     assert "; console: expected to contain 'PASS'" in message
 
