@@ -293,12 +293,17 @@ class _Builder:
 
     # -- registers and memory -------------------------------------------
 
-    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int, Mark], ...]:
+    def reg_value(self, p: JsonPath, value: Any, width: int, name: str) -> int | m.Address:
+        """A register's value: a number that fits it, or `sym:` (resolved by the machine layer)."""
+        if isinstance(value, str) and value.startswith("sym:"):
+            return self.address(p, value)
+        return self.fit(self.parse(parse_int, p, value), width, p, name)
+
+    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int | m.Address, Mark], ...]:
         out = []
         for name, value in raw.items():
             field = self.register(p + (name,), name)
-            n = self.fit(self.parse(parse_int, p + (name,), value), field.width, p + (name,), name)
-            out.append((name.lower(), n, self.mark(p + (name,))))
+            out.append((name.lower(), self.reg_value(p + (name,), value, field.width, name), self.mark(p + (name,))))
         return tuple(out)
 
     def reg_checks(self, p: JsonPath, raw: dict[str, Any]) -> tuple[m.RegCheck, ...]:
@@ -316,7 +321,7 @@ class _Builder:
                 mask = self.fit(self.uint(q + ("mask",), spec["mask"]), width, q + ("mask",), "mask")
                 value = self.fit(self.parse(parse_int, q + ("value",), spec["value"]), width, q + ("value",), name)
             else:
-                value = self.fit(self.parse(parse_int, q, spec), width, q, name)
+                value = self.reg_value(q, spec, width, name)
             out.append(m.RegCheck(name.lower(), value, mask, lo, hi, self.mark(q)))
         return tuple(out)
 

@@ -30,13 +30,14 @@ from kvmrig.rig.yamlmarks import JsonPath, Marks, format_path
 _KINDS = {
     "uint": f"a number >= 0 (examples: {v.INT_EXAMPLES})",
     "int": 'a number (examples: 20, -1, "0x7c00")',
+    "regSet": 'a number or an ELF symbol (examples: 20, -1, "0x7c00", "sym:stack_top")',
     "size": f"a size (examples: {v.SIZE_EXAMPLES})",
     "address": f"an address (examples: {v.ADDRESS_EXAMPLES})",
     "duration": f"a duration (examples: {v.DURATION_EXAMPLES})",
     "count": f"a count (examples: {v.COUNT_EXAMPLES})",
     "hexBytes": f"hex bytes (examples: {v.HEX_EXAMPLES})",
     "strings": "a string or a list of strings",
-    "regValue": "a register check (a number, {mask: M, value: V} or {range: [lo, hi]})",
+    "regValue": "a register check (a number, \"sym:NAME\", {mask: M, value: V} or {range: [lo, hi]})",
     "golden": "a golden file (a file name, or {file: ..., ignore: [register, ...]})",
 }
 _TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",

@@ -217,7 +217,11 @@ def run(path) -> RigResult:
 
 
 def failures(result: RigResult) -> list[str]:
-    return [str(f) for f in result.outcome.failures] if result.outcome else [result.message]
+    """The failed checks, each naming the rig file by its name only (the runs here give it absolute)."""
+    if not result.outcome:
+        return [result.message]
+    return [str(f).replace(f"[{f.mark.path}:", f"[{f.mark.path.rsplit('/', 1)[-1]}:") if f.mark else str(f)
+            for f in result.outcome.failures]
 
 
 def explain(result: RigResult) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -531,3 +532,32 @@ def test_a_rig_error_found_at_run_time_is_an_error_result():
     result = run_rig(load_rig_text(text, "/rigs/err.yaml"))
     assert result.status == ERROR
     assert result.message.startswith("/rigs/err.yaml:4:")
+
+
+# -- sym: in register values -----------------------------------------------------
+
+SYM_REGS = """\
+kvmrig: 1
+arch: x86_64
+memory: [{at: 0, size: 2M}]
+images: [{file: guests/elf-symbols.elf}]
+cpu: {mode: long, entry: "sym:_start", regs: {rdi: "sym:result", rbx: "sym:table+4"}}
+breakpoints: [{at: "sym:sum_max", hits: 1, expect: {regs: {rsi: "%s"}}}]
+expect: {exit: hlt, regs: {rdi: "sym:result", rbx: "sym:table+4", rax: 77}}
+"""
+EXAMPLES_X86 = Path(__file__).resolve().parents[2] / "rigs" / "x86"
+
+
+@kvm
+def test_register_values_can_be_elf_symbols():
+    out = run(SYM_REGS % "sym:table", str(EXAMPLES_X86 / "sym-regs.yaml"))
+    assert_passed(out)
+    wrong = run(SYM_REGS % "sym:result", str(EXAMPLES_X86 / "sym-regs.yaml"))
+    assert [str(f).split(" [")[0] for f in wrong.failures] == \
+        ["breakpoint[0] at sym:sum_max (0x10000), hit 1: register rsi: expected 0x11000 (69632), got 0x1004c (65612)"]
+
+
+def test_a_symbol_too_wide_for_its_register_is_a_rig_error():
+    text = SYM_REGS.replace('rdi: "sym:result"', 'al: "sym:result"', 1) % "sym:table"
+    with pytest.raises(RigError, match=r"sym:result is 0x11000, which does not fit in al \(8 bits\)"):
+        prepare(load_rig_text(text, str(EXAMPLES_X86 / "sym-regs.yaml")))
