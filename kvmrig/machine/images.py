@@ -23,6 +23,31 @@ class LoadedImage:
     segments: list[tuple[int, bytes]]
     entry: int | None = None
     symbols: dict[str, int] = field(default_factory=dict)
+    elf_kind: tuple[str, str] | None = None   # ELF: (e_machine, EI_CLASS) as pyelftools names them
+
+
+# The ELF machines each arch runs (pyelftools' e_machine names) and, for each,
+# the ELF class its code is built for.
+ELF_MACHINES = {"x86_64": {"EM_X86_64": "ELFCLASS64", "EM_386": "ELFCLASS32"},
+                "arm64": {"EM_AARCH64": "ELFCLASS64"}}
+
+
+def check_elf_kind(img: LoadedImage, arch: str, mode: str) -> None:
+    """An ELF built for another machine, or 32-bit code started in long mode,
+    fails here at the image's line (else it fails later, as a confusing MMIO
+    exit or a wild jump)."""
+    if img.elf_kind is None:
+        return
+    machine, klass = img.elf_kind
+    mark = img.image.file_mark or img.image.mark
+    known = ELF_MACHINES[arch]
+    if machine not in known:
+        wants = " or ".join(known)
+        raise RigError(f"{img.label} is an ELF for {machine} ({klass}), but the rig's arch is {arch} "
+                       f"(which runs {wants})", mark)
+    if arch == "x86_64" and mode == "long" and klass == "ELFCLASS32":
+        raise RigError(f"{img.label} is a 32-bit ELF ({machine}), but cpu.mode is long (64-bit code): "
+                       "link it as elf64-x86-64, or start in `protected` (or `real`) mode", mark)
 
 
 def _read_file(image: Image) -> bytes:
@@ -62,7 +87,8 @@ def _load_elf(image: Image, data: bytes) -> LoadedImage:
         raise RigError(f"{label} is not a valid ELF file: {e}", image.file_mark or image.mark) from None
     if not segments:
         raise RigError(f"{label} has no loadable (PT_LOAD) segment", image.file_mark or image.mark)
-    return LoadedImage(image, label, segments, entry, symbols)
+    return LoadedImage(image, label, segments, entry, symbols, (elf.header["e_machine"], elf.elfclass == 64
+                                                                 and "ELFCLASS64" or "ELFCLASS32"))
 
 
 def load_image(image: Image) -> LoadedImage:
@@ -125,7 +151,13 @@ def image_mark(img: LoadedImage) -> Mark:
 
 
 def load_images(rig: Rig) -> list[LoadedImage]:
-    return [load_image(image) for image in rig.images]
+    from kvmrig.rig.load import DEFAULT_MODES
+
+    mode = rig.cpu.mode if rig.cpu is not None else DEFAULT_MODES[rig.arch]
+    images = [load_image(image) for image in rig.images]
+    for img in images:
+        check_elf_kind(img, rig.arch, mode)
+    return images
 
 
 def check_placement(rig: Rig, images: list[LoadedImage]) -> None:
