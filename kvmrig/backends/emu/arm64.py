@@ -83,6 +83,7 @@ from kvmrig.arch.arm64 import esr, mmu
 from kvmrig.arch.arm64.boot import Arm64State
 from kvmrig.arch.arm64.onereg import ONE_REGS, sp_for_pstate
 from kvmrig.arch.arm64.regs import CANONICAL, SYSREGS
+from kvmrig.arch.arm64.reset import EMU_RESET
 from kvmrig.backends import base
 from kvmrig.backends.base import Event
 from kvmrig.backends.emu.core import EmuBackendBase
@@ -289,7 +290,8 @@ class EmuArm64Backend(EmuBackendBase):
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
-        self.set_regs({"pstate": state.pstate, "pc": state.pc})
+        # The EL1 system registers as KVM resets them (arch/arm64/reset.py), then the start state.
+        self.set_regs({**EMU_RESET, "pstate": state.pstate, "pc": state.pc})
 
     # Registers -----------------------------------------------------------
     def _read(self, name: str) -> int:
