@@ -332,7 +332,8 @@ class Session:
             else:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
         if outcome.failures:
-            outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail))
+            outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail),
+                                         self.plan.symbols)
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
             if extra:
                 outcome.report.append(extra)
