@@ -111,6 +111,12 @@ class Backend(ABC):
         from kvmrig.arch.traits import traits
         return self.get_regs()[traits(self.arch).pc]
 
+    def get_extra_regs(self) -> dict[str, int]:
+        """Registers only a debugger shows (x86: fs_base, gs_base, the x87 and
+        SSE registers, named as gdb names them): read on demand, read-only,
+        never on a rig's hot path. Default: none."""
+        return {}
+
     def reinject(self, event: Event) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest."""
 

@@ -136,6 +136,16 @@ class KvmX86Backend(KvmBackendBase):
     def get_pc(self) -> int:
         return self.vcpu.get_regs().rip
 
+    def get_extra_regs(self) -> dict[str, int]:
+        from kvmrig.arch.x86_64.fpu import gdb_registers
+
+        s = self.vcpu.get_sregs()
+        f = self.vcpu.get_fpu()
+        out = gdb_registers([bytes(f.fpr[i]) for i in range(8)], f.fcw, f.fsw, f.ftwx, f.last_opcode,
+                            f.last_ip, f.last_dp, [bytes(f.xmm[i]) for i in range(16)], f.mxcsr)
+        out.update(fs_base=s.fs.base, gs_base=s.gs.base)
+        return out
+
     def set_regs(self, regs: dict[str, int]) -> None:
         self._regs_set = True
         plain = {k: v for k, v in regs.items() if k in _REG_FIELDS}
