@@ -7,13 +7,10 @@ from collections.abc import Callable
 
 from kvmrig.arch import host_arch
 from kvmrig.backends.base import Backend
+from kvmrig.errors import NoBackend  # noqa: F401 - raised here, importable from here
 from kvmrig.rig.model import Rig
 
 HOST_ARCH = host_arch()
-
-
-class NoBackend(Exception):
-    """No backend can run this rig here; the message is the skip reason."""
 
 
 def kvm_usable() -> str | None:

@@ -17,7 +17,8 @@ from kvmrig.errors import RigError
 from kvmrig.machine.plan import prepare
 from kvmrig.machine.session import execute
 from kvmrig.rig.load import load_rig_text
-from kvmrig.runner import ERROR, FAILED, PASSED, run_rig
+from kvmrig.result import ERROR, FAILED, PASSED
+from kvmrig.runner import run_rig
 
 x86_host = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86_64 guest code")
 

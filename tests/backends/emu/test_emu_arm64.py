@@ -13,7 +13,8 @@ pytest.importorskip("unicorn")
 from kvmrig.arch.arm64 import regs as arm64regs  # noqa: E402
 from kvmrig.backends.emu.arm64 import REGS, EmuArm64Backend  # noqa: E402
 from kvmrig.rig.load import load_rig  # noqa: E402
-from kvmrig.runner import PASSED, run_rig  # noqa: E402
+from kvmrig.result import PASSED  # noqa: E402
+from kvmrig.runner import run_rig  # noqa: E402
 
 HEAD = """\
 kvmrig: 1

@@ -29,7 +29,8 @@ from kvmrig.backends.emu.arm64 import EmuArm64Backend  # noqa: E402
 from kvmrig.machine.plan import prepare  # noqa: E402
 from kvmrig.machine.session import execute  # noqa: E402
 from kvmrig.rig.load import load_rig  # noqa: E402
-from kvmrig.runner import PASSED, run_rig  # noqa: E402
+from kvmrig.result import PASSED  # noqa: E402
+from kvmrig.runner import run_rig  # noqa: E402
 from tests.backends.emu.arm64_mmu_guests import (  # noqa: E402
     SOURCES,
     WORDS,
