@@ -17,9 +17,6 @@ twice, through the `debug` fixture:
 `native` is not tested: it forces INT3 and data breakpoints, which fail on a
 KVM without them (kvm_pvm, for one), and `auto` already takes that path
 wherever it works.
-
-Tests marked xfail(strict=True) show bugs in kvmrig (see each reason); they
-start failing (XPASS) when the bug is fixed, and then the mark must go.
 """
 
 from __future__ import annotations
@@ -863,7 +860,7 @@ def test_trap_mode_picks_the_fallbacks(debug):
 
 
 # ---------------------------------------------------------------------------
-# Bugs: each xfail(strict=True) test below fails because of a bug in kvmrig.
+# Regressions: bugs found and fixed, kept pinned down.
 
 def test_overlapping_watchpoints_each_count(make_rig, debug):
     path = make_rig(f"""

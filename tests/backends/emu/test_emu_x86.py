@@ -15,8 +15,9 @@ from kvmrig.backends.events import Halt, PortIO  # noqa: E402
 from kvmrig.backends.emu import core  # noqa: E402
 from kvmrig.backends.emu.x86_64 import REG_IDS, EmuX86Backend, _CsBase  # noqa: E402
 from kvmrig.rig.load import load_rig  # noqa: E402
-from kvmrig.result import FAILED, PASSED  # noqa: E402
+from kvmrig.result import FAILED  # noqa: E402
 from kvmrig.runner import run_rig  # noqa: E402
+from tests.conftest import assert_rig_passed as passed  # noqa: E402
 
 LONG = """\
 kvmrig: 1
@@ -32,10 +33,6 @@ def run(make_rig, text: str):
     result = run_rig(load_rig(make_rig(text)))
     assert result.backend == "emu", result.message
     return result
-
-
-def passed(result) -> None:
-    assert result.status == PASSED, "\n".join(map(str, result.outcome.failures)) if result.outcome else result.message
 
 
 # Modes ------------------------------------------------------------------------
