@@ -98,7 +98,7 @@ class Session:
         self.ended = False     # the rig's run is over (finish() may still be due)
         self.exits = 0         # events handled
         self.seconds = 0.0     # guest running time: the rig's timeout counts this, not debugger stops
-        self.client_step = False  # a debugger's single-step is armed (step() arms it)
+        self._client_step = False  # a debugger's single-step is armed (only while step() runs)
         self._client_stop: Pause | None = None  # set by a handler: stop for the debugger
         self._started = False
         self._finished = False
@@ -240,12 +240,12 @@ class Session:
         return True
 
     def _set_client_step(self, on: bool) -> None:
-        if on != self.client_step:
-            self.client_step = on
+        if on != self._client_step:
+            self._client_step = on
             self._arm(self.user_step or self.stepping_over is not None)
 
     def _arm(self, single_step: bool) -> None:
-        single_step = single_step or self.client_step
+        single_step = single_step or self._client_step
         if self.debug.slots or self.debug.any_sw or single_step or self._armed:
             self._armed = True
             self.backend.set_debug(self.debug.slots, single_step, self.debug.sw_all)
@@ -254,7 +254,7 @@ class Session:
     def _end(self, stop: Stop, ev: Event | None) -> None:
         """Record how the run ended (`ev`: the last event); finish() judges it."""
         self.ended = True
-        self.client_step = False
+        self._client_step = False
         outcome = self.outcome
         outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
         if outcome.stop_pc is None and ev is not None and type(ev) not in (PortIO, Mmio):
@@ -310,10 +310,10 @@ class Session:
             self.tail.append(ev.pc)
             if len(self.outcome.trace) < self.rig.trace_max:
                 self.outcome.trace.append(ev.pc)
-        if self.user_step or self.client_step:
+        if self.user_step or self._client_step:
             if self.debug.sw_all:
                 self.arrive(ev.pc)
-            if self.client_step:
+            if self._client_step:
                 self._client_stop = STEPPED
 
     def _sw(self, ev: SwBreak) -> None:

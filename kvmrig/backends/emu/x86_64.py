@@ -36,6 +36,7 @@ have seen:
 
 from __future__ import annotations
 
+import ctypes
 import re
 import struct
 
@@ -124,7 +125,6 @@ class _CsBase:
 
 
 def _context_bytes(ctx) -> bytes:
-    import ctypes
     ptr = ctypes.cast(ctx.context, ctypes.c_void_p).value
     return ctypes.string_at(ptr, ctx.size + 64)
 
