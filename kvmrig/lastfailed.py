@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from kvmrig.atomic import write_atomic
+from kvmrig.result import project_root
 
 CACHE_DIR = ".kvmrig_cache"
 CACHE_ENV = "KVMRIG_CACHE_DIR"
@@ -29,8 +30,6 @@ def cache_dir(paths: list[str] | None = None) -> Path:
     """Where kvmrig keeps state between runs (see the module docstring)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    from kvmrig.runner import project_root
-
     folders = [Path(os.path.abspath(p)) for p in paths or []]
     folders = [p if p.is_dir() else p.parent for p in folders]
     common = Path(os.path.commonpath([str(p) for p in folders])) if folders else Path.cwd()

@@ -6,7 +6,7 @@ non-Python-test example: a File node per rig file that yields one Item named
 by the rig's name, an Item whose `runtest` raises a kvmrig exception, and a
 `repr_failure` that prints only what `kvmrig run` would print for that rig.
 
-- Which YAML files: those whose first key is `kvmrig:` (runner.is_rig_file),
+- Which YAML files: those whose first key is `kvmrig:` (collect.is_rig_file),
   plus any YAML file named on the command line. By default (ini
   `kvmrig_collect = args`) only below paths *given on the command line*: a
   bare `pytest` that falls back on `testpaths` never collects rigs, so a
@@ -36,8 +36,10 @@ by the rig's name, an Item whose `runtest` raises a kvmrig exception, and a
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import traceback
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -49,7 +51,7 @@ import pytest
 if TYPE_CHECKING:
     from kvmrig.errors import RigError
     from kvmrig.rig.model import Rig
-    from kvmrig.runner import RigResult
+    from kvmrig.result import RigResult
 
 SUFFIXES = (".yaml", ".yml")
 COLLECT_MODES = ("args", "always", "never")
@@ -110,7 +112,7 @@ def _wanted(config: pytest.Config, path: Path) -> bool:
     roots = config.stash.get(_roots, [])
     if roots == []:
         return False
-    from kvmrig.runner import is_rig_file
+    from kvmrig.collect import is_rig_file
 
     if roots is None:
         return is_rig_file(path)
@@ -134,7 +136,7 @@ class RigFile(pytest.File):
     """One rig file: loaded and checked here, so its errors are collection errors."""
 
     def collect(self):
-        from kvmrig.errors import RigError
+        from kvmrig.errors import KvmrigError, RigError
         from kvmrig.rig.load import load_rig
 
         try:
@@ -142,6 +144,11 @@ class RigFile(pytest.File):
             _check(rig)
         except RigError as e:
             raise self.CollectError(_error_text(e, self.config.invocation_params.dir)) from None
+        except KvmrigError as e:
+            raise self.CollectError(f"{self.path}: {e}") from None
+        except Exception:  # a kvmrig bug: reported against the file, never swallowed
+            raise self.CollectError(f"{self.path}: internal error in kvmrig while loading the rig:\n"
+                                    f"{traceback.format_exc()}") from None
         item = RigItem.from_parent(self, name=rig.name, rig=rig)
         item.add_marker("kvmrig")
         for tag in rig.tags:
@@ -161,15 +168,9 @@ def _as_typed(path: Path, base: Path) -> Path:
 
 def _check(rig: Rig) -> None:
     """What `kvmrig validate` checks past the file itself (images, symbols, debug registers)."""
-    from kvmrig.errors import RigError
     from kvmrig.machine.plan import prepare
 
-    try:
-        prepare(rig)
-    except RigError:
-        raise
-    except Exception:  # a kvmrig bug: let the run report it against the rig
-        pass
+    prepare(rig)
 
 
 def _error_text(error: RigError, base: Path) -> str:
@@ -213,19 +214,23 @@ class RigItem(pytest.Item):
         self.result: RigResult | None = None
 
     def runtest(self) -> None:
-        from kvmrig.runner import CROSS, ERROR, FAILED, SKIPPED, RigResult, run_rig, run_rigs
+        from kvmrig.crosscheck import cross_check
+        from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult
+        from kvmrig.runner import run_rig, run_rigs
 
         backend = self.config.getoption("kvmrig_backend", "auto") or "auto"
+        golden = bool(self.config.getoption("kvmrig_update_golden", False))
         if self.config.getoption("kvmrig_cross_check", False):
             if backend != "auto":
                 raise pytest.UsageError("--kvmrig-cross-check runs both backends: it cannot be combined "
                                         "with --kvmrig-backend")
-            backend = CROSS
-        golden = bool(self.config.getoption("kvmrig_update_golden", False))
+            executor = functools.partial(cross_check, update_golden=golden)
+        else:
+            executor = functools.partial(run_rig, backend=backend, update_golden=golden)
         if threading.current_thread() is threading.main_thread():
-            result = run_rig(self.rig, backend, update_golden=golden)
+            result = executor(self.rig)
         else:  # SIGALRM is main-thread only: a forked worker's only thread is its main thread
-            results, _ = run_rigs([self.rig], jobs=1, backend=backend, update_golden=golden)
+            results, _ = run_rigs([self.rig], jobs=1, executor=executor)
             result = results[0] or RigResult(str(self.rig.path), self.rig.name, ERROR,
                                              message=f"{self.rig.path}: the rig was not run")
         self.result = result
@@ -260,7 +265,7 @@ def _failure_repr(result: RigResult, path: str):
     its text the failure's body. Built from pytest's report classes so that
     pytest-xdist carries it from the workers unchanged."""
     from kvmrig.report.terminal import failure_message, failure_text
-    from kvmrig.runner import FAILED
+    from kvmrig.result import FAILED
 
     if result.status == FAILED:
         message, text = failure_message(result), failure_text(result)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from kvmrig.arch.arm64.reset import never_written
 from kvmrig.atomic import write_atomic
 from kvmrig.machine.outcome import Failure, Outcome, num
 from kvmrig.rig.model import Golden, Rig
@@ -33,7 +34,6 @@ def _snapshot_regs(rig: Rig, golden: Golden, regs: dict[str, int]) -> dict[str, 
     guest never wrote (their value says which backend ran, not what the guest did)."""
     skip = VOLATILE.get(rig.arch, set()) | set(golden.ignore)
     if rig.arch == "arm64":
-        from kvmrig.arch.arm64.reset import never_written
         skip |= {k for k, v in regs.items() if never_written(k, v) or (k.startswith("v") and k[1:].isdigit())}
     return {k: v for k, v in regs.items() if k not in skip}
 

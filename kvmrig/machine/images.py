@@ -11,6 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from kvmrig.errors import Mark, RigError
+from kvmrig.rig.load import DEFAULT_MODES
 from kvmrig.rig.model import Address, Image, Rig
 
 ELF_MAGIC = b"\x7fELF"
@@ -196,8 +197,6 @@ def image_mark(img: LoadedImage) -> Mark:
 
 
 def load_images(rig: Rig) -> list[LoadedImage]:
-    from kvmrig.rig.load import DEFAULT_MODES
-
     mode = rig.cpu.mode if rig.cpu is not None else DEFAULT_MODES[rig.arch]
     images = [load_image(image) for image in rig.images]
     for img in images:

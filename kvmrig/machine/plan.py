@@ -7,9 +7,10 @@ builds on the plan, so a rig that validates cannot fail for these reasons later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from kvmrig.arch import registers
 from kvmrig.arch.traits import Traits, traits
 from kvmrig.errors import RigError
 from kvmrig.machine import boot
@@ -58,10 +59,6 @@ def _all_addresses(rig: Rig):
 def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
     """The rig with every `sym:` register value (cpu.regs, set.regs, expected
     regs) replaced by its address, fitted to the register's width."""
-    from dataclasses import replace
-
-    from kvmrig.arch import registers
-
     def value(name: str, v, mark):
         if not isinstance(v, Address):
             return v

@@ -1,7 +1,7 @@
 """JUnit XML, valid against the common junit-10.xsd, written atomically.
 
 One <testcase> per rig: named by the rig's name, classname by its folder
-(runner.classname_for: stable whatever the working directory). A failed rig
+(result.classname_for: stable whatever the working directory). A failed rig
 is a <failure> whose `message` is one line naming every failed check and
 whose text is the whole diagnosis (report.terminal.failure_message and
 failure_text, which the pytest plugin uses too, so both producers write the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kvmrig.atomic import write_atomic
 from kvmrig.report.terminal import failure_message, failure_text
-from kvmrig.runner import ERROR, FAILED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult
 
 # Characters XML 1.0 cannot hold (C0 controls but tab, LF, CR; surrogates; U+FFFE/F).
 _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
