@@ -55,6 +55,7 @@ class Hit:
     addr: int | None = None
     regs: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)   # code and registers at the hit (the first failing hit)
 
 
 @dataclass

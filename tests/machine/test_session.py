@@ -559,3 +559,28 @@ def test_a_symbol_too_wide_for_its_register_is_a_rig_error():
     text = SYM_REGS.replace('rdi: "sym:result"', 'al: "sym:result"', 1) % "sym:table"
     with pytest.raises(RigError, match=r"sym:result is 0x11000, which does not fit in al \(8 bits\)"):
         prepare(load_rig_text(text, str(EXAMPLES_X86 / "sym-regs.yaml")))
+
+
+# -- the failure report at a failing per-hit check ---------------------------------
+
+@kvm
+def test_a_failing_per_hit_check_shows_code_and_registers_at_that_hit():
+    code = """
+        b9 05 00 00 00   # 1000: mov $5,%ecx
+        ff c9            # 1005: dec %ecx      <- breakpoint: rcx 5, 4, 3, 2, 1
+        75 fc            # 1007: jne 0x1005
+        f4               # 1009: hlt
+    """
+    out = run(rig_text("long", code, extra="breakpoints: [{at: 0x1005, hits: 5, on_hit: 2, "
+                                          "expect: {regs: {rcx: 9}}}]\nexpect: {exit: hlt}\n"))
+    assert [f.what for f in out.failures] == ["breakpoint[0] at 0x1005, hit 2: register rcx"]
+    report = "\n".join(out.report)
+    assert out.report[0] == "at breakpoint[0] at 0x1005, hit 2:"
+    assert "=> 0x1005: ff c9" in report, "the code at the hit, without the planted breakpoint"
+    assert re.search(r"rcx 0x0+4\b", report), "the registers at the hit (rcx = 4), not at the end (0)"
+    assert "where the run ended" not in report, "no end check failed"
+    both = run(rig_text("long", code, extra="breakpoints: [{at: 0x1005, on_hit: 2, expect: {regs: {rcx: 9}}}]\n"
+                                           "expect: {exit: hlt, regs: {rcx: 7}}\n"))
+    text = "\n".join(both.report)
+    assert "at breakpoint[0] at 0x1005, hit 2:" in text and "where the run ended:" in text
+    assert re.search(r"rcx 0x0+4\b", text) and re.search(r"rcx 0x0+\b", text.split("where the run ended:")[1])
