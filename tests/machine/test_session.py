@@ -121,16 +121,19 @@ def test_long_mode_runs_64_bit_code():
 
 # -- consoles ---------------------------------------------------------------------
 
+SAY_HI = """
+    66 ba f8 03   # mov dx, 0x3f8
+    b0 68         # mov al, 'h'
+    ee            # out dx, al
+    b0 69         # mov al, 'i'
+    ee            # out dx, al
+    f4            # hlt
+"""
+
+
 @kvm
 def test_serial_console():
-    code = """
-        66 ba f8 03   # mov dx, 0x3f8
-        b0 68         # mov al, 'h'
-        ee            # out dx, al
-        b0 69         # mov al, 'i'
-        ee            # out dx, al
-        f4            # hlt
-    """
+    code = SAY_HI
     out = run(rig_text("long", code, extra="devices: [{type: serial, port: 0x3f8}]\n"
                                            "expect: {console: {contains: hi}}\n"))
     assert_passed(out)
@@ -140,14 +143,7 @@ def test_serial_console():
 
 @kvm
 def test_a_failed_console_check_names_the_unclaimed_port_the_guest_wrote_to():
-    code = """
-        66 ba f8 03   # mov dx, 0x3f8
-        b0 68         # mov al, 'h'
-        ee            # out dx, al
-        b0 69         # mov al, 'i'
-        ee            # out dx, al
-        f4            # hlt
-    """
+    code = SAY_HI
     out = run(rig_text("long", code, extra="expect: {console: {contains: hi}}\n"))   # no serial device
     assert [f.what for f in out.failures] == ["console"]
     (note,) = [n for n in out.notes if "no device claims" in n]
