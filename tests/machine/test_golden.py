@@ -116,20 +116,25 @@ def test_the_emulator_starts_arm64_with_kvms_reset_values(tmp_path):
 @pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None,
                     reason="qemu-system-aarch64 is absent (scripts/setup-arm64-lane.sh installs it)")
 def test_an_arm64_golden_written_on_the_emulator_holds_on_real_arm64_kvm(tmp_path):
+    """Two guests, one VM boot: PSCI SYSTEM_OFF through HVC, and an MMIO store to an exit device."""
     import json
 
-    guest = Path(__file__).resolve().parents[2] / "rigs" / "arm64" / "guests" / "psci-off.bin"
-    rig = tmp_path / "g.yaml"
-    rig.write_text(ARM64_GOLDEN % guest)
-    made = kvmrig("--backend", "emu", "--update-golden", "--json", "emu.json", str(rig), cwd=tmp_path)
-    assert made.returncode == 0 and (tmp_path / "g.golden.yaml").exists(), made.stdout + made.stderr
+    guests = Path(__file__).resolve().parents[2] / "rigs" / "arm64" / "guests"
+    (tmp_path / "off.yaml").write_text(ARM64_GOLDEN % (guests / "psci-off.bin"))
+    (tmp_path / "store.yaml").write_text((ARM64_GOLDEN % (guests / "exit-code.bin")).replace(
+        "expect: {exit: system-off,", "devices: [{type: exit, at: 0x0a000000}]\nexpect: {exit: exit-code,"))
+    rigs = [str(tmp_path / "off.yaml"), str(tmp_path / "store.yaml")]
+    made = kvmrig("--backend", "emu", "--update-golden", "--json", "emu.json", *rigs, cwd=tmp_path)
+    assert made.returncode == 0 and (tmp_path / "store.golden.yaml").exists(), made.stdout + made.stderr
     lane = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--in-vm", "arm64", "--junit", "",
-                           "--json", "kvm.json", str(rig)], cwd=tmp_path, capture_output=True, text=True,
+                           "--json", "kvm.json", *rigs], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert lane.returncode == 0, lane.stdout + lane.stderr
-    emu = json.loads((tmp_path / "emu.json").read_text())["rigs"][0]["regs"]
-    kvm = json.loads((tmp_path / "kvm.json").read_text())["rigs"][0]["regs"]
-    # MIDR/MPIDR name the CPU (VOLATILE); CSSELR_EL1 stays 0 on the emulator (arch/arm64/reset.py)
-    differ = {k: (emu[k], kvm[k]) for k in kvm if not k.startswith("v")
-              and k not in ("midr_el1", "mpidr_el1", "csselr_el1") and emu.get(k) != kvm[k]}
-    assert differ == {}, "the emulator's registers are real arm64 KVM's: " + str(differ)
+    emu_rigs = {r["name"]: r["regs"] for r in json.loads((tmp_path / "emu.json").read_text())["rigs"]}
+    kvm_rigs = {r["name"]: r["regs"] for r in json.loads((tmp_path / "kvm.json").read_text())["rigs"]}
+    for name, kvm in kvm_rigs.items():
+        emu = emu_rigs[name]
+        # MIDR/MPIDR name the CPU (VOLATILE); CSSELR_EL1 stays 0 on the emulator (arch/arm64/reset.py)
+        differ = {k: (emu[k], kvm[k]) for k in kvm if not k.startswith("v")
+                  and k not in ("midr_el1", "mpidr_el1", "csselr_el1") and emu.get(k) != kvm[k]}
+        assert differ == {}, f"{name}: the emulator's registers are real arm64 KVM's: {differ}"
