@@ -17,6 +17,7 @@ The rig that boots them, debian-cloud.yaml, is written beside them:
 from __future__ import annotations
 
 import gzip
+from io import BytesIO
 import lzma
 import os
 import shutil
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from kvmrig.invm.image import CpioWriter
 
 MARKER = "KVMRIG-LINUX-BOOTED"
 INIT = f"""#!/bin/busybox sh
@@ -126,10 +129,6 @@ def decompress_payload(bzimage: bytes) -> bytes:
 
 
 def initramfs(busybox: bytes) -> bytes:
-    from io import BytesIO
-
-    from kvmrig.invm.image import CpioWriter
-
     out = BytesIO()
     w = CpioWriter(out)
     w.mkdir("dev")

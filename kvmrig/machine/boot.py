@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmrig.arch.arm64 import boot as arm
+from kvmrig.arch.x86_64 import boot as x86
+from kvmrig.arch.x86_64 import linux, multiboot
 from kvmrig.errors import RigError
+from kvmrig.machine.images import image_mark
 
 PAGE = 0x1000
 MULTIBOOT_TABLES = 0x9F000  # kvmrig's GDT for a multiboot kernel: below 640 KiB, where a BIOS keeps its EBDA
@@ -71,8 +75,6 @@ def _x86(plan) -> BootPlan:
 
 
 def _x86_cpu(plan) -> BootPlan:
-    from kvmrig.arch.x86_64 import boot as x86
-
     rig = plan.rig
     mode = rig.cpu.mode if rig.cpu else "long"
     ranges = [(r.at, r.size) for r in rig.memory]  # (start, size), as paging expects
@@ -105,9 +107,6 @@ LINUX_CMDLINE = 0x20000
 
 def _linux_boot(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
     """The zero page, command line and initrd of a Linux 64-bit boot; RSI set."""
-    from kvmrig.arch.x86_64 import linux
-    from kvmrig.machine.images import image_mark
-
     rig, spec = plan.rig, kernel.image
     mark = image_mark(kernel)
     low = [r for r in rig.memory if r.at == 0 and not r.rom]
@@ -140,9 +139,6 @@ def _linux_boot(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
 
 def _multiboot_info(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
     """The multiboot information after the kernel's end; EAX/EBX set to find it."""
-    from kvmrig.arch.x86_64 import multiboot
-    from kvmrig.machine.images import image_mark
-
     rig, spec = plan.rig, kernel.image
     mark = image_mark(kernel)
     modules = []
@@ -168,8 +164,6 @@ def _multiboot_info(plan, kernel, state, tables_at: int) -> list[tuple[int, byte
 
 
 def _arm64(plan) -> BootPlan:
-    from kvmrig.arch.arm64 import boot as arm
-
     state = arm.initial_state(plan.entry)
     return BootPlan(state, plan.entry)
 

@@ -8,46 +8,11 @@ the run with exit `mmio`.
 
 from __future__ import annotations
 
+from kvmrig.machine import pcdevices as pc
+from kvmrig.machine.devbase import Console, Dev, mask_of as _mask
 from kvmrig.machine.outcome import Outcome, Stop, num
 from kvmrig.rig.model import Device
 
-
-
-def _mask(size: int) -> int:
-    return (1 << (8 * size)) - 1
-
-
-class Console:
-    """Everything the guest printed, across all console devices, in order."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def put(self, byte: int) -> None:
-        self.data.append(byte & 0xFF)
-
-
-class Dev:
-    """Base device: reads 0, writes ignored."""
-
-    def __init__(self, spec: Device, console: Console, outcome: Outcome):
-        self.spec = spec
-        self.console = console
-        self.outcome = outcome
-        self.base = spec.port if spec.port is not None else spec.at
-        self.name = f"{spec.type}@{self.base:#x}"
-        # Console input (kvmrig extension, UARTs only): bytes the guest still has to read.
-        self.rx = bytearray(spec.input or b"")
-
-    def receive(self) -> int:
-        """The next input byte, or 0 when there is none left."""
-        return self.rx.pop(0) if self.rx else 0
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        pass
 
 
 class Serial16550(Dev):
@@ -208,8 +173,6 @@ class Bus:
     """Routes port I/O and MMIO to devices; applies the unclaimed-access rules."""
 
     def __init__(self, specs: tuple[Device, ...], outcome: Outcome, unclaimed_io: str = "record", ctx=None):
-        from kvmrig.machine import pcdevices as pc
-
         self.console = Console()
         self.outcome = outcome
         self.unclaimed_io = unclaimed_io

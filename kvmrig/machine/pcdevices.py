@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvmrig.machine.devices import Console, Dev
+from kvmrig.machine.devbase import Console, Dev
 from kvmrig.machine.outcome import Outcome, Stop, num
 from kvmrig.rig.model import Device
 

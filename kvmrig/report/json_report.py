@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kvmrig.atomic import write_atomic
+from kvmrig.errors import ResultsFileError
 from kvmrig.machine.outcome import Failure, Hit, Outcome
-from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
 FORMAT_VERSION = 1
 STATUSES = (PASSED, FAILED, ERROR, SKIPPED)
@@ -68,6 +69,13 @@ def _run(out: Outcome) -> dict[str, Any]:
     }
 
 
+def details(result: RigResult) -> list[str]:
+    """The diagnosis of a failed rig past its failed checks: the report the
+    session made (code at the stop, registers, last addresses), then the runner's."""
+    report = result.outcome.report if result.outcome is not None else []
+    return [*report, *result.details]
+
+
 _NOT_RUN = Outcome(exit="")   # a rig that did not run: empty run fields, exit null
 
 
@@ -82,7 +90,7 @@ def record(result: RigResult) -> dict[str, Any]:
         "status": result.status,
         "duration": round(result.seconds, 6),
         "message": result.message,
-        "details": list(result.details),
+        "details": details(result),
     }
     rec.update(_run(result.outcome if result.outcome is not None else _NOT_RUN))
     if result.outcome is None:
@@ -114,10 +122,6 @@ def write_json(path: str | Path, results: list[RigResult], seconds: float | None
 def write_document(path: str | Path, doc: dict[str, Any]) -> None:
     """Write a results document so a reader never sees half a file."""
     write_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", prefix=".results-")
-
-
-class ResultsFileError(ValueError):
-    """A results file that cannot be read or is not kvmrig JSON results."""
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ def unavailable() -> str | None:
     try:
         import unicorn
     except ImportError as e:
-        return f"the emulator backend needs unicorn >= 2.1 (pip install 'kvmrig[emu]'): {e}"
+        return f"the emulator backend needs unicorn >= 2.1 (a dependency of kvmrig: pip install kvmrig installs it): {e}"
     major, minor = (int(x) for x in unicorn.__version__.split(".")[:2])
     if (major, minor) < (2, 1):
         return f"the emulator backend needs unicorn >= 2.1, this is {unicorn.__version__}"
@@ -37,6 +37,7 @@ def refuses(rig) -> str | None:
 
 
 def backend_class(arch: str):
+    """The emulator's Backend class for `arch` (its module, and unicorn, load only now)."""
     if arch == "x86_64":
         from kvmrig.backends.emu.x86_64 import EmuX86Backend
         return EmuX86Backend

@@ -241,13 +241,6 @@ struct kvm_one_reg {
     uint64_t addr;
 };
 
-/* linux/kvm.h, KVM_GET_REG_LIST: n is the capacity in, the count out
-   (E2BIG, with n set, when the array is too small). */
-struct kvm_reg_list {
-    uint64_t n;
-    uint64_t reg[];
-};
-
 /* linux/kvm.h, KVM_IRQ_LINE: drive input `irq` of the in-kernel irqchip
    (PIC and IOAPIC pin on x86) to `level`. */
 struct kvm_irq_level {
@@ -407,7 +400,6 @@ def ioctl_table(arch: str) -> dict[str, int]:
         # the id and a pointer; the value travels through the pointer.
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
-        "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64)
         "KVM_CREATE_IRQCHIP":           _IO(0x60),                               # VM, before vcpus; KVM_CAP_IRQCHIP
         "KVM_IRQ_LINE":                 IOW(0x61, "struct kvm_irq_level"),       # VM; KVM_CAP_IRQCHIP
         "KVM_GET_MP_STATE":             IOR(0x98, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
@@ -449,7 +441,6 @@ KVM_RUN = IOCTLS["KVM_RUN"]
 KVM_SET_GUEST_DEBUG = IOCTLS["KVM_SET_GUEST_DEBUG"]
 KVM_GET_ONE_REG = IOCTLS["KVM_GET_ONE_REG"]
 KVM_SET_ONE_REG = IOCTLS["KVM_SET_ONE_REG"]
-KVM_GET_REG_LIST = IOCTLS["KVM_GET_REG_LIST"]
 KVM_GET_SUPPORTED_CPUID = IOCTLS.get("KVM_GET_SUPPORTED_CPUID")
 KVM_SET_TSS_ADDR = IOCTLS.get("KVM_SET_TSS_ADDR")
 KVM_SET_IDENTITY_MAP_ADDR = IOCTLS.get("KVM_SET_IDENTITY_MAP_ADDR")

@@ -19,8 +19,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-from kvmrig.backends import base
-from kvmrig.backends.base import Event
+from kvmrig.backends.events import Event, Mmio, PortIO, Shutdown, Unhandled
 from kvmrig.backends.kvm import abi
 from kvmrig.errors import KvmError
 
@@ -35,19 +34,19 @@ def ap_event(vcpu) -> Event:
     if reason == abi.KVM_EXIT_IO:
         io = rs.io
         if io.direction == abi.KVM_EXIT_IO_OUT:
-            return Event(base.IO, io.port, io.size, True, bytes(vcpu.io_data()), io.count)
-        return Event(base.IO, io.port, io.size, False, b"", io.count)
+            return PortIO(io.port, io.size, True, bytes(vcpu.io_data()), io.count)
+        return PortIO(io.port, io.size, False, b"", io.count)
     if reason == abi.KVM_EXIT_MMIO:
         m = rs.mmio
         if m.is_write:
-            return Event(base.MMIO, m.phys_addr, m.len, True, bytes(ffi.buffer(m.data, m.len)))
-        return Event(base.MMIO, m.phys_addr, m.len, False)
+            return Mmio(m.phys_addr, m.len, True, bytes(ffi.buffer(m.data, m.len)))
+        return Mmio(m.phys_addr, m.len, False)
     if reason == abi.KVM_EXIT_SHUTDOWN:
-        return Event(base.SHUTDOWN, detail="triple fault: the CPU shut down")
+        return Shutdown(0)
     if reason == abi.KVM_EXIT_INTERNAL_ERROR:
-        return Event(base.UNHANDLED, detail=f"KVM internal error (suberror {rs.internal.suberror}): KVM could "
-                                            "not emulate an instruction or deliver an event", raw=reason)
-    return Event(base.UNHANDLED, detail=f"unexpected KVM exit {abi.exit_name(reason)} ({reason})", raw=reason)
+        return Unhandled(None, f"KVM internal error (suberror {rs.internal.suberror}): KVM could not emulate "
+                               "an instruction or deliver an event", reason)
+    return Unhandled(None, f"unexpected KVM exit {abi.exit_name(reason)} ({reason})", reason)
 
 
 class Aps:
@@ -95,7 +94,7 @@ class Aps:
                     self._end(e)
                     return
             if answer is not None:
-                if ev.kind == base.IO:
+                if isinstance(ev, PortIO):
                     vcpu.io_data()[:] = answer
                 else:
                     ffi.memmove(rs.mmio.data, answer, len(answer))

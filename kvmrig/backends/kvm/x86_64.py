@@ -13,19 +13,33 @@ Debug strategies follow what this KVM really delivers (x86_probe):
 x86 has no read-only data breakpoint: `read` arms read-or-write and a hit that
 changed the watched bytes is dropped (a write storing the same value still
 counts as a read; page traps tell reads from writes exactly).
+
+Code on an unmapped (read-trapped) page cannot run: KVM cannot fetch from
+MMIO and stops with an emulation failure. Then the backend maps that page
+read-only and single-steps its instructions one at a time, learning what each
+reads from its decoding (arch/x86_64/access.py; writes still exit); once the
+code leaves the page, the page is unmapped again. So a watchpoint on .rodata
+beside .text means what it means on the emulator (README: "the semantics of a
+rig do not change").
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 
+from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State
+from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
+from kvmrig.arch.x86_64.faults import explain_shutdown
+from kvmrig.arch.x86_64.fpu import gdb_registers
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
-from kvmrig.backends import base
-from kvmrig.backends.base import Event, HwSlot
+from kvmrig.backends.base import HwSlot
+from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Shutdown, Step, SwBreak, WatchHit
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
+from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.x86_probe import debug_support
 from kvmrig.errors import BackendError
 
@@ -39,19 +53,15 @@ SYSTEM_PAGES = 4 * PAGE
 SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
-_sync_cache: tuple[int, bool] | None = None
+_sync_cache: PerProcess[bool] = PerProcess()
 
 
 def _sync_regs_supported(kvm) -> bool:
     """KVM_CAP_SYNC_REGS covers regs and sregs here (asked once per process;
     KVMRIG_KVM_SYNC_REGS=0 turns it off, to compare)."""
-    global _sync_cache
-    import os
     if os.environ.get("KVMRIG_KVM_SYNC_REGS", "1") == "0":
         return False
-    if _sync_cache is None or _sync_cache[0] != os.getpid():
-        _sync_cache = (os.getpid(), kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & SYNC == SYNC)
-    return _sync_cache[1]
+    return _sync_cache.get(lambda: kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & SYNC == SYNC)
 
 
 class KvmX86Backend(KvmBackendBase):
@@ -72,9 +82,14 @@ class KvmX86Backend(KvmBackendBase):
         self._resume: int | None = None   # DR index being stepped past
         self._resume_pc = 0               # where that breakpoint hit
         self._regs_set = False            # registers were set since the last exit
+        self._fixup = False               # _before_run has work before the next KVM_RUN
         self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
         self._armed: tuple[int, list[int] | None] = (0, None)  # what KVM_SET_GUEST_DEBUG holds now
         self._setup: tuple = ()                # (slots, sw addresses) of the last set_debug
+        self._trap_pages: dict[int, str] = {}  # the page traps set_debug chose
+        self._exec_page: int | None = None     # a trapped page mapped read-only to step its code
+        self._exec_reads: list[Event] = []     # the watch hits of the instruction being stepped there
+        self._exec_hlt = False                 # its next instruction is HLT: run it unstepped
         self.irqchip = False                   # machine.irqchip: KVM runs HLT and the interrupt controllers
 
     # Boot ----------------------------------------------------------------------
@@ -130,8 +145,6 @@ class KvmX86Backend(KvmBackendBase):
         table = self.kvm.supported_cpuid()
         if spec is None and apic_id == 0:
             return table
-        from kvmrig.arch.x86_64 import cpuid
-
         entries = [cpuid.Entry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
                    for e in table.entries[0:table.nent]]
         if spec is not None:
@@ -166,7 +179,7 @@ class KvmX86Backend(KvmBackendBase):
         r = self.vcpu.get_regs()
         if r.rflags & RFLAGS_IF:
             return None
-        return Event(base.HALT, pc=self.vcpu.get_sregs().cs.base + r.rip - 1)
+        return Halt(self.vcpu.get_sregs().cs.base + r.rip - 1)
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
         r = self.vcpu.get_regs()
@@ -181,6 +194,14 @@ class KvmX86Backend(KvmBackendBase):
 
     def get_pc(self) -> int:
         return self.vcpu.get_regs().rip
+
+    def get_extra_regs(self) -> dict[str, int]:
+        s = self.vcpu.get_sregs()
+        f = self.vcpu.get_fpu()
+        out = gdb_registers([bytes(f.fpr[i]) for i in range(8)], f.fcw, f.fsw, f.ftwx, f.last_opcode,
+                            f.last_ip, f.last_dp, [bytes(f.xmm[i]) for i in range(16)], f.mxcsr)
+        out.update(fs_base=s.fs.base, gs_base=s.gs.base)
+        return out
 
     def set_regs(self, regs: dict[str, int]) -> None:
         self._regs_set = True
@@ -262,6 +283,11 @@ class KvmX86Backend(KvmBackendBase):
                 elif pages.get(page) != "absent":
                     pages[page] = mode
         self._soft = soft
+        self._trap_pages = dict(pages)
+        if self._exec_page is not None and pages.get(self._exec_page) == "absent":
+            pages[self._exec_page] = "ro"   # still stepping the code there
+        else:
+            self._exec_page = None
         self.set_traps(pages)
         self._debug_cache = {}
         self._apply()
@@ -271,7 +297,7 @@ class KvmX86Backend(KvmBackendBase):
 
         A breakpoint hit switches between a few settings many times: each is
         computed once per set_debug() and kept."""
-        key = (skip, step or self._user_step)
+        key = (skip, step or self._user_step or (self._exec_page is not None and not self._exec_hlt))
         cached = self._debug_cache.get(key)
         if cached is None:
             kinds = [None if n == skip else ({"read": "access", "sw": "exec"}.get(k, k), self._dr_len[n])
@@ -295,9 +321,9 @@ class KvmX86Backend(KvmBackendBase):
     def _debug_event(self, info) -> Event | None:
         exception, pc = info.exception, info.pc
         if exception == VECTOR_BP:
-            return Event(base.DEBUG, pc=pc, detail="sw", raw=exception)
+            return SwBreak(pc, exception)
         if exception != VECTOR_DB:
-            return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+            return ForeignDebug(pc, code=exception)
         dr6 = info.dr6
         if self._resume is not None and dr6 & DR6_BS:
             return self._step_done(pc)
@@ -307,12 +333,12 @@ class KvmX86Backend(KvmBackendBase):
                 self._resume = n
                 self._resume_pc = pc
                 self._fixup = True
-                return Event(base.DEBUG, pc=pc, detail="sw")
+                return SwBreak(pc, VECTOR_DB)
             if self._dr_kind[n] == "exec":
                 self._resume = n  # a fault: step past it with DRn off, then re-arm
                 self._resume_pc = pc
                 self._fixup = True
-                return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw", raw=(n,))
+                return HwBreak(pc, self._dr_owner[n], exception)
         watches = []
         for n in fired:
             if self._dr_kind[n] == "read":
@@ -322,25 +348,29 @@ class KvmX86Backend(KvmBackendBase):
                     continue
             watches.append(self._dr_owner[n])
         if watches:
-            return Event(base.DEBUG, pc=pc, slot=watches[0], addr=self._dr[fired[0]], detail="watch",
-                         raw=tuple(watches))
+            return WatchHit(pc, self._dr[fired[0]], tuple(watches), code=exception)
         if dr6 & DR6_BS:
             return self._step_done(pc)
         if fired:
             return None  # only `read` watches that saw writes fired
-        return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+        return ForeignDebug(pc, code=exception)
 
     def _stepping(self) -> bool:
-        return self._user_step or self._resume is not None
+        return self._user_step or self._resume is not None or self._exec_page is not None
 
     def _step_done(self, pc: int) -> Event | None:
+        if self._exec_page is not None:
+            self._exec_stepped(pc)
         if self._resume is not None:  # the step past a hardware breakpoint: re-arm it
             self._resume = None
             self._apply()
-        return Event(base.DEBUG, pc=pc, detail="step") if self._user_step else None
+        return Step(pc) if self._user_step else None
 
     def _pc_now(self) -> int:
         return self._linear_pc()[0]
+
+    def _needs_fixup(self) -> bool:
+        return self._fixup
 
     def _before_run(self) -> None:
         self._fixup = False
@@ -358,25 +388,73 @@ class KvmX86Backend(KvmBackendBase):
         else:
             self._apply(skip=self._resume, step=True)
 
-    def _watch_access(self, addr: int, size: int, write: bool) -> Event | None:
-        """The watch hit (every matching slot, in `raw`) of an access seen as MMIO."""
+    def _watch_access(self, addr: int, size: int, write: bool) -> WatchHit | None:
+        """The watch hit of an access seen as MMIO (pc: 0 until delivered)."""
         slots = tuple(i for i, s in self._soft
                       if addr < s.addr + s.length and s.addr < addr + size
                       and not (s.kind == "write" and not write) and not (s.kind == "read" and write))
         if not slots:
             return None
-        return Event(base.DEBUG, slot=slots[0], addr=addr, size=size, write=write, detail="watch", raw=slots)
+        return WatchHit(0, addr, slots, size, write)
+
+    # Code on a read-trapped page ------------------------------------------------
+    def _exec_enter(self, pc: int) -> None:
+        """The guest runs code on an unmapped (read-trapped) page: map it read-only
+        and step its instructions, starting with the one at `pc`."""
+        self._exec_page = pc & ~(PAGE - 1)
+        self.set_traps({**self._trap_pages, self._exec_page: "ro"})
+        self._exec_next(pc)
+
+    def _exec_next(self, pc: int) -> None:
+        """Before the instruction at `pc` (on the exec page) runs: its reads of watched bytes."""
+        code = self.peek(pc, 15) or self.peek(pc, PAGE - (pc & (PAGE - 1))) or b""
+        self._exec_hlt = code[:1] == HLT   # stepping HLT swallows it on some KVMs: run it unstepped
+        r, s = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        regs = {name: getattr(r, name) for name in _REG_FIELDS}
+        regs.update(fs_base=s.fs.base, gs_base=s.gs.base)
+        _size, found = accesses(code, pc, regs, mode_of(s.cr0, s.efer, s.cs.l, s.cs.db))
+        self._exec_reads = [hit for a in found if a.kind & READ and not a.kind & WRITE  # writes still exit
+                            if (hit := self._watch_access(a.addr, a.size, False)) is not None]
+        self._apply()
+
+    def _exec_stepped(self, pc: int) -> None:
+        """An instruction on the exec page ran: report its reads, then step the
+        next one there, or unmap the page again once the code has left it."""
+        self._owe_hits.extend(self._exec_reads)   # reported with the state after the access
+        self._exec_reads = []
+        if pc & ~(PAGE - 1) == self._exec_page:
+            self._exec_next(pc)
+            return
+        self._exec_page, self._exec_hlt = None, False
+        self.set_traps(self._trap_pages)
+        self._apply()
+
+    def _other_exit(self, reason: int, rs) -> Event | None:
+        if (reason == abi.KVM_EXIT_INTERNAL_ERROR and rs.internal.suberror == abi.KVM_INTERNAL_ERROR_EMULATION
+                and self._traps.get(self._pc_now() & ~(PAGE - 1)) == "absent"):
+            self._exec_enter(self._pc_now())
+            return None   # run on: the page is mapped and stepped now
+        if reason != abi.KVM_EXIT_SHUTDOWN:
+            return super()._other_exit(reason, rs)
+        # KVM does not say which exception failed: read it from the code and the IDT.
+        s = self.vcpu.get_sregs()
+        pc = self._pc_now()
+        detail = explain_shutdown(pc, self.peek, s.idt.base, s.idt.limit, s.cr0, s.efer)
+        return Shutdown(pc, detail)
 
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()
         pc -= 1  # HLT exits with rip past the 1-byte instruction
+        if self._exec_hlt:   # the HLT the exec page ran unstepped: step again from what follows
+            self._exec_hlt = False
+            self._apply()
         if pc in self._sw_addrs and not self._sw_int3:
             r.rip -= 1  # a planted HLT: the breakpoint, with rip back on it
             self.vcpu.set_regs(r)
-            return Event(base.DEBUG, pc=pc, detail="sw")
-        return Event(base.HALT, pc=pc)
+            return SwBreak(pc)
+        return Halt(pc)
 
-    def reinject(self, event: Event) -> None:
-        flag = abi.KVM_GUESTDBG_INJECT_BP if event.raw == VECTOR_BP else abi.KVM_GUESTDBG_INJECT_DB
+    def reinject(self, event: DebugEvent) -> None:
+        flag = abi.KVM_GUESTDBG_INJECT_BP if event.code == VECTOR_BP else abi.KVM_GUESTDBG_INJECT_DB
         control, dr = self._armed  # as armed now, DR7 included: injecting must not disarm anything
         self.vcpu.set_guest_debug(control | abi.KVM_GUESTDBG_ENABLE | flag, dr)
