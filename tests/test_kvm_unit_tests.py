@@ -18,7 +18,8 @@ import pytest
 
 from kvmrig.importers.kvm_unit_tests import import_suite
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import FAILED, PASSED, SKIPPED, run_rigs
+from kvmrig.result import FAILED, PASSED, SKIPPED
+from kvmrig.runner import run_rigs
 
 ROOT = Path(__file__).resolve().parent.parent
 KUT = Path(os.environ.get("KVMRIG_KUT_DIR", ROOT.parent / "shared" / "kvm-unit-tests"))

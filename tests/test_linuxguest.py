@@ -11,6 +11,7 @@ whole rig to the initramfs' marker and the triple-fault reboot.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import lzma
 import struct
@@ -19,6 +20,9 @@ from pathlib import Path
 import pytest
 
 from kvmrig import linuxguest
+from kvmrig.result import PASSED
+from kvmrig.rig.load import load_rig, load_rig_text
+from kvmrig.runner import run_rig
 
 PVM = Path("/sys/module/kvm_pvm").exists()
 PVM_NOTE = ("kvm_pvm runs guest code at about 1 us per instruction: measured here, the vmlinux boots to "
@@ -56,8 +60,6 @@ def test_initramfs_has_busybox_and_an_init_that_prints_the_marker():
 
 
 def test_the_rig_loads(tmp_path):
-    from kvmrig.rig.load import load_rig_text
-
     (tmp_path / "vmlinux").write_bytes(b"\x7fELF")
     (tmp_path / "initramfs.cpio").write_bytes(b"")
     rig = load_rig_text(linuxguest.RIG, tmp_path / linuxguest.RIG_NAME)
@@ -67,11 +69,6 @@ def test_the_rig_loads(tmp_path):
 
 @pytest.mark.kvm
 def test_debian_kernel_boots_to_its_initramfs():
-    import dataclasses
-
-    from kvmrig.rig.load import load_rig
-    from kvmrig.runner import PASSED, run_rig
-
     cache = linuxguest.build(linuxguest.cache_dir())   # scripts/setup.sh fetched it already
     rig = load_rig(cache / linuxguest.RIG_NAME)
     if not PVM:
