@@ -66,6 +66,7 @@ def _run(out: Outcome) -> dict[str, Any]:
         "failures": [_failure(f) for f in out.failures],
         "notes": list(out.notes),
         "exits": out.exits,
+        "subtests": [{"name": st.name, "status": st.status} for st in out.subtests],
     }
 
 
