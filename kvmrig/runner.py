@@ -68,7 +68,7 @@ def _result_for(rig: Rig, status: str, **kw) -> RigResult:
     return RigResult(str(rig.path), rig.name, status, classname_for(rig.path), rig.tags, **kw)
 
 
-def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> RigResult:
+def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, coverage: bool = False) -> RigResult:
     """Prepare and run one rig here, in this process; never raises for bad rigs or guests."""
     from kvmrig.backends.select import NoBackend, backend_for
     from kvmrig.machine.plan import prepare
@@ -84,7 +84,7 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> Rig
             name, factory = backend_for(rig, backend)
         except NoBackend as e:
             return _result_for(rig, SKIPPED, message=str(e), seconds=time.monotonic() - start)
-        outcome = execute(plan, factory, RunOptions(update_golden=update_golden))
+        outcome = execute(plan, factory, RunOptions(update_golden=update_golden, coverage=coverage))
     except RigError as e:
         return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
     except KvmrigError as e:
@@ -111,7 +111,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0,
-            parent_end: Connection | None = None) -> None:
+            parent_end: Connection | None = None, coverage: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     if parent_end is not None:
         parent_end.close()  # else this process holds its own pipe open and never sees EOF
@@ -125,14 +125,14 @@ def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0
         if job is None:
             return
         index, rig = job
-        conn.send((index, run_rig(rig, backend, update_golden)))
+        conn.send((index, run_rig(rig, backend, update_golden, coverage)))
 
 
 class _Worker:
-    def __init__(self, ctx, backend: str, update_golden: bool):
+    def __init__(self, ctx, backend: str, update_golden: bool, coverage: bool = False):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn),
-                                daemon=True)
+        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn,
+                                                      coverage), daemon=True)
         self.proc.start()
         child.close()
         self.job: tuple[int, Rig] | None = None
@@ -157,7 +157,8 @@ def _died(rig: Rig, how: str) -> RigResult:
 
 def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False, update_golden: bool = False) -> tuple[list[RigResult | None], bool]:
+             exitfirst: bool = False, update_golden: bool = False,
+             coverage: bool = False) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core). Returns (results in input
     order — None for rigs not run — and whether the run was interrupted)."""
     results: list[RigResult | None] = [None] * len(rigs)
@@ -180,7 +181,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
             stop = True
 
     try:
-        workers = [_Worker(ctx, backend, update_golden) for _ in range(jobs)]
+        workers = [_Worker(ctx, backend, update_golden, coverage) for _ in range(jobs)]
         for w in workers:
             if pending:
                 w.give(*pending.pop())
@@ -209,7 +210,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
                 record(index, result)
                 if replace:
                     w.kill()
-                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden)
+                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden, coverage)
                 if pending and not stop:
                     w.give(*pending.pop())
         return results, False

@@ -9,7 +9,7 @@ expectations live in the machine layer, which reads the events below.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +110,12 @@ class Backend(ABC):
         """The program counter (cheaper than get_regs where a backend can)."""
         from kvmrig.arch.traits import traits
         return self.get_regs()[traits(self.arch).pc]
+
+    def record_blocks(self, sink: Callable[[int, int], None]) -> bool:
+        """Call sink(start, size) for every basic block the guest executes
+        (for coverage); False where the backend cannot, and coverage plants
+        one-shot breakpoints instead."""
+        return False
 
     def reinject(self, event: Event) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest."""

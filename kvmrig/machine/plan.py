@@ -53,6 +53,8 @@ def _all_addresses(rig: Rig):
             yield from (m.at for m in point.set.memory)
     for check in checks:
         yield from (m.at for m in check.memory)
+    yield from rig.expect.executed
+    yield from rig.expect.not_executed
 
 
 def prepare(rig: Rig) -> Plan:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from kvmrig.arch import registers
 from kvmrig.backends import base
 from kvmrig.backends.base import Backend, Event
+from kvmrig.coverage import collect
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
 from kvmrig.machine import golden
 from kvmrig.machine.devices import Bus
@@ -31,6 +32,7 @@ class RunOptions:
     """How to run, beyond what the rig says (from the command line)."""
 
     update_golden: bool = False
+    coverage: bool = False   # record executed code (kvmrig.coverage) even without executed/not_executed
 
 
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
@@ -74,6 +76,8 @@ class Session:
         self.client_step = False
         self.client_stop: tuple[str, ClientPoint | None] | None = None
         self._armed = False
+        self.coverage = (collect.Collector(plan, self.options.coverage)
+                         if collect.wanted(self.rig, self.options.coverage) else None)
 
     # Setup ---------------------------------------------------------------
     def setup(self) -> None:
@@ -89,6 +93,8 @@ class Session:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
         for addr in self.debug.sw:
             self.patches.plant(addr)
+        if self.coverage is not None:
+            self.coverage.start(self)
         self._arm(self.user_step)
         if self.user_step and self.rig.trace_max:
             self.outcome.trace.append(self.plan.boot.first_pc)
@@ -97,9 +103,12 @@ class Session:
 
     def _arm(self, single_step: bool) -> None:
         single_step = single_step or self.client_step
-        if self.debug.slots or self.debug.any_sw or single_step or self._armed:
+        sw = self.debug.sw_all
+        if self.coverage is not None and self.coverage.planted:
+            sw = sw | self.coverage.planted
+        if self.debug.slots or sw or single_step or self._armed:
             self._armed = True
-            self.backend.set_debug(self.debug.slots, single_step, self.debug.sw_all)
+            self.backend.set_debug(self.debug.slots, single_step, sw)
 
     # Hooks for a debugger (kvmrig.gdb drives dispatch() itself) ------------
     def add_client_point(self, kind: str, addr: int, length: int = 1) -> ClientPoint:
@@ -211,6 +220,8 @@ class Session:
             if self.user_step:
                 self.steps += 1
                 self.tail.append(ev.pc)
+                if self.coverage is not None:
+                    self.coverage.saw(ev.pc)
                 if len(self.outcome.trace) < self.rig.trace_max:
                     self.outcome.trace.append(ev.pc)
             if self.user_step or self.client_step:
@@ -220,6 +231,8 @@ class Session:
                     self.client_stop = ("step", None)
             return
         if cause == "sw":
+            if self.coverage is not None and self.coverage.on_sw(self, ev.pc):
+                return
             points = self.debug.sw.get(ev.pc)
             client = self.debug.client_hit(ev) if self.debug.client else None
             if not points and client is None:
@@ -232,10 +245,7 @@ class Session:
                 self.client_stop = ("sw", client)
             self.last_pc = ev.pc
             if not self.pc_moved:   # unless `set` moved the pc: step over it
-                self.patches.lift(ev.pc)
-                self.stepping_over = ev.pc
-                if not self.user_step:
-                    self._arm(True)
+                self.step_over(ev.pc)
             return
         if cause in ("hw", "watch") and 0 <= ev.slot < len(self.debug.slot_owner):
             # One access can hit several watchpoints (overlapping ranges, or one
@@ -252,8 +262,18 @@ class Session:
                 self.client_stop = (cause, client)
             if cause == "hw":
                 self.last_pc = ev.pc
+                if self.coverage is not None:
+                    self.coverage.saw(ev.pc)
             return
         self._foreign(ev, f"a debug exit kvmrig did not cause ({cause})")
+
+    def step_over(self, pc: int) -> None:
+        """Run the original instruction under a planted one at `pc` by a single-step;
+        the step re-plants it if a breakpoint still wants it."""
+        self.patches.lift(pc)
+        self.stepping_over = pc
+        if not self.user_step:
+            self._arm(True)
 
     def arrive(self, pc: int) -> None:
         """The vCPU will single-step the instruction at `pc`: a breakpoint planted
@@ -324,6 +344,9 @@ class Session:
         if self.user_step:
             outcome.steps = self.steps
         outcome.failures.extend(self.debug.count_failures())
+        if self.coverage is not None:
+            outcome.coverage = self.coverage.ranges(outcome)
+            outcome.failures.extend(self.coverage.check(outcome.coverage))
         outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
         golden_spec = rig.expect.golden
         if golden_spec is not None:

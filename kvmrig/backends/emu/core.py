@@ -334,6 +334,11 @@ class EmuBackendBase(Backend):
                                                  end=s.addr + s.length - 1))
         self._flush = True  # code hooks live in translated blocks
 
+    def record_blocks(self, sink) -> bool:
+        self.uc.hook_add(U.UC_HOOK_BLOCK, lambda _uc, addr, size, _ud: sink(addr, size))
+        self._flush = True  # blocks translated before this have no hook in them
+        return True
+
     def _on_code(self, addr: int, size: int, _ud=None) -> None:
         """A breakpoint address is about to execute: report each point there once."""
         done: frozenset = frozenset()

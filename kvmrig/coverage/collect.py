@@ -1,0 +1,149 @@
+"""Recording which guest code ran, during one run (the session's hook).
+
+Three ways, chosen per run, all giving executed address ranges:
+
+* the emulator reports every executed block (`Backend.record_blocks`): exact,
+  and the code is left alone;
+* a single-stepping run (`trace`, `expect.steps`) sees every instruction;
+* KVM: a one-shot software breakpoint (the runner's `kind: sw` instruction:
+  INT3, or HLT on a KVM that cannot intercept INT3, or BRK) is planted at
+  every leader of the loaded ELF images (line-table rows and jump targets,
+  kvmrig.coverage.lines) and at every address the rig's `executed` /
+  `not_executed` name; each is lifted at its first hit, so a run costs one
+  exit per newly covered location, however often the code runs.
+
+The rig's own breakpoints and watchpoints keep their exact semantics: nothing
+is planted where the rig (or a debugger) has a breakpoint — its hits mark the
+address instead — and a coverage hit never counts as one of the rig's.
+Limits: the guest sees the planted bytes if it reads or copies its own code
+(checksums, relocation); use the emulator backend for such code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvmrig.coverage.lines import ImageCode, Range, image_code
+from kvmrig.machine.outcome import Failure
+from kvmrig.rig.model import Rig
+
+
+def merge_ranges(ranges) -> list[Range]:
+    """Sorted, with overlapping and touching ranges joined."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
+
+
+def wanted(rig: Rig, coverage: bool) -> bool:
+    return coverage or bool(rig.expect.executed or rig.expect.not_executed)
+
+
+def elf_code(plan) -> list[ImageCode]:
+    """The ImageCode of each ELF image of a prepared rig (raw images have none)."""
+    out = []
+    for img in plan.images:
+        if img.entry is not None and img.image.file is not None:   # ELF images carry an entry
+            out.append(image_code(Path(img.image.file), img.label))
+    return out
+
+
+class Collector:
+    """One run's record of executed code; see the module doc."""
+
+    def __init__(self, plan, full: bool):
+        rig = plan.rig
+        self.rig = rig
+        self.expected = [(a, plan.resolve(a)) for a in rig.expect.executed]
+        self.unexpected = [(a, plan.resolve(a)) for a in rig.expect.not_executed]
+        targets = {addr for _a, addr in self.expected + self.unexpected}
+        if full:
+            for code in elf_code(plan):
+                targets |= code.leaders
+        self.targets = frozenset(targets)
+        self.points: set[int] = set()          # addresses seen to execute (hits, steps)
+        self.blocks: dict[int, int] = {}       # emulator: block start -> size
+        self.planted: frozenset[int] = frozenset()
+        self.pending: set[int] = set()          # planted and not hit yet
+        self.mode = "off"
+
+    # Session hooks ---------------------------------------------------------
+    def start(self, session) -> None:
+        """Choose how to record, before the first run (after the rig's own points are planted)."""
+        blocks = self.blocks
+
+        def on_block(addr: int, size: int) -> None:
+            if blocks.get(addr, 0) < size:
+                blocks[addr] = size
+
+        if session.user_step:   # every instruction is seen anyway
+            self.mode = "steps"
+            self.points.add(session.plan.boot.first_pc)
+            return
+        if session.backend.record_blocks(on_block):
+            self.mode = "blocks"
+            return
+        self.mode = "plant"
+        debug, patches, memory = session.debug, session.patches, session.memory
+        taken = set(debug.sw_all) | {s.addr for s in debug.slots if s.kind == "exec"}
+        insn = patches.insn
+        planted = []
+        for addr in sorted(self.targets - taken):
+            try:
+                if memory.read(addr, len(insn)) == insn:
+                    continue   # the instruction is the trap itself (HLT): the run's end marks it
+            except LookupError:
+                continue
+            patches.plant(addr)
+            planted.append(addr)
+        self.planted = frozenset(planted)
+        self.pending = set(planted)
+
+    def on_sw(self, session, pc: int) -> bool:
+        """A software-breakpoint exit at `pc`: True when it was coverage's alone
+        (then handled: lifted, the vCPU re-runs the original instruction)."""
+        self.points.add(pc)
+        if pc not in self.planted:
+            return False
+        if pc in session.debug.sw_all:
+            return False     # the rig's or a debugger's too: theirs to handle
+        if pc in self.pending:
+            self.pending.discard(pc)
+            session.patches.lift(pc)
+            return True
+        # Lifted already, yet trapped again: a CPU still running its stale copy of
+        # the planted code (QEMU TCG under the arm64 lane). Step over it once more.
+        session.step_over(pc)
+        return True
+
+    def saw(self, pc: int) -> None:
+        """The instruction at pc runs (a single-step, or a hardware breakpoint of the rig)."""
+        self.points.add(pc)
+
+    # Results -----------------------------------------------------------------
+    def ranges(self, outcome) -> list[Range]:
+        """Executed code as address ranges (a hit or step: one byte at the instruction)."""
+        points = set(self.points)
+        if outcome.exit == "hlt" and outcome.stop_pc is not None:
+            points.add(outcome.stop_pc)   # the halting instruction ran
+        found = [(a, a + s) for a, s in self.blocks.items()]
+        found += [(a, a + 1) for a in points]
+        return merge_ranges(found)
+
+    def check(self, ranges: list[Range]) -> list[Failure]:
+        """The rig's `executed` / `not_executed` expectations."""
+        def ran(addr: int) -> bool:
+            return any(lo <= addr < hi for lo, hi in ranges)
+
+        failures = []
+        for a, addr in self.expected:
+            if not ran(addr):
+                failures.append(Failure(f"executed {a}", f"{addr:#x} to run", "it never ran", a.mark))
+        for a, addr in self.unexpected:
+            if ran(addr):
+                failures.append(Failure(f"not_executed {a}", f"{addr:#x} never to run", "it ran", a.mark))
+        return failures
