@@ -7,10 +7,12 @@ Three ways, chosen per run, all giving executed address ranges:
 * a single-stepping run (`trace`, `expect.steps`) sees every instruction;
 * KVM: a one-shot software breakpoint (the runner's `kind: sw` instruction:
   INT3, or HLT on a KVM that cannot intercept INT3, or BRK) is planted at
-  every leader of the loaded ELF images (line-table rows and jump targets,
-  kvmrig.coverage.lines) and at every address the rig's `executed` /
+  every leader of the loaded images (ELF images with DWARF: line-table rows
+  and jump targets, kvmrig.coverage.lines; other images: the basic blocks
+  kvmrig.coverage.leaders finds) and at every address the rig's `executed` /
   `not_executed` name; each is lifted at its first hit, so a run costs one
-  exit per newly covered location, however often the code runs.
+  exit per newly covered location, however often the code runs. A hit on a
+  block's leader covers the block.
 
 The rig's own breakpoints and watchpoints keep their exact semantics: nothing
 is planted where the rig (or a debugger) has a breakpoint — its hits mark the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kvmrig.coverage.leaders import Blocks, find_blocks
 from kvmrig.coverage.lines import ImageCode, Range, image_code
 from kvmrig.machine.outcome import Failure
 from kvmrig.rig.model import Rig
@@ -52,6 +55,28 @@ def elf_code(plan) -> list[ImageCode]:
     return out
 
 
+def raw_blocks(plan) -> Blocks:
+    """Basic blocks of the images without line tables, from the addresses where
+    code certainly starts in them (kvmrig.coverage.leaders)."""
+    rig = plan.rig
+    mode = rig.cpu.mode if rig.cpu is not None else ""
+    state = plan.boot.state
+    cs_base = getattr(state, "linear", 0) - getattr(state, "ip", 0)
+    known = {plan.boot.first_pc, plan.entry}
+    known |= {plan.resolve(bp.at) for bp in rig.breakpoints}
+    known |= {plan.resolve(a) for a in (*rig.expect.executed, *rig.expect.not_executed)}
+    blocks: Blocks = {}
+    for img in plan.images:
+        entries = set(known)
+        if img.entry is not None and img.image.file is not None:
+            code = image_code(Path(img.image.file), img.label)
+            if code.has_lines:
+                continue
+            entries |= {f.lo for f in code.functions}
+        blocks.update(find_blocks(rig.arch, mode, img.segments, entries, cs_base))
+    return blocks
+
+
 class Collector:
     """One run's record of executed code; see the module doc."""
 
@@ -61,9 +86,12 @@ class Collector:
         self.expected = [(a, plan.resolve(a)) for a in rig.expect.executed]
         self.unexpected = [(a, plan.resolve(a)) for a in rig.expect.not_executed]
         targets = {addr for _a, addr in self.expected + self.unexpected}
+        self.block_end: Blocks = {}
         if full:
             for code in elf_code(plan):
                 targets |= code.leaders
+            self.block_end = raw_blocks(plan)
+            targets |= set(self.block_end)
         self.targets = frozenset(targets)
         self.points: set[int] = set()          # addresses seen to execute (hits, steps)
         self.blocks: dict[int, int] = {}       # emulator: block start -> size
@@ -131,7 +159,8 @@ class Collector:
         if outcome.exit == "hlt" and outcome.stop_pc is not None:
             points.add(outcome.stop_pc)   # the halting instruction ran
         found = [(a, a + s) for a, s in self.blocks.items()]
-        found += [(a, a + 1) for a in points]
+        ends = self.block_end if self.mode == "plant" else {}
+        found += [(a, ends.get(a, a + 1)) for a in points]
         return merge_ranges(found)
 
     def check(self, ranges: list[Range]) -> list[Failure]:
