@@ -95,3 +95,25 @@ def test_kvm_pays_one_exit_per_newly_covered_location():
     extra = covered.outcome.exits - plain.outcome.exits
     assert 0 < extra <= len(executed_leaders)
     assert extra * 5 < len(traced.outcome.trace)      # far fewer than the instructions executed
+
+
+def test_emulator_stops_calling_python_for_code_it_has_seen(make_rig, monkeypatch):
+    from kvmrig.backends.emu import core
+
+    calls = []
+    original = core.EmuBackendBase._on_block
+    monkeypatch.setattr(core.EmuBackendBase, "_on_block",
+                        lambda self, *a: (calls.append(a[1]), original(self, *a))[1])
+    # 0x1000: mov ecx, 100000 / 0x1005: dec ecx / jnz 0x1005 / mov eax, 1 / hlt
+    path = make_rig("""
+        kvmrig: 1
+        arch: x86_64
+        memory: [{at: 0x0, size: 2M}]
+        images: [{hex: "b9a0860100 ffc9 75fc b801000000 f4", at: 0x1000}]
+        cpu: {mode: long, regs: {rsp: 0x8000}}
+        expect: {exit: hlt, regs: {eax: 1, ecx: 0}}
+        """)
+    result = run_rig(load_rig(path), "emu", coverage=True)
+    assert result.status == PASSED
+    assert result.outcome.coverage == [(0x1000, 0x100f)]      # all 15 bytes, exactly
+    assert 0 < len(calls) <= 3 * core.REHOOK_MIN, len(calls)  # not one call per turn of the loop
