@@ -248,8 +248,7 @@ def _run_in_vm(args: argparse.Namespace) -> int:
 
     clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
                                    ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),
-                                   ("--backend emu", args.backend == "emu"),
-                                   ("--coverage", args.coverage)) if on]
+                                   ("--backend emu", args.backend == "emu")) if on]
     if clash:
         return _usage(f"--in-vm cannot be combined with {', '.join(clash)}")
     missing = [p for p in args.paths if not Path(p).exists()]

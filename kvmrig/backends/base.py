@@ -117,6 +117,9 @@ class Backend(ABC):
         one-shot breakpoints instead."""
         return False
 
+    def blocks_done(self) -> None:
+        """The run is over: report to record_blocks' sink what is still pending."""
+
     def reinject(self, event: Event) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest."""
 

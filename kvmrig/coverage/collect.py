@@ -98,6 +98,7 @@ class Collector:
         self.planted: frozenset[int] = frozenset()
         self.pending: set[int] = set()          # planted and not hit yet
         self.mode = "off"
+        self.backend = None          # the backend reporting blocks, told when the run is over
 
     # Session hooks ---------------------------------------------------------
     def start(self, session) -> None:
@@ -114,6 +115,7 @@ class Collector:
             return
         if session.backend.record_blocks(on_block):
             self.mode = "blocks"
+            self.backend = session.backend
             return
         self.mode = "plant"
         debug, patches, memory = session.debug, session.patches, session.memory
@@ -155,13 +157,34 @@ class Collector:
     # Results -----------------------------------------------------------------
     def ranges(self, outcome) -> list[Range]:
         """Executed code as address ranges (a hit or step: one byte at the instruction)."""
+        if self.backend is not None:
+            try:
+                self.backend.blocks_done()
+            except Exception as e:  # a dead emulator must not hide the verdict
+                outcome.notes.append(f"coverage: the last block of the run is not recorded: {e}")
+            self.backend = None
         points = set(self.points)
         if outcome.exit == "hlt" and outcome.stop_pc is not None:
             points.add(outcome.stop_pc)   # the halting instruction ran
         found = [(a, a + s) for a, s in self.blocks.items()]
         ends = self.block_end if self.mode == "plant" else {}
-        found += [(a, ends.get(a, a + 1)) for a in points]
+        stop = self._final_pc(outcome) if ends else None
+        for a in points:
+            end = ends.get(a, a + 1)
+            if stop is not None and a <= stop < end:
+                end = max(stop, a + 1)   # the run ended in this block: count it up to there only
+            found.append((a, end))
         return merge_ranges(found)
+
+    def _final_pc(self, outcome) -> int | None:
+        """Where the vCPU would go on (linear): the run's last instruction is before it."""
+        regs = outcome.regs
+        pc = regs.get("rip", regs.get("pc"))
+        if pc is None:
+            return None
+        if self.rig.arch == "arm64" and outcome.backend == "kvm" and outcome.exit in ("exit-code", "mmio"):
+            pc += 4   # arm64 KVM leaves the pc on an MMIO store until the next KVM_RUN: the store ran
+        return regs.get("cs_base", 0) + pc
 
     def check(self, ranges: list[Range]) -> list[Failure]:
         """The rig's `executed` / `not_executed` expectations."""

@@ -158,6 +158,10 @@ class EmuBackendBase(Backend):
         self._cov_limit = REHOOK_MIN
         self._cov_pause = False
         self._cov_new: list[tuple[int, int]] = []   # blocks first seen since the last re-hooking
+        self._cov_last: tuple[int, int, int] | None = None  # a new block (addr, size, epoch), reported
+        #                                                      once control leaves it
+        self._cov_restart = False  # the next hook of the pending block is a restart (_on_unmapped)
+        self._cov_epoch = 0        # emu_start calls so far
         self._install_base_hooks()
 
     # Arch hooks ----------------------------------------------------------
@@ -285,6 +289,7 @@ class EmuBackendBase(Backend):
         # access, so the registers of an MMIO event show the accessing instruction.
         self._mmio_hooks.append(self.uc.hook_add(U.UC_HOOK_MEM_READ | U.UC_HOOK_MEM_WRITE, _noop_mem,
                                                  begin=page, end=page + self.page - 1))
+        self._cov_restart = True   # unicorn runs the block again from its start: not a second pass
         return True
 
     def _mmio_read(self, offset: int, size: int, page: int) -> int:
@@ -360,14 +365,45 @@ class EmuBackendBase(Backend):
         return True
 
     def _on_block(self, _uc, addr: int, size: int, _ud=None) -> None:
-        if self._cov_seen.get(addr, 0) < size:
-            self._cov_seen[addr] = size
-            self._cov_new.append((addr, size))
-            self._cov_sink(addr, size)
+        if self._mute:
+            return            # _settle completing an instruction that already ran
+        last = self._cov_last
+        restart, self._cov_restart = self._cov_restart, False
+        if last is not None and last[0] == addr and (restart or last[2] != self._cov_epoch):
+            # The pending block starts over in a new emu_start (the last one ended before it
+            # ran, e.g. a single-step's count) or after a retried access: still pending.
+            self._cov_last = (addr, size, self._cov_epoch)
+            return
+        if last is not None:   # control left it: it ran to here, or to its end
+            self._cov_last = None
+            pa, ps, _ = last
+            self._cov_commit(pa, addr - pa if pa < addr < pa + ps else ps)
         self._cov_calls += 1
         if self._cov_calls >= self._cov_limit and not self._single_step and not self._cov_pause:
             self._cov_pause = True
             self.uc.emu_stop()
+            return            # nothing of this block runs now; its hook fires again at the restart
+        if self._cov_seen.get(addr, 0) < size:
+            self._cov_last = (addr, size, self._cov_epoch)
+
+    def _cov_commit(self, addr: int, size: int) -> None:
+        if self._cov_seen.get(addr, 0) < size:
+            self._cov_seen[addr] = size
+            self._cov_new.append((addr, size))
+            self._cov_sink(addr, size)
+
+    def blocks_done(self) -> None:
+        """The run is over: report the new block it ended in, up to where it stopped
+        (a block's hook fires before it runs, so its end is known only now)."""
+        last, self._cov_last = self._cov_last, None
+        if last is None:
+            return
+        self._settle()
+        addr, size, _ = last
+        pc = self._linear_pc()
+        end = pc if addr <= pc < addr + size else addr + size
+        if end > addr:
+            self._cov_commit(addr, end - addr)
 
     def _rehook_blocks(self) -> None:
         """Lay the block hooks over the gaps between the blocks seen (outside emu_start)."""
@@ -455,6 +491,7 @@ class EmuBackendBase(Backend):
             if job is _ABORT:  # a stale abort for a hook that has already returned
                 continue
             begin, count = job
+            self._cov_epoch += 1
             err = None
             try:
                 self.uc.emu_start(begin, 0, count=count)
