@@ -171,8 +171,8 @@ class Collector:
         stop = self._final_pc(outcome) if ends else None
         for a in points:
             end = ends.get(a, a + 1)
-            if stop is not None and a <= stop < end:
-                end = max(stop, a + 1)   # the run ended in this block: count it up to there only
+            if stop is not None and a < stop < end:
+                end = stop   # the run ended in this block: count it up to there only
             found.append((a, end))
         return merge_ranges(found)
 
