@@ -155,7 +155,7 @@ def merge_files(out: str | Path, inputs: list[str | Path]) -> str:
     """Merge `inputs` into `out` (the kind by the suffix, the same for all); returns a summary line."""
     kind = KINDS.get(Path(out).suffix.lower())
     if kind is None:
-        raise UsageError(f"{out}: the output must end in .xml (JUnit), .json (JSON results) or .info (lcov)")
+        raise UsageError(f"{out}: the output must end in .xml (JUnit) or .json (JSON results), or .info (lcov coverage)")
     wrong = [str(p) for p in inputs if KINDS.get(Path(p).suffix.lower()) != kind]
     if wrong:
         raise UsageError(f"cannot merge {', '.join(wrong)} into {kind} output {out}: "
