@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str]) -> int:
     backend, n = argv[0], int(argv[1])
     from kvmrig.rig.load import load_rig
-    from kvmrig.runner import PASSED, run_rig
+    from kvmrig.result import PASSED
+    from kvmrig.runner import run_rig
 
     rigs = [load_rig(p) for p in sorted((ROOT / "rigs" / "x86").glob("cov-*.yaml"))]
     # The baseline records nothing at all: the rigs without their executed/not_executed.

@@ -11,7 +11,8 @@ import pytest
 
 from kvmrig.coverage.lines import image_code
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import PASSED, run_rig
+from kvmrig.result import PASSED
+from kvmrig.runner import run_rig
 
 pytest.importorskip("unicorn", reason="the emulator backend needs unicorn (pip install -e '.[emu]')")
 
