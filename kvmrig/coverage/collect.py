@@ -96,6 +96,7 @@ class Collector:
         self.points: set[int] = set()          # addresses seen to execute (hits, steps)
         self.blocks: dict[int, int] = {}       # emulator: block start -> size
         self.planted: frozenset[int] = frozenset()
+        self._union: tuple[frozenset[int] | None, frozenset[int]] = (None, frozenset())
         self.pending: set[int] = set()          # planted and not hit yet
         self.mode = "off"
         self.backend = None          # the backend reporting blocks, told when the run is over
@@ -132,6 +133,13 @@ class Collector:
             planted.append(addr)
         self.planted = frozenset(planted)
         self.pending = set(planted)
+
+    def with_planted(self, sw: frozenset[int]) -> frozenset[int]:
+        """`sw` (the rig's and a debugger's planted addresses) and coverage's, as one
+        set: the same object while `sw` is, so backends see an unchanged setup cheaply."""
+        if self._union[0] is not sw:
+            self._union = (sw, sw | self.planted)
+        return self._union[1]
 
     def on_sw(self, session, pc: int) -> bool:
         """A software-breakpoint exit at `pc`: True when it was coverage's alone

@@ -257,7 +257,7 @@ class Session:
         single_step = single_step or self._client_step
         sw = self.debug.sw_all
         if self.coverage is not None and self.coverage.planted:
-            sw = sw | self.coverage.planted
+            sw = self.coverage.with_planted(sw)
         if self.debug.slots or sw or single_step or self._armed:
             self._armed = True
             self.backend.set_debug(self.debug.slots, single_step, sw)
