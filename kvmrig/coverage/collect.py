@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kvmrig.coverage.leaders import Blocks, find_blocks
 from kvmrig.coverage.lines import ImageCode, Range, image_code
+from kvmrig.errors import RigError
 from kvmrig.machine.outcome import Failure
 from kvmrig.rig.model import Rig
 
@@ -46,12 +47,17 @@ def wanted(rig: Rig, coverage: bool) -> bool:
     return coverage or bool(rig.expect.executed or rig.expect.not_executed)
 
 
-def elf_code(plan) -> list[ImageCode]:
-    """The ImageCode of each ELF image of a prepared rig (raw images have none)."""
+def elf_code(plan, notes: list[str] | None = None) -> list[ImageCode]:
+    """The ImageCode of each ELF image of a prepared rig whose debug information
+    can be read (raw images have none; an unreadable one is noted and left out)."""
     out = []
     for img in plan.images:
         if img.entry is not None and img.image.file is not None:   # ELF images carry an entry
-            out.append(image_code(Path(img.image.file), img.label))
+            try:
+                out.append(image_code(Path(img.image.file), img.label))
+            except RigError as e:
+                if notes is not None:
+                    notes.append(f"coverage: {e}; its code counts as code without line tables")
     return out
 
 
@@ -69,10 +75,13 @@ def raw_blocks(plan) -> Blocks:
     for img in plan.images:
         entries = set(known)
         if img.entry is not None and img.image.file is not None:
-            code = image_code(Path(img.image.file), img.label)
-            if code.has_lines:
+            try:
+                code = image_code(Path(img.image.file), img.label)
+            except RigError:
+                code = None   # elf_code noted it
+            if code is not None and code.has_lines:
                 continue
-            entries |= {f.lo for f in code.functions}
+            entries |= {f.lo for f in code.functions} if code is not None else set()
         blocks.update(find_blocks(rig.arch, mode, img.segments, entries, cs_base))
     return blocks
 
@@ -85,14 +94,8 @@ class Collector:
         self.rig = rig
         self.expected = [(a, plan.resolve(a)) for a in rig.expect.executed]
         self.unexpected = [(a, plan.resolve(a)) for a in rig.expect.not_executed]
-        targets = {addr for _a, addr in self.expected + self.unexpected}
-        self.block_end: Blocks = {}
-        if full:
-            for code in elf_code(plan):
-                targets |= code.leaders
-            self.block_end = raw_blocks(plan)
-            targets |= set(self.block_end)
-        self.targets = frozenset(targets)
+        self.plan, self.full = plan, full
+        self.block_end: Blocks = {}            # KVM: leader -> end of its block (images without lines)
         self.points: set[int] = set()          # addresses seen to execute (hits, steps)
         self.blocks: dict[int, int] = {}       # emulator: block start -> size
         self.planted: frozenset[int] = frozenset()
@@ -119,11 +122,17 @@ class Collector:
             self.backend = session.backend
             return
         self.mode = "plant"
+        targets = {addr for _a, addr in self.expected + self.unexpected}
+        if self.full:
+            for code in elf_code(self.plan, session.outcome.notes):
+                targets |= code.leaders
+            self.block_end = raw_blocks(self.plan)
+            targets |= set(self.block_end)
         debug, patches, memory = session.debug, session.patches, session.memory
         taken = set(debug.sw_all) | {s.addr for s in debug.slots if s.kind == "exec"}
         insn = patches.insn
         planted = []
-        for addr in sorted(self.targets - taken):
+        for addr in sorted(targets - taken):
             try:
                 if memory.read(addr, len(insn)) == insn:
                     continue   # the instruction is the trap itself (HLT): the run's end marks it

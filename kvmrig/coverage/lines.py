@@ -132,7 +132,8 @@ def read_elf(data: bytes, label: str) -> ImageCode:
         if rows:
             leaders |= _branch_targets(elf, rows, phys)
         spans = [(p, p + size) for _v, p, size, _x in loads]
-    except (ELFError, DWARFError, KeyError, ValueError, IndexError, AttributeError) as e:
+    except (ELFError, DWARFError, KeyError, ValueError, IndexError, AttributeError, TypeError,
+            AssertionError, UnicodeError, OverflowError, EOFError) as e:   # pyelftools on a damaged file
         raise RigError(f"{label}: cannot read its debug information: {e}") from None
     return ImageCode(label, rows, functions, frozenset(leaders), spans)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kvmrig.coverage.collect import merge_ranges
 from kvmrig.coverage.lines import ImageCode, Range, image_code
+from kvmrig.errors import RigError
 from kvmrig.machine.images import ELF_MAGIC
 
 
@@ -157,6 +158,6 @@ def rig_code(rig) -> tuple[list[ImageCode], list[tuple[str, list[Range]]]]:
                 codes.append(image_code(path, str(path)))
             else:
                 raw.append((str(path), [(image.at or 0, (image.at or 0) + path.stat().st_size)]))
-        except OSError:
-            continue   # the run itself reported the unreadable image
+        except (OSError, RigError):
+            continue   # unreadable, or debug information pyelftools cannot read: the run said so
     return codes, raw

@@ -118,3 +118,30 @@ def test_emulator_stops_calling_python_for_code_it_has_seen(make_rig, monkeypatc
     assert result.status == PASSED
     assert result.outcome.coverage == [(0x1000, 0x100f)]      # all 15 bytes, exactly
     assert 0 < len(calls) <= 3 * core.REHOOK_MIN, len(calls)  # not one call per turn of the loop
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_damaged_debug_information_is_a_note_not_an_error(backend, make_rig, tmp_path):
+    from elftools.elf.elffile import ELFFile
+
+    data = bytearray(GUEST.read_bytes())
+    with open(GUEST, "rb") as f:
+        line = ELFFile(f).get_section_by_name(".debug_line")
+        start = line["sh_offset"]
+    data[start:start + 40] = b"\xff" * 40                  # the line program header, destroyed
+    path = make_rig("""
+        kvmrig: 1
+        arch: x86_64
+        memory: [{at: 0x0, size: 2M}]
+        images: [{file: guests/bad.elf}]
+        devices: [{type: serial, port: 0x3f8}]
+        cpu: {mode: long, regs: {rsp: 0x8000}}
+        expect: {exit: hlt, regs: {rax: 10}}
+        """, guests={"guests/bad.elf": bytes(data)})
+    result = run_rig(load_rig(path), backend, coverage=True)
+    assert result.status == PASSED, result.message
+    if backend == "kvm":
+        assert any("cannot read its debug information" in n for n in result.outcome.notes)
+    from kvmrig.coverage.report import from_results
+    report = from_results([result], [load_rig(path)])   # the report leaves the image out, no traceback
+    assert report.files == {}
