@@ -88,6 +88,12 @@ class ImageCode:
             out.setdefault(r.file, set()).add(r.line)
         return out
 
+    def rows_in(self, lo: int, hi: int) -> list[Row]:
+        """The rows that start in [lo, hi)."""
+        i = bisect.bisect_left(self._starts, lo)
+        j = bisect.bisect_left(self._starts, hi)
+        return self.rows[i:j]
+
     def covered_functions(self, ranges: list[Range]) -> set[str]:
         return {f.name for f in self.functions if any(lo < f.hi and f.lo < hi for lo, hi in ranges)}
 

@@ -12,6 +12,7 @@ from kvmrig.coverage import cobertura, lcov
 from kvmrig.coverage.report import Report
 
 LCOV, COBERTURA, RANGES = "coverage.info", "coverage.xml", "coverage-ranges.json"
+FUNCTIONS_SHOWN = 12   # per file, without -v: the functions that did not run, or not all of them
 
 
 def write(report: Report, folder: str | Path) -> list[Path]:
@@ -38,8 +39,9 @@ def _pct(hit: int, total: int) -> str:
 
 
 def summary(report: Report, out: TextIO, verbose: bool = False) -> None:
-    """Per file: lines and functions executed, and the functions that never ran
-    (every function with -v); per image without line tables: bytes executed."""
+    """Per file: lines and functions executed, and the functions that never ran or
+    ran only in part, with their lines (every function with -v); per image without
+    line tables: bytes executed."""
     files = report.files
     lines_hit = sum(f.lines_hit for f in files.values())
     lines = sum(len(f.lines) for f in files.values())
@@ -52,10 +54,19 @@ def summary(report: Report, out: TextIO, verbose: bool = False) -> None:
         f = files[path]
         out.write(f"  {path:<{width}}  lines {f.lines_hit:>4}/{len(f.lines):<4} {_pct(f.lines_hit, len(f.lines))}"
                   f"  functions {f.functions_hit}/{len(f.functions)}\n")
+        shown = 0
         for name, (line, n) in sorted(f.functions.items(), key=lambda kv: kv[1][0]):
-            if verbose or not n:
-                out.write(f"      {'ran' if n else 'never ran'}: {name} (line {line})"
-                          + (f" in {n} run(s)\n" if n else "\n"))
+            hits = f.function_hits(name)
+            partly = hits is not None and hits[0] < hits[1]
+            if not (verbose or not n or partly):
+                continue
+            shown += 1
+            if shown > FUNCTIONS_SHOWN and not verbose:
+                continue
+            what = f"{name} (line {line})" + (f": lines {hits[0]}/{hits[1]}" if hits else "")
+            out.write(f"      {'ran' if n else 'never ran'}: {what}" + (f" in {n} run(s)\n" if n else "\n"))
+        if shown > FUNCTIONS_SHOWN and not verbose:
+            out.write(f"      ... and {shown - FUNCTIONS_SHOWN} more function(s) not fully run (-v lists all)\n")
     for label in sorted(report.images):
         img = report.images[label]
         done = sum(hi - lo for lo, hi in img.ranges)

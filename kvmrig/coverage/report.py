@@ -24,6 +24,7 @@ class FileCoverage:
 
     lines: dict[int, int] = field(default_factory=dict)
     functions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    function_lines: dict[str, set[int]] = field(default_factory=dict)   # known from DWARF (not in lcov)
 
     def add(self, other: "FileCoverage") -> None:
         for line, n in other.lines.items():
@@ -31,6 +32,15 @@ class FileCoverage:
         for name, (line, n) in other.functions.items():
             old = self.functions.get(name, (line, 0))
             self.functions[name] = (old[0] or line, old[1] + n)
+        for name, lines in other.function_lines.items():
+            self.function_lines.setdefault(name, set()).update(lines)
+
+    def function_hits(self, name: str) -> tuple[int, int] | None:
+        """(lines executed, lines) of a function, where its lines are known."""
+        lines = self.function_lines.get(name)
+        if not lines:
+            return None
+        return sum(1 for line in lines if self.lines.get(line)), len(lines)
 
     @property
     def lines_hit(self) -> int:
@@ -88,6 +98,8 @@ class Report:
                         cov = self.file(f.file)
                         old = cov.functions.get(f.name, (f.line, 0))
                         cov.functions[f.name] = (old[0], old[1] + (f.name in done))
+                        cov.function_lines.setdefault(f.name, set()).update(
+                            r.line for r in code.rows_in(f.lo, f.hi) if r.file == f.file)
             else:
                 self._add_ranges(code.label, code.spans, ranges, code)
         for label, spans in raw:

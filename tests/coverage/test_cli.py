@@ -26,7 +26,8 @@ def _run(tmp_path: Path, backend: str) -> Path:
                    "--coverage-root", "rigs", "rigs/x86/cov-dispatch.yaml", "rigs/x86/cov-checksum.yaml",
                    "rigs/x86/fib.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "never ran: panic (line 42)" in done.stdout
+    assert "never ran: panic (line 42): lines 0/5" in done.stdout
+    assert "ran: handle_sub (line 56): lines 5/6 in 1 run(s)" in done.stdout   # the underflow branch did not
     assert "rigs/x86/guests/cov-dispatch.c" in done.stdout
     assert "rigs/x86/guests/fib.bin:" in done.stdout         # a raw image: bytes executed
     return out
