@@ -176,7 +176,7 @@ class Collector:
         """Executed code as address ranges (a hit or step: one byte at the instruction)."""
         if self.backend is not None:
             try:
-                self.backend.blocks_done()
+                self.backend.blocks_done(self._final_pc(outcome))
             except Exception as e:  # a dead emulator must not hide the verdict
                 outcome.notes.append(f"coverage: the last block of the run is not recorded: {e}")
             self.backend = None
@@ -199,8 +199,8 @@ class Collector:
         pc = regs.get("rip", regs.get("pc"))
         if pc is None:
             return None
-        if self.rig.arch == "arm64" and outcome.backend == "kvm" and outcome.exit in ("exit-code", "mmio"):
-            pc += 4   # arm64 KVM leaves the pc on an MMIO store until the next KVM_RUN: the store ran
+        if self.rig.arch == "arm64" and outcome.exit in ("exit-code", "mmio"):
+            pc += 4   # arm64 (KVM, and the emulator as KVM) leaves the pc on an MMIO store that ran
         return regs.get("cs_base", 0) + pc
 
     def check(self, ranges: list[Range]) -> list[Failure]:

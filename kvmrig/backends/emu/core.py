@@ -392,16 +392,17 @@ class EmuBackendBase(Backend):
             self._cov_new.append((addr, size))
             self._cov_sink(addr, size)
 
-    def blocks_done(self) -> None:
+    def blocks_done(self, stop: int | None) -> None:
         """The run is over: report the new block it ended in, up to where it stopped
         (a block's hook fires before it runs, so its end is known only now)."""
         last, self._cov_last = self._cov_last, None
         if last is None:
             return
-        self._settle()
         addr, size, _ = last
-        pc = self._linear_pc()
-        end = pc if addr <= pc < addr + size else addr + size
+        if stop is None:
+            self._settle()
+            stop = self._linear_pc()
+        end = stop if addr <= stop < addr + size else addr + size
         if end > addr:
             self._cov_commit(addr, end - addr)
 
