@@ -79,7 +79,9 @@ def test_debian_kernel_boots_to_its_initramfs():
     rig = dataclasses.replace(rig, timeout=PVM_BOOT_SECONDS)
     out = run_rig(rig).outcome
     console = out.console.decode(errors="replace")
-    assert out.exit == "timeout", (out.exit, out.detail)
+    # Still booting, or (on a less loaded machine) already stopped at the FPU setup PVM_NOTE names.
+    assert out.exit == "timeout" or (out.exit == "unhandled" and "x87 FPU will use" in console), \
+        (out.exit, out.detail)
     assert "Linux version 6." in console and "Command line: console=ttyS0 earlyprintk=serial" in console, console[-2000:]
     assert "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable" in console, console[-2000:]
     assert "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved" in console
