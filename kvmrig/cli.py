@@ -80,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                           "balanced by --durations-from, else round-robin by file and name")
     run.add_argument("--durations-from", metavar="FILE",
                      help="JSON results of an earlier run (--json) whose durations balance --shard")
-    run.add_argument("--in-vm", choices=("arm64",), metavar="ARCH",
-                     help="run the rigs on real KVM of another arch, inside a Linux booted under QEMU "
-                          "(arm64: qemu-system-aarch64, set up by scripts/setup-arm64-lane.sh); "
+    run.add_argument("--in-vm", choices=("arm64", "x86_64"), metavar="ARCH",
+                     help="run the rigs on the KVM inside a Linux booted under QEMU "
+                          "(arm64: real arm64 KVM, scripts/setup-arm64-lane.sh; x86_64: nested SVM whose "
+                          "KVM intercepts INT3 and raises debug-register breakpoints, scripts/setup-x86-lane.sh); "
                           "lines, reports and exit status come back as if run here")
     run.add_argument("--json", metavar="FILE", help="write JSON results, one record per rig, to FILE")
     run.add_argument("--gdb-on-fail", metavar="[HOST]:PORT",

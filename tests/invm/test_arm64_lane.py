@@ -21,7 +21,8 @@ import pytest
 
 from kvmrig.errors import BackendError, BackendUnavailable
 from kvmrig.invm import qemu as invm_qemu
-from kvmrig.invm.image import CpioWriter, debian_version_compare
+from kvmrig.invm.cpio import CpioWriter
+from kvmrig.invm.debian import version_compare as debian_version_compare
 
 QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
 NO_QEMU_REASON = f"{QEMU} is not installed (run scripts/setup-arm64-lane.sh)"

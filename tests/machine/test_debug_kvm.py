@@ -14,9 +14,10 @@ twice, through the `debug` fixture:
     auto  the probe's answer for this machine (re-probed for the test)
     trap  KVMRIG_KVM_DEBUG=trap: the HLT and page-trap fallbacks, forced, so
           they stay pinned down even on a machine whose KVM does everything.
-`native` is not tested: it forces INT3 and data breakpoints, which fail on a
-KVM without them (kvm_pvm, for one), and `auto` already takes that path
-wherever it works.
+`native` (INT3 and DR0-DR3 data breakpoints, forced) runs where KVM has them:
+in the x86_64 lane (tests/invm/test_x86_lane.py runs this module in a nested
+SVM guest with KVMRIG_KVM_DEBUG=native for the whole run, which `auto` then
+keeps), so every test here runs through both paths in CI.
 
 Tests marked xfail(strict=True) show bugs in kvmrig (see each reason); they
 start failing (XPASS) when the bug is fixed, and then the mark must go.
@@ -189,12 +190,19 @@ CPU = "cpu: {mode: long}"
 # ---------------------------------------------------------------------------
 # Helpers
 
+#: what the whole run forces (the x86_64 lane: native), kept by `auto`
+FORCED = os.environ.get("KVMRIG_KVM_DEBUG", "")
+
+
 @pytest.fixture(params=["auto", "trap"])
 def debug(request, monkeypatch) -> str:
-    """Run the test with this KVM's own debug support, and with the fallbacks forced."""
+    """Run the test with this KVM's own debug support (or the run's forced
+    native path), and with the fallbacks forced."""
     monkeypatch.setattr(x86_probe, "_cache", None)   # the probe result is cached per process
     if request.param == "trap":
         monkeypatch.setenv("KVMRIG_KVM_DEBUG", "trap")
+    elif FORCED == "native":
+        monkeypatch.setenv("KVMRIG_KVM_DEBUG", "native")
     else:
         monkeypatch.delenv("KVMRIG_KVM_DEBUG", raising=False)
     return request.param
@@ -856,7 +864,9 @@ def test_trap_mode_picks_the_fallbacks(debug):
             assert support == x86_probe.X86DebugSupport(int3=False, data_breakpoints=False)
         assert backend.sw_break_insn() == (INT3 if support.int3 else HLT)
         assert backend.hw_debug_slots() == ((4, 4, True) if support.data_breakpoints else (4, 64, False))
-    if debug == "auto":
+    if debug == "auto" and FORCED == "native":
+        assert support == x86_probe.X86DebugSupport(int3=True, data_breakpoints=True)
+    elif debug == "auto":
         assert x86_probe._cache is not None and x86_probe._cache[0] == os.getpid()
 
 

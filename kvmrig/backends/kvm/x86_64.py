@@ -17,6 +17,7 @@ counts as a read; page traps tell reads from writes exactly).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
@@ -39,6 +40,9 @@ SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000,
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: tuple[int, bool] | None = None
+#: Debug exits taken natively in this process ("int3", "dr-exec", "dr-watch"):
+#: how the x86_64 lane's test run shows the native path really ran.
+NATIVE_HITS: Counter[str] = Counter()
 
 
 def _sync_regs_supported(kvm) -> bool:
@@ -224,35 +228,52 @@ class KvmX86Backend(KvmBackendBase):
     def _debug_event(self, info) -> Event | None:
         exception, pc = info.exception, info.pc
         if exception == VECTOR_BP:
+            NATIVE_HITS["int3"] += 1
             return Event(base.DEBUG, pc=pc, detail="sw", raw=exception)
         if exception != VECTOR_DB:
             return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
         dr6 = info.dr6
-        if self._resume is not None and dr6 & DR6_BS:
-            return self._step_done(pc)
         fired = [n for n in range(len(self._dr_kind)) if dr6 & (1 << n)]
-        for n in fired:
-            if self._dr_kind[n] == "exec":
-                self._resume = n  # a fault: step past it with DRn off, then re-arm
-                self._resume_pc = pc
-                self._fixup = True
-                return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw", raw=(n,))
+        # A single-step trap (BS) is this backend's own only while it steps;
+        # otherwise it is the guest's TF, handed back to it.
+        stepped = bool(dr6 & DR6_BS) and self._stepping()
+        if not stepped:
+            for n in fired:
+                if self._dr_kind[n] == "exec":
+                    NATIVE_HITS["dr-exec"] += 1
+                    self._resume = n  # a fault: step past it with DRn off, then re-arm
+                    self._resume_pc = pc
+                    self._fixup = True
+                    return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw",
+                                 raw=(n,))
+        # With BS, an instruction breakpoint's bit can only mean the *next*
+        # instruction matches (QEMU's TCG reports that early): it faults when
+        # that instruction runs, so it is not a hit yet.
+        watched = [n for n in fired if self._dr_kind[n] != "exec"]
+        watches = self._watch_slots(watched)
+        step = self._step_done(pc) if stepped else None
+        if watches:
+            NATIVE_HITS["dr-watch"] += 1
+            if step is not None:
+                self._queue.append(step)  # the stepped instruction hit the watch: both count
+            return Event(base.DEBUG, pc=pc, slot=watches[0], addr=self._dr[watched[0]], detail="watch",
+                         raw=tuple(watches))
+        if stepped or fired:
+            return step  # None: only `read` watches that saw writes, or the backend's own step
+        return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+
+    def _watch_slots(self, fired: list[int]) -> list[int]:
+        """The HwSlot indexes of the DR watches that fired, less the `read` ones
+        whose bytes changed (a write: x86 has no read-only data breakpoint)."""
         watches = []
         for n in fired:
             if self._dr_kind[n] == "read":
                 now = self.peek(self._dr[n], self._dr_len[n]) or b""
                 if now != self._shadow.get(n):
-                    self._shadow[n] = now  # the bytes changed: a write, not a read
+                    self._shadow[n] = now
                     continue
             watches.append(self._dr_owner[n])
-        if watches:
-            return Event(base.DEBUG, pc=pc, slot=watches[0], addr=self._dr[fired[0]], detail="watch",
-                         raw=tuple(watches))
-        if dr6 & DR6_BS:
-            return self._step_done(pc)
-        if fired:
-            return None  # only `read` watches that saw writes fired
-        return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+        return watches
 
     def _stepping(self) -> bool:
         return self._user_step or self._resume is not None
@@ -294,7 +315,11 @@ class KvmX86Backend(KvmBackendBase):
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()
         pc -= 1  # HLT exits with rip past the 1-byte instruction
-        if pc in self._sw_addrs and not self._sw_int3:
+        # While single-stepping no planted HLT runs (the session lifts it before
+        # stepping onto it), so this HLT is the guest's own: KVM on VMX/SVM
+        # reports a stepped HLT as KVM_EXIT_HLT, not as a step.
+        stepped = bool(self._armed[0] & abi.KVM_GUESTDBG_SINGLESTEP)
+        if pc in self._sw_addrs and not self._sw_int3 and not stepped:
             r.rip -= 1  # a planted HLT: the breakpoint, with rip back on it
             self.vcpu.set_regs(r)
             return Event(base.DEBUG, pc=pc, detail="sw")
