@@ -155,6 +155,29 @@ OWN_INT3 = (
     "cf"                 # 7c1d: iret
 )
 
+# Real mode at 0x7c00: the guest single-steps itself (TF) over one nop; its
+# #DB handler counts in BX and clears TF in the saved FLAGS.
+OWN_TF = (
+    "31 c0"              # 7c00: xor %ax,%ax
+    "8e d8"              # 7c02: mov %ax,%ds
+    "c7 06 04 00 20 7c"  # 7c04: movw $0x7c20,0x4     IVT[1].offset
+    "c7 06 06 00 00 00"  # 7c0a: movw $0x0,0x6        IVT[1].segment
+    "31 db"              # 7c10: xor %bx,%bx
+    "9c"                 # 7c12: pushf
+    "58"                 # 7c13: pop %ax
+    "0d 00 01"           # 7c14: or $0x100,%ax        TF
+    "50"                 # 7c17: push %ax
+    "9d"                 # 7c18: popf                 TF on: a trap after the next instruction
+    "90"                 # 7c19: nop                  -> the guest's own #DB
+    "b2 55"              # 7c1a: mov $0x55,%dl
+    "f4"                 # 7c1c: hlt
+    "90 90 90"           # 7c1d: (never run)
+    "43"                 # 7c20: inc %bx              the #DB handler
+    "89 e5"              # 7c21: mov %sp,%bp
+    "81 66 04 ff fe"     # 7c23: andw $0xfeff,0x4(%bp)  TF off in the saved FLAGS
+    "cf"                 # 7c28: iret
+)
+
 PORT_WRITES = (
     "b0 01"  # 1000: mov $0x1,%al
     "e6 80"  # 1002: out %al,$0x80
@@ -814,6 +837,27 @@ def test_guest_own_int3_and_hlt_are_not_planted_breakpoints(make_rig, debug):
         """)
     out = assert_passed(run(path)).outcome
     assert out.detail == "hlt at 0x7c1b"
+
+
+def test_guest_own_single_step_trap_goes_to_the_guest(make_rig, debug):
+    # With a hardware breakpoint armed, KVM reports every #DB to kvmrig: the
+    # trap of the guest's own TF (DR6.BS while kvmrig is not stepping) must be
+    # handed back to the guest's handler, once, not taken as kvmrig's step.
+    path = make_rig(f"""
+        kvmrig: 1
+        arch: x86_64
+        timeout: 2s
+        memory: [{{at: 0x0, size: 64K}}]
+        {image(OWN_TF, 0x7c00)}
+        cpu: {{mode: real, regs: {{sp: 0x7000}}}}
+        breakpoints:
+          - {{at: 0x7c1a, kind: hw, hits: 1, expect: {{regs: {{bx: 1}}}}}}
+        expect:
+          exit: hlt
+          regs: {{bx: 1, dl: 0x55}}
+        """)
+    out = assert_passed(run(path)).outcome
+    assert out.detail == "hlt at 0x7c1c"
 
 
 def test_memory_checks_never_show_planted_bytes(make_rig, debug):

@@ -236,8 +236,9 @@ class KvmX86Backend(KvmBackendBase):
         fired = [n for n in range(len(self._dr_kind)) if dr6 & (1 << n)]
         # A single-step trap (BS) is this backend's own only while it steps;
         # otherwise it is the guest's TF, handed back to it.
-        stepped = bool(dr6 & DR6_BS) and self._stepping()
-        if not stepped:
+        trap = bool(dr6 & DR6_BS)
+        stepped = trap and self._stepping()
+        if not trap:
             for n in fired:
                 if self._dr_kind[n] == "exec":
                     NATIVE_HITS["dr-exec"] += 1
@@ -247,19 +248,22 @@ class KvmX86Backend(KvmBackendBase):
                     return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw",
                                  raw=(n,))
         # With BS, an instruction breakpoint's bit can only mean the *next*
-        # instruction matches (QEMU's TCG reports that early): it faults when
-        # that instruction runs, so it is not a hit yet.
+        # instruction matches (QEMU's TCG reports that early, hardware does not):
+        # it faults when that instruction runs, so it is not a hit yet.
         watched = [n for n in fired if self._dr_kind[n] != "exec"]
         watches = self._watch_slots(watched)
         step = self._step_done(pc) if stepped else None
+        own = Event(base.DEBUG, pc=pc, detail="foreign", raw=exception) if trap and not stepped else None
         if watches:
             NATIVE_HITS["dr-watch"] += 1
-            if step is not None:
-                self._queue.append(step)  # the stepped instruction hit the watch: both count
+            if step or own:
+                self._queue.append(step or own)  # the same instruction also ended a step
             return Event(base.DEBUG, pc=pc, slot=watches[0], addr=self._dr[watched[0]], detail="watch",
                          raw=tuple(watches))
-        if stepped or fired:
-            return step  # None: only `read` watches that saw writes, or the backend's own step
+        if stepped or own:
+            return step or own  # step None: the backend's own step past a breakpoint
+        if fired:
+            return None  # only `read` watches that saw writes
         return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
 
     def _watch_slots(self, fired: list[int]) -> list[int]:
