@@ -37,6 +37,7 @@ import pytest
 from kvmrig.errors import BackendUnavailable
 from kvmrig.invm import qemu as invm_qemu
 from kvmrig.invm.lanes import X86_64
+from tests.invm.reporting import report_line
 
 ROOT = Path(__file__).resolve().parents[2]
 VM_TIMEOUT = 900.0
@@ -68,19 +69,6 @@ FETCH = ["pytest.xml", "pytest.log", "pytest.status", "tally.json"]
 PVM_XFAILS = ("test_sw_breakpoint", "test_hw_watchpoint")
 
 
-def _report(request, line: str) -> None:
-    """A line in pytest's output even when it captures."""
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    cap = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is None:
-        print(line)
-    elif cap is not None:
-        with cap.global_and_fixture_disabled():
-            tr.write_line(line)
-    else:
-        tr.write_line(line)
-
-
 @pytest.fixture(scope="module")
 def lane(request):
     t0 = time.monotonic()
@@ -90,7 +78,7 @@ def lane(request):
     seconds = time.monotonic() - t0
     boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "?"
     cmd = f"{result.command_seconds:.1f}s" if result.command_seconds is not None else "?"
-    _report(request, f"\nx86_64 VM lane: boot {boot}, tests {cmd}, total {seconds:.1f}s")
+    report_line(request, f"\nx86_64 VM lane: boot {boot}, tests {cmd}, total {seconds:.1f}s")
     if result.error:
         pytest.fail(f"the x86_64 VM run did not complete:\n{result.error}")
     for name in FETCH:
@@ -102,7 +90,7 @@ def lane(request):
     dr_watch = sorted(t for t, v in tally.items() if v.get("dr-watch"))
     rigs = [t for t in tally if "test_example_rig_passes[x86/" in t]
     native_rigs = [t for t in rigs if any(tally[t].get(k) for k in ("int3", "dr-exec", "dr-watch"))]
-    _report(request, f"x86_64 VM lane, native debug path: {len(cases)} tests ran "
+    report_line(request, f"x86_64 VM lane, native debug path: {len(cases)} tests ran "
                      f"({len(rigs)} of them rigs/x86 examples); {len(int3)} hit INT3 natively, "
                      f"{len(dr_exec)} DR instruction breakpoints, {len(dr_watch)} DR watchpoints; "
                      f"{len(native_rigs)} example rigs used the native path")
