@@ -41,7 +41,7 @@ from typing import BinaryIO, Callable
 from kvmrig.errors import BackendError, BackendUnavailable
 from kvmrig.invm.cpio import CpioWriter, add_tree, trim_matchers
 from kvmrig.invm.debian import download_debs, resolve_packages, unpack_deb
-from kvmrig.invm.lanes import ARM64, Lane
+from kvmrig.invm.lanes import ARM64, LANES, Lane
 from kvmrig.invm.pyc import compile_tree, host_matches_guest
 from kvmrig.invm.wheels import download_wheels, unpack_wheel
 
@@ -437,8 +437,6 @@ def _prune_old(cache_dir: Path, keep: str, keep_files: set[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-
-    from kvmrig.invm.lanes import LANES
 
     ap = argparse.ArgumentParser(description="Build (or find) the cached base image of a VM lane.")
     ap.add_argument("--arch", choices=sorted(LANES), default="arm64")

@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 from kvmrig.errors import BackendError, BackendUnavailable
 from kvmrig.invm.cpio import CpioWriter
 from kvmrig.invm.image import INIT_SH, BaseImage, ensure_base_image
-from kvmrig.invm.lanes import ARM64, Lane
+from kvmrig.invm.lanes import ARM64, LANES, Lane
 from kvmrig.invm.pyc import host_pyc
 
 QEMU_ENV = ARM64.qemu_env
@@ -554,8 +554,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python3 -m kvmrig.invm.qemu [options] -- command...``: run one command
     in a lane's VM, streaming its output; exits with the guest's exit status."""
     import argparse
-
-    from kvmrig.invm.lanes import LANES
 
     ap = argparse.ArgumentParser(prog="python3 -m kvmrig.invm.qemu",
                                  description="Run a command in the VM of a KVM lane.")

@@ -25,6 +25,7 @@ from pathlib import Path
 from kvmrig.atomic import write_atomic
 from kvmrig.errors import RigError
 from kvmrig.invm.lanes import LANES, lane_for
+from kvmrig.invm.qemu import EXIT_VM_FAILED, run_in_vm
 from kvmrig.rig.load import load_rig
 
 ARCHES = tuple(LANES)
@@ -112,8 +113,6 @@ def inner_argv(args, paths: list[str], junit: str | None, json_out: str | None) 
 
 def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None = None) -> int:
     """Run `kvmrig run` on the rigs inside the VM of the lane ``args.in_vm``; returns its exit status."""
-    from kvmrig.invm.qemu import EXIT_VM_FAILED, run_in_vm
-
     lane = lane_for(args.in_vm)
     out = out or (lambda line: print(line, flush=True))
     terminal = sys.stderr.isatty()

@@ -18,9 +18,6 @@ twice, through the `debug` fixture:
 in the x86_64 lane (tests/invm/test_x86_lane.py runs this module in a nested
 SVM guest with KVMRIG_KVM_DEBUG=native for the whole run, which `auto` then
 keeps), so every test here runs through both paths in CI.
-
-Tests marked xfail(strict=True) show bugs in kvmrig (see each reason); they
-start failing (XPASS) when the bug is fixed, and then the mark must go.
 """
 
 from __future__ import annotations
@@ -31,11 +28,13 @@ import re
 import pytest
 
 from kvmrig.backends.kvm import x86_probe
+from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.cli import main as kvmrig_main
 from kvmrig.machine.debug import DebugPlan
 from kvmrig.machine.plan import prepare
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import ERROR, PASSED, RigResult, run_rig
+from kvmrig.result import ERROR, PASSED, RigResult
+from kvmrig.runner import run_rig
 
 NO_KVM_REASON = "no /dev/kvm on this machine"
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason=NO_KVM_REASON)]
@@ -221,7 +220,7 @@ FORCED = os.environ.get("KVMRIG_KVM_DEBUG", "")
 def debug(request, monkeypatch) -> str:
     """Run the test with this KVM's own debug support (or the run's forced
     native path), and with the fallbacks forced."""
-    monkeypatch.setattr(x86_probe, "_cache", None)   # the probe result is cached per process
+    monkeypatch.setattr(x86_probe, "_cache", PerProcess())   # the probe result is cached per process
     if request.param == "trap":
         monkeypatch.setenv("KVMRIG_KVM_DEBUG", "trap")
     elif FORCED == "native":
@@ -234,7 +233,7 @@ def debug(request, monkeypatch) -> str:
 @pytest.fixture
 def trap(monkeypatch) -> str:
     """Only the fallbacks (for bugs in the HLT / page-trap paths)."""
-    monkeypatch.setattr(x86_probe, "_cache", None)
+    monkeypatch.setattr(x86_probe, "_cache", PerProcess())
     monkeypatch.setenv("KVMRIG_KVM_DEBUG", "trap")
     return "trap"
 
@@ -911,11 +910,11 @@ def test_trap_mode_picks_the_fallbacks(debug):
     if debug == "auto" and FORCED == "native":
         assert support == x86_probe.X86DebugSupport(int3=True, data_breakpoints=True)
     elif debug == "auto":
-        assert x86_probe._cache is not None and x86_probe._cache[0] == os.getpid()
+        assert x86_probe._cache.known()
 
 
 # ---------------------------------------------------------------------------
-# Bugs: each xfail(strict=True) test below fails because of a bug in kvmrig.
+# Regressions: bugs found and fixed, kept pinned down.
 
 def test_overlapping_watchpoints_each_count(make_rig, debug):
     path = make_rig(f"""
