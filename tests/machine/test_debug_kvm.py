@@ -859,6 +859,27 @@ def test_guest_own_single_step_trap_goes_to_the_guest(make_rig, debug):
     assert out.detail == "hlt at 0x7c1c"
 
 
+def test_read_watch_counts_a_read_after_a_set_changed_the_bytes(make_rig, debug):
+    # `set` at the breakpoint rewrites the watched u32 between two reads: the
+    # second read still counts (the DR path tells reads from writes by the
+    # bytes, so it must learn of kvmrig's own write).
+    path = make_rig(f"""
+        kvmrig: 1
+        arch: x86_64
+        timeout: 2s
+        {MEM}
+        {CPU}
+        images:
+          - {{hex: "8b 04 25 00 50 00 00 90 8b 1c 25 00 50 00 00 f4", at: 0x1000}}
+        breakpoints:
+          - {{at: 0x1007, kind: hw, hits: 1, set: {{memory: [{{at: 0x5000, hex: "99000000"}}]}}}}
+        watchpoints:
+          - {{at: 0x5000, len: 4, access: read, hits: 2}}
+        expect: {{exit: hlt, regs: {{ebx: 0x99}}}}
+        """)
+    assert_passed(run(path))
+
+
 def test_memory_checks_never_show_planted_bytes(make_rig, debug):
     # The run ends by timeout with a breakpoint still planted in the loop.
     path = make_rig(f"""

@@ -237,7 +237,13 @@ class KvmX86Backend(KvmBackendBase):
         # otherwise it is the guest's TF, handed back to it.
         trap = bool(dr6 & DR6_BS)
         stepped = trap and self._stepping()
-        if not trap:
+        watched = [n for n in fired if self._dr_kind[n] != "exec"]
+        # An instruction breakpoint is a fault, taken before its instruction
+        # runs; single-steps and data breakpoints are traps, taken after theirs.
+        # So with BS or a data bit, an instruction breakpoint's bit can only
+        # mean the *next* instruction matches (QEMU's TCG reports that early):
+        # it faults when that instruction runs, and is not a hit yet.
+        if not trap and not watched:
             for n in fired:
                 if self._dr_kind[n] == "exec":
                     NATIVE_HITS["dr-exec"] += 1
@@ -245,10 +251,6 @@ class KvmX86Backend(KvmBackendBase):
                     self._resume_pc = pc
                     self._fixup = True
                     return HwBreak(pc, self._dr_owner[n], exception)
-        # With BS, an instruction breakpoint's bit can only mean the *next*
-        # instruction matches (QEMU's TCG reports that early, hardware does not):
-        # it faults when that instruction runs, so it is not a hit yet.
-        watched = [n for n in fired if self._dr_kind[n] != "exec"]
         watches = self._watch_slots(watched)
         step = self._step_done(pc) if stepped else None
         own = ForeignDebug(pc, code=exception) if trap and not stepped else None
@@ -289,10 +291,14 @@ class KvmX86Backend(KvmBackendBase):
         return self._linear_pc()[0]
 
     def _needs_fixup(self) -> bool:
-        return self._fixup
+        return self._fixup or bool(self._shadow)
 
     def _before_run(self) -> None:
         self._fixup = False
+        # `read` watches tell reads from writes by the bytes: what changed them
+        # since the last exit (a `set` at a hit) was not the guest.
+        for n in self._shadow:
+            self._shadow[n] = self.peek(self._dr[n], self._dr_len[n]) or b""
         if self._resume is None:
             return
         # The exit gave the pc; only a `set` at the hit can have moved it since.
