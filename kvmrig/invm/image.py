@@ -162,6 +162,8 @@ def trim(lane: Lane) -> tuple[str, ...]:
         "etc/python3.11/sitecustomize.py",
         "usr/lib/python3.11/sitecustomize.py",
         f"{SITE_DIR}/capstone/include/",
+        f"{SITE_DIR}/unicorn/include/",
+        f"{SITE_DIR}/unicorn/lib/*.a",  # 31 MB static library; Python loads the .so
         "*/__pycache__/",
     )
 

@@ -153,8 +153,8 @@ X86_64 = Lane(
     console="ttyS0",
     setup_script="setup-x86-lane.sh",
     modules=("irqbypass.ko", "kvm.ko", "kvm-amd.ko"),
-    # pytest runs kvmrig's x86 debug tests inside this lane
-    extra_wheels=("pytest==8.3.5", "pluggy==1.6.0", "iniconfig==2.1.0", "packaging==25.0"),
+    # pytest runs kvmrig's x86 debug tests inside this lane (unicorn: those that compare with the emulator)
+    extra_wheels=("pytest==8.3.5", "pluggy==1.6.0", "iniconfig==2.1.0", "packaging==25.0", "unicorn==2.1.4"),
 )
 
 LANES: dict[str, Lane] = {lane.arch: lane for lane in (ARM64, X86_64)}

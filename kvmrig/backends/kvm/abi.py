@@ -392,6 +392,8 @@ def ioctl_table(arch: str) -> dict[str, int]:
             "KVM_GET_FPU":              IOR(0x8C, "struct kvm_fpu"),             # vcpu
             "KVM_SET_FPU":              IOW(0x8D, "struct kvm_fpu"),             # vcpu
             "KVM_SET_CPUID2":           IOW(0x90, "struct kvm_cpuid2"),          # vcpu; KVM_CAP_EXT_CPUID
+            "KVM_GET_VCPU_EVENTS":      IOR(0x9F, "struct kvm_vcpu_events"),     # vcpu; KVM_CAP_VCPU_EVENTS
+            "KVM_SET_VCPU_EVENTS":      IOW(0xA0, "struct kvm_vcpu_events"),     # vcpu; KVM_CAP_VCPU_EVENTS
         })
     elif arch == "arm64":
         table.update({
@@ -425,6 +427,8 @@ KVM_SET_SREGS = IOCTLS.get("KVM_SET_SREGS")
 KVM_GET_FPU = IOCTLS.get("KVM_GET_FPU")
 KVM_SET_FPU = IOCTLS.get("KVM_SET_FPU")
 KVM_SET_CPUID2 = IOCTLS.get("KVM_SET_CPUID2")
+KVM_GET_VCPU_EVENTS = IOCTLS.get("KVM_GET_VCPU_EVENTS")
+KVM_SET_VCPU_EVENTS = IOCTLS.get("KVM_SET_VCPU_EVENTS")
 KVM_ARM_VCPU_INIT = IOCTLS.get("KVM_ARM_VCPU_INIT")
 KVM_ARM_PREFERRED_TARGET = IOCTLS.get("KVM_ARM_PREFERRED_TARGET")
 

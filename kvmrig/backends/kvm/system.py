@@ -405,6 +405,20 @@ class Vcpu:
         _call(self.fd, _require(abi.KVM_SET_CPUID2, "KVM_SET_CPUID2"), cpuid, "KVM_SET_CPUID2",
               f"{cpuid.nent} entries")
 
+    def drop_pending_exception(self) -> None:
+        """KVM_GET/SET_VCPU_EVENTS: forget the exception KVM has queued for the
+        guest (after a failed emulation KVM queues #UD as well as exiting; a
+        VMM that recovers from the failure must not deliver it)."""
+        ev = ffi.new("struct kvm_vcpu_events *")
+        _call(self.fd, _require(abi.KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"), ev, "KVM_GET_VCPU_EVENTS")
+        if not (ev.exception.injected or ev.exception.pending):
+            return
+        ev.exception.injected = ev.exception.pending = 0
+        ev.exception_has_payload = 0
+        ev.flags = 0   # nothing else is set: NMI/SIPI/SMI state stays as it is
+        self._fresh[0] = False
+        _call(self.fd, _require(abi.KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS"), ev, "KVM_SET_VCPU_EVENTS")
+
     # -- debugging ------------------------------------------------------------
 
     def set_guest_debug(self, control: int, debugreg: Sequence[int] | None = None) -> None:

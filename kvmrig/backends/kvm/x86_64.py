@@ -387,6 +387,7 @@ class KvmX86Backend(KvmBackendBase):
     def _other_exit(self, reason: int, rs) -> Event | None:
         if (reason == abi.KVM_EXIT_INTERNAL_ERROR and rs.internal.suberror == abi.KVM_INTERNAL_ERROR_EMULATION
                 and self._traps.get(self._pc_now() & ~(PAGE - 1)) == "absent"):
+            self.vcpu.drop_pending_exception()   # KVM on VMX/SVM queues #UD with the exit
             self._exec_enter(self._pc_now())
             return None   # run on: the page is mapped and stepped now
         if reason != abi.KVM_EXIT_SHUTDOWN:
