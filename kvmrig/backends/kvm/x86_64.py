@@ -24,7 +24,7 @@ from kvmrig.arch.x86_64.boot import X86State
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends import base
 from kvmrig.backends.base import Event, HwSlot
-from kvmrig.backends.kvm import abi
+from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
 from kvmrig.backends.kvm.x86_probe import debug_support
 from kvmrig.errors import BackendError
@@ -59,6 +59,10 @@ class KvmX86Backend(KvmBackendBase):
     def __init__(self) -> None:
         super().__init__()
         self.support = debug_support(self.kvm)
+        self.pristine: x86_state.X86CpuState | None = None   # the vCPU as created, for reuse
+        self._forget_debug()
+
+    def _forget_debug(self) -> None:
         self._user_step = False
         self._sw_int3 = False
         self._sw_addrs: frozenset[int] = frozenset()
@@ -84,7 +88,7 @@ class KvmX86Backend(KvmBackendBase):
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
-    def set_initial_state(self, state: X86State) -> None:
+    def _create_vcpu(self):
         area = self._system_area()
         self.vm.set_identity_map_addr(area)
         self.vm.set_tss_addr(area + PAGE)
@@ -92,6 +96,10 @@ class KvmX86Backend(KvmBackendBase):
         vcpu.set_cpuid2(self.kvm.supported_cpuid())
         if _sync_regs_supported(self.kvm):
             vcpu.enable_sync_regs(SYNC)  # registers come with every exit: no GET ioctls
+        return vcpu
+
+    def set_initial_state(self, state: X86State) -> None:
+        vcpu = self.vcpu or self._create_vcpu()
         s = vcpu.get_sregs()
         for name, seg in state.segments.items():
             dst = getattr(s, name)
@@ -107,6 +115,44 @@ class KvmX86Backend(KvmBackendBase):
             setattr(r, name, 0)
         r.rip, r.rflags = state.rip, state.rflags
         vcpu.set_regs(r)
+
+    # Whole state: snapshots and reuse --------------------------------------------
+    def capture_cpu(self) -> x86_state.X86CpuState:
+        """The vCPU's complete state (a pending I/O access completed first)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        return x86_state.capture(self.kvm, self.vcpu)
+
+    def restore_cpu(self, state: x86_state.X86CpuState) -> None:
+        """Put a captured state back, exactly (a snapshot resumes where it was taken)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        x86_state.restore(self.vcpu, state)
+
+    def reset(self) -> None:
+        """Make this backend what a new one is, its memory slots kept: the
+        vCPU back to the state it was created in, no debug setup, no traps.
+        The caller puts the memory back (dirty_pages() says where)."""
+        if self.vcpu is None:
+            return
+        self.settle_io()
+        self.forget_run()
+        self._forget_debug()
+        if self.pristine is None:
+            raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
+        x86_state.restore(self.vcpu, self.pristine, reuse=True)
+
+    def _disarm_debug(self) -> None:
+        if self.vcpu is not None and self._armed[0]:
+            self.vcpu.set_guest_debug(0)
+
+    def keep_pristine(self) -> None:
+        """Remember the vCPU as created (before any rig ran), for reset()."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.pristine = x86_state.capture(self.kvm, self.vcpu)
 
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
