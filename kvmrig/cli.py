@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cross-check", action="store_true",
                      help="run each rig on KVM and on the emulator where both can, and fail it where "
                           "exit, exit code, final registers, hit counts, console or RAM digest differ")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="build a fresh VM for every rig (default: a worker resets and reuses its VM "
+                          "between rigs with the same arch and memory map)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="show registers checked and console")
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
     run.add_argument("--rerun-failed", action="store_true",
@@ -174,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         results, interrupted = [None] * len(rigs), False
     else:
         results, interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
-                                        exitfirst=args.exitfirst, update_golden=args.update_golden)
+                                        exitfirst=args.exitfirst, update_golden=args.update_golden,
+                                        reuse=not args.no_reuse)
     final: list[RigResult] = list(errors)
     for rig, result in zip(rigs, results):
         final.append(result or _result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted

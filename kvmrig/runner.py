@@ -26,6 +26,7 @@ from kvmrig.rig.model import Rig
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
 CROSS = "cross"        # run_rig's backend for `kvmrig run --cross-check`
+_pool = None           # this worker's kept VMs (machine/reuse.py); None: a fresh VM per rig
 
 
 @dataclass
@@ -84,7 +85,8 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> Rig
             name, factory = backend_for(rig, backend)
         except NoBackend as e:
             return _result_for(rig, SKIPPED, message=str(e), seconds=time.monotonic() - start)
-        outcome = execute(plan, factory, RunOptions(update_golden=update_golden))
+        options = RunOptions(update_golden=update_golden)
+        outcome = _pool.execute(plan, factory, options) if _pool is not None else execute(plan, factory, options)
     except RigError as e:
         return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
     except KvmrigError as e:
@@ -111,8 +113,12 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0,
-            parent_end: Connection | None = None) -> None:
+            parent_end: Connection | None = None, reuse: bool = True) -> None:
+    global _pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    if reuse:
+        from kvmrig.machine.reuse import VmPool
+        _pool = VmPool()
     if parent_end is not None:
         parent_end.close()  # else this process holds its own pipe open and never sees EOF
     if parent:
@@ -129,9 +135,9 @@ def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0
 
 
 class _Worker:
-    def __init__(self, ctx, backend: str, update_golden: bool):
+    def __init__(self, ctx, backend: str, update_golden: bool, reuse: bool = True):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn),
+        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn, reuse),
                                 daemon=True)
         self.proc.start()
         child.close()
@@ -157,9 +163,11 @@ def _died(rig: Rig, how: str) -> RigResult:
 
 def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False, update_golden: bool = False) -> tuple[list[RigResult | None], bool]:
+             exitfirst: bool = False, update_golden: bool = False,
+             reuse: bool = True) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core). Returns (results in input
-    order — None for rigs not run — and whether the run was interrupted)."""
+    order — None for rigs not run — and whether the run was interrupted).
+    `reuse`: each worker keeps its VMs between rigs (machine/reuse.py)."""
     results: list[RigResult | None] = [None] * len(rigs)
     if not rigs:
         return results, False
@@ -180,7 +188,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
             stop = True
 
     try:
-        workers = [_Worker(ctx, backend, update_golden) for _ in range(jobs)]
+        workers = [_Worker(ctx, backend, update_golden, reuse) for _ in range(jobs)]
         for w in workers:
             if pending:
                 w.give(*pending.pop())
@@ -209,7 +217,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
                 record(index, result)
                 if replace:
                     w.kill()
-                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden)
+                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden, reuse)
                 if pending and not stop:
                     w.give(*pending.pop())
         return results, False

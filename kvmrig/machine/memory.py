@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from kvmrig.rig.model import Region
 
+PAGE = 0x1000
+_ZERO = bytes(PAGE)
+
 
 class OutsideMemory(LookupError):
     """An address range that no region backs."""
@@ -45,6 +48,37 @@ class Memory:
             self.close()
             raise
         self._starts = [b.start for b in self.backings]
+        self.written: set[int] | None = None   # pages written from the host side, once tracked
+
+    def track_writes(self) -> None:
+        """Record every page write() touches (for a reset: the guest's own
+        writes come from the backend's dirty log)."""
+        self.written = set()
+
+    def take_written(self) -> set[int]:
+        pages, self.written = self.written or set(), set()
+        return pages
+
+    def zero_pages(self, pages) -> int:
+        """Zero each page (guest-physical page addresses; ROM too, outside any
+        region skipped): the reset of a reused VM, which copies back only what
+        was written. Returns how many pages it zeroed."""
+        n = 0
+        for page in pages:
+            b = self.find(page)
+            if b is None:
+                continue
+            off = page - b.start
+            end = min(off + PAGE, b.region.size)
+            b.buf[off:end] = _ZERO[:end - off]
+            n += 1
+        return n
+
+    def zero_all(self) -> None:
+        """Give every region fresh zero pages (madvise MADV_DONTNEED on the
+        private anonymous mappings): the reset when nobody logged writes."""
+        for b in self.backings:
+            b.buf.madvise(mmap.MADV_DONTNEED)
 
     def find(self, addr: int) -> Backing | None:
         """The backing that holds `addr`, or None."""
@@ -71,6 +105,8 @@ class Memory:
         """Write guest memory from the host side (ROM included: this is the loader)."""
         b, off = self._span(addr, len(data))
         b.buf[off:off + len(data)] = data
+        if self.written is not None:
+            self.written.update(range(addr & ~(PAGE - 1), addr + len(data), PAGE))
 
     def close(self) -> None:
         for b in self.backings:

@@ -60,6 +60,7 @@ class KvmX86Backend(KvmBackendBase):
         super().__init__()
         self.support = debug_support(self.kvm)
         self.pristine: x86_state.X86CpuState | None = None   # the vCPU as created, for reuse
+        self.stepped = False   # KVM single-stepped this vCPU (see reusable())
         self._forget_debug()
 
     def _forget_debug(self) -> None:
@@ -147,6 +148,13 @@ class KvmX86Backend(KvmBackendBase):
     def _disarm_debug(self) -> None:
         if self.vcpu is not None and self._armed[0]:
             self.vcpu.set_guest_debug(0)
+
+    def reusable(self) -> bool:
+        """Whether reset() can make this VM indistinguishable from a new one.
+        Not after KVM single-stepped it: KVM keeps state from that no ioctl
+        reads or writes (on kvm_pvm a later UD2 then completes instead of
+        faulting; the differential test in tests/machine/test_reuse.py caught it)."""
+        return not self.stepped
 
     def keep_pristine(self) -> None:
         """Remember the vCPU as created (before any rig ran), for reset()."""
@@ -265,6 +273,8 @@ class KvmX86Backend(KvmBackendBase):
             dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
             cached = self._debug_cache[key] = (control, dr if armed else None)
         self._armed = cached
+        if cached[0] & abi.KVM_GUESTDBG_SINGLESTEP:
+            self.stepped = True
         self.vcpu.set_guest_debug(*cached)
 
     def _debug_event(self, info) -> Event | None:
