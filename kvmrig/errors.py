@@ -68,3 +68,9 @@ class KvmError(BackendError):
 
 class UsageError(KvmrigError):
     """Bad command-line use (exit status 2)."""
+
+
+class SnapshotError(KvmrigError):
+    """A snapshot file that cannot be used here: another format version, arch,
+    backend or memory map, or a truncated or corrupt file. The message names
+    the file and the mismatch."""

@@ -631,6 +631,30 @@ class EmuBackendBase(Backend):
         uc.ctl_flush_tb()
         self._flush = False
 
+    def export_cpu(self) -> dict:
+        """The CPU as text: registers by name (to read) and unicorn's context
+        (to load; only the same unicorn version can)."""
+        import pickle
+        import unicorn
+        self._settle()
+        return {"regs": {k: hex(v) for k, v in self.get_regs().items()}, "unicorn": unicorn.__version__,
+                "context": pickle.dumps(self.uc.context_save()).hex()}
+
+    def import_cpu(self, text: dict) -> None:
+        import pickle
+        import unicorn
+        if text.get("unicorn") != unicorn.__version__:
+            raise BackendError(f"the saved emulator state is from unicorn {text.get('unicorn')}; this is "
+                               f"unicorn {unicorn.__version__}, which cannot load its context")
+        try:
+            ctx = pickle.loads(bytes.fromhex(text["context"]))
+        except Exception as e:  # noqa: BLE001 - any damage is the file's
+            raise BackendError(f"the saved emulator context is malformed ({type(e).__name__})") from None
+        if not self._abort_run():
+            raise BackendError("the emulator did not stop, so it cannot load a state")
+        self.uc.context_restore(ctx)
+        self.uc.ctl_flush_tb()
+
     def _forget_arch(self) -> None:
         """Arch hook: drop what the arch subclass remembers of the last run."""
 

@@ -132,6 +132,18 @@ class KvmX86Backend(KvmBackendBase):
         self.settle_io()
         x86_state.restore(self.vcpu, state)
 
+    def export_cpu(self) -> dict:
+        """The complete vCPU state as text (snapshot files)."""
+        return x86_state.to_text(self.capture_cpu())
+
+    def import_cpu(self, text: dict) -> None:
+        """Load export_cpu() text; BackendError if it is not a state of this backend."""
+        try:
+            state = x86_state.from_text(text)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise BackendError(f"the saved KVM x86_64 CPU state is malformed ({type(e).__name__}: {e})") from None
+        self.restore_cpu(state)
+
     def reset(self) -> None:
         """Make this backend what a new one is, its memory slots kept: the
         vCPU back to the state it was created in, no debug setup, no traps.

@@ -1,0 +1,148 @@
+"""Snapshot files: a machine's state written down, to start rigs from later.
+
+Format (version 1), one file:
+
+    KVMRIG-SNAPSHOT 1\\n
+    <header length in bytes, decimal>\\n
+    <header: JSON text, indented; registers as text>
+    <memory: each region zlib-compressed, one after the other>
+
+The header records the format version, the kvmrig version that wrote it, the
+arch, the backend whose CPU state it holds (that state's own shape: for KVM
+x86_64 every kvm_regs/kvm_sregs field by name, MSRs by index, and the opaque
+XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), and
+the memory map: per region its address, size, ROM flag, and where its
+compressed bytes are, with a SHA-256 of the uncompressed bytes.
+
+Loading checks everything before it is used: a file from another format
+version, arch, backend or memory map, a truncated file or a corrupt one is a
+SnapshotError naming the file and the mismatch, never a wrong run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvmrig import __version__
+from kvmrig.errors import SnapshotError
+
+MAGIC = b"KVMRIG-SNAPSHOT"
+VERSION = 1
+LEVEL = 1   # zlib level: guest RAM is mostly zeros, fast beats small
+
+
+@dataclass
+class Snapshot:
+    """What a snapshot file holds. `memory` is [(at, size, rom, bytes)];
+    `cpu` is the backend's state as text (see cpu_to_text/cpu_from_text)."""
+
+    arch: str
+    backend: str
+    memory: list[tuple[int, int, bool, bytes]]
+    cpu: dict[str, Any]
+    origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
+
+    def memory_map(self) -> list[tuple[int, int, bool]]:
+        return [(at, size, rom) for at, size, rom, _ in self.memory]
+
+
+def write(path: str | Path, snap: Snapshot) -> None:
+    """Write `snap` to `path` (a temporary file renamed over it: a reader never
+    sees half a snapshot, and an existing non-regular file is refused)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise SnapshotError(f"{path}: exists and is not a regular file; not replacing it")
+    blobs, regions, offset = [], [], 0
+    for at, size, rom, data in snap.memory:
+        if len(data) != size:
+            raise SnapshotError(f"region {at:#x}: {len(data)} bytes for a size of {size:#x}")
+        packed = zlib.compress(data, LEVEL)
+        regions.append({"at": hex(at), "size": hex(size), "rom": rom, "offset": offset,
+                        "length": len(packed), "sha256": hashlib.sha256(data).hexdigest()})
+        blobs.append(packed)
+        offset += len(packed)
+    header = {"format": VERSION, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
+              "origin": snap.origin, "memory": regions, "cpu": snap.cpu}
+    text = json.dumps(header, indent=1).encode() + b"\n"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + b" %d\n%d\n" % (VERSION, len(text)))
+            f.write(text)
+            for blob in blobs:
+                f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read(path: str | Path, arch: str | None = None, backend: str | None = None,
+         memory_map: list[tuple[int, int, bool]] | None = None) -> Snapshot:
+    """Read and check a snapshot; `arch`, `backend` and `memory_map` (if given)
+    must match what it records."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
+    first, _, rest = raw.partition(b"\n")
+    words = first.split(b" ")
+    if len(words) != 2 or words[0] != MAGIC:
+        raise SnapshotError(f"{path}: not a kvmrig snapshot (it does not start with {MAGIC.decode()})")
+    if words[1] != str(VERSION).encode():
+        raise SnapshotError(f"{path}: snapshot format version {words[1].decode(errors='replace')}; this "
+                            f"kvmrig ({__version__}) reads version {VERSION}: take the snapshot again")
+    size_line, _, rest = rest.partition(b"\n")
+    if not size_line.isdigit():
+        raise SnapshotError(f"{path}: corrupt snapshot: the header length is missing")
+    length = int(size_line)
+    if len(rest) < length:
+        raise SnapshotError(f"{path}: truncated snapshot: the header needs {length} bytes, "
+                            f"the file has {len(rest)} after the first lines")
+    try:
+        header = json.loads(rest[:length])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"{path}: corrupt snapshot header: {e}") from None
+    body = rest[length:]
+    try:
+        snap_arch, snap_backend = header["arch"], header["backend"]
+        regions = [(int(r["at"], 16), int(r["size"], 16), bool(r["rom"]), int(r["offset"]), int(r["length"]),
+                    r["sha256"]) for r in header["memory"]]
+        cpu, origin = header["cpu"], header.get("origin", {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad {e}") from None
+    if header.get("format") != VERSION:
+        raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
+    if arch is not None and snap_arch != arch:
+        raise SnapshotError(f"{path}: the snapshot is of an {snap_arch} machine; this rig is {arch}")
+    if backend is not None and snap_backend != backend:
+        raise SnapshotError(f"{path}: the snapshot holds {snap_backend} CPU state; this run uses the {backend} "
+                            "backend, which cannot load it")
+    found = [(at, size, rom) for at, size, rom, *_ in regions]
+    if memory_map is not None and sorted(found) != sorted(memory_map):
+        raise SnapshotError(f"{path}: the snapshot's memory map {_describe(found)} is not the rig's "
+                            f"{_describe(memory_map)}")
+    memory = []
+    for at, size, rom, offset, n, digest in regions:
+        if offset + n > len(body):
+            raise SnapshotError(f"{path}: truncated snapshot: region {at:#x} needs bytes up to "
+                                f"{offset + n} of the memory section, which has {len(body)}")
+        try:
+            data = zlib.decompress(body[offset:offset + n])
+        except zlib.error as e:
+            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not decompress ({e})") from None
+        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not match its SHA-256")
+        memory.append((at, size, rom, data))
+    return Snapshot(snap_arch, snap_backend, memory, cpu, origin)
+
+
+def _describe(regions) -> str:
+    return "[" + ", ".join(f"{at:#x}+{size:#x}{' rom' if rom else ''}" for at, size, rom in sorted(regions)) + "]"
