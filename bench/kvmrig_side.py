@@ -1,7 +1,7 @@
 """kvmrig's side of the per-operation rows, in a fresh interpreter per call.
 
     python bench/kvmrig_side.py OP K N [--profile FILE] [--backend auto|kvm|emu]
-        OP = lifecycle | pio | mmio | singlestep | hwbp | swbp | load
+        OP = lifecycle | pio | mmio | singlestep | hwbp | swbp | load | reset | reset-remap
 
 Prints one JSON line {"op", "k", "exits", "ns": [N samples], "ns_0": [N samples]}
 (ns_0, for K > 0: the same rig with 0 turns, interleaved). A sample is one
@@ -76,6 +76,68 @@ def measure(op: str, k: int, n: int, profile: str | None = None, backend: str = 
         return out
 
 
+DIRTY16 = bytes.fromhex("b800108ec031ffb9100026c6050181c70010e2f6f4")  # 16 pages written (limit.c G_DIRTY16)
+RESET_RIG = """kvmrig: 1
+name: dirty16
+arch: x86_64
+memory:
+  - {at: 0x0, size: 128K}
+images:
+  - {file: dirty16.bin, at: 0x1000}
+cpu: {mode: real}
+expect: {exit: hlt, memory: [{at: 0x1f000, u8: 1}]}
+"""
+
+
+def measure_reset(n: int, strategy: str = "dirty-log") -> dict:
+    """Time VmPool's reset between two runs of a rig that dirties 16 pages:
+    the vCPU reset, the dirty log, and zeroing the pages (strategy "dirty-log")
+    or handing every region fresh pages (strategy "remap": madvise DONTNEED,
+    the kernel then faults zero pages back in as the next rig touches them)."""
+    from kvmrig.backends.select import kvm_factory
+    from kvmrig.machine.plan import prepare
+    from kvmrig.machine.reuse import VmPool
+    from kvmrig.rig.load import load_rig
+
+    with tempfile.TemporaryDirectory(prefix="kvmrig-bench-") as tmp:
+        (Path(tmp) / "dirty16.bin").write_bytes(DIRTY16)
+        path = Path(tmp) / "dirty16.yaml"
+        path.write_text(RESET_RIG)
+        rig = load_rig(path)
+        plan, factory = prepare(rig), kvm_factory(rig)
+        pool = VmPool()
+        samples, run_ns, pages = [], [], 0
+        original = VmPool._reset
+
+        def timed_reset(kept):
+            nonlocal pages
+            t0 = time.perf_counter_ns()
+            if strategy == "remap":
+                kept.backend.reset()
+                kept.backend.dirty_pages()
+                kept.memory.take_written()
+                kept.memory.zero_all()
+            else:
+                original(kept)
+            samples.append(time.perf_counter_ns() - t0)
+
+        VmPool._reset = staticmethod(timed_reset)
+        try:
+            for _ in range(n + 1):
+                t0 = time.perf_counter_ns()
+                outcome = pool.execute(plan, factory)
+                run_ns.append(time.perf_counter_ns() - t0)
+                if outcome.failures or outcome.exit != "hlt":
+                    raise SystemExit(f"kvmrig_side: the dirty16 rig failed: {outcome.failures}")
+                kept = next(iter(pool._kept.values()))
+                pages = len(kept.backend._dirty) if hasattr(kept.backend, "_dirty") else 0
+        finally:
+            VmPool._reset = staticmethod(original)
+            pool.close()
+        return {"op": f"reset-{strategy}", "k": 0, "exits": 1, "ns": samples,
+                "run_ns": run_ns[1:], "reused": pool.reused}
+
+
 def _check(result, op: str, rig, backend: str = "auto") -> None:
     from kvmrig.runner import PASSED
 
@@ -101,6 +163,9 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     op, k, n = argv[0], int(argv[1]), int(argv[2])
+    if op.startswith("reset"):
+        print(json.dumps(measure_reset(n, op.partition("-")[2] or "dirty-log")))
+        return 0
     print(json.dumps(measure(op, k, n, profile, backend)))
     return 0
 

@@ -79,6 +79,7 @@ class KvmBackendBase(Backend):
         self._slot = 0
         self._answer = None  # where complete_read() writes: "io" | "mmio"
         self._timer_armed = False
+        self._handler_installed = False
         self._old_handler = None
 
     # Memory ----------------------------------------------------------------
@@ -203,7 +204,7 @@ class KvmBackendBase(Backend):
         """Drop everything this backend remembers of the last run (queued
         events, debug setup, watch traps, the timer), as a new backend would
         have it; the vCPU state itself is the caller's to restore."""
-        self._disarm_timer()
+        self._disarm_timer(keep_handler=True)
         self._queue.clear()
         self._owe_step, self._owe_hits, self._answer = False, [], None
         self._watch_mmio = False
@@ -224,16 +225,22 @@ class KvmBackendBase(Backend):
         if threading.current_thread() is not threading.main_thread():
             raise BackendError("the KVM backend must run rigs on the main thread (timeouts use SIGALRM)")
         _alarmed_run = self.vcpu.run_struct
-        self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)
+        if not self._handler_installed:
+            self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)
+            self._handler_installed = True
         signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.0001), TIMER_REPEAT)
         self._timer_armed = True
 
-    def _disarm_timer(self) -> None:
+    def _disarm_timer(self, keep_handler: bool = False) -> None:
+        """Stop the alarm; put the old SIGALRM handler back unless `keep_handler`
+        (a reused VM runs again soon: the handler stays until close())."""
         global _alarmed_run
         if self._timer_armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._old_handler or signal.SIG_DFL)
             self._timer_armed = False
+        if self._handler_installed and not keep_handler:
+            signal.signal(signal.SIGALRM, self._old_handler or signal.SIG_DFL)
+            self._handler_installed = False
         _alarmed_run = None
 
     # Running ---------------------------------------------------------------

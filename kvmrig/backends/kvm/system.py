@@ -32,6 +32,8 @@ _ioctl = abi.libc.ioctl
 _ZERO = abi.ulong(0)
 _SYNC_REGS = getattr(abi, "KVM_SYNC_X86_REGS", 0)
 _SYNC_SREGS = getattr(abi, "KVM_SYNC_X86_SREGS", 0)
+_SIZES = {t: ffi.sizeof(t) for t in ("struct kvm_regs", "struct kvm_sregs", "struct kvm_vcpu_events")
+          if abi.ARCH == "x86_64"}
 
 
 def _call(fd: int, request: int, arg, call: str, detail: str = "") -> int:
@@ -393,6 +395,12 @@ class Vcpu:
         sync = self.run_struct.s.regs
         self._sync_regs = ffi.addressof(sync, "regs") if mask & abi.KVM_SYNC_X86_REGS else None
         self._sync_sregs = ffi.addressof(sync, "sregs") if mask & abi.KVM_SYNC_X86_SREGS else None
+        self._sync_events = ffi.addressof(sync, "events")
+
+    def forget_sync(self) -> None:
+        """Registers are about to change behind this object's back (raw ioctls
+        of a state restore): the kvm_run copy is no longer current."""
+        self._fresh[0] = False
 
     def stage(self, regs, sregs, events=None) -> bool:
         """x86 with sync regs: write whole register sets into kvm_run for KVM to
@@ -402,11 +410,11 @@ class Vcpu:
         if self._sync_regs is None or self._sync_sregs is None:
             return False
         rs = self.run_struct
-        ffi.memmove(self._sync_regs, regs, ffi.sizeof("struct kvm_regs"))
-        ffi.memmove(self._sync_sregs, sregs, ffi.sizeof("struct kvm_sregs"))
+        ffi.memmove(self._sync_regs, regs, _SIZES["struct kvm_regs"])
+        ffi.memmove(self._sync_sregs, sregs, _SIZES["struct kvm_sregs"])
         dirty = _SYNC_REGS | _SYNC_SREGS
         if events is not None:
-            ffi.memmove(ffi.addressof(rs.s.regs, "events"), events, ffi.sizeof("struct kvm_vcpu_events"))
+            ffi.memmove(self._sync_events, events, _SIZES["struct kvm_vcpu_events"])
             dirty |= abi.KVM_SYNC_X86_EVENTS
         rs.kvm_dirty_regs = dirty
         return True

@@ -113,6 +113,21 @@ def capture(kvm: Kvm, vcpu: Vcpu) -> X86CpuState:
 class _Prepared:
     """A state's structs, built once: restore() only issues ioctls."""
 
+    def calls(self, vcpu: Vcpu, staged: bool, reuse: bool) -> list[tuple[str, int, object]]:
+        """(name, request, argument) of every ioctl restore() issues, in order."""
+        key = (staged, reuse)
+        cached = self._calls.get(key)
+        if cached is None:
+            plan = [] if staged else [("KVM_SET_SREGS", self.sregs)]
+            plan += [(name, arg) for name, arg, _buf in self.early]
+            plan += [] if staged else [("KVM_SET_REGS", self.regs)]
+            plan.append(("KVM_SET_MSRS", self.msrs))
+            plan += [(name, arg) for name, arg, _buf in self.late
+                     if not (staged and name == "KVM_SET_VCPU_EVENTS") and not (reuse and name == "KVM_SET_MP_STATE")]
+            cached = self._calls[key] = [(name, getattr(abi, name), arg) for name, arg in plan]
+        vcpu.forget_sync()
+        return cached
+
     def __init__(self, state: X86CpuState):
         self.regs = ffi.new("struct kvm_regs *")
         ffi.memmove(self.regs, state.regs, len(state.regs))
@@ -128,6 +143,7 @@ class _Prepared:
             if index == MSR_IA32_TSC:
                 self.tsc_entry = self.msrs.entries[i]
         self.count = len(items)
+        self._calls: dict = {}
         self.events = None      # the vcpu events struct, for staging in kvm_run
         self.early: list = []   # before the registers: XCRs, then XSAVE
         self.late: list = []
@@ -170,64 +186,14 @@ def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
     vcpu.run_struct.cr8 = prep.sregs.cr8
     vcpu.run_struct.request_interrupt_window = 0
     staged = vcpu.stage(prep.regs, prep.sregs, prep.events)
-    if not staged:
-        vcpu.call("KVM_SET_SREGS", prep.sregs)
-    for request, arg, _buf in prep.early:
-        vcpu.call(request, arg)
-    if not staged:
-        vcpu.call("KVM_SET_REGS", prep.regs)
-    done = vcpu.call("KVM_SET_MSRS", prep.msrs)
-    if done != prep.count:
-        raise BackendError(f"KVM refused to restore MSR {prep.msrs.entries[done].index:#x} "
-                           f"(value {prep.msrs.entries[done].data:#x})")
-    for request, arg, _buf in prep.late:
-        if (staged and request == "KVM_SET_VCPU_EVENTS") or (reuse and request == "KVM_SET_MP_STATE"):
-            continue
-        vcpu.call(request, arg)
-
-
-# Text form (snapshot files) ---------------------------------------------------
-
-def _to_text(value) -> Any:
-    """A cffi struct/array/int as JSON-ready text: fields by name, ints in hex."""
-    kind = ffi.typeof(value).kind if isinstance(value, ffi.CData) else None
-    if kind == "struct":
-        return {name: _to_text(getattr(value, name)) for name, _f in ffi.typeof(value).fields}
-    if kind == "array":
-        return [_to_text(v) for v in value]
-    return hex(value)
-
-
-def _from_text(text) -> Any:
-    """The inverse of _to_text, as a cffi initializer (dicts and lists nest)."""
-    if isinstance(text, dict):
-        return {k: _from_text(v) for k, v in text.items()}
-    if isinstance(text, list):
-        return [_from_text(v) for v in text]
-    return int(text, 16)
-
-
-def to_text(state: X86CpuState) -> dict[str, Any]:
-    """The state with every register by name (kvm_regs, kvm_sregs), MSRs by
-    index and the opaque blobs in hex."""
-    regs = ffi.new("struct kvm_regs *")
-    ffi.memmove(regs, state.regs, len(state.regs))
-    sregs = ffi.new("struct kvm_sregs *")
-    ffi.memmove(sregs, state.sregs, len(state.sregs))
-    return {"regs": _to_text(regs[0]), "sregs": _to_text(sregs[0]),
-            "msrs": {hex(i): hex(v) for i, v in state.msrs.items()},
-            "blobs": {name: data.hex() for name, data in state.blobs.items()},
-            "tsc_khz": state.tsc_khz}
-
-
-def from_text(text: dict[str, Any]) -> X86CpuState:
-    """Rebuild a state from to_text(); ValueError/KeyError/TypeError on bad text."""
-    regs = ffi.new("struct kvm_regs *", _from_text(text["regs"]))
-    sregs = ffi.new("struct kvm_sregs *", _from_text(text["sregs"]))
-    blobs = {name: bytes.fromhex(data) for name, data in text["blobs"].items()}
-    for name, ctype, *_ in BLOBS:
-        if name in blobs and len(blobs[name]) != ffi.sizeof(ctype):
-            raise ValueError(f"{name} holds {len(blobs[name])} bytes, not {ffi.sizeof(ctype)}")
-    return X86CpuState(bytes(ffi.buffer(regs)), bytes(ffi.buffer(sregs)),
-                       {int(i, 16): int(v, 16) for i, v in text["msrs"].items()}, blobs,
-                       time.monotonic(), int(text.get("tsc_khz", 0)))
+    calls = prep.calls(vcpu, staged, reuse)
+    fd, ioctl = vcpu.fd, abi.libc.ioctl
+    for name, request, arg in calls:
+        r = ioctl(fd, request, arg)
+        if name == "KVM_SET_MSRS" and r != prep.count:
+            if r < 0:
+                raise KvmError(name, ffi.errno)
+            raise BackendError(f"KVM refused to restore MSR {prep.msrs.entries[r].index:#x} "
+                               f"(value {prep.msrs.entries[r].data:#x})")
+        if r < 0:
+            raise KvmError(name, ffi.errno)
