@@ -1,7 +1,7 @@
 """kvmrig's side of the per-operation rows, in a fresh interpreter per call.
 
     python bench/kvmrig_side.py OP K N [--profile FILE] [--backend auto|kvm|emu]
-        OP = lifecycle | pio | mmio | singlestep | hwbp | swbp | load | reset | reset-remap
+        OP = lifecycle | pio | mmio | singlestep | hwbp | swbp | load | reset | reset-remap | growth
 
 Prints one JSON line {"op", "k", "exits", "ns": [N samples], "ns_0": [N samples]}
 (ns_0, for K > 0: the same rig with 0 turns, interleaved). A sample is one
@@ -17,6 +17,7 @@ schema + model) of the trivial rig instead.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -138,6 +139,44 @@ def measure_reset(n: int, strategy: str = "dirty-log") -> dict:
                 "run_ns": run_ns[1:], "reused": pool.reused}
 
 
+def measure_growth(n: int) -> dict:
+    """Run the trivial rig `n` times through one worker's VM pool (what a
+    `kvmrig run` worker does) and report RSS and open fds after a warm-up
+    of 100 rigs and at the end."""
+    import kvmrig.runner as runner
+    from kvmrig.machine.reuse import VmPool
+    from kvmrig.rig.load import load_rig
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="kvmrig-bench-") as tmp:
+        rig = load_rig(rigs.write_rig(Path(tmp), "lifecycle", 0))
+        runner._pool = VmPool()
+        try:
+            start = None
+            t0 = time.perf_counter_ns()
+            for i in range(n):
+                if i == 100:
+                    start = (rss_kib(), len(os.listdir("/proc/self/fd")))
+                result = runner.run_rig(rig)
+                if result.status != runner.PASSED:
+                    raise SystemExit(f"kvmrig_side: growth: rig {i} did not pass: {result.message}")
+            seconds = (time.perf_counter_ns() - t0) / 1e9
+            end = (rss_kib(), len(os.listdir("/proc/self/fd")))
+            created, reused = runner._pool.created, runner._pool.reused
+        finally:
+            runner._pool.close()
+            runner._pool = None
+    return {"op": "growth", "k": 0, "exits": 1, "ns": [], "rigs": n, "rss_kib_start": start[0],
+            "rss_kib_end": end[0], "fds_start": start[1], "fds_end": end[1], "created": created,
+            "reused": reused, "seconds": seconds}
+
+
 def _check(result, op: str, rig, backend: str = "auto") -> None:
     from kvmrig.runner import PASSED
 
@@ -163,6 +202,9 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     op, k, n = argv[0], int(argv[1]), int(argv[2])
+    if op == "growth":
+        print(json.dumps(measure_growth(n)))
+        return 0
     if op.startswith("reset"):
         print(json.dumps(measure_reset(n, op.partition("-")[2] or "dirty-log")))
         return 0

@@ -47,6 +47,7 @@ class Snapshot:
     memory: list[tuple[int, int, bool, bytes]]
     cpu: dict[str, Any]
     origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
+    devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
 
     def memory_map(self) -> list[tuple[int, int, bool]]:
         return [(at, size, rom) for at, size, rom, _ in self.memory]
@@ -68,7 +69,7 @@ def write(path: str | Path, snap: Snapshot) -> None:
         blobs.append(packed)
         offset += len(packed)
     header = {"format": VERSION, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
-              "origin": snap.origin, "memory": regions, "cpu": snap.cpu}
+              "origin": snap.origin, "memory": regions, "devices": snap.devices, "cpu": snap.cpu}
     text = json.dumps(header, indent=1).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -83,6 +84,35 @@ def write(path: str | Path, snap: Snapshot) -> None:
         raise
 
 
+@dataclass
+class Header:
+    """What a snapshot says about itself, without its memory (rig loading)."""
+
+    arch: str
+    backend: str
+    memory_map: list[tuple[int, int, bool]]
+    devices: list[dict[str, Any]]
+    origin: dict[str, str]
+
+
+def read_header(path: str | Path) -> Header:
+    """The checked header of a snapshot file (its memory is not read)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            first, _, rest = head.partition(b"\n")
+            size_line = rest.partition(b"\n")[0]
+            raw = head
+            if size_line.isdigit():
+                raw += f.read(int(size_line) + len(first) + len(size_line) + 2 - len(head))
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
+    header, regions, _body = _parse(path, raw, memory=False)
+    return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_ in regions],
+                  header.get("devices", []), header.get("origin", {}))
+
+
 def read(path: str | Path, arch: str | None = None, backend: str | None = None,
          memory_map: list[tuple[int, int, bool]] | None = None) -> Snapshot:
     """Read and check a snapshot; `arch`, `backend` and `memory_map` (if given)
@@ -92,6 +122,35 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
         raw = path.read_bytes()
     except OSError as e:
         raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
+    header, regions, body = _parse(path, raw, memory=True)
+    snap_arch, snap_backend = header["arch"], header["backend"]
+    if arch is not None and snap_arch != arch:
+        raise SnapshotError(f"{path}: the snapshot is of an {snap_arch} machine; this rig is {arch}")
+    if backend is not None and snap_backend != backend:
+        raise SnapshotError(f"{path}: the snapshot holds {snap_backend} CPU state; this run uses the {backend} "
+                            "backend, which cannot load it")
+    found = [(at, size, rom) for at, size, rom, *_ in regions]
+    if memory_map is not None and sorted(found) != sorted(memory_map):
+        raise SnapshotError(f"{path}: the snapshot's memory map {_describe(found)} is not the rig's "
+                            f"{_describe(memory_map)}")
+    memory = []
+    for at, size, rom, offset, n, digest in regions:
+        if offset + n > len(body):
+            raise SnapshotError(f"{path}: truncated snapshot: region {at:#x} needs bytes up to "
+                                f"{offset + n} of the memory section, which has {len(body)}")
+        try:
+            data = zlib.decompress(body[offset:offset + n])
+        except zlib.error as e:
+            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not decompress ({e})") from None
+        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not match its SHA-256")
+        memory.append((at, size, rom, data))
+    return Snapshot(snap_arch, snap_backend, memory, header["cpu"], header.get("origin", {}),
+                    header.get("devices", []))
+
+
+def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
+    """(header, regions, memory section) of a snapshot's bytes, checked."""
     first, _, rest = raw.partition(b"\n")
     words = first.split(b" ")
     if len(words) != 2 or words[0] != MAGIC:
@@ -116,32 +175,17 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
         regions = [(int(r["at"], 16), int(r["size"], 16), bool(r["rom"]), int(r["offset"]), int(r["length"]),
                     r["sha256"]) for r in header["memory"]]
         cpu, origin = header["cpu"], header.get("origin", {})
-    except (KeyError, TypeError, ValueError) as e:
+        devices = header.get("devices", [])
+        if not isinstance(cpu, dict) or not isinstance(origin, dict) or not all(
+                isinstance(d, dict) and isinstance(d.get("type"), str) for d in devices):
+            raise TypeError("cpu, origin or devices")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad {e}") from None
     if header.get("format") != VERSION:
         raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
-    if arch is not None and snap_arch != arch:
-        raise SnapshotError(f"{path}: the snapshot is of an {snap_arch} machine; this rig is {arch}")
-    if backend is not None and snap_backend != backend:
-        raise SnapshotError(f"{path}: the snapshot holds {snap_backend} CPU state; this run uses the {backend} "
-                            "backend, which cannot load it")
-    found = [(at, size, rom) for at, size, rom, *_ in regions]
-    if memory_map is not None and sorted(found) != sorted(memory_map):
-        raise SnapshotError(f"{path}: the snapshot's memory map {_describe(found)} is not the rig's "
-                            f"{_describe(memory_map)}")
-    memory = []
-    for at, size, rom, offset, n, digest in regions:
-        if offset + n > len(body):
-            raise SnapshotError(f"{path}: truncated snapshot: region {at:#x} needs bytes up to "
-                                f"{offset + n} of the memory section, which has {len(body)}")
-        try:
-            data = zlib.decompress(body[offset:offset + n])
-        except zlib.error as e:
-            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not decompress ({e})") from None
-        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not match its SHA-256")
-        memory.append((at, size, rom, data))
-    return Snapshot(snap_arch, snap_backend, memory, cpu, origin)
+    if memory and len(body) == 0 and regions:
+        raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
+    return header, regions, body
 
 
 def _describe(regions) -> str:

@@ -64,6 +64,9 @@ def load_rig_text(text: str, path: str | Path = "rig.yaml") -> Rig:
     return _Builder(p, data, marks).build()
 
 
+_loading: list[Path] = []   # parents being loaded (a `from:` cycle check)
+
+
 class _Builder:
     """Builds the model from schema-valid data; every check fails at a mark."""
 
@@ -124,8 +127,17 @@ class _Builder:
             timeout = self.parse(parse_duration, ("timeout",), d["timeout"])
             if timeout <= 0:
                 self.fail(("timeout",), "must be more than 0 seconds")
-        memory = self.memory()
-        return m.Rig(
+        start = self.start() if "from" in d else None
+        if start is None:
+            for key in ("set", "input"):
+                if key in d:
+                    self.fail((key,), f"`{key}` is for rigs that start from a snapshot (`from:`); a rig that "
+                              "boots sets its registers in cpu.regs and its console input on the device", key=True)
+            memory = self.memory()
+            images, devices, cpu = self.images(), self.devices(memory), self.cpu()
+        else:
+            memory, images, devices, cpu = self.inherited(start)
+        rig = m.Rig(
             path=self.path,
             name=d.get("name") or self.path.stem,
             arch=self.arch,
@@ -135,15 +147,98 @@ class _Builder:
             backend=d.get("backend", "any"),
             trace_max=self.uint(("trace", "max"), d["trace"]["max"]) if "trace" in d else 0,
             memory=memory,
-            images=self.images(),
-            devices=self.devices(memory),
-            cpu=self.cpu(),
+            images=images,
+            devices=devices,
+            cpu=cpu,
             breakpoints=tuple(self.breakpoint(i, b) for i, b in enumerate(d.get("breakpoints", []))),
             watchpoints=tuple(self.watchpoint(i, w) for i, w in enumerate(d.get("watchpoints", []))),
             expect=self.expect(d.get("expect", {})),
             unclaimed_io=d.get("io", {}).get("unclaimed", "record"),
             mark=self.mark(()),
+            save=d.get("save"),
+            start=start,
+            start_set=self.start_set() if "set" in d else None,
+            start_input=self.parse(_console_bytes, ("input",), d["input"]) if "input" in d else None,
         )
+        self.check_points(rig)
+        return rig
+
+    # -- snapshots --------------------------------------------------------
+
+    def start(self) -> m.Start:
+        """`from:` as a Start: "RIG.yaml#POINT" or a snapshot file."""
+        p: JsonPath = ("from",)
+        text = self.data["from"]
+        for key in ("memory", "images", "devices", "cpu", "trace"):
+            if key in self.data:
+                self.fail((key,), f"a rig that starts from a snapshot (`from: {text}`) takes its memory, images, "
+                          f"devices and CPU from there: remove `{key}`", key=True)
+        if "#" in text:
+            file, _, point = text.rpartition("#")
+            parent = (self.folder / file).resolve() if file else self.path.resolve()
+            if parent == self.path.resolve():
+                self.fail(p, "a rig cannot start from a point it saves itself")
+            if not parent.is_file():
+                self.fail(p, f"{file}: no such rig file (from {self.folder})")
+            return m.Start(parent, point, None, self.mark(p))
+        file = self.folder / text
+        if not file.is_file():
+            self.fail(p, f"{text}: no such snapshot file; name a rig's point as RIG.yaml#POINT, or a file "
+                      "written by `kvmrig snapshot`")
+        return m.Start(None, None, file, self.mark(p))
+
+    def inherited(self, start: m.Start) -> tuple:
+        """(memory, images, devices, cpu) of where the rig starts from."""
+        p: JsonPath = ("from",)
+        if start.parent is None:
+            from kvmrig.errors import SnapshotError
+            from kvmrig.machine import snapfile
+            try:
+                head = snapfile.read_header(start.file)
+            except SnapshotError as e:
+                self.fail(p, str(e))
+            if head.arch != self.arch:
+                self.fail(p, f"the snapshot is of an {head.arch} machine; this rig says arch: {self.arch}")
+            mark = self.mark(p)
+            memory = tuple(m.Region(at, size, rom, mark) for at, size, rom in head.memory_map)
+            devices = tuple(m.Device(d["type"], d.get("port"), d.get("at"), d.get("size"), d.get("value"), mark)
+                            for d in head.devices)
+            return memory, (), devices, None
+        if start.parent in _loading:
+            self.fail(p, "snapshot points form a cycle: " + " -> ".join(str(x.name) for x in _loading + [start.parent]))
+        _loading.append(start.parent)
+        try:
+            parent = load_rig(start.parent)
+        except RigError as e:
+            self.fail(p, f"the rig it starts from has an error: {e}")
+        finally:
+            _loading.pop()
+        if start.point not in parent.save_points():
+            saved = ", ".join(parent.save_points()) or "none"
+            self.fail(p, f"{start.parent.name} saves no point {start.point!r} (it saves: {saved})")
+        if parent.arch != self.arch:
+            self.fail(p, f"{start.parent.name} is an {parent.arch} rig; this rig says arch: {self.arch}")
+        return parent.memory, parent.images, parent.devices, parent.cpu
+
+    def start_set(self) -> m.StateSet:
+        raw = self.data["set"]
+        return m.StateSet(self.reg_sets(("set", "regs"), raw.get("regs", {})),
+                          self.mem_writes(("set", "memory"), raw.get("memory", [])))
+
+    def check_points(self, rig: m.Rig) -> None:
+        """Snapshot point names are unique within a rig."""
+        seen: dict[str, str] = {}
+        for kind, points in (("breakpoints", rig.breakpoints), ("watchpoints", rig.watchpoints)):
+            for point in points:
+                if point.save is None:
+                    continue
+                here = f"{kind}[{point.index}]"
+                if point.save in seen:
+                    self.fail((kind, point.index, "save"), f"snapshot point {point.save!r} is also saved by "
+                              f"{seen[point.save]}")
+                seen[point.save] = here
+        if rig.save is not None and rig.save in seen:
+            self.fail(("save",), f"snapshot point {rig.save!r} is also saved by {seen[rig.save]}")
 
     def memory(self) -> tuple[m.Region, ...]:
         regions: list[m.Region] = []
@@ -340,6 +435,7 @@ class _Builder:
             on_hit=on_hit,
             set=state_set,
             mark=self.mark(p),
+            save=raw.get("save"),
         )
 
     def state_check(self, p: JsonPath, raw: dict[str, Any], value_bits: int = 0) -> m.StateCheck:

@@ -167,6 +167,7 @@ class Breakpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class Watchpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,20 @@ class Cpu:
 
 
 @dataclass(frozen=True)
+class Start:
+    """Where a child rig starts: a point another rig saves (`parent` + `point`)
+    or a snapshot file (`file`)."""
+
+    parent: Path | None
+    point: str | None
+    file: Path | None
+    mark: Mark
+
+    def __str__(self) -> str:
+        return f"{self.parent}#{self.point}" if self.parent is not None else str(self.file)
+
+
+@dataclass(frozen=True)
 class Rig:
     path: Path
     name: str
@@ -248,6 +264,15 @@ class Rig:
     expect: Expect = field(default_factory=Expect)
     unclaimed_io: str = "record"  # extension: "record" | "stop" (exit `io`)
     mark: Mark | None = None
+    save: str | None = None          # snapshot point saved at the end of the run
+    start: Start | None = None       # `from:` this rig starts from a snapshot
+    start_set: StateSet | None = None  # `set:` applied on top of the snapshot
+    start_input: bytes | None = None   # `input:` the console UART's input from the snapshot on
+
+    def save_points(self) -> tuple[str, ...]:
+        """Every snapshot point this rig saves."""
+        points = [p.save for p in (*self.breakpoints, *self.watchpoints) if p.save]
+        return tuple(points + ([self.save] if self.save else []))
 
     @property
     def folder(self) -> Path:

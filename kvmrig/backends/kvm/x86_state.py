@@ -197,3 +197,52 @@ def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
                                f"(value {prep.msrs.entries[r].data:#x})")
         if r < 0:
             raise KvmError(name, ffi.errno)
+
+
+
+
+# Text form (snapshot files) ---------------------------------------------------
+
+def _to_text(value) -> Any:
+    """A cffi struct/array/int as JSON-ready text: fields by name, ints in hex."""
+    kind = ffi.typeof(value).kind if isinstance(value, ffi.CData) else None
+    if kind == "struct":
+        return {name: _to_text(getattr(value, name)) for name, _f in ffi.typeof(value).fields}
+    if kind == "array":
+        return [_to_text(v) for v in value]
+    return hex(value)
+
+
+def _from_text(text) -> Any:
+    """The inverse of _to_text, as a cffi initializer (dicts and lists nest)."""
+    if isinstance(text, dict):
+        return {k: _from_text(v) for k, v in text.items()}
+    if isinstance(text, list):
+        return [_from_text(v) for v in text]
+    return int(text, 16)
+
+
+def to_text(state: X86CpuState) -> dict[str, Any]:
+    """The state with every register by name (kvm_regs, kvm_sregs), MSRs by
+    index and the opaque blobs in hex."""
+    regs = ffi.new("struct kvm_regs *")
+    ffi.memmove(regs, state.regs, len(state.regs))
+    sregs = ffi.new("struct kvm_sregs *")
+    ffi.memmove(sregs, state.sregs, len(state.sregs))
+    return {"regs": _to_text(regs[0]), "sregs": _to_text(sregs[0]),
+            "msrs": {hex(i): hex(v) for i, v in state.msrs.items()},
+            "blobs": {name: data.hex() for name, data in state.blobs.items()},
+            "tsc_khz": state.tsc_khz}
+
+
+def from_text(text: dict[str, Any]) -> X86CpuState:
+    """Rebuild a state from to_text(); ValueError/KeyError/TypeError on bad text."""
+    regs = ffi.new("struct kvm_regs *", _from_text(text["regs"]))
+    sregs = ffi.new("struct kvm_sregs *", _from_text(text["sregs"]))
+    blobs = {name: bytes.fromhex(data) for name, data in text["blobs"].items()}
+    for name, ctype, *_ in BLOBS:
+        if name in blobs and len(blobs[name]) != ffi.sizeof(ctype):
+            raise ValueError(f"{name} holds {len(blobs[name])} bytes, not {ffi.sizeof(ctype)}")
+    return X86CpuState(bytes(ffi.buffer(regs)), bytes(ffi.buffer(sregs)),
+                       {int(i, 16): int(v, 16) for i, v in text["msrs"].items()}, blobs,
+                       time.monotonic(), int(text.get("tsc_khz", 0)))
