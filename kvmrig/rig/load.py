@@ -325,7 +325,9 @@ class _Builder:
                 if kind not in ("serial", "pl011"):
                     self.fail(p + ("input",), f"input is only for the UARTs (serial, pl011), not {kind}", key=True)
                 data = self.parse(_console_bytes, p + ("input",), raw["input"])
-            device = m.Device(kind, port, at, size, value, self.mark(p), data)
+            if "idle" in raw and kind not in ("serial", "pl011"):
+                self.fail(p + ("idle",), f"idle is only for the UARTs (serial, pl011), not {kind}", key=True)
+            device = m.Device(kind, port, at, size, value, self.mark(p), data, raw.get("idle"))
             span = device.span
             if port is not None:
                 space, start = "port", port

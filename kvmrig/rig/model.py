@@ -16,7 +16,7 @@ from kvmrig.errors import Mark
 
 ARCHES = ("x86_64", "arm64")
 BACKENDS = ("any", "kvm", "emu")
-EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout")
+EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout", "idle")
 # Exits that count as the guest finishing normally when a rig names no exit.
 NORMAL_EXITS = ("hlt", "exit-code", "system-off")
 X86_MODES = ("reset", "real", "protected", "long")
@@ -94,6 +94,8 @@ class Device:
     value: int | None
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
+    idle: str | None = None     # serial/pl011 (extension): snapshot point saved when the guest waits for
+                                # input that is not there (the run then ends with exit `idle`)
 
     @property
     def span(self) -> int:
@@ -272,6 +274,7 @@ class Rig:
     def save_points(self) -> tuple[str, ...]:
         """Every snapshot point this rig saves."""
         points = [p.save for p in (*self.breakpoints, *self.watchpoints) if p.save]
+        points += [d.idle for d in self.devices if d.idle and self.start is None]
         return tuple(points + ([self.save] if self.save else []))
 
     @property

@@ -69,7 +69,7 @@ CONTRACT_KEYS = {
     ("trace",): {"max"},
     ("memory", "items"): {"at", "size", "rom", "name"},
     ("images", "items"): {"file", "at", "hex"},
-    ("devices", "items"): {"type", "port", "at", "value", "size", "input"},
+    ("devices", "items"): {"type", "port", "at", "value", "size", "input", "idle"},
     ("cpu",): {"mode", "entry", "regs", "tables_at"},
     ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set", "save"},
     ("watchpoints", "items"): {"at", "len", "access", "hits", "expect", "on_hit", "set", "save"},
@@ -92,7 +92,7 @@ def test_enums_match_the_contract():
     assert props["arch"]["enum"] == ["x86_64", "arm64"]
     assert props["backend"]["enum"] == ["any", "kvm", "emu"]
     assert props["expect"]["properties"]["exit"]["enum"] == [
-        "hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout"]
+        "hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout", "idle"]
     assert props["devices"]["items"]["properties"]["type"]["enum"] == [
         "serial", "pl011", "debugcon", "exit", "constant", "reset"]
     assert props["io"]["properties"]["unclaimed"]["enum"] == ["record", "stop"]
