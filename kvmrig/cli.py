@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reuse", action="store_true",
                      help="build a fresh VM for every rig (default: a worker resets and reuses its VM "
                           "between rigs with the same arch and memory map)")
+    run.add_argument("--save-on-fail", metavar="DIR",
+                     help="save the final state of every failed rig as DIR/NAME.snap (a rig with "
+                          "`from: DIR/NAME.snap` or kvmrig debug starts from it)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="show registers checked and console")
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
     run.add_argument("--rerun-failed", action="store_true",
@@ -178,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         results, interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
                                         exitfirst=args.exitfirst, update_golden=args.update_golden,
-                                        reuse=not args.no_reuse)
+                                        reuse=not args.no_reuse, save_on_fail=args.save_on_fail)
     final: list[RigResult] = list(errors)
     for rig, result in zip(rigs, results):
         final.append(result or _result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted

@@ -69,7 +69,8 @@ def _result_for(rig: Rig, status: str, **kw) -> RigResult:
     return RigResult(str(rig.path), rig.name, status, classname_for(rig.path), rig.tags, **kw)
 
 
-def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> RigResult:
+def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points: str | None = None,
+            save_on_fail: str | None = None) -> RigResult:
     """Prepare and run one rig here, in this process; never raises for bad rigs or guests."""
     from kvmrig.backends.select import NoBackend, backend_for
     from kvmrig.machine.plan import prepare
@@ -85,7 +86,9 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> Rig
             name, factory = backend_for(rig, backend)
         except NoBackend as e:
             return _result_for(rig, SKIPPED, message=str(e), seconds=time.monotonic() - start)
-        options = RunOptions(update_golden=update_golden)
+        from kvmrig.machine.points import PointStore
+        options = RunOptions(update_golden=update_golden, points=PointStore(points) if points else None,
+                             save_on_fail=save_on_fail)
         outcome = _pool.execute(plan, factory, options) if _pool is not None else execute(plan, factory, options)
     except RigError as e:
         return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
@@ -113,7 +116,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0,
-            parent_end: Connection | None = None, reuse: bool = True) -> None:
+            parent_end: Connection | None = None, reuse: bool = True, points: str | None = None,
+            save_on_fail: str | None = None) -> None:
     global _pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     if reuse:
@@ -131,13 +135,15 @@ def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0
         if job is None:
             return
         index, rig = job
-        conn.send((index, run_rig(rig, backend, update_golden)))
+        conn.send((index, run_rig(rig, backend, update_golden, points, save_on_fail)))
 
 
 class _Worker:
-    def __init__(self, ctx, backend: str, update_golden: bool, reuse: bool = True):
+    def __init__(self, ctx, backend: str, update_golden: bool, reuse: bool = True, points: str | None = None,
+                 save_on_fail: str | None = None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn, reuse),
+        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn, reuse,
+                                                      points, save_on_fail),
                                 daemon=True)
         self.proc.start()
         child.close()
@@ -164,34 +170,55 @@ def _died(rig: Rig, how: str) -> RigResult:
 def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
              on_result: Callable[[RigResult], None] | None = None,
              exitfirst: bool = False, update_golden: bool = False,
-             reuse: bool = True) -> tuple[list[RigResult | None], bool]:
+             reuse: bool = True, save_on_fail: str | None = None) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core). Returns (results in input
     order — None for rigs not run — and whether the run was interrupted).
-    `reuse`: each worker keeps its VMs between rigs (machine/reuse.py)."""
+    `reuse`: each worker keeps its VMs between rigs (machine/reuse.py).
+    Rigs that start from a snapshot point (`from: parent.yaml#point`) run
+    after their parent, which runs once (added to the run if not listed);
+    a parent that fails makes its children errors that say so."""
+    import shutil
+    import tempfile
+
+    from kvmrig.schedule import Schedule
+
+    order = Schedule(rigs)
+    rigs = order.rigs   # parents not listed were added at the end
     results: list[RigResult | None] = [None] * len(rigs)
     if not rigs:
         return results, False
     jobs = jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(rigs)))
     ctx = multiprocessing.get_context("fork")
-    pending = list(enumerate(rigs))
-    pending.reverse()
     workers: list[_Worker] = []
     stop = False
+    points = tempfile.mkdtemp(prefix="kvmrig-points-") if order.has_points else None
 
     def record(index: int, result: RigResult) -> None:
         nonlocal stop
         results[index] = result
+        order.done(index, result.ok and result.status != SKIPPED, result)
         if on_result:
             on_result(result)
         if exitfirst and not result.ok:
             stop = True
 
+    def next_job():
+        while True:
+            index, blocked = order.next_ready()
+            if blocked is None:
+                return index
+            record(index, _result_for(rigs[index], ERROR, message=blocked))
+
+    def give(w: _Worker) -> None:
+        index = next_job() if not stop else None
+        if index is not None:
+            w.give(index, rigs[index])
+
     try:
-        workers = [_Worker(ctx, backend, update_golden, reuse) for _ in range(jobs)]
+        workers = [_Worker(ctx, backend, update_golden, reuse, points, save_on_fail) for _ in range(jobs)]
         for w in workers:
-            if pending:
-                w.give(*pending.pop())
+            give(w)
         while any(w.job for w in workers):
             busy = [w for w in workers if w.job]
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
@@ -217,9 +244,13 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
                 record(index, result)
                 if replace:
                     w.kill()
-                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden, reuse)
-                if pending and not stop:
-                    w.give(*pending.pop())
+                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden, reuse, points,
+                                                            save_on_fail)
+                if not stop:
+                    give(w)
+                    for idle in workers:   # a parent's end may have made several children ready
+                        if idle.job is None and not stop:
+                            give(idle)
         return results, False
     except KeyboardInterrupt:
         return results, True
@@ -237,6 +268,8 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
                 w.proc.join(2)
                 if w.proc.is_alive():
                     w.kill()
+        if points is not None:
+            shutil.rmtree(points, ignore_errors=True)
 
 
 def _exit_text(proc) -> str:

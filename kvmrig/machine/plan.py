@@ -53,6 +53,11 @@ def _all_addresses(rig: Rig):
             yield from (m.at for m in point.set.memory)
     for check in checks:
         yield from (m.at for m in check.memory)
+    if rig.start_set is not None:
+        yield from (m.at for m in rig.start_set.memory)
+    if rig.start_call is not None:
+        yield rig.start_call.to
+        yield rig.start_call.return_to
 
 
 def prepare(rig: Rig) -> Plan:

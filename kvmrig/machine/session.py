@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kvmrig.arch import registers
 from kvmrig.backends import base
@@ -21,7 +22,7 @@ from kvmrig.machine.devices import Bus
 from kvmrig.machine.diagnose import stop_report
 from kvmrig.machine.expect import check_end, check_state, reg_value
 from kvmrig.machine.memory import Memory, OutsideMemory
-from kvmrig.machine.outcome import Hit, Outcome, Stop
+from kvmrig.machine.outcome import Failure, Hit, Outcome, Stop
 from kvmrig.machine.plan import Plan
 
 
@@ -31,6 +32,8 @@ class RunOptions:
     """How to run, beyond what the rig says (from the command line)."""
 
     update_golden: bool = False
+    points: Any = None            # machine.points.PointStore: where snapshot points are saved and found
+    save_on_fail: str | None = None   # folder: the final state of a failed rig as a snapshot file
 
 
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
@@ -77,6 +80,11 @@ class Session:
 
     # Setup ---------------------------------------------------------------
     def setup(self) -> None:
+        if self.rig.start is not None:   # a child: the snapshot instead of a boot
+            from kvmrig.machine import points
+            points.begin_child(self)
+            self._arm_initial()
+            return
         for img in self.plan.images:
             for addr, body in img.segments:
                 self.memory.write(addr, body)
@@ -87,13 +95,16 @@ class Session:
         self.backend.set_initial_state(self.plan.boot.state)
         if self.rig.cpu is not None:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
+        self._arm_initial()
+
+    def _arm_initial(self) -> None:
         for addr in self.debug.sw:
             self.patches.plant(addr)
         self._arm(self.user_step)
         if self.user_step and self.rig.trace_max:
-            self.outcome.trace.append(self.plan.boot.first_pc)
+            self.outcome.trace.append(self.last_pc)
         if self.user_step and self.debug.sw_all:
-            self.arrive(self.plan.boot.first_pc)  # a breakpoint on the first instruction
+            self.arrive(self.last_pc)  # a breakpoint on the first instruction
 
     def _arm(self, single_step: bool) -> None:
         single_step = single_step or self.client_step
@@ -188,6 +199,8 @@ class Session:
         else:
             out = b"".join(bus.port_read(ev.addr, size).to_bytes(size, "little") for _ in range(ev.count))
             self.backend.complete_read(out)
+            if bus.idle:
+                self._idle()
 
     def _mmio(self, ev: Event) -> None:
         if ev.write:
@@ -195,6 +208,17 @@ class Session:
             self.bus.mmio_write(ev.addr, ev.size, value, rom=self.memory.find(ev.addr) is not None)
         else:
             self.backend.complete_read(self.bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little"))
+            if self.bus.idle:
+                self._idle()
+
+    def _idle(self) -> None:
+        """A UART with `idle:` saw the guest wait for input that is not there:
+        save its point (a rig that booted) and end the run."""
+        dev = self.bus.idle[0]
+        if self.rig.start is None:
+            from kvmrig.machine import points
+            points.save_point(self, dev.spec.idle)
+        raise Stop("idle", None, f"{dev.name} waits for input and none is left")
 
     # Debug ---------------------------------------------------------------
     def _debug(self, ev: Event) -> None:
@@ -308,10 +332,25 @@ class Session:
                     self.pc_moved = self.pc_moved or self.backend.get_pc() != before
                 for write in spec.set.memory:  # through the patches: a planted breakpoint stays planted
                     self.patches.write(self.plan.resolve(write.at), write.data)
+        if spec.save is not None and point.hits == (spec.on_hit or 1):
+            from kvmrig.machine import points
+            points.save_point(self, spec.save)   # after the hit's `set`, as the guest goes on
         if point.hits <= MAX_HIT_RECORDS or hit.failures:
             self.outcome.hits.append(hit)
 
     # End -------------------------------------------------------------------
+    def _save_at_end(self) -> None:
+        """The rig's top-level `save:` point, with the machine as the run left it."""
+        if self.rig.save is None or self.options.points is None:
+            return
+        from kvmrig.machine import points
+        try:
+            points.save_point(self, self.rig.save)
+        except Exception as e:  # noqa: BLE001 - reported; its children then say the point is missing
+            self.outcome.failures.append(Failure("snapshot", f"point {self.rig.save!r} saved",
+                                                 f"not saved: {e}", self.rig.mark))
+
+
     def _finish(self) -> None:
         outcome, rig = self.outcome, self.rig
         try:
@@ -319,6 +358,7 @@ class Session:
         except Exception as e:  # a dead vCPU must not hide the verdict
             outcome.notes.append(f"could not read the final registers: {e}")
         self.patches.lift_all()
+        self._save_at_end()
         outcome.console = bytes(self.bus.console.data)
         outcome.hit_counts = self.debug.hit_counts()
         if self.user_step:
@@ -331,6 +371,13 @@ class Session:
                 outcome.notes.extend(golden.update(rig, golden_spec, outcome, self.memory.read))
             else:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
+        if outcome.failures and self.options.save_on_fail:
+            from kvmrig.machine import points
+            try:
+                path = points.save_final(self, self.options.save_on_fail, rig.name)
+                outcome.notes.append(f"final state saved to {path} (kvmrig debug can start from it)")
+            except Exception as e:  # noqa: BLE001 - the verdict stands without it
+                outcome.notes.append(f"could not save the final state: {e}")
         if outcome.failures:
             outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail))
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64

@@ -57,7 +57,7 @@ def write(path: str | Path, snap: Snapshot) -> None:
     """Write `snap` to `path` (a temporary file renamed over it: a reader never
     sees half a snapshot, and an existing non-regular file is refused)."""
     path = Path(path)
-    if path.exists() and not path.is_file():
+    if path.is_symlink() or (path.exists() and not path.is_file()):
         raise SnapshotError(f"{path}: exists and is not a regular file; not replacing it")
     blobs, regions, offset = [], [], 0
     for at, size, rom, data in snap.memory:

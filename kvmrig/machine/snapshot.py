@@ -13,37 +13,72 @@ from pathlib import Path
 from kvmrig.backends.base import Backend
 from kvmrig.errors import BackendError, SnapshotError
 from kvmrig.machine import snapfile
-from kvmrig.machine.memory import Memory
+from kvmrig.machine.memory import PAGE, Memory
 
 
 def memory_map(memory: Memory) -> list[tuple[int, int, bool]]:
     return [(b.start, b.region.size, b.region.rom) for b in memory.backings]
 
 
-def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None) -> snapfile.Snapshot:
-    """The machine as it is now (a pending I/O access completed first)."""
+def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
+         devices: list | None = None) -> snapfile.Snapshot:
+    """The machine as it is now (a pending I/O access completed first);
+    `devices` is the bus's state (Bus.state())."""
     export = getattr(backend, "export_cpu", None)
     if export is None:
         raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot take snapshots yet")
     cpu = export()
     regions = [(b.start, b.region.size, b.region.rom, bytes(b.buf[:])) for b in memory.backings]
-    return snapfile.Snapshot(backend.arch, backend.name, regions, cpu, dict(origin or {}))
+    return snapfile.Snapshot(backend.arch, backend.name, regions, cpu, dict(origin or {}), list(devices or []))
 
 
-def save(path: str | Path, backend: Backend, memory: Memory, origin: dict[str, str] | None = None) -> None:
-    snapfile.write(path, take(backend, memory, origin))
+def save(path: str | Path, backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
+         devices: list | None = None) -> None:
+    snapfile.write(path, take(backend, memory, origin, devices))
 
 
-def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory) -> None:
-    """Load `snap` into a machine with the same memory map (mapped already)."""
+def _used_pages(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) runs of the pages of `data` that are not all zero."""
+    runs: list[tuple[int, int]] = []
+    zero = bytes(PAGE)
+    view = memoryview(data)
+    for off in range(0, len(data), PAGE):
+        if view[off:off + PAGE] != zero:
+            if runs and runs[-1][0] + runs[-1][1] == off:
+                runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+            else:
+                runs.append((off, PAGE))
+    return runs
+
+
+_used_cache: dict[int, list] = {}
+
+
+def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory, zeroed: bool = True) -> None:
+    """Load `snap` into a machine with the same memory map (mapped already).
+    With `zeroed` (a new or reset machine: all memory zero) only the pages
+    the snapshot has data in are copied."""
     load = getattr(backend, "import_cpu", None)
     if load is None:
         raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot load snapshots yet")
     if sorted(snap.memory_map()) != sorted(memory_map(memory)):
         raise SnapshotError("the snapshot's memory map is not this machine's")
-    for at, _size, _rom, data in snap.memory:
+    used = _used_cache.get(id(snap))
+    if used is None or used[0] is not snap:
+        used = (snap, [_used_pages(data) for _at, _size, _rom, data in snap.memory])
+        _used_cache.clear()
+        _used_cache[id(snap)] = used
+    for (at, _size, _rom, data), runs in zip(snap.memory, used[1]):
         b = memory.find(at)
-        b.buf[:] = data
+        if not zeroed:
+            b.buf[:] = data
+            runs = [(0, len(data))]
+        else:
+            for off, n in runs:
+                b.buf[off:off + n] = data[off:off + n]
+        if memory.written is not None:   # a reused VM zeroes these again after the run
+            for off, n in runs:
+                memory.written.update(range(at + off, at + off + n, PAGE))
     try:
         load(snap.cpu)
     except BackendError as e:
@@ -54,7 +89,7 @@ def load(path: str | Path, backend: Backend, memory: Memory) -> snapfile.Snapsho
     """Read `path` (checked against this machine) and put it into the machine."""
     snap = snapfile.read(path, backend.arch, backend.name, memory_map(memory))
     try:
-        put(snap, backend, memory)
+        put(snap, backend, memory, zeroed=False)
     except SnapshotError as e:
         raise SnapshotError(f"{path}: {e}") from None
     return snap

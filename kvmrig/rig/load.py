@@ -129,7 +129,7 @@ class _Builder:
                 self.fail(("timeout",), "must be more than 0 seconds")
         start = self.start() if "from" in d else None
         if start is None:
-            for key in ("set", "input"):
+            for key in ("set", "input", "call"):
                 if key in d:
                     self.fail((key,), f"`{key}` is for rigs that start from a snapshot (`from:`); a rig that "
                               "boots sets its registers in cpu.regs and its console input on the device", key=True)
@@ -159,6 +159,7 @@ class _Builder:
             start=start,
             start_set=self.start_set() if "set" in d else None,
             start_input=self.parse(_console_bytes, ("input",), d["input"]) if "input" in d else None,
+            start_call=self.call(d["call"]) if "call" in d else None,
         )
         self.check_points(rig)
         return rig
@@ -219,6 +220,13 @@ class _Builder:
         if parent.arch != self.arch:
             self.fail(p, f"{start.parent.name} is an {parent.arch} rig; this rig says arch: {self.arch}")
         return parent.memory, parent.images, parent.devices, parent.cpu
+
+    def call(self, raw: dict[str, Any]) -> m.Call:
+        p: JsonPath = ("call",)
+        args = tuple(self.fit(self.uint(p + ("args", i), v), 64, p + ("args", i), "argument")
+                     for i, v in enumerate(raw.get("args", [])))
+        return m.Call(self.address(p + ("to",), raw["to"]), args,
+                      self.address(p + ("return_to",), raw["return_to"]), self.mark(p))
 
     def start_set(self) -> m.StateSet:
         raw = self.data["set"]

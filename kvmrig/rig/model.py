@@ -234,6 +234,16 @@ class Cpu:
 
 
 @dataclass(frozen=True)
+class Call:
+    """`call:` a child calls one function of its snapshot's firmware."""
+
+    to: Address
+    args: tuple[int, ...]
+    return_to: Address
+    mark: Mark
+
+
+@dataclass(frozen=True)
 class Start:
     """Where a child rig starts: a point another rig saves (`parent` + `point`)
     or a snapshot file (`file`)."""
@@ -270,6 +280,7 @@ class Rig:
     start: Start | None = None       # `from:` this rig starts from a snapshot
     start_set: StateSet | None = None  # `set:` applied on top of the snapshot
     start_input: bytes | None = None   # `input:` the console UART's input from the snapshot on
+    start_call: Call | None = None     # `call:` a function of the snapshot's firmware
 
     def save_points(self) -> tuple[str, ...]:
         """Every snapshot point this rig saves."""

@@ -65,7 +65,7 @@ def test_every_property_has_a_description_and_objects_are_closed():
 
 CONTRACT_KEYS = {
     (): {"kvmrig", "name", "description", "arch", "tags", "timeout", "backend", "trace", "memory", "images",
-         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io", "save", "from", "set", "input"},
+         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io", "save", "from", "set", "input", "call"},
     ("trace",): {"max"},
     ("memory", "items"): {"at", "size", "rom", "name"},
     ("images", "items"): {"file", "at", "hex"},
@@ -98,7 +98,7 @@ def test_enums_match_the_contract():
     assert props["io"]["properties"]["unclaimed"]["enum"] == ["record", "stop"]
     for extension in (props["io"], props["cpu"]["properties"]["tables_at"],
                       props["memory"]["items"]["properties"]["name"], props["save"], props["from"], props["set"],
-                      props["input"], props["breakpoints"]["items"]["properties"]["save"]):
+                      props["input"], props["call"], props["breakpoints"]["items"]["properties"]["save"]):
         assert "kvmrig extension" in extension["description"]
 
 

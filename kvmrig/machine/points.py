@@ -1,0 +1,150 @@
+"""Snapshot points of a run: where parents save them, how children start.
+
+A parent rig saves its points (`save:` on a breakpoint or watchpoint, at the
+end, or a UART's `idle:`) as snapshot files in the run's PointStore folder; a
+child (`from: parent.yaml#point` or `from: file.snap`) loads one into a
+machine with the same memory map instead of booting. Files let the points
+cross from the worker that ran the parent to the workers running children;
+each worker reads a file once and keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from kvmrig.backends.base import Backend
+from kvmrig.errors import SnapshotError
+from kvmrig.machine import snapfile, snapshot
+from kvmrig.machine.memory import Memory
+from kvmrig.rig.model import Rig, Start
+
+_read_cache: dict[tuple[str, int, int], snapfile.Snapshot] = {}
+
+
+class PointStore:
+    """The snapshot files of one run's points, in `folder`."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def file(self, rig_path: Path, point: str) -> Path:
+        """Where the point `point` of the rig at `rig_path` is (or will be) saved."""
+        key = hashlib.sha1(str(Path(rig_path).resolve()).encode()).hexdigest()[:12]
+        return self.folder / f"{Path(rig_path).stem}-{key}-{point}.snap"
+
+    def save(self, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.file(rig.path, point)
+        snapshot.save(path, backend, memory, {"rig": str(rig.path), "point": point}, devices)
+        return path
+
+    def source(self, start: Start) -> Path:
+        """The snapshot file a child starts from."""
+        if start.file is not None:
+            return start.file
+        assert start.parent is not None and start.point is not None
+        return self.file(start.parent, start.point)
+
+
+def read_cached(path: Path, backend: Backend, memory: Memory) -> snapfile.Snapshot:
+    """A snapshot file, checked against this machine, read once per process
+    (while the file is unchanged)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    snap = _read_cache.get(key)
+    if snap is None:
+        snap = snapfile.read(path, backend.arch, backend.name, snapshot.memory_map(memory))
+        _read_cache.clear()   # one at a time: a worker mostly runs one parent's children
+        _read_cache[key] = snap
+    elif snap.arch != backend.arch or snap.backend != backend.name or \
+            sorted(snap.memory_map()) != sorted(snapshot.memory_map(memory)):
+        snapfile.read(path, backend.arch, backend.name, snapshot.memory_map(memory))  # raises, naming it
+    return snap
+
+
+def start_child(rig: Rig, store: PointStore | None, backend: Backend, memory: Memory, bus) -> snapfile.Snapshot:
+    """Put the snapshot a child starts from into a machine whose memory is
+    mapped and zero, then the child's `input`; the caller applies `set`."""
+    assert rig.start is not None
+    if store is None and rig.start.file is None:
+        raise SnapshotError(f"{rig.start}: this run keeps no snapshot points (run the rig with kvmrig run, "
+                            "which runs its parent first)")
+    path = store.source(rig.start) if store is not None else rig.start.file
+    if not path.exists() and rig.start.parent is not None:
+        raise SnapshotError(f"{rig.start}: the point was not saved (the parent rig did not reach it)")
+    snap = read_cached(path, backend, memory)
+    try:
+        snapshot.put(snap, backend, memory, zeroed=True)
+    except SnapshotError as e:
+        raise SnapshotError(f"{path}: {e}") from None
+    bus.load_state(snap.devices, rig.start_input)
+    return snap
+
+
+# What the Session calls ----------------------------------------------------------
+
+def begin_child(session) -> None:
+    """Session.setup() of a rig with `from:`: memory mapped, the snapshot in,
+    then the rig's `input`, `set` and `call` on top."""
+    from kvmrig.machine.session import apply_regs
+
+    rig, backend, memory = session.rig, session.backend, session.memory
+    for b in memory.backings:
+        backend.map_memory(b.start, b.buf, b.region.rom)
+    start_child(rig, session.options.points, backend, memory, session.bus)
+    if rig.start_set is not None:
+        apply_regs(backend, rig.arch, rig.start_set.regs)
+        for write in rig.start_set.memory:
+            memory.write(session.plan.resolve(write.at), write.data)
+    if rig.start_call is not None:
+        _call(session, rig.start_call)
+    session.last_pc = backend.get_pc()
+
+
+def _call(session, call) -> None:
+    """Enter a function as the platform ABI does (x86_64 System V, AAPCS64)."""
+    backend, memory, resolve = session.backend, session.memory, session.plan.resolve
+    to, back = resolve(call.to), resolve(call.return_to)
+    regs = backend.get_regs()
+    if session.rig.arch == "x86_64":
+        names = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
+        sp = (regs["rsp"] & ~0xF) - 8          # at entry (rsp + 8) is 16-byte aligned
+        memory.write(sp, back.to_bytes(8, "little"))
+        update = {"rip": to, "rsp": sp}
+    else:
+        names = ("x0", "x1", "x2", "x3", "x4", "x5")
+        update = {"pc": to, "x30": back}
+    update.update(zip(names, call.args))
+    backend.set_regs(update)
+
+
+def save_point(session, name: str) -> Path | None:
+    """Save the machine as snapshot point `name` of the session's rig (planted
+    breakpoint instructions lifted for the copy, then planted again)."""
+    store = session.options.points
+    if store is None:
+        return None
+    patches = session.patches
+    planted = [addr for addr in patches.saved if session.memory.read(addr, len(patches.insn)) == patches.insn]
+    for addr in planted:
+        patches.lift(addr)
+    try:
+        return store.save(session.rig, name, session.backend, session.memory, session.bus.state())
+    finally:
+        for addr in planted:
+            patches.plant(addr)
+
+
+def save_final(session, folder: str | Path, name: str) -> Path:
+    """--save-on-fail: the final state of a rig, as FOLDER/NAME.snap."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.snap"
+    snapshot.save(path, session.backend, session.memory, {"rig": str(session.rig.path), "point": "end"},
+                  session.bus.state())
+    return path
