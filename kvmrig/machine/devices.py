@@ -41,13 +41,22 @@ class Dev:
 
     def receive(self) -> int:
         """The next input byte, or 0 when there is none left."""
+        self.idle_polls = 0
         return self.rx.pop(0) if self.rx else 0
 
+    IDLE_POLLS = 64   # status reads in a row, with no input left and no output, that mean "waiting"
+
     def waiting(self) -> None:
-        """The guest polled for input and none is left: with `idle:` the bus
-        notes it (the session then saves that point and ends the run)."""
-        if self.spec.idle and not self.rx and self.bus_idle is not None:
+        """The guest read the UART's status with no input left. A driver also
+        reads it before each byte it prints, so only IDLE_POLLS reads in a row
+        with nothing printed in between count as waiting for input; with
+        `idle:` the bus then notes it (the session saves that point and ends
+        the run)."""
+        self.idle_polls += 1
+        if self.idle_polls == self.IDLE_POLLS and self.spec.idle and self.bus_idle is not None:
             self.bus_idle.append(self)
+
+    idle_polls = 0
 
     bus_idle: list | None = None   # set by the Bus: where waiting() reports
 
@@ -135,6 +144,7 @@ class Serial16550(Dev):
             if dlab:
                 self.dll = value
             elif not self.regs[4] & 0x10:
+                self.idle_polls = 0
                 self.console.put(value)
         elif offset == 1 and dlab:
             self.dlm = value
@@ -181,6 +191,7 @@ class Pl011(Dev):
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0x00:
+            self.idle_polls = 0
             self.console.put(value)
         else:
             self.regs[offset] = value

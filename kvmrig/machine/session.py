@@ -380,6 +380,8 @@ class Session:
                 outcome.notes.append(f"could not save the final state: {e}")
         if outcome.failures:
             outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail))
+            if rig.start is not None:
+                outcome.report.insert(0, f"started from the snapshot {rig.start}")
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
             if extra:
                 outcome.report.append(extra)
