@@ -5,14 +5,15 @@ Format (version 1), one file:
     KVMRIG-SNAPSHOT 1\\n
     <header length in bytes, decimal>\\n
     <header: JSON text, indented; registers as text>
-    <memory: each region zlib-compressed, one after the other>
+    <memory: per region, its non-zero pages zlib-compressed, one region after the other>
 
 The header records the format version, the kvmrig version that wrote it, the
 arch, the backend whose CPU state it holds (that state's own shape: for KVM
 x86_64 every kvm_regs/kvm_sregs field by name, MSRs by index, and the opaque
 XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), and
-the memory map: per region its address, size, ROM flag, and where its
-compressed bytes are, with a SHA-256 of the uncompressed bytes.
+the memory map: per region its address, size, ROM flag, the runs of pages
+that are not all zero (offset, length; the rest of the region is zero), and
+where their compressed bytes are, with a SHA-256 of those bytes uncompressed.
 
 Loading checks everything before it is used: a file from another format
 version, arch, backend or memory map, a truncated file or a corrupt one is a
@@ -39,12 +40,13 @@ LEVEL = 1   # zlib level: guest RAM is mostly zeros, fast beats small
 
 @dataclass
 class Snapshot:
-    """What a snapshot file holds. `memory` is [(at, size, rom, bytes)];
-    `cpu` is the backend's state as text (see cpu_to_text/cpu_from_text)."""
+    """What a snapshot file holds. `memory` is [(at, size, rom, runs)], runs
+    being [(offset, bytes)] of the region's non-zero pages (all else zero);
+    `cpu` is the backend's state as text (export_cpu/import_cpu)."""
 
     arch: str
     backend: str
-    memory: list[tuple[int, int, bool, bytes]]
+    memory: list[tuple[int, int, bool, list[tuple[int, bytes]]]]
     cpu: dict[str, Any]
     origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
     devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
@@ -60,11 +62,13 @@ def write(path: str | Path, snap: Snapshot) -> None:
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise SnapshotError(f"{path}: exists and is not a regular file; not replacing it")
     blobs, regions, offset = [], [], 0
-    for at, size, rom, data in snap.memory:
-        if len(data) != size:
-            raise SnapshotError(f"region {at:#x}: {len(data)} bytes for a size of {size:#x}")
+    for at, size, rom, runs in snap.memory:
+        if any(off < 0 or off + len(data) > size for off, data in runs):
+            raise SnapshotError(f"region {at:#x}: a run of bytes lies outside its size {size:#x}")
+        data = b"".join(data for _off, data in runs)
         packed = zlib.compress(data, LEVEL)
-        regions.append({"at": hex(at), "size": hex(size), "rom": rom, "offset": offset,
+        regions.append({"at": hex(at), "size": hex(size), "rom": rom,
+                        "runs": [[hex(off), hex(len(d))] for off, d in runs], "offset": offset,
                         "length": len(packed), "sha256": hashlib.sha256(data).hexdigest()})
         blobs.append(packed)
         offset += len(packed)
@@ -109,7 +113,7 @@ def read_header(path: str | Path) -> Header:
     except OSError as e:
         raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
     header, regions, _body = _parse(path, raw, memory=False)
-    return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_ in regions],
+    return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_r in regions],
                   header.get("devices", []), header.get("origin", {}))
 
 
@@ -129,12 +133,12 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
     if backend is not None and snap_backend != backend:
         raise SnapshotError(f"{path}: the snapshot holds {snap_backend} CPU state; this run uses the {backend} "
                             "backend, which cannot load it")
-    found = [(at, size, rom) for at, size, rom, *_ in regions]
+    found = [(at, size, rom) for at, size, rom, *_r in regions]
     if memory_map is not None and sorted(found) != sorted(memory_map):
         raise SnapshotError(f"{path}: the snapshot's memory map {_describe(found)} is not the rig's "
                             f"{_describe(memory_map)}")
     memory = []
-    for at, size, rom, offset, n, digest in regions:
+    for at, size, rom, offset, n, digest, spans in regions:
         if offset + n > len(body):
             raise SnapshotError(f"{path}: truncated snapshot: region {at:#x} needs bytes up to "
                                 f"{offset + n} of the memory section, which has {len(body)}")
@@ -142,9 +146,14 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
             data = zlib.decompress(body[offset:offset + n])
         except zlib.error as e:
             raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not decompress ({e})") from None
-        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+        if len(data) != sum(k for _o, k in spans) or hashlib.sha256(data).hexdigest() != digest \
+                or any(o < 0 or o + k > size for o, k in spans):
             raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not match its SHA-256")
-        memory.append((at, size, rom, data))
+        runs, pos = [], 0
+        for o, k in spans:
+            runs.append((o, data[pos:pos + k]))
+            pos += k
+        memory.append((at, size, rom, runs))
     return Snapshot(snap_arch, snap_backend, memory, header["cpu"], header.get("origin", {}),
                     header.get("devices", []))
 
@@ -173,7 +182,7 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     try:
         snap_arch, snap_backend = header["arch"], header["backend"]
         regions = [(int(r["at"], 16), int(r["size"], 16), bool(r["rom"]), int(r["offset"]), int(r["length"]),
-                    r["sha256"]) for r in header["memory"]]
+                    r["sha256"], [(int(o, 16), int(n, 16)) for o, n in r["runs"]]) for r in header["memory"]]
         cpu, origin = header["cpu"], header.get("origin", {})
         devices = header.get("devices", [])
         if not isinstance(cpu, dict) or not isinstance(origin, dict) or not all(
@@ -190,3 +199,27 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
 
 def _describe(regions) -> str:
     return "[" + ", ".join(f"{at:#x}+{size:#x}{' rom' if rom else ''}" for at, size, rom in sorted(regions)) + "]"
+
+
+def runs_of(data: bytes, page: int = 0x1000) -> list[tuple[int, bytes]]:
+    """The runs of `data`'s pages that are not all zero: [(offset, bytes)]."""
+    runs: list[tuple[int, bytes]] = []
+    view = memoryview(data)
+    zero_big, zero = bytes(64 * page), bytes(page)
+    off, end = 0, len(data)
+    start = -1
+    while off < end:
+        if start < 0 and off % len(zero_big) == 0 and view[off:off + len(zero_big)] == zero_big[:min(len(zero_big), end - off)]:
+            off += len(zero_big)
+            continue
+        chunk = view[off:off + page]
+        if chunk == zero[:len(chunk)]:
+            if start >= 0:
+                runs.append((start, bytes(view[start:off])))
+                start = -1
+        elif start < 0:
+            start = off
+        off += page
+    if start >= 0:
+        runs.append((start, bytes(view[start:end])))
+    return runs

@@ -28,7 +28,7 @@ def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
     if export is None:
         raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot take snapshots yet")
     cpu = export()
-    regions = [(b.start, b.region.size, b.region.rom, bytes(b.buf[:])) for b in memory.backings]
+    regions = [(b.start, b.region.size, b.region.rom, snapfile.runs_of(b.buf)) for b in memory.backings]
     return snapfile.Snapshot(backend.arch, backend.name, regions, cpu, dict(origin or {}), list(devices or []))
 
 
@@ -37,48 +37,23 @@ def save(path: str | Path, backend: Backend, memory: Memory, origin: dict[str, s
     snapfile.write(path, take(backend, memory, origin, devices))
 
 
-def _used_pages(data: bytes) -> list[tuple[int, int]]:
-    """(offset, length) runs of the pages of `data` that are not all zero."""
-    runs: list[tuple[int, int]] = []
-    zero = bytes(PAGE)
-    view = memoryview(data)
-    for off in range(0, len(data), PAGE):
-        if view[off:off + PAGE] != zero:
-            if runs and runs[-1][0] + runs[-1][1] == off:
-                runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
-            else:
-                runs.append((off, PAGE))
-    return runs
-
-
-_used_cache: dict[int, list] = {}
-
-
 def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory, zeroed: bool = True) -> None:
     """Load `snap` into a machine with the same memory map (mapped already).
     With `zeroed` (a new or reset machine: all memory zero) only the pages
-    the snapshot has data in are copied."""
+    the snapshot has data in are written; else each region is cleared first."""
     load = getattr(backend, "import_cpu", None)
     if load is None:
         raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot load snapshots yet")
     if sorted(snap.memory_map()) != sorted(memory_map(memory)):
         raise SnapshotError("the snapshot's memory map is not this machine's")
-    used = _used_cache.get(id(snap))
-    if used is None or used[0] is not snap:
-        used = (snap, [_used_pages(data) for _at, _size, _rom, data in snap.memory])
-        _used_cache.clear()
-        _used_cache[id(snap)] = used
-    for (at, _size, _rom, data), runs in zip(snap.memory, used[1]):
+    for at, size, _rom, runs in snap.memory:
         b = memory.find(at)
         if not zeroed:
-            b.buf[:] = data
-            runs = [(0, len(data))]
-        else:
-            for off, n in runs:
-                b.buf[off:off + n] = data[off:off + n]
-        if memory.written is not None:   # a reused VM zeroes these again after the run
-            for off, n in runs:
-                memory.written.update(range(at + off, at + off + n, PAGE))
+            b.buf[:] = bytes(size)
+        for off, data in runs:
+            b.buf[off:off + len(data)] = data
+            if memory.written is not None:   # a reused VM zeroes these again after the run
+                memory.written.update(range(at + off, at + off + len(data), PAGE))
     try:
         load(snap.cpu)
     except BackendError as e:

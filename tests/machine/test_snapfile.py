@@ -18,7 +18,8 @@ MAP = [(0x0, 0x2000, False), (0xFFFF0000, 0x1000, True)]
 def _snap() -> Snapshot:
     ram = bytes(range(256)) * 32
     rom = b"\xf4" * 0x1000
-    return Snapshot("x86_64", "kvm", [(0x0, 0x2000, False, ram), (0xFFFF0000, 0x1000, True, rom)],
+    return Snapshot("x86_64", "kvm", [(0x0, 0x2000, False, snapfile.runs_of(ram)),
+                                      (0xFFFF0000, 0x1000, True, snapfile.runs_of(rom))],
                     {"regs": {"rax": "0x2a"}}, {"rig": "boot.yaml", "point": "at-prompt"})
 
 
@@ -114,3 +115,13 @@ def test_writing_never_replaces_a_fifo(tmp_path):
     with pytest.raises(SnapshotError, match="not a regular file"):
         snapfile.write(fifo, _snap())
     assert fifo.is_fifo()
+
+
+def test_only_pages_with_data_are_stored():
+    data = bytes(0x1000) + b"\x01" + bytes(0x1fff) + bytes(0x40000) + b"\x02" * 0x1000
+    runs = snapfile.runs_of(data)
+    assert [(off, len(d)) for off, d in runs] == [(0x1000, 0x1000), (0x43000, 0x1000)]
+    rebuilt = bytearray(len(data))
+    for off, d in runs:
+        rebuilt[off:off + len(d)] = d
+    assert bytes(rebuilt) == data
