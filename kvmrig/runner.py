@@ -80,6 +80,10 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points
         from kvmrig.crosscheck import cross_check
         return cross_check(rig, update_golden)
     start = time.monotonic()
+    if rig.start is not None and rig.start.parent is not None and points is None:
+        points, blocked = _parent_in_process(rig, backend)
+        if blocked:
+            return _result_for(rig, ERROR, message=blocked, seconds=time.monotonic() - start)
     try:
         plan = prepare(rig)
         try:
@@ -99,6 +103,34 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points
                            seconds=time.monotonic() - start)
     status = FAILED if outcome.failures else PASSED
     return _result_for(rig, status, outcome=outcome, seconds=time.monotonic() - start, backend=outcome.backend)
+
+
+_own_points: str | None = None   # this process's point store for rigs run one by one (run_rig alone)
+
+
+def _parent_in_process(rig: Rig, backend: str) -> tuple[str, str | None]:
+    """A child run on its own (kvmrig debug, tests): run its parent here first,
+    once per process, into a private point store. (store folder, why the
+    child cannot run or None)."""
+    global _own_points
+    import atexit
+    import shutil
+    import tempfile
+
+    from kvmrig.machine.points import PointStore
+    from kvmrig.rig.load import load_rig
+
+    if _own_points is None:
+        _own_points = tempfile.mkdtemp(prefix="kvmrig-points-")
+        atexit.register(shutil.rmtree, _own_points, True)
+    assert rig.start is not None and rig.start.parent is not None
+    if not PointStore(_own_points).file(rig.start.parent, rig.start.point or "").exists():
+        parent = run_rig(load_rig(rig.start.parent), backend, points=_own_points)
+        if parent.status != PASSED:
+            why = parent.message or "; ".join(str(f) for f in (parent.outcome.failures if parent.outcome else [])[:3])
+            return _own_points, (f"{rig.path}: not run: it starts from {rig.start}, and that rig ({parent.name}) "
+                                 f"{parent.status}" + (f": {why}" if why else ""))
+    return _own_points, None
 
 
 # Workers -------------------------------------------------------------------

@@ -201,25 +201,25 @@ def _describe(regions) -> str:
     return "[" + ", ".join(f"{at:#x}+{size:#x}{' rom' if rom else ''}" for at, size, rom in sorted(regions)) + "]"
 
 
-def runs_of(data: bytes, page: int = 0x1000) -> list[tuple[int, bytes]]:
-    """The runs of `data`'s pages that are not all zero: [(offset, bytes)]."""
+def runs_of(data, page: int = 0x1000) -> list[tuple[int, bytes]]:
+    """The runs of `data`'s pages that are not all zero: [(offset, bytes)].
+    `data` is bytes, a bytearray or an mmap (slices are bytes: memcmp-fast)."""
     runs: list[tuple[int, bytes]] = []
-    view = memoryview(data)
-    zero_big, zero = bytes(64 * page), bytes(page)
-    off, end = 0, len(data)
-    start = -1
+    big = 64 * page
+    zero_big, zero = bytes(big), bytes(page)
+    off, end, start = 0, len(data), -1
     while off < end:
-        if start < 0 and off % len(zero_big) == 0 and view[off:off + len(zero_big)] == zero_big[:min(len(zero_big), end - off)]:
-            off += len(zero_big)
+        if start < 0 and off % big == 0 and end - off >= big and data[off:off + big] == zero_big:
+            off += big
             continue
-        chunk = view[off:off + page]
+        chunk = data[off:off + page]
         if chunk == zero[:len(chunk)]:
             if start >= 0:
-                runs.append((start, bytes(view[start:off])))
+                runs.append((start, bytes(data[start:off])))
                 start = -1
         elif start < 0:
             start = off
         off += page
     if start >= 0:
-        runs.append((start, bytes(view[start:end])))
+        runs.append((start, bytes(data[start:end])))
     return runs
