@@ -37,7 +37,8 @@ class PointStore:
     def save(self, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.file(rig.path, point)
-        snapshot.save(path, backend, memory, {"rig": str(rig.path), "point": point}, devices)
+        elves = [str(img.file.resolve()) for img in rig.images if img.file is not None and img.at is None]
+        snapshot.save(path, backend, memory, {"rig": str(rig.path), "point": point, "symbols": elves}, devices)
         return path
 
     def source(self, start: Start) -> Path:

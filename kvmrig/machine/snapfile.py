@@ -68,7 +68,7 @@ def write(path: str | Path, snap: Snapshot) -> None:
         data = b"".join(data for _off, data in runs)
         packed = zlib.compress(data, LEVEL)
         regions.append({"at": hex(at), "size": hex(size), "rom": rom,
-                        "runs": [[hex(off), hex(len(d))] for off, d in runs], "offset": offset,
+                        "runs": [f"{off:#x}+{len(d):#x}" for off, d in runs], "offset": offset,
                         "length": len(packed), "sha256": hashlib.sha256(data).hexdigest()})
         blobs.append(packed)
         offset += len(packed)
@@ -182,7 +182,7 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     try:
         snap_arch, snap_backend = header["arch"], header["backend"]
         regions = [(int(r["at"], 16), int(r["size"], 16), bool(r["rom"]), int(r["offset"]), int(r["length"]),
-                    r["sha256"], [(int(o, 16), int(n, 16)) for o, n in r["runs"]]) for r in header["memory"]]
+                    r["sha256"], [_run(x) for x in r["runs"]]) for r in header["memory"]]
         cpu, origin = header["cpu"], header.get("origin", {})
         devices = header.get("devices", [])
         if not isinstance(cpu, dict) or not isinstance(origin, dict) or not all(
@@ -195,6 +195,12 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     if memory and len(body) == 0 and regions:
         raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
     return header, regions, body
+
+
+def _run(text: str) -> tuple[int, int]:
+    """ "0x10000+0x1000" -> (offset, length)."""
+    off, _, length = text.partition("+")
+    return int(off, 16), int(length, 16)
 
 
 def _describe(regions) -> str:

@@ -204,7 +204,11 @@ class _Builder:
             memory = tuple(m.Region(at, size, rom, mark) for at, size, rom in head.memory_map)
             devices = tuple(m.Device(d["type"], d.get("port"), d.get("at"), d.get("size"), d.get("value"), mark)
                             for d in head.devices)
-            return memory, (), devices, None
+            # The ELF images of the rig that saved it, for `sym:` addresses (not loaded again).
+            symbols = head.origin.get("symbols", []) if isinstance(head.origin.get("symbols"), list) else []
+            images = tuple(m.Image(Path(f), None, None, mark) for f in symbols
+                           if isinstance(f, str) and Path(f).is_file())
+            return memory, images, devices, None
         if start.parent in _loading:
             self.fail(p, "snapshot points form a cycle: " + " -> ".join(str(x.name) for x in _loading + [start.parent]))
         _loading.append(start.parent)
