@@ -178,7 +178,7 @@ def measure_growth(n: int) -> dict:
 
 
 def _check(result, op: str, rig, backend: str = "auto") -> None:
-    from kvmrig.runner import PASSED
+    from kvmrig.result import PASSED
 
     if backend != "auto" and result.backend and result.backend != backend:
         raise SystemExit(f"kvmrig_side: asked for backend {backend}, the rig ran on {result.backend}")

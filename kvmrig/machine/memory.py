@@ -12,13 +12,10 @@ import ctypes
 import mmap
 from dataclasses import dataclass
 
+from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable from here
 from kvmrig.rig.model import Region
 
 PAGE = 0x1000
-
-
-class OutsideMemory(LookupError):
-    """An address range that no region backs."""
 
 
 @dataclass

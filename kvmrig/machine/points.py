@@ -35,11 +35,7 @@ class PointStore:
         return self.folder / f"{Path(rig_path).stem}-{key}-{point}.snap"
 
     def save(self, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.file(rig.path, point)
-        elves = [str(img.file.resolve()) for img in rig.images if img.file is not None and img.at is None]
-        snapshot.save(path, backend, memory, {"rig": str(rig.path), "point": point, "symbols": elves}, devices)
-        return path
+        return save_snapshot(self.file(rig.path, point), rig, point, backend, memory, devices)
 
     def source(self, start: Start) -> Path:
         """The snapshot file a child starts from."""
@@ -89,30 +85,12 @@ def start_child(rig: Rig, store: PointStore | None, backend: Backend, memory: Me
 
 # What the Session calls ----------------------------------------------------------
 
-def begin_child(session) -> None:
-    """Session.setup() of a rig with `from:`: memory mapped, the snapshot in,
-    then the rig's `input`, `set` and `call` on top."""
-    from kvmrig.machine.session import apply_regs
-
-    rig, backend, memory = session.rig, session.backend, session.memory
-    for b in memory.backings:
-        backend.map_memory(b.start, b.buf, b.region.rom)
-    start_child(rig, session.options.points, backend, memory, session.bus)
-    if rig.start_set is not None:
-        apply_regs(backend, rig.arch, rig.start_set.regs)
-        for write in rig.start_set.memory:
-            memory.write(session.plan.resolve(write.at), write.data)
-    if rig.start_call is not None:
-        _call(session, rig.start_call)
-    session.last_pc = backend.get_pc()
-
-
-def _call(session, call) -> None:
-    """Enter a function as the platform ABI does (x86_64 System V, AAPCS64)."""
-    backend, memory, resolve = session.backend, session.memory, session.plan.resolve
-    to, back = resolve(call.to), resolve(call.return_to)
+def enter_call(backend: Backend, memory: Memory, arch: str, to: int, args: tuple[int, ...], back: int) -> None:
+    """Enter the function at `to` as the platform ABI does (x86_64 System V:
+    arguments in rdi..r9, the return address `back` pushed with the stack
+    aligned; AAPCS64: x0-x5, x30)."""
     regs = backend.get_regs()
-    if session.rig.arch == "x86_64":
+    if arch == "x86_64":
         names = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
         sp = (regs["rsp"] & ~0xF) - 8          # at entry (rsp + 8) is 16-byte aligned
         memory.write(sp, back.to_bytes(8, "little"))
@@ -120,32 +98,14 @@ def _call(session, call) -> None:
     else:
         names = ("x0", "x1", "x2", "x3", "x4", "x5")
         update = {"pc": to, "x30": back}
-    update.update(zip(names, call.args))
+    update.update(zip(names, args))
     backend.set_regs(update)
 
 
-def save_point(session, name: str) -> Path | None:
-    """Save the machine as snapshot point `name` of the session's rig (planted
-    breakpoint instructions lifted for the copy, then planted again)."""
-    store = session.options.points
-    if store is None:
-        return None
-    patches = session.patches
-    planted = [addr for addr in patches.saved if session.memory.read(addr, len(patches.insn)) == patches.insn]
-    for addr in planted:
-        patches.lift(addr)
-    try:
-        return store.save(session.rig, name, session.backend, session.memory, session.bus.state())
-    finally:
-        for addr in planted:
-            patches.plant(addr)
-
-
-def save_final(session, folder: str | Path, name: str) -> Path:
-    """--save-on-fail: the final state of a rig, as FOLDER/NAME.snap."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.snap"
-    snapshot.save(path, session.backend, session.memory, {"rig": str(session.rig.path), "point": "end"},
-                  session.bus.state())
+def save_snapshot(path: Path, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list) -> Path:
+    """Write the machine to `path` (its folder made if needed), naming the rig
+    and point, and the rig's ELF images for `sym:` addresses of children."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    elves = [str(img.file.resolve()) for img in rig.images if img.file is not None and img.at is None]
+    snapshot.save(path, backend, memory, {"rig": str(rig.path), "point": point, "symbols": elves}, devices)
     return path

@@ -45,6 +45,9 @@ class Reusable(Protocol):
     def reusable(self) -> bool:
         """False when the run left state a reset cannot undo (the VM is closed)."""
 
+    def park(self) -> None:
+        """Between rigs: stop anything that runs on its own (KVM's timeout alarm)."""
+
 
 def shape(rig: Rig) -> tuple:
     """What two rigs must share to share a VM: the arch and the memory map
@@ -98,6 +101,7 @@ class VmPool:
             self._close(kept)
             raise
         kept.runs += 1
+        kept.backend.park()
         if not kept.backend.reusable():
             self._close(kept)
             self.refused += 1

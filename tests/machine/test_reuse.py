@@ -29,7 +29,7 @@ from kvmrig.machine.points import PointStore
 from kvmrig.machine.reuse import VmPool, run_fresh, shape
 from kvmrig.machine.session import RunOptions
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import expand, is_rig_file
+from kvmrig.collect import expand, is_rig_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIBBLERS = Path(__file__).parent / "scribblers"
@@ -266,3 +266,32 @@ def test_fresh_and_reused_emulators_end_every_rig_identically(scribbler_rigs, po
     # children are compared on KVM above.
     rigs = [r for r in rigs if r.start is None or r.arch != HOST]
     _differential(rigs, emu_factory, order, points)
+
+
+@pytest.mark.kvm
+def test_a_timeout_on_a_kept_vm_after_another_vm_closed(tmp_path):
+    """Closing one kept VM must not take the SIGALRM handler from another (a
+    timeout there once killed the worker). In a child process: SIGALRM with no
+    handler would kill it, not the test run."""
+    script = tmp_path / "two.py"
+    script.write_text(f"""
+import sys
+from pathlib import Path
+from kvmrig.backends.select import kvm_factory
+from kvmrig.machine.plan import prepare
+from kvmrig.machine.reuse import VmPool
+from kvmrig.rig.load import load_rig, load_rig_text
+timeout = load_rig({str(ROOT / "rigs" / "x86" / "timeout.yaml")!r})
+other = load_rig_text(Path({str(ROOT / "rigs" / "x86" / "fib.yaml")!r}).read_text().replace("size: 2M", "size: 4M"),
+                      {str(ROOT / "rigs" / "x86" / "fib4m.yaml")!r})
+pool = VmPool(limit=1)
+for rig in (timeout, other, timeout):   # the 2nd closes the 1st VM (limit 1) ...
+    out = pool.execute(prepare(rig), kvm_factory(rig))
+print(out.exit, pool.created)
+""")
+    import os
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["timeout", "3"]

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmrig.backends import base
-from kvmrig.backends.select import NoBackend, emu_factory, kvm_factory
+from kvmrig.backends.events import Halt, Mmio, PortIO, Step
+from kvmrig.backends.select import emu_factory, kvm_factory
 from kvmrig.errors import SnapshotError
 from kvmrig.machine import snapshot
 from kvmrig.machine.memory import Memory
-from kvmrig.machine.outcome import Stop
 from kvmrig.machine.plan import prepare
 from kvmrig.machine.session import Session
 from kvmrig.rig.load import load_rig
@@ -23,20 +22,20 @@ FIB = Path(__file__).resolve().parents[2] / "rigs" / "x86" / "fib.yaml"
 
 def _run_on(backend, until_debug: int | None):
     """Drive the backend to the end (HALT), answering port reads with zeros;
-    returns the registers. With `until_debug`, stop after that many debug events."""
+    returns the registers. With `until_debug`, stop after that many steps."""
     deadline = time.monotonic() + 5
     seen = 0
     while True:
         ev = backend.run(deadline)
-        if ev.kind == base.IO and not ev.write:
+        if isinstance(ev, PortIO) and not ev.write:
             backend.complete_read(bytes(ev.size * ev.count))
-        elif ev.kind == base.DEBUG:
+        elif isinstance(ev, Step):
             seen += 1
             if until_debug is not None and seen == until_debug:
                 return None
-        elif ev.kind == base.HALT:
+        elif isinstance(ev, Halt):
             return backend.get_regs()
-        elif ev.kind not in (base.IO, base.MMIO):
+        elif not isinstance(ev, (PortIO, Mmio)):
             pytest.fail(f"unexpected event {ev}")
 
 
@@ -46,7 +45,7 @@ def _snapshot_continues(factory_for, tmp_path):
     factory = factory_for(rig)
     memory = Memory(rig.memory)
     with factory() as backend:
-        Session(plan, backend, memory).setup()   # images and boot state
+        Session(plan, backend, memory).start()   # images and boot state
         backend.set_debug([], True, ())          # single-step 40 instructions into fib(20)
         assert _run_on(backend, until_debug=40) is None
         path = tmp_path / "fib-step40.snap"

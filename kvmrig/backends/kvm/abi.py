@@ -300,13 +300,6 @@ struct kvm_one_reg {
     uint64_t addr;
 };
 
-/* linux/kvm.h, KVM_GET_REG_LIST: n is the capacity in, the count out
-   (E2BIG, with n set, when the array is too small). */
-struct kvm_reg_list {
-    uint64_t n;
-    uint64_t reg[];
-};
-
 /* linux/kvm.h, KVM_SET_GUEST_DEBUG. */
 struct kvm_guest_debug {
     uint32_t control;
@@ -452,7 +445,6 @@ def ioctl_table(arch: str) -> dict[str, int]:
         # the id and a pointer; the value travels through the pointer.
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
-        "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64)
         "KVM_GET_DIRTY_LOG":            IOW(0x42, "struct kvm_dirty_log"),       # VM: slot, bitmap
         "KVM_GET_MP_STATE":             IOR(0x98, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
         "KVM_SET_MP_STATE":             IOW(0x99, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
@@ -505,7 +497,6 @@ KVM_RUN = IOCTLS["KVM_RUN"]
 KVM_SET_GUEST_DEBUG = IOCTLS["KVM_SET_GUEST_DEBUG"]
 KVM_GET_ONE_REG = IOCTLS["KVM_GET_ONE_REG"]
 KVM_SET_ONE_REG = IOCTLS["KVM_SET_ONE_REG"]
-KVM_GET_REG_LIST = IOCTLS["KVM_GET_REG_LIST"]
 KVM_GET_SUPPORTED_CPUID = IOCTLS.get("KVM_GET_SUPPORTED_CPUID")
 KVM_SET_TSS_ADDR = IOCTLS.get("KVM_SET_TSS_ADDR")
 KVM_SET_IDENTITY_MAP_ADDR = IOCTLS.get("KVM_SET_IDENTITY_MAP_ADDR")
