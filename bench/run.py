@@ -709,7 +709,44 @@ class LoadWatch:
         self.samples.append(os.getloadavg()[0])
 
 
-def reuse_rows(p: Params, exe: Path | None) -> list[Row]:
+def fork_row(p: Params, tmp: Path) -> Row:
+    """fork_100: 100 children, each typing one command, from one booted
+    U-Boot (rigs/firmware/u-boot/boot.yaml) with -j 2, against booting U-Boot
+    for each (100 x the parent's own time)."""
+    children = 100 if p.n_lifecycle > 1 else 4
+    folder = tmp / "fork"
+    folder.mkdir(exist_ok=True)
+    boot = (ROOT / "rigs" / "firmware" / "u-boot" / "boot.yaml").read_text()
+    dtb = ROOT / "rigs" / "firmware" / "u-boot-arm64.dtb"
+    (folder / "boot.yaml").write_text(boot.replace("file: ../u-boot-arm64.dtb", f"file: {dtb}"))
+    for i in range(children):
+        (folder / f"child-{i:03d}.yaml").write_text(
+            f"kvmrig: 1\nname: child-{i:03d}\narch: arm64\nfrom: boot.yaml#at-prompt\n"
+            f'input: "echo child {i}\\n"\nexpect:\n  exit: idle\n  console: {{contains: "child {i}"}}\n')
+    report = tmp / "fork.json"
+    samples, parent = [], []
+    for _ in range(max(1, p.rounds)):
+        samples.append(timed(kvmrig_exe() + ["run", "-j", "2", "--json", str(report), "--junit", "",
+                                             str(folder)], cwd=tmp))
+        doc = json.loads(report.read_text())
+        results = doc["rigs"]
+        statuses = {r.get("status") for r in results}
+        if statuses != {"passed"} or len(results) != children + 1:
+            raise RuntimeError(f"fork: the U-Boot children did not all pass: {statuses}")
+        parent += [r["duration"] for r in results if r["name"] == "u-boot-boot-to-prompt"]
+    wall, boot_s = median(samples), median(parent)
+    backend = results[0].get("backend", "?")
+    row = Row(f"fork_{children}", "s", boot_s * children, wall, len(samples),
+              f"`kvmrig run -j 2` of U-Boot booted once to its prompt (snapshot point at-prompt) and {children} "
+              f"children each typing `echo` from there, wall clock incl. the boot ({boot_s:.2f} s) on {backend}; "
+              f"limit = {children} x that boot, as if every test booted U-Boot; ratio = how many times faster",
+              ratio_kind="limit/kvmrig", target="<= 2 s with -j 2",
+              detail={"boot_s": _round(boot_s), "children_s": _round(wall - boot_s), "backend": backend})
+    row.met = wall <= 2.0
+    return row
+
+
+def reuse_rows(p: Params, exe: Path | None, tmp: Path) -> list[Row]:
     """VM reuse (machine/reuse.py): the reset between two rigs against the
     same ioctls and copies in C, the re-mapping alternative, and a worker's
     memory and fds over 10,000 reused rigs."""
@@ -737,6 +774,7 @@ def reuse_rows(p: Params, exe: Path | None) -> list[Row]:
                     "cost moves into page faults of the next rig; limit = the same with the dirty-log reset "
                     "(kvmrig's choice); ratio > 1: the dirty log is cheaper",
                     detail={"reset_only_us": _round(median(remap["ns"]) / 1000)}))
+    rows.append(fork_row(p, tmp))
     count = 10000 if p.n_lifecycle > 1 else 300   # TINY: the smoke test's row only
     log(f"growth_{count}")
     g = run_kvmrig_side("growth", 0, count)
@@ -795,7 +833,7 @@ def bench(p: Params, groups: set[str], out: Path, quick: bool = False) -> dict:
                     exe = build_limit()
                 except (RuntimeError, subprocess.CalledProcessError):
                     exe = None
-            rows += reuse_rows(p, exe)
+            rows += reuse_rows(p, exe, tmp)
         if "emu" in groups:
             tcg = [r.limit for r in qrows if r.name.startswith("qemu_tcg") and r.limit]
             rows += emu_rows(p, tmp, min(tcg) if tcg else None, rows)
