@@ -279,6 +279,13 @@ struct kvm_userspace_memory_region {
     uint64_t userspace_addr;
 };
 
+/* linux/kvm.h, KVM_GET_REG_LIST (arm64 snapshots): n is the capacity in, the
+   count out (E2BIG, with n set, when the array is too small). */
+struct kvm_reg_list {
+    uint64_t n;
+    uint64_t reg[];
+};
+
 /* linux/kvm.h, KVM_GET_DIRTY_LOG: one bit per page of the slot, set for each
    page the guest wrote since the last call (which clears them). The slot
    needs KVM_MEM_LOG_DIRTY_PAGES. */
@@ -445,6 +452,7 @@ def ioctl_table(arch: str) -> dict[str, int]:
         # the id and a pointer; the value travels through the pointer.
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
+        "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64 snapshots)
         "KVM_GET_DIRTY_LOG":            IOW(0x42, "struct kvm_dirty_log"),       # VM: slot, bitmap
         "KVM_GET_MP_STATE":             IOR(0x98, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
         "KVM_SET_MP_STATE":             IOW(0x99, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
@@ -519,6 +527,7 @@ KVM_GET_XCRS = IOCTLS.get("KVM_GET_XCRS")
 KVM_SET_XCRS = IOCTLS.get("KVM_SET_XCRS")
 KVM_GET_XSAVE2 = IOCTLS.get("KVM_GET_XSAVE2")
 KVM_GET_TSC_KHZ = IOCTLS.get("KVM_GET_TSC_KHZ")
+KVM_GET_REG_LIST = IOCTLS["KVM_GET_REG_LIST"]
 KVM_GET_DIRTY_LOG = IOCTLS["KVM_GET_DIRTY_LOG"]
 KVM_GET_MP_STATE = IOCTLS["KVM_GET_MP_STATE"]
 KVM_SET_MP_STATE = IOCTLS["KVM_SET_MP_STATE"]

@@ -558,6 +558,21 @@ class Vcpu:
 
     # -- ONE_REG (arm64 registers; some x86 ones) -----------------------------
 
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: the id of every register KVM_GET/SET_ONE_REG knows
+        for this vCPU (arm64 snapshots save them all)."""
+        capacity = 512
+        while True:
+            lst = ffi.new("struct kvm_reg_list *", {"reg": capacity})
+            lst.n = capacity
+            try:
+                _call(self.fd, abi.KVM_GET_REG_LIST, lst, "KVM_GET_REG_LIST")
+                return [int(lst.reg[i]) for i in range(lst.n)]
+            except KvmError as e:
+                if e.errno != _errno.E2BIG or capacity >= 1 << 16:
+                    raise
+                capacity = max(capacity * 2, int(lst.n))
+
     def get_one_reg(self, reg_id: int) -> int:
         """KVM_GET_ONE_REG: the register's value as an unsigned int of
         KVM_REG_SIZE(id) bytes (16 for V registers)."""
