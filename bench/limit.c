@@ -419,24 +419,40 @@ static void ioctl_costs(int n) {
  * copy the guest, KVM_SET_SREGS + KVM_SET_REGS + KVM_SET_FPU +
  * KVM_SET_VCPU_EVENTS + KVM_SET_GUEST_DEBUG(0) (back to the initial state),
  * timer, KVM_RUN to HLT, KVM_GET_REGS + KVM_GET_SREGS. */
-static void reuse(int n) {
-    unsigned char *mem = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE,
-                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem == MAP_FAILED)
+/* A kept VM for the reuse/reset ops: `size` bytes of RAM at 0 in slot 0 (with
+ * `flags`), TSS and identity map, one vCPU with its kvm_run and the CPUID. */
+struct kept {
+    unsigned char *mem;
+    int vm, vcpu;
+    struct kvm_run *run;
+};
+
+static struct kept keep_vm(size_t size, uint32_t flags) {
+    struct kept k;
+    k.mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (k.mem == MAP_FAILED)
         die("mmap(RAM)");
-    int vm = xioctl(kvm_fd, KVM_CREATE_VM, (void *)0, "KVM_CREATE_VM");
+    k.vm = xioctl(kvm_fd, KVM_CREATE_VM, (void *)0, "KVM_CREATE_VM");
     struct kvm_userspace_memory_region region = {
-        .slot = 0, .memory_size = RAM_SIZE, .userspace_addr = (uint64_t)(uintptr_t)mem};
-    xioctl(vm, KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
+        .slot = 0, .flags = flags, .memory_size = size, .userspace_addr = (uint64_t)(uintptr_t)k.mem};
+    xioctl(k.vm, KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
     uint64_t idmap = AREA;
-    xioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap, "KVM_SET_IDENTITY_MAP_ADDR");
-    if (ioctl(vm, KVM_SET_TSS_ADDR, (unsigned long)(AREA + 0x1000)) < 0)
+    xioctl(k.vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap, "KVM_SET_IDENTITY_MAP_ADDR");
+    if (ioctl(k.vm, KVM_SET_TSS_ADDR, (unsigned long)(AREA + 0x1000)) < 0)
         die("KVM_SET_TSS_ADDR");
-    int vcpu = xioctl(vm, KVM_CREATE_VCPU, (void *)0, "KVM_CREATE_VCPU");
-    struct kvm_run *run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-    if (run == MAP_FAILED)
+    k.vcpu = xioctl(k.vm, KVM_CREATE_VCPU, (void *)0, "KVM_CREATE_VCPU");
+    k.run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, k.vcpu, 0);
+    if (k.run == MAP_FAILED)
         die("mmap(kvm_run)");
-    xioctl(vcpu, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+    xioctl(k.vcpu, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+    return k;
+}
+
+static void reuse(int n) {
+    struct kept k = keep_vm(RAM_SIZE, 0);
+    unsigned char *mem = k.mem;
+    int vm = k.vm, vcpu = k.vcpu;
+    struct kvm_run *run = k.run;
     struct kvm_sregs sregs0, sregs;
     struct kvm_fpu fpu0;
     struct kvm_vcpu_events events0;
@@ -507,24 +523,10 @@ static const unsigned char G_DIRTY16[] = {0xb8, 0x00, 0x10, 0x8e, 0xc0, 0x31, 0x
 #define RESET_RAM 0x20000
 
 static void reset_bench(int n) {
-    unsigned char *mem = mmap(NULL, RESET_RAM, PROT_READ | PROT_WRITE,
-                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem == MAP_FAILED)
-        die("mmap(RAM)");
-    int vm = xioctl(kvm_fd, KVM_CREATE_VM, (void *)0, "KVM_CREATE_VM");
-    struct kvm_userspace_memory_region region = {
-        .slot = 0, .flags = KVM_MEM_LOG_DIRTY_PAGES, .memory_size = RESET_RAM,
-        .userspace_addr = (uint64_t)(uintptr_t)mem};
-    xioctl(vm, KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
-    uint64_t idmap = AREA;
-    xioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap, "KVM_SET_IDENTITY_MAP_ADDR");
-    if (ioctl(vm, KVM_SET_TSS_ADDR, (unsigned long)(AREA + 0x1000)) < 0)
-        die("KVM_SET_TSS_ADDR");
-    int vcpu = xioctl(vm, KVM_CREATE_VCPU, (void *)0, "KVM_CREATE_VCPU");
-    struct kvm_run *run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-    if (run == MAP_FAILED)
-        die("mmap(kvm_run)");
-    xioctl(vcpu, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+    struct kept k = keep_vm(RESET_RAM, KVM_MEM_LOG_DIRTY_PAGES);
+    unsigned char *mem = k.mem;
+    int vm = k.vm, vcpu = k.vcpu;
+    struct kvm_run *run = k.run;
     run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
     /* The created state. */
     static struct kvm_xcrs xcrs0;
