@@ -78,6 +78,12 @@ class Backend(ABC):
         """The program counter (cheaper than get_regs where a backend can)."""
         return self.get_regs()[traits(self.arch).pc]
 
+    def get_extra_regs(self) -> dict[str, int]:
+        """Registers only a debugger shows (x86: fs_base, gs_base, the x87 and
+        SSE registers, named as gdb names them): read on demand, read-only,
+        never on a rig's hot path. Default: none."""
+        return {}
+
     def reinject(self, event: DebugEvent) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest (the
         event's `code` says which)."""

@@ -122,44 +122,65 @@ class _Builder:
         d = self.data
         if d["kvmrig"] != 1:  # the schema says so too; kept for callers that skip it
             self.fail(("kvmrig",), f"unsupported rig format version {d['kvmrig']!r}: this kvmrig reads 1")
-        timeout = m.DEFAULT_TIMEOUT
-        if "timeout" in d:
-            timeout = self.parse(parse_duration, ("timeout",), d["timeout"])
-            if timeout <= 0:
+        # Each part is checked even when one before it failed, so that one run
+        # shows every error of the file (RigError.more), not only the first.
+        errors: list[RigError] = []
+
+        def part(check: Callable[[], T], default: T) -> T:
+            try:
+                return check()
+            except RigError as e:
+                errors.append(e)
+                return default
+
+        def timeout() -> float:
+            value = self.parse(parse_duration, ("timeout",), d["timeout"])
+            if value <= 0:
                 self.fail(("timeout",), "must be more than 0 seconds")
-        start = self.start() if "from" in d else None
-        if start is None:
+            return value
+
+        start = part(self.start, None) if "from" in d else None
+        if "from" not in d:
             for key in ("set", "input", "call"):
                 if key in d:
-                    self.fail((key,), f"`{key}` is for rigs that start from a snapshot (`from:`); a rig that "
-                              "boots sets its registers in cpu.regs and its console input on the device", key=True)
-            memory = self.memory()
-            images, devices, cpu = self.images(), self.devices(memory), self.cpu()
-        else:
-            memory, images, devices, cpu = self.inherited(start)
+                    part(lambda key=key: self.fail(
+                        (key,), f"`{key}` is for rigs that start from a snapshot (`from:`); a rig that boots "
+                        "sets its registers in cpu.regs and its console input on the device", key=True), None)
+            memory = part(self.memory, ())
+            machine = dict(images=part(self.images, ()), devices=part(lambda: self.devices(memory), ()),
+                           cpu=part(self.cpu, None))
+        else:   # a child: the machine of the point it starts from
+            inherited = part(lambda: self.inherited(start), None) if start is not None else None
+            memory, images, devices, cpu = inherited or ((), (), (), None)
+            machine = dict(images=images, devices=devices, cpu=cpu)
+        fields = dict(
+            timeout=part(timeout, m.DEFAULT_TIMEOUT) if "timeout" in d else m.DEFAULT_TIMEOUT,
+            trace_max=part(lambda: self.uint(("trace", "max"), d["trace"]["max"]), 0) if "trace" in d else 0,
+            **machine,
+            breakpoints=tuple(part(lambda i=i, b=b: self.breakpoint(i, b), None)
+                              for i, b in enumerate(d.get("breakpoints", []))),
+            watchpoints=tuple(part(lambda i=i, w=w: self.watchpoint(i, w), None)
+                              for i, w in enumerate(d.get("watchpoints", []))),
+            expect=part(lambda: self.expect(d.get("expect", {})), None),
+            save=d.get("save"),
+            start=start,
+            start_set=part(self.start_set, None) if "set" in d else None,
+            start_input=part(lambda: self.parse(_console_bytes, ("input",), d["input"]), None) if "input" in d else None,
+            start_call=part(lambda: self.call(d["call"]), None) if "call" in d else None,
+        )
+        if errors:
+            raise RigError.of(errors) from None
         rig = m.Rig(
             path=self.path,
             name=d.get("name") or self.path.stem,
             arch=self.arch,
             description=d.get("description", ""),
             tags=tuple(d.get("tags", ())),
-            timeout=timeout,
             backend=d.get("backend", "any"),
-            trace_max=self.uint(("trace", "max"), d["trace"]["max"]) if "trace" in d else 0,
             memory=memory,
-            images=images,
-            devices=devices,
-            cpu=cpu,
-            breakpoints=tuple(self.breakpoint(i, b) for i, b in enumerate(d.get("breakpoints", []))),
-            watchpoints=tuple(self.watchpoint(i, w) for i, w in enumerate(d.get("watchpoints", []))),
-            expect=self.expect(d.get("expect", {})),
             unclaimed_io=d.get("io", {}).get("unclaimed", "record"),
             mark=self.mark(()),
-            save=d.get("save"),
-            start=start,
-            start_set=self.start_set() if "set" in d else None,
-            start_input=self.parse(_console_bytes, ("input",), d["input"]) if "input" in d else None,
-            start_call=self.call(d["call"]) if "call" in d else None,
+            **fields,
         )
         self.check_points(rig)
         return rig
@@ -383,12 +404,17 @@ class _Builder:
 
     # -- registers and memory -------------------------------------------
 
-    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int, Mark], ...]:
+    def reg_value(self, p: JsonPath, value: Any, width: int, name: str) -> int | m.Address:
+        """A register's value: a number that fits it, or `sym:` (resolved by the machine layer)."""
+        if isinstance(value, str) and value.startswith("sym:"):
+            return self.address(p, value)
+        return self.fit(self.parse(parse_int, p, value), width, p, name)
+
+    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int | m.Address, Mark], ...]:
         out = []
         for name, value in raw.items():
             field = self.register(p + (name,), name)
-            n = self.fit(self.parse(parse_int, p + (name,), value), field.width, p + (name,), name)
-            out.append((name.lower(), n, self.mark(p + (name,))))
+            out.append((name.lower(), self.reg_value(p + (name,), value, field.width, name), self.mark(p + (name,))))
         return tuple(out)
 
     def reg_checks(self, p: JsonPath, raw: dict[str, Any]) -> tuple[m.RegCheck, ...]:
@@ -406,7 +432,7 @@ class _Builder:
                 mask = self.fit(self.uint(q + ("mask",), spec["mask"]), width, q + ("mask",), "mask")
                 value = self.fit(self.parse(parse_int, q + ("value",), spec["value"]), width, q + ("value",), name)
             else:
-                value = self.fit(self.parse(parse_int, q, spec), width, q, name)
+                value = self.reg_value(q, spec, width, name)
             out.append(m.RegCheck(name.lower(), value, mask, lo, hi, self.mark(q)))
         return tuple(out)
 
