@@ -151,12 +151,13 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
     input order — None for rigs not run — and whether the run was interrupted).
     `reuse`: each worker keeps its VMs between rigs (machine/reuse.py).
     Rigs that start from a snapshot point (`from: parent.yaml#point`) run
-    after their parent, which runs once (added at the end of the list if
-    not in it); a parent that did not pass makes its children errors that
-    say so."""
+    after their parent, which runs once; a parent the list does not name is
+    run too but not reported (so shards of one suite never report it twice),
+    and one that did not pass makes its children errors that say so."""
     global _points_dir
+    listed = len(rigs)
     order = Schedule(rigs)
-    rigs[:] = order.rigs   # the caller reports the parents added too
+    rigs = order.rigs
     results: list[RigResult | None] = [None] * len(rigs)
     if not rigs:
         return results, False
@@ -172,6 +173,8 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         nonlocal stop
         results[index] = result
         order.done(index, result.status == PASSED, result)
+        if index >= listed:
+            return   # a parent only run for its children: they report what became of it
         if on_result:
             on_result(result)
         if exitfirst and not result.ok:
@@ -220,9 +223,9 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
                 for idle in workers:   # a parent's end may have made several children ready
                     if idle.job is None:
                         give(idle)
-        return results, False
+        return results[:listed], False
     except KeyboardInterrupt:
-        return results, True
+        return results[:listed], True
     finally:
         for w in workers:
             if w.job is None and w.proc.is_alive():

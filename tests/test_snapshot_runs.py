@@ -14,7 +14,7 @@ from kvmrig.collect import expand
 from kvmrig.machine import snapfile
 from kvmrig.result import ERROR, FAILED, PASSED
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import run_rigs
+from kvmrig.runner import run_rig, run_rigs
 from tests.conftest import kvmrig_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +35,33 @@ def _env_cwd() -> dict:
 
 
 @pytest.mark.kvm
-def test_a_parent_runs_once_before_its_children_on_two_workers(cfw):
+def test_a_parent_runs_once_before_its_children_on_two_workers(cfw, tmp_path):
     children = [load_rig(p) for p in sorted(cfw.glob("cfw-*.yaml"))]
-    rigs = list(children)                         # the parent is not listed: the run adds it
-    order: list[str] = []
-    results, interrupted = run_rigs(rigs, jobs=2, on_result=lambda r: order.append(r.name))
+    log = tmp_path / "ran.log"
+
+    def executor(rig):   # forked into the workers: each appends what it runs
+        with open(log, "a") as f:
+            f.write(rig.name + "\n")
+        return run_rig(rig)
+
+    reported: list[str] = []
+    results, interrupted = run_rigs(list(children), jobs=2, executor=executor,
+                                    on_result=lambda r: reported.append(r.name))
     assert not interrupted
-    names = [r.name for r in results]
-    assert names.count("cfw-boot") == 1 and len(results) == len(children) + 1
-    assert order[0] == "cfw-boot"                 # nothing could start before it
+    ran = log.read_text().split()
+    assert ran.count("cfw-boot") == 1 and ran[0] == "cfw-boot"   # once, and nothing before it
+    assert sorted(ran[1:]) == sorted(r.name for r in children)
+    # The parent was not named: it ran for its children and is not reported (shards never count it twice).
+    assert [r.name for r in results] == [r.name for r in children] and "cfw-boot" not in reported
     assert all(r.status == PASSED for r in results), [(r.name, r.status, r.message) for r in results]
+
+
+@pytest.mark.kvm
+def test_a_parent_named_in_the_run_is_reported_once(cfw):
+    rigs = [load_rig(p) for p in expand([str(cfw)])]
+    results, _ = run_rigs(rigs, jobs=2)
+    assert sorted(r.name for r in results) == sorted(r.name for r in rigs)
+    assert [r.name for r in results].count("cfw-boot") == 1
 
 
 @pytest.mark.kvm
