@@ -41,8 +41,9 @@ _own_points: str | None = None     # this process's points for children run on t
 
 
 def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points: str | None = None,
-            save_on_fail: str | None = None) -> RigResult:
+            save_on_fail: str | None = None, coverage: bool = False) -> RigResult:
     """Prepare and run one rig here, in this process; never raises for bad rigs or guests.
+    `coverage`: record the executed code (kvmrig.coverage) into the outcome.
     `points`: the folder of the run's snapshot points (default: run_rigs'); a
     child run without one runs its parent here first. `save_on_fail`: a folder
     for the final state of a failed rig."""
@@ -57,7 +58,7 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points
         plan = prepare(rig)
         _name, factory = backend_for(rig, backend)
         options = RunOptions(update_golden=update_golden, points=PointStore(points) if points else None,
-                             save_on_fail=save_on_fail)
+                             save_on_fail=save_on_fail, coverage=coverage)
         outcome = _pool.execute(plan, factory, options) if _pool is not None else execute(plan, factory, options)
         return judged(rig, outcome, time.monotonic() - start)
     return guarded(rig, body)

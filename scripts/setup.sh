@@ -14,8 +14,9 @@ PYTHON=${PYTHON:-python3}
 # for the arm64 guests, a C compiler for the KVM ABI guard test and the
 # benchmark's C limit, gdb for the debugger tests and gdb-multiarch for arm64
 # guests, seabios and u-boot-qemu for the
-# firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree.
-PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb gdb-multiarch"
+# firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree,
+# lcov for genhtml (HTML from `kvmrig run --coverage`).
+PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb gdb-multiarch lcov"
 
 missing=""
 for p in $PACKAGES; do
@@ -37,7 +38,7 @@ fi
 
 # Install (editable) unless this very checkout is what the Python imports, with the test extra.
 here=$(pwd -P)
-installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, xmlschema, unicorn, capstone, elftools; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
+installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, xmlschema, unicorn, capstone, elftools, pycobertura; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
 if [ "$installed" != "$here" ]; then
     echo "setup: pip install -e '.[test]'"
     "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
