@@ -37,7 +37,7 @@ from kvmrig.arch.x86_64.fpu import gdb_registers
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends.base import HwSlot
 from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Shutdown, Step, SwBreak, WatchHit
-from kvmrig.backends.kvm import abi
+from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
 from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.x86_probe import debug_support
@@ -72,6 +72,11 @@ class KvmX86Backend(KvmBackendBase):
     def __init__(self) -> None:
         super().__init__()
         self.support = debug_support(self.kvm)
+        self.pristine: x86_state.X86CpuState | None = None   # the vCPU as created, for reuse
+        self.stepped = False   # KVM single-stepped this vCPU (see reusable())
+        self._forget_debug()
+
+    def _forget_debug(self) -> None:
         self._user_step = False
         self._sw_int3 = False
         self._sw_addrs: frozenset[int] = frozenset()
@@ -102,7 +107,7 @@ class KvmX86Backend(KvmBackendBase):
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
-    def set_initial_state(self, state: X86State) -> None:
+    def _create_vcpu(self):
         area = self._system_area()
         self.vm.set_identity_map_addr(area)
         self.vm.set_tss_addr(area + PAGE)
@@ -110,6 +115,10 @@ class KvmX86Backend(KvmBackendBase):
         vcpu.set_cpuid2(self.kvm.supported_cpuid())
         if _sync_regs_supported(self.kvm):
             vcpu.enable_sync_regs(SYNC)  # registers come with every exit: no GET ioctls
+        return vcpu
+
+    def set_initial_state(self, state: X86State) -> None:
+        vcpu = self.vcpu or self._create_vcpu()
         s = vcpu.get_sregs()
         for name, seg in state.segments.items():
             dst = getattr(s, name)
@@ -125,6 +134,63 @@ class KvmX86Backend(KvmBackendBase):
             setattr(r, name, 0)
         r.rip, r.rflags = state.rip, state.rflags
         vcpu.set_regs(r)
+
+    # Whole state: snapshots and reuse --------------------------------------------
+    def capture_cpu(self) -> x86_state.X86CpuState:
+        """The vCPU's complete state (a pending I/O access completed first)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        return x86_state.capture(self.kvm, self.vcpu)
+
+    def restore_cpu(self, state: x86_state.X86CpuState) -> None:
+        """Put a captured state back, exactly (a snapshot resumes where it was taken)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        x86_state.restore(self.vcpu, state)
+
+    def export_cpu(self) -> dict:
+        """The complete vCPU state as text (snapshot files)."""
+        return x86_state.to_text(self.capture_cpu())
+
+    def import_cpu(self, text: dict) -> None:
+        """Load export_cpu() text; BackendError if it is not a state of this backend."""
+        try:
+            state = x86_state.from_text(text)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise BackendError(f"the saved KVM x86_64 CPU state is malformed ({type(e).__name__}: {e})") from None
+        self.restore_cpu(state)
+
+    def reset(self) -> None:
+        """Make this backend what a new one is, its memory slots kept: the
+        vCPU back to the state it was created in, no debug setup, no traps.
+        The caller puts the memory back (dirty_pages() says where)."""
+        if self.vcpu is None:
+            return
+        self.settle_io()
+        self.forget_run()
+        self._forget_debug()
+        if self.pristine is None:
+            raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
+        x86_state.restore(self.vcpu, self.pristine, reuse=True)
+
+    def _disarm_debug(self) -> None:
+        if self.vcpu is not None and self._armed[0]:
+            self.vcpu.set_guest_debug(0)
+
+    def reusable(self) -> bool:
+        """Whether reset() can make this VM indistinguishable from a new one.
+        Not after KVM single-stepped it: KVM keeps state from that no ioctl
+        reads or writes (on kvm_pvm a later UD2 then completes instead of
+        faulting; the differential test in tests/machine/test_reuse.py caught it)."""
+        return not self.stepped
+
+    def keep_pristine(self) -> None:
+        """Remember the vCPU as created (before any rig ran), for reset()."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.pristine = x86_state.capture(self.kvm, self.vcpu)
 
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
@@ -250,6 +316,8 @@ class KvmX86Backend(KvmBackendBase):
             dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
             cached = self._debug_cache[key] = (control, dr if armed else None)
         self._armed = cached
+        if cached[0] & abi.KVM_GUESTDBG_SINGLESTEP:
+            self.stepped = True
         self.vcpu.set_guest_debug(*cached)
 
     def _debug_event(self, info) -> Event | None:
