@@ -49,6 +49,8 @@ class Serial16550(Dev):
         self._update_irq()
         return byte
 
+    STATE = ("rx", "regs", "dll", "dlm")
+
     def read(self, offset: int, size: int) -> int:
         dlab = self.regs[3] & 0x80
         if offset == 2 and self.thre and not (self.regs[1] & 0x01 and self.rx):
@@ -70,6 +72,8 @@ class Serial16550(Dev):
                 iir = 0x02 if self.regs[1] & 0x02 else 0x01
             return iir | (0xC0 if self.regs[2] & 1 else 0)
         if offset == 5:
+            if not self.rx:
+                self.waiting()
             return self.LSR_READY | (self.LSR_DR if self.rx else 0)
         if offset == 6:
             mcr = self.regs[4]
@@ -86,6 +90,7 @@ class Serial16550(Dev):
                 self.dll = value
             else:
                 if not self.regs[4] & 0x10:
+                    self.idle_polls = 0
                     self.console.put(value)
                 self.thre = True   # sent at once: the holding register is empty again
                 self._update_irq()
@@ -123,8 +128,12 @@ class Pl011(Dev):
         super().__init__(spec, console, outcome)
         self.regs: dict[int, int] = {0x30: 0x300}  # CR: TXE | RXE
 
+    STATE = ("rx", "regs")
+
     def read(self, offset: int, size: int) -> int:
         if offset == 0x18:  # FR: transmit FIFO empty, not busy, not full
+            if not self.rx:
+                self.waiting()
             return self.FR_TXFE | (0 if self.rx else self.FR_RXFE)
         if offset in self.ID:
             return self.ID[offset]
@@ -134,6 +143,7 @@ class Pl011(Dev):
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0x00:
+            self.idle_polls = 0
             self.console.put(value)
         else:
             self.regs[offset] = value
@@ -179,6 +189,8 @@ class Bus:
         self.ctx = ctx if ctx is not None else pc.MachineContext()
         self.ports: dict[int, tuple[Dev, int]] = {}
         self.mmio: list[tuple[int, int, Dev]] = []
+        self.devices: list[Dev] = []
+        self.idle: list[Dev] = []   # UARTs with `idle:` whose guest waits for input that is not there
         pc_kinds = {"pc-testdev": pc.PcTestdev, "fw-cfg": pc.FwCfg, "cmos": pc.Cmos}
         for spec in specs:
             if spec.type in pc_kinds:
@@ -189,6 +201,8 @@ class Bus:
                 dev = KINDS[spec.type](spec, self.console, outcome)
             if isinstance(dev, Serial16550):
                 dev.attach_irq(self.ctx, spec)
+            dev.bus_idle = self.idle
+            self.devices.append(dev)
             if spec.port is not None:
                 for off in range(spec.span):
                     self.ports[spec.port + off] = (dev, off)
@@ -243,3 +257,17 @@ class Bus:
             raise Stop("mmio", None, f"MMIO write of {num(value)} ({size} byte(s)) at {addr:#x}: {what}")
         dev, off = hit
         dev.write(off, size, value)
+
+    # Snapshots -------------------------------------------------------------------
+    def state(self) -> list[dict]:
+        """Every device's spec and state, in rig order (snapshot files)."""
+        return [{"type": d.spec.type, "port": d.spec.port, "at": d.spec.at, "size": d.spec.size,
+                 "value": d.spec.value, "state": d.state()} for d in self.devices]
+
+    def load_state(self, saved: list[dict], console_input: bytes | None = None) -> None:
+        """Device states from a snapshot (the same devices, in the same order);
+        `console_input` then replaces what the UARTs have left to give."""
+        for dev, entry in zip(self.devices, saved):
+            dev.load_state(entry.get("state", {}))
+            if console_input is not None and dev.spec.type in ("serial", "pl011"):
+                dev.rx = bytearray(console_input)

@@ -16,7 +16,7 @@ from kvmrig.errors import Mark
 
 ARCHES = ("x86_64", "arm64")
 BACKENDS = ("any", "kvm", "emu")
-EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout")
+EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout", "idle")
 # Exits that count as the guest finishing normally when a rig names no exit.
 NORMAL_EXITS = ("hlt", "exit-code", "system-off")
 X86_MODES = ("reset", "real", "protected", "long")
@@ -112,6 +112,8 @@ class Device:
     value: int | None
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
+    idle: str | None = None     # serial/pl011 (extension): snapshot point saved when the guest waits for
+                                # input that is not there (the run then ends with exit `idle`)
     irq: int | None = None      # serial (extension): the IRQ line it raises with machine.irqchip
     files: tuple[tuple[str, Path], ...] = ()  # fw-cfg (extension): (fw_cfg name, host file)
 
@@ -189,6 +191,7 @@ class Breakpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class Watchpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,30 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Call:
+    """`call:` a child calls one function of its snapshot's firmware."""
+
+    to: Address
+    args: tuple[int, ...]
+    return_to: Address
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a child rig starts: a point another rig saves (`parent` + `point`)
+    or a snapshot file (`file`)."""
+
+    parent: Path | None
+    point: str | None
+    file: Path | None
+    mark: Mark
+
+    def __str__(self) -> str:
+        return f"{self.parent}#{self.point}" if self.parent is not None else str(self.file)
+
+
+@dataclass(frozen=True)
 class Rig:
     path: Path
     name: str
@@ -311,8 +339,19 @@ class Rig:
     expect: Expect = field(default_factory=Expect)
     unclaimed_io: str = "record"  # extension: "record" | "stop" (exit `io`)
     mark: Mark | None = None
+    save: str | None = None          # snapshot point saved at the end of the run
+    start: Start | None = None       # `from:` this rig starts from a snapshot
+    start_set: StateSet | None = None  # `set:` applied on top of the snapshot
+    start_input: bytes | None = None   # `input:` the console UART's input from the snapshot on
+    start_call: Call | None = None     # `call:` a function of the snapshot's firmware
     machine: Machine = field(default_factory=Machine)
     verdict: Verdict = field(default_factory=Verdict)
+
+    def save_points(self) -> tuple[str, ...]:
+        """Every snapshot point this rig saves."""
+        points = [p.save for p in (*self.breakpoints, *self.watchpoints) if p.save]
+        points += [d.idle for d in self.devices if d.idle and self.start is None]
+        return tuple(points + ([self.save] if self.save else []))
 
     @property
     def folder(self) -> Path:
