@@ -188,6 +188,9 @@ class _Builder:
             **fields,
         )
         self.check_points(rig)
+        if "machine" in d and (rig.save_points() or rig.start is not None):
+            self.fail(("machine",), "snapshots (save:, from:) do not capture the in-kernel irqchip, PIT or "
+                      "other vCPUs: a rig with machine: cannot save or start from one", key=True)
         return rig
 
     # -- snapshots --------------------------------------------------------

@@ -72,3 +72,7 @@ def test_linux_images(tmp_path: Path):
     assert "`format: linux`" in error(HEAD + "images: [{file: bzImage, format: multiboot, initrd: initrd}]\n",
                                       tmp_path)
     assert "not found" in error(HEAD + "images: [{file: bzImage, format: linux, initrd: nope}]\n", tmp_path)
+
+
+def test_machine_rigs_take_no_snapshots():
+    assert "cannot save or start from one" in error(HEAD + "machine: {irqchip: true}\nsave: here\n")
