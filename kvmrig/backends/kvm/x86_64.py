@@ -31,7 +31,7 @@ from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
-from kvmrig.arch.x86_64.boot import X86State
+from kvmrig.arch.x86_64.boot import X86State, system_area
 from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
 from kvmrig.arch.x86_64.faults import explain_shutdown
 from kvmrig.arch.x86_64.fpu import gdb_registers
@@ -50,8 +50,6 @@ RFLAGS_IF = 1 << 9
 INT3, HLT = b"\xcc", b"\xf4"
 # KVM needs 3 pages for the real-mode TSS and 1 for the EPT identity map,
 # somewhere no memory slot is; QEMU's choice first, then lower holes.
-SYSTEM_PAGES = 4 * PAGE
-SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: PerProcess[bool] = PerProcess()
@@ -103,10 +101,9 @@ class KvmX86Backend(KvmBackendBase):
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
-        for start in SYSTEM_CANDIDATES:
-            end = start + SYSTEM_PAGES
-            if all(end <= lo or start >= hi for lo, hi in self.regions):
-                return start
+        start = system_area(self.regions)  # machine/plan.py checks it first, at the rig's line
+        if start is not None:
+            return start
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
@@ -405,23 +402,11 @@ class KvmX86Backend(KvmBackendBase):
             return ForeignDebug(pc, code=exception)
         dr6 = info.dr6
         fired = [n for n in range(len(self._dr_kind)) if dr6 & (1 << n)]
-        for n in fired:
-            if self._dr_kind[n] == "sw":   # a software breakpoint held in a debug register
-                self._resume = n
-                self._resume_pc = pc
-                self._fixup = True
-                return SwBreak(pc, VECTOR_DB)
-            if self._dr_kind[n] == "exec":
-                self._resume = n  # a fault: step past it with DRn off, then re-arm
-                self._resume_pc = pc
-                self._fixup = True
-                return HwBreak(pc, self._dr_owner[n], exception)
-
         # A single-step trap (BS) is this backend's own only while it steps;
         # otherwise it is the guest's TF, handed back to it.
         trap = bool(dr6 & DR6_BS)
         stepped = trap and self._stepping()
-        watched = [n for n in fired if self._dr_kind[n] != "exec"]
+        watched = [n for n in fired if self._dr_kind[n] not in ("exec", "sw")]
         # An instruction breakpoint is a fault, taken before its instruction
         # runs; single-steps and data breakpoints are traps, taken after theirs.
         # So with BS or a data bit, an instruction breakpoint's bit can only
@@ -429,6 +414,11 @@ class KvmX86Backend(KvmBackendBase):
         # it faults when that instruction runs, and is not a hit yet.
         if not trap and not watched:
             for n in fired:
+                if self._dr_kind[n] == "sw":   # a software breakpoint held in a debug register (irqchip)
+                    self._resume = n
+                    self._resume_pc = pc
+                    self._fixup = True
+                    return SwBreak(pc, VECTOR_DB)
                 if self._dr_kind[n] == "exec":
                     NATIVE_HITS["dr-exec"] += 1
                     self._resume = n  # a fault: step past it with DRn off, then re-arm
