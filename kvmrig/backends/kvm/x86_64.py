@@ -181,10 +181,6 @@ class KvmX86Backend(KvmBackendBase):
         return out
 
     # Interrupts ---------------------------------------------------------------------
-    def _block_irq(self) -> bool:
-        """Whether KVM_SET_GUEST_DEBUG takes KVM_GUESTDBG_BLOCKIRQ (KVM_CAP_SET_GUEST_DEBUG2)."""
-        return bool(self.kvm.check_extension(abi.KVM_CAP_SET_GUEST_DEBUG2) & abi.KVM_GUESTDBG_BLOCKIRQ)
-
     def set_irq(self, line: int, level: int) -> None:
         if not self.irqchip:
             raise BackendError(f"IRQ {line} raised without an interrupt controller: set machine.irqchip")
@@ -388,10 +384,6 @@ class KvmX86Backend(KvmBackendBase):
                 control = abi.KVM_GUESTDBG_ENABLE
                 if key[1]:
                     control |= abi.KVM_GUESTDBG_SINGLESTEP
-                    if self.irqchip and self._block_irq():
-                        # an interrupt taken inside a step would run its handler
-                        # between the breakpoint and its instruction (a hit twice)
-                        control |= abi.KVM_GUESTDBG_BLOCKIRQ
                 if self._sw_int3:
                     control |= abi.KVM_GUESTDBG_USE_SW_BP
                 if armed:
