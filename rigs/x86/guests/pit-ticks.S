@@ -14,7 +14,7 @@
  *     (about 1 kHz);
  *   - STI; HLT until the handler has counted TARGET (RDI) ticks;
  *   - CLI; HLT with interrupts masked: the end (exit hlt), RAX = the count.
- * What the rig checks: exit hlt, RAX = 10, the `tick` breakpoint hit 10 times.
+ * What the rig checks: exit hlt, RAX = 10.
  */
         .set    IDT, 0x3000
         .set    PIC1_CMD, 0x20
@@ -81,7 +81,7 @@ wait:   hlt                             # sleep until the next interrupt
         hlt                             # interrupts masked: the end
         jmp     .
 
-tick:   inc     %rsi                    # a breakpoint here counts the ticks too
+tick:   inc     %rsi
         push    %rax
         mov     $0x20, %al              # non-specific EOI
         out     %al, $PIC1_CMD
