@@ -81,7 +81,10 @@ wait:   hlt                             # sleep until the next interrupt
         hlt                             # interrupts masked: the end
         jmp     .
 
-tick:   inc     %rsi
+tick:   cmp     %rdi, %rsi              # count up to the target only: ticks the KVM
+        jae     1f                      # re-injects back to back cannot overshoot it
+        inc     %rsi
+1:
         push    %rax
         mov     $0x20, %al              # non-specific EOI
         out     %al, $PIC1_CMD
