@@ -13,8 +13,9 @@ PYTHON=${PYTHON:-python3}
 # Debian packages: assembler/linker for the x86 guests, the aarch64 binutils
 # for the arm64 guests, a C compiler for the KVM ABI guard test and the
 # benchmark's C limit, gdb for the debugger tests, seabios and u-boot-qemu for the
-# firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree.
-PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb"
+# firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree,
+# swig to build pylibfdt (PyPI ships it as source only) for the arm64 device trees.
+PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb swig"
 
 missing=""
 for p in $PACKAGES; do
@@ -36,7 +37,7 @@ fi
 
 # Install (editable) unless this very checkout is what the Python imports, with its extras.
 here=$(pwd -P)
-installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, unicorn, capstone, elftools, junit_xml; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
+installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, unicorn, capstone, elftools, junit_xml, libfdt; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
 if [ "$installed" != "$here" ]; then
     echo "setup: pip install -e '.[test,emu]'"
     "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,emu]'

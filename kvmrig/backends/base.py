@@ -111,6 +111,11 @@ class Backend(ABC):
         from kvmrig.arch.traits import traits
         return self.get_regs()[traits(self.arch).pc]
 
+    def set_irq_line(self, intid: int, level: bool) -> None:
+        """Drive a device's interrupt line (arm64: a GIC SPI by INTID) to `level`."""
+        from kvmrig.errors import BackendError
+        raise BackendError(f"the {self.name} backend has no interrupt controller (INTID {intid})")
+
     def reinject(self, event: Event) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest."""
 

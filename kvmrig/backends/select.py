@@ -49,6 +49,9 @@ def emu_factory(rig: Rig) -> Callable[[], Backend]:
     why = emu.unavailable()
     if why:
         raise NoBackend(why)
+    if rig.arch == "arm64" and (rig.gic is not None or rig.cpus > 1):
+        from kvmrig.backends.emu.arm64 import refusal
+        raise NoBackend(refusal(rig.gic is not None, rig.cpus))
     return emu.backend_class(rig.arch)
 
 

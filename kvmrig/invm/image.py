@@ -71,6 +71,7 @@ DEB_PACKAGES: tuple[str, ...] = (
     "python3-pycparser",
     "python3-ply",
     "python3-yaml:arm64",
+    "python3-libfdt:arm64",  # pylibfdt: the arm64 device trees kvmrig generates
 )
 
 #: Wheels from PyPI, pinned (the pins are part of the cache key).  pip fetches

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmrig.errors import Mark, RigError
 from kvmrig.rig.model import Address, Image, Rig
@@ -23,6 +24,16 @@ class LoadedImage:
     segments: list[tuple[int, bytes]]
     entry: int | None = None
     symbols: dict[str, int] = field(default_factory=dict)
+    linux: Any = None   # an arm64 Linux Image: its header (kvmrig.arch.arm64.linux.ImageHeader)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """[start, end) the image occupies, a Linux Image's BSS (image_size) included."""
+        start = min(addr for addr, _ in self.segments)
+        end = max(addr + len(body) for addr, body in self.segments)
+        if self.linux is not None:
+            end = max(end, start + self.linux.image_size)
+        return start, end
 
 
 def _read_file(image: Image) -> bytes:
@@ -65,12 +76,33 @@ def _load_elf(image: Image, data: bytes) -> LoadedImage:
     return LoadedImage(image, label, segments, entry, symbols)
 
 
-def load_image(image: Image) -> LoadedImage:
+def _load_linux(image: Image, data: bytes, rig: Rig | None) -> LoadedImage:
+    """An arm64 Linux Image: at `at`, or text_offset above the first 2 MiB
+    boundary of the first RAM region; the entry is its first byte."""
+    from kvmrig.arch.arm64 import linux
+
+    header = linux.parse_header(data)
+    if header.big_endian:
+        raise RigError(f"{image.file} is a big-endian arm64 kernel; kvmrig's vCPUs run little-endian",
+                       image.file_mark or image.mark)
+    at = image.at
+    if at is None:
+        ram = sorted((r for r in (rig.memory if rig else ()) if not r.rom), key=lambda r: r.at)
+        if not ram:
+            raise RigError(f"{image.file} is an arm64 Linux Image, which goes into RAM: the rig has no RAM region",
+                           image.file_mark or image.mark)
+        at = header.load_address(ram[0].at)
+    return LoadedImage(image, str(image.file), [(at, data)], entry=at, linux=header)
+
+
+def load_image(image: Image, rig: Rig | None = None) -> LoadedImage:
     """Read one image into its segments (no placement checks yet)."""
     if image.data is not None:
         assert image.at is not None
         return LoadedImage(image, f"hex bytes at {image.at:#x}", [(image.at, image.data)])
     data = _read_file(image)
+    if image.linux:
+        return _load_linux(image, data, rig)
     if data[:4] == ELF_MAGIC and image.at is None:
         return _load_elf(image, data)
     if image.at is None:
@@ -125,15 +157,18 @@ def image_mark(img: LoadedImage) -> Mark:
 
 
 def load_images(rig: Rig) -> list[LoadedImage]:
-    return [load_image(image) for image in rig.images]
+    return [load_image(image, rig) for image in rig.images]
 
 
 def check_placement(rig: Rig, images: list[LoadedImage]) -> None:
     """Every segment must lie inside one declared region."""
     regions = sorted(rig.memory, key=lambda r: r.at)
     for img in images:
-        for addr, body in img.segments:
-            end = addr + len(body)
+        spans = [(addr, len(body)) for addr, body in img.segments]
+        if img.linux is not None:  # the kernel's BSS (image_size) must fit too
+            spans = [(img.span[0], img.span[1] - img.span[0])]
+        for addr, length in spans:
+            end = addr + length
             inside = [r for r in regions if r.at <= addr < r.end]
             if not inside:
                 raise RigError(
@@ -141,8 +176,9 @@ def check_placement(rig: Rig, images: list[LoadedImage]) -> None:
                     f"regions are {_describe(regions)}", image_mark(img))
             region = inside[0]
             if end > region.end:
+                what = " with its image_size" if img.linux is not None else ""
                 raise RigError(
-                    f"image {img.label} ({addr:#x}..{end:#x}, {len(body)} bytes) is larger than "
+                    f"image {img.label}{what} ({addr:#x}..{end:#x}, {length} bytes) is larger than "
                     f"its region {region.at:#x}..{region.end:#x}", image_mark(img))
 
 

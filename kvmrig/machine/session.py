@@ -85,6 +85,8 @@ class Session:
         for b in self.memory.backings:
             self.backend.map_memory(b.start, b.buf, b.region.rom)
         self.backend.set_initial_state(self.plan.boot.state)
+        if any(d.irq is not None for d in self.rig.devices):
+            self.bus.connect_irqs(self.backend.set_irq_line)
         if self.rig.cpu is not None:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
         for addr in self.debug.sw:

@@ -88,6 +88,19 @@ from kvmrig.backends.base import Event
 from kvmrig.backends.emu.core import EmuBackendBase
 from kvmrig.errors import BackendError
 
+
+def refusal(gic: bool, cpus: int) -> str:
+    """Why this backend cannot run a rig with an interrupt controller or several vCPUs."""
+    what = []
+    if gic:
+        what.append("a GICv3 with the generic timer's interrupts (`gic:`)")
+    if cpus > 1:
+        what.append(f"{cpus} vCPUs (`cpus:`)")
+    return (f"the emulator backend cannot give this rig {' or '.join(what)}: unicorn models no interrupt "
+            "controller and one CPU only, and a guest waiting for interrupts would just time out there; "
+            "run it on arm64 KVM (from an x86_64 host: kvmrig run --in-vm arm64)")
+
+
 TCG_BUFFER = 64 << 20
 PAGE = 0x1000
 
@@ -289,7 +302,9 @@ class EmuArm64Backend(EmuBackendBase):
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
-        self.set_regs({"pstate": state.pstate, "pc": state.pc})
+        if state.gic is not None or state.cpus > 1:  # emu_factory refuses such rigs first; this is the backstop
+            raise BackendError(refusal(state.gic is not None, state.cpus))
+        self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     # Registers -----------------------------------------------------------
     def _read(self, name: str) -> int:
