@@ -2,7 +2,8 @@
 // 33) by interrupt through the rig's in-kernel GICv3, waiting in WFI, echo
 // it in a line, then PSCI SYSTEM_OFF. Checked by ../pl011-irq.yaml:
 //   x19 = the byte received, x21 = the INTID acknowledged (33),
-//   x20 = wake-ups from WFI, the console line "got: k".
+//   x20 = wake-ups from WFI (0 when the interrupt came before the first WFI),
+//   the console line "got: k".
 //
 // The UART raises its line while RIS & IMSC != 0 (kvmrig's PL011: RXRIS
 // while input remains), kvmrig drives SPI 1 with KVM_IRQ_LINE, and the GIC
@@ -62,10 +63,11 @@ _start:
         str     w2, [x1, #UARTIMSC]             // receive interrupt on
         msr     daifclr, #2
 
-wait:   wfi
+wait:   cbnz    x19, got                // the handler may run before the first WFI
+        wfi
         add     x20, x20, #1
-        cbz     x19, wait
-
+        b       wait
+got:
         msr     daifset, #2
         adr     x2, message
 next:   ldrb    w3, [x2], #1

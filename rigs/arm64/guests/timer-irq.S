@@ -3,8 +3,8 @@
 // 0x08000000, redistributor at 0x080a0000), sleeping in WFI between them,
 // then PSCI SYSTEM_OFF. Checked by ../timer-irq.yaml:
 //   x19 = ticks counted by the handler (10), x20 = wake-ups from WFI (>= 10),
-//   x21 = the last INTID acknowledged (27), x22 = ticks of CNTVCT_EL0 from
-//   the first arming to the end (>= 10 periods), breakpoint on `tick`.
+//   x21 = the last INTID acknowledged (27), x22 = timer periods elapsed on
+//   CNTVCT_EL0 from the first arming to the end (>= 10), breakpoint on `tick`.
 //
 // GIC registers are accessed with plain LDR/STR (KVM needs the syndrome);
 // the CPU interface is the ICC_* system registers (GICv3 SRE).
@@ -67,28 +67,32 @@ _start:
         isb
         msr     daifclr, #2                     // take IRQs
 
-wait:   wfi
+wait:   wfi                             // a tick between the check and here: the next one wakes us
         add     x20, x20, #1
         cmp     x19, #TICKS
         b.lo    wait
 
         msr     daifset, #2
-        mov     x2, #0
-        msr     cntv_ctl_el0, x2                // timer off
         mrs     x22, cntvct_el0
         sub     x22, x22, x24                   // counter ticks the 10 periods took
+        udiv    x22, x22, x23                   // ... in whole periods
         ldr     w0, =PSCI_SYSTEM_OFF
         hvc     #0
         b       .
 
-// The IRQ handler: acknowledge, count a timer tick and re-arm, end of interrupt.
+// The IRQ handler: acknowledge, count a timer tick and re-arm it (or, at the
+// last tick, turn the timer off, so no 11th tick can come), end of interrupt.
 irq:    mrs     x9, S3_0_C12_C12_0              // ICC_IAR1_EL1: the INTID
         mov     x21, x9
         cmp     x9, #VTIMER_INTID
         b.ne    eoi
         .global tick
 tick:   add     x19, x19, #1
+        cmp     x19, #TICKS
+        b.hs    last
         msr     cntv_tval_el0, x23              // next period (lowers the level)
+        b       eoi
+last:   msr     cntv_ctl_el0, xzr               // the last tick: timer off (lowers the level)
 eoi:    msr     S3_0_C12_C12_1, x9              // ICC_EOIR1_EL1
         isb
         eret
