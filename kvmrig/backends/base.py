@@ -46,6 +46,7 @@ class Event:
     slot: int = -1
     detail: str = ""
     raw: Any = None
+    cpu: int = 0             # the vCPU it happened on (arm64 `cpus: N`)
 
 
 @dataclass(frozen=True, slots=True)

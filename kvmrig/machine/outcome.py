@@ -54,6 +54,7 @@ class Hit:
     addr: int | None = None
     regs: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    cpu: int = 0    # the vCPU that hit it
 
 
 @dataclass

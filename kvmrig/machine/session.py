@@ -166,7 +166,7 @@ class Session:
             raise Stop("shutdown", None, ev.detail or "triple fault: the CPU shut down")
         elif kind == base.SYSTEM:
             exit = {"off": "system-off", "reset": "reset"}.get(ev.detail, "unhandled")
-            raise Stop(exit, None, f"system event {ev.detail}")
+            raise Stop(exit, None, f"system event {ev.detail}" + (f" on vCPU {ev.cpu}" if self.rig.cpus > 1 else ""))
         elif kind == base.TIMEOUT:
             raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
         else:
@@ -293,12 +293,13 @@ class Session:
         point.hits += 1
         spec = point.spec
         applies = point.applies()
-        hit = Hit(point.label, point.hits, ev.pc, ev.addr if point.is_watch else None)
+        hit = Hit(point.label, point.hits, ev.pc, ev.addr if point.is_watch else None, cpu=ev.cpu)
         if applies and (spec.expect is not None or spec.set is not None):
             regs = self.backend.get_regs()
             if spec.expect is not None:
                 watched = (point.addr, point.length) if point.is_watch else None
-                hit.failures = check_state(self.rig.arch, f"{point.label}, hit {point.hits}: ", spec.expect,
+                where = f" on vCPU {ev.cpu}" if self.rig.cpus > 1 else ""
+                hit.failures = check_state(self.rig.arch, f"{point.label}, hit {point.hits}{where}: ", spec.expect,
                                            regs, self.patches.view, self.plan.resolve, watched)
                 self.outcome.failures.extend(hit.failures)
                 hit.regs = {c.name: v for c in spec.expect.regs

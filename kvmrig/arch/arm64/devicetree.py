@@ -96,6 +96,9 @@ def generate(spec: TreeSpec) -> bytes:
         _timer(sw, spec.gic is not None)
         if spec.gic is not None:
             _gic(sw, spec.gic)
+            with sw.add_node("pmu"):  # KVM's PMUv3, given to the vCPUs with a GIC where KVM has one
+                sw.property("compatible", _strings("arm,armv8-pmuv3"))
+                sw.property("interrupts", _cells(virt.GIC_PPI, virt.PMU_PPI, virt.IRQ_TYPE_LEVEL_HIGH))
         if spec.uarts:
             with sw.add_node("apb-pclk"):
                 sw.property_string("compatible", "fixed-clock")

@@ -21,10 +21,14 @@ GIC_MIN_IRQS = 64
 GIC_MAX_CPUS = 512         # KVM_MAX_VCPUS of a GICv3 VM (VGIC_V3_MAX_CPUS)
 PL011_SPI = 1
 SPI_BASE = 32              # INTID of SPI 0
+PPI_BASE = 16              # INTID of PPI 0
 
 # Device tree interrupt specifiers (bindings/interrupt-controller/arm,gic-v3.yaml)
 GIC_SPI, GIC_PPI = 0, 1
 IRQ_TYPE_LEVEL_HIGH = 4
+
+# The PMU's overflow interrupt (QEMU virt's VIRTUAL_PMU_IRQ): PPI 7 = INTID 23.
+PMU_PPI = 7
 
 # Timer PPIs, in the order the arm,armv8-timer binding lists them.
 TIMER_PPIS = (13, 14, 11, 10)

@@ -69,7 +69,7 @@ import errno
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from kvmrig.arch.arm64 import debugregs, esr, onereg
+from kvmrig.arch.arm64 import debugregs, esr, onereg, virt
 from kvmrig.arch.arm64.boot import Arm64State, GicLayout
 from kvmrig.arch.arm64.regs import CANONICAL
 from kvmrig.backends import base
@@ -133,24 +133,35 @@ class KvmArm64Backend(KvmBackendBase):
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
-        if state.cpus > 1:
-            limit = self.vm.check_extension(abi.KVM_CAP_MAX_VCPUS) or self.vm.check_extension(abi.KVM_CAP_NR_VCPUS)
-            if state.cpus > limit:
-                raise BackendError(f"cpus: {state.cpus} vCPUs asked, this KVM offers at most {limit} "
-                                   "(KVM_CAP_MAX_VCPUS)")
-            raise BackendError("cpus > 1: the run loop drives one vCPU yet (SMP on arm64 is not done)")
+        if state.cpus > 1:  # select.py picks arm64_smp.KvmArm64SmpBackend for those
+            raise BackendError(f"cpus: {state.cpus}: this backend drives one vCPU (KvmArm64SmpBackend drives more)")
         init = self.vm.arm_preferred_target()
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         # PSCI 0.2: KVM answers HVC #0 PSCI calls, SYSTEM_OFF/RESET exit as system events.
-        vcpu.arm_vcpu_init(init.target, [abi.KVM_ARM_VCPU_PSCI_0_2])
+        vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=True))
         if state.gic is not None:
-            self._create_gic(state.gic, state.cpus)
+            self._create_gic(state.gic, [vcpu])
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
-    def _create_gic(self, gic: GicLayout, cpus: int) -> None:
+    def vcpu_features(self, state: Arm64State, boot: bool) -> list[int]:
+        """KVM_ARM_VCPU_INIT features: PSCI 0.2; powered off unless it is the
+        boot vCPU; a PMUv3 with a GIC where KVM has one (QEMU's -cpu max/host
+        have one by default)."""
+        features = [abi.KVM_ARM_VCPU_PSCI_0_2]
+        if not boot:
+            features.append(abi.KVM_ARM_VCPU_POWER_OFF)
+        if self._pmu(state):
+            features.append(abi.KVM_ARM_VCPU_PMU_V3)
+        return features
+
+    def _pmu(self, state: Arm64State) -> bool:
+        return state.gic is not None and self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0
+
+    def _create_gic(self, gic: GicLayout, vcpus: list) -> None:
         """The in-kernel GICv3 (arm-vgic-v3.rst): created after the vCPUs,
-        placed, sized, then initialised; the generic timer's PPIs are KVM's
-        defaults (virtual 27, physical 30), which the device tree lists."""
+        placed, sized, then (after each vCPU's PMU is wired to PPI 7, as QEMU
+        orders it) initialised; the generic timer's PPIs are KVM's defaults
+        (virtual 27, physical 30), which the device tree lists."""
         if not self.vm.check_extension(abi.KVM_CAP_DEVICE_CTRL):
             raise BackendError("this KVM cannot create in-kernel devices (no KVM_CAP_DEVICE_CTRL): no GICv3")
         try:
@@ -164,13 +175,24 @@ class KvmArm64Backend(KvmBackendBase):
             ("placing the redistributors", abi.KVM_DEV_ARM_VGIC_GRP_ADDR, abi.KVM_VGIC_V3_ADDR_TYPE_REDIST,
              gic.redistributor, 8),
             (f"asking for {gic.irqs} interrupts", abi.KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, gic.irqs, 4),
-            ("initialising it", abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT, None, 8),
         )
         for what, group, attr, value, size in steps:
             try:
                 dev.set_attr(group, attr, value, size)
             except KvmError as e:
                 raise BackendError(f"GICv3: {what} failed: {e}") from None
+        if self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0:
+            for vcpu in vcpus:
+                try:
+                    vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_IRQ,
+                                  virt.PPI_BASE + virt.PMU_PPI, 4)  # INTID 23
+                    vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_INIT)
+                except KvmError as e:
+                    raise BackendError(f"PMUv3 of vCPU {vcpu.index}: {e}") from None
+        try:
+            dev.set_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
+        except KvmError as e:
+            raise BackendError(f"GICv3: initialising it failed: {e}") from None
         self._gic = gic
 
     def set_irq_line(self, intid: int, level: bool) -> None:

@@ -38,7 +38,8 @@ FOREIGN = {
         "KVM_VGIC_V3_DIST_SIZE", "KVM_VGIC_V3_REDIST_SIZE", "KVM_ARM_IRQ_TYPE_SHIFT",
         "KVM_ARM_IRQ_VCPU_SHIFT", "KVM_ARM_IRQ_NUM_SHIFT", "KVM_ARM_IRQ_TYPE_CPU", "KVM_ARM_IRQ_TYPE_SPI",
         "KVM_ARM_IRQ_TYPE_PPI", "KVM_ARM_VCPU_TIMER_CTRL", "KVM_ARM_VCPU_TIMER_IRQ_VTIMER",
-        "KVM_ARM_VCPU_TIMER_IRQ_PTIMER",
+        "KVM_ARM_VCPU_TIMER_IRQ_PTIMER", "KVM_ARM_VCPU_PMU_V3_CTRL", "KVM_ARM_VCPU_PMU_V3_IRQ",
+        "KVM_ARM_VCPU_PMU_V3_INIT",
     },
     "arm64": {
         "KVM_GUESTDBG_USE_HW_BP",         # x86 spelling of bit 17
@@ -273,6 +274,7 @@ def test_arm64_vgic_and_irq_line_numbers_match_the_headers():
     assert (abi.KVM_DEV_ARM_VGIC_GRP_ADDR, abi.KVM_DEV_ARM_VGIC_GRP_NR_IRQS, abi.KVM_DEV_ARM_VGIC_GRP_CTRL,
             abi.KVM_DEV_ARM_VGIC_CTRL_INIT) == (0, 3, 4, 0)
     assert abi.KVM_DEV_TYPE_ARM_VGIC_V3 == 7
+    assert (abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_IRQ, abi.KVM_ARM_VCPU_PMU_V3_INIT) == (0, 0, 1)
     assert abi.arm_irq_spi(33) == 0x01000021          # type SPI (1) << 24 | INTID 33 (the PL011 of QEMU virt)
     with pytest.raises(ValueError):
         abi.arm_irq_spi(27)                            # a PPI is no SPI
