@@ -23,9 +23,10 @@ reinject go to the vCPU of the last event, set_debug arms every vCPU (KVM
 debug registers are per vCPU). The final registers are those of the vCPU
 that ended the run (the event detail names it).
 
-Known limits: software breakpoints are planted in memory all vCPUs share:
-a vCPU may run past one that another vCPU's step-over has lifted for an
-instruction. Watchpoints by page traps (KVMs without data breakpoints) are
+Known limits: single-step (trace, `steps`, stepping over a software
+breakpoint) follows the vCPU of the last event. Software breakpoints are
+planted in memory all vCPUs share: while one vCPU steps over one, another
+vCPU whose turn comes may run past it. Watchpoints by page traps (KVMs without data breakpoints) are
 vCPU 0's only; arm64 KVM has real watchpoints.
 """
 
@@ -144,11 +145,15 @@ class KvmArm64SmpBackend(KvmArm64Backend):
         return f"vCPU {self._current.index}: {text}" if text else ""
 
     def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
+        """Breakpoints and watchpoints on every vCPU; single-step on the vCPU of
+        the last event only (the machine steps the vCPU it is looking at: over
+        a software breakpoint it hit, or through its trace)."""
         for cpu in self._cpus:
+            step = single_step and cpu is self._current
             if cpu is self:
-                super().set_debug(slots, single_step, sw_breakpoints)
+                super().set_debug(slots, step, sw_breakpoints)
             else:
-                cpu.set_debug(slots, single_step, sw_breakpoints)
+                cpu.set_debug(slots, step, sw_breakpoints)
 
     def close(self) -> None:
         for cpu in self._cpus[1:]:

@@ -55,6 +55,10 @@ MUTANTS = [
     ("single-step", "steps: 5", "steps: 6", "steps: expected 6, got 5"),
     ("guest-brk", "x21: 1 ", "x21: 2 ", "register x21: expected 2, got 1"),
     ("psci-off", "\n  exit: system-off ", "\n  exit: exit-code ", "exit: expected exit-code, got system-off"),
+    # the second vCPU really ran: it wrote the context id CPU_ON gave it
+    ("smp-psci", "u64: 0x5eed}", "u64: 0x5eee}", "memory at 0x40008008"),
+    # ten timer interrupts, each one hit of the handler's breakpoint
+    ("timer-irq", "hits: 10 ", "hits: 9 ", "hits: expected 9, got 10"),
 ]
 
 COMMAND = r"""
