@@ -159,9 +159,9 @@ class KvmArm64Backend(KvmBackendBase):
 
     def _create_gic(self, gic: GicLayout, vcpus: list) -> None:
         """The in-kernel GICv3 (arm-vgic-v3.rst): created after the vCPUs,
-        placed, sized, then (after each vCPU's PMU is wired to PPI 7, as QEMU
-        orders it) initialised; the generic timer's PPIs are KVM's defaults
-        (virtual 27, physical 30), which the device tree lists."""
+        placed, sized, initialised; then each vCPU's PMU wired to PPI 7 and
+        initialised (arm-vcpu.rst; QEMU's order). The generic timer's PPIs are
+        KVM's defaults (virtual 27, physical 30), which the device tree lists."""
         if not self.vm.check_extension(abi.KVM_CAP_DEVICE_CTRL):
             raise BackendError("this KVM cannot create in-kernel devices (no KVM_CAP_DEVICE_CTRL): no GICv3")
         try:
@@ -181,18 +181,18 @@ class KvmArm64Backend(KvmBackendBase):
                 dev.set_attr(group, attr, value, size)
             except KvmError as e:
                 raise BackendError(f"GICv3: {what} failed: {e}") from None
+        try:
+            dev.set_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
+        except KvmError as e:
+            raise BackendError(f"GICv3: initialising it failed: {e}") from None
         if self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0:
-            for vcpu in vcpus:
+            for vcpu in vcpus:  # the PMU's INIT needs the vGIC initialised (ENODEV before)
                 try:
                     vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_IRQ,
                                   virt.PPI_BASE + virt.PMU_PPI, 4)  # INTID 23
                     vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_INIT)
                 except KvmError as e:
                     raise BackendError(f"PMUv3 of vCPU {vcpu.index}: {e}") from None
-        try:
-            dev.set_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
-        except KvmError as e:
-            raise BackendError(f"GICv3: initialising it failed: {e}") from None
         self._gic = gic
 
     def set_irq_line(self, intid: int, level: bool) -> None:
