@@ -8,6 +8,7 @@ file errors or an interrupted run with no failure.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -116,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _collect(paths: list[str], rerun_failed: bool = False):
-    from kvmrig.runner import expand, is_rig_file, load_all
+    from kvmrig.collect import expand, is_rig_file, load_all
 
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
@@ -138,9 +139,11 @@ def _usage(message: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from kvmrig.crosscheck import cross_check
     from kvmrig.report.junit import write_junit
     from kvmrig.report.terminal import Terminal
-    from kvmrig.runner import ERROR, FAILED, SKIPPED, RigResult, _result_for, run_rigs
+    from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, result_for
+    from kvmrig.runner import run_rig, run_rigs
 
     if args.in_vm:
         return _run_in_vm(args)
@@ -168,16 +171,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     term.start(len(rigs) + len(errors))
     for e in errors:
         term.result(e)
-    from kvmrig.runner import CROSS
-    backend = CROSS if args.cross_check else args.backend
+    if args.cross_check:
+        executor = functools.partial(cross_check, update_golden=args.update_golden)
+    else:
+        executor = functools.partial(run_rig, backend=args.backend, update_golden=args.update_golden)
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         results, interrupted = [None] * len(rigs), False
     else:
-        results, interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
-                                        exitfirst=args.exitfirst, update_golden=args.update_golden)
+        results, interrupted = run_rigs(rigs, args.jobs, executor, on_result=term.result, exitfirst=args.exitfirst)
     final: list[RigResult] = list(errors)
     for rig, result in zip(rigs, results):
-        final.append(result or _result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted
+        final.append(result or result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted
                                            else "not run (--exitfirst)"))
     term.summary(final, time.monotonic() - started, interrupted)
     unwritten = False
@@ -213,7 +217,7 @@ def _write_json(path: str, final, started: float) -> None:
 def _run_in_vm(args: argparse.Namespace) -> int:
     from kvmrig.errors import BackendUnavailable
     from kvmrig.invm.remote import run_in_vm_cli
-    from kvmrig.runner import expand, is_rig_file
+    from kvmrig.collect import expand, is_rig_file
 
     clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
                                    ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),
@@ -300,7 +304,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
 def _gdb_on_fail(address: str, rigs, results) -> None:
     """Re-run the first rig that failed in this process and serve its final state to gdb."""
     from kvmrig.gdb.server import serve_rig
-    from kvmrig.runner import FAILED
+    from kvmrig.result import FAILED
 
     failed = next(((rig, r) for rig, r in zip(rigs, results) if r is not None and r.status == FAILED), None)
     if failed is None:

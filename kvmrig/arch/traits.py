@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvmrig.arch.arm64.debugregs import plan_watch
+from kvmrig.arch.x86_64.dr7 import split_watch
+
 
 @dataclass(frozen=True)
 class Traits:
@@ -27,12 +30,10 @@ class Traits:
 
 
 def _x86_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
-    from kvmrig.arch.x86_64.dr7 import split_watch
     return list(split_watch(addr, length, max_len))
 
 
 def _arm64_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
-    from kvmrig.arch.arm64.debugregs import plan_watch
     return [(p.start, p.length) for p in plan_watch(addr, length, "access")]
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmrig.arch.arm64 import boot as arm
+from kvmrig.arch.x86_64 import boot as x86
 from kvmrig.errors import RigError
+from kvmrig.machine.devicetree import plan_dtb
 
 PAGE = 0x1000
 
@@ -61,8 +64,6 @@ def _state(plan, make, *args):
 
 
 def _x86(plan) -> BootPlan:
-    from kvmrig.arch.x86_64 import boot as x86
-
     rig = plan.rig
     mode = rig.cpu.mode if rig.cpu else "long"
     ranges = [(r.at, r.size) for r in rig.memory]  # (start, size), as paging expects
@@ -79,14 +80,11 @@ def _x86(plan) -> BootPlan:
 
 
 def _arm64(plan) -> BootPlan:
-    from kvmrig.arch.arm64 import boot as arm
-
     rig = plan.rig
     gic = arm.GicLayout(rig.gic.distributor, rig.gic.redistributor, rig.gic.irqs) if rig.gic else None
     writes: list[tuple[int, bytes]] = []
     dtb = None
     if rig.wants_dtb:
-        from kvmrig.machine.devicetree import plan_dtb
         writes, dtb = plan_dtb(plan)
     state = arm.initial_state(plan.entry, dtb, gic, rig.cpus)
     return BootPlan(state, plan.entry, writes)

@@ -11,11 +11,8 @@ import bisect
 import mmap
 from dataclasses import dataclass
 
+from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable from here
 from kvmrig.rig.model import Region
-
-
-class OutsideMemory(LookupError):
-    """An address range that no region backs."""
 
 
 @dataclass

@@ -4,8 +4,8 @@ ones run in the arm64 lane: rigs/arm64/smp-psci.yaml, kvm-unit-tests)."""
 
 from __future__ import annotations
 
-from kvmrig.backends import base
-from kvmrig.backends.base import Backend, Event
+from kvmrig.backends.base import Backend
+from kvmrig.backends.events import HwBreak, SystemEvent
 from kvmrig.machine.memory import Memory
 from kvmrig.machine.plan import prepare
 from kvmrig.machine.session import Session
@@ -28,8 +28,8 @@ class Scripted(Backend):
 
     name, arch = "scripted", "arm64"
 
-    def __init__(self, events: list[Event]):
-        self.events = list(events)
+    def __init__(self, events: list[tuple[int, object]]):
+        self.events = list(events)   # (vCPU, event)
         self.regs = {0: {"x5": 7, "pc": 0x40000004}, 1: {"x5": 9, "pc": 0x40000004}}
         self.current = 0
 
@@ -43,9 +43,11 @@ class Scripted(Backend):
     def get_regs(self):
         return dict(self.regs[self.current])
 
+    def current_cpu(self) -> int:
+        return self.current
+
     def run(self, deadline):
-        ev = self.events.pop(0)
-        self.current = ev.cpu
+        self.current, ev = self.events.pop(0)
         return ev
 
 
@@ -53,9 +55,8 @@ def test_hits_and_the_end_name_their_vcpu():
     rig = load_rig_text(RIG)
     plan = prepare(rig)
     assert plan.boot.state.cpus == 2 and plan.boot.state.dtb is not None  # SMP gets a device tree (cpu@0, cpu@1)
-    backend = Scripted([Event(base.DEBUG, pc=0x40000004, slot=0, addr=0x40000004, detail="hw", cpu=0),
-                        Event(base.DEBUG, pc=0x40000004, slot=0, addr=0x40000004, detail="hw", cpu=1),
-                        Event(base.SYSTEM, pc=0x40000008, detail="off", cpu=1)])
+    backend = Scripted([(0, HwBreak(0x40000004, 0)), (1, HwBreak(0x40000004, 0)),
+                        (1, SystemEvent(0x40000008, "off"))])
     memory = Memory(rig.memory)
     try:
         outcome = Session(plan, backend, memory).run()

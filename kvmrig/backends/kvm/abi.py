@@ -234,13 +234,6 @@ struct kvm_one_reg {
     uint64_t addr;
 };
 
-/* linux/kvm.h, KVM_GET_REG_LIST: n is the capacity in, the count out
-   (E2BIG, with n set, when the array is too small). */
-struct kvm_reg_list {
-    uint64_t n;
-    uint64_t reg[];
-};
-
 /* linux/kvm.h, KVM_CREATE_DEVICE (VM fd; KVM_CAP_DEVICE_CTRL): type is a
    KVM_DEV_TYPE_*, fd comes back (the device's own fd for the attr ioctls);
    flags KVM_CREATE_DEVICE_TEST only asks whether the type exists. */
@@ -413,7 +406,6 @@ def ioctl_table(arch: str) -> dict[str, int]:
         # the id and a pointer; the value travels through the pointer.
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
-        "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64)
         "KVM_IRQ_LINE":                 IOW(0x61, "struct kvm_irq_level"),       # VM; KVM_CAP_IRQCHIP (in-kernel GIC)
         "KVM_CREATE_DEVICE":            IOWR(0xE0, "struct kvm_create_device"),  # VM; KVM_CAP_DEVICE_CTRL
         "KVM_SET_DEVICE_ATTR":          IOW(0xE1, "struct kvm_device_attr"),     # device or vcpu
@@ -455,7 +447,6 @@ KVM_RUN = IOCTLS["KVM_RUN"]
 KVM_SET_GUEST_DEBUG = IOCTLS["KVM_SET_GUEST_DEBUG"]
 KVM_GET_ONE_REG = IOCTLS["KVM_GET_ONE_REG"]
 KVM_SET_ONE_REG = IOCTLS["KVM_SET_ONE_REG"]
-KVM_GET_REG_LIST = IOCTLS["KVM_GET_REG_LIST"]
 KVM_IRQ_LINE = IOCTLS["KVM_IRQ_LINE"]
 KVM_CREATE_DEVICE = IOCTLS["KVM_CREATE_DEVICE"]
 KVM_SET_DEVICE_ATTR = IOCTLS["KVM_SET_DEVICE_ATTR"]

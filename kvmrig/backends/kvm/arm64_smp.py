@@ -36,8 +36,8 @@ import time
 from collections.abc import Collection
 
 from kvmrig.arch.arm64.boot import Arm64State
-from kvmrig.backends import base
-from kvmrig.backends.base import Event, HwSlot
+from kvmrig.backends.base import HwSlot
+from kvmrig.backends.events import DebugEvent, Event, Timeout
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.arm64 import KvmArm64Backend
 from kvmrig.errors import BackendError
@@ -105,15 +105,17 @@ class KvmArm64SmpBackend(KvmArm64Backend):
             if self._slice_end is None:
                 self._slice_end = min(deadline, time.monotonic() + SLICE)
             ev = (KvmArm64Backend.run(self, self._slice_end) if cpu is self else cpu.run(self._slice_end))
-            if ev.kind != base.TIMEOUT:
-                ev.cpu = cpu.index
-                return ev
+            if type(ev) is not Timeout:
+                return ev                 # current_cpu() names its vCPU
             cpu._disarm_timer()           # the slice is over
             self._slice_end = None
             if time.monotonic() >= deadline:
                 self._current = self
-                return Event(base.TIMEOUT, pc=self.get_pc(), detail="", cpu=0)
+                return Timeout(self.get_pc())
             self._turn = (self._turn + 1) % n
+
+    def current_cpu(self) -> int:
+        return self._current.index
 
     # The machine's calls go to the vCPU of the last event -------------------
     def _cpu(self) -> KvmArm64Backend | None:
@@ -135,7 +137,7 @@ class KvmArm64SmpBackend(KvmArm64Backend):
         cpu = self._cpu()
         return cpu.complete_read(data) if cpu else super().complete_read(data)
 
-    def reinject(self, event: Event) -> None:
+    def reinject(self, event: DebugEvent) -> None:
         cpu = self._cpu()
         return cpu.reinject(event) if cpu else super().reinject(event)
 
