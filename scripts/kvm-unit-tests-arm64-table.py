@@ -10,7 +10,7 @@ real arm64 KVM (the JSON results of `kvmrig run --in-vm arm64`), side by side.
 
 QEMU runs one test at a time with the section's smp ($MAX_SMP = 2), -m and
 -machine options, its test_args as -append, and the section's timeout (90 s
-by default); its verdict is the `EXIT: STATUS=N` the suite prints.
+by default, at most --timeout-cap); its verdict is the `EXIT: STATUS=N` the suite prints.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def verdict(console: str) -> str:
     return f"{VERDICT.get(status, 'FAIL')} ({status})" + (f", {summary[-1]}" if summary else "")
 
 
-def run_qemu(sec, flats: Path, max_smp: int) -> tuple[str, float]:
+def run_qemu(sec, flats: Path, max_smp: int, cap: float) -> tuple[str, float]:
     machine = "virt,gic-version=3"
     words = shlex.split(sec.get("qemu_params", ""))
     extra: list[str] = []
@@ -50,7 +50,7 @@ def run_qemu(sec, flats: Path, max_smp: int) -> tuple[str, float]:
     if "-m" not in extra:
         extra += ["-m", "256"]
     args = sec.get("test_args", "").strip().strip("'\"")
-    timeout = float(re.sub(r"s$", "", sec.get("timeout", "").strip()) or DEFAULT_TIMEOUT)
+    timeout = min(cap, float(re.sub(r"s$", "", sec.get("timeout", "").strip()) or DEFAULT_TIMEOUT))
     cmd = ["qemu-system-aarch64", "-nodefaults", "-machine", machine, "-accel", "tcg", "-cpu", "max",
            "-smp", str(max_smp_expr(sec.get("smp", "1"), max_smp)), *extra, "-display", "none",
            "-serial", "stdio", "-no-reboot", "-kernel", str(flats / sec["file"])]
@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("flats", type=Path)
     p.add_argument("kvmrig_json", type=Path)
     p.add_argument("--max-smp", type=int, default=2)
+    p.add_argument("--timeout-cap", type=float, default=45.0, help="at most this many seconds per QEMU run")
     a = p.parse_args()
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(a.cfg)
@@ -82,7 +83,7 @@ def main() -> None:
         sec = cfg[name]
         if sec.get("arch", "arm64") != "arm64":
             continue
-        q, qt = run_qemu(sec, a.flats, a.max_smp)
+        q, qt = run_qemu(sec, a.flats, a.max_smp, a.timeout_cap)
         r = results.get(name)
         if r is None:
             k, kt = "not run", ""
