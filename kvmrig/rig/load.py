@@ -160,6 +160,8 @@ class _Builder:
         n = self.uint(("cpus",), self.data["cpus"])
         if n < 1:
             self.fail(("cpus",), "a machine needs at least 1 vCPU")
+        if self.arch != "arm64" and n > 1:
+            self.fail(("cpus",), f"more than one vCPU is arm64-only in this kvmrig ({self.arch} rigs run one)")
         if self.arch == "arm64" and n > virt.GIC_MAX_CPUS:
             self.fail(("cpus",), f"{n} vCPUs: an arm64 KVM VM with a GICv3 has at most {virt.GIC_MAX_CPUS}")
         return n

@@ -78,6 +78,7 @@ def test_x86_has_no_gic_or_dtb():
     x86 = "kvmrig: 1\narch: x86_64\n"
     assert error(x86 + "gic: {}\n").startswith("r.yaml:3:1: gic: gic is an arm64 interrupt controller")
     assert error(x86 + "dtb: {at: 0}\n").startswith("r.yaml:3:1: dtb: dtb (a device tree in x0) is for arm64")
+    assert error(x86 + "cpus: 2\n").startswith("r.yaml:3:7: cpus: more than one vCPU is arm64-only")
 
 
 def test_a_linux_image_needs_no_at_and_is_detected_by_its_magic(tmp_path: Path):
