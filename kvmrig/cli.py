@@ -22,7 +22,8 @@ rig files:
   Folders given as PATHS expand to the rig files (*.yaml starting with `kvmrig:`) below them.
 
 exit status (run):
-  0 all rigs passed or were skipped, 1 some rig failed, 2 usage or rig file errors only.
+  0 all rigs passed or were skipped, 1 some rig failed (or, with --strict, was skipped),
+  2 usage or rig file errors only.
 
 examples:
   kvmrig run rigs/                 run every example rig, JUnit to reports/junit.xml
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", action="append", default=[], metavar="T",
                      help="only rigs with this tag (repeatable: any of them)")
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop after the first failure or error")
+    run.add_argument("--strict", action="store_true",
+                     help="skipped rigs count as failures (exit 1): for CI, where a rig that cannot run "
+                          "(no /dev/kvm, no emulator) must not pass unnoticed")
     run.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
                      help="where rigs run: kvm, emu (the unicorn emulator), or auto (default): KVM where "
                           "/dev/kvm can run the rig's arch, else the emulator. A rig's `backend:` pin "
@@ -72,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
     run.add_argument("--rerun-failed", action="store_true",
                      help="run only the rigs that failed or errored last time (recorded in "
-                          "reports/last-failed.json; all of them when none is recorded)")
+                          ".kvmrig_cache/last-failed.json at the project root, or $KVMRIG_CACHE_DIR; "
+                          "all of them when none is recorded)")
     run.add_argument("--update-golden", action="store_true",
                      help="write or refresh the golden snapshot files of rigs with expect.golden, "
                           "printing what changed, instead of comparing with them")
@@ -96,7 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list rigs: name, arch, tags, file")
     lst.add_argument("paths", nargs="+", metavar="PATH")
 
-    sub.add_parser("schema", help="print the rig file JSON Schema")
+    sch = sub.add_parser("schema", help="print the rig file JSON Schema (or write it with -o)",
+                         description="The rig file JSON Schema, for editors: write it into the project "
+                                     "(kvmrig schema -o rig.schema.json) and point the YAML language "
+                                     "server's modeline at it.")
+    sch.add_argument("-o", "--output", metavar="FILE", help="write the schema to FILE instead of printing it")
+    sch.add_argument("--results", action="store_true", help="the JSON results schema (--json) instead")
 
     mrg = sub.add_parser("merge", help="merge JUnit XML or JSON results of several runs (shards) into one",
                          description="Merge JUnit XML files (OUT.xml) or JSON results (OUT.json): suites of "
@@ -127,7 +137,7 @@ def _collect(paths: list[str], rerun_failed: bool = False):
     if rerun_failed:
         from kvmrig import lastfailed
         files = [f for f in files if f in explicit or is_rig_file(f)]
-        files, narrowed = lastfailed.select(files)
+        files, narrowed = lastfailed.select(files, lastfailed.record_for(paths))
         print(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
               else "rerun-failed: no failures recorded for these rigs: running all")
     return load_all(files, explicit)
@@ -180,15 +190,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         results, interrupted = run_rigs(rigs, args.jobs, executor, on_result=term.result, exitfirst=args.exitfirst)
     final: list[RigResult] = list(errors)
+    not_run = 0
     for rig, result in zip(rigs, results):
-        final.append(result or result_for(rig, SKIPPED, message="not run (interrupted)" if interrupted
-                                           else "not run (--exitfirst)"))
-    term.summary(final, time.monotonic() - started, interrupted)
+        if result is None and not interrupted:
+            not_run += 1   # -x: left out of the reports, as pytest leaves out the tests it did not run
+            continue
+        final.append(result or result_for(rig, SKIPPED, message="not run (interrupted)"))
+    term.summary(final, time.monotonic() - started, interrupted,
+                 f"{not_run} not run (--exitfirst)" if not_run else "")
     unwritten = False
     if not interrupted:
         try:
             from kvmrig import lastfailed
-            lastfailed.update(final)
+            lastfailed.update(final, lastfailed.record_for(args.paths))
         except OSError as e:
             print(f"kvmrig: warning: cannot record the failed rigs for --rerun-failed: {e}", file=sys.stderr)
     for flag, target, write in (("--junit", args.junit, lambda: write_junit(args.junit, final)),
@@ -203,6 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.gdb_on_fail:
         _gdb_on_fail(args.gdb_on_fail, rigs, results)
     if any(r.status == FAILED for r in final):
+        return 1
+    skipped = sum(r.status == SKIPPED for r in final)
+    if args.strict and skipped:
+        print(f"kvmrig: --strict: {skipped} skipped rig(s) count as failures", file=sys.stderr)
         return 1
     if interrupted or unwritten or any(r.status == ERROR for r in final):
         return 2
@@ -221,7 +239,8 @@ def _run_in_vm(args: argparse.Namespace) -> int:
 
     clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
                                    ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),
-                                   ("--backend emu", args.backend == "emu")) if on]
+                                   ("--backend emu", args.backend == "emu"),
+                                   ("--strict", args.strict)) if on]
     if clash:
         return _usage(f"--in-vm cannot be combined with {', '.join(clash)}")
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -268,10 +287,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from kvmrig.rig.schema import load_schema
+    from importlib import resources
 
-    json.dump(load_schema(), sys.stdout, indent=2)
-    print()
+    name = "results.schema.json" if args.results else "rig.schema.json"
+    text = (resources.files("kvmrig") / "schemas" / name).read_text(encoding="utf-8")
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    from kvmrig.atomic import write_atomic
+    try:
+        write_atomic(args.output, text, prefix=".schema-")
+    except OSError as e:
+        return _usage(f"cannot write {args.output}: {e.strerror or e}")
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -79,6 +79,12 @@ class Backend(ABC):
         """The program counter (cheaper than get_regs where a backend can)."""
         return self.get_regs()[traits(self.arch).pc]
 
+    def get_extra_regs(self) -> dict[str, int]:
+        """Registers only a debugger shows (x86: fs_base, gs_base, the x87 and
+        SSE registers, named as gdb names them): read on demand, read-only,
+        never on a rig's hot path. Default: none."""
+        return {}
+
     def set_irq_line(self, intid: int, level: bool) -> None:
         """Drive a device's interrupt line (arm64: a GIC SPI by INTID) to `level`."""
         raise BackendError(f"the {self.name} backend has no interrupt controller (INTID {intid})")

@@ -215,7 +215,16 @@ class Session:
             else:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
         if outcome.failures:
-            outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail))
+            at_hit = next((h for h in outcome.hits if h.report), None)
+            at_hits = {id(f) for h in outcome.hits for f in h.failures}
+            at_end = at_hit is None or any(id(f) not in at_hits for f in outcome.failures)
+            if at_hit is not None:
+                outcome.report = [f"at {at_hit.point}, hit {at_hit.number}:", *at_hit.report]
+            if at_end:
+                if at_hit is not None:
+                    outcome.report.append("where the run ended:")
+                outcome.report += stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read,
+                                              list(self.tail), self.plan.symbols)
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
             if extra:
                 outcome.report.append(extra)
@@ -419,6 +428,9 @@ class Session:
                 self.outcome.failures.extend(hit.failures)
                 hit.regs = {c.name: v for c in spec.expect.regs
                             if (v := reg_value(self.rig.arch, regs, c.name)) is not None}
+                if hit.failures and not any(h.report for h in self.outcome.hits):
+                    # the first failing hit: the state there, not only where the run ended
+                    hit.report = stop_report(self.rig.arch, regs, pc, self.patches.view, [], self.plan.symbols)
             if spec.set is not None:
                 if spec.set.regs:
                     before = self.backend.get_pc()

@@ -121,37 +121,55 @@ class _Builder:
         d = self.data
         if d["kvmrig"] != 1:  # the schema says so too; kept for callers that skip it
             self.fail(("kvmrig",), f"unsupported rig format version {d['kvmrig']!r}: this kvmrig reads 1")
-        timeout = m.DEFAULT_TIMEOUT
-        if "timeout" in d:
-            timeout = self.parse(parse_duration, ("timeout",), d["timeout"])
-            if timeout <= 0:
+        # Each part is checked even when one before it failed, so that one run
+        # shows every error of the file (RigError.more), not only the first.
+        errors: list[RigError] = []
+
+        def part(check: Callable[[], T], default: T) -> T:
+            try:
+                return check()
+            except RigError as e:
+                errors.append(e)
+                return default
+
+        def timeout() -> float:
+            value = self.parse(parse_duration, ("timeout",), d["timeout"])
+            if value <= 0:
                 self.fail(("timeout",), "must be more than 0 seconds")
-        memory = self.memory()
-        cpus = self.cpus()
-        gic = self.gic(memory, cpus)
-        images = self.images()
+            return value
+
+        memory = part(self.memory, ())
+        cpus = part(self.cpus, 1)
+        gic = part(lambda: self.gic(memory, cpus), None)
+        fields = dict(
+            timeout=part(timeout, m.DEFAULT_TIMEOUT) if "timeout" in d else m.DEFAULT_TIMEOUT,
+            trace_max=part(lambda: self.uint(("trace", "max"), d["trace"]["max"]), 0) if "trace" in d else 0,
+            images=part(self.images, ()),
+            devices=part(lambda: self.devices(memory, gic), ()),
+            cpu=part(self.cpu, None),
+            breakpoints=tuple(part(lambda i=i, b=b: self.breakpoint(i, b), None)
+                              for i, b in enumerate(d.get("breakpoints", []))),
+            watchpoints=tuple(part(lambda i=i, w=w: self.watchpoint(i, w), None)
+                              for i, w in enumerate(d.get("watchpoints", []))),
+            expect=part(lambda: self.expect(d.get("expect", {})), None),
+            dtb=part(self.dtb, None),
+        )
+        if errors:
+            raise RigError.of(errors) from None
         return m.Rig(
             path=self.path,
             name=d.get("name") or self.path.stem,
             arch=self.arch,
             description=d.get("description", ""),
             tags=tuple(d.get("tags", ())),
-            timeout=timeout,
             backend=d.get("backend", "any"),
-            trace_max=self.uint(("trace", "max"), d["trace"]["max"]) if "trace" in d else 0,
             memory=memory,
-            images=images,
-            devices=self.devices(memory, gic),
-            cpu=self.cpu(),
-            breakpoints=tuple(self.breakpoint(i, b) for i, b in enumerate(d.get("breakpoints", []))),
-            watchpoints=tuple(self.watchpoint(i, w) for i, w in enumerate(d.get("watchpoints", []))),
-            expect=self.expect(d.get("expect", {})),
             unclaimed_io=d.get("io", {}).get("unclaimed", "record"),
             mark=self.mark(()),
             cpus=cpus,
             cpus_mark=self.mark(("cpus",)) if "cpus" in d else None,
             gic=gic,
-            dtb=self.dtb(),
+            **fields,
         )
 
     def cpus(self) -> int:
@@ -389,12 +407,17 @@ class _Builder:
 
     # -- registers and memory -------------------------------------------
 
-    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int, Mark], ...]:
+    def reg_value(self, p: JsonPath, value: Any, width: int, name: str) -> int | m.Address:
+        """A register's value: a number that fits it, or `sym:` (resolved by the machine layer)."""
+        if isinstance(value, str) and value.startswith("sym:"):
+            return self.address(p, value)
+        return self.fit(self.parse(parse_int, p, value), width, p, name)
+
+    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int | m.Address, Mark], ...]:
         out = []
         for name, value in raw.items():
             field = self.register(p + (name,), name)
-            n = self.fit(self.parse(parse_int, p + (name,), value), field.width, p + (name,), name)
-            out.append((name.lower(), n, self.mark(p + (name,))))
+            out.append((name.lower(), self.reg_value(p + (name,), value, field.width, name), self.mark(p + (name,))))
         return tuple(out)
 
     def reg_checks(self, p: JsonPath, raw: dict[str, Any]) -> tuple[m.RegCheck, ...]:
@@ -412,7 +435,7 @@ class _Builder:
                 mask = self.fit(self.uint(q + ("mask",), spec["mask"]), width, q + ("mask",), "mask")
                 value = self.fit(self.parse(parse_int, q + ("value",), spec["value"]), width, q + ("value",), name)
             else:
-                value = self.fit(self.parse(parse_int, q, spec), width, q, name)
+                value = self.reg_value(q, spec, width, name)
             out.append(m.RegCheck(name.lower(), value, mask, lo, hi, self.mark(q)))
         return tuple(out)
 

@@ -110,7 +110,7 @@ class RegCheck:
     """One expected register: exact value, masked value, or inclusive range."""
 
     name: str
-    value: int | None
+    value: int | None   # an Address (`sym:`) until machine.plan resolves it
     mask: int | None
     lo: int | None
     hi: int | None
@@ -155,7 +155,7 @@ class StateCheck:
 class StateSet:
     """State changed at a hit (fault injection)."""
 
-    regs: tuple[tuple[str, int, Mark], ...] = ()
+    regs: tuple[tuple[str, int, Mark], ...] = ()   # a value is an Address (`sym:`) until resolved
     memory: tuple[MemWrite, ...] = ()
 
 

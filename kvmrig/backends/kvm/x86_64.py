@@ -13,6 +13,14 @@ Debug strategies follow what this KVM really delivers (x86_probe):
 x86 has no read-only data breakpoint: `read` arms read-or-write and a hit that
 changed the watched bytes is dropped (a write storing the same value still
 counts as a read; page traps tell reads from writes exactly).
+
+Code on an unmapped (read-trapped) page cannot run: KVM cannot fetch from
+MMIO and stops with an emulation failure. Then the backend maps that page
+read-only and single-steps its instructions one at a time, learning what each
+reads from its decoding (arch/x86_64/access.py; writes still exit); once the
+code leaves the page, the page is unmapped again. So a watchpoint on .rodata
+beside .text means what it means on the emulator (README: "the semantics of a
+rig do not change").
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State
+from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
+from kvmrig.arch.x86_64.faults import explain_shutdown
+from kvmrig.arch.x86_64.fpu import gdb_registers
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends.base import HwSlot
-from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Step, SwBreak, WatchHit
+from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Shutdown, Step, SwBreak, WatchHit
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
 from kvmrig.backends.kvm.perprocess import PerProcess
@@ -73,6 +84,10 @@ class KvmX86Backend(KvmBackendBase):
         self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
         self._armed: tuple[int, list[int] | None] = (0, None)  # what KVM_SET_GUEST_DEBUG holds now
         self._setup: tuple = ()                # (slots, sw addresses) of the last set_debug
+        self._trap_pages: dict[int, str] = {}  # the page traps set_debug chose
+        self._exec_page: int | None = None     # a trapped page mapped read-only to step its code
+        self._exec_reads: list[Event] = []     # the watch hits of the instruction being stepped there
+        self._exec_hlt = False                 # its next instruction is HLT: run it unstepped
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -121,6 +136,14 @@ class KvmX86Backend(KvmBackendBase):
 
     def get_pc(self) -> int:
         return self.vcpu.get_regs().rip
+
+    def get_extra_regs(self) -> dict[str, int]:
+        s = self.vcpu.get_sregs()
+        f = self.vcpu.get_fpu()
+        out = gdb_registers([bytes(f.fpr[i]) for i in range(8)], f.fcw, f.fsw, f.ftwx, f.last_opcode,
+                            f.last_ip, f.last_dp, [bytes(f.xmm[i]) for i in range(16)], f.mxcsr)
+        out.update(fs_base=s.fs.base, gs_base=s.gs.base)
+        return out
 
     def set_regs(self, regs: dict[str, int]) -> None:
         self._regs_set = True
@@ -190,6 +213,11 @@ class KvmX86Backend(KvmBackendBase):
                 elif pages.get(page) != "absent":
                     pages[page] = mode
         self._soft = soft
+        self._trap_pages = dict(pages)
+        if self._exec_page is not None and pages.get(self._exec_page) == "absent":
+            pages[self._exec_page] = "ro"   # still stepping the code there
+        else:
+            self._exec_page = None
         self.set_traps(pages)
         self._debug_cache = {}
         self._apply()
@@ -199,7 +227,7 @@ class KvmX86Backend(KvmBackendBase):
 
         A breakpoint hit switches between a few settings many times: each is
         computed once per set_debug() and kept."""
-        key = (skip, step or self._user_step)
+        key = (skip, step or self._user_step or (self._exec_page is not None and not self._exec_hlt))
         cached = self._debug_cache.get(key)
         if cached is None:
             kinds = [None if n == skip else ("access" if k == "read" else k, self._dr_len[n])
@@ -253,9 +281,11 @@ class KvmX86Backend(KvmBackendBase):
         return ForeignDebug(pc, code=exception)
 
     def _stepping(self) -> bool:
-        return self._user_step or self._resume is not None
+        return self._user_step or self._resume is not None or self._exec_page is not None
 
     def _step_done(self, pc: int) -> Event | None:
+        if self._exec_page is not None:
+            self._exec_stepped(pc)
         if self._resume is not None:  # the step past a hardware breakpoint: re-arm it
             self._resume = None
             self._apply()
@@ -292,9 +322,57 @@ class KvmX86Backend(KvmBackendBase):
             return None
         return WatchHit(0, addr, slots, size, write)
 
+    # Code on a read-trapped page ------------------------------------------------
+    def _exec_enter(self, pc: int) -> None:
+        """The guest runs code on an unmapped (read-trapped) page: map it read-only
+        and step its instructions, starting with the one at `pc`."""
+        self._exec_page = pc & ~(PAGE - 1)
+        self.set_traps({**self._trap_pages, self._exec_page: "ro"})
+        self._exec_next(pc)
+
+    def _exec_next(self, pc: int) -> None:
+        """Before the instruction at `pc` (on the exec page) runs: its reads of watched bytes."""
+        code = self.peek(pc, 15) or self.peek(pc, PAGE - (pc & (PAGE - 1))) or b""
+        self._exec_hlt = code[:1] == HLT   # stepping HLT swallows it on some KVMs: run it unstepped
+        r, s = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        regs = {name: getattr(r, name) for name in _REG_FIELDS}
+        regs.update(fs_base=s.fs.base, gs_base=s.gs.base)
+        _size, found = accesses(code, pc, regs, mode_of(s.cr0, s.efer, s.cs.l, s.cs.db))
+        self._exec_reads = [hit for a in found if a.kind & READ and not a.kind & WRITE  # writes still exit
+                            if (hit := self._watch_access(a.addr, a.size, False)) is not None]
+        self._apply()
+
+    def _exec_stepped(self, pc: int) -> None:
+        """An instruction on the exec page ran: report its reads, then step the
+        next one there, or unmap the page again once the code has left it."""
+        self._owe_hits.extend(self._exec_reads)   # reported with the state after the access
+        self._exec_reads = []
+        if pc & ~(PAGE - 1) == self._exec_page:
+            self._exec_next(pc)
+            return
+        self._exec_page, self._exec_hlt = None, False
+        self.set_traps(self._trap_pages)
+        self._apply()
+
+    def _other_exit(self, reason: int, rs) -> Event | None:
+        if (reason == abi.KVM_EXIT_INTERNAL_ERROR and rs.internal.suberror == abi.KVM_INTERNAL_ERROR_EMULATION
+                and self._traps.get(self._pc_now() & ~(PAGE - 1)) == "absent"):
+            self._exec_enter(self._pc_now())
+            return None   # run on: the page is mapped and stepped now
+        if reason != abi.KVM_EXIT_SHUTDOWN:
+            return super()._other_exit(reason, rs)
+        # KVM does not say which exception failed: read it from the code and the IDT.
+        s = self.vcpu.get_sregs()
+        pc = self._pc_now()
+        detail = explain_shutdown(pc, self.peek, s.idt.base, s.idt.limit, s.cr0, s.efer)
+        return Shutdown(pc, detail)
+
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()
         pc -= 1  # HLT exits with rip past the 1-byte instruction
+        if self._exec_hlt:   # the HLT the exec page ran unstepped: step again from what follows
+            self._exec_hlt = False
+            self._apply()
         if pc in self._sw_addrs and not self._sw_int3:
             r.rip -= 1  # a planted HLT: the breakpoint, with rip back on it
             self.vcpu.set_regs(r)
