@@ -15,9 +15,7 @@ from kvmrig.result import PASSED, SKIPPED
 from kvmrig.runner import run_rig
 
 RIGS = Path(__file__).resolve().parent.parent / "rigs"
-# rigs/linux boots a kernel that is fetched, not committed (rigs/linux/fetch-kernel.py):
-# tests/backends/kvm/test_arm64_linux.py fetches it and runs that rig on real arm64 KVM.
-FILES = [p for p in expand([str(RIGS)]) if is_rig_file(p) and "linux" not in p.relative_to(RIGS).parts]
+FILES = [p for p in expand([str(RIGS)]) if is_rig_file(p)]
 
 
 def test_there_are_examples_for_both_arches():

@@ -1,6 +1,6 @@
 """With `cpus: N`, the run names the vCPU of every hit, failed hit check and
 system event (a scripted backend stands in for KVM's vCPUs here; the real
-ones run in the arm64 lane: rigs/arm64/smp-psci.yaml, kvm-unit-tests)."""
+ones run in the arm64 lane: rigs-kvm/arm64/smp-psci.yaml, kvm-unit-tests)."""
 
 from __future__ import annotations
 

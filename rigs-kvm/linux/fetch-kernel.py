@@ -2,7 +2,7 @@
 kvmrig's cache; built there on first use) at build/Image for
 debian-arm64.yaml. It is an uncompressed arm64 Image (header magic ARM\\x64).
 
-    python3 rigs/linux/fetch-kernel.py
+    python3 rigs-kvm/linux/fetch-kernel.py
 """
 
 import shutil
