@@ -4,7 +4,8 @@
 
 GROUPS: ops (lifecycle, per-exit rows, C vs kvmrig in-process), cli (start-up),
 suite + qemu (`kvmrig run` on 1/100/1000 rigs against QEMU per test and the
-C floor), rss (peak memory), emu (the emulator backend).
+C floor), rss (peak memory), emu (the emulator backend), coverage (the C
+example suite with and without coverage, on KVM and on the emulator).
 
 Prints a table and writes reports/bench.json:
     {"machine": {...}, "params": {...}, "rows": [{"name", "unit", "limit", "kvmrig",
@@ -70,12 +71,13 @@ class Params:
     qemu_j2_batch: int
     n_rss: int
     rounds: int
+    n_coverage: int = 9
 
 
 QUICK = Params(k=1000, n_op=9, n_lifecycle=30, n_suite_1000=3, n_suite_100=5, n_suite_1=7,
-               n_version=11, n_qemu=7, qemu_j2_batch=20, n_rss=1, rounds=3)
+               n_version=11, n_qemu=7, qemu_j2_batch=20, n_rss=1, rounds=3, n_coverage=9)
 FULL = Params(k=3000, n_op=25, n_lifecycle=100, n_suite_1000=7, n_suite_100=11, n_suite_1=15,
-              n_version=31, n_qemu=21, qemu_j2_batch=60, n_rss=3, rounds=5)
+              n_version=31, n_qemu=21, qemu_j2_batch=60, n_rss=3, rounds=5, n_coverage=31)
 
 
 @dataclass
@@ -551,6 +553,41 @@ def emu_rows(p: Params, tmp: Path, qemu_tcg_ms: float | None, kvm_rows: list[Row
     return rows
 
 
+# Coverage --------------------------------------------------------------------------
+
+COVERAGE_TARGETS = {"kvm": 3.0, "emu": 1.5}   # issue 16: with / without coverage, at most
+
+
+def coverage_rows(p: Params) -> list[Row]:
+    """The C example suite (rigs/x86/cov-*.yaml) in-process, with coverage
+    against without (bench/coverage_side.py), on each backend."""
+    rows = []
+    for backend in ("emu", "kvm"):
+        name = f"coverage_overhead_{backend}"
+        log(name)
+        proc = subprocess.run([PY, str(HERE / "coverage_side.py"), backend, str(p.n_coverage)],
+                              capture_output=True, text=True, timeout=900, env=ENV or None)
+        if proc.returncode != 0:
+            rows.append(Row(name, "ms", None, None, 0, f"failed here: {(proc.stdout + proc.stderr)[-300:]}"))
+            continue
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        plain, cov = median(got["plain_ns"]) / 1e6, median(got["coverage_ns"]) / 1e6
+        target = COVERAGE_TARGETS[backend]
+        how = ("block hooks (unicorn UC_HOOK_BLOCK)" if backend == "emu" else
+               "one-shot breakpoints (planted HLT on kvm_pvm) at every line-table row and jump target, "
+               "lifted at their first hit")
+        rows.append(Row(name, "ms", plain, cov, len(got["coverage_ns"]),
+                        f"the {got['rigs']} C example rigs (rigs/x86/cov-*.yaml) on {backend}, one suite "
+                        f"in-process: limit = without coverage (and without their executed/not_executed), "
+                        f"kvmrig = with coverage by {how}; exits {got['exits_plain']} -> {got['exits_coverage']}",
+                        target=f"<= {target:g}x", met=(cov / plain <= target) if plain else None,
+                        detail={"cold_first_suite_ms": _round(got["cold_coverage_ns"] / 1e6),
+                                "min_plain_ms": _round(min(got["plain_ns"]) / 1e6),
+                                "min_coverage_ms": _round(min(got["coverage_ns"]) / 1e6),
+                                "exits_plain": got["exits_plain"], "exits_coverage": got["exits_coverage"]}))
+    return rows
+
+
 # Peak memory ---------------------------------------------------------------------
 
 def _descendants(pid: int) -> list[int]:
@@ -699,10 +736,10 @@ class LoadWatch:
         self.samples.append(os.getloadavg()[0])
 
 
-GROUPS = ("ops", "cli", "suite", "qemu", "rss", "emu")
+GROUPS = ("ops", "cli", "suite", "qemu", "rss", "emu", "coverage")
 # The smallest run that still makes every selected row (tests/test_bench_smoke.py).
 TINY = Params(k=3, n_op=1, n_lifecycle=1, n_suite_1000=1, n_suite_100=1, n_suite_1=1,
-              n_version=1, n_qemu=1, qemu_j2_batch=2, n_rss=1, rounds=1)
+              n_version=1, n_qemu=1, qemu_j2_batch=2, n_rss=1, rounds=1, n_coverage=1)
 
 
 def bench(p: Params, groups: set[str], out: Path, quick: bool = False) -> dict:
@@ -740,6 +777,8 @@ def bench(p: Params, groups: set[str], out: Path, quick: bool = False) -> dict:
         if "emu" in groups:
             tcg = [r.limit for r in qrows if r.name.startswith("qemu_tcg") and r.limit]
             rows += emu_rows(p, tmp, min(tcg) if tcg else None, rows)
+        if "coverage" in groups:
+            rows += coverage_rows(p)
     machine["loadavg_1min"] = {"min": min(load.samples), "median": median(load.samples), "max": max(load.samples)}
     report = {"machine": machine, "params": {"quick": quick, **p.__dict__},
               "seconds": round(time.monotonic() - started, 1), "rows": [r.as_json() for r in rows]}

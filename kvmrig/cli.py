@@ -34,6 +34,8 @@ examples:
   kvmrig run --cross-check rigs/x86   run on KVM and the emulator and compare the two
   kvmrig run --shard 2/4 --junit j2.xml --json r2.json rigs/   the 2nd quarter (CI: docs/ci.md)
   kvmrig merge junit.xml j1.xml j2.xml j3.xml j4.xml           one report from the shards'
+  kvmrig run --coverage --coverage-root rigs rigs/x86   coverage to reports/coverage/coverage.info
+  genhtml -o reports/coverage/html reports/coverage/coverage.info   ... as HTML (Debian package lcov)
 """
 
 
@@ -91,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
                           "(arm64: qemu-system-aarch64, set up by scripts/setup-arm64-lane.sh); "
                           "lines, reports and exit status come back as if run here")
     run.add_argument("--json", metavar="FILE", help="write JSON results, one record per rig, to FILE")
+    run.add_argument("--coverage", nargs="?", const="reports/coverage", metavar="DIR",
+                     help="record which guest code ran and write DIR/coverage.info (lcov) and DIR/coverage.xml "
+                          "(Cobertura) (default DIR: %(const)s); source lines from the ELF images' DWARF")
+    run.add_argument("--coverage-root", action="append", default=[], metavar="DIR|OLD=NEW",
+                     help="remap source paths in the coverage reports: DIR goes before relative paths, "
+                          "OLD=NEW replaces a leading OLD (repeatable; the first that applies wins)")
     run.add_argument("--gdb-on-fail", metavar="[HOST]:PORT",
                      help="after the run, run the first rig that failed again in this process, to its end, "
                           "and serve its final state to gdb on [HOST]:PORT (see `kvmrig debug`)")
@@ -108,9 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     sch.add_argument("-o", "--output", metavar="FILE", help="write the schema to FILE instead of printing it")
     sch.add_argument("--results", action="store_true", help="the JSON results schema (--json) instead")
 
-    mrg = sub.add_parser("merge", help="merge JUnit XML or JSON results of several runs (shards) into one",
+    mrg = sub.add_parser("merge", help="merge JUnit XML, JSON results or lcov coverage of several runs into one",
                          description="Merge JUnit XML files (OUT.xml) or JSON results (OUT.json): suites of "
-                                     "the same name become one, every count is recounted.")
+                                     "the same name become one, every count is recounted; or lcov coverage "
+                                     "(OUT.info, from run --coverage): line and function counts add up.")
     mrg.add_argument("out", metavar="OUT", help="the merged report: .xml (JUnit) or .json (JSON results)")
     mrg.add_argument("inputs", nargs="+", metavar="IN", help="reports of the same kind to merge")
     dbg = sub.add_parser("debug", help="run one rig under gdb: stopped at its entry, served over TCP",
@@ -159,6 +168,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_in_vm(args)
     if args.cross_check and args.backend != "auto":
         return _usage("--cross-check runs both backends: it cannot be combined with --backend")
+    if args.coverage and args.cross_check:
+        return _usage("--coverage records one backend's runs: run --backend kvm and --backend emu with "
+                      "--coverage and merge the two coverage.info files with `kvmrig merge`")
     started = time.monotonic()
     rigs, errors = _collect(args.paths, args.rerun_failed)
     if args.keyword:
@@ -184,7 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cross_check:
         executor = functools.partial(cross_check, update_golden=args.update_golden)
     else:
-        executor = functools.partial(run_rig, backend=args.backend, update_golden=args.update_golden)
+        executor = functools.partial(run_rig, backend=args.backend, update_golden=args.update_golden,
+                                     coverage=bool(args.coverage))
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         results, interrupted = [None] * len(rigs), False
     else:
@@ -214,6 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"kvmrig: error: cannot write the report {flag} {target}: {e.strerror or e}", file=sys.stderr)
             unwritten = True
+    if args.coverage and not _write_coverage(args, rigs, final, verbosity):
+        unwritten = True
     if args.gdb_on_fail:
         _gdb_on_fail(args.gdb_on_fail, rigs, results)
     if any(r.status == FAILED for r in final):
@@ -225,6 +240,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if interrupted or unwritten or any(r.status == ERROR for r in final):
         return 2
     return 0
+
+
+def _write_coverage(args: argparse.Namespace, rigs, final, verbosity: int) -> bool:
+    """Print the coverage summary and write the reports; False if they could not be written."""
+    from kvmrig.coverage import output, report
+
+    cov = report.remapped(report.from_results(final, rigs), args.coverage_root)
+    output.summary(cov, sys.stdout, verbose=verbosity > 0)
+    try:
+        written = output.write(cov, args.coverage)
+    except OSError as e:
+        print(f"kvmrig: error: cannot write the coverage reports to {args.coverage}: {e.strerror or e}",
+              file=sys.stderr)
+        return False
+    print(f"coverage: {', '.join(str(p) for p in written)}")
+    return True
 
 
 def _write_json(path: str, final, started: float) -> None:

@@ -9,9 +9,12 @@
 - JSON results (OUT ends in .json): the rig records of every input in order,
   under a summary recounted from them (seconds: the sum of the inputs').
 
-Both are written atomically. A test case (classname and name) that appears
-in more than one input, or a file given twice, is refused (exit 2, naming
-both places): counting it twice would hide a mistake in the sharding.
+- lcov tracefiles (OUT ends in .info, from `kvmrig run --coverage`): the
+  counts of every line and function are added up (kvmrig.coverage.lcov).
+
+All are written atomically. A JUnit or JSON test case (classname and name)
+that appears in more than one input, or a file given twice, is refused (exit
+2, naming both places): counting it twice would hide a mistake in the sharding.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from kvmrig.atomic import write_atomic
+from kvmrig.coverage import lcov
 from kvmrig.errors import ResultsFileError, UsageError
 from kvmrig.report.json_report import document, read_results, write_document
 
@@ -186,18 +190,27 @@ def merge_json(inputs: list[str | Path]) -> dict:
 
 # Both ----------------------------------------------------------------------------
 
-KINDS = {".xml": "junit", ".json": "json"}
+KINDS = {".xml": "junit", ".json": "json", ".info": "lcov"}
+SUFFIX = {"junit": ".xml", "json": ".json", "lcov": ".info"}
 
 
 def merge_files(out: str | Path, inputs: list[str | Path]) -> str:
     """Merge `inputs` into `out` (the kind by the suffix, the same for all); returns a summary line."""
     kind = KINDS.get(Path(out).suffix.lower())
     if kind is None:
-        raise UsageError(f"{out}: the output must end in .xml (JUnit) or .json (JSON results)")
+        raise UsageError(f"{out}: the output must end in .xml (JUnit) or .json (JSON results), or .info (lcov coverage)")
     wrong = [str(p) for p in inputs if KINDS.get(Path(p).suffix.lower()) != kind]
     if wrong:
         raise UsageError(f"cannot merge {', '.join(wrong)} into {kind} output {out}: "
-                         f"inputs must all be {'.xml' if kind == 'junit' else '.json'} files")
+                         f"inputs must all be {SUFFIX[kind]} files")
+    if kind == "lcov":   # coverage of several runs (shards, rigs, both backends): counts add up
+        _same_files(inputs)
+        report = lcov.merge([Path(p) for p in inputs])
+        write_atomic(out, lcov.dumps(report), prefix=".merge-")
+        hit = sum(f.lines_hit for f in report.files.values())
+        total = sum(len(f.lines) for f in report.files.values())
+        return (f"merged {len(inputs)} file(s) into {out}: {len(report.files)} source files, "
+                f"{hit} of {total} lines executed")
     if kind == "junit":
         root = merge_junit(inputs)
         write_junit_tree(out, root)

@@ -29,13 +29,14 @@ WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before
 Executor = Callable[[Rig], RigResult]  # runs one rig here, never raises (see result.guarded)
 
 
-def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> RigResult:
-    """Prepare and run one rig here, in this process; never raises for bad rigs or guests."""
+def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, coverage: bool = False) -> RigResult:
+    """Prepare and run one rig here, in this process; never raises for bad rigs or guests.
+    `coverage`: record the executed code (kvmrig.coverage) into the outcome."""
     def body() -> RigResult:
         start = time.monotonic()
         plan = prepare(rig)
         _name, factory = backend_for(rig, backend)
-        outcome = execute(plan, factory, RunOptions(update_golden=update_golden))
+        outcome = execute(plan, factory, RunOptions(update_golden=update_golden, coverage=coverage))
         return judged(rig, outcome, time.monotonic() - start)
     return guarded(rig, body)
 

@@ -132,6 +132,20 @@ def test_run_writes_the_report_shape(run_mod, tmp_path, capsys):
     assert all(name in text for name in names)
 
 
+@kvm
+def test_coverage_rows(run_mod, tmp_path):
+    pytest.importorskip("unicorn", reason="the emulator row needs unicorn")
+    out = tmp_path / "bench.json"
+    run_mod.bench(run_mod.TINY, {"coverage"}, out)
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    for name in ("coverage_overhead_emu", "coverage_overhead_kvm"):
+        row = rows[name]
+        assert row["limit"] and row["kvmrig"] and row["ratio"], row["note"]
+        assert row["target"].startswith("<= ")
+    assert rows["coverage_overhead_kvm"]["detail"]["exits_coverage"] > \
+        rows["coverage_overhead_kvm"]["detail"]["exits_plain"]      # the one-shot breakpoints were hit
+
+
 def test_suite_folder_is_trivial_rigs(tmp_path):
     rigs = _load("rigs")
     from kvmrig.rig.load import load_rig

@@ -9,7 +9,7 @@ hit counting and expectations live in the machine layer, which reads the events.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,16 @@ class Backend(ABC):
         SSE registers, named as gdb names them): read on demand, read-only,
         never on a rig's hot path. Default: none."""
         return {}
+
+    def record_blocks(self, sink: Callable[[int, int], None]) -> bool:
+        """Call sink(start, size) for every basic block the guest executes
+        (for coverage); False where the backend cannot, and coverage plants
+        one-shot breakpoints instead."""
+        return False
+
+    def blocks_done(self, stop: int | None) -> None:
+        """The run is over: report to record_blocks' sink what is still pending;
+        `stop` is where it stopped (the instruction there did not run), if known."""
 
     def set_irq_line(self, intid: int, level: bool) -> None:
         """Drive a device's interrupt line (arm64: a GIC SPI by INTID) to `level`."""

@@ -21,6 +21,7 @@ from kvmrig.rig.load import load_rig
 
 ARCHES = ("arm64",)
 REPORT_DIR = "/tmp/kvmrig-reports"
+COVERAGE_DIR = f"{REPORT_DIR}/coverage"   # --coverage inside; its files come back to the host's DIR
 BOOT_ALLOWANCE = 180.0  # seconds for booting (and a first image build) beyond the rigs' own timeouts
 
 
@@ -64,6 +65,10 @@ def inner_argv(args, paths: list[str], junit: str | None, json_out: str | None) 
     if args.exitfirst:
         argv.append("-x")
     argv += ["-v"] * args.verbose + ["-q"] * args.quiet
+    if getattr(args, "coverage", None):
+        argv += ["--coverage", COVERAGE_DIR]
+        for root in args.coverage_root:
+            argv += ["--coverage-root", root]
     return argv
 
 
@@ -76,7 +81,8 @@ def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None
     junit = f"{REPORT_DIR}/junit.xml" if args.junit else None
     json_out = f"{REPORT_DIR}/results.json" if getattr(args, "json", None) else None
     argv = inner_argv(args, list(args.paths), junit, json_out)
-    fetch = [p for p in (junit, json_out) if p]
+    coverage = getattr(args, "coverage", None)
+    fetch = [p for p in (junit, json_out, COVERAGE_DIR if coverage else None) if p]
     cwd = str(Path.cwd())
     result = run_in_vm(argv, files=[(str(f), str(f)) for f in files], timeout=budget + BOOT_ALLOWANCE,
                        fetch=fetch, on_output=out, workdir=cwd,
@@ -89,4 +95,9 @@ def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None
     for inner, host in ((junit, args.junit), (json_out, getattr(args, "json", None))):
         if inner and host and inner in result.files_back:
             write_atomic(host, result.files_back[inner].decode("utf-8", errors="replace"))
+    if coverage:
+        for inner, data in result.files_back.items():
+            if inner.startswith(COVERAGE_DIR + "/"):
+                name = inner[len(COVERAGE_DIR) + 1:]
+                write_atomic(Path(coverage) / name, data.decode("utf-8", errors="replace"))
     return result.exit_status

@@ -80,4 +80,5 @@ class Outcome:
     report: list[str] = field(default_factory=list)  # code at the stop, registers (failed rigs only)
     stop_pc: int | None = None
     exits: int = 0      # vCPU exits handled (for benchmarks and reports)
+    coverage: list[tuple[int, int]] | None = None   # executed code as [start, end) ranges (kvmrig.coverage)
     seconds: float = 0.0

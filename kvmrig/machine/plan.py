@@ -54,6 +54,8 @@ def _all_addresses(rig: Rig):
             yield from (m.at for m in point.set.memory)
     for check in checks:
         yield from (m.at for m in check.memory)
+    yield from rig.expect.executed
+    yield from rig.expect.not_executed
 
 
 def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:

@@ -24,6 +24,7 @@ from kvmrig.arch import registers
 from kvmrig.backends.base import Backend
 from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, PortIO, Shutdown, Step, SwBreak,
                                     SystemEvent, Timeout, Unhandled, WatchHit)
+from kvmrig.coverage import collect
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
 from kvmrig.machine import golden
 from kvmrig.machine.devices import Bus
@@ -39,6 +40,7 @@ class RunOptions:
     """How to run, beyond what the rig says (from the command line)."""
 
     update_golden: bool = False
+    coverage: bool = False   # record executed code (kvmrig.coverage) even without executed/not_executed
 
 
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
@@ -103,6 +105,8 @@ class Session:
         self._started = False
         self._finished = False
         self._armed = False
+        self.coverage = (collect.Collector(plan, self.options.coverage)
+                         if collect.wanted(self.rig, self.options.coverage) else None)
         self._handlers: dict[type, Callable[[Event], None]] = {
             PortIO: self._io, Mmio: self._mmio, Step: self._step, SwBreak: self._sw, HwBreak: self._hw,
             WatchHit: self._watch, ForeignDebug: self._foreign_exit, Halt: self._halt,
@@ -136,6 +140,8 @@ class Session:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
         for addr in self.debug.sw:
             self.patches.plant(addr)
+        if self.coverage is not None:
+            self.coverage.start(self)
         self._arm(self.user_step)
         if self.user_step and self.rig.trace_max:
             self.outcome.trace.append(self.plan.boot.first_pc)
@@ -207,6 +213,9 @@ class Session:
         if self.user_step:
             outcome.steps = self.steps
         outcome.failures.extend(self.debug.count_failures())
+        if self.coverage is not None:
+            outcome.coverage = self.coverage.ranges(outcome)
+            outcome.failures.extend(self.coverage.check(outcome.coverage))
         outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
         golden_spec = rig.expect.golden
         if golden_spec is not None:
@@ -257,9 +266,12 @@ class Session:
 
     def _arm(self, single_step: bool) -> None:
         single_step = single_step or self._client_step
-        if self.debug.slots or self.debug.any_sw or single_step or self._armed:
+        sw = self.debug.sw_all
+        if self.coverage is not None and self.coverage.planted:
+            sw = self.coverage.with_planted(sw)
+        if self.debug.slots or sw or single_step or self._armed:
             self._armed = True
-            self.backend.set_debug(self.debug.slots, single_step, self.debug.sw_all)
+            self.backend.set_debug(self.debug.slots, single_step, sw)
 
     # The end ---------------------------------------------------------------
     def _end(self, stop: Stop, ev: Event | None) -> None:
@@ -320,6 +332,8 @@ class Session:
         if self.user_step:
             self.steps += 1
             self.tail.append(ev.pc)
+            if self.coverage is not None:
+                self.coverage.saw(ev.pc)
             if len(self.outcome.trace) < self.rig.trace_max:
                 self.outcome.trace.append(ev.pc)
         if self.user_step or self._client_step:
@@ -330,6 +344,8 @@ class Session:
 
     def _sw(self, ev: SwBreak) -> None:
         pc = ev.pc
+        if self.coverage is not None and self.coverage.on_sw(self, pc):
+            return
         points = self.debug.sw.get(pc)
         client = self.debug.client_at("sw", pc) if self.debug.client else None
         if not points and client is None:
@@ -342,10 +358,15 @@ class Session:
             self._client_stop = Pause("sw", client)
         self.last_pc = pc
         if not self.pc_moved:   # unless `set` moved the pc: step over it
-            self.patches.lift(pc)
-            self.stepping_over = pc
-            if not self.user_step:
-                self._arm(True)
+            self.step_over(pc)
+
+    def step_over(self, pc: int) -> None:
+        """Run the original instruction under a planted one at `pc` by a single-step;
+        the step re-plants it if a breakpoint still wants it."""
+        self.patches.lift(pc)
+        self.stepping_over = pc
+        if not self.user_step:
+            self._arm(True)
 
     def _hw(self, ev: HwBreak) -> None:
         debug = self.debug
@@ -354,6 +375,8 @@ class Session:
             return
         if ev.slot < debug.rig_slots:
             self._hit(debug.slot_owner[ev.slot], ev.pc, None)
+            if self.coverage is not None:
+                self.coverage.saw(ev.pc)
         if debug.client and (client := debug.client_at("hw", ev.pc)) is not None:
             self._client_stop = Pause("hw", client)
         self.last_pc = ev.pc

@@ -531,6 +531,9 @@ class _Builder:
             port_writes=self.port_writes(p + ("port_writes",), raw.get("port_writes", {})),
             steps=self.count(p + ("steps",), raw["steps"]) if "steps" in raw else None,
             golden=self.golden(p + ("golden",), raw["golden"]) if "golden" in raw else None,
+            executed=tuple(self.address(p + ("executed", k), a) for k, a in enumerate(raw.get("executed", []))),
+            not_executed=tuple(self.address(p + ("not_executed", k), a)
+                               for k, a in enumerate(raw.get("not_executed", []))),
         )
 
     def console(self, p: JsonPath, raw: dict[str, Any]) -> m.ConsoleCheck:

@@ -211,6 +211,8 @@ class Expect:
     port_writes: tuple[tuple[int, tuple[int, ...], Mark], ...] = ()
     steps: Count | None = None
     golden: Golden | None = None
+    executed: tuple[Address, ...] = ()       # code the guest must have run (kvmrig.coverage)
+    not_executed: tuple[Address, ...] = ()   # code it must never have run
 
     @property
     def wanted_exits(self) -> tuple[str, ...]:

@@ -485,3 +485,28 @@ def test_every_value_error_of_a_schema_valid_file_is_reported():
     lines = str(caught.value).splitlines()
     assert [line.split(":")[1] for line in lines] == ["3", "4", "5"], lines
     assert "multiple of 4 KiB" in lines[0] and "rxx" in lines[1] and "ryy" in lines[2]
+
+
+# -- expect.executed / not_executed (kvmrig.coverage) -------------------------
+
+COVERAGE_RIG = """\
+kvmrig: 1
+arch: x86_64
+memory: [{at: 0, size: 64K}]
+images: [{hex: "f4", at: 0x1000}]
+expect:
+  executed: ["sym:handler", 0x1000]
+  not_executed: ["sym:panic+4"]
+"""
+
+
+def test_executed_and_not_executed_are_addresses():
+    rig = load_rig_text(COVERAGE_RIG, "r.yaml")
+    assert [str(a) for a in rig.expect.executed] == ["sym:handler", "0x1000"]
+    assert [str(a) for a in rig.expect.not_executed] == ["sym:panic+0x4"]
+    assert (rig.expect.executed[0].mark.line, rig.expect.not_executed[0].mark.line) == (6, 7)
+
+
+def test_executed_takes_addresses_only():
+    message = error(COVERAGE_RIG.replace('"sym:handler"', '"handler"'))
+    assert "r.yaml:6:" in message and "executed" in message

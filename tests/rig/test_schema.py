@@ -75,7 +75,8 @@ CONTRACT_KEYS = {
     ("cpu",): {"mode", "entry", "regs", "tables_at"},
     ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set"},
     ("watchpoints", "items"): {"at", "len", "access", "hits", "expect", "on_hit", "set"},
-    ("expect",): {"exit", "exit_code", "regs", "memory", "console", "port_writes", "steps", "golden"},
+    ("expect",): {"exit", "exit_code", "regs", "memory", "console", "port_writes", "steps", "golden",
+                  "executed", "not_executed"},   # extension: coverage (kvmrig.coverage)
     ("expect", "console"): {"contains", "not_contains", "regex"},
     ("io",): {"unclaimed"},
 }
