@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cross-check", action="store_true",
                      help="run each rig on KVM and on the emulator where both can, and fail it where "
                           "exit, exit code, final registers, hit counts, console or RAM digest differ")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="build a fresh VM for every rig (default: a worker resets and reuses its VM "
+                          "between rigs with the same arch and memory map)")
+    run.add_argument("--save-on-fail", metavar="DIR",
+                     help="save the final state of every failed rig as DIR/NAME.snap (a rig with "
+                          "`from: DIR/NAME.snap` or kvmrig debug starts from it)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="show registers checked and console")
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
     run.add_argument("--rerun-failed", action="store_true",
@@ -88,9 +94,10 @@ def _parser() -> argparse.ArgumentParser:
                           "balanced by --durations-from, else round-robin by file and name")
     run.add_argument("--durations-from", metavar="FILE",
                      help="JSON results of an earlier run (--json) whose durations balance --shard")
-    run.add_argument("--in-vm", choices=("arm64",), metavar="ARCH",
-                     help="run the rigs on real KVM of another arch, inside a Linux booted under QEMU "
-                          "(arm64: qemu-system-aarch64, set up by scripts/setup-arm64-lane.sh); "
+    run.add_argument("--in-vm", choices=("arm64", "x86_64"), metavar="ARCH",
+                     help="run the rigs on the KVM inside a Linux booted under QEMU "
+                          "(arm64: real arm64 KVM, scripts/setup-arm64-lane.sh; x86_64: nested SVM whose "
+                          "KVM intercepts INT3 and raises debug-register breakpoints, scripts/setup-x86-lane.sh); "
                           "lines, reports and exit status come back as if run here")
     run.add_argument("--json", metavar="FILE", help="write JSON results, one record per rig, to FILE")
     run.add_argument("--coverage", nargs="?", const="reports/coverage", metavar="DIR",
@@ -127,11 +134,19 @@ def _parser() -> argparse.ArgumentParser:
                                      "(GDB remote protocol): breakpoints, watchpoints, stepping, registers and "
                                      "memory. The rig's own breakpoints still count and its checks still run; "
                                      "detaching lets it run to its end and prints the verdict.")
-    dbg.add_argument("rig", metavar="RIG", help="the rig file")
+    dbg.add_argument("rig", metavar="RIG", help="the rig file, or a snapshot file (FILE.snap) to start from")
     dbg.add_argument("--gdb", default="127.0.0.1:1234", metavar="[HOST]:PORT",
                      help="where to listen (default %(default)s; the host defaults to 127.0.0.1, port 0 picks one)")
     dbg.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
                      help="backend for rigs with `backend: any` (default %(default)s)")
+    snap = sub.add_parser("snapshot", help="run a rig to one of its snapshot points and write it to a file",
+                          description="Run RIG (its parents first, if it starts from a point) until it saves "
+                                      "POINT, and write that snapshot to FILE (docs/snapshots.md). Rigs start "
+                                      "from it with `from: FILE`; kvmrig debug FILE serves it to gdb.")
+    snap.add_argument("target", metavar="RIG#POINT", help="a rig file and the name of a point it saves")
+    snap.add_argument("-o", "--output", required=True, metavar="FILE", help="the snapshot file to write")
+    snap.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
+                      help="backend for rigs with `backend: any` (default %(default)s)")
     return p
 
 
@@ -197,11 +212,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor = functools.partial(cross_check, update_golden=args.update_golden)
     else:
         executor = functools.partial(run_rig, backend=args.backend, update_golden=args.update_golden,
-                                     coverage=bool(args.coverage))
+                                     save_on_fail=args.save_on_fail, coverage=bool(args.coverage))
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         results, interrupted = [None] * len(rigs), False
     else:
-        results, interrupted = run_rigs(rigs, args.jobs, executor, on_result=term.result, exitfirst=args.exitfirst)
+        results, interrupted = run_rigs(rigs, args.jobs, executor, on_result=term.result, exitfirst=args.exitfirst,
+                                        reuse=not args.no_reuse)
     final: list[RigResult] = list(errors)
     not_run = 0
     for rig, result in zip(rigs, results):
@@ -346,18 +362,87 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
-    from kvmrig.errors import RigError
+    from kvmrig.errors import RigError, SnapshotError
     from kvmrig.gdb.server import serve_rig
-    from kvmrig.rig.load import load_rig
+    from kvmrig.machine import snapfile
+    from kvmrig.rig.load import load_rig, load_rig_text
 
     if not Path(args.rig).is_file():
         return _usage(f"no such rig file: {args.rig}")
     try:
-        rig = load_rig(args.rig)
-    except RigError as e:
+        with open(args.rig, "rb") as f:
+            is_snapshot = f.read(len(snapfile.MAGIC)) == snapfile.MAGIC
+        if is_snapshot:   # a snapshot: a rig that only starts from it
+            head = snapfile.read_header(args.rig)
+            path = Path(args.rig).resolve()
+            rig = load_rig_text(f"kvmrig: 1\narch: {head.arch}\nname: {path.stem}\nbackend: {head.backend}\n"
+                                f"from: {json.dumps(path.name)}\nexpect: {{}}\n", path.with_suffix(".yaml"))
+        else:
+            rig = load_rig(args.rig)
+    except (RigError, SnapshotError) as e:
         print(e, file=sys.stderr)
         return 2
     return serve_rig(rig, args.gdb, args.backend)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """kvmrig snapshot RIG#POINT -o FILE."""
+    import os
+    import shutil
+    import tempfile
+
+    from kvmrig.errors import RigError
+    from kvmrig.machine.points import PointStore
+    from kvmrig.rig.load import load_rig
+    from kvmrig.result import PASSED
+    from kvmrig.runner import run_rig
+
+    file, sep, point = args.target.rpartition("#")
+    if not sep or not file or not point:
+        return _usage(f"{args.target}: name a rig and one of its points, as RIG.yaml#POINT")
+    if not Path(file).is_file():
+        return _usage(f"no such rig file: {file}")
+    out = Path(args.output)
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        return _usage(f"{out} exists and is not a regular file; not replacing it")
+    if not out.parent.is_dir():
+        return _usage(f"{out.parent}: no such folder for the snapshot")
+    try:
+        rig = load_rig(file)
+    except RigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if point not in rig.save_points():
+        return _usage(f"{file} saves no point {point!r} (it saves: {', '.join(rig.save_points()) or 'none'})")
+    with tempfile.TemporaryDirectory(prefix="kvmrig-snapshot-") as tmp:
+        result = run_rig(rig, args.backend, points=tmp)
+        saved = PointStore(tmp).file(rig.path, point)
+        if not saved.exists():
+            print(f"kvmrig: {rig.path} did not reach point {point!r}: {result.status}"
+                  f"{': ' + result.message if result.message else ''}"
+                  f"{'; ' + result.outcome.detail if result.outcome else ''}", file=sys.stderr)
+            return 1
+        part = out.with_name(f".{out.name}.part{os.getpid()}")
+        try:
+            shutil.copyfile(saved, part)
+            os.chmod(part, 0o666 & ~_umask())
+            os.replace(part, out)
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            print(f"kvmrig: cannot write {out}: {e.strerror}", file=sys.stderr)
+            return 2
+    print(f"kvmrig: wrote {out} ({rig.name}#{point}, {result.backend or 'no backend'})")
+    if result.status != PASSED:
+        print(f"kvmrig: note: the rig itself {result.status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _umask() -> int:
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _gdb_on_fail(address: str, rigs, results) -> None:
@@ -382,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema": cmd_schema,
-               "merge": cmd_merge, "debug": cmd_debug}[args.command]
+               "merge": cmd_merge, "debug": cmd_debug, "snapshot": cmd_snapshot}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -99,3 +99,9 @@ class OutsideMemory(KvmrigError, LookupError):
 
 class ResultsFileError(KvmrigError, ValueError):
     """A JSON results file (kvmrig merge, --shard) cannot be read; names the file."""
+
+
+class SnapshotError(KvmrigError):
+    """A snapshot file that cannot be used here: another format version, arch,
+    backend or memory map, or a truncated or corrupt file. The message names
+    the file and the mismatch."""

@@ -37,6 +37,12 @@ if [ "${SKIP_APT:-0}" != 1 ] && [ -x scripts/setup-arm64-lane.sh ]; then
     scripts/setup-arm64-lane.sh
 fi
 
+# The x86_64 lane: qemu-system-x86_64 built once from Debian's source with
+# kvmrig's patch (nested SVM whose KVM runs the native x86 debug path; see the script).
+if [ "${SKIP_APT:-0}" != 1 ] && [ -x scripts/setup-x86-lane.sh ]; then
+    scripts/setup-x86-lane.sh
+fi
+
 # Install (editable) unless this very checkout is what the Python imports, with the test extra.
 here=$(pwd -P)
 installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, xmlschema, unicorn, capstone, elftools, pycobertura, libfdt; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)

@@ -56,6 +56,11 @@ def _all_addresses(rig: Rig):
         yield from (m.at for m in check.memory)
     yield from rig.expect.executed
     yield from rig.expect.not_executed
+    if rig.start_set is not None:
+        yield from (m.at for m in rig.start_set.memory)
+    if rig.start_call is not None:
+        yield rig.start_call.to
+        yield rig.start_call.return_to
 
 
 def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
@@ -85,7 +90,9 @@ def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
     return replace(rig, cpu=rig.cpu if rig.cpu is None else replace(rig.cpu, regs=sets(rig.cpu.regs)),
                    breakpoints=tuple(point(b) for b in rig.breakpoints),
                    watchpoints=tuple(point(w) for w in rig.watchpoints),
-                   expect=checks(rig.expect))
+                   expect=checks(rig.expect),
+                   start_set=rig.start_set if rig.start_set is None else
+                   replace(rig.start_set, regs=sets(rig.start_set.regs)))
 
 
 def prepare(rig: Rig) -> Plan:
@@ -100,7 +107,7 @@ def prepare(rig: Rig) -> Plan:
     arch = traits(rig.arch)
     plan = Plan(rig, images, symbols, entry, arch, None)
     plan.boot = boot.plan_boot(plan)
-    if not any(r.at <= plan.boot.first_pc < r.end for r in rig.memory):
+    if rig.start is None and not any(r.at <= plan.boot.first_pc < r.end for r in rig.memory):
         mark = rig.cpu.entry.mark if rig.cpu and rig.cpu.entry else (rig.cpu.mark if rig.cpu else rig.mark)
         raise RigError(f"the CPU starts at {plan.boot.first_pc:#x}, which is not inside any memory region", mark)
     _check_sw_breakpoints(rig, symbols)

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kvmrig.arch import registers
 from kvmrig.backends.base import Backend
@@ -31,8 +32,9 @@ from kvmrig.machine.devices import Bus
 from kvmrig.machine.diagnose import stop_report
 from kvmrig.machine.expect import check_end, check_state, reg_value
 from kvmrig.machine.memory import Memory, OutsideMemory
-from kvmrig.machine.outcome import Hit, Outcome, Stop
+from kvmrig.machine.outcome import Failure, Hit, Outcome, Stop
 from kvmrig.machine.plan import Plan
+from kvmrig.machine.points import PointStore, enter_call, save_snapshot, start_child
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class RunOptions:
     """How to run, beyond what the rig says (from the command line)."""
 
     update_golden: bool = False
+    points: PointStore | None = None   # where snapshot points are saved and children find them
+    save_on_fail: str | None = None    # folder: the final state of a failed rig as a snapshot file
     coverage: bool = False   # record executed code (kvmrig.coverage) even without executed/not_executed
 
 
@@ -126,6 +130,9 @@ class Session:
         if self._started:
             return
         self._started = True
+        if self.rig.start is not None:   # a child: its snapshot instead of a boot
+            self._start_child()
+            return
         for img in self.plan.images:
             for addr, body in img.segments:
                 self.memory.write(addr, body)
@@ -138,15 +145,52 @@ class Session:
             self.bus.connect_irqs(self.backend.set_irq_line)
         if self.rig.cpu is not None:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
+        self._plant_and_arm()
+
+    def _plant_and_arm(self) -> None:
         for addr in self.debug.sw:
             self.patches.plant(addr)
         if self.coverage is not None:
             self.coverage.start(self)
         self._arm(self.user_step)
         if self.user_step and self.rig.trace_max:
-            self.outcome.trace.append(self.plan.boot.first_pc)
+            self.outcome.trace.append(self.last_pc)
         if self.user_step and self.debug.sw_all:
-            self.arrive(self.plan.boot.first_pc)  # a breakpoint on the first instruction
+            self.arrive(self.last_pc)  # a breakpoint on the first instruction
+
+    def _start_child(self) -> None:
+        """start() of a rig with `from:`: memory mapped, the snapshot in, then
+        the rig's `input`, `set` and `call` on top."""
+        rig, backend, memory = self.rig, self.backend, self.memory
+        for b in memory.backings:
+            backend.map_memory(b.start, b.buf, b.region.rom)
+        start_child(rig, self.options.points, backend, memory, self.bus)
+        if rig.start_set is not None:
+            apply_regs(backend, rig.arch, rig.start_set.regs)
+            for write in rig.start_set.memory:
+                memory.write(self.plan.resolve(write.at), write.data)
+        if rig.start_call is not None:
+            call = rig.start_call
+            enter_call(backend, memory, rig.arch, self.plan.resolve(call.to), call.args,
+                       self.plan.resolve(call.return_to))
+        self.last_pc = backend.get_pc()
+        self._plant_and_arm()
+
+    def save_point(self, name: str) -> Path | None:
+        """Save the machine as this rig's snapshot point `name` (planted
+        breakpoint instructions lifted for the copy, then planted again)."""
+        store = self.options.points
+        if store is None:
+            return None
+        patches = self.patches
+        planted = [a for a in patches.saved if self.memory.read(a, len(patches.insn)) == patches.insn]
+        for addr in planted:
+            patches.lift(addr)
+        try:
+            return store.save(self.rig, name, self.backend, self.memory, self.bus.state())
+        finally:
+            for addr in planted:
+                patches.plant(addr)
 
     def resume(self, until: float | None = None) -> Pause:
         """Run until the run ends, a debugger's point or step stops it, or the
@@ -208,6 +252,12 @@ class Session:
         except Exception as e:  # a dead vCPU must not hide the verdict
             outcome.notes.append(f"could not read the final registers: {e}")
         self.patches.lift_all()
+        if rig.save is not None and self.options.points is not None:
+            try:
+                self.save_point(rig.save)
+            except Exception as e:  # noqa: BLE001 - reported; its children then say the point is missing
+                outcome.failures.append(Failure("snapshot", f"point {rig.save!r} saved", f"not saved: {e}",
+                                                rig.mark))
         outcome.console = bytes(self.bus.console.data)
         outcome.hit_counts = self.debug.hit_counts()
         if self.user_step:
@@ -223,6 +273,13 @@ class Session:
                 outcome.notes.extend(golden.update(rig, golden_spec, outcome, self.memory.read))
             else:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
+        if outcome.failures and self.options.save_on_fail:
+            try:
+                path = save_snapshot(Path(self.options.save_on_fail) / f"{rig.name}.snap", rig, "end",
+                                     self.backend, self.memory, self.bus.state())
+                outcome.notes.append(f"final state saved to {path} (`kvmrig debug {path}` starts from it)")
+            except Exception as e:  # noqa: BLE001 - the verdict stands without it
+                outcome.notes.append(f"could not save the final state: {e}")
         if outcome.failures:
             at_hit = next((h for h in outcome.hits if h.report), None)
             at_hits = {id(f) for h in outcome.hits for f in h.failures}
@@ -234,6 +291,8 @@ class Session:
                     outcome.report.append("where the run ended:")
                 outcome.report += stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read,
                                               list(self.tail), self.plan.symbols)
+            if rig.start is not None:
+                outcome.report.insert(0, f"started from the snapshot {rig.start}")
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
             if extra:
                 outcome.report.append(extra)
@@ -311,6 +370,8 @@ class Session:
         else:
             out = b"".join(bus.port_read(port, size).to_bytes(size, "little") for _ in range(ev.count))
             self.backend.complete_read(out)
+            if bus.idle:
+                self._idle()
 
     def _mmio(self, ev: Mmio) -> None:
         if ev.write:
@@ -318,6 +379,16 @@ class Session:
             self.bus.mmio_write(ev.addr, ev.size, value, rom=self.memory.find(ev.addr) is not None)
         else:
             self.backend.complete_read(self.bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little"))
+            if self.bus.idle:
+                self._idle()
+
+    def _idle(self) -> None:
+        """A UART with `idle:` saw the guest wait for input that is not there:
+        save its point (a rig that booted; a child ends here too) and end the run."""
+        dev = self.bus.idle[0]
+        if self.rig.start is None:
+            self.save_point(dev.spec.idle)
+        raise Stop("idle", None, f"{dev.name} waits for input and none is left")
 
     # Debug ---------------------------------------------------------------
     def _step(self, ev: Step) -> None:
@@ -461,6 +532,8 @@ class Session:
                     self.pc_moved = self.pc_moved or self.backend.get_pc() != before
                 for write in spec.set.memory:  # through the patches: a planted breakpoint stays planted
                     self.patches.write(self.plan.resolve(write.at), write.data)
+        if spec.save is not None and point.hits == (spec.on_hit or 1):
+            self.save_point(spec.save)   # after the hit's `set`, as the guest goes on
         if point.hits <= MAX_HIT_RECORDS or hit.failures:
             self.outcome.hits.append(hit)
 

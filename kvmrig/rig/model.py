@@ -16,7 +16,7 @@ from kvmrig.errors import Mark
 
 ARCHES = ("x86_64", "arm64")
 BACKENDS = ("any", "kvm", "emu")
-EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout")
+EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout", "idle")
 # Exits that count as the guest finishing normally when a rig names no exit.
 NORMAL_EXITS = ("hlt", "exit-code", "system-off")
 X86_MODES = ("reset", "real", "protected", "long")
@@ -96,6 +96,8 @@ class Device:
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
     irq: int | None = None      # pl011 with a `gic` (extension): its SPI number (INTID - 32)
+    idle: str | None = None     # serial/pl011 (extension): snapshot point saved when the guest waits for
+                                # input that is not there (the run then ends with exit `idle`)
 
     @property
     def span(self) -> int:
@@ -169,6 +171,7 @@ class Breakpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class Watchpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,16 @@ class Gic:
 
 
 @dataclass(frozen=True)
+class Call:
+    """`call:` a child calls one function of its snapshot's firmware."""
+
+    to: Address
+    args: tuple[int, ...]
+    return_to: Address
+    mark: Mark
+
+
+@dataclass(frozen=True)
 class Dtb:
     """arm64 (extension): the device tree whose address x0 holds at entry:
     the rig's own `file`, or one kvmrig generates from the rig."""
@@ -256,6 +270,20 @@ class Dtb:
     mark: Mark
     file_mark: Mark | None = None
     initrd_mark: Mark | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a child rig starts: a point another rig saves (`parent` + `point`)
+    or a snapshot file (`file`)."""
+
+    parent: Path | None
+    point: str | None
+    file: Path | None
+    mark: Mark
+
+    def __str__(self) -> str:
+        return f"{self.parent}#{self.point}" if self.parent is not None else str(self.file)
 
 
 @dataclass(frozen=True)
@@ -281,6 +309,11 @@ class Rig:
     cpus_mark: Mark | None = None
     gic: Gic | None = None
     dtb: Dtb | None = None
+    save: str | None = None          # snapshot point saved at the end of the run
+    start: Start | None = None       # `from:` this rig starts from a snapshot
+    start_set: StateSet | None = None  # `set:` applied on top of the snapshot
+    start_input: bytes | None = None   # `input:` the console UART's input from the snapshot on
+    start_call: Call | None = None     # `call:` a function of the snapshot's firmware
 
     @property
     def wants_dtb(self) -> bool:
@@ -288,6 +321,12 @@ class Rig:
         an interrupt controller, a Linux Image or more than one vCPU)."""
         return self.arch == "arm64" and (self.dtb is not None or self.gic is not None or self.cpus > 1
                                          or any(i.linux for i in self.images))
+
+    def save_points(self) -> tuple[str, ...]:
+        """Every snapshot point this rig saves."""
+        points = [p.save for p in (*self.breakpoints, *self.watchpoints) if p.save]
+        points += [d.idle for d in self.devices if d.idle and self.start is None]
+        return tuple(points + ([self.save] if self.save else []))
 
     @property
     def folder(self) -> Path:

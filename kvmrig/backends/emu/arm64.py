@@ -183,6 +183,10 @@ class EmuArm64Backend(EmuBackendBase):
         uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_msr, False), aux1=A.UC_ARM64_INS_MSR)
         uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_sys, False), aux1=A.UC_ARM64_INS_SYS)
 
+    def _forget_arch(self) -> None:
+        self._trap, self._walk_fault = None, None
+        self._walk(False)   # the created context has the MMU off
+
     # The MMU -------------------------------------------------------------------
     def _regime_reader(self):
         """A function returning (SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, PSTATE)

@@ -203,6 +203,9 @@ class EmuBackendBase(Backend):
             raise BackendError(f"memory region {gpa:#x}+{size:#x} is not aligned to the emulator's "
                                f"{self.page:#x}-byte pages")
         view = (ctypes.c_char * size).from_buffer(buf)
+        if any(start == gpa and end == gpa + size and r == rom and ctypes.addressof(v) == ctypes.addressof(view)
+               for start, end, r, v in self._regions):
+            return  # a reused emulator: this buffer backs this range already
         self._views.append(view)
         perms = U.UC_PROT_READ | U.UC_PROT_EXEC if rom else U.UC_PROT_ALL
         self.uc.mem_map_ptr(gpa, size, perms, ctypes.addressof(view))
@@ -668,6 +671,100 @@ class EmuBackendBase(Backend):
             self._inbox.put(b"")   # an access the muted rerun could not avoid: let it pass
         raise BackendError("the emulator did not stop while completing an instruction")
 
+    def _abort_run(self) -> bool:
+        """End an emu_start that is still under way (a hook waiting for an
+        answer is aborted, a running guest stopped until it returns); the
+        worker thread stays. False if it would not stop."""
+        if not self._running or self._thread is None:
+            return True
+        self._timed_out = True
+        self.uc.emu_stop()
+        if self._in_hook:
+            self._inbox.put(_ABORT)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            try:
+                kind, *_ = self._outbox.get(timeout=STOP_RETRY)
+            except queue.Empty:
+                self.uc.emu_stop()
+                continue
+            if kind == "done":
+                self._running = False
+                return True
+            self._inbox.put(_ABORT)
+        return False
+
+    # Reuse: unicorn's context save/restore ---------------------------------------
+    def keep_pristine(self) -> None:
+        """Remember the CPU as created (unicorn context), for reset()."""
+        self._pristine = self.uc.context_save()
+
+    def track_dirty(self) -> None:
+        """Unicorn keeps no dirty log: dirty_pages() says so and the machine
+        gives every region fresh zero pages."""
+
+    def dirty_pages(self) -> set[int] | None:
+        return None
+
+    def park(self) -> None:
+        """Nothing runs between rigs: the emulator's timeout lives in run()."""
+
+    def reusable(self) -> bool:
+        return not self._closed and not self._running and (self._thread is None or self._thread.is_alive())
+
+    def reset(self) -> None:
+        """The CPU back to its created context; MMIO pages, hooks and every
+        record of the last run gone, translations flushed."""
+        if not self._abort_run():
+            raise BackendError("the emulator did not stop, so it cannot be reset")
+        if self._replay is not None:
+            self._end_replay()
+        uc = self.uc
+        uc.context_restore(self._pristine)
+        for h in self._mmio_hooks:
+            uc.hook_del(h)
+        for page in self._mmio_pages:
+            uc.mem_unmap(page, self.page)
+        self._mmio_pages, self._mmio_hooks = set(), []
+        self.set_debug([], False, ())
+        self._debug_key = ((), frozenset(), ())
+        self._in_hook, self._hook_src, self._answers, self._mute = None, "", [], False
+        self._running, self._answer = False, b""
+        self._stop_event, self._hook_error, self._timed_out = None, None, False
+        self._rom_write, self._rom_event, self._replayed = None, None, False
+        self._watch_pending, self._pending = [], []
+        self._single_step, self._skip, self._just_hit = False, None, None
+        self._forget_arch()
+        uc.ctl_flush_tb()
+        self._flush = False
+
+    def export_cpu(self) -> dict:
+        """The CPU as text: registers by name (to read) and unicorn's context
+        (to load; only the same unicorn version can)."""
+        import pickle
+        import unicorn
+        self._settle()
+        return {"regs": {k: hex(v) for k, v in self.get_regs().items()}, "unicorn": unicorn.__version__,
+                "context": pickle.dumps(self.uc.context_save()).hex()}
+
+    def import_cpu(self, text: dict) -> None:
+        import pickle
+        import unicorn
+        if text.get("unicorn") != unicorn.__version__:
+            raise BackendError(f"the saved emulator state is from unicorn {text.get('unicorn')}; this is "
+                               f"unicorn {unicorn.__version__}, which cannot load its context")
+        try:
+            ctx = pickle.loads(bytes.fromhex(text["context"]))
+        except Exception as e:  # noqa: BLE001 - any damage is the file's
+            raise BackendError(f"the saved emulator context is malformed ({type(e).__name__})") from None
+        if not self._abort_run():
+            raise BackendError("the emulator did not stop, so it cannot load a state")
+        self.uc.context_restore(ctx)
+        self.uc.ctl_flush_tb()
+
+    def _forget_arch(self) -> None:
+        """Arch hook: drop what the arch subclass remembers of the last run."""
+
     # Closing ------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
@@ -675,23 +772,7 @@ class EmuBackendBase(Backend):
         self._closed = True
         thread = self._thread
         if thread is not None:
-            if self._running:
-                self._timed_out = True
-                self.uc.emu_stop()
-                if self._in_hook:
-                    self._inbox.put(_ABORT)
-                # Wait for emu_start to return (a hook that waits is aborted,
-                # a running guest is stopped again until it is).
-                end = time.monotonic() + 5
-                while time.monotonic() < end:
-                    try:
-                        kind, *_ = self._outbox.get(timeout=STOP_RETRY)
-                    except queue.Empty:
-                        self.uc.emu_stop()
-                        continue
-                    if kind == "done":
-                        break
-                    self._inbox.put(_ABORT)
+            self._abort_run()
             self._inbox.put(_QUIT)
             thread.join(5)
             self._thread = None

@@ -294,6 +294,9 @@ class EmuX86Backend(EmuBackendBase):
                 raise BackendError(f"setting {name} to {value:#x}: {e} (e.g. a selector the GDT has no "
                                    "usable descriptor for)") from None
 
+    def _forget_arch(self) -> None:
+        self._exception = None
+
     def cs_base(self) -> int:
         """The hidden base of CS (see _CsBase)."""
         uc = self.uc

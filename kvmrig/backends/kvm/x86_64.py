@@ -26,6 +26,7 @@ rig do not change").
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
@@ -36,7 +37,7 @@ from kvmrig.arch.x86_64.fpu import gdb_registers
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends.base import HwSlot
 from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Shutdown, Step, SwBreak, WatchHit
-from kvmrig.backends.kvm import abi
+from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
 from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.x86_probe import debug_support
@@ -52,6 +53,9 @@ SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000,
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: PerProcess[bool] = PerProcess()
+#: Debug exits taken natively in this process ("int3", "dr-exec", "dr-watch"):
+#: how the x86_64 lane's test run shows the native path really ran.
+NATIVE_HITS: Counter[str] = Counter()
 
 
 def _sync_regs_supported(kvm) -> bool:
@@ -68,6 +72,11 @@ class KvmX86Backend(KvmBackendBase):
     def __init__(self) -> None:
         super().__init__()
         self.support = debug_support(self.kvm)
+        self.pristine: x86_state.X86CpuState | None = None   # the vCPU as created, for reuse
+        self.stepped = False   # KVM single-stepped this vCPU (see reusable())
+        self._forget_debug()
+
+    def _forget_debug(self) -> None:
         self._user_step = False
         self._sw_int3 = False
         self._sw_addrs: frozenset[int] = frozenset()
@@ -98,7 +107,7 @@ class KvmX86Backend(KvmBackendBase):
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
-    def set_initial_state(self, state: X86State) -> None:
+    def _create_vcpu(self):
         area = self._system_area()
         self.vm.set_identity_map_addr(area)
         self.vm.set_tss_addr(area + PAGE)
@@ -106,6 +115,10 @@ class KvmX86Backend(KvmBackendBase):
         vcpu.set_cpuid2(self.kvm.supported_cpuid())
         if _sync_regs_supported(self.kvm):
             vcpu.enable_sync_regs(SYNC)  # registers come with every exit: no GET ioctls
+        return vcpu
+
+    def set_initial_state(self, state: X86State) -> None:
+        vcpu = self.vcpu or self._create_vcpu()
         s = vcpu.get_sregs()
         for name, seg in state.segments.items():
             dst = getattr(s, name)
@@ -121,6 +134,63 @@ class KvmX86Backend(KvmBackendBase):
             setattr(r, name, 0)
         r.rip, r.rflags = state.rip, state.rflags
         vcpu.set_regs(r)
+
+    # Whole state: snapshots and reuse --------------------------------------------
+    def capture_cpu(self) -> x86_state.X86CpuState:
+        """The vCPU's complete state (a pending I/O access completed first)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        return x86_state.capture(self.kvm, self.vcpu)
+
+    def restore_cpu(self, state: x86_state.X86CpuState) -> None:
+        """Put a captured state back, exactly (a snapshot resumes where it was taken)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        x86_state.restore(self.vcpu, state)
+
+    def export_cpu(self) -> dict:
+        """The complete vCPU state as text (snapshot files)."""
+        return x86_state.to_text(self.capture_cpu())
+
+    def import_cpu(self, text: dict) -> None:
+        """Load export_cpu() text; BackendError if it is not a state of this backend."""
+        try:
+            state = x86_state.from_text(text)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise BackendError(f"the saved KVM x86_64 CPU state is malformed ({type(e).__name__}: {e})") from None
+        self.restore_cpu(state)
+
+    def reset(self) -> None:
+        """Make this backend what a new one is, its memory slots kept: the
+        vCPU back to the state it was created in, no debug setup, no traps.
+        The caller puts the memory back (dirty_pages() says where)."""
+        if self.vcpu is None:
+            return
+        self.settle_io()
+        self.forget_run()
+        self._forget_debug()
+        if self.pristine is None:
+            raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
+        x86_state.restore(self.vcpu, self.pristine, reuse=True)
+
+    def _disarm_debug(self) -> None:
+        if self.vcpu is not None and self._armed[0]:
+            self.vcpu.set_guest_debug(0)
+
+    def reusable(self) -> bool:
+        """Whether reset() can make this VM indistinguishable from a new one.
+        Not after KVM single-stepped it: KVM keeps state from that no ioctl
+        reads or writes (on kvm_pvm a later UD2 then completes instead of
+        faulting; the differential test in tests/machine/test_reuse.py caught it)."""
+        return not self.stepped
+
+    def keep_pristine(self) -> None:
+        """Remember the vCPU as created (before any rig ran), for reset()."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.pristine = x86_state.capture(self.kvm, self.vcpu)
 
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
@@ -246,39 +316,63 @@ class KvmX86Backend(KvmBackendBase):
             dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
             cached = self._debug_cache[key] = (control, dr if armed else None)
         self._armed = cached
+        if cached[0] & abi.KVM_GUESTDBG_SINGLESTEP:
+            self.stepped = True
         self.vcpu.set_guest_debug(*cached)
 
     def _debug_event(self, info) -> Event | None:
         exception, pc = info.exception, info.pc
         if exception == VECTOR_BP:
+            NATIVE_HITS["int3"] += 1
             return SwBreak(pc, exception)
         if exception != VECTOR_DB:
             return ForeignDebug(pc, code=exception)
         dr6 = info.dr6
-        if self._resume is not None and dr6 & DR6_BS:
-            return self._step_done(pc)
         fired = [n for n in range(len(self._dr_kind)) if dr6 & (1 << n)]
-        for n in fired:
-            if self._dr_kind[n] == "exec":
-                self._resume = n  # a fault: step past it with DRn off, then re-arm
-                self._resume_pc = pc
-                self._fixup = True
-                return HwBreak(pc, self._dr_owner[n], exception)
+        # A single-step trap (BS) is this backend's own only while it steps;
+        # otherwise it is the guest's TF, handed back to it.
+        trap = bool(dr6 & DR6_BS)
+        stepped = trap and self._stepping()
+        watched = [n for n in fired if self._dr_kind[n] != "exec"]
+        # An instruction breakpoint is a fault, taken before its instruction
+        # runs; single-steps and data breakpoints are traps, taken after theirs.
+        # So with BS or a data bit, an instruction breakpoint's bit can only
+        # mean the *next* instruction matches (QEMU's TCG reports that early):
+        # it faults when that instruction runs, and is not a hit yet.
+        if not trap and not watched:
+            for n in fired:
+                if self._dr_kind[n] == "exec":
+                    NATIVE_HITS["dr-exec"] += 1
+                    self._resume = n  # a fault: step past it with DRn off, then re-arm
+                    self._resume_pc = pc
+                    self._fixup = True
+                    return HwBreak(pc, self._dr_owner[n], exception)
+        watches = self._watch_slots(watched)
+        step = self._step_done(pc) if stepped else None
+        own = ForeignDebug(pc, code=exception) if trap and not stepped else None
+        if watches:
+            NATIVE_HITS["dr-watch"] += 1
+            if step or own:
+                self._queue.append(step or own)  # the same instruction also ended a step
+            return WatchHit(pc, self._dr[watched[0]], tuple(watches), code=exception)
+        if stepped or own:
+            return step or own  # step None: the backend's own step past a breakpoint
+        if fired:
+            return None  # only `read` watches that saw writes
+        return ForeignDebug(pc, code=exception)
+
+    def _watch_slots(self, fired: list[int]) -> list[int]:
+        """The HwSlot indexes of the DR watches that fired, less the `read` ones
+        whose bytes changed (a write: x86 has no read-only data breakpoint)."""
         watches = []
         for n in fired:
             if self._dr_kind[n] == "read":
                 now = self.peek(self._dr[n], self._dr_len[n]) or b""
                 if now != self._shadow.get(n):
-                    self._shadow[n] = now  # the bytes changed: a write, not a read
+                    self._shadow[n] = now
                     continue
             watches.append(self._dr_owner[n])
-        if watches:
-            return WatchHit(pc, self._dr[fired[0]], tuple(watches), code=exception)
-        if dr6 & DR6_BS:
-            return self._step_done(pc)
-        if fired:
-            return None  # only `read` watches that saw writes fired
-        return ForeignDebug(pc, code=exception)
+        return watches
 
     def _stepping(self) -> bool:
         return self._user_step or self._resume is not None or self._exec_page is not None
@@ -295,10 +389,14 @@ class KvmX86Backend(KvmBackendBase):
         return self._linear_pc()[0]
 
     def _needs_fixup(self) -> bool:
-        return self._fixup
+        return self._fixup or bool(self._shadow)
 
     def _before_run(self) -> None:
         self._fixup = False
+        # `read` watches tell reads from writes by the bytes: what changed them
+        # since the last exit (a `set` at a hit) was not the guest.
+        for n in self._shadow:
+            self._shadow[n] = self.peek(self._dr[n], self._dr_len[n]) or b""
         if self._resume is None:
             return
         # The exit gave the pc; only a `set` at the hit can have moved it since.
@@ -357,6 +455,7 @@ class KvmX86Backend(KvmBackendBase):
     def _other_exit(self, reason: int, rs) -> Event | None:
         if (reason == abi.KVM_EXIT_INTERNAL_ERROR and rs.internal.suberror == abi.KVM_INTERNAL_ERROR_EMULATION
                 and self._traps.get(self._pc_now() & ~(PAGE - 1)) == "absent"):
+            self.vcpu.drop_pending_exception()   # KVM on VMX/SVM queues #UD with the exit
             self._exec_enter(self._pc_now())
             return None   # run on: the page is mapped and stepped now
         if reason != abi.KVM_EXIT_SHUTDOWN:
@@ -370,10 +469,14 @@ class KvmX86Backend(KvmBackendBase):
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()
         pc -= 1  # HLT exits with rip past the 1-byte instruction
+        # While single-stepping no planted HLT runs (the session lifts it before
+        # stepping onto it; the exec page runs HLTs unstepped), so this HLT is
+        # the guest's own: KVM on VMX/SVM reports a stepped HLT as KVM_EXIT_HLT.
+        stepped = bool(self._armed[0] & abi.KVM_GUESTDBG_SINGLESTEP)
         if self._exec_hlt:   # the HLT the exec page ran unstepped: step again from what follows
             self._exec_hlt = False
             self._apply()
-        if pc in self._sw_addrs and not self._sw_int3:
+        if pc in self._sw_addrs and not self._sw_int3 and not stepped:
             r.rip -= 1  # a planted HLT: the breakpoint, with rip back on it
             self.vcpu.set_regs(r)
             return SwBreak(pc)
