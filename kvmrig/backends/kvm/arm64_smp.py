@@ -52,6 +52,7 @@ class _Secondary(KvmArm64Backend):
         self.kvm, self.vm = primary.kvm, primary.vm
         self.regions, self._buffers, self._backing = primary.regions, [], primary._backing
         self._slot_ids, self._traps, self._watch_mmio, self._slot = [], {}, False, primary._slot
+        self._log_dirty, self._dirty, self._bitmaps = False, set(), {}   # the VM's pages are the primary's
         self.vcpu = None
         self.index = index
         self._reset_vcpu_state()
