@@ -33,6 +33,10 @@ _ioctl = abi.libc.ioctl
 _ZERO = abi.ulong(0)
 _SYNC_REGS = getattr(abi, "KVM_SYNC_X86_REGS", 0)
 _SYNC_SREGS = getattr(abi, "KVM_SYNC_X86_SREGS", 0)
+# KVM_SET_GUEST_DEBUG controls that read the registers or queue an event inside
+# KVM at the ioctl (not at the next KVM_RUN): staged state goes in first.
+_READS_STATE = abi.KVM_GUESTDBG_SINGLESTEP | abi.KVM_GUESTDBG_INJECT_DB \
+    | abi.KVM_GUESTDBG_INJECT_BP
 _SIZES = {t: ffi.sizeof(t) for t in ("struct kvm_regs", "struct kvm_sregs", "struct kvm_vcpu_events")
           if abi.ARCH == "x86_64"}
 
@@ -486,6 +490,31 @@ class Vcpu(_Attrs):
         rs.kvm_dirty_regs = dirty
         return True
 
+    def flush_staged(self) -> None:
+        """Hand what stage() left in kvm_run to KVM now, by ioctl (KVM_SET_REGS,
+        KVM_SET_SREGS, KVM_SET_VCPU_EVENTS), instead of at the next KVM_RUN.
+
+        Needed before any ioctl that reads or changes that state inside KVM:
+        KVM_SET_GUEST_DEBUG with SINGLESTEP records the linear RIP (RIP + CS
+        base) it must set TF at from KVM's own copy, so with the registers
+        still staged it records the last run's RIP, the staged RIP then does
+        not match at KVM_RUN and TF is never set (VMX/SVM KVM step nothing);
+        an injected #DB/#BP or KVM_SET_VCPU_EVENTS would be overwritten by
+        the staged events, and KVM_GET_VCPU_EVENTS would read stale ones."""
+        rs = self.run_struct
+        dirty = rs.kvm_dirty_regs
+        if not dirty:
+            return
+        rs.kvm_dirty_regs = 0
+        self._fresh[0] = False
+        if dirty & _SYNC_SREGS:
+            _call(self.fd, _require(abi.KVM_SET_SREGS, "KVM_SET_SREGS"), self._sync_sregs, "KVM_SET_SREGS")
+        if dirty & _SYNC_REGS:
+            _call(self.fd, _require(abi.KVM_SET_REGS, "KVM_SET_REGS"), self._sync_regs, "KVM_SET_REGS")
+        if dirty & abi.KVM_SYNC_X86_EVENTS:
+            _call(self.fd, _require(abi.KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS"), self._sync_events,
+                  "KVM_SET_VCPU_EVENTS")
+
     def get_regs(self):
         """KVM_GET_REGS into this Vcpu's reused `struct kvm_regs *` (or, with
         sync regs current, the copy KVM left in kvm_run: no ioctl)."""
@@ -541,6 +570,7 @@ class Vcpu(_Attrs):
         """A KVM_GET_* ioctl that fills one struct (`ctype`), as bytes: the
         state is kept opaque, the way KVM hands it out (xsave, xcrs,
         debugregs, vcpu events, mp state). `size` overrides sizeof (XSAVE2)."""
+        self.flush_staged()
         n = size or ffi.sizeof(ctype)
         buf = ffi.new("char[]", n)
         _call(self.fd, _require(getattr(abi, request_name), request_name),
@@ -549,6 +579,7 @@ class Vcpu(_Attrs):
 
     def set_blob(self, request_name: str, ctype: str, data: bytes) -> None:
         """The KVM_SET_* partner of get_blob()."""
+        self.flush_staged()
         self._fresh[0] = False
         buf = ffi.from_buffer("char[]", data)
         _call(self.fd, _require(getattr(abi, request_name), request_name),
@@ -591,6 +622,7 @@ class Vcpu(_Attrs):
         """KVM_GET/SET_VCPU_EVENTS: forget the exception KVM has queued for the
         guest (after a failed emulation KVM queues #UD as well as exiting; a
         VMM that recovers from the failure must not deliver it)."""
+        self.flush_staged()
         ev = ffi.new("struct kvm_vcpu_events *")
         _call(self.fd, _require(abi.KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"), ev, "KVM_GET_VCPU_EVENTS")
         if not (ev.exception.injected or ev.exception.pending):
@@ -618,6 +650,8 @@ class Vcpu(_Attrs):
                 raise ValueError(f"{len(debugreg)} debug registers; x86 has DR0..DR7")
             for i, value in enumerate(debugreg):
                 dbg.arch.debugreg[i] = value
+        if control & _READS_STATE:
+            self.flush_staged()   # KVM takes RIP/CS/RFLAGS or queues an event now
         _call(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, "KVM_SET_GUEST_DEBUG",
               f"control {control:#x}")
 
