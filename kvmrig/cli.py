@@ -287,7 +287,8 @@ def _run_in_vm(args: argparse.Namespace) -> int:
     clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
                                    ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),
                                    ("--backend emu", args.backend == "emu"),
-                                   ("--strict", args.strict)) if on]
+                                   ("--save-on-fail", args.save_on_fail),
+                                   ("--rerun-failed", args.rerun_failed)) if on]
     if clash:
         return _usage(f"--in-vm cannot be combined with {', '.join(clash)}")
     missing = [p for p in args.paths if not Path(p).exists()]

@@ -112,6 +112,10 @@ def inner_argv(args, paths: list[str], junit: str | None, json_out: str | None) 
         argv += ["--tag", tag]
     if args.exitfirst:
         argv.append("-x")
+    if getattr(args, "strict", False):
+        argv.append("--strict")      # the inner run's skips fail it: its exit status is ours
+    if getattr(args, "no_reuse", False):
+        argv.append("--no-reuse")
     argv += ["-v"] * args.verbose + ["-q"] * args.quiet
     if getattr(args, "coverage", None):
         argv += ["--coverage", COVERAGE_DIR]
