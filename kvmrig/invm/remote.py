@@ -124,6 +124,14 @@ def inner_argv(args, paths: list[str], junit: str | None, json_out: str | None) 
     return argv
 
 
+def host_line(line: str, coverage: str | None) -> str:
+    """An inner run's output line as the host reads it: the coverage files it
+    names are where they come back to (the host's DIR), not the guest's folder."""
+    if coverage and line.startswith("coverage: "):
+        return line.replace(COVERAGE_DIR, str(Path(coverage)))
+    return line
+
+
 def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None = None) -> int:
     """Run `kvmrig run` on the rigs inside the VM of the lane ``args.in_vm``; returns its exit status."""
     lane = lane_for(args.in_vm)
@@ -148,7 +156,8 @@ def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None
            ("FORCE_COLOR" if sys.stdout.isatty() else "NO_COLOR"): "1"}
     env.update({k: os.environ[k] for k in FORWARD_ENV if k in os.environ})
     result = run_in_vm(argv, files=[(f, f) for f in real_files], symlinks=links,
-                       timeout=budget + BOOT_ALLOWANCE, fetch=fetch, on_output=out, workdir=cwd,
+                       timeout=budget + BOOT_ALLOWANCE, fetch=fetch,
+                       on_output=lambda line: out(host_line(line, coverage)), workdir=cwd,
                        env=env, lane=lane, progress=progress)
     wall = time.monotonic() - t0
     boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "-"

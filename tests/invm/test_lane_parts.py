@@ -18,7 +18,7 @@ from kvmrig.invm import image, lanes
 from kvmrig.invm.cpio import CpioWriter
 from kvmrig.invm.debian import version_compare
 from kvmrig.cli import _parser, main
-from kvmrig.invm.remote import COVERAGE_DIR, host_view, inner_argv
+from kvmrig.invm.remote import COVERAGE_DIR, host_line, host_view, inner_argv
 
 
 def test_lane_table():
@@ -159,3 +159,10 @@ def test_in_vm_refuses_what_it_cannot_bring_back(flag, capsys):
     a usage error naming the option, not silently dropped."""
     assert main(["run", "--in-vm", "x86_64", *flag, "rigs/x86"]) == 2
     assert f"--in-vm cannot be combined with {flag[0]}" in capsys.readouterr().err
+
+
+def test_in_vm_coverage_line_names_the_host_folder():
+    inner = f"coverage: {COVERAGE_DIR}/coverage.info, {COVERAGE_DIR}/coverage.xml"
+    assert host_line(inner, "reports/cov") == "coverage: reports/cov/coverage.info, reports/cov/coverage.xml"
+    assert host_line(inner, None) == inner
+    assert host_line(f"PASS  x.yaml::x {COVERAGE_DIR}", "c") == f"PASS  x.yaml::x {COVERAGE_DIR}"

@@ -179,3 +179,22 @@ def test_in_vm_cli_through_a_symlinked_folder(tmp_path):
     assert "wall time" in r.stderr                     # the honest host-side time, always
     cases = list(ET.parse(junit).getroot().iter("testcase"))
     assert len(cases) == len(examples)
+
+
+def test_in_vm_forwards_coverage_strict_and_no_reuse(tmp_path):
+    """--coverage, --strict and --no-reuse reach the run inside the x86_64 VM:
+    the coverage of a DWARF guest comes back to the host's DIR (and the run's
+    line names it), and an arm64 rig the x86 KVM cannot run fails the run."""
+    out = tmp_path / "cov"
+    r = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--in-vm", "x86_64", "--junit", "", "-j", "1",
+                        "--coverage", str(out), "--strict", "--no-reuse",
+                        "rigs/x86/cov-checksum.yaml", "rigs/x86/cov-dispatch.yaml", "rigs/arm64/exit-code.yaml"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "PASS  rigs/x86/cov-checksum.yaml::" in r.stdout and "PASS  rigs/x86/cov-dispatch.yaml::" in r.stdout
+    assert "SKIP  rigs/arm64/exit-code.yaml::" in r.stdout, r.stdout
+    assert "--strict: 1 skipped rig(s) count as failures" in r.stdout + r.stderr
+    assert f"coverage: {out}/coverage.info" in r.stdout, r.stdout
+    info = (out / "coverage.info").read_text()
+    assert "x86/guests/cov-checksum.c" in info and "x86/guests/cov-dispatch.c" in info
+    assert "FNDA:1,crc_byte" in info and "FNDA:0,empty" in info   # ran, and never ran
