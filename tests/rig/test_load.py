@@ -467,3 +467,9 @@ def test_any_value_anywhere_is_a_rig_or_a_rig_error(rig_dir: Path):
                 assert re.match(r"^\S+:\d+:\d+: ", str(e)), str(e)
             seen += 1
     assert seen > 300
+
+
+@pytest.mark.parametrize("timeout", ["99999999", "1.0e+30", '"99999999999999999s"'])
+def test_a_huge_timeout_is_a_rig_error_at_its_line(timeout):
+    # issue 11 item 2: validate passed it, then the run died (OverflowError, no JUnit)
+    assert error(f"kvmrig: 1\narch: x86_64\ntimeout: {timeout}\n").startswith("r.yaml:3:10: timeout: ")
