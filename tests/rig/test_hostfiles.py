@@ -107,3 +107,19 @@ def test_a_rig_file_that_is_a_folder_or_has_a_nul_is_a_rig_error(tmp_path):
         load_rig(tmp_path)
     with pytest.raises(RigError, match="cannot read the rig file"):
         load_rig(str(tmp_path / "a\0b.yaml"))
+
+
+@pytest.mark.parametrize("arch, watch, why", [
+    ("x86_64", "{at: 0x2000, len: 0x10000000}", "needs at least 67108864 debug registers"),
+    ("arm64", "{at: 0xfffffffffffffff0, len: 0x20}", "leaves the 64-bit address space"),
+    ("arm64", "{at: 0x0001000000000000, len: 8}", "is not sign-extended from bit 48"),
+])
+def test_watchpoints_no_register_can_hold_are_rig_errors_quickly(tmp_path, arch, watch, why):
+    # issue 11 items 3 (> 3 GB in 6 s) and 13 (ValueError traceback)
+    at = "0x40000000" if arch == "arm64" else "0"
+    text = (f"kvmrig: 1\narch: {arch}\nmemory: [{{at: {at}, size: 64K}}]\nimages: [{{hex: '00000014', at: {at}}}]\n"
+            f"watchpoints: [{watch}]\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    message = error(text, tmp_path)
+    assert message.startswith(f"{tmp_path / 'r.yaml'}:5:15: watchpoint[0] at ") and why in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000
