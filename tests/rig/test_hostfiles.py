@@ -110,7 +110,7 @@ def test_a_rig_file_that_is_a_folder_or_has_a_nul_is_a_rig_error(tmp_path):
 
 
 @pytest.mark.parametrize("arch, watch, why", [
-    ("x86_64", "{at: 0x2000, len: 0x10000000}", "needs at least 67108864 debug registers"),
+    ("x86_64", "{at: 0x2000, len: 0x10000000}", "needs at least 33554432 debug registers"),
     ("arm64", "{at: 0xfffffffffffffff0, len: 0x20}", "leaves the 64-bit address space"),
     ("arm64", "{at: 0x0001000000000000, len: 8}", "is not sign-extended from bit 48"),
 ])
