@@ -93,11 +93,6 @@ def test_a_fifo_nobody_reads_is_refused_not_waited_on(tmp_path):
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
-def test_dev_null_stays_a_character_device():
-    write_atomic("/dev/null", "nothing")
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
-
-
 def test_a_folder_is_refused(tmp_path):
     with pytest.raises(IsADirectoryError):
         write_atomic(tmp_path, "x")

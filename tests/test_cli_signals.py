@@ -207,13 +207,27 @@ def test_a_nul_byte_image_path_in_a_folder_costs_only_that_rig(tmp_path):
 
 @kvm
 @x86_host
-def test_reports_to_devices_and_pipes_are_written_through(tmp_path):
-    # issue 11 item 1: --json /dev/stdout wrote nothing to stdout (and --junit /dev/null replaced it)
+def test_reports_to_pipes_and_fifos_are_written_through(tmp_path):
+    # issue 11 item 1: --json /dev/stdout wrote nothing to stdout, and --junit /dev/null replaced the
+    # device with a regular file. A FIFO stands in for the device here: a regression must not be
+    # able to break the machine the tests run on.
+    import threading
     (tmp_path / "a.yaml").write_text(good())
-    proc = kvmrig("run", "-j", "1", "-q", "--junit", "/dev/null", "--json", "/dev/stdout", tmp_path / "a.yaml")
-    assert proc.returncode == 0
+    stdout = tmp_path / "stdout.json"
+    stdout.symlink_to("/proc/self/fd/1")  # what /dev/stdout is, in a place a regression cannot break
+    fifo = tmp_path / "junit.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    proc = kvmrig("run", "-j", "1", "-q", "--junit", fifo, "--json", stdout, tmp_path / "a.yaml")
+    if not got:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # release the reader if kvmrig never wrote
+    reader.join(10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '"status": "passed"' in proc.stdout
-    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert got and b'<testcase name="a"' in got[0]
+    assert fifo.is_fifo() and stdout.is_symlink()
 
 
 @kvm

@@ -14,6 +14,21 @@ from dataclasses import dataclass
 from kvmrig.rig.model import Region
 
 
+def host_ram() -> int:
+    """Bytes of RAM this host has (MemTotal): the most one rig's memory may add
+    up to (docs/limits.md). The mappings are lazy (MAP_NORESERVE) and only
+    touched pages cost, but a map larger than the host is refused by the kernel
+    (ENOMEM) or is a typo."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 40  # no /proc: let the mapping itself say
+
+
 class OutsideMemory(LookupError):
     """An address range that no region backs."""
 
