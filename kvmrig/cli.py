@@ -249,11 +249,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term, run_rigs) ->
         state.rigs += rigs
         state.errors += errors
         state.loaded += 1
-    rigs, errors = state.rigs, state.errors
-    if args.keyword:
-        rigs = [r for r in rigs if args.keyword in r.name or args.keyword in str(r.path)]
-    if args.tag:
-        rigs = [r for r in rigs if set(args.tag) & set(r.tags)]
+    rigs, errors = [r for r in state.rigs if _selected(args, r)], state.errors
     total = 0
     if args.shard or args.durations_from:  # after the filters: every shard must split the same list
         from kvmrig.errors import UsageError
@@ -281,6 +277,12 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term, run_rigs) ->
     return None
 
 
+def _selected(args: argparse.Namespace, rig) -> bool:
+    """-k and --tag."""
+    return ((not args.keyword or args.keyword in rig.name or args.keyword in str(rig.path))
+            and (not args.tag or bool(set(args.tag) & set(rig.tags))))
+
+
 def _error(path: Path, message: str):
     from kvmrig.runner import error_result
     return error_result(str(path), message)
@@ -302,7 +304,7 @@ def _final_results(args: argparse.Namespace, state: _RunState) -> list:
         for rig, result in zip(state.ran, results):
             final.append(result or _result_for(rig, SKIPPED, message=why))
     else:  # interrupted before the rigs were handed out: every loaded rig is not run
-        final += [_result_for(rig, SKIPPED, message=why) for rig in state.rigs]
+        final += [_result_for(rig, SKIPPED, message=why) for rig in state.rigs if _selected(args, rig)]
     for f in state.files[state.loaded:]:  # interrupted while loading
         if f in state.explicit or is_rig_file(f):
             final.append(_not_run(f, "not run (interrupted while the rig files were loading)"))

