@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import time
-import traceback
 from pathlib import Path
 
 from kvmrig import __version__
@@ -135,62 +131,6 @@ def _usage(message: str) -> int:
     return 2
 
 
-class _Interrupts:
-    """Ctrl-C and SIGTERM (what CI sends on cancel) in the parent of a run.
-
-    While armed, the first signal raises KeyboardInterrupt wherever the run is
-    (loading rig files, the worker pool, the summary); every later one, and any
-    while the reports are written, is only recorded: the report must be
-    complete whatever the user or CI sends. A forked worker that inherits this
-    handler dies from SIGTERM as it would without it (workers ignore SIGINT)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.armed = True
-        self.seen: int | None = None
-        self.saved: dict[int, object] = {}
-
-    def __enter__(self) -> _Interrupts:
-        for sig in self.SIGNALS:
-            self.saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self.saved.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if os.getpid() != self.pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        first = self.seen is None
-        if first:
-            self.seen = signum
-        if first and self.armed:
-            raise KeyboardInterrupt
-
-    def disarm(self) -> None:
-        self.armed = False
-
-
-class _RunState:
-    """What a run knows so far: enough for a complete report at any moment."""
-
-    def __init__(self) -> None:
-        self.files: list[Path] = []
-        self.explicit: set[Path] = set()
-        self.loaded = 0              # files[:loaded] were loaded (into rigs or errors)
-        self.rigs: list = []
-        self.errors: list = []
-        self.results: list | None = None
-        self.ran: list = []          # the rigs handed to run_rigs, in the order of results
-        self.interrupted = False
-        self.exitfirst_stop = False
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     if args.in_vm:
         return _run_in_vm(args)
@@ -205,154 +145,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _usage(f"--images-under needs folders: {', '.join(bad)}")
         from kvmrig.rig.hostfiles import restrict_to
         restrict_to(args.images_under)
-    with _Interrupts() as interrupts:
-        return _run(args, interrupts)
-
-
-def _run(args: argparse.Namespace, interrupts: _Interrupts) -> int:
-    from kvmrig.report.terminal import Terminal
-    from kvmrig.runner import run_rigs
-
-    started = time.monotonic()
-    state = _RunState()
-    term = Terminal(verbosity=args.verbose - args.quiet)
+    from kvmrig.errors import UsageError
+    from kvmrig.run_command import run_command
     try:
-        status = _load_and_run(args, state, term, run_rigs)
-        if status is not None:
-            return status
-    except KeyboardInterrupt:
-        state.interrupted = True
-    interrupts.disarm()  # from here on a signal is recorded, never lost in a half-written report
-    status = _finish(args, state, term, started, interrupts)
-    return status
-
-
-def _load_and_run(args: argparse.Namespace, state: _RunState, term, run_rigs) -> int | None:
-    """Collect, load, filter and run, updating `state` as it goes; a usage
-    error's exit status, or None when the run is to be reported."""
-    from kvmrig.runner import CROSS, expand, is_rig_file, load_all
-
-    files = expand(args.paths)
-    state.explicit = {Path(p) for p in args.paths if not Path(p).is_dir()}  # a FIFO too: `run <(gen)`
-    if args.rerun_failed:
-        from kvmrig import lastfailed
-        files = [f for f in files if f in state.explicit or is_rig_file(f)]
-        files, narrowed = lastfailed.select(files)
-        term.line(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
-                  else "rerun-failed: no failures recorded for these rigs: running all")
-    state.files = files
-    for f in files:
-        try:
-            rigs, errors = load_all([f], state.explicit)
-        except Exception:  # a kvmrig bug while loading: this file's error, not the run's end
-            rigs, errors = [], [_error(f, f"{f}: internal error in kvmrig while loading:\n{traceback.format_exc()}")]
-        state.rigs += rigs
-        state.errors += errors
-        state.loaded += 1
-    rigs, errors = [r for r in state.rigs if _selected(args, r)], state.errors
-    total = 0
-    if args.shard or args.durations_from:  # after the filters: every shard must split the same list
-        from kvmrig.errors import UsageError
-        from kvmrig.shard import shard_rigs
-        total = len(rigs) + len(errors)
-        try:
-            rigs, errors = shard_rigs(rigs, errors, args.shard, args.durations_from)
-        except UsageError as e:
-            return _usage(str(e))
-        term.line(f"shard {args.shard}: {len(rigs) + len(errors)} of {total} rigs")
-    if not rigs and not errors and not (args.shard and total):  # an empty shard of a real run passes
-        return _usage("no rigs found" + (" matching the filters" if args.keyword or args.tag else ""))
-    state.rigs, state.errors, state.ran = rigs, errors, rigs
-    term.start(len(rigs) + len(errors))
-    for e in errors:
-        term.result(e)
-    backend = CROSS if args.cross_check else args.backend
-    if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
-        state.results, state.exitfirst_stop = [None] * len(rigs), True
-        return None
-    state.results = [None] * len(rigs)
-    results, interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
-                                    exitfirst=args.exitfirst, update_golden=args.update_golden)
-    state.results, state.interrupted = results, interrupted
-    return None
-
-
-def _selected(args: argparse.Namespace, rig) -> bool:
-    """-k and --tag."""
-    return ((not args.keyword or args.keyword in rig.name or args.keyword in str(rig.path))
-            and (not args.tag or bool(set(args.tag) & set(rig.tags))))
-
-
-def _error(path: Path, message: str):
-    from kvmrig.runner import error_result
-    return error_result(str(path), message)
-
-
-def _not_run(path: Path, why: str):
-    from kvmrig.runner import SKIPPED, RigResult, classname_for
-    return RigResult(str(path), path.stem, SKIPPED, classname_for(path), message=why)
-
-
-def _final_results(args: argparse.Namespace, state: _RunState) -> list:
-    """Every rig of the run: its result, or skipped with why it did not run."""
-    from kvmrig.runner import SKIPPED, _result_for, is_rig_file
-
-    final = list(state.errors)
-    results = state.results if state.results is not None else [None] * len(state.ran)
-    why = "not run (interrupted)" if state.interrupted else "not run (--exitfirst)"
-    if state.ran:
-        for rig, result in zip(state.ran, results):
-            final.append(result or _result_for(rig, SKIPPED, message=why))
-    else:  # interrupted before the rigs were handed out: every loaded rig is not run
-        final += [_result_for(rig, SKIPPED, message=why) for rig in state.rigs if _selected(args, rig)]
-    for f in state.files[state.loaded:]:  # interrupted while loading
-        if f in state.explicit or is_rig_file(f):
-            final.append(_not_run(f, "not run (interrupted while the rig files were loading)"))
-    return final
-
-
-def _finish(args: argparse.Namespace, state: _RunState, term, started: float, interrupts: _Interrupts) -> int:
-    from kvmrig.runner import ERROR, FAILED
-
-    final = _final_results(args, state)
-    term.summary(final, time.monotonic() - started, state.interrupted)
-    unwritten = False
-    if not state.interrupted:
-        try:
-            from kvmrig import lastfailed
-            lastfailed.update(final)
-        except OSError as e:
-            print(f"kvmrig: warning: cannot record the failed rigs for --rerun-failed: {e}", file=sys.stderr)
-    for flag, target, write in (("--junit", args.junit, lambda: _write_junit(args.junit, final)),
-                                ("--json", args.json, lambda: _write_json(args.json, final, started))):
-        if not target:
-            continue
-        try:
-            write()
-        except (OSError, ValueError) as e:
-            print(f"kvmrig: error: cannot write the report {flag} {target}: {getattr(e, 'strerror', None) or e}",
-                  file=sys.stderr)
-            unwritten = True
-    if state.interrupted or interrupts.seen is not None:
-        print("kvmrig: interrupted" + (" (SIGTERM)" if interrupts.seen == signal.SIGTERM else "")
-              + ": the reports list the rigs not run as skipped", file=sys.stderr)
-    elif args.gdb_on_fail and state.results is not None:
-        _gdb_on_fail(args.gdb_on_fail, state.ran, state.results)
-    if any(r.status == FAILED for r in final):
-        return 1
-    if state.interrupted or interrupts.seen is not None or unwritten or any(r.status == ERROR for r in final):
-        return 2
-    return 0
-
-
-def _write_junit(path: str, final) -> None:
-    from kvmrig.report.junit import write_junit
-    write_junit(path, final)
-
-
-def _write_json(path: str, final, started: float) -> None:
-    from kvmrig.report.json_report import write_json
-    write_json(path, final, time.monotonic() - started)
+        return run_command(args)
+    except UsageError as e:
+        return _usage(str(e))
 
 
 def _run_in_vm(args: argparse.Namespace) -> int:
@@ -440,21 +238,6 @@ def cmd_debug(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 2
     return serve_rig(rig, args.gdb, args.backend)
-
-
-def _gdb_on_fail(address: str, rigs, results) -> None:
-    """Re-run the first rig that failed in this process and serve its final state to gdb."""
-    from kvmrig.gdb.server import serve_rig
-    from kvmrig.runner import FAILED
-
-    failed = next(((rig, r) for rig, r in zip(rigs, results) if r is not None and r.status == FAILED), None)
-    if failed is None:
-        print("kvmrig: --gdb-on-fail: no rig failed", file=sys.stderr)
-        return
-    rig, result = failed
-    backend = result.backend if result.backend in ("kvm", "emu") else "auto"  # the one it failed on
-    print(f"kvmrig: --gdb-on-fail: running {rig.path} again on {backend}, to its end, for gdb", flush=True)
-    serve_rig(rig, address, backend, at_end=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,8 +180,8 @@ def test_a_closed_stdout_changes_neither_the_verdict_nor_the_reports(tmp_path):
 @x86_host
 def test_verbose_console_shows_escape_sequences_escaped(make_rig):
     # issue 11 item 18: -v printed the guest's raw escapes (colours, window title)
-    rig = make_rig(CONSOLE.replace('"b0 68 e6 e9 b0 69 e6 e9 f4"', '"b0 1b e6 e9 b0 5d e6 e9 b0 68 e6 e9 b0 69 e6 e9 f4"')
-                   .replace("contains: hi", "contains: hi"))
+    escape = '"b0 1b e6 e9 b0 5d e6 e9 b0 68 e6 e9 b0 69 e6 e9 f4"'   # ESC ] h i: the start of a window title
+    rig = make_rig(CONSOLE.replace('"b0 68 e6 e9 b0 69 e6 e9 f4"', escape))
     proc = kvmrig("run", "-v", rig, "--junit", "")
     assert proc.returncode == 0, proc.stdout
     assert "| \\x1b]hi" in proc.stdout

@@ -49,7 +49,7 @@ def test_control_registers_kvm_refuses_are_rig_errors(regs, why):
     # they were "KVM_SET_SREGS failed: EINVAL" at run time, without a line
     message = error(HEAD + "memory: [{at: 0, size: 2M}]\nimages: [{hex: f4, at: 0x1000}]\n"
                            f"cpu: {{mode: long, regs: {regs}}}\n")
-    assert message.startswith("r.yaml:5:") and f"cpu.regs: " in message and why in message
+    assert message.startswith("r.yaml:5:") and "cpu.regs: " in message and why in message
 
 
 def test_control_registers_set_at_a_hit_are_checked_too():
