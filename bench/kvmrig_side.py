@@ -77,7 +77,7 @@ def measure(op: str, k: int, n: int, profile: str | None = None, backend: str = 
 
 
 def _check(result, op: str, rig, backend: str = "auto") -> None:
-    from kvmrig.runner import PASSED
+    from kvmrig.result import PASSED
 
     if backend != "auto" and result.backend and result.backend != backend:
         raise SystemExit(f"kvmrig_side: asked for backend {backend}, the rig ran on {result.backend}")

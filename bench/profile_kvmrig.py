@@ -148,8 +148,7 @@ def micro(n: int = 2000) -> None:
     on a HLT, next to the raw ioctl: what each layer adds per call."""
     import statistics
 
-    from kvmrig.backends import base
-    from kvmrig.backends.base import Event
+    from kvmrig.backends.events import HwBreak
     from kvmrig.backends.kvm import abi
     from kvmrig.backends.kvm.x86_64 import KvmX86Backend
     from kvmrig.machine.expect import check_state
@@ -164,7 +163,7 @@ def micro(n: int = 2000) -> None:
     memory = Memory(rig.memory)
     backend = KvmX86Backend()
     session = Session(plan, backend, memory)
-    session.setup()
+    session.start()
     ev = backend.run(time.monotonic() + 5)   # the first breakpoint hit
     vcpu = backend.vcpu
     fd, libc_ioctl = vcpu.fd, abi.libc.ioctl
@@ -190,7 +189,7 @@ def micro(n: int = 2000) -> None:
         ("KvmX86Backend.get_regs() (GET_REGS + GET_SREGS + dict of 31)", backend.get_regs),
         ("KvmX86Backend._apply() (SET_GUEST_DEBUG, DR0 armed)", backend._apply),
         ("Vcpu.set_guest_debug(0) (SET_GUEST_DEBUG)", lambda: vcpu.set_guest_debug(0)),
-        ("Event(DEBUG, ...) creation", lambda: Event(base.DEBUG, pc=0x1002, slot=0, addr=0x1002, detail="hw")),
+        ("HwBreak(...) creation (an event)", lambda: HwBreak(0x1002, 0)),
         ("check_state(dx == 0x55aa) on a regs dict (no ioctl)",
          lambda r=backend.get_regs(): check_state(rig.arch, "bp: ", spec.expect, r, session.patches.view,
                                                   plan.resolve, None)),
@@ -213,6 +212,7 @@ def phases(n: int = 300) -> None:
 
     import kvmrig.machine.session as session_mod
     import kvmrig.runner as runner_mod
+    import kvmrig.result as result_mod
     from kvmrig.backends.kvm import common, x86_64
     from kvmrig.machine import memory as memory_mod
     from kvmrig.rig.load import load_rig
@@ -232,7 +232,7 @@ def phases(n: int = 300) -> None:
         setattr(owner, attr, timed)
 
     # run_rig's own pieces, outermost first (inner ones are also inside the outer).
-    wrap(runner_mod, "_result_for", "result object (classname_for)")
+    wrap(result_mod, "result_for", "result object (classname_for)")
     import kvmrig.machine.plan as plan_mod
     wrap(plan_mod, "prepare", "prepare()")
     wrap(memory_mod.Memory, "__init__", "Memory() (mmap)")
@@ -241,7 +241,7 @@ def phases(n: int = 300) -> None:
     wrap(x86_64.KvmX86Backend, "set_initial_state", "set_initial_state (vCPU, CPUID, sregs, regs)")
     wrap(common.KvmBackendBase, "map_memory", "map_memory (SET_USER_MEMORY_REGION)")
     wrap(common.KvmBackendBase, "run", "backend.run (timer + KVM_RUN + HLT event)")
-    wrap(session_mod.Session, "_finish", "Session._finish (final regs, checks)")
+    wrap(session_mod.Session, "finish", "Session.finish (final regs, checks)")
     wrap(common.KvmBackendBase, "close", "backend.close (VM teardown)")
     with tempfile.TemporaryDirectory() as tmp:
         rig = load_rig(rigs.write_rig(Path(tmp), "lifecycle"))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kvmrig_side
 from kvmrig.backends.kvm import abi, system
 from kvmrig.backends.kvm.x86_64 import KvmX86Backend
-from kvmrig.arch.x86_64 import dr7 as dr7_mod
+from kvmrig.backends.events import HwBreak, SwBreak
 from kvmrig.machine import session as session_mod
 
 ffi = abi.ffi
@@ -38,11 +38,11 @@ def patch(which):
     if "A" in which:
         def _debug_event(self, info):
             ev = orig["_debug_event"](self, info)
-            if ev is not None and ev.detail == "hw":
+            if isinstance(ev, HwBreak):
                 self._bp_pc = ev.pc
             return ev
         def _before_run(self):
-            self._fixup = False
+            self._fixup = False  # read through KvmX86Backend._needs_fixup()
             if self._resume is None:
                 return
             if self.peek(self._bp_pc, 1) == b"\xf4":
@@ -53,10 +53,10 @@ def patch(which):
         KvmX86Backend._before_run = _before_run
     # B: a per-hit check naming only GPRs reads only KVM_GET_REGS
     if "B" in which:
-        def _hit(self, point, ev):
+        def _hit(self, point, *where):
             self.backend._gpr_only = True
             try:
-                return orig_hit(self, point, ev)
+                return orig_hit(self, point, *where)
             finally:
                 self.backend._gpr_only = False
         def get_regs(self):
@@ -85,7 +85,7 @@ def patch(which):
     if "D" in which:
         def _halt_event(self):
             ev = orig["_halt_event"](self)
-            self._known_pc = ev.pc if ev.detail == "sw" else None
+            self._known_pc = ev.pc if isinstance(ev, SwBreak) else None
             return ev
         def get_pc(self):
             pc = getattr(self, "_known_pc", None)

@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _collect(paths: list[str]):
-    from kvmrig.runner import expand, load_all
+    from kvmrig.collect import expand, load_all
 
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_in_vm(args: argparse.Namespace) -> int:
     from kvmrig.errors import BackendUnavailable
     from kvmrig.invm.remote import run_in_vm_cli
-    from kvmrig.runner import expand, is_rig_file
+    from kvmrig.collect import expand, is_rig_file
 
     clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
                                    ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),

@@ -24,14 +24,20 @@ are computed differently by QEMU's TCG and by the silicon; arm64 has none.
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 
 from kvmrig.arch.arm64.regs import XREGS
 from kvmrig.arch.x86_64.regs import GPRS as X86_GPRS
-from kvmrig.errors import KvmrigError, RigError
+from kvmrig.backends.select import available_backends
+from kvmrig.errors import BackendError, KvmrigError, RigError
+from kvmrig.machine import golden
+from kvmrig.machine.memory import Memory
 from kvmrig.machine.outcome import Failure, Outcome, num
+from kvmrig.machine.plan import Plan, prepare
+from kvmrig.machine.session import RunOptions, execute
+from kvmrig.result import RigResult, guarded, judged
 from kvmrig.rig.model import Rig
+from kvmrig.runner import run_rig
 
 BACKENDS = ("kvm", "emu")
 GPRS = {
@@ -54,21 +60,16 @@ class Run:
     seconds: float = 0.0
 
 
-def run_on(plan, backend: str, factory, options=None) -> Run:
-    """execute() of machine/session.py, also taking the RAM digests before the
-    memory goes away."""
-    from kvmrig.machine import golden
-    from kvmrig.machine.memory import Memory
-    from kvmrig.machine.session import Session
-
+def run_on(plan: Plan, backend: str, factory, options: RunOptions | None = None) -> Run:
+    """The rig's run on one backend (the one run loop, machine/session.py),
+    with the RAM digests taken before the memory goes away."""
     started = time.monotonic()
-    memory = Memory(plan.rig.memory)
-    try:
-        with factory() as b:
-            outcome = Session(plan, b, memory, options).run()
-        digests = golden.digests(plan.rig, memory.read)
-    finally:
-        memory.close()
+    digests: list[dict] = []
+
+    def keep_digests(memory: Memory) -> None:
+        digests.extend(golden.digests(plan.rig, memory.read))
+
+    outcome = execute(plan, factory, options, after=keep_digests)
     return Run(backend, outcome, digests, time.monotonic() - started)
 
 
@@ -114,18 +115,15 @@ def _tail(data: bytes) -> str:
     return repr(text if len(text) <= 60 else "..." + text[-60:])
 
 
-def cross_check(rig: Rig, update_golden: bool = False):
-    """Run `rig` on both backends and compare; a RigResult as runner.run_rig gives."""
-    from kvmrig.backends.select import available_backends
-    from kvmrig.machine.plan import prepare
-    from kvmrig.machine.session import RunOptions
-    from kvmrig.runner import ERROR, FAILED, PASSED, _result_for, run_rig
+def cross_check(rig: Rig, update_golden: bool = False) -> RigResult:
+    """Run `rig` on both backends and compare: the executor `kvmrig run
+    --cross-check` gives the runner (runner.run_rigs). Never raises."""
+    return guarded(rig, lambda: _cross_check(rig, update_golden))
 
+
+def _cross_check(rig: Rig, update_golden: bool) -> RigResult:
     start = time.monotonic()
-    try:
-        plan = prepare(rig)
-    except RigError as e:
-        return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
+    plan = prepare(rig)
     avail = available_backends(rig)
     usable = [name for name in BACKENDS if not isinstance(avail[name], str)]
     if rig.backend != "any" or len(usable) < 2:
@@ -136,16 +134,13 @@ def cross_check(rig: Rig, update_golden: bool = False):
         return result
     options = RunOptions(update_golden=update_golden)
     runs: list[Run] = []
-    try:
-        for name in BACKENDS:
+    for name in BACKENDS:
+        try:
             runs.append(run_on(plan, name, avail[name], options))
-    except RigError as e:
-        return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
-    except KvmrigError as e:
-        return _result_for(rig, ERROR, message=f"{rig.path}: {name}: {e}", seconds=time.monotonic() - start)
-    except Exception:
-        return _result_for(rig, ERROR, message=f"{rig.path}: internal error in kvmrig ({name}):\n"
-                                               f"{traceback.format_exc()}", seconds=time.monotonic() - start)
+        except RigError:
+            raise
+        except KvmrigError as e:  # say which backend
+            raise BackendError(f"{name}: {e}") from e
     first, second = runs
     outcome = first.outcome
     outcome.backend = "+".join(r.backend for r in runs)
@@ -154,7 +149,5 @@ def cross_check(rig: Rig, update_golden: bool = False):
     outcome.failures.extend(Failure(f"[{second.backend}] {f.what}", f.expected, f.actual, f.mark)
                             for f in second.outcome.failures if str(f) not in seen)
     outcome.failures.extend(differences(rig.arch, first, second))
-    status = FAILED if outcome.failures else PASSED
     details = [f"cross-check: {r.backend} {r.seconds * 1000:.1f} ms, exit {r.outcome.exit}" for r in runs]
-    return _result_for(rig, status, outcome=outcome, seconds=time.monotonic() - start,
-                       backend=outcome.backend, details=details)
+    return judged(rig, outcome, time.monotonic() - start, details=details)

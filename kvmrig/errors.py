@@ -68,3 +68,19 @@ class KvmError(BackendError):
 
 class UsageError(KvmrigError):
     """Bad command-line use (exit status 2)."""
+
+
+class NoBackend(KvmrigError):
+    """No backend can run this rig here; the message is the skip reason."""
+
+
+class NoDebugSlot(KvmrigError):
+    """A debugger's point needs more hardware debug registers than the rig left free."""
+
+
+class OutsideMemory(KvmrigError, LookupError):
+    """An address range that no memory region of the rig backs."""
+
+
+class ResultsFileError(KvmrigError, ValueError):
+    """A JSON results file (kvmrig merge, --shard) cannot be read; names the file."""

@@ -20,7 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 from kvmrig.atomic import write_atomic
-from kvmrig.errors import UsageError
+from kvmrig.errors import ResultsFileError, UsageError
+from kvmrig.report.json_report import document, read_results, write_document
 
 COUNTS = ("tests", "failures", "errors", "skipped")
 
@@ -127,7 +128,6 @@ def write_junit_tree(path: str | Path, root: ET.Element) -> None:
 # JSON ----------------------------------------------------------------------------
 
 def merge_json(inputs: list[str | Path]) -> dict:
-    from kvmrig.report.json_report import ResultsFileError, document, read_results
 
     records: list[dict] = []
     seconds = 0.0
@@ -161,7 +161,6 @@ def merge_files(out: str | Path, inputs: list[str | Path]) -> str:
         write_junit_tree(out, root)
         counts = {k: int(root.get(k, 0)) for k in COUNTS}
     else:
-        from kvmrig.report.json_report import write_document
 
         doc = merge_json(inputs)
         write_document(out, doc)

@@ -30,8 +30,10 @@ by the rig's name, an Item whose `runtest` raises a kvmrig exception, and a
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import traceback
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -43,7 +45,7 @@ import pytest
 if TYPE_CHECKING:
     from kvmrig.errors import RigError
     from kvmrig.rig.model import Rig
-    from kvmrig.runner import RigResult
+    from kvmrig.result import RigResult
 
 SUFFIXES = (".yaml", ".yml")
 COLLECT_MODES = ("args", "always", "never")
@@ -96,7 +98,7 @@ def _wanted(config: pytest.Config, path: Path) -> bool:
     roots = config.stash.get(_roots, [])
     if roots == []:
         return False
-    from kvmrig.runner import is_rig_file
+    from kvmrig.collect import is_rig_file
 
     if roots is None:
         return is_rig_file(path)
@@ -120,7 +122,7 @@ class RigFile(pytest.File):
     """One rig file: loaded and checked here, so its errors are collection errors."""
 
     def collect(self):
-        from kvmrig.errors import RigError
+        from kvmrig.errors import KvmrigError, RigError
         from kvmrig.rig.load import load_rig
 
         try:
@@ -128,6 +130,11 @@ class RigFile(pytest.File):
             _check(rig)
         except RigError as e:
             raise self.CollectError(_error_text(e, self.config.invocation_params.dir)) from None
+        except KvmrigError as e:
+            raise self.CollectError(f"{self.path}: {e}") from None
+        except Exception:  # a kvmrig bug: reported against the file, never swallowed
+            raise self.CollectError(f"{self.path}: internal error in kvmrig while loading the rig:\n"
+                                    f"{traceback.format_exc()}") from None
         item = RigItem.from_parent(self, name=rig.name, rig=rig)
         item.add_marker("kvmrig")
         for tag in rig.tags:
@@ -138,15 +145,9 @@ class RigFile(pytest.File):
 
 def _check(rig: Rig) -> None:
     """What `kvmrig validate` checks past the file itself (images, symbols, debug registers)."""
-    from kvmrig.errors import RigError
     from kvmrig.machine.plan import prepare
 
-    try:
-        prepare(rig)
-    except RigError:
-        raise
-    except Exception:  # a kvmrig bug: let the run report it against the rig
-        pass
+    prepare(rig)
 
 
 def _error_text(error: RigError, base: Path) -> str:
@@ -186,13 +187,14 @@ class RigItem(pytest.Item):
         self.result: RigResult | None = None
 
     def runtest(self) -> None:
-        from kvmrig.runner import ERROR, FAILED, SKIPPED, RigResult, run_rig, run_rigs
+        from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult
+        from kvmrig.runner import run_rig, run_rigs
 
         backend = self.config.getoption("kvmrig_backend", "auto") or "auto"
         if threading.current_thread() is threading.main_thread():
             result = run_rig(self.rig, backend)
         else:  # SIGALRM is main-thread only: a forked worker's only thread is its main thread
-            results, _ = run_rigs([self.rig], jobs=1, backend=backend)
+            results, _ = run_rigs([self.rig], jobs=1, executor=functools.partial(run_rig, backend=backend))
             result = results[0] or RigResult(str(self.rig.path), self.rig.name, ERROR,
                                              message=f"{self.rig.path}: the rig was not run")
         self.result = result
@@ -217,7 +219,7 @@ class RigItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, RigFailed):
             from kvmrig.report.terminal import failure_lines
-            from kvmrig.runner import FAILED
+            from kvmrig.result import FAILED
 
             result = excinfo.value.result
             lines = failure_lines(result) if result.status == FAILED else result.message.splitlines()

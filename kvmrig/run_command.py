@@ -12,6 +12,7 @@ why. A closed stdout (`| head -1`) is the terminal's business
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -19,8 +20,12 @@ import time
 import traceback
 from pathlib import Path
 
+from kvmrig import lastfailed, runner
+from kvmrig.collect import expand, is_rig_file, load_all
+from kvmrig.crosscheck import cross_check
 from kvmrig.errors import UsageError
 from kvmrig.report.terminal import Terminal
+from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, classname_for, error_result, result_for
 
 class _Interrupts:
     """Ctrl-C and SIGTERM (what CI sends on cancel) in the parent of a run.
@@ -84,28 +89,23 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, interrupts: _Interrupts) -> int:
-    from kvmrig.runner import run_rigs
-
     started = time.monotonic()
     state = _RunState()
     term = Terminal(verbosity=args.verbose - args.quiet)
     try:
-        _load_and_run(args, state, term, run_rigs)
+        _load_and_run(args, state, term)
     except KeyboardInterrupt:
         state.interrupted = True
     interrupts.disarm()  # from here on a signal is recorded, never lost in a half-written report
     return _finish(args, state, term, started, interrupts)
 
 
-def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal, run_rigs) -> None:
+def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) -> None:
     """Collect, load, filter and run, updating `state` as it goes (UsageError
     when there is nothing to run)."""
-    from kvmrig.runner import CROSS, expand, is_rig_file, load_all
-
     files = expand(args.paths)
     state.explicit = {Path(p) for p in args.paths if not Path(p).is_dir()}  # a FIFO too: `run <(gen)`
     if args.rerun_failed:
-        from kvmrig import lastfailed
         files = [f for f in files if f in state.explicit or is_rig_file(f)]
         files, narrowed = lastfailed.select(files)
         term.line(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
@@ -122,7 +122,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal, ru
     rigs, errors = [r for r in state.rigs if _selected(args, r)], state.errors
     total = 0
     if args.shard or args.durations_from:  # after the filters: every shard must split the same list
-        from kvmrig.shard import shard_rigs
+        from kvmrig.shard import shard_rigs  # only with --shard
         total = len(rigs) + len(errors)
         rigs, errors = shard_rigs(rigs, errors, args.shard, args.durations_from)  # UsageError: cli.py says it
         term.line(f"shard {args.shard}: {len(rigs) + len(errors)} of {total} rigs")
@@ -132,12 +132,15 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal, ru
     term.start(len(rigs) + len(errors))
     for e in errors:
         term.result(e)
-    backend = CROSS if args.cross_check else args.backend
+    if args.cross_check:
+        executor = functools.partial(cross_check, update_golden=args.update_golden)
+    else:
+        executor = functools.partial(runner.run_rig, backend=args.backend, update_golden=args.update_golden)
     state.results = [None] * len(rigs)
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         return
-    state.results, state.interrupted = run_rigs(rigs, args.jobs, backend=backend, on_result=term.result,
-                                                exitfirst=args.exitfirst, update_golden=args.update_golden)
+    state.results, state.interrupted = runner.run_rigs(rigs, args.jobs, executor, on_result=term.result,
+                                                       exitfirst=args.exitfirst)
 
 
 def _selected(args: argparse.Namespace, rig) -> bool:
@@ -146,28 +149,24 @@ def _selected(args: argparse.Namespace, rig) -> bool:
             and (not args.tag or bool(set(args.tag) & set(rig.tags))))
 
 
-def _error(path: Path, message: str):
-    from kvmrig.runner import error_result
+def _error(path: Path, message: str) -> RigResult:
     return error_result(str(path), message)
 
 
-def _not_run(path: Path, why: str):
-    from kvmrig.runner import SKIPPED, RigResult, classname_for
+def _not_run(path: Path, why: str) -> RigResult:
     return RigResult(str(path), path.stem, SKIPPED, classname_for(path), message=why)
 
 
 def _final_results(args: argparse.Namespace, state: _RunState) -> list:
     """Every rig of the run: its result, or skipped with why it did not run."""
-    from kvmrig.runner import SKIPPED, _result_for, is_rig_file
-
     final = list(state.errors)
     results = state.results if state.results is not None else [None] * len(state.ran)
     why = "not run (interrupted)" if state.interrupted else "not run (--exitfirst)"
     if state.ran:
         for rig, result in zip(state.ran, results):
-            final.append(result or _result_for(rig, SKIPPED, message=why))
+            final.append(result or result_for(rig, SKIPPED, message=why))
     else:  # interrupted before the rigs were handed out: every loaded rig is not run
-        final += [_result_for(rig, SKIPPED, message=why) for rig in state.rigs if _selected(args, rig)]
+        final += [result_for(rig, SKIPPED, message=why) for rig in state.rigs if _selected(args, rig)]
     for f in state.files[state.loaded:]:  # interrupted while loading
         if f in state.explicit or is_rig_file(f):
             final.append(_not_run(f, "not run (interrupted while the rig files were loading)"))
@@ -176,14 +175,11 @@ def _final_results(args: argparse.Namespace, state: _RunState) -> list:
 
 def _finish(args: argparse.Namespace, state: _RunState, term: Terminal, started: float,
             interrupts: _Interrupts) -> int:
-    from kvmrig.runner import ERROR, FAILED
-
     final = _final_results(args, state)
     term.summary(final, time.monotonic() - started, state.interrupted)
     unwritten = False
     if not state.interrupted:
         try:
-            from kvmrig import lastfailed
             lastfailed.update(final)
         except OSError as e:
             print(f"kvmrig: warning: cannot record the failed rigs for --rerun-failed: {e}", file=sys.stderr)
@@ -210,20 +206,18 @@ def _finish(args: argparse.Namespace, state: _RunState, term: Terminal, started:
 
 
 def _write_junit(path: str, final) -> None:
-    from kvmrig.report.junit import write_junit
+    from kvmrig.report.junit import write_junit  # only when a report is asked for
     write_junit(path, final)
 
 
 def _write_json(path: str, final, started: float) -> None:
-    from kvmrig.report.json_report import write_json
+    from kvmrig.report.json_report import write_json  # only with --json
     write_json(path, final, time.monotonic() - started)
 
 
 def _gdb_on_fail(address: str, rigs, results) -> None:
     """Re-run the first rig that failed in this process and serve its final state to gdb."""
-    from kvmrig.gdb.server import serve_rig
-    from kvmrig.runner import FAILED
-
+    from kvmrig.gdb.server import serve_rig  # only with --gdb-on-fail
     failed = next(((rig, r) for rig, r in zip(rigs, results) if r is not None and r.status == FAILED), None)
     if failed is None:
         print("kvmrig: --gdb-on-fail: no rig failed", file=sys.stderr)

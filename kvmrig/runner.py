@@ -1,99 +1,43 @@
-"""Running rigs: one in-process, many across worker processes.
+"""Running rigs: one in-process (run_rig), many across worker processes (run_rigs).
 
 Workers are forked once and fed rigs through pipes, so the per-rig cost is a
-VM's, not a process's. A worker that dies (segfault, kill -9) or overruns its
-rig's timeout by a wide margin becomes an error for that rig and is replaced;
-the rest of the run goes on. Ctrl-C stops the run and still reports it.
+VM's, not a process's. Each worker runs a rig with the executor it was given
+(run_rig on one backend, or crosscheck.cross_check). A worker that dies
+(segfault, kill -9) or overruns its rig's timeout by a wide margin becomes an
+error for that rig and is replaced; the rest of the run goes on. Ctrl-C stops
+the run and still reports it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
 import time
-import traceback
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 
-from kvmrig.errors import KvmrigError, RigError
-from kvmrig.machine.outcome import Outcome
-from kvmrig.rig.load import load_rig
+from kvmrig.backends.select import backend_for
+from kvmrig.machine.plan import prepare
+from kvmrig.machine.session import RunOptions, execute
+from kvmrig.result import ERROR, RigResult, guarded, judged, result_for
 from kvmrig.rig.model import Rig
 
-PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
-CROSS = "cross"        # run_rig's backend for `kvmrig run --cross-check`
 
-
-@dataclass
-class RigResult:
-    """The verdict on one rig, as reported (pickled from workers)."""
-
-    path: str
-    name: str
-    status: str
-    classname: str = ""
-    tags: tuple[str, ...] = ()
-    outcome: Outcome | None = None
-    message: str = ""          # error or skip reason
-    seconds: float = 0.0
-    backend: str = ""
-    details: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (PASSED, SKIPPED)
-
-
-def classname_for(path: Path) -> str:
-    """JUnit classname: the rig's folder, dotted, relative to the working dir when possible."""
-    folder = path.parent
-    try:
-        folder = folder.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        pass
-    text = str(folder).replace(os.sep, ".").strip(".")
-    return text or "rigs"
-
-
-def error_result(path: str, message: str, name: str | None = None) -> RigResult:
-    p = Path(path)
-    return RigResult(path, name or p.stem, ERROR, classname_for(p), message=message)
-
-
-def _result_for(rig: Rig, status: str, **kw) -> RigResult:
-    return RigResult(str(rig.path), rig.name, status, classname_for(rig.path), rig.tags, **kw)
+Executor = Callable[[Rig], RigResult]  # runs one rig here, never raises (see result.guarded)
 
 
 def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> RigResult:
     """Prepare and run one rig here, in this process; never raises for bad rigs or guests."""
-    from kvmrig.backends.select import NoBackend, backend_for
-    from kvmrig.machine.plan import prepare
-    from kvmrig.machine.session import RunOptions, execute
-
-    if backend == CROSS:  # --cross-check: both backends, compared (kvmrig/crosscheck.py)
-        from kvmrig.crosscheck import cross_check
-        return cross_check(rig, update_golden)
-    start = time.monotonic()
-    try:
+    def body() -> RigResult:
+        start = time.monotonic()
         plan = prepare(rig)
-        try:
-            name, factory = backend_for(rig, backend)
-        except NoBackend as e:
-            return _result_for(rig, SKIPPED, message=str(e), seconds=time.monotonic() - start)
+        _name, factory = backend_for(rig, backend)
         outcome = execute(plan, factory, RunOptions(update_golden=update_golden))
-    except RigError as e:
-        return _result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
-    except KvmrigError as e:
-        return _result_for(rig, ERROR, message=f"{rig.path}: {e}", seconds=time.monotonic() - start)
-    except Exception:  # a kvmrig bug: report it against the rig, keep the run going
-        return _result_for(rig, ERROR, message=f"{rig.path}: internal error in kvmrig:\n{traceback.format_exc()}",
-                           seconds=time.monotonic() - start)
-    status = FAILED if outcome.failures else PASSED
-    return _result_for(rig, status, outcome=outcome, seconds=time.monotonic() - start, backend=outcome.backend)
+        return judged(rig, outcome, time.monotonic() - start)
+    return guarded(rig, body)
 
 
 # Workers -------------------------------------------------------------------
@@ -102,7 +46,6 @@ def _die_with_parent(parent: int) -> None:
     """A worker must not outlive the run: ask Linux to kill it when the parent
     dies (prctl PR_SET_PDEATHSIG), and check the parent did not die already."""
     try:
-        import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -110,7 +53,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0,
+def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
             parent_end: Connection | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     if parent_end is not None:
@@ -125,14 +68,14 @@ def _worker(conn: Connection, backend: str, update_golden: bool, parent: int = 0
         if job is None:
             return
         index, rig = job
-        conn.send((index, run_rig(rig, backend, update_golden)))
+        conn.send((index, (executor or run_rig)(rig)))
 
 
 class _Worker:
-    def __init__(self, ctx, backend: str, update_golden: bool):
+    def __init__(self, ctx, executor: Executor | None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, backend, update_golden, os.getpid(), self.conn),
-                                daemon=True)
+        # Forked: the executor is inherited, never pickled (a partial or a lambda will do).
+        self.proc = ctx.Process(target=_worker, args=(child, executor, os.getpid(), self.conn), daemon=True)
         self.proc.start()
         child.close()
         self.job: tuple[int, Rig] | None = None
@@ -151,15 +94,16 @@ class _Worker:
 
 
 def _died(rig: Rig, how: str) -> RigResult:
-    return _result_for(rig, ERROR, message=f"{rig.path}: the worker running this rig {how}; "
+    return result_for(rig, ERROR, message=f"{rig.path}: the worker running this rig {how}; "
                                            "the rest of the run went on")
 
 
-def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
+def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False, update_golden: bool = False) -> tuple[list[RigResult | None], bool]:
-    """Run rigs over `jobs` workers (0: one per core). Returns (results in input
-    order — None for rigs not run — and whether the run was interrupted)."""
+             exitfirst: bool = False) -> tuple[list[RigResult | None], bool]:
+    """Run rigs over `jobs` workers (0: one per core), each with `executor`
+    (default: run_rig on the rig's own backend choice). Returns (results in
+    input order — None for rigs not run — and whether the run was interrupted)."""
     results: list[RigResult | None] = [None] * len(rigs)
     if not rigs:
         return results, False
@@ -180,7 +124,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
             stop = True
 
     try:
-        workers = [_Worker(ctx, backend, update_golden) for _ in range(jobs)]
+        workers = [_Worker(ctx, executor) for _ in range(jobs)]
         for w in workers:
             if pending:
                 w.give(*pending.pop())
@@ -209,7 +153,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, backend: str = "auto",
                 record(index, result)
                 if replace:
                     w.kill()
-                    workers[workers.index(w)] = w = _Worker(ctx, backend, update_golden)
+                    workers[workers.index(w)] = w = _Worker(ctx, executor)
                 if pending and not stop:
                     w.give(*pending.pop())
         return results, False
@@ -242,52 +186,3 @@ def _exit_text(proc) -> str:
         except ValueError:
             return f"died from signal {-code}"
     return f"exited with status {code}"
-
-
-# Collecting ---------------------------------------------------------------------
-
-def expand(paths: Iterable[str]) -> list[Path]:
-    """Rig files named on the command line; folders expand to their *.yaml (recursively)."""
-    found: list[Path] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            found.extend(sorted(q for q in path.rglob("*.yaml")
-                                if not q.name.endswith(".golden.yaml") and q.is_file()))
-        else:
-            found.append(path)
-    seen: set[Path] = set()
-    unique = []
-    for p in found:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
-
-
-def is_rig_file(path: Path) -> bool:
-    """A YAML file whose first key is `kvmrig:` (folders may hold other YAML)."""
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:  # a BOM is not content
-            for line in f:
-                stripped = line.strip()
-                if not stripped or stripped.startswith("#") or stripped == "---":
-                    continue
-                return stripped.startswith("kvmrig:")
-    except OSError:
-        return True  # let the loader report it
-    return False
-
-
-def load_all(paths: list[Path], explicit: set[Path] | None = None) -> tuple[list[Rig], list[RigResult]]:
-    """Load rig files; return the rigs and an error result per file that failed."""
-    rigs, errors = [], []
-    for path in paths:
-        if explicit is not None and path not in explicit and not is_rig_file(path):
-            continue
-        try:
-            rigs.append(load_rig(path))
-        except RigError as e:
-            errors.append(error_result(str(path), str(e)))
-    return rigs, errors

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from kvmrig.errors import UsageError
+from kvmrig.errors import ResultsFileError, UsageError
+from kvmrig.report.json_report import read_results
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,6 @@ class Durations:
 
     @classmethod
     def load(cls, path: str | Path) -> Durations:
-        from kvmrig.report.json_report import ResultsFileError, read_results
-
         try:
             return cls(read_results(path)["rigs"])
         except ResultsFileError as e:

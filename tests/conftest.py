@@ -136,3 +136,31 @@ def make_rig(tmp_path: Path):
         return path
 
     return make
+
+
+# ---------------------------------------------------------------------------
+# Helpers several test modules share (import them: from tests.conftest import ...)
+
+def hexof(code: str) -> str:
+    """The hex bytes of a commented listing ("b0 2a  # mov al, 42" lines)."""
+    return " ".join(line.split("#")[0].strip() for line in code.strip().splitlines()).strip()
+
+
+def assert_rig_passed(result) -> None:
+    """A RigResult passed; else its failures (or its error) are the message."""
+    from kvmrig.result import PASSED
+    assert result.status == PASSED, "\n".join(map(str, result.outcome.failures)) if result.outcome else result.message
+
+
+def kvmrig_cli(*args: str, cwd: Path, timeout: float = 180):
+    """`kvmrig ARGS` as a user runs it (a subprocess: the terminal writes to a real stdout)."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "kvmrig", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def emu_unavailable() -> str | None:
+    """Why the emulator backend cannot run here (unicorn missing), or None."""
+    from kvmrig.backends import emu
+    return emu.unavailable()

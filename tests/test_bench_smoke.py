@@ -97,7 +97,8 @@ def test_bench_rigs_check_what_they_claim(tmp_path):
     """A benchmark rig that did less work than asked must fail, not look fast."""
     rigs = _load("rigs")
     from kvmrig.rig.load import load_rig
-    from kvmrig.runner import FAILED, PASSED, run_rig
+    from kvmrig.result import FAILED, PASSED
+    from kvmrig.runner import run_rig
 
     good = rigs.write_rig(tmp_path, "hwbp", 4)
     assert run_rig(load_rig(good)).status == PASSED

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from kvmrig.backends.select import NoBackend, backend_for
-from kvmrig.crosscheck import GPRS, VOLATILE, Run, differences
+from kvmrig.collect import expand
+from kvmrig.crosscheck import GPRS, VOLATILE, Run, cross_check, differences
 from kvmrig.machine.outcome import Outcome
+from kvmrig.result import FAILED, PASSED, SKIPPED
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import CROSS, FAILED, PASSED, SKIPPED, expand, run_rig
+from kvmrig.runner import run_rig
 
 ROOT = Path(__file__).resolve().parent.parent
 X86_RIGS = [p for p in expand([str(ROOT / "rigs" / "x86")])]
@@ -90,7 +92,7 @@ def test_cross_check_and_backend_do_not_combine(make_rig, capsys):
 @pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm on this machine")
 def test_cross_check_catches_a_rig_whose_result_depends_on_the_backend(make_rig):
     pytest.importorskip("unicorn")
-    result = run_rig(load_rig(make_rig(CPUID)), CROSS)
+    result = cross_check(load_rig(make_rig(CPUID)))
     assert result.backend == "kvm+emu"
     assert result.status == FAILED
     whats = {f.what for f in result.outcome.failures}
@@ -102,6 +104,6 @@ def test_cross_check_catches_a_rig_whose_result_depends_on_the_backend(make_rig)
 @pytest.mark.parametrize("path", X86_RIGS, ids=[p.stem for p in X86_RIGS])
 def test_every_x86_example_rig_passes_the_cross_check(path):
     pytest.importorskip("unicorn")
-    result = run_rig(load_rig(path), CROSS)
+    result = cross_check(load_rig(path))
     assert result.status == PASSED, "\n".join(str(f) for f in result.outcome.failures) if result.outcome else result.message
     assert result.backend == "kvm+emu"

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import PASSED, SKIPPED, expand, is_rig_file, run_rig
+from kvmrig.collect import expand, is_rig_file
+from kvmrig.result import PASSED, SKIPPED
+from kvmrig.runner import run_rig
 
 RIGS = Path(__file__).resolve().parent.parent / "rigs"
 FILES = [p for p in expand([str(RIGS)]) if is_rig_file(p)]

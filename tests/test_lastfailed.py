@@ -52,7 +52,7 @@ def test_a_filtered_run_keeps_the_other_recorded_failures(tmp_path):
 def test_a_corrupt_record_counts_as_none_and_is_rewritten(tmp_path, text):
     # issue 11 item 6: {"failed": 5} made every later run crash after all rigs ran
     from kvmrig import lastfailed
-    from kvmrig.runner import RigResult
+    from kvmrig.result import RigResult
     record = tmp_path / "last-failed.json"
     record.write_text(text, encoding="latin-1")
     assert lastfailed.load(record) <= {"x"}

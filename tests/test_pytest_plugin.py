@@ -165,6 +165,17 @@ def test_broken_rig_is_a_collection_error_at_its_line(folder: Path) -> None:
     assert "Traceback" not in got.stdout
 
 
+def test_a_kvmrig_bug_at_collection_is_reported_not_swallowed(folder: Path) -> None:
+    (folder.parent / "conftest.py").write_text(
+        "import kvmrig.machine.plan\n\n"
+        "def broken(rig):\n    raise ZeroDivisionError('a bug in prepare')\n\n"
+        "kvmrig.machine.plan.prepare = broken\n")
+    got = pytest_run(str(folder / "five.yaml"), cwd=folder.parent)
+    assert got.returncode == 2, got.stdout
+    assert "ERROR collecting rigs/five.yaml" in got.stdout
+    assert "internal error in kvmrig" in got.stdout and "ZeroDivisionError: a bug in prepare" in got.stdout
+
+
 @kvm
 @x86_host
 def test_continue_on_collection_errors_runs_the_rest(folder: Path) -> None:

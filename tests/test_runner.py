@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from kvmrig import runner
+from kvmrig import collect, runner
 from kvmrig.backends.select import HOST_ARCH
+from kvmrig.collect import expand, is_rig_file, load_all
+from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult, classname_for
 from kvmrig.rig.load import load_rig_text
 from kvmrig.rig.model import Rig
-from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult, expand, is_rig_file, load_all, run_rig, run_rigs
+from kvmrig.runner import run_rig, run_rigs
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "rigs" / "x86"
@@ -98,7 +100,7 @@ def test_run_rig_turns_a_kvmrig_bug_into_an_error_with_the_traceback(monkeypatch
     def broken(rig):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("kvmrig.machine.plan.prepare", broken)
+    monkeypatch.setattr(runner, "prepare", broken)
     result = run_rig(x86_rig("buggy"))
     assert result.status == ERROR
     assert "internal error in kvmrig" in result.message and "ZeroDivisionError" in result.message
@@ -106,8 +108,8 @@ def test_run_rig_turns_a_kvmrig_bug_into_an_error_with_the_traceback(monkeypatch
 
 def test_classname_is_the_folder_dotted(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert runner.classname_for(tmp_path / "rigs" / "x86" / "a.yaml") == "rigs.x86"
-    assert runner.classname_for(tmp_path / "a.yaml") == "rigs"
+    assert classname_for(tmp_path / "rigs" / "x86" / "a.yaml") == "rigs.x86"
+    assert classname_for(tmp_path / "a.yaml") == "rigs"
 
 
 # -- run_rigs: fake rigs through the real worker machinery ------------------------
@@ -244,7 +246,7 @@ def test_is_rig_file(tmp_path):
 def test_is_rig_file_accepts_a_utf8_bom(tmp_path):
     path = tmp_path / "bom.yaml"
     path.write_bytes(b"\xef\xbb\xbfkvmrig: 1\narch: x86_64\n")
-    assert runner.load_rig(path).name == "bom", "the loader reads it"
+    assert collect.load_rig(path).name == "bom", "the loader reads it"
     assert is_rig_file(path)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,8 @@ import pytest
 from kvmrig import cli
 from kvmrig.backends.select import HOST_ARCH
 from kvmrig.shard import Durations, Shard, assign, parse_shard, rig_key, select_shard
+
+from tests.conftest import kvmrig_cli as kvmrig
 
 kvm = pytest.mark.kvm
 x86_host = pytest.mark.skipif(HOST_ARCH != "x86_64", reason="x86_64 guest code")
@@ -26,12 +26,6 @@ cpu: {{mode: real}}
 expect: {{regs: {{ax: {n}}}}}
 """
 BROKEN = "kvmrig: 1\narch: x86_64\nmemory: [{at: 0, size: 64K}]\ncpu: {mode: rea}\n"
-
-
-def kvmrig(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`kvmrig ARGS` as a user runs it (a subprocess: the terminal writes to a real stdout)."""
-    return subprocess.run([sys.executable, "-m", "kvmrig", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=180)
 
 
 # Parsing K/N -------------------------------------------------------------------

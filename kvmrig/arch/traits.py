@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvmrig.arch.arm64.debugregs import plan_watch
+from kvmrig.arch.x86_64.dr7 import split_watch
+
 
 @dataclass(frozen=True)
 class Traits:
@@ -33,7 +36,6 @@ MAX_WATCH_PIECES = 64
 
 def _x86_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
     """Pieces of one DR each; ValueError for a range no x86 CPU's 4 DRs can cover."""
-    from kvmrig.arch.x86_64.dr7 import split_watch
     if length > MAX_WATCH_PIECES * max_len:
         raise ValueError(f"a watch of {length:#x} bytes needs at least {-(-length // max_len)} debug registers "
                          f"(one per {max_len} bytes); x86 has 4: watch a shorter range, or check the memory "
@@ -42,7 +44,6 @@ def _x86_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]
 
 
 def _arm64_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
-    from kvmrig.arch.arm64.debugregs import plan_watch
     return [(p.start, p.length) for p in plan_watch(addr, length, "access")]
 
 

@@ -2,8 +2,8 @@
 
 A backend maps memory the machine layer owns, gets and sets registers by their
 architectural names, arms debug hardware, and runs the vCPU until something
-happens. It decides nothing about the rig: devices, hit counting and
-expectations live in the machine layer, which reads the events below.
+happens (kvmrig.backends.events). It decides nothing about the rig: devices,
+hit counting and expectations live in the machine layer, which reads the events.
 """
 
 from __future__ import annotations
@@ -13,39 +13,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-# Event kinds: a closed set. Unhandled carries the backend's raw reason.
-HALT = "halt"            # the vCPU executed HLT (x86) / nothing else to do
-SHUTDOWN = "shutdown"    # triple fault (x86)
-SYSTEM = "system"        # PSCI SYSTEM_OFF / SYSTEM_RESET etc.; detail = "off" | "reset" | ...
-IO = "io"                # port I/O (x86)
-MMIO = "mmio"            # access to guest-physical memory no RAM region backs (or ROM write)
-DEBUG = "debug"          # breakpoint, watchpoint or single-step
-TIMEOUT = "timeout"      # the deadline passed while the guest ran
-UNHANDLED = "unhandled"  # anything else: detail says what, raw the backend's code
-
-
-@dataclass(slots=True)
-class Event:
-    """What stopped the vCPU.
-
-    For IO/MMIO: addr (port or guest-physical address), size (bytes per
-    access), write, data (the bytes written; for reads the machine answers with
-    Backend.complete_read) and count (string I/O repeats).
-    For DEBUG: detail is "sw" | "hw" | "watch" | "step" | "foreign", pc is
-    where the vCPU stopped, addr the data address for watchpoints, slot the
-    debug register that fired (or -1).
-    """
-
-    kind: str
-    addr: int = 0
-    size: int = 0
-    write: bool = False
-    data: bytes = b""
-    count: int = 1
-    pc: int = 0
-    slot: int = -1
-    detail: str = ""
-    raw: Any = None
+from kvmrig.arch.traits import traits
+from kvmrig.backends.events import DebugEvent, Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,20 +68,19 @@ class Backend(ABC):
 
     @abstractmethod
     def complete_read(self, data: bytes) -> None:
-        """Answer the IO/MMIO read of the last event before the next run()."""
+        """Answer the PortIO/Mmio read of the last event before the next run()."""
 
     def sw_break_insn(self) -> bytes:
         """The instruction planted for `kind: sw` breakpoints on this backend."""
-        from kvmrig.arch.traits import traits
         return traits(self.arch).sw_break
 
     def get_pc(self) -> int:
         """The program counter (cheaper than get_regs where a backend can)."""
-        from kvmrig.arch.traits import traits
         return self.get_regs()[traits(self.arch).pc]
 
-    def reinject(self, event: Event) -> None:
-        """Hand a debug exception kvmrig did not cause back to the guest."""
+    def reinject(self, event: DebugEvent) -> None:
+        """Hand a debug exception kvmrig did not cause back to the guest (the
+        event's `code` says which)."""
 
     def describe_failure(self) -> str:
         """Extra text for a failure report (e.g. KVM's entry failure reason)."""

@@ -6,14 +6,12 @@ import os
 from collections.abc import Callable
 
 from kvmrig.arch import host_arch
+from kvmrig.backends import emu
 from kvmrig.backends.base import Backend
+from kvmrig.errors import NoBackend  # noqa: F401 - raised here, importable from here
 from kvmrig.rig.model import Rig
 
 HOST_ARCH = host_arch()
-
-
-class NoBackend(Exception):
-    """No backend can run this rig here; the message is the skip reason."""
 
 
 def kvm_usable() -> str | None:
@@ -33,6 +31,7 @@ def kvm_factory(rig: Rig) -> Callable[[], Backend]:
         why = f"KVM runs {HOST_ARCH} guests on this {HOST_ARCH} host, not {rig.arch}"
     if why:
         raise NoBackend(f"KVM cannot run this rig: {why}")
+    # Each backend module is imported when a rig needs it: a run loads one arch's code.
     if rig.arch == "x86_64":
         from kvmrig.backends.kvm.x86_64 import KvmX86Backend
         return KvmX86Backend
@@ -44,8 +43,6 @@ def kvm_factory(rig: Rig) -> Callable[[], Backend]:
 
 def emu_factory(rig: Rig) -> Callable[[], Backend]:
     """The emulator backend class for the rig, or NoBackend saying why not."""
-    from kvmrig.backends import emu
-
     why = emu.unavailable()
     if why:
         raise NoBackend(why)

@@ -1,19 +1,20 @@
 """One rig under a debugger: its Session driven from stop to stop.
 
-The controller owns the rig's memory, backend and Session, and runs the
-Session's own per-event handling (Session.dispatch), so devices, the rig's
+The controller owns the rig's memory, backend and Session, and drives the
+Session's one run loop (Session.resume / step / finish), so devices, the rig's
 breakpoints and watchpoints (counted and checked as in any run) and the end of
 the run behave exactly as in `kvmrig run`. What it adds:
 
 - the debugger's points (Session.add_client_point / remove_client_point),
-  which stop the run: dispatch() sets Session.client_stop;
-- single-steps (Session.set_client_step);
-- the rig's timeout counts the guest's running time only, not the time it
+  which stop the run;
+- single-steps (Session.step);
+- the vCPU runs in slices of SLICE seconds (resume's `until`), so an
+  interrupt from the debugger (Ctrl-C) stops it promptly; the rig's timeout
+  counts the guest's running time only (Session.seconds), not the time it
   sits stopped in the debugger;
-- the vCPU runs in slices of SLICE seconds (the backend's own timeout
-  machinery), so an interrupt from the debugger (Ctrl-C) stops it promptly;
-- when the run ends, the verdict is computed as usual and the VM is kept, so
-  the debugger can still read the final registers and memory.
+- when the run ends, the verdict is computed as usual (Session.finish) and
+  the VM is kept, so the debugger can still read the final registers and
+  memory.
 
 Addresses are the guest's physical addresses as the Memory maps them, and
 breakpoints are at the addresses the backend reports (x86: linear). That is
@@ -27,11 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kvmrig.backends import base
 from kvmrig.backends.base import Backend
 from kvmrig.machine.debug import ClientPoint
 from kvmrig.machine.memory import Memory
-from kvmrig.machine.outcome import Outcome, Stop
+from kvmrig.machine.outcome import Outcome
 from kvmrig.machine.plan import Plan
 from kvmrig.machine.session import RunOptions, Session
 
@@ -58,19 +58,12 @@ class Controller:
             self.memory.close()
             raise
         self.session = Session(plan, self.backend, self.memory, options)
-        self.budget = float(self.rig.timeout)   # guest running time left
-        self.seconds = 0.0                       # guest running time so far
-        self.exits = 0
-        self.ended = False
         self.last = StopInfo("entry")
-        self._started = False
 
     # Lifetime ---------------------------------------------------------------
     def start(self) -> StopInfo:
         """Load the rig and stop at its first instruction."""
-        if not self._started:
-            self._started = True
-            self.session.setup()
+        self.session.start()
         return self.last
 
     def close(self) -> None:
@@ -83,77 +76,53 @@ class Controller:
     def outcome(self) -> Outcome:
         return self.session.outcome
 
+    @property
+    def ended(self) -> bool:
+        """The rig's run is over (and judged: outcome holds the verdict)."""
+        return self.session.ended
+
+    @property
+    def exits(self) -> int:
+        return self.session.exits
+
+    @property
+    def seconds(self) -> float:
+        """Guest running time so far."""
+        return self.session.seconds
+
+    @property
+    def budget(self) -> float:
+        """Guest running time left before the rig's timeout."""
+        return max(0.0, float(self.rig.timeout) - self.session.seconds)
+
     # Running ----------------------------------------------------------------
     def resume(self, step: bool = False, interrupted: Callable[[], bool] = lambda: False) -> StopInfo:
         """Run until a debugger point, the end of a single-step, an interrupt
         (`interrupted()` is asked every SLICE seconds) or the end of the run."""
-        self.start()
-        if self.ended:
-            return self.last
         s = self.session
-        s.set_client_step(step)
-        if step and s.debug.sw_all:
-            s.arrive(self.backend.get_pc())  # a planted breakpoint here counts now; the step runs the original
-        s.client_stop = None
-        run, dispatch = self.backend.run, s.dispatch
-        begun = time.monotonic()
-        until = begun + self.budget
-        poll = begun + SLICE
-        ev = None
-        try:
-            while True:
-                ev = run(min(until, time.monotonic() + SLICE))
-                now = time.monotonic()
-                if ev.kind == base.TIMEOUT and now < until:  # only our slice ended
-                    poll = now + SLICE
-                    if interrupted():
-                        return self._stopped(StopInfo("interrupt"))
-                    continue
-                self.exits += 1
-                dispatch(ev)  # raises Stop at the end of the run
-                if s.client_stop is not None:
-                    why, point = s.client_stop
-                    return self._stopped(StopInfo(why, point))
-                if now >= poll:  # a guest that exits often never lets a slice end
-                    poll = now + SLICE
-                    if interrupted():
-                        return self._stopped(StopInfo("interrupt"))
-        except Stop as stop:
-            s.ended(stop, ev)
-            self._account(begun)
-            self._end()
-            return self.last
-        finally:
-            if not self.ended:
-                self._account(begun)
-                s.set_client_step(False)
-
-    def _account(self, begun: float) -> None:
-        spent = time.monotonic() - begun
-        self.seconds += spent
-        self.budget = max(0.0, self.budget - spent)
-
-    def _stopped(self, info: StopInfo) -> StopInfo:
-        self.last = info
-        return info
-
-    def _end(self) -> None:
-        s = self.session
-        s.client_step = False
-        s.outcome.exits = self.exits
-        s.outcome.seconds = self.seconds
-        s._finish()  # the verdict, as Session.run() computes it
-        self.ended = True
-        self.last = StopInfo("end")
+        s.start()
+        go = s.step if step else s.resume
+        while True:
+            pause = go(time.monotonic() + SLICE)
+            if pause.reason == "end":
+                s.finish()
+                self.last = StopInfo("end")
+                return self.last
+            if pause.reason != "until":
+                self.last = StopInfo(pause.reason, pause.point)
+                return self.last
+            if interrupted():
+                self.last = StopInfo("interrupt")
+                return self.last
 
     def run_to_end(self) -> Outcome:
         """Drop the debugger's points and run the rig to its end (detach)."""
-        self.start()
         s = self.session
-        if not self.ended:
+        s.start()
+        if not s.ended:
             for p in list(s.debug.client):
                 s.remove_client_point(p.kind, p.addr, p.length)
-            while not self.ended:
+            while not s.ended:
                 self.resume()
         return self.outcome
 

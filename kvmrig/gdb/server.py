@@ -25,13 +25,13 @@ from collections import deque
 from typing import TextIO
 
 from kvmrig.arch import registers
-from kvmrig.errors import KvmrigError
 from kvmrig.gdb.controller import Controller, StopInfo
 from kvmrig.gdb.protocol import (PacketReader, ProtocolError, addr_len, escape, frame, fromhex, hex_text,
                                  hexnum, unescape)
 from kvmrig.gdb.targets import Target, target_for
-from kvmrig.machine.debug import NoDebugSlot
-from kvmrig.machine.memory import OutsideMemory
+from kvmrig.backends.select import backend_for
+from kvmrig.errors import KvmrigError, NoBackend, NoDebugSlot, OutsideMemory, RigError
+from kvmrig.machine.plan import prepare
 
 PACKET_SIZE = 0x4000
 MAX_MEMORY = (PACKET_SIZE - 16) // 2
@@ -416,10 +416,6 @@ def serve_rig(rig, address: str, backend: str = "auto", at_end: bool = False, ou
     of a run to its end), served on `address` to one gdb. Returns the exit
     status: 0 the rig passed, 1 it failed, 2 it could not run or was killed
     before its end."""
-    from kvmrig.backends.select import NoBackend, backend_for
-    from kvmrig.errors import KvmrigError, RigError
-    from kvmrig.machine.plan import prepare
-
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 

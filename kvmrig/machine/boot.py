@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmrig.arch.arm64 import boot as arm
+from kvmrig.arch.x86_64 import boot as x86
 from kvmrig.errors import RigError
 
 PAGE = 0x1000
@@ -61,8 +63,6 @@ def _state(plan, make, *args):
 
 
 def _x86(plan) -> BootPlan:
-    from kvmrig.arch.x86_64 import boot as x86
-
     rig = plan.rig
     mode = rig.cpu.mode if rig.cpu else "long"
     ranges = [(r.at, r.size) for r in rig.memory]  # (start, size), as paging expects
@@ -79,8 +79,6 @@ def _x86(plan) -> BootPlan:
 
 
 def _arm64(plan) -> BootPlan:
-    from kvmrig.arch.arm64 import boot as arm
-
     state = arm.initial_state(plan.entry)
     return BootPlan(state, plan.entry)
 

@@ -1,8 +1,8 @@
 """The arch-neutral debug model: breakpoints and watchpoints, resolved to
 addresses, assigned to debug registers, counted, and checked at every hit.
 
-Backends only report "sw at pc", "hw slot n fired", "watch slot n fired" or
-"step"; everything a hit means for the rig (counting, `on_hit`, per-hit
+Backends only report "sw at pc", "hw slot n fired", "watch slots n.. fired" or
+"step" (kvmrig.backends.events); everything a hit means for the rig (counting, `on_hit`, per-hit
 `expect` and `set`, hit records) is decided here, once for every backend.
 """
 
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from kvmrig.arch.traits import Traits
 from kvmrig.backends.base import HwSlot
-from kvmrig.errors import RigError
+from kvmrig.backends.events import WatchHit
+from kvmrig.errors import NoDebugSlot, RigError
 from kvmrig.machine.outcome import Failure
 from kvmrig.rig.model import Breakpoint, Rig, Watchpoint
 
@@ -70,10 +71,6 @@ class ClientPoint:
         return self.kind in ("write", "read", "access")
 
 
-class NoDebugSlot(Exception):
-    """A debugger's point needs more hardware debug registers than the rig left free."""
-
-
 class DebugPlan:
     """Points resolved to addresses and hardware slots assigned."""
 
@@ -83,7 +80,7 @@ class DebugPlan:
         self.points: list[Point] = []
         self.sw: dict[int, list[Point]] = {}
         self.slots: list[HwSlot] = []
-        self.slot_owner: list[Point] = []
+        self.slot_owner: list[Point | ClientPoint] = []  # per slot: the rig's (below rig_slots), then a debugger's
         n_bp, n_wp, shared = capacity or traits.hw_slots
         used_bp = used_wp = 0
 
@@ -203,28 +200,26 @@ class DebugPlan:
         self.client_sw = frozenset(p.addr for p in self.client if p.kind == "sw")
         self.sw_all = frozenset(self.sw) | self.client_sw
 
-    def client_hit(self, ev) -> ClientPoint | None:
-        """The debugger's point a debug event (sw, hw or watch) stops at, if any.
+    def client_at(self, kind: str, pc: int) -> ClientPoint | None:
+        """The debugger's execution breakpoint ("sw" | "hw") at `pc`, if any."""
+        return next((p for p in self.client if p.kind == kind and p.addr == pc), None)
 
-        Slots are matched in order, rig first, so a watch event may name the
-        rig's slot: the debugger's watches are then matched by the accessed
-        range (and, where the backend says, by read or write)."""
-        cause = ev.detail
-        if cause in ("sw", "hw"):
-            kind = cause
-            return next((p for p in self.client if p.kind == kind and p.addr == ev.pc), None)
-        if cause != "watch":
-            return None
-        slot = ev.slot if 0 <= ev.slot < len(self.slots) else None
-        fired = ev.raw if isinstance(ev.raw, tuple) else (ev.slot,)  # backends name every slot that matched
-        for n in fired:
-            if isinstance(n, int) and 0 <= n < len(self.slots) and isinstance(self.slot_owner[n], ClientPoint):
-                return self.slot_owner[n]
+    def client_watch(self, ev: WatchHit) -> ClientPoint | None:
+        """The debugger's watchpoint a watch hit stops at, if any.
+
+        A fired slot the debugger owns names it; else (the hardware reported
+        only the rig's slot for an access both watch) the debugger's watches
+        are matched by the accessed range and, where the backend knows it, by
+        read or write."""
+        for n in ev.slots:
+            if self.rig_slots <= n < len(self.slots):
+                return self.slot_owner[n]  # type: ignore[return-value]  # past rig_slots: the debugger's
         lo = ev.addr
-        size = ev.size or (self.slots[slot].length if slot is not None else 1)
+        first = ev.slots[0]
+        size = ev.size or (self.slots[first].length if 0 <= first < len(self.slots) else 1)
         for p in self.client:
             if p.is_watch and p.addr < lo + size and lo < p.addr + p.length:
-                if ev.size and ((p.kind == "write" and not ev.write) or (p.kind == "read" and ev.write)):
+                if ev.write is not None and ((p.kind == "write" and not ev.write) or (p.kind == "read" and ev.write)):
                     continue
                 return p
         return None

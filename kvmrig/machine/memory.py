@@ -11,6 +11,7 @@ import bisect
 import mmap
 from dataclasses import dataclass
 
+from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable from here
 from kvmrig.rig.model import Region
 
 
@@ -27,10 +28,6 @@ def host_ram() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 1 << 40  # no /proc: let the mapping itself say
-
-
-class OutsideMemory(LookupError):
-    """An address range that no region backs."""
 
 
 @dataclass

@@ -1,8 +1,16 @@
-"""Running one prepared rig on one backend: the per-exit loop.
+"""Running one prepared rig on one backend: THE run loop.
 
-The loop turns backend events into device accesses, breakpoint hits and the
-end of the run; it is the hot path (one turn per VM exit), so each event kind
-is dispatched once and nothing is computed that the rig did not ask for.
+The loop turns backend events (kvmrig.backends.events) into device accesses,
+breakpoint hits and the end of the run; it is the hot path (one turn per VM
+exit), so each event class is dispatched once, by a table, and nothing is
+computed that the rig did not ask for.
+
+Everything that runs a rig drives this one loop through Session's public
+API: start() loads the rig, resume() runs it (until it ends, a debugger's
+point stops it, or a caller's time slice is over), step() runs one
+instruction for a debugger, finish() computes the verdict. `kvmrig run` and
+`--cross-check` call run() (all four in order); the gdb stub
+(kvmrig.gdb.controller) calls them stop by stop.
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmrig.arch import registers
-from kvmrig.backends import base
-from kvmrig.backends.base import Backend, Event
+from kvmrig.backends.base import Backend
+from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, PortIO, Shutdown, Step, SwBreak,
+                                    SystemEvent, Timeout, Unhandled, WatchHit)
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
 from kvmrig.machine import golden
 from kvmrig.machine.devices import Bus
@@ -25,7 +34,6 @@ from kvmrig.machine.outcome import Hit, Outcome, Stop
 from kvmrig.machine.plan import Plan
 
 
-
 @dataclass(frozen=True)
 class RunOptions:
     """How to run, beyond what the rig says (from the command line)."""
@@ -34,6 +42,24 @@ class RunOptions:
 
 
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
+SYSTEM_EXITS = {"off": "system-off", "reset": "reset"}  # SystemEvent.what -> outcome exit
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Why resume() or step() returned.
+
+    reason: "end" (the run ended: finish() gives the verdict), "until" (the
+    caller's time ran out while the guest still runs), or a debugger's stop:
+    "step", or "sw" | "hw" | "watch" with the debugger's `point`."""
+
+    reason: str
+    point: ClientPoint | None = None
+
+
+ENDED = Pause("end")
+UNTIL = Pause("until")
+STEPPED = Pause("step")
 
 
 def apply_regs(backend: Backend, arch: str, values: tuple[tuple[str, int, object], ...]) -> None:
@@ -69,14 +95,33 @@ class Session:
         self.steps = 0
         self.last_pc = plan.boot.first_pc  # the instruction a single-step exit has just executed
         self.tail: deque[int] = deque(maxlen=TAIL)  # last executed addresses, for failure reports
-        # A debugger driving this session event by event (kvmrig.gdb): its single-step,
-        # and why the last dispatch() stopped for it: ("step" | "sw" | "hw" | "watch", point).
-        self.client_step = False
-        self.client_stop: tuple[str, ClientPoint | None] | None = None
+        self.ended = False     # the rig's run is over (finish() may still be due)
+        self.exits = 0         # events handled
+        self.seconds = 0.0     # guest running time: the rig's timeout counts this, not debugger stops
+        self._client_step = False  # a debugger's single-step is armed (only while step() runs)
+        self._client_stop: Pause | None = None  # set by a handler: stop for the debugger
+        self._started = False
+        self._finished = False
         self._armed = False
+        self._handlers: dict[type, Callable[[Event], None]] = {
+            PortIO: self._io, Mmio: self._mmio, Step: self._step, SwBreak: self._sw, HwBreak: self._hw,
+            WatchHit: self._watch, ForeignDebug: self._foreign_exit, Halt: self._halt,
+            Shutdown: self._shutdown, SystemEvent: self._system, Timeout: self._timeout,
+            Unhandled: self._unhandled,
+        }
 
-    # Setup ---------------------------------------------------------------
-    def setup(self) -> None:
+    # The public loop -------------------------------------------------------
+    def run(self) -> Outcome:
+        """Run the rig to its end and judge it: what `kvmrig run` does."""
+        while not self.ended:
+            self.resume()
+        return self.finish()
+
+    def start(self) -> None:
+        """Load the rig into memory and the vCPU (once); the guest has not run yet."""
+        if self._started:
+            return
+        self._started = True
         for img in self.plan.images:
             for addr, body in img.segments:
                 self.memory.write(addr, body)
@@ -95,225 +140,61 @@ class Session:
         if self.user_step and self.debug.sw_all:
             self.arrive(self.plan.boot.first_pc)  # a breakpoint on the first instruction
 
-    def _arm(self, single_step: bool) -> None:
-        single_step = single_step or self.client_step
-        if self.debug.slots or self.debug.any_sw or single_step or self._armed:
-            self._armed = True
-            self.backend.set_debug(self.debug.slots, single_step, self.debug.sw_all)
+    def resume(self, until: float | None = None) -> Pause:
+        """Run until the run ends, a debugger's point or step stops it, or the
+        monotonic time `until` passes (then "until": call again to go on).
 
-    # Hooks for a debugger (kvmrig.gdb drives dispatch() itself) ------------
-    def add_client_point(self, kind: str, addr: int, length: int = 1) -> ClientPoint:
-        """A debugger's breakpoint ("sw" | "hw") or watchpoint ("write" | "read" |
-        "access"), armed at once; debug.NoDebugSlot when no register is left."""
-        if kind == "sw" and not self.memory.contains(addr, len(self.patches.insn)):
-            raise OutsideMemory(f"no memory at {addr:#x} to plant a breakpoint in")
-        point = self.debug.add_client(kind, addr, length)
-        if kind == "sw" and addr != self.stepping_over:  # being stepped over: the step re-plants it
-            self.patches.plant(addr)
-        self._arm(self.user_step or self.stepping_over is not None)
-        return point
-
-    def remove_client_point(self, kind: str, addr: int, length: int = 1) -> bool:
-        if not self.debug.remove_client(kind, addr, length):
-            return False
-        if kind == "sw" and addr not in self.debug.sw_all and addr != self.stepping_over:
-            self.patches.lift(addr)
-        self._arm(self.user_step or self.stepping_over is not None)
-        return True
-
-    def set_client_step(self, on: bool) -> None:
-        """Single-step for a debugger: dispatch() sets client_stop at the next step."""
-        if on != self.client_step:
-            self.client_step = on
-            self._arm(self.user_step or self.stepping_over is not None)
-
-    # The loop --------------------------------------------------------------
-    def run(self) -> Outcome:
-        started = time.monotonic()
-        deadline = started + self.rig.timeout
-        backend, outcome = self.backend, self.outcome
-        exits = 0
+        The rig's timeout counts the guest's running time over all calls."""
+        self.start()
+        if self.ended:
+            return ENDED
+        self._client_stop = None
+        begun = time.monotonic()
+        deadline = begun + max(0.0, self.rig.timeout - self.seconds)
+        limit = deadline if until is None or until > deadline else until
+        run, handlers = self.backend.run, self._handlers
         ev = None
         try:
-            self.setup()
-            dispatch = self.dispatch
             while True:
-                ev = backend.run(deadline)
-                exits += 1
-                dispatch(ev)
+                ev = run(limit)
+                if type(ev) is Timeout and time.monotonic() < deadline:
+                    return UNTIL  # only the caller's slice ended
+                self.exits += 1
+                handlers[type(ev)](ev)  # raises Stop at the end of the run
+                if self._client_stop is not None:
+                    return self._client_stop
+                if until is not None and time.monotonic() >= until:
+                    return UNTIL  # a guest that exits often never lets a slice end
         except Stop as stop:
-            self.ended(stop, ev)
-        outcome.exits = exits
-        outcome.seconds = time.monotonic() - started
-        self._finish()
-        return outcome
+            self._end(stop, ev)
+            return ENDED
+        finally:
+            self.seconds += time.monotonic() - begun
 
-    def dispatch(self, ev: Event) -> None:
-        """Handle one backend event; raise Stop when it ends the run. The body of
-        run()'s loop, also driven event by event by a debugger (kvmrig.gdb)."""
-        kind = ev.kind
-        if kind == base.IO:
-            self._io(ev)
-        elif kind == base.MMIO:
-            self._mmio(ev)
-        elif kind == base.DEBUG:
-            self._debug(ev)
-        elif kind == base.HALT:
-            raise Stop("hlt", None, f"hlt at {ev.pc:#x}")
-        elif kind == base.SHUTDOWN:
-            raise Stop("shutdown", None, ev.detail or "triple fault: the CPU shut down")
-        elif kind == base.SYSTEM:
-            exit = {"off": "system-off", "reset": "reset"}.get(ev.detail, "unhandled")
-            raise Stop(exit, None, f"system event {ev.detail}")
-        elif kind == base.TIMEOUT:
-            raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
-        else:
-            raise Stop("unhandled", None, ev.detail or f"backend stopped: {ev.raw!r}")
-
-    def ended(self, stop: Stop, ev: Event | None) -> None:
-        """Record how the run ended (`ev`: the last event); _finish() follows."""
-        outcome = self.outcome
-        outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
-        if outcome.stop_pc is None and ev is not None and ev.kind not in (base.IO, base.MMIO):
-            outcome.stop_pc = ev.pc
-        if self.user_step and stop.exit != "timeout":
-            self.steps += 1  # the instruction that ended the run
-
-    def _io(self, ev: Event) -> None:
-        size, bus = ev.size, self.bus
-        if ev.write:
-            data = ev.data
-            for i in range(ev.count):
-                bus.port_write(ev.addr, size, int.from_bytes(data[i * size:(i + 1) * size], "little"))
-        else:
-            out = b"".join(bus.port_read(ev.addr, size).to_bytes(size, "little") for _ in range(ev.count))
-            self.backend.complete_read(out)
-
-    def _mmio(self, ev: Event) -> None:
-        if ev.write:
-            value = int.from_bytes(ev.data[:ev.size], "little")
-            self.bus.mmio_write(ev.addr, ev.size, value, rom=self.memory.find(ev.addr) is not None)
-        else:
-            self.backend.complete_read(self.bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little"))
-
-    # Debug ---------------------------------------------------------------
-    def _debug(self, ev: Event) -> None:
-        cause = ev.detail
-        if cause == "step":
-            self._check_halted()
-            self.last_pc = ev.pc
-            if self.stepping_over is not None:
-                if self.stepping_over in self.debug.sw_all:  # a debugger may have removed its point
-                    self.patches.plant(self.stepping_over)
-                self.stepping_over = None
-                if not self.user_step:
-                    self._arm(False)
-            if self.user_step:
-                self.steps += 1
-                self.tail.append(ev.pc)
-                if len(self.outcome.trace) < self.rig.trace_max:
-                    self.outcome.trace.append(ev.pc)
-            if self.user_step or self.client_step:
-                if self.debug.sw_all:
-                    self.arrive(ev.pc)
-                if self.client_step:
-                    self.client_stop = ("step", None)
-            return
-        if cause == "sw":
-            points = self.debug.sw.get(ev.pc)
-            client = self.debug.client_hit(ev) if self.debug.client else None
-            if not points and client is None:
-                self._foreign(ev, "a software breakpoint the rig did not plant")
-                return
-            self.pc_moved = False
-            for point in points or ():
-                self._hit(point, ev)
-            if client is not None:
-                self.client_stop = ("sw", client)
-            self.last_pc = ev.pc
-            if not self.pc_moved:   # unless `set` moved the pc: step over it
-                self.patches.lift(ev.pc)
-                self.stepping_over = ev.pc
-                if not self.user_step:
-                    self._arm(True)
-            return
-        if cause in ("hw", "watch") and 0 <= ev.slot < len(self.debug.slot_owner):
-            # One access can hit several watchpoints (overlapping ranges, or one
-            # split over registers): each of the rig's points counts it once.
-            slots = ev.raw if cause == "watch" and isinstance(ev.raw, tuple) else (ev.slot,)
-            owners: list = []
-            for i in slots:
-                if 0 <= i < len(self.debug.slot_owner) and not any(o is self.debug.slot_owner[i] for o in owners):
-                    owners.append(self.debug.slot_owner[i])
-            for owner in owners:
-                if isinstance(owner, Point):
-                    self._hit(owner, ev)
-            if self.debug.client and (client := self.debug.client_hit(ev)) is not None:
-                self.client_stop = (cause, client)
-            if cause == "hw":
-                self.last_pc = ev.pc
-            return
-        self._foreign(ev, f"a debug exit kvmrig did not cause ({cause})")
-
-    def arrive(self, pc: int) -> None:
-        """The vCPU will single-step the instruction at `pc`: a breakpoint planted
-        there is hit now, and stepped over, so no single-step runs a planted
-        instruction (a KVM that plants HLT reports that as a plain step and
-        leaves the vCPU halted)."""
-        if pc == self.stepping_over or pc not in self.debug.sw_all:
-            return
-        insn = self.patches.insn
+    def step(self, until: float | None = None) -> Pause:
+        """Run one instruction for a debugger: "step" when it is done, or
+        whatever stops it first (a debugger point, the end, `until`)."""
+        self.start()
+        if self.ended:
+            return ENDED
+        self._set_client_step(True)
         try:
-            if self.memory.read(pc, len(insn)) != insn:
-                return
-        except LookupError:
-            return
-        self._debug(Event(base.DEBUG, pc=pc, detail="sw"))
+            if self.debug.sw_all:
+                self.arrive(self.backend.get_pc())  # a planted breakpoint here counts now; the step runs the original
+            return self.resume(until)
+        finally:
+            if not self.ended:
+                self._set_client_step(False)
 
-    def _check_halted(self) -> None:
-        """A single-step over a halting instruction exits as a step, not a halt."""
-        halt = self.plan.traits.halt
-        if halt is None:
-            return
-        try:
-            insn = self.patches.view(self.last_pc, len(halt))
-        except LookupError:
-            return
-        if insn == halt:
-            self.outcome.stop_pc = self.last_pc
-            raise Stop("hlt", None, f"hlt at {self.last_pc:#x}")
-
-    def _foreign(self, ev: Event, what: str) -> None:
-        self.outcome.notes.append(f"{what} at pc {ev.pc:#x}: handed back to the guest")
-        self.backend.reinject(ev)
-
-    def _hit(self, point: Point, ev: Event) -> None:
-        point.hits += 1
-        spec = point.spec
-        applies = point.applies()
-        hit = Hit(point.label, point.hits, ev.pc, ev.addr if point.is_watch else None)
-        if applies and (spec.expect is not None or spec.set is not None):
-            regs = self.backend.get_regs()
-            if spec.expect is not None:
-                watched = (point.addr, point.length) if point.is_watch else None
-                hit.failures = check_state(self.rig.arch, f"{point.label}, hit {point.hits}: ", spec.expect,
-                                           regs, self.patches.view, self.plan.resolve, watched)
-                self.outcome.failures.extend(hit.failures)
-                hit.regs = {c.name: v for c in spec.expect.regs
-                            if (v := reg_value(self.rig.arch, regs, c.name)) is not None}
-            if spec.set is not None:
-                if spec.set.regs:
-                    before = self.backend.get_pc()
-                    apply_regs(self.backend, self.rig.arch, spec.set.regs)
-                    self.pc_moved = self.pc_moved or self.backend.get_pc() != before
-                for write in spec.set.memory:  # through the patches: a planted breakpoint stays planted
-                    self.patches.write(self.plan.resolve(write.at), write.data)
-        if point.hits <= MAX_HIT_RECORDS or hit.failures:
-            self.outcome.hits.append(hit)
-
-    # End -------------------------------------------------------------------
-    def _finish(self) -> None:
+    def finish(self) -> Outcome:
+        """The verdict, computed once after the run ended: final registers,
+        hit counts, the end expectations and the golden file."""
+        if self._finished:
+            return self.outcome
+        self._finished = True
         outcome, rig = self.outcome, self.rig
+        outcome.exits = self.exits
+        outcome.seconds = self.seconds
         try:
             outcome.regs = self.backend.get_regs()
         except Exception as e:  # a dead vCPU must not hide the verdict
@@ -336,13 +217,224 @@ class Session:
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
             if extra:
                 outcome.report.append(extra)
+        return outcome
+
+    # A debugger's points (kvmrig.gdb) ----------------------------------------
+    def add_client_point(self, kind: str, addr: int, length: int = 1) -> ClientPoint:
+        """A debugger's breakpoint ("sw" | "hw") or watchpoint ("write" | "read" |
+        "access"), armed at once; NoDebugSlot when no register is left."""
+        if kind == "sw" and not self.memory.contains(addr, len(self.patches.insn)):
+            raise OutsideMemory(f"no memory at {addr:#x} to plant a breakpoint in")
+        point = self.debug.add_client(kind, addr, length)
+        if kind == "sw" and addr != self.stepping_over:  # being stepped over: the step re-plants it
+            self.patches.plant(addr)
+        self._arm(self.user_step or self.stepping_over is not None)
+        return point
+
+    def remove_client_point(self, kind: str, addr: int, length: int = 1) -> bool:
+        if not self.debug.remove_client(kind, addr, length):
+            return False
+        if kind == "sw" and addr not in self.debug.sw_all and addr != self.stepping_over:
+            self.patches.lift(addr)
+        self._arm(self.user_step or self.stepping_over is not None)
+        return True
+
+    def _set_client_step(self, on: bool) -> None:
+        if on != self._client_step:
+            self._client_step = on
+            self._arm(self.user_step or self.stepping_over is not None)
+
+    def _arm(self, single_step: bool) -> None:
+        single_step = single_step or self._client_step
+        if self.debug.slots or self.debug.any_sw or single_step or self._armed:
+            self._armed = True
+            self.backend.set_debug(self.debug.slots, single_step, self.debug.sw_all)
+
+    # The end ---------------------------------------------------------------
+    def _end(self, stop: Stop, ev: Event | None) -> None:
+        """Record how the run ended (`ev`: the last event); finish() judges it."""
+        self.ended = True
+        self._client_step = False
+        outcome = self.outcome
+        outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
+        if outcome.stop_pc is None and ev is not None and type(ev) not in (PortIO, Mmio):
+            outcome.stop_pc = ev.pc
+        if self.user_step and stop.exit != "timeout":
+            self.steps += 1  # the instruction that ended the run
+
+    def _halt(self, ev: Halt) -> None:
+        raise Stop("hlt", None, f"hlt at {ev.pc:#x}")
+
+    def _shutdown(self, ev: Shutdown) -> None:
+        raise Stop("shutdown", None, ev.detail)
+
+    def _system(self, ev: SystemEvent) -> None:
+        raise Stop(SYSTEM_EXITS.get(ev.what, "unhandled"), None, f"system event {ev.what}")
+
+    def _timeout(self, ev: Timeout) -> None:
+        raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
+
+    def _unhandled(self, ev: Unhandled) -> None:
+        raise Stop("unhandled", None, ev.detail or f"backend stopped: code {ev.code!r}")
+
+    # Devices ---------------------------------------------------------------
+    def _io(self, ev: PortIO) -> None:
+        size, bus, port = ev.size, self.bus, ev.port
+        if ev.write:
+            data = ev.data
+            for i in range(ev.count):
+                bus.port_write(port, size, int.from_bytes(data[i * size:(i + 1) * size], "little"))
+        else:
+            out = b"".join(bus.port_read(port, size).to_bytes(size, "little") for _ in range(ev.count))
+            self.backend.complete_read(out)
+
+    def _mmio(self, ev: Mmio) -> None:
+        if ev.write:
+            value = int.from_bytes(ev.data[:ev.size], "little")
+            self.bus.mmio_write(ev.addr, ev.size, value, rom=self.memory.find(ev.addr) is not None)
+        else:
+            self.backend.complete_read(self.bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little"))
+
+    # Debug ---------------------------------------------------------------
+    def _step(self, ev: Step) -> None:
+        self._check_halted()
+        self.last_pc = ev.pc
+        if self.stepping_over is not None:
+            if self.stepping_over in self.debug.sw_all:  # a debugger may have removed its point
+                self.patches.plant(self.stepping_over)
+            self.stepping_over = None
+            if not self.user_step:
+                self._arm(False)
+        if self.user_step:
+            self.steps += 1
+            self.tail.append(ev.pc)
+            if len(self.outcome.trace) < self.rig.trace_max:
+                self.outcome.trace.append(ev.pc)
+        if self.user_step or self._client_step:
+            if self.debug.sw_all:
+                self.arrive(ev.pc)
+            if self._client_step:
+                self._client_stop = STEPPED
+
+    def _sw(self, ev: SwBreak) -> None:
+        pc = ev.pc
+        points = self.debug.sw.get(pc)
+        client = self.debug.client_at("sw", pc) if self.debug.client else None
+        if not points and client is None:
+            self._foreign(ev, "a software breakpoint the rig did not plant")
+            return
+        self.pc_moved = False
+        for point in points or ():
+            self._hit(point, pc, None)
+        if client is not None:
+            self._client_stop = Pause("sw", client)
+        self.last_pc = pc
+        if not self.pc_moved:   # unless `set` moved the pc: step over it
+            self.patches.lift(pc)
+            self.stepping_over = pc
+            if not self.user_step:
+                self._arm(True)
+
+    def _hw(self, ev: HwBreak) -> None:
+        debug = self.debug
+        if not 0 <= ev.slot < len(debug.slot_owner):
+            self._foreign(ev, "a debug exit kvmrig did not cause (hw)")
+            return
+        if ev.slot < debug.rig_slots:
+            self._hit(debug.slot_owner[ev.slot], ev.pc, None)
+        if debug.client and (client := debug.client_at("hw", ev.pc)) is not None:
+            self._client_stop = Pause("hw", client)
+        self.last_pc = ev.pc
+
+    def _watch(self, ev: WatchHit) -> None:
+        debug = self.debug
+        owners = debug.slot_owner
+        if not 0 <= ev.slots[0] < len(owners):
+            self._foreign(ev, "a debug exit kvmrig did not cause (watch)")
+            return
+        # One access can hit several watchpoints (overlapping ranges, or one
+        # split over registers): each of the rig's points counts it once.
+        counted: list[Point] = []
+        for i in ev.slots:
+            if 0 <= i < debug.rig_slots and not any(p is owners[i] for p in counted):
+                counted.append(owners[i])
+        for point in counted:
+            self._hit(point, ev.pc, ev.addr)
+        if debug.client and (client := debug.client_watch(ev)) is not None:
+            self._client_stop = Pause("watch", client)
+
+    def _foreign_exit(self, ev: ForeignDebug) -> None:
+        self._foreign(ev, "a debug exit kvmrig did not cause (foreign)")
+
+    def arrive(self, pc: int) -> None:
+        """The vCPU will single-step the instruction at `pc`: a breakpoint planted
+        there is hit now, and stepped over, so no single-step runs a planted
+        instruction (a KVM that plants HLT reports that as a plain step and
+        leaves the vCPU halted)."""
+        if pc == self.stepping_over or pc not in self.debug.sw_all:
+            return
+        insn = self.patches.insn
+        try:
+            if self.memory.read(pc, len(insn)) != insn:
+                return
+        except LookupError:
+            return
+        self._sw(SwBreak(pc))
+
+    def _check_halted(self) -> None:
+        """A single-step over a halting instruction exits as a step, not a halt."""
+        halt = self.plan.traits.halt
+        if halt is None:
+            return
+        try:
+            insn = self.patches.view(self.last_pc, len(halt))
+        except LookupError:
+            return
+        if insn == halt:
+            self.outcome.stop_pc = self.last_pc
+            raise Stop("hlt", None, f"hlt at {self.last_pc:#x}")
+
+    def _foreign(self, ev: SwBreak | HwBreak | WatchHit | ForeignDebug, what: str) -> None:
+        self.outcome.notes.append(f"{what} at pc {ev.pc:#x}: handed back to the guest")
+        self.backend.reinject(ev)
+
+    def _hit(self, point: Point, pc: int, addr: int | None) -> None:
+        """Count a hit of the rig's `point` (`addr`: the accessed address of a
+        watch hit) and apply its per-hit `expect` and `set`."""
+        point.hits += 1
+        spec = point.spec
+        applies = point.applies()
+        hit = Hit(point.label, point.hits, pc, addr)
+        if applies and (spec.expect is not None or spec.set is not None):
+            regs = self.backend.get_regs()
+            if spec.expect is not None:
+                watched = (point.addr, point.length) if point.is_watch else None
+                hit.failures = check_state(self.rig.arch, f"{point.label}, hit {point.hits}: ", spec.expect,
+                                           regs, self.patches.view, self.plan.resolve, watched)
+                self.outcome.failures.extend(hit.failures)
+                hit.regs = {c.name: v for c in spec.expect.regs
+                            if (v := reg_value(self.rig.arch, regs, c.name)) is not None}
+            if spec.set is not None:
+                if spec.set.regs:
+                    before = self.backend.get_pc()
+                    apply_regs(self.backend, self.rig.arch, spec.set.regs)
+                    self.pc_moved = self.pc_moved or self.backend.get_pc() != before
+                for write in spec.set.memory:  # through the patches: a planted breakpoint stays planted
+                    self.patches.write(self.plan.resolve(write.at), write.data)
+        if point.hits <= MAX_HIT_RECORDS or hit.failures:
+            self.outcome.hits.append(hit)
 
 
-def execute(plan: Plan, make_backend: Callable[[], Backend], options: RunOptions | None = None) -> Outcome:
-    """Run a prepared rig on a fresh backend; everything is released on return."""
+def execute(plan: Plan, make_backend: Callable[[], Backend], options: RunOptions | None = None,
+            after: Callable[[Memory], None] | None = None) -> Outcome:
+    """Run a prepared rig on a fresh backend; everything is released on return.
+    `after` sees the final memory first (cross-check digests it)."""
     memory = Memory(plan.rig.memory)
     try:
         with make_backend() as backend:
-            return Session(plan, backend, memory, options).run()
+            outcome = Session(plan, backend, memory, options).run()
+        if after is not None:
+            after(memory)
+        return outcome
     finally:
         memory.close()

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kvmrig.atomic import write_atomic
+from kvmrig.errors import ResultsFileError
 from kvmrig.machine.outcome import Failure, Hit, Outcome
-from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
 FORMAT_VERSION = 1
 STATUSES = (PASSED, FAILED, ERROR, SKIPPED)
@@ -114,10 +115,6 @@ def write_json(path: str | Path, results: list[RigResult], seconds: float | None
 def write_document(path: str | Path, doc: dict[str, Any]) -> None:
     """Write a results document so a reader never sees half a file."""
     write_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", prefix=".results-")
-
-
-class ResultsFileError(ValueError):
-    """A results file that cannot be read or is not kvmrig JSON results."""
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from junit_xml import TestCase, TestSuite, to_xml_report_string
 
 from kvmrig.atomic import write_atomic
 from kvmrig.report.terminal import failure_lines
-from kvmrig.runner import ERROR, FAILED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult
 
 
 def _case(result: RigResult) -> TestCase:

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import TextIO
 
 from kvmrig.machine.outcome import num
-from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
 WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR", SKIPPED: "SKIP"}
 COLOR = {PASSED: "32", FAILED: "31", ERROR: "31", SKIPPED: "33"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmrig.backends.base import Event
+from kvmrig.backends.events import WatchHit
 from kvmrig.machine.debug import ClientPoint, DebugPlan, NoDebugSlot, Point, SwPatches
 from kvmrig.machine.memory import Memory
 from kvmrig.machine.plan import prepare
@@ -80,18 +80,19 @@ def test_client_hit_matches_events():
     hw = d.add_client("hw", 0x1002)               # shares the rig's register
     wr = d.add_client("write", 0x3002, 4)          # overlaps the rig's watch
     rd = d.add_client("read", 0x5000, 1)
-    assert d.client_hit(Event("debug", pc=0x1004, detail="sw")) is sw
-    assert d.client_hit(Event("debug", pc=0x1001, detail="sw")) is None
-    assert d.client_hit(Event("debug", pc=0x1002, slot=0, detail="hw")) is hw
+    assert d.client_at("sw", 0x1004) is sw
+    assert d.client_at("sw", 0x1001) is None
+    assert d.client_at("hw", 0x1002) is hw
     # A write the rig's slot reported: matched by the range it touched.
-    assert d.client_hit(Event("debug", slot=1, addr=0x3003, size=1, write=True, detail="watch")) is wr
-    assert d.client_hit(Event("debug", slot=1, addr=0x3000, size=2, write=True, detail="watch")) is None
+    assert d.client_watch(WatchHit(0, 0x3003, (1,), 1, True)) is wr
+    assert d.client_watch(WatchHit(0, 0x3000, (1,), 2, True)) is None
     # A read does not stop a write watch; the read watch's own slot does.
-    assert d.client_hit(Event("debug", slot=1, addr=0x3003, size=1, write=False, detail="watch")) is None
-    assert d.client_hit(Event("debug", slot=rd.slots[0], addr=0x5000, size=1, detail="watch")) is rd
-    # Backends that name every slot an access matched (raw) find the debugger's too.
-    assert d.client_hit(Event("debug", slot=1, addr=0x3000, size=8, write=True, detail="watch",
-                              raw=(1, wr.slots[0]))) is wr
+    assert d.client_watch(WatchHit(0, 0x3003, (1,), 1, False)) is None
+    assert d.client_watch(WatchHit(0, 0x5000, (rd.slots[0],), 1)) is rd
+    # Where the backend cannot tell reads from writes, the range decides.
+    assert d.client_watch(WatchHit(0, 0x3003, (1,))) is wr
+    # Backends name every slot an access matched: the debugger's is found too.
+    assert d.client_watch(WatchHit(0, 0x3000, (1, wr.slots[0]), 8, True)) is wr
     assert isinstance(d.slot_owner[1], Point) and isinstance(d.slot_owner[wr.slots[0]], ClientPoint)
 
 

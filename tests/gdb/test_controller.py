@@ -14,16 +14,13 @@ from kvmrig.machine.plan import prepare
 from kvmrig.machine.session import execute
 from kvmrig.rig.load import load_rig_text
 
+from tests.conftest import emu_unavailable, hexof
+
 x86_host = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86_64 guest code")
 
 
-def _emu_why() -> str | None:
-    from kvmrig.backends import emu
-    return emu.unavailable()
-
-
 BACKENDS = [pytest.param("kvm", marks=[pytest.mark.kvm, x86_host]),
-            pytest.param("emu", marks=pytest.mark.skipif(_emu_why() is not None, reason=str(_emu_why())))]
+            pytest.param("emu", marks=pytest.mark.skipif(emu_unavailable() is not None, reason=str(emu_unavailable())))]
 
 # fib-like doubling loop in long mode at 0x1000
 CODE = """
@@ -36,10 +33,6 @@ CODE = """
     bb 34 12 00 00         # 1017: mov ebx, 0x1234
     f4                     # 101c: hlt
 """
-
-
-def hexof(code: str) -> str:
-    return " ".join(line.split("#")[0].strip() for line in code.strip().splitlines())
 
 
 def rig_text(extra: str = "", code: str = CODE, timeout: str = "5s") -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import emu_unavailable
 from tests.gdb.test_controller import rig_text
 
 GDB = shutil.which("gdb")
@@ -129,12 +130,7 @@ def gdb(port: int, *commands: str, binary: str | None = None, interrupt: Server 
     return out
 
 
-def _emu_why() -> str | None:
-    from kvmrig.backends import emu
-    return emu.unavailable()
-
-
-x86_emu = [needs_gdb, pytest.mark.skipif(_emu_why() is not None, reason=f"no emulator backend: {_emu_why()}")]
+x86_emu = [needs_gdb, pytest.mark.skipif(emu_unavailable() is not None, reason=f"no emulator backend: {emu_unavailable()}")]
 BOTH = [pytest.param("kvm", marks=x86_kvm), pytest.param("emu", marks=x86_emu)]
 
 
@@ -261,7 +257,7 @@ def test_gdb_on_fail_serves_the_final_state_of_the_first_failed_rig(make_rig, se
 
 
 @pytest.mark.skipif(GDB_MULTIARCH is None, reason="gdb-multiarch is not installed (apt-get install -y gdb-multiarch)")
-@pytest.mark.skipif(_emu_why() is not None, reason=f"the emulator backend cannot run here: {_emu_why()}")
+@pytest.mark.skipif(emu_unavailable() is not None, reason=f"the emulator backend cannot run here: {emu_unavailable()}")
 def test_arm64_rig_on_the_emulator_with_gdb_multiarch(serve):
     rig = ROOT / "rigs" / "arm64" / "sw-breakpoint.yaml"
     if not rig.exists():

@@ -17,9 +17,6 @@ twice, through the `debug` fixture:
 `native` is not tested: it forces INT3 and data breakpoints, which fail on a
 KVM without them (kvm_pvm, for one), and `auto` already takes that path
 wherever it works.
-
-Tests marked xfail(strict=True) show bugs in kvmrig (see each reason); they
-start failing (XPASS) when the bug is fixed, and then the mark must go.
 """
 
 from __future__ import annotations
@@ -30,11 +27,13 @@ import re
 import pytest
 
 from kvmrig.backends.kvm import x86_probe
+from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.cli import main as kvmrig_main
 from kvmrig.machine.debug import DebugPlan
 from kvmrig.machine.plan import prepare
 from kvmrig.rig.load import load_rig
-from kvmrig.runner import ERROR, PASSED, RigResult, run_rig
+from kvmrig.result import ERROR, PASSED, RigResult
+from kvmrig.runner import run_rig
 
 NO_KVM_REASON = "no /dev/kvm on this machine"
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason=NO_KVM_REASON)]
@@ -192,7 +191,7 @@ CPU = "cpu: {mode: long}"
 @pytest.fixture(params=["auto", "trap"])
 def debug(request, monkeypatch) -> str:
     """Run the test with this KVM's own debug support, and with the fallbacks forced."""
-    monkeypatch.setattr(x86_probe, "_cache", None)   # the probe result is cached per process
+    monkeypatch.setattr(x86_probe, "_cache", PerProcess())   # the probe result is cached per process
     if request.param == "trap":
         monkeypatch.setenv("KVMRIG_KVM_DEBUG", "trap")
     else:
@@ -203,7 +202,7 @@ def debug(request, monkeypatch) -> str:
 @pytest.fixture
 def trap(monkeypatch) -> str:
     """Only the fallbacks (for bugs in the HLT / page-trap paths)."""
-    monkeypatch.setattr(x86_probe, "_cache", None)
+    monkeypatch.setattr(x86_probe, "_cache", PerProcess())
     monkeypatch.setenv("KVMRIG_KVM_DEBUG", "trap")
     return "trap"
 
@@ -857,11 +856,11 @@ def test_trap_mode_picks_the_fallbacks(debug):
         assert backend.sw_break_insn() == (INT3 if support.int3 else HLT)
         assert backend.hw_debug_slots() == ((4, 4, True) if support.data_breakpoints else (4, 64, False))
     if debug == "auto":
-        assert x86_probe._cache is not None and x86_probe._cache[0] == os.getpid()
+        assert x86_probe._cache.known()
 
 
 # ---------------------------------------------------------------------------
-# Bugs: each xfail(strict=True) test below fails because of a bug in kvmrig.
+# Regressions: bugs found and fixed, kept pinned down.
 
 def test_overlapping_watchpoints_each_count(make_rig, debug):
     path = make_rig(f"""

@@ -68,7 +68,8 @@ def test_a_memory_map_without_a_hole_for_kvm_is_a_rig_error():
 @pytest.mark.parametrize("cpu", ["{mode: long, regs: {cr4: 0x6a0}}", "{mode: protected, regs: {cr0: 0x11}}",
                                  "{mode: real, regs: {efer: 0x1}}"])
 def test_control_registers_validate_accepts_run_accepts(cpu):
-    from kvmrig.runner import PASSED, run_rig
+    from kvmrig.result import PASSED
+    from kvmrig.runner import run_rig
     rig = load_rig_text(HEAD + "memory: [{at: 0, size: 2M}, {at: 0xfec00000, size: 0x3fc000}]\n"
                                f"images: [{{hex: f4, at: 0x1000}}]\ncpu: {cpu}\n", "r.yaml")
     prepare(rig)

@@ -17,7 +17,10 @@ from kvmrig.errors import RigError
 from kvmrig.machine.plan import prepare
 from kvmrig.machine.session import execute
 from kvmrig.rig.load import load_rig_text
-from kvmrig.runner import ERROR, FAILED, PASSED, run_rig
+from kvmrig.result import ERROR, FAILED, PASSED
+from kvmrig.runner import run_rig
+
+from tests.conftest import hexof
 
 x86_host = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86_64 guest code")
 
@@ -29,11 +32,6 @@ def kvm(test):
 
 CR0_PE, CR0_PG = 1 << 0, 1 << 31
 EFER_LMA = 1 << 10
-
-
-def hexof(code: str) -> str:
-    """The hex bytes of a commented listing ("b0 2a  # mov al, 42" lines)."""
-    return " ".join(line.split("#")[0].strip() for line in code.strip().splitlines()).strip()
 
 
 def rig_text(mode: str, code: str, *, memory: str = "[{at: 0, size: 2M}]", at: int = 0x1000,

@@ -19,7 +19,7 @@ from kvmrig.errors import Mark
 from kvmrig.machine.outcome import Failure, Hit, Outcome
 from kvmrig.report.json_report import ResultsFileError, read_results, record, results_json, write_json
 from kvmrig.rig.model import EXITS
-from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
 REPO = Path(__file__).resolve().parents[2]
 kvm = pytest.mark.kvm

@@ -13,7 +13,7 @@ from kvmrig import atomic
 from kvmrig.errors import Mark
 from kvmrig.machine.outcome import Failure, Outcome
 from kvmrig.report.junit import junit_xml, write_junit
-from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
 
 def failed_result() -> RigResult:

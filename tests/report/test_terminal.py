@@ -11,7 +11,7 @@ import pytest
 from kvmrig.errors import Mark
 from kvmrig.machine.outcome import Failure, Outcome
 from kvmrig.report.terminal import Terminal, failure_lines
-from kvmrig.runner import ERROR, FAILED, PASSED, SKIPPED, RigResult
+from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
 
 def result(name: str, status: str, **kw) -> RigResult:

@@ -53,7 +53,8 @@ def stats():
 def check_rig_file(path: Path) -> str:
     """Load, validate and (if valid) run one rig file; assert the properties.
     Returns "invalid", or the run's status."""
-    from kvmrig.runner import ERROR, run_rig
+    from kvmrig.result import ERROR
+    from kvmrig.runner import run_rig
 
     before = peak_rss_kib()
     try:

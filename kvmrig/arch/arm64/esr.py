@@ -106,11 +106,6 @@ def ec(esr: int) -> int:
     return (esr >> 26) & 0x3F
 
 
-def il(esr: int) -> int:
-    """Instruction length bit 25: 1 for a 32-bit instruction."""
-    return (esr >> 25) & 1
-
-
 def iss(esr: int) -> int:
     """Instruction-specific syndrome, bits [24:0]."""
     return esr & 0x1FFFFFF

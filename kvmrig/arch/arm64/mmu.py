@@ -209,11 +209,6 @@ def start_level(inputsize: int, shift: int) -> int:
     return 4 - -(-(inputsize - shift) // stride)
 
 
-def output_bits(regime: Regime) -> int:
-    """min(TCR_EL1.IPS, PARange)."""
-    return min(IPS_BITS[(regime.tcr >> 32) & 7], regime.pa_bits)
-
-
 @lru_cache(maxsize=64)
 def _range(tcr: int, sel: int, pa_bits: int) -> tuple[int, int, int, int, int, int, int, int]:
     """What TCR_EL1 says about one VA range: (inputsize, top (the highest VA

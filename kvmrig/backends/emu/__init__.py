@@ -26,6 +26,7 @@ def unavailable() -> str | None:
 
 
 def backend_class(arch: str):
+    """The emulator's Backend class for `arch` (its module, and unicorn, load only now)."""
     if arch == "x86_64":
         from kvmrig.backends.emu.x86_64 import EmuX86Backend
         return EmuX86Backend

@@ -83,8 +83,7 @@ from kvmrig.arch.arm64 import esr, mmu
 from kvmrig.arch.arm64.boot import Arm64State
 from kvmrig.arch.arm64.onereg import ONE_REGS, sp_for_pstate
 from kvmrig.arch.arm64.regs import CANONICAL, SYSREGS
-from kvmrig.backends import base
-from kvmrig.backends.base import Event
+from kvmrig.backends.events import DebugEvent, Event, SwBreak, SystemEvent, Timeout, Unhandled
 from kvmrig.backends.emu.core import EmuBackendBase
 from kvmrig.errors import BackendError
 
@@ -264,7 +263,7 @@ class EmuArm64Backend(EmuBackendBase):
         fault = self._exact(fault, pc)
         syndrome = fault.esr()
         what = "an instruction abort" if fault.access == mmu.FETCH else f"a data abort ({fault.access})"
-        return Event(base.UNHANDLED, pc=pc, addr=fault.va, raw=syndrome, detail=(
+        return Unhandled(pc, code=syndrome, detail=(
             f"{what} at pc {pc:#x}: {fault.describe()}; the guest would get ESR_EL1 {syndrome:#x} "
             f"({esr.describe(syndrome)}), FAR_EL1 {fault.va:#x}. The emulator backend ends the run here "
             "instead of taking the abort to the guest's vectors; run this rig on KVM (`backend: kvm`) for that"))
@@ -378,7 +377,7 @@ class EmuArm64Backend(EmuBackendBase):
         if intno == EXCP_BKPT and insn is not None and _is(insn, MASK_EXC, BRK):
             syndrome = esr.EC_BRK64 << 26 | 1 << 25 | (insn >> 5) & 0xFFFF
             if self._sw:   # as KVM, which traps every BRK while software breakpoints are armed
-                return Event(base.DEBUG, pc=pc, detail="sw", raw=syndrome)
+                return SwBreak(pc, syndrome)
             return self._take(syndrome, pc)
         if intno == EXCP_SWI:
             prev = self._insn(pc - 4)
@@ -388,7 +387,7 @@ class EmuArm64Backend(EmuBackendBase):
             return self._take(esr.EC_UNKNOWN << 26 | 1 << 25, pc)
         what = {EXCP_DATA_ABORT: "a data abort", EXCP_PREFETCH_ABORT: "an instruction abort"}.get(
             intno, f"exception {intno}")
-        return Event(base.UNHANDLED, pc=pc, raw=intno, detail=(
+        return Unhandled(pc, code=intno, detail=(
             f"{what} at pc {pc:#x}: unicorn does not report its syndrome, so the emulator backend cannot "
             "hand it to the guest's vectors; run this rig on KVM (`backend: kvm`)"))
 
@@ -418,13 +417,13 @@ class EmuArm64Backend(EmuBackendBase):
             result = 0 if (self.uc.reg_read(A.UC_ARM64_REG_X1) & 0xFFFFFFFF) in KNOWN else NOT_SUPPORTED
         self.set_regs({"x0": result, "x1": 0, "x2": 0, "x3": 0, "pc": at + 4})
         if off is not None:
-            return Event(base.SYSTEM, pc=at + 4, detail=off, raw=fn)
+            return SystemEvent(at + 4, off, fn)
         return None
 
-    def reinject(self, event: Event) -> None:
+    def reinject(self, event: DebugEvent) -> None:
         """Hand a BRK kvmrig did not plant to the guest."""
-        if isinstance(event.raw, int) and event.raw >> 26 == esr.EC_BRK64:
-            self._take(event.raw, event.pc)
+        if event.code is not None and event.code >> 26 == esr.EC_BRK64:
+            self._take(event.code, event.pc)
             self._flush = True
 
     def _natural_stop(self) -> Event:
@@ -432,6 +431,5 @@ class EmuArm64Backend(EmuBackendBase):
         if self._insn(pc - 4) in (WFI, WFE):
             # No interrupt will come: sleep as a KVM vCPU does, until the timeout.
             time.sleep(max(self._deadline - time.monotonic(), 0.0))
-            return Event(base.TIMEOUT, pc=pc)
-        return Event(base.UNHANDLED, pc=pc, detail=f"the emulator stopped at {pc:#x} for no reason it "
-                                                   "reported (emulator backend)")
+            return Timeout(pc)
+        return Unhandled(pc, f"the emulator stopped at {pc:#x} for no reason it reported (emulator backend)")

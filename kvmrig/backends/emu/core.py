@@ -71,8 +71,9 @@ from typing import Any
 from unicorn import UcError
 from unicorn import unicorn_const as U
 
-from kvmrig.backends import base
-from kvmrig.backends.base import Backend, Event, HwSlot
+from kvmrig.arch.traits import traits
+from kvmrig.backends.base import Backend, HwSlot
+from kvmrig.backends.events import Event, Halt, HwBreak, Mmio, PortIO, Step, SwBreak, Timeout, Unhandled, WatchHit
 from kvmrig.errors import BackendError
 
 BUDGET = 1 << 62          # "run until something happens" as an instruction count
@@ -82,7 +83,8 @@ _QUIT = object()
 _ABORT = object()
 
 # Unicorn errors that mean the guest did something the emulator cannot go on
-# from, with what to tell the user. (A table test checks every entry is used.)
+# from, with what to tell the user. (A test checks every key is a unicorn
+# error code; nothing can catch a key written twice in this literal.)
 ERROR_TEXT = {
     U.UC_ERR_FETCH_UNMAPPED: "the guest jumped to {addr}, where no RAM or ROM region is "
                              "(instructions cannot be fetched from MMIO)",
@@ -133,8 +135,8 @@ class EmuBackendBase(Backend):
         self._replay: list[tuple[int, bytes]] | None = None  # ROM pages to put back after a replay
         self._rom_event: Event | None = None
         self._replayed = False
-        self._watch_pending: list[Event] = []   # hits of the running instruction, one per slot
-        self._every_insn: int | None = None                  # the code hook on every instruction
+        # Watch hits of the running instruction, one per slot: (slot, watched address, access size, write).
+        self._watch_pending: list[tuple[int, int, int, bool]] = []
         self._pending: list[Event] = []
         # Debug state.
         self._single_step = False
@@ -164,7 +166,7 @@ class EmuBackendBase(Backend):
 
     def _natural_stop(self) -> Event:
         """emu_start returned for no reason of ours (x86 HLT, arm64 WFI)."""
-        return Event(base.HALT, pc=self.get_pc())
+        return Halt(self.get_pc())
 
     def _error_event(self, err: UcError) -> Event | None:
         """An emulation error as an event (None: handled, run on)."""
@@ -174,8 +176,7 @@ class EmuBackendBase(Backend):
         if text is None:
             text = f"unicorn error {code} ({err})"
         where = f"{addr:#x}" if addr is not None else "an unknown address"
-        return Event(base.UNHANDLED, pc=self.get_pc(), raw=code,
-                     detail=f"{text.format(addr=where)} (pc {self.get_pc():#x}; emulator backend)")
+        return Unhandled(self.get_pc(), f"{text.format(addr=where)} (pc {self.get_pc():#x}; emulator backend)", code)
 
     def _on_interrupt(self, intno: int) -> None:
         """UC_HOOK_INTR, on the worker thread: record a stop event and emu_stop."""
@@ -236,7 +237,7 @@ class EmuBackendBase(Backend):
         uc.hook_add(U.UC_HOOK_MEM_WRITE_PROT, self._guard(self._on_rom_write, False))
         uc.hook_add(U.UC_HOOK_INTR, self._guard(self._on_interrupt))
 
-    def _block(self, event: Event, src: str) -> bytes:
+    def _block(self, event: PortIO | Mmio, src: str) -> bytes:
         """On the worker thread: hand `event` to run() and wait for the next run()
         (for a read, its answer). While _settle reruns an instruction, nothing
         is handed over: writes are dropped, reads answered from the log."""
@@ -278,18 +279,18 @@ class EmuBackendBase(Backend):
         return True
 
     def _mmio_read(self, offset: int, size: int, page: int) -> int:
-        data = self._block(Event(base.MMIO, page + offset, size, False), "mmio")
+        data = self._block(Mmio(page + offset, size, False), "mmio")
         return int.from_bytes(data[:size].ljust(size, b"\xff"), "little")
 
     def _mmio_write(self, offset: int, size: int, value: int, page: int) -> None:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        self._block(Event(base.MMIO, page + offset, size, True, data), "mmio")
+        self._block(Mmio(page + offset, size, True, data), "mmio")
 
     def _on_rom_write(self, access: int, addr: int, size: int, value: int, _ud=None) -> bool:
         """A store to ROM: stop before it; the event follows the rerun (module doc)."""
         if self._stop_event is None:
             data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-            self._stop_event = Event(base.MMIO, addr, size, True, data)
+            self._stop_event = Mmio(addr, size, True, data)
             self._rom_write = (addr, size)
         return False  # declined: unicorn stops and restarts the instruction later
 
@@ -299,7 +300,6 @@ class EmuBackendBase(Backend):
 
     # Debug ---------------------------------------------------------------------
     def hw_debug_slots(self) -> tuple[int, int, bool]:
-        from kvmrig.arch.traits import traits
         return traits(self.arch).hw_slots
 
     def set_debug(self, slots: list[HwSlot], single_step: bool, sw_breakpoints: Collection[int]) -> None:
@@ -344,12 +344,12 @@ class EmuBackendBase(Backend):
                 done = skip[1]
         for slot in self._exec_at.get(addr, ()):
             if ("hw", slot) not in done:
-                self._hit(Event(base.DEBUG, pc=addr, slot=slot, addr=addr, detail="hw"), done | {("hw", slot)})
+                self._hit(HwBreak(addr, slot), done | {("hw", slot)})
                 return
         if addr in self._sw and "sw" not in done and self.peek(addr, len(self._sw_insn)) == self._sw_insn:
-            self._hit(Event(base.DEBUG, pc=addr, detail="sw"), done | {"sw"})
+            self._hit(SwBreak(addr), done | {"sw"})
 
-    def _hit(self, event: Event, reported: frozenset) -> None:
+    def _hit(self, event: HwBreak | SwBreak, reported: frozenset) -> None:
         if self._stop_event is None:
             self._stop_event = event
             self._just_hit = (event.pc, reported)
@@ -360,10 +360,9 @@ class EmuBackendBase(Backend):
 
         def on_access(access: int, addr: int, size: int, value: int, _ud=None) -> None:
             pending = self._watch_pending
-            if addr < hi and lo < addr + size and all(e.slot != index for e in pending):
+            if addr < hi and lo < addr + size and all(p[0] != index for p in pending):
                 # Only recorded: reported before the next instruction (module doc).
-                pending.append(Event(base.DEBUG, slot=index, addr=lo, size=size,
-                                     write=access == U.UC_MEM_WRITE, detail="watch"))
+                pending.append((index, lo, size, access == U.UC_MEM_WRITE))
         return on_access
 
     def _on_every_insn(self, addr: int, size: int, _ud=None) -> None:
@@ -371,14 +370,12 @@ class EmuBackendBase(Backend):
             self._stop_event = self._take_watches(addr)
             self.uc.emu_stop()
 
-    def _take_watches(self, pc: int) -> Event:
-        """One event for the watch hits of an instruction, as KVM's x86 backend
-        reports them: `slot` the first, `raw` every slot that fired."""
+    def _take_watches(self, pc: int) -> WatchHit:
+        """One event for the watch hits of an instruction: every slot that
+        fired, the first one's address, access size and direction."""
         hits, self._watch_pending = self._watch_pending, []
-        event = hits[0]
-        event.pc = pc
-        event.raw = tuple(e.slot for e in hits)
-        return event
+        _slot, addr, size, write = hits[0]
+        return WatchHit(pc, addr, tuple(h[0] for h in hits), size, write)
 
     # Running -------------------------------------------------------------------
     def _worker(self) -> None:
@@ -448,7 +445,7 @@ class EmuBackendBase(Backend):
             if self._pending:
                 return self._pending.pop(0)
             if time.monotonic() >= deadline:
-                return Event(base.TIMEOUT, pc=self.get_pc())
+                return Timeout(self.get_pc())
             self._launch()
         return self._wait(deadline)
 
@@ -477,13 +474,11 @@ class EmuBackendBase(Backend):
                     event = self._finished(payload)
                 finally:
                     self._replayed = False
-                if event is not None and event.kind != base.DEBUG:
-                    self._pending.append(event)   # e.g. an exception of the next instruction
-                elif event is not None:
-                    self._pending.append(event)   # the single-step that ran it
+                if event is not None:   # the single-step that ran it, or what the next instruction did
+                    self._pending.append(event)
                 return rom_event
             event = self._finished(payload)
-            if event is not None and event.kind == base.MMIO and self._rom_write is not None:
+            if type(event) is Mmio and self._rom_write is not None:
                 # Stopped before a ROM store: run that instruction with the page
                 # writable, put the bytes back, then report the write.
                 self._rom_event = event
@@ -495,7 +490,7 @@ class EmuBackendBase(Backend):
             if event is not None:
                 return event
             if time.monotonic() >= deadline:
-                return Event(base.TIMEOUT, pc=self.get_pc())
+                return Timeout(self.get_pc())
             self._running = True
             self._stop_event = None
             self._inbox.put((self._start_pc(), 1 if self._single_step else BUDGET))
@@ -512,13 +507,13 @@ class EmuBackendBase(Backend):
         if event is not None:
             return self._stopped(event)
         if self._timed_out:
-            return Event(base.TIMEOUT, pc=self.get_pc())
+            return Timeout(self.get_pc())
         if err is not None:
             return self._error_event(err)
         if self._replayed:   # the ROM-writing instruction ran (count 1)
-            return Event(base.DEBUG, pc=self._linear_pc(), detail="step") if self._single_step else None
+            return Step(self._linear_pc()) if self._single_step else None
         if self._single_step:
-            return Event(base.DEBUG, pc=self._linear_pc(), detail="step")
+            return Step(self._linear_pc())
         return self._natural_stop()
 
     def _stopped(self, event: Event) -> Event | None:

@@ -36,6 +36,7 @@ have seen:
 
 from __future__ import annotations
 
+import ctypes
 import re
 import struct
 
@@ -46,8 +47,7 @@ from unicorn import x86_const as X
 from kvmrig.arch.x86_64 import gdt
 from kvmrig.arch.x86_64.boot import CR0_PE, CR0_PG, X86State
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
-from kvmrig.backends import base
-from kvmrig.backends.base import Event
+from kvmrig.backends.events import Event, Halt, PortIO, Shutdown, Unhandled
 from kvmrig.backends.emu.core import EmuBackendBase
 from kvmrig.errors import BackendError
 
@@ -125,7 +125,6 @@ class _CsBase:
 
 
 def _context_bytes(ctx) -> bytes:
-    import ctypes
     ptr = ctypes.cast(ctx.context, ctypes.c_void_p).value
     return ctypes.string_at(ptr, ctx.size + 64)
 
@@ -298,21 +297,21 @@ class EmuX86Backend(EmuBackendBase):
 
     # Port I/O (unicorn syncs RIP to the IN/OUT before calling these) ----------
     def _on_in(self, port: int, size: int, _ud=None) -> int:
-        data = self._block(Event(base.IO, port, size, False), "port")
+        data = self._block(PortIO(port, size, False), "port")
         return int.from_bytes(data[:size].ljust(size, b"\xff"), "little")
 
     def _on_out(self, port: int, size: int, value: int, _ud=None) -> None:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        self._block(Event(base.IO, port, size, True, data), "port")
+        self._block(PortIO(port, size, True, data), "port")
 
     # Stops ---------------------------------------------------------------
     def _natural_stop(self) -> Event:
         """emu_start returns by itself only after HLT (RIP is past it, as on KVM)."""
         pc = self._linear_pc() - 1
         if self.peek(pc, 1) != HLT:
-            return Event(base.UNHANDLED, pc=pc + 1, detail=f"the emulator stopped at {pc + 1:#x} for no "
-                                                         "reason it reported (emulator backend)")
-        return Event(base.HALT, pc=pc)
+            return Unhandled(pc + 1, f"the emulator stopped at {pc + 1:#x} for no "
+                                     "reason it reported (emulator backend)")
+        return Halt(pc)
 
     def _on_interrupt(self, intno: int, _ud=None) -> None:
         if self._exception is None and self._stop_event is None:
@@ -344,11 +343,11 @@ class EmuX86Backend(EmuBackendBase):
             gate = self.peek(idt_base + v * size, 8)
             if gate is not None and gate[5] & 0x80:  # P bit of the gate (SDM 6.11, 6.14.1)
                 via = "" if v == vector else f" (through {_vector_name(v)}, as the IDT has no gate for it)"
-                return Event(base.UNHANDLED, pc=pc, raw=vector, detail=(
+                return Unhandled(pc, code=vector, detail=(
                     f"{_vector_name(vector)} at pc {pc:#x}: the guest's IDT would enter its handler{via}, "
                     "but the emulator backend does not deliver protected/long-mode exceptions; "
                     "run this rig on KVM (`backend: kvm`)"))
-        return Event(base.SHUTDOWN, pc=pc, raw=vector, detail=(
+        return Shutdown(pc, detail=(
             f"triple fault: {_vector_name(vector)} at pc {pc:#x} could not be delivered, nor #GP, nor #DF "
             f"(IDT base {idt_base:#x}, limit {idt_limit:#x}); the CPU shut down"))
 
@@ -358,7 +357,7 @@ class EmuX86Backend(EmuBackendBase):
         (the faulting instruction, or the one after INT n)."""
         uc = self.uc
         if vector * 4 + 3 > ivt_limit:
-            return Event(base.SHUTDOWN, pc=pc, raw=vector, detail=(
+            return Shutdown(pc, detail=(
                 f"{_vector_name(vector)} at pc {pc:#x} is beyond the IVT limit {ivt_limit:#x}: the CPU shut down"))
         vec = self.peek(ivt_base + vector * 4, 4)
         ss = uc.reg_read(X.UC_X86_REG_SS)
@@ -368,7 +367,7 @@ class EmuX86Backend(EmuBackendBase):
                             flags & 0xFFFF)
         new_sp = (sp - 6) & 0xFFFF
         if vec is None or not self.poke((ss << 4) + new_sp, frame):
-            return Event(base.UNHANDLED, pc=pc, raw=vector, detail=(
+            return Unhandled(pc, code=vector, detail=(
                 f"{_vector_name(vector)} at pc {pc:#x} in real mode: the IVT entry or the stack "
                 f"({ss:#x}:{new_sp:#x}) is outside RAM (emulator backend)"))
         ip, cs = struct.unpack("<HH", vec)

@@ -234,13 +234,6 @@ struct kvm_one_reg {
     uint64_t addr;
 };
 
-/* linux/kvm.h, KVM_GET_REG_LIST: n is the capacity in, the count out
-   (E2BIG, with n set, when the array is too small). */
-struct kvm_reg_list {
-    uint64_t n;
-    uint64_t reg[];
-};
-
 /* linux/kvm.h, KVM_SET_GUEST_DEBUG. */
 struct kvm_guest_debug {
     uint32_t control;
@@ -386,7 +379,6 @@ def ioctl_table(arch: str) -> dict[str, int]:
         # the id and a pointer; the value travels through the pointer.
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
-        "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64)
     }
     if arch == "x86_64":
         table.update({
@@ -423,7 +415,6 @@ KVM_RUN = IOCTLS["KVM_RUN"]
 KVM_SET_GUEST_DEBUG = IOCTLS["KVM_SET_GUEST_DEBUG"]
 KVM_GET_ONE_REG = IOCTLS["KVM_GET_ONE_REG"]
 KVM_SET_ONE_REG = IOCTLS["KVM_SET_ONE_REG"]
-KVM_GET_REG_LIST = IOCTLS["KVM_GET_REG_LIST"]
 KVM_GET_SUPPORTED_CPUID = IOCTLS.get("KVM_GET_SUPPORTED_CPUID")
 KVM_SET_TSS_ADDR = IOCTLS.get("KVM_SET_TSS_ADDR")
 KVM_SET_IDENTITY_MAP_ADDR = IOCTLS.get("KVM_SET_IDENTITY_MAP_ADDR")

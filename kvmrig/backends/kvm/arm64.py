@@ -64,13 +64,14 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Collection
+import dataclasses
 from dataclasses import dataclass, field
 
 from kvmrig.arch.arm64 import debugregs, esr, onereg
 from kvmrig.arch.arm64.boot import Arm64State
 from kvmrig.arch.arm64.regs import CANONICAL
-from kvmrig.backends import base
-from kvmrig.backends.base import Event, HwSlot
+from kvmrig.backends.base import HwSlot
+from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, HwBreak, Step, SwBreak, Unhandled, WatchHit
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.common import KvmBackendBase
 from kvmrig.backends.kvm.lazyregs import LazyRegs
@@ -85,7 +86,7 @@ class _Step:
     """An internal single-step in progress: which slots are off, what to report after."""
 
     disabled: set[int] = field(default_factory=set)
-    report: list[Event] = field(default_factory=list)
+    report: list[WatchHit] = field(default_factory=list)  # pc filled when the step ends
 
 
 def full_esr(info) -> int:
@@ -223,15 +224,13 @@ class KvmArm64Backend(KvmBackendBase):
             return super().run(deadline)
         except KvmError as e:
             if e.call == "KVM_RUN" and e.errno == errno.ENOSYS:
-                return Event(base.UNHANDLED, pc=self.get_pc(), raw=e.errno,
-                             detail="the guest accessed MMIO with an instruction KVM cannot emulate "
+                return Unhandled(self.get_pc(), code=e.errno,
+                                 detail="the guest accessed MMIO with an instruction KVM cannot emulate "
                                     "(no valid syndrome: LDP/STP, pre/post-index writeback, SIMD...); "
                                     "use a plain LDR/STR for device registers")
             raise
 
-    @property
-    def _fixup(self) -> bool:
-        """common.run() calls _before_run before a KVM_RUN while this holds."""
+    def _needs_fixup(self) -> bool:
         return self._regs is not None or self._resume_bp is not None
 
     def _before_run(self) -> None:
@@ -247,50 +246,47 @@ class KvmArm64Backend(KvmBackendBase):
         if cause == "step":
             return self._step_done(pc, syndrome)
         if cause == "sw":
-            return Event(base.DEBUG, pc=pc, detail="sw", raw=syndrome)
+            return SwBreak(pc, syndrome)
         if cause == "hw":
             index = debugregs.bp_hit([b for _, b in self._breaks], pc)
             if index is None:
-                return Event(base.DEBUG, pc=pc, detail="foreign", raw=syndrome)
+                return ForeignDebug(pc, code=syndrome)
             self._resume_bp = (pc, frozenset(self._exec_slots_at(pc)))
-            return Event(base.DEBUG, pc=pc, slot=self._breaks[index][0], addr=pc, detail="hw", raw=syndrome)
+            return HwBreak(pc, self._breaks[index][0], syndrome)
         if cause == "watch":
             far = int(info.far)
             cache_op = esr.cm(syndrome)
-            write = None if cache_op else esr.wnr(syndrome)  # CM sets WnR whatever the operation
+            write = None if cache_op else bool(esr.wnr(syndrome))  # CM sets WnR whatever the operation
             slot = debugregs.watch_slot(self._watches, far, write, cache_op)
             if slot is None:
-                return Event(base.DEBUG, pc=pc, addr=far, detail="foreign", raw=syndrome)
+                return ForeignDebug(pc, far, syndrome)
             # Let the access complete: step the instruction with every watch (and a
             # breakpoint on this very instruction) off, then report the hit.
             self._begin_step({i for i, _ in self._watches} | self._exec_slots_at(pc))
-            self._step.report.append(Event(base.DEBUG, addr=far, write=bool(write), slot=slot,
-                                           detail="watch", raw=syndrome))
+            self._step.report.append(WatchHit(0, far, (slot,), write=write, code=syndrome))
             return None
-        return Event(base.DEBUG, pc=pc, detail="foreign", raw=syndrome)
+        return ForeignDebug(pc, code=syndrome)
 
     def _step_done(self, pc: int, syndrome: int) -> Event | None:
         step, self._step = self._step, None
         events = []
         if step is not None:
             self._program()  # re-arm what the step disabled (and stop stepping unless asked)
-            for ev in step.report:
-                ev.pc = pc
-                events.append(ev)
+            events.extend(dataclasses.replace(hit, pc=pc) for hit in step.report)
         if self._user_step:
-            events.append(Event(base.DEBUG, pc=pc, detail="step", raw=syndrome))
+            events.append(Step(pc, syndrome))
         if not events:
             return None  # a step nobody waits for any more (stepping was just turned off)
         self._queue.extend(events[1:])
         return events[0]
 
     # Foreign debug exceptions ----------------------------------------------
-    def reinject(self, event: Event) -> None:
+    def reinject(self, event: DebugEvent) -> None:
         """Take the exception in the guest, as if KVM were not there (Arm ARM,
         AArch64 exception entry): ESR_EL1, ELR_EL1 = the pc, SPSR_EL1 = PSTATE,
         FAR_EL1 for watchpoints, PSTATE = EL1h with DAIF masked, PC = VBAR_EL1
         + the synchronous vector for the old PSTATE."""
-        syndrome = event.raw if isinstance(event.raw, int) else self._last_esr
+        syndrome = event.code if event.code is not None else self._last_esr
         regs = self.get_regs()
         pstate, vbar = regs["pstate"], regs["vbar_el1"]
         try:
@@ -298,7 +294,7 @@ class KvmArm64Backend(KvmBackendBase):
         except ValueError as e:
             raise BackendError(f"cannot hand the debug exception back to the guest: {e}") from None
         update = {"esr_el1": esr.reflect(syndrome, pstate), "elr_el1": event.pc, "spsr_el1": pstate}
-        if esr.debug_cause(syndrome) == "watch":
+        if esr.debug_cause(syndrome) == "watch" and isinstance(event, (WatchHit, ForeignDebug)):
             update["far_el1"] = event.addr
         update["pstate"] = esr.PSTATE_EL1H_MASKED
         update["pc"] = vbar + vector

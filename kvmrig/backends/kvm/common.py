@@ -10,14 +10,17 @@ TIMEOUT. This needs the main thread, which is where workers run rigs.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
-from collections import deque
 import threading
 import time
+from collections import deque
 
-from kvmrig.backends import base
-from kvmrig.backends.base import Backend, Event
+from kvmrig.backends.base import Backend
+from kvmrig.backends.events import Event, Halt, Mmio, PortIO, Shutdown, Step, SystemEvent, Timeout, Unhandled, WatchHit
 from kvmrig.backends.kvm import abi
+from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.system import Kvm
 from kvmrig.errors import BackendError
 
@@ -25,18 +28,13 @@ ffi = abi.ffi
 TIMER_REPEAT = 0.01
 PAGE = 0x1000
 
-_kvm: Kvm | None = None
-_kvm_pid = 0
+_kvm: PerProcess[Kvm] = PerProcess()
 _alarmed_run = None  # the kvm_run of the vCPU a SIGALRM should stop
 
 
 def shared_kvm() -> Kvm:
     """One /dev/kvm fd per process (re-opened after fork)."""
-    global _kvm, _kvm_pid
-    import os
-    if _kvm is None or _kvm_pid != os.getpid():
-        _kvm, _kvm_pid = Kvm(os.environ.get("KVMRIG_KVM_DEVICE", "/dev/kvm")), os.getpid()
-    return _kvm
+    return _kvm.get(lambda: Kvm(os.environ.get("KVMRIG_KVM_DEVICE", "/dev/kvm")))
 
 
 def _on_alarm(signum, frame) -> None:
@@ -72,7 +70,7 @@ class KvmBackendBase(Backend):
         self._watch_mmio = False   # watchpoints over MMIO (unbacked) addresses are matched on MMIO exits
         self._queue: deque[Event] = deque()   # events found, not yet returned
         self._owe_step = False     # a step to report once pending I/O completes
-        self._owe_hits: list[Event] = []      # watch hits to report once pending I/O completes
+        self._owe_hits: list[WatchHit] = []   # watch hits to report once pending I/O completes (pc filled then)
         self._slot = 0
         self._answer = None  # where complete_read() writes: "io" | "mmio"
         self._timer_armed = False
@@ -132,7 +130,7 @@ class KvmBackendBase(Backend):
                 self._slot_ids.append(self._add_slot(cut, gpa + size - cut, host + cut - gpa, rom))
         self._traps = dict(pages)
 
-    def _watch_access(self, addr: int, size: int, write: bool) -> Event | None:
+    def _watch_access(self, addr: int, size: int, write: bool) -> WatchHit | None:
         """Arch hook: which watchpoint (if any) a trapped access hits."""
         return None
 
@@ -167,7 +165,7 @@ class KvmBackendBase(Backend):
                 if events:
                     self._queue.extend(events[1:])
                     return events[0]
-            if self._fixup:
+            if self._needs_fixup():
                 self._before_run()
             ev = self._event(run(), deadline)
             if ev is not None:
@@ -181,9 +179,9 @@ class KvmBackendBase(Backend):
             if self._stepping():
                 self._owe_step = True
             if io.direction == abi.KVM_EXIT_IO_OUT:
-                return Event(base.IO, io.port, io.size, True, bytes(self.vcpu.io_data()), io.count)
+                return PortIO(io.port, io.size, True, bytes(self.vcpu.io_data()), io.count)
             self._answer = "io"
-            return Event(base.IO, io.port, io.size, False, b"", io.count)
+            return PortIO(io.port, io.size, False, b"", io.count)
         if reason == abi.KVM_EXIT_MMIO:
             m = rs.mmio
             addr, size, write = m.phys_addr, m.len, bool(m.is_write)
@@ -196,15 +194,15 @@ class KvmBackendBase(Backend):
                 if hit is not None:
                     self._owe_hits.append(hit)  # delivered once the device access completed
             if write:
-                return Event(base.MMIO, addr, size, True, bytes(ffi.buffer(m.data, size)))
+                return Mmio(addr, size, True, bytes(ffi.buffer(m.data, size)))
             self._answer = "mmio"
-            return Event(base.MMIO, addr, size, False)
+            return Mmio(addr, size, False)
         if reason == abi.KVM_EXIT_DEBUG:
             return self._debug_event(rs.debug.arch)  # None: the backend's own (stepping past a breakpoint)
         if reason == abi.KVM_EXIT_INTR:
             rs.immediate_exit = 0
             if time.monotonic() >= deadline:
-                return Event(base.TIMEOUT, pc=self._pc_now())
+                return Timeout(self._pc_now())
             return None
         return self._other_exit(reason, rs)
 
@@ -224,9 +222,7 @@ class KvmBackendBase(Backend):
         events: list[Event] = []
         if hits or (owe_step and reason == abi.KVM_EXIT_INTR):
             pc = self._pc_now()
-            for hit in hits:
-                hit.pc = pc
-                events.append(hit)
+            events.extend(dataclasses.replace(hit, pc=pc) for hit in hits)
             if owe_step and reason == abi.KVM_EXIT_INTR:
                 step = self._step_done(pc)
                 if step is not None:
@@ -242,12 +238,11 @@ class KvmBackendBase(Backend):
         A write to ROM is not applied: it ends the run as the MMIO exit it is."""
         hit = self._watch_access(addr, size, write)
         if write and self._is_rom(addr):
-            end = Event(base.MMIO, addr, size, True, bytes(ffi.buffer(data, size)))
+            end = Mmio(addr, size, True, bytes(ffi.buffer(data, size)))
             if hit is None:
                 return end
             self._queue.append(end)
-            hit.pc = self._pc_now()
-            return hit
+            return dataclasses.replace(hit, pc=self._pc_now())
         if write:
             self.poke(addr, bytes(ffi.buffer(data, size)))
         else:
@@ -262,10 +257,12 @@ class KvmBackendBase(Backend):
         return any(start <= gpa < start + size and rom for start, size, _h, rom in self._backing)
 
     # Arch hooks ----------------------------------------------------------
-    _fixup = False  # set by a subclass when _before_run has work before the next KVM_RUN
+    def _needs_fixup(self) -> bool:
+        """Whether _before_run has work to do before the next KVM_RUN."""
+        return False
 
     def _before_run(self) -> None:
-        """State to fix up before the next KVM_RUN (only called while _fixup is set)."""
+        """State to fix up before the next KVM_RUN (only called when _needs_fixup())."""
 
     def _debug_event(self, arch_info) -> Event | None:
         """A KVM_EXIT_DEBUG as an event, or None to keep running."""
@@ -277,7 +274,7 @@ class KvmBackendBase(Backend):
 
     def _step_done(self, pc: int) -> Event | None:
         """A single-step finished at `pc`: the event for it, or None if it was the backend's."""
-        return Event(base.DEBUG, pc=pc, detail="step")
+        return Step(pc)
 
     def _pc_now(self) -> int:
         """The program counter as debug exits report it (x86: linear)."""
@@ -287,29 +284,28 @@ class KvmBackendBase(Backend):
         if reason == abi.KVM_EXIT_HLT:
             return self._halt_event()
         if reason == abi.KVM_EXIT_SHUTDOWN:
-            return Event(base.SHUTDOWN, pc=self._pc_now(),
-                         detail="triple fault: the CPU shut down (an exception could not be delivered, "
+            return Shutdown(self._pc_now(),
+                            "triple fault: the CPU shut down (an exception could not be delivered, "
                                 "e.g. with no valid IDT)")
         if reason == abi.KVM_EXIT_SYSTEM_EVENT:
             kind = {abi.KVM_SYSTEM_EVENT_SHUTDOWN: "off", abi.KVM_SYSTEM_EVENT_RESET: "reset",
                     abi.KVM_SYSTEM_EVENT_CRASH: "crash"}.get(rs.system_event.type, f"type {rs.system_event.type}")
-            return Event(base.SYSTEM, detail=kind, pc=self._pc_now(), raw=rs.system_event.type)
+            return SystemEvent(self._pc_now(), kind, rs.system_event.type)
         if reason == abi.KVM_EXIT_INTERNAL_ERROR:
             sub = rs.internal.suberror
             text = INTERNAL.get(sub, f"KVM internal error, suberror {sub}")
             if self._traps.get(self._pc_now() & ~(PAGE - 1)) == "absent":
                 text = ("the guest ran code on a page kvmrig unmapped to catch reads for a watchpoint (this KVM "
                         "raises no data breakpoints): keep watched data off code pages, or watch writes only")
-            return Event(base.UNHANDLED, pc=self._pc_now(), detail=f"{text} (pc {self._pc_now():#x})", raw=sub)
+            return Unhandled(self._pc_now(), f"{text} (pc {self._pc_now():#x})", sub)
         if reason == abi.KVM_EXIT_FAIL_ENTRY:
             why = rs.fail_entry.hardware_entry_failure_reason
-            return Event(base.UNHANDLED, detail=f"VM entry failed (hardware reason {why:#x}): the CPU state is "
-                                                "invalid for this mode", raw=why)
-        return Event(base.UNHANDLED, pc=self._pc_now(),
-                     detail=f"unexpected KVM exit {abi.exit_name(reason)} ({reason})", raw=reason)
+            return Unhandled(None, f"VM entry failed (hardware reason {why:#x}): the CPU state is "
+                                   "invalid for this mode", why)
+        return Unhandled(self._pc_now(), f"unexpected KVM exit {abi.exit_name(reason)} ({reason})", reason)
 
     def _halt_event(self) -> Event:
-        return Event(base.HALT, pc=self._pc_now())
+        return Halt(self._pc_now())
 
     def complete_read(self, data: bytes) -> None:
         if self._answer == "io":

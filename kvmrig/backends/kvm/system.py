@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 from kvmrig.errors import BackendError, BackendUnavailable, KvmError
 
 from . import abi
+from .perprocess import PerProcess
 
 ffi = abi.ffi
 _ioctl = abi.libc.ioctl
@@ -77,7 +78,7 @@ def _require(request, what: str) -> int:
 
 # KVM_GET_SUPPORTED_CPUID walks every leaf the host supports: done once per
 # process (keyed by pid so a forked child asks again) and copied out.
-_cpuid_cache: tuple[int, bytes] | None = None
+_cpuid_cache: PerProcess[bytes] = PerProcess()
 
 
 class Kvm:
@@ -128,11 +129,7 @@ class Kvm:
         """A fresh `struct kvm_cpuid2 *` (room for at least 256 entries, nent set)
         holding KVM_GET_SUPPORTED_CPUID. The ioctl runs once per process;
         each call returns its own copy, free to edit before Vcpu.set_cpuid2."""
-        global _cpuid_cache
-        pid = os.getpid()
-        if _cpuid_cache is None or _cpuid_cache[0] != pid:
-            _cpuid_cache = (pid, self._query_cpuid())
-        data = _cpuid_cache[1]
+        data = _cpuid_cache.get(self._query_cpuid)
         entry = ffi.sizeof("struct kvm_cpuid_entry2")
         out = abi.new_cpuid2(max(abi.CPUID_MAX_ENTRIES, (len(data) - 8) // entry))
         ffi.memmove(out, data, len(data))

@@ -17,15 +17,17 @@ counts as a read; page traps tell reads from writes exactly).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State, system_area
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
-from kvmrig.backends import base
-from kvmrig.backends.base import Event, HwSlot
+from kvmrig.backends.base import HwSlot
+from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Step, SwBreak, WatchHit
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
+from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.x86_probe import debug_support
 from kvmrig.errors import BackendError
 
@@ -36,19 +38,15 @@ INT3, HLT = b"\xcc", b"\xf4"
 # somewhere no memory slot is; QEMU's choice first, then lower holes.
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
-_sync_cache: tuple[int, bool] | None = None
+_sync_cache: PerProcess[bool] = PerProcess()
 
 
 def _sync_regs_supported(kvm) -> bool:
     """KVM_CAP_SYNC_REGS covers regs and sregs here (asked once per process;
     KVMRIG_KVM_SYNC_REGS=0 turns it off, to compare)."""
-    global _sync_cache
-    import os
     if os.environ.get("KVMRIG_KVM_SYNC_REGS", "1") == "0":
         return False
-    if _sync_cache is None or _sync_cache[0] != os.getpid():
-        _sync_cache = (os.getpid(), kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & SYNC == SYNC)
-    return _sync_cache[1]
+    return _sync_cache.get(lambda: kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & SYNC == SYNC)
 
 
 class KvmX86Backend(KvmBackendBase):
@@ -69,6 +67,7 @@ class KvmX86Backend(KvmBackendBase):
         self._resume: int | None = None   # DR index being stepped past
         self._resume_pc = 0               # where that breakpoint hit
         self._regs_set = False            # registers were set since the last exit
+        self._fixup = False               # _before_run has work before the next KVM_RUN
         self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
         self._armed: tuple[int, list[int] | None] = (0, None)  # what KVM_SET_GUEST_DEBUG holds now
         self._setup: tuple = ()                # (slots, sw addresses) of the last set_debug
@@ -221,9 +220,9 @@ class KvmX86Backend(KvmBackendBase):
     def _debug_event(self, info) -> Event | None:
         exception, pc = info.exception, info.pc
         if exception == VECTOR_BP:
-            return Event(base.DEBUG, pc=pc, detail="sw", raw=exception)
+            return SwBreak(pc, exception)
         if exception != VECTOR_DB:
-            return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+            return ForeignDebug(pc, code=exception)
         dr6 = info.dr6
         if self._resume is not None and dr6 & DR6_BS:
             return self._step_done(pc)
@@ -233,7 +232,7 @@ class KvmX86Backend(KvmBackendBase):
                 self._resume = n  # a fault: step past it with DRn off, then re-arm
                 self._resume_pc = pc
                 self._fixup = True
-                return Event(base.DEBUG, pc=pc, slot=self._dr_owner[n], addr=self._dr[n], detail="hw", raw=(n,))
+                return HwBreak(pc, self._dr_owner[n], exception)
         watches = []
         for n in fired:
             if self._dr_kind[n] == "read":
@@ -243,13 +242,12 @@ class KvmX86Backend(KvmBackendBase):
                     continue
             watches.append(self._dr_owner[n])
         if watches:
-            return Event(base.DEBUG, pc=pc, slot=watches[0], addr=self._dr[fired[0]], detail="watch",
-                         raw=tuple(watches))
+            return WatchHit(pc, self._dr[fired[0]], tuple(watches), code=exception)
         if dr6 & DR6_BS:
             return self._step_done(pc)
         if fired:
             return None  # only `read` watches that saw writes fired
-        return Event(base.DEBUG, pc=pc, detail="foreign", raw=exception)
+        return ForeignDebug(pc, code=exception)
 
     def _stepping(self) -> bool:
         return self._user_step or self._resume is not None
@@ -258,10 +256,13 @@ class KvmX86Backend(KvmBackendBase):
         if self._resume is not None:  # the step past a hardware breakpoint: re-arm it
             self._resume = None
             self._apply()
-        return Event(base.DEBUG, pc=pc, detail="step") if self._user_step else None
+        return Step(pc) if self._user_step else None
 
     def _pc_now(self) -> int:
         return self._linear_pc()[0]
+
+    def _needs_fixup(self) -> bool:
+        return self._fixup
 
     def _before_run(self) -> None:
         self._fixup = False
@@ -279,14 +280,14 @@ class KvmX86Backend(KvmBackendBase):
         else:
             self._apply(skip=self._resume, step=True)
 
-    def _watch_access(self, addr: int, size: int, write: bool) -> Event | None:
-        """The watch hit (every matching slot, in `raw`) of an access seen as MMIO."""
+    def _watch_access(self, addr: int, size: int, write: bool) -> WatchHit | None:
+        """The watch hit of an access seen as MMIO (pc: 0 until delivered)."""
         slots = tuple(i for i, s in self._soft
                       if addr < s.addr + s.length and s.addr < addr + size
                       and not (s.kind == "write" and not write) and not (s.kind == "read" and write))
         if not slots:
             return None
-        return Event(base.DEBUG, slot=slots[0], addr=addr, size=size, write=write, detail="watch", raw=slots)
+        return WatchHit(0, addr, slots, size, write)
 
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()
@@ -294,10 +295,10 @@ class KvmX86Backend(KvmBackendBase):
         if pc in self._sw_addrs and not self._sw_int3:
             r.rip -= 1  # a planted HLT: the breakpoint, with rip back on it
             self.vcpu.set_regs(r)
-            return Event(base.DEBUG, pc=pc, detail="sw")
-        return Event(base.HALT, pc=pc)
+            return SwBreak(pc)
+        return Halt(pc)
 
-    def reinject(self, event: Event) -> None:
-        flag = abi.KVM_GUESTDBG_INJECT_BP if event.raw == VECTOR_BP else abi.KVM_GUESTDBG_INJECT_DB
+    def reinject(self, event: DebugEvent) -> None:
+        flag = abi.KVM_GUESTDBG_INJECT_BP if event.code == VECTOR_BP else abi.KVM_GUESTDBG_INJECT_DB
         control, dr = self._armed  # as armed now, DR7 included: injecting must not disarm anything
         self.vcpu.set_guest_debug(control | abi.KVM_GUESTDBG_ENABLE | flag, dr)

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 from kvmrig.backends.kvm import abi
+from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.system import Kvm
 from kvmrig.errors import KvmError
 
@@ -36,7 +37,7 @@ class X86DebugSupport:
         return f"software breakpoints by {sw}; watchpoints by {wp}"
 
 
-_cache: tuple[int, X86DebugSupport] | None = None
+_cache: PerProcess[X86DebugSupport] = PerProcess()
 
 # Real mode at 0: mov [0x1000], al; int3; hlt
 _GUEST = bytes([0xA2, 0x00, 0x10, 0xCC, 0xF4])
@@ -81,12 +82,9 @@ def _probe(kvm: Kvm) -> X86DebugSupport:
 
 def debug_support(kvm: Kvm) -> X86DebugSupport:
     """The answer for this process (probed once, re-probed after fork)."""
-    global _cache
     forced = os.environ.get("KVMRIG_KVM_DEBUG", "")
     if forced == "native":
         return X86DebugSupport(True, True)
     if forced == "trap":
         return X86DebugSupport(False, False)
-    if _cache is None or _cache[0] != os.getpid():
-        _cache = (os.getpid(), _probe(kvm))
-    return _cache[1]
+    return _cache.get(lambda: _probe(kvm))

@@ -13,7 +13,8 @@ pytest.importorskip("unicorn")
 from kvmrig.arch.arm64 import regs as arm64regs  # noqa: E402
 from kvmrig.backends.emu.arm64 import REGS, EmuArm64Backend  # noqa: E402
 from kvmrig.rig.load import load_rig  # noqa: E402
-from kvmrig.runner import PASSED, run_rig  # noqa: E402
+from kvmrig.runner import run_rig  # noqa: E402
+from tests.conftest import assert_rig_passed as passed  # noqa: E402
 
 HEAD = """\
 kvmrig: 1
@@ -55,10 +56,6 @@ def run(make_rig, text: str):
     result = run_rig(load_rig(make_rig(text)))
     assert result.backend == "emu", result.message
     return result
-
-
-def passed(result) -> None:
-    assert result.status == PASSED, "\n".join(map(str, result.outcome.failures)) if result.outcome else result.message
 
 
 def test_register_table_covers_every_canonical_register():

@@ -29,7 +29,8 @@ from kvmrig.backends.emu.arm64 import EmuArm64Backend  # noqa: E402
 from kvmrig.machine.plan import prepare  # noqa: E402
 from kvmrig.machine.session import execute  # noqa: E402
 from kvmrig.rig.load import load_rig  # noqa: E402
-from kvmrig.runner import PASSED, run_rig  # noqa: E402
+from tests.conftest import assert_rig_passed as passed  # noqa: E402
+from kvmrig.runner import run_rig  # noqa: E402
 from tests.backends.emu.arm64_mmu_guests import (  # noqa: E402
     SOURCES,
     WORDS,
@@ -60,10 +61,6 @@ def run(make_rig, text: str):
     result = run_rig(load_rig(make_rig(text)))
     assert result.backend == "emu", result.message
     return result
-
-
-def passed(result) -> None:
-    assert result.status == PASSED, "\n".join(map(str, result.outcome.failures)) if result.outcome else result.message
 
 
 def aborted(result, *phrases: str) -> str:

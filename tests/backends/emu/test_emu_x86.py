@@ -11,11 +11,13 @@ import pytest
 pytest.importorskip("unicorn")
 
 from kvmrig.arch.x86_64 import boot, regs as x86regs  # noqa: E402
-from kvmrig.backends import base  # noqa: E402
+from kvmrig.backends.events import Halt, PortIO  # noqa: E402
 from kvmrig.backends.emu import core  # noqa: E402
 from kvmrig.backends.emu.x86_64 import REG_IDS, EmuX86Backend, _CsBase  # noqa: E402
 from kvmrig.rig.load import load_rig  # noqa: E402
-from kvmrig.runner import FAILED, PASSED, run_rig  # noqa: E402
+from kvmrig.result import FAILED  # noqa: E402
+from kvmrig.runner import run_rig  # noqa: E402
+from tests.conftest import assert_rig_passed as passed  # noqa: E402
 
 LONG = """\
 kvmrig: 1
@@ -31,10 +33,6 @@ def run(make_rig, text: str):
     result = run_rig(load_rig(make_rig(text)))
     assert result.backend == "emu", result.message
     return result
-
-
-def passed(result) -> None:
-    assert result.status == PASSED, "\n".join(map(str, result.outcome.failures)) if result.outcome else result.message
 
 
 # Modes ------------------------------------------------------------------------
@@ -291,11 +289,11 @@ def test_io_events_carry_port_size_and_data():
         import time
         deadline = time.monotonic() + 5
         ev = b.run(deadline)
-        assert (ev.kind, ev.addr, ev.size, ev.write) == (base.IO, 0x3F8, 2, False)
+        assert ev == PortIO(0x3F8, 2, False)
         assert b.get_pc() == 0x1004      # a read waits on the instruction
         b.complete_read(b"\x34\x12")
         ev = b.run(deadline)
-        assert (ev.kind, ev.addr, ev.size, ev.write, ev.data) == (base.IO, 0x3F8, 1, True, b"\x34")
+        assert ev == PortIO(0x3F8, 1, True, b"\x34")
         ev = b.run(deadline)
-        assert ev.kind == base.HALT and ev.pc == 0x1007
+        assert ev == Halt(0x1007)
         assert b.get_regs()["rax"] == 0x1234

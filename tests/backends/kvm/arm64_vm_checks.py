@@ -23,8 +23,8 @@ import traceback
 
 from kvmrig.arch.arm64 import onereg
 from kvmrig.arch.arm64.boot import initial_state
-from kvmrig.backends import base
 from kvmrig.backends.base import HwSlot
+from kvmrig.backends.events import Event, ForeignDebug, HwBreak, Mmio, Step, SwBreak, SystemEvent, WatchHit
 from kvmrig.backends.kvm.arm64 import KvmArm64Backend
 from kvmrig.errors import BackendError
 
@@ -134,18 +134,18 @@ class Machine:
         self.b.map_memory(self.base, self.ram, False)
         self.b.set_initial_state(initial_state(self.base))
 
-    def run(self, limit: int = 1000, answer=None) -> list[base.Event]:
+    def run(self, limit: int = 1000, answer=None) -> list[Event]:
         """Events until a non-debug, non-MMIO one (included); MMIO reads get `answer`."""
         events = []
         deadline = time.monotonic() + 20
         for _ in range(limit):
             ev = self.b.run(deadline)
             events.append(ev)
-            if ev.kind == base.MMIO:
+            if isinstance(ev, Mmio):
                 if not ev.write:
                     self.b.complete_read(bytes(ev.size))
                 continue
-            if ev.kind != base.DEBUG:
+            if not isinstance(ev, DEBUG_EVENTS):
                 break
         return events
 
@@ -157,9 +157,11 @@ class Machine:
         self.ram.close()
 
 
+DEBUG_EVENTS = (SwBreak, HwBreak, WatchHit, Step, ForeignDebug)
+
+
 def summary(events) -> list[str]:
-    return [f"{e.kind}:{e.detail}@{e.pc:#x}" + (f" slot {e.slot} addr {e.addr:#x}" if e.slot >= 0 else "")
-            for e in events]
+    return [repr(e) for e in events]
 
 
 # --- the checks ---------------------------------------------------------------
@@ -195,7 +197,7 @@ def check_regs_round_trip(res: dict) -> None:
         b.set_regs({"pstate": 0x3C5})
         assert b.get_regs()["sp"] == sp1
         events = m.run()
-        assert events[-1].kind == base.SYSTEM and events[-1].detail == "off", summary(events)
+        assert isinstance(events[-1], SystemEvent) and events[-1].what == "off", summary(events)
         r = b.get_regs()
         res["guest_saw"] = {f"x{n}": hex(r[f"x{n}"]) for n in range(5, 12)}
         assert r["x5"] == sp1, "mov x5, sp read SP_EL1"
@@ -221,7 +223,7 @@ def check_lazy_registers(res: dict) -> None:
         b.vcpu.get_one_reg = lambda reg: (calls.append(reg), real(reg))[1]
         b.set_debug([HwSlot(m.base + 0xC, "exec")], False, ())
         ev = b.run(time.monotonic() + 20)
-        assert ev.detail == "hw", ev
+        assert isinstance(ev, HwBreak), ev
         calls.clear()
         regs = b.get_regs()
         x1, x2 = regs["x1"], regs["x2"]
@@ -253,14 +255,15 @@ def check_watch_middle(res: dict) -> None:
         m.b.set_debug(slots, False, ())
         events = m.run()
         res["events"] = summary(events)
-        watches = [e for e in events if e.kind == base.DEBUG]
-        assert [(e.detail, e.slot) for e in watches] == [("watch", 0), ("watch", 1), ("watch", 3)], summary(events)
+        watches = [e for e in events if isinstance(e, DEBUG_EVENTS)]
+        assert [(type(e), e.slots) for e in watches] == [(WatchHit, (0,)), (WatchHit, (1,)), (WatchHit, (3,))], \
+            summary(events)
         a, bb, d = watches
         assert a.pc == m.base + 0x14 and a.write, "reported after the store, pc of the next instruction"
         assert data <= a.addr < data + 16
         assert bb.pc == m.base + 0x18 and not bb.write
         assert d.pc == m.base + 0x20 and data + 0x44 <= d.addr < data + 0x4C
-        assert events[-1].kind == base.SYSTEM
+        assert isinstance(events[-1], SystemEvent)
         assert m.u32(data + 8) == 0xDEADBEEF and m.u32(data + 0x48) == 0xDEADBEEF
     finally:
         m.close()
@@ -271,7 +274,7 @@ def check_watch_middle(res: dict) -> None:
         m.b.set_debug([HwSlot(m.data, "write", 16)], False, ())
         ev = m.b.run(time.monotonic() + 20)
         res["value_at_report"] = hex(m.u32(m.data + 8))
-        assert ev.detail == "watch" and m.u32(m.data + 8) == 0xDEADBEEF
+        assert isinstance(ev, WatchHit) and m.u32(m.data + 8) == 0xDEADBEEF
         assert m.b.get_regs()["pc"] == m.base + 0x14
     finally:
         m.close()
@@ -282,8 +285,8 @@ def check_watch_middle(res: dict) -> None:
         m.b.set_debug([HwSlot(m.data + 0x38, "write", 8)], False, ())
         events = m.run()
         res["stp_events"] = summary(events)
-        hits = [e for e in events if e.kind == base.DEBUG]
-        assert [(e.detail, e.slot) for e in hits] == [("watch", 0)], summary(events)
+        hits = [e for e in events if isinstance(e, DEBUG_EVENTS)]
+        assert [(type(e), e.slots) for e in hits] == [(WatchHit, (0,))], summary(events)
         assert hits[0].pc == m.base + 0x1C
         res["stp_far_offset"] = hex(hits[0].addr - m.data)
     finally:
@@ -297,15 +300,15 @@ def check_hw_breakpoint_on_mmio(res: dict) -> None:
         try:
             m.b.set_debug([HwSlot(m.base + 0xC, "exec")], single_step, ())
             events = m.run()
-            kinds = [(e.kind, e.detail) for e in events]
+            kinds = [type(e).__name__ for e in events]
             res[f"events_step_{single_step}"] = summary(events)
-            hw = [e for e in events if e.detail == "hw"]
-            mmio = [e for e in events if e.kind == base.MMIO]
-            steps = [e for e in events if e.detail == "step"]
+            hw = [e for e in events if isinstance(e, HwBreak)]
+            mmio = [e for e in events if isinstance(e, Mmio)]
+            steps = [e for e in events if isinstance(e, Step)]
             assert len(hw) == 1 and hw[0].pc == m.base + 0xC and hw[0].slot == 0, kinds
             assert len(mmio) == 1 and mmio[0].addr == 0x0A000000, kinds
             assert mmio[0].data[:4] == (42).to_bytes(4, "little"), mmio[0].data
-            assert events[-1].kind == base.SYSTEM, kinds
+            assert isinstance(events[-1], SystemEvent), kinds
             assert m.b.get_regs()["x19"] == 1
             # Single-stepping: one step exit per completed instruction, the HVC excluded.
             assert len(steps) == (len(MMIO_GUEST) - 1 if single_step else 0), kinds
@@ -330,8 +333,8 @@ def check_hw_breakpoint_loop(res: dict) -> None:
         t0 = time.perf_counter()
         events = m.run()
         res["seconds_for_37_hits"] = round(time.perf_counter() - t0, 4)
-        hits = [e for e in events if e.detail == "hw"]
-        assert len(hits) == 37 and events[-1].kind == base.SYSTEM, summary(events)[-3:]
+        hits = [e for e in events if isinstance(e, HwBreak)]
+        assert len(hits) == 37 and isinstance(events[-1], SystemEvent), summary(events)[-3:]
         assert m.b.get_regs()["x19"] == 37
     finally:
         m.close()
@@ -346,11 +349,11 @@ def check_foreign_brk(res: dict) -> None:
         m.b.set_debug([], False, {m.base + 0x100})   # a breakpoint planted elsewhere turns BRK trapping on
         ev = m.b.run(time.monotonic() + 20)
         res["first"] = summary([ev])
-        assert ev.kind == base.DEBUG and ev.detail == "sw" and ev.pc == brk_at, ev
+        assert isinstance(ev, SwBreak) and ev.pc == brk_at, ev
         m.b.reinject(ev)
         assert m.b.get_regs()["pc"] == m.base + 0x800 + 0x200
         events = m.run()
-        assert events[-1].kind == base.SYSTEM, summary(events)
+        assert isinstance(events[-1], SystemEvent), summary(events)
         r = m.b.get_regs()
         res["esr_el1"], res["elr_el1"], res["spsr_el1"] = hex(r["x20"]), hex(r["x21"]), hex(r["x22"])
         assert r["x20"] == 0xF2000007, "ESR_EL1: EC 0x3c | IL | #7"

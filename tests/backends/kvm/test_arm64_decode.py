@@ -15,8 +15,8 @@ import pytest
 
 from kvmrig.arch.arm64 import debugregs, onereg
 from kvmrig.arch.arm64.regs import CANONICAL
-from kvmrig.backends import base
 from kvmrig.backends.base import HwSlot
+from kvmrig.backends.events import ForeignDebug, HwBreak, Step, SwBreak, WatchHit
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm import arm64 as a64
 from kvmrig.errors import BackendError, KvmError
@@ -81,7 +81,7 @@ def exit_info(esr: int, far: int = 0):
 
 def stop(b: a64.KvmArm64Backend, esr: int, pc: int, far: int = 0, **regs):
     """One KVM_EXIT_DEBUG as common.run() would handle it: registers of the new stop, then decode."""
-    if b._fixup:
+    if b._needs_fixup():
         b._before_run()
     b.vcpu.regs["pc"] = pc
     b.vcpu.regs.update(regs)
@@ -158,13 +158,13 @@ def test_watch_slot_covers_a_dc_zva_block():
 def test_brk_is_a_software_breakpoint_at_its_own_address():
     b = backend()
     ev = stop(b, ESR_BRK0, 0x4000_0010)
-    assert (ev.kind, ev.detail, ev.pc, ev.raw) == (base.DEBUG, "sw", 0x4000_0010, ESR_BRK0)
+    assert ev == SwBreak(0x4000_0010, ESR_BRK0)
 
 
 def test_not_a_debug_class_is_foreign():
     b = backend()
     ev = stop(b, ESR_DABT, 0x4000_0020)
-    assert ev.detail == "foreign" and ev.raw == ESR_DABT
+    assert ev == ForeignDebug(0x4000_0020, code=ESR_DABT)
 
 
 def test_hw_breakpoint_reported_before_the_instruction_then_stepped_past_once():
@@ -175,7 +175,7 @@ def test_hw_breakpoint_reported_before_the_instruction_then_stepped_past_once():
     assert armed["bcr"] == [debugregs.bcr()] and armed["bvr"] == [0x4000_0008]
 
     ev = stop(b, ESR_HW_BP, 0x4000_0008)
-    assert (ev.detail, ev.slot, ev.pc, ev.addr) == ("hw", 1, 0x4000_0008, 0x4000_0008)
+    assert ev == HwBreak(0x4000_0008, 1, ESR_HW_BP)
     assert len(b.vcpu.debug) == 1, "nothing changes until the machine resumes"
 
     # Resuming: the breakpoint is off for one single-step, watches stay armed.
@@ -202,7 +202,7 @@ def test_hw_exit_at_an_unknown_address_is_foreign():
     b = backend()
     b.set_debug([HwSlot(0x4000_0008, "exec")], False, ())
     ev = stop(b, ESR_HW_BP, 0x4000_0040)
-    assert ev.detail == "foreign" and b._resume_bp is None
+    assert type(ev) is ForeignDebug and b._resume_bp is None
 
 
 def test_watchpoint_reported_after_the_access_with_the_next_pc():
@@ -215,7 +215,7 @@ def test_watchpoint_reported_after_the_access_with_the_next_pc():
     assert stepping["control"] & abi.KVM_GUESTDBG_SINGLESTEP
     assert stepping["wcr"] == [0] and stepping["bcr"] == [0], "watches and a breakpoint on this insn are off"
     ev = stop(b, ESR_STEP, 0x4000_0014)
-    assert (ev.detail, ev.slot, ev.addr, ev.pc, ev.write) == ("watch", 1, 0x4000_8008, 0x4000_0014, True)
+    assert (type(ev), ev.slots, ev.addr, ev.pc, ev.write) == (WatchHit, (1,), 0x4000_8008, 0x4000_0014, True)
     assert last_debug(b) == armed
 
 
@@ -225,7 +225,8 @@ def test_watchpoint_read_and_cache_maintenance_direction():
     stop(b, ESR_WATCH_R, 0x4000_0010, far=0x4000_8004)
     assert stop(b, ESR_STEP, 0x4000_0014).write is False
     stop(b, ESR_WATCH_CM, 0x4000_0018, far=0x4000_8000)
-    assert stop(b, ESR_STEP, 0x4000_001C).detail == "watch"
+    cm = stop(b, ESR_STEP, 0x4000_001C)
+    assert type(cm) is WatchHit and cm.write is None, "a cache operation is neither a read nor a write"
 
 
 def test_watchpoint_under_single_step_reports_the_hit_then_the_step():
@@ -233,9 +234,9 @@ def test_watchpoint_under_single_step_reports_the_hit_then_the_step():
     b.set_debug([HwSlot(0x4000_8000, "write", 8)], True, ())
     assert stop(b, ESR_WATCH_W, 0x4000_0010, far=0x4000_8000) is None
     first = stop(b, ESR_STEP, 0x4000_0014)
-    assert first.detail == "watch"
+    assert type(first) is WatchHit
     second = b.run(0)  # from the queue, without entering KVM
-    assert (second.detail, second.pc) == ("step", 0x4000_0014)
+    assert type(second) is Step and second.pc == 0x4000_0014
     assert last_debug(b)["control"] & abi.KVM_GUESTDBG_SINGLESTEP, "the machine still steps"
 
 
@@ -243,7 +244,7 @@ def test_watch_exit_no_watch_explains_is_foreign():
     b = backend()
     b.set_debug([HwSlot(0x4000_8000, "write", 8)], False, ())
     ev = stop(b, ESR_WATCH_W, 0x4000_0010, far=0x5000_0000)
-    assert ev.detail == "foreign" and ev.addr == 0x5000_0000 and b._step is None
+    assert type(ev) is ForeignDebug and ev.addr == 0x5000_0000 and b._step is None
 
 
 def test_step_nobody_waits_for_is_dropped():
@@ -251,7 +252,7 @@ def test_step_nobody_waits_for_is_dropped():
     assert stop(b, ESR_STEP, 0x4000_0004) is None
     b.set_debug([], True, ())
     ev = stop(b, ESR_STEP, 0x4000_0008)
-    assert (ev.detail, ev.pc) == ("step", 0x4000_0008)
+    assert type(ev) is Step and ev.pc == 0x4000_0008
 
 
 def test_too_many_registers_refused_with_the_counts():
@@ -358,11 +359,11 @@ def test_close_completes_the_last_stop_so_outcome_regs_outlive_the_vm():
 
 def test_fixup_only_when_there_is_something_to_do():
     b = backend()
-    assert not b._fixup
+    assert not b._needs_fixup()
     b.get_pc()
-    assert b._fixup
+    assert b._needs_fixup()
     b._before_run()
-    assert not b._fixup
+    assert not b._needs_fixup()
 
 
 def test_hw_debug_slots_are_not_shared():

@@ -1,0 +1,89 @@
+"""The verdict on one rig as reported, and the one place where an exception
+raised while preparing or running a rig becomes a result.
+
+Results cross the process boundary (workers pickle them to the parent), so
+they hold plain data only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmrig.errors import KvmrigError, NoBackend, RigError
+from kvmrig.machine.outcome import Outcome
+from kvmrig.rig.model import Rig
+
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+
+
+@dataclass
+class RigResult:
+    """The verdict on one rig, as reported (pickled from workers)."""
+
+    path: str
+    name: str
+    status: str
+    classname: str = ""
+    tags: tuple[str, ...] = ()
+    outcome: Outcome | None = None
+    message: str = ""          # error or skip reason
+    seconds: float = 0.0
+    backend: str = ""
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (PASSED, SKIPPED)
+
+
+def classname_for(path: Path) -> str:
+    """JUnit classname: the rig's folder, dotted, relative to the working dir when possible."""
+    folder = path.parent
+    try:
+        folder = folder.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    text = str(folder).replace(os.sep, ".").strip(".")
+    return text or "rigs"
+
+
+def error_result(path: str, message: str, name: str | None = None) -> RigResult:
+    """An error against a file that did not load as a rig."""
+    p = Path(path)
+    return RigResult(path, name or p.stem, ERROR, classname_for(p), message=message)
+
+
+def result_for(rig: Rig, status: str, **kw) -> RigResult:
+    return RigResult(str(rig.path), rig.name, status, classname_for(rig.path), rig.tags, **kw)
+
+
+def judged(rig: Rig, outcome: Outcome, seconds: float, **kw) -> RigResult:
+    """The result of a run that finished: failed if any check failed."""
+    status = FAILED if outcome.failures else PASSED
+    return result_for(rig, status, outcome=outcome, seconds=seconds, backend=outcome.backend, **kw)
+
+
+def guarded(rig: Rig, body: Callable[[], RigResult]) -> RigResult:
+    """body()'s result, or the one its exception means; never raises for a bad
+    rig, a missing backend or a kvmrig bug, so the rest of the run goes on.
+
+    NoBackend skips the rig (its message is the reason); a RigError names
+    file:line:col itself; any other KvmrigError is prefixed with the rig's
+    path; anything else is an internal error, reported with its traceback."""
+    start = time.monotonic()
+    try:
+        return body()
+    except NoBackend as e:
+        return result_for(rig, SKIPPED, message=str(e), seconds=time.monotonic() - start)
+    except RigError as e:
+        return result_for(rig, ERROR, message=str(e), seconds=time.monotonic() - start)
+    except KvmrigError as e:
+        return result_for(rig, ERROR, message=f"{rig.path}: {e}", seconds=time.monotonic() - start)
+    except Exception:  # a kvmrig bug: report it against the rig, keep the run going
+        return result_for(rig, ERROR, message=f"{rig.path}: internal error in kvmrig:\n{traceback.format_exc()}",
+                          seconds=time.monotonic() - start)
