@@ -8,6 +8,7 @@ expectations and breakpoint patching all read and write one copy.
 from __future__ import annotations
 
 import bisect
+import functools
 import mmap
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable 
 from kvmrig.rig.model import Region
 
 
+@functools.cache  # MemTotal does not change while kvmrig runs
 def host_ram() -> int:
     """Bytes of RAM this host has (MemTotal): the most one rig's memory may add
     up to (docs/limits.md). The mappings are lazy (MAP_NORESERVE) and only
