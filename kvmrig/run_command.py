@@ -26,6 +26,8 @@ from kvmrig.crosscheck import cross_check
 from kvmrig.errors import UsageError
 from kvmrig.report.terminal import Terminal
 from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, classname_for, error_result, result_for
+from kvmrig.rig.model import Rig
+
 
 class _Interrupts:
     """Ctrl-C and SIGTERM (what CI sends on cancel) in the parent of a run.
@@ -75,10 +77,10 @@ class _RunState:
         self.files: list[Path] = []
         self.explicit: set[Path] = set()
         self.loaded = 0              # files[:loaded] were loaded (into rigs or errors)
-        self.rigs: list = []
-        self.errors: list = []
-        self.results: list | None = None
-        self.ran: list = []          # the rigs handed to run_rigs, in the order of results
+        self.rigs: list[Rig] = []
+        self.errors: list[RigResult] = []
+        self.results: list[RigResult | None] | None = None
+        self.ran: list[Rig] = []     # the rigs handed to run_rigs, in the order of results
         self.interrupted = False
 
 
@@ -143,7 +145,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
                                                        exitfirst=args.exitfirst)
 
 
-def _selected(args: argparse.Namespace, rig) -> bool:
+def _selected(args: argparse.Namespace, rig: Rig) -> bool:
     """-k and --tag."""
     return ((not args.keyword or args.keyword in rig.name or args.keyword in str(rig.path))
             and (not args.tag or bool(set(args.tag) & set(rig.tags))))
@@ -157,7 +159,7 @@ def _not_run(path: Path, why: str) -> RigResult:
     return RigResult(str(path), path.stem, SKIPPED, classname_for(path), message=why)
 
 
-def _final_results(args: argparse.Namespace, state: _RunState) -> list:
+def _final_results(args: argparse.Namespace, state: _RunState) -> list[RigResult]:
     """Every rig of the run: its result, or skipped with why it did not run."""
     final = list(state.errors)
     results = state.results if state.results is not None else [None] * len(state.ran)
