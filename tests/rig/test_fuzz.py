@@ -18,9 +18,11 @@ import collections
 import dataclasses
 import itertools
 import json
+import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ from kvmrig.rig.load import load_rig
 from tests.fuzzing import (REPO, RSS_BOUND_KIB, fuzz_settings, mirror, mutated_rig, peak_rss_kib,
                            schema_rigs)
 
-RUN_TIMEOUT = 0.2    # seconds a fuzzed rig may run: enough to reach its end or show it runs
+RUN_TIMEOUT = 0.05   # seconds a fuzzed rig may run: the examples end in a few ms; a spinning one shows it runs
 _counter = itertools.count()
 STATS: collections.Counter = collections.Counter()
 
@@ -42,7 +44,6 @@ STATS: collections.Counter = collections.Counter()
 @pytest.fixture(scope="module", autouse=True)
 def stats():
     """With -s, one line per module: cases by outcome, time, peak RSS (for the long-run numbers)."""
-    import time
     STATS.clear()
     start = time.monotonic()
     yield STATS
@@ -72,7 +73,17 @@ def check_rig_file(path: Path) -> str:
     grown = peak_rss_kib() - before
     assert grown < RSS_BOUND_KIB, f"one case grew the peak RSS by {grown} KiB"
     STATS[status] += 1
+    _progress()
     return status
+
+
+def _progress() -> None:
+    """Every 100 cases, a line to $KVMRIG_FUZZ_STATS (long runs: what is done so far)."""
+    path = os.environ.get("KVMRIG_FUZZ_STATS")
+    total = sum(STATS.values())
+    if path and total % 100 == 0:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{time.time():.0f} {total} {dict(STATS)} peak_rss_mib={peak_rss_kib() // 1024}\n")
 
 
 @pytest.fixture(scope="module")
