@@ -6,6 +6,7 @@
  *     limit OP K N        OP = lifecycle | pio | mmio | singlestep | hwbp | swbp
  *     limit ioctls 0 N    median cost of single ioctls (for reading profiles)
  *     limit reuse 0 N     the lifecycle rig on a kept VM + vCPU (what a VM pool would cost)
+ *     limit reset 0 N     kvmrig's reset of a reused VM after a rig that dirtied 16 pages
  *
  * LIMIT_SYNC_REGS=1 (not used by bench/run.py, which measures kvmrig's
  * strategy): KVM_CAP_SYNC_REGS, i.e. kvm_run.kvm_valid_regs = REGS | SREGS;
@@ -418,24 +419,40 @@ static void ioctl_costs(int n) {
  * copy the guest, KVM_SET_SREGS + KVM_SET_REGS + KVM_SET_FPU +
  * KVM_SET_VCPU_EVENTS + KVM_SET_GUEST_DEBUG(0) (back to the initial state),
  * timer, KVM_RUN to HLT, KVM_GET_REGS + KVM_GET_SREGS. */
-static void reuse(int n) {
-    unsigned char *mem = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE,
-                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem == MAP_FAILED)
+/* A kept VM for the reuse/reset ops: `size` bytes of RAM at 0 in slot 0 (with
+ * `flags`), TSS and identity map, one vCPU with its kvm_run and the CPUID. */
+struct kept {
+    unsigned char *mem;
+    int vm, vcpu;
+    struct kvm_run *run;
+};
+
+static struct kept keep_vm(size_t size, uint32_t flags) {
+    struct kept k;
+    k.mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (k.mem == MAP_FAILED)
         die("mmap(RAM)");
-    int vm = xioctl(kvm_fd, KVM_CREATE_VM, (void *)0, "KVM_CREATE_VM");
+    k.vm = xioctl(kvm_fd, KVM_CREATE_VM, (void *)0, "KVM_CREATE_VM");
     struct kvm_userspace_memory_region region = {
-        .slot = 0, .memory_size = RAM_SIZE, .userspace_addr = (uint64_t)(uintptr_t)mem};
-    xioctl(vm, KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
+        .slot = 0, .flags = flags, .memory_size = size, .userspace_addr = (uint64_t)(uintptr_t)k.mem};
+    xioctl(k.vm, KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
     uint64_t idmap = AREA;
-    xioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap, "KVM_SET_IDENTITY_MAP_ADDR");
-    if (ioctl(vm, KVM_SET_TSS_ADDR, (unsigned long)(AREA + 0x1000)) < 0)
+    xioctl(k.vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap, "KVM_SET_IDENTITY_MAP_ADDR");
+    if (ioctl(k.vm, KVM_SET_TSS_ADDR, (unsigned long)(AREA + 0x1000)) < 0)
         die("KVM_SET_TSS_ADDR");
-    int vcpu = xioctl(vm, KVM_CREATE_VCPU, (void *)0, "KVM_CREATE_VCPU");
-    struct kvm_run *run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-    if (run == MAP_FAILED)
+    k.vcpu = xioctl(k.vm, KVM_CREATE_VCPU, (void *)0, "KVM_CREATE_VCPU");
+    k.run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, k.vcpu, 0);
+    if (k.run == MAP_FAILED)
         die("mmap(kvm_run)");
-    xioctl(vcpu, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+    xioctl(k.vcpu, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+    return k;
+}
+
+static void reuse(int n) {
+    struct kept k = keep_vm(RAM_SIZE, 0);
+    unsigned char *mem = k.mem;
+    int vm = k.vm, vcpu = k.vcpu;
+    struct kvm_run *run = k.run;
     struct kvm_sregs sregs0, sregs;
     struct kvm_fpu fpu0;
     struct kvm_vcpu_events events0;
@@ -491,18 +508,122 @@ static void reuse(int n) {
     munmap(mem, RAM_SIZE);
 }
 
+/* reset: what kvmrig's VM reuse does between two rigs (machine/reuse.py,
+ * backends/kvm/x86_state.py), timed alone. One VM with 128 KiB RAM in a slot
+ * with KVM_MEM_LOG_DIRTY_PAGES; the vCPU's created state is kept (XCRS, XSAVE,
+ * every MSR of KVM_GET_MSR_INDEX_LIST that reads and writes back, DEBUGREGS,
+ * and regs/sregs/events). Per sample (untimed): boot real mode, run the guest,
+ * which writes one byte into each of 16 pages (0x10000..0x1f000), to its HLT.
+ * Timed: KVM_GET_DIRTY_LOG, zero every dirty page and the page the loader
+ * wrote (the guest image), stage regs/sregs/events in kvm_run (kvm_dirty_regs)
+ * with kvm_run.cr8, KVM_SET_XCRS, KVM_SET_XSAVE, KVM_SET_MSRS,
+ * KVM_SET_DEBUGREGS: exactly kvmrig's reset list. */
+static const unsigned char G_DIRTY16[] = {0xb8, 0x00, 0x10, 0x8e, 0xc0, 0x31, 0xff, 0xb9, 0x10, 0x00, 0x26,
+                                          0xc6, 0x05, 0x01, 0x81, 0xc7, 0x00, 0x10, 0xe2, 0xf6, 0xf4};
+#define RESET_RAM 0x20000
+
+static void reset_bench(int n) {
+    struct kept k = keep_vm(RESET_RAM, KVM_MEM_LOG_DIRTY_PAGES);
+    unsigned char *mem = k.mem;
+    int vm = k.vm, vcpu = k.vcpu;
+    struct kvm_run *run = k.run;
+    run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    /* The created state. */
+    static struct kvm_xcrs xcrs0;
+    static struct kvm_xsave xsave0;
+    static struct kvm_debugregs dbg0;
+    struct kvm_regs regs0, regs;
+    struct kvm_sregs sregs0, sregs;
+    struct kvm_vcpu_events events0;
+    xioctl(vcpu, KVM_GET_XCRS, &xcrs0, "KVM_GET_XCRS");
+    xioctl(vcpu, KVM_GET_XSAVE, &xsave0, "KVM_GET_XSAVE");
+    xioctl(vcpu, KVM_GET_DEBUGREGS, &dbg0, "KVM_GET_DEBUGREGS");
+    xioctl(vcpu, KVM_GET_REGS, &regs0, "KVM_GET_REGS");
+    xioctl(vcpu, KVM_GET_SREGS, &sregs0, "KVM_GET_SREGS");
+    xioctl(vcpu, KVM_GET_VCPU_EVENTS, &events0, "KVM_GET_VCPU_EVENTS");
+    events0.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+    struct kvm_msr_list *list = calloc(1, sizeof *list + 1024 * sizeof(uint32_t));
+    list->nmsrs = 1024;
+    xioctl(kvm_fd, KVM_GET_MSR_INDEX_LIST, list, "KVM_GET_MSR_INDEX_LIST");
+    struct kvm_msrs *msrs0 = calloc(1, sizeof *msrs0 + list->nmsrs * sizeof(struct kvm_msr_entry));
+    struct { struct kvm_msrs h; struct kvm_msr_entry e; } one;
+    for (unsigned i = 0; i < list->nmsrs; i++) {
+        one.h.nmsrs = 1;
+        one.e.index = list->indices[i];
+        if (ioctl(vcpu, KVM_GET_MSRS, &one) != 1 || ioctl(vcpu, KVM_SET_MSRS, &one) != 1)
+            continue;
+        msrs0->entries[msrs0->nmsrs++] = one.e;
+    }
+    uint64_t bitmap[(RESET_RAM / 4096 + 63) / 64];
+    struct kvm_dirty_log log = {.slot = 0, .dirty_bitmap = bitmap};
+    xioctl(vm, KVM_GET_DIRTY_LOG, &log, "KVM_GET_DIRTY_LOG"); /* start clean */
+    uint64_t *ns = calloc((size_t)n + 1, sizeof *ns);
+    long dirty = 0;
+    for (int i = 0; i <= n; i++) { /* sample 0 is the warm-up */
+        memcpy(mem + ENTRY, G_DIRTY16, sizeof G_DIRTY16);
+        xioctl(vcpu, KVM_GET_SREGS, &sregs, "KVM_GET_SREGS");
+        sregs.cs.selector = 0;
+        sregs.cs.base = 0;
+        sregs.es.selector = 0;
+        sregs.es.base = 0;
+        sregs.cr0 = 0x10;
+        xioctl(vcpu, KVM_SET_SREGS, &sregs, "KVM_SET_SREGS");
+        memset(&regs, 0, sizeof regs);
+        regs.rip = ENTRY;
+        regs.rflags = 2;
+        xioctl(vcpu, KVM_SET_REGS, &regs, "KVM_SET_REGS");
+        if (ioctl(vcpu, KVM_RUN, 0) < 0 || run->exit_reason != KVM_EXIT_HLT)
+            die("KVM_RUN (reset)");
+        uint64_t t0 = now_ns();
+        xioctl(vm, KVM_GET_DIRTY_LOG, &log, "KVM_GET_DIRTY_LOG");
+        dirty = 0;
+        for (unsigned w = 0; w < sizeof bitmap / 8; w++)
+            for (uint64_t bits = bitmap[w]; bits; bits &= bits - 1) {
+                memset(mem + ((size_t)w * 64 + __builtin_ctzll(bits)) * 4096, 0, 4096);
+                dirty++;
+            }
+        memset(mem + ENTRY, 0, 4096); /* the page the loader wrote */
+        memcpy(&run->s.regs.regs, &regs0, sizeof regs0);
+        memcpy(&run->s.regs.sregs, &sregs0, sizeof sregs0);
+        memcpy(&run->s.regs.events, &events0, sizeof events0);
+        run->cr8 = sregs0.cr8;
+        run->kvm_dirty_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+        xioctl(vcpu, KVM_SET_XCRS, &xcrs0, "KVM_SET_XCRS");
+        xioctl(vcpu, KVM_SET_XSAVE, &xsave0, "KVM_SET_XSAVE");
+        if (ioctl(vcpu, KVM_SET_MSRS, msrs0) != (int)msrs0->nmsrs)
+            die("KVM_SET_MSRS");
+        xioctl(vcpu, KVM_SET_DEBUGREGS, &dbg0, "KVM_SET_DEBUGREGS");
+        ns[i] = now_ns() - t0;
+        run->kvm_dirty_regs = 0; /* the next sample boots with its own SET_SREGS/REGS */
+        if (dirty < 16) {
+            fprintf(stderr, "limit: reset: only %ld dirty pages\n", dirty);
+            exit(3);
+        }
+    }
+    printf("{\"op\": \"reset\", \"k\": 0, \"exits\": 1, \"dirty_pages\": %ld, \"msrs\": %u, \"ns\": [", dirty,
+           msrs0->nmsrs);
+    for (int i = 1; i <= n; i++)
+        printf("%s%llu", i > 1 ? ", " : "", (unsigned long long)ns[i]);
+    printf("]}\n");
+    munmap(run, run_size);
+    close(vcpu);
+    close(vm);
+    munmap(mem, RESET_RAM);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: limit lifecycle|pio|mmio|singlestep|hwbp|swbp|ioctls|reuse K N\n");
+        fprintf(stderr, "usage: limit lifecycle|pio|mmio|singlestep|hwbp|swbp|ioctls|reuse|reset K N\n");
         return 2;
     }
     static const char *names[] = {"lifecycle", "pio", "mmio", "singlestep", "hwbp", "swbp"};
     int op = -1;
     int want_ioctls = !strcmp(argv[1], "ioctls"), want_reuse = !strcmp(argv[1], "reuse");
+    int want_reset = !strcmp(argv[1], "reset");
     for (int i = 0; i < 6; i++)
         if (!strcmp(argv[1], names[i]))
             op = i;
-    if (op < 0 && !want_ioctls && !want_reuse) {
+    if (op < 0 && !want_ioctls && !want_reuse && !want_reset) {
         fprintf(stderr, "limit: unknown op %s\n", argv[1]);
         return 2;
     }
@@ -531,6 +652,10 @@ int main(int argc, char **argv) {
     }
     if (want_reuse) {
         reuse(n);
+        return 0;
+    }
+    if (want_reset) {
+        reset_bench(n);
         return 0;
     }
 

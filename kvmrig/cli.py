@@ -20,7 +20,8 @@ rig files:
   Folders given as PATHS expand to the rig files (*.yaml starting with `kvmrig:`) below them.
 
 exit status (run):
-  0 all rigs passed or were skipped, 1 some rig failed, 2 usage or rig file errors only.
+  0 all rigs passed or were skipped, 1 some rig failed (or, with --strict, was skipped),
+  2 usage or rig file errors only.
 
 examples:
   kvmrig run rigs/                 run every example rig, JUnit to reports/junit.xml
@@ -31,6 +32,8 @@ examples:
   kvmrig run --cross-check rigs/x86   run on KVM and the emulator and compare the two
   kvmrig run --shard 2/4 --junit j2.xml --json r2.json rigs/   the 2nd quarter (CI: docs/ci.md)
   kvmrig merge junit.xml j1.xml j2.xml j3.xml j4.xml           one report from the shards'
+  kvmrig run --coverage --coverage-root rigs rigs/x86   coverage to reports/coverage/coverage.info
+  genhtml -o reports/coverage/html reports/coverage/coverage.info   ... as HTML (Debian package lcov)
 """
 
 
@@ -59,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", action="append", default=[], metavar="T",
                      help="only rigs with this tag (repeatable: any of them)")
     run.add_argument("-x", "--exitfirst", action="store_true", help="stop after the first failure or error")
+    run.add_argument("--strict", action="store_true",
+                     help="skipped rigs count as failures (exit 1): for CI, where a rig that cannot run "
+                          "(no /dev/kvm, no emulator) must not pass unnoticed")
     run.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
                      help="where rigs run: kvm, emu (the unicorn emulator), or auto (default): KVM where "
                           "/dev/kvm can run the rig's arch, else the emulator. A rig's `backend:` pin "
@@ -66,11 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cross-check", action="store_true",
                      help="run each rig on KVM and on the emulator where both can, and fail it where "
                           "exit, exit code, final registers, hit counts, console or RAM digest differ")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="build a fresh VM for every rig (default: a worker resets and reuses its VM "
+                          "between rigs with the same arch and memory map)")
+    run.add_argument("--save-on-fail", metavar="DIR",
+                     help="save the final state of every failed rig as DIR/NAME.snap (a rig with "
+                          "`from: DIR/NAME.snap` or kvmrig debug starts from it)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="show registers checked and console")
     run.add_argument("-q", "--quiet", action="count", default=0, help="one character per rig")
     run.add_argument("--rerun-failed", action="store_true",
                      help="run only the rigs that failed or errored last time (recorded in "
-                          "reports/last-failed.json; all of them when none is recorded)")
+                          ".kvmrig_cache/last-failed.json at the project root, or $KVMRIG_CACHE_DIR; "
+                          "all of them when none is recorded)")
     run.add_argument("--update-golden", action="store_true",
                      help="write or refresh the golden snapshot files of rigs with expect.golden, "
                           "printing what changed, instead of comparing with them")
@@ -79,14 +92,21 @@ def _parser() -> argparse.ArgumentParser:
                           "balanced by --durations-from, else round-robin by file and name")
     run.add_argument("--durations-from", metavar="FILE",
                      help="JSON results of an earlier run (--json) whose durations balance --shard")
-    run.add_argument("--in-vm", choices=("arm64",), metavar="ARCH",
-                     help="run the rigs on real KVM of another arch, inside a Linux booted under QEMU "
-                          "(arm64: qemu-system-aarch64, set up by scripts/setup-arm64-lane.sh); "
+    run.add_argument("--in-vm", choices=("arm64", "x86_64"), metavar="ARCH",
+                     help="run the rigs on the KVM inside a Linux booted under QEMU "
+                          "(arm64: real arm64 KVM, scripts/setup-arm64-lane.sh; x86_64: nested SVM whose "
+                          "KVM intercepts INT3 and raises debug-register breakpoints, scripts/setup-x86-lane.sh); "
                           "lines, reports and exit status come back as if run here")
     run.add_argument("--json", metavar="FILE", help="write JSON results, one record per rig, to FILE")
     run.add_argument("--images-under", action="append", default=[], metavar="DIR",
                      help="only let rigs load image and golden files below DIR (repeatable; symlinks resolved): "
                           "for CI that runs rigs it did not write (docs/limits.md)")
+    run.add_argument("--coverage", nargs="?", const="reports/coverage", metavar="DIR",
+                     help="record which guest code ran and write DIR/coverage.info (lcov) and DIR/coverage.xml "
+                          "(Cobertura) (default DIR: %(const)s); source lines from the ELF images' DWARF")
+    run.add_argument("--coverage-root", action="append", default=[], metavar="DIR|OLD=NEW",
+                     help="remap source paths in the coverage reports: DIR goes before relative paths, "
+                          "OLD=NEW replaces a leading OLD (repeatable; the first that applies wins)")
     run.add_argument("--gdb-on-fail", metavar="[HOST]:PORT",
                      help="after the run, run the first rig that failed again in this process, to its end, "
                           "and serve its final state to gdb on [HOST]:PORT (see `kvmrig debug`)")
@@ -97,11 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list rigs: name, arch, tags, file")
     lst.add_argument("paths", nargs="+", metavar="PATH")
 
-    sub.add_parser("schema", help="print the rig file JSON Schema")
+    sch = sub.add_parser("schema", help="print the rig file JSON Schema (or write it with -o)",
+                         description="The rig file JSON Schema, for editors: write it into the project "
+                                     "(kvmrig schema -o rig.schema.json) and point the YAML language "
+                                     "server's modeline at it.")
+    sch.add_argument("-o", "--output", metavar="FILE", help="write the schema to FILE instead of printing it")
+    sch.add_argument("--results", action="store_true", help="the JSON results schema (--json) instead")
 
-    mrg = sub.add_parser("merge", help="merge JUnit XML or JSON results of several runs (shards) into one",
+    mrg = sub.add_parser("merge", help="merge JUnit XML, JSON results or lcov coverage of several runs into one",
                          description="Merge JUnit XML files (OUT.xml) or JSON results (OUT.json): suites of "
-                                     "the same name become one, every count is recounted.")
+                                     "the same name become one, every count is recounted; or lcov coverage "
+                                     "(OUT.info, from run --coverage): line and function counts add up.")
     mrg.add_argument("out", metavar="OUT", help="the merged report: .xml (JUnit) or .json (JSON results)")
     mrg.add_argument("inputs", nargs="+", metavar="IN", help="reports of the same kind to merge")
     dbg = sub.add_parser("debug", help="run one rig under gdb: stopped at its entry, served over TCP",
@@ -109,11 +135,19 @@ def _parser() -> argparse.ArgumentParser:
                                      "(GDB remote protocol): breakpoints, watchpoints, stepping, registers and "
                                      "memory. The rig's own breakpoints still count and its checks still run; "
                                      "detaching lets it run to its end and prints the verdict.")
-    dbg.add_argument("rig", metavar="RIG", help="the rig file")
+    dbg.add_argument("rig", metavar="RIG", help="the rig file, or a snapshot file (FILE.snap) to start from")
     dbg.add_argument("--gdb", default="127.0.0.1:1234", metavar="[HOST]:PORT",
                      help="where to listen (default %(default)s; the host defaults to 127.0.0.1, port 0 picks one)")
     dbg.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
                      help="backend for rigs with `backend: any` (default %(default)s)")
+    snap = sub.add_parser("snapshot", help="run a rig to one of its snapshot points and write it to a file",
+                          description="Run RIG (its parents first, if it starts from a point) until it saves "
+                                      "POINT, and write that snapshot to FILE (docs/snapshots.md). Rigs start "
+                                      "from it with `from: FILE`; kvmrig debug FILE serves it to gdb.")
+    snap.add_argument("target", metavar="RIG#POINT", help="a rig file and the name of a point it saves")
+    snap.add_argument("-o", "--output", required=True, metavar="FILE", help="the snapshot file to write")
+    snap.add_argument("--backend", choices=("auto", "kvm", "emu"), default="auto",
+                      help="backend for rigs with `backend: any` (default %(default)s)")
     return p
 
 
@@ -136,6 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_in_vm(args)
     if args.cross_check and args.backend != "auto":
         return _usage("--cross-check runs both backends: it cannot be combined with --backend")
+    if args.coverage and args.cross_check:
+        return _usage("--coverage records one backend's runs: run --backend kvm and --backend emu with "
+                      "--coverage and merge the two coverage.info files with `kvmrig merge`")
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         return _usage(f"no such file or folder: {', '.join(missing)}")
@@ -160,7 +197,8 @@ def _run_in_vm(args: argparse.Namespace) -> int:
 
     clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
                                    ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),
-                                   ("--backend emu", args.backend == "emu")) if on]
+                                   ("--backend emu", args.backend == "emu"),
+                                   ("--strict", args.strict)) if on]
     if clash:
         return _usage(f"--in-vm cannot be combined with {', '.join(clash)}")
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -207,10 +245,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from kvmrig.rig.schema import load_schema
+    from importlib import resources
 
-    json.dump(load_schema(), sys.stdout, indent=2)
-    print()
+    name = "results.schema.json" if args.results else "rig.schema.json"
+    text = (resources.files("kvmrig") / "schemas" / name).read_text(encoding="utf-8")
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    from kvmrig.atomic import write_atomic
+    try:
+        write_atomic(args.output, text, prefix=".schema-")
+    except OSError as e:
+        return _usage(f"cannot write {args.output}: {e.strerror or e}")
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -226,18 +273,87 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
-    from kvmrig.errors import RigError
+    from kvmrig.errors import RigError, SnapshotError
     from kvmrig.gdb.server import serve_rig
-    from kvmrig.rig.load import load_rig
+    from kvmrig.machine import snapfile
+    from kvmrig.rig.load import load_rig, load_rig_text
 
     if not Path(args.rig).is_file():
         return _usage(f"no such rig file: {args.rig}")
     try:
-        rig = load_rig(args.rig)
-    except RigError as e:
+        with open(args.rig, "rb") as f:
+            is_snapshot = f.read(len(snapfile.MAGIC)) == snapfile.MAGIC
+        if is_snapshot:   # a snapshot: a rig that only starts from it
+            head = snapfile.read_header(args.rig)
+            path = Path(args.rig).resolve()
+            rig = load_rig_text(f"kvmrig: 1\narch: {head.arch}\nname: {path.stem}\nbackend: {head.backend}\n"
+                                f"from: {json.dumps(path.name)}\nexpect: {{}}\n", path.with_suffix(".yaml"))
+        else:
+            rig = load_rig(args.rig)
+    except (RigError, SnapshotError) as e:
         print(e, file=sys.stderr)
         return 2
     return serve_rig(rig, args.gdb, args.backend)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """kvmrig snapshot RIG#POINT -o FILE."""
+    import os
+    import shutil
+    import tempfile
+
+    from kvmrig.errors import RigError
+    from kvmrig.machine.points import PointStore
+    from kvmrig.rig.load import load_rig
+    from kvmrig.result import PASSED
+    from kvmrig.runner import run_rig
+
+    file, sep, point = args.target.rpartition("#")
+    if not sep or not file or not point:
+        return _usage(f"{args.target}: name a rig and one of its points, as RIG.yaml#POINT")
+    if not Path(file).is_file():
+        return _usage(f"no such rig file: {file}")
+    out = Path(args.output)
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        return _usage(f"{out} exists and is not a regular file; not replacing it")
+    if not out.parent.is_dir():
+        return _usage(f"{out.parent}: no such folder for the snapshot")
+    try:
+        rig = load_rig(file)
+    except RigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if point not in rig.save_points():
+        return _usage(f"{file} saves no point {point!r} (it saves: {', '.join(rig.save_points()) or 'none'})")
+    with tempfile.TemporaryDirectory(prefix="kvmrig-snapshot-") as tmp:
+        result = run_rig(rig, args.backend, points=tmp)
+        saved = PointStore(tmp).file(rig.path, point)
+        if not saved.exists():
+            print(f"kvmrig: {rig.path} did not reach point {point!r}: {result.status}"
+                  f"{': ' + result.message if result.message else ''}"
+                  f"{'; ' + result.outcome.detail if result.outcome else ''}", file=sys.stderr)
+            return 1
+        part = out.with_name(f".{out.name}.part{os.getpid()}")
+        try:
+            shutil.copyfile(saved, part)
+            os.chmod(part, 0o666 & ~_umask())
+            os.replace(part, out)
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            print(f"kvmrig: cannot write {out}: {e.strerror}", file=sys.stderr)
+            return 2
+    print(f"kvmrig: wrote {out} ({rig.name}#{point}, {result.backend or 'no backend'})")
+    if result.status != PASSED:
+        print(f"kvmrig: note: the rig itself {result.status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _umask() -> int:
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema": cmd_schema,
-               "merge": cmd_merge, "debug": cmd_debug}[args.command]
+               "merge": cmd_merge, "debug": cmd_debug, "snapshot": cmd_snapshot}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

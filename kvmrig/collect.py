@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from kvmrig.errors import RigError
 from kvmrig.result import RigResult, error_result
-from kvmrig.rig.load import load_rig
-from kvmrig.rig.model import Rig
+
+if TYPE_CHECKING:
+    from kvmrig.rig.model import Rig
 
 
 def expand(paths: Iterable[str]) -> list[Path]:
@@ -47,6 +50,10 @@ def is_rig_file(path: Path) -> bool:
 
 def load_all(paths: list[Path], explicit: set[Path] | None = None) -> tuple[list[Rig], list[RigResult]]:
     """Load rig files; return the rigs and an error result per file that failed."""
+    # Imported here, not above: the pytest plugin asks is_rig_file() in every
+    # session where kvmrig is installed, and the loader (YAML, jsonschema) costs.
+    from kvmrig.rig.load import load_rig
+
     rigs, errors = [], []
     for path in paths:
         if explicit is not None and path not in explicit and not is_rig_file(path):

@@ -29,20 +29,35 @@ class KvmrigError(Exception):
 
 
 class RigError(KvmrigError):
-    """Something is wrong in a rig file; the message names file:line:col."""
+    """Something is wrong in a rig file; the message names file:line:col.
 
-    def __init__(self, message: str, mark: Mark | None = None, path: str | None = None):
+    `more` holds the file's other errors, found in the same pass (str() puts
+    each on a line of its own after the first), so one run shows them all."""
+
+    def __init__(self, message: str, mark: Mark | None = None, path: str | None = None,
+                 more: tuple[RigError, ...] = ()):
         super().__init__(message)
         self.message = message
         self.mark = mark
         self.path = mark.path if mark else path
+        self.more = more
 
-    def __str__(self) -> str:
+    def first_line(self) -> str:
         if self.mark:
             return f"{self.mark}: {self.message}"
         if self.path:
             return f"{self.path}: {self.message}"
         return self.message
+
+    def __str__(self) -> str:
+        return "\n".join([self.first_line(), *(e.first_line() for e in self.more)])
+
+    @classmethod
+    def of(cls, errors: list[RigError]) -> RigError:
+        """One error for several, in file order: the first, with the others in `more`."""
+        ordered = sorted(errors, key=lambda e: (e.mark.line, e.mark.col) if e.mark else (0, 0))
+        first = ordered[0]
+        return cls(first.message, first.mark, first.path, tuple(ordered[1:]))
 
 
 class BackendError(KvmrigError):
@@ -84,3 +99,9 @@ class OutsideMemory(KvmrigError, LookupError):
 
 class ResultsFileError(KvmrigError, ValueError):
     """A JSON results file (kvmrig merge, --shard) cannot be read; names the file."""
+
+
+class SnapshotError(KvmrigError):
+    """A snapshot file that cannot be used here: another format version, arch,
+    backend or memory map, or a truncated or corrupt file. The message names
+    the file and the mismatch."""

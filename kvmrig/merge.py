@@ -9,8 +9,12 @@
 - JSON results (OUT ends in .json): the rig records of every input in order,
   under a summary recounted from them (seconds: the sum of the inputs').
 
-Both are written atomically. A rig that appears in more than one input is
-kept each time (and counted each time), so a mistake in the sharding shows.
+- lcov tracefiles (OUT ends in .info, from `kvmrig run --coverage`): the
+  counts of every line and function are added up (kvmrig.coverage.lcov).
+
+All are written atomically. A JUnit or JSON test case (classname and name)
+that appears in more than one input, or a file given twice, is refused (exit
+2, naming both places): counting it twice would hide a mistake in the sharding.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from kvmrig.atomic import write_atomic
+from kvmrig.coverage import lcov
 from kvmrig.errors import ResultsFileError, UsageError
 from kvmrig.report.json_report import document, read_results, write_document
 
@@ -85,11 +90,46 @@ def _merge_properties(into: ET.Element, other: ET.Element | None) -> None:
         mine.set("value", ",".join(values))
 
 
+class _Seen:
+    """Where each test case was first seen, to refuse a second one."""
+
+    def __init__(self) -> None:
+        self.where: dict[tuple[str, str], str] = {}
+
+    def add(self, classname: str, name: str, path: str | Path) -> None:
+        key = (classname, name)
+        first = self.where.setdefault(key, str(path))
+        if first != str(path) or key in self._here:
+            again = "twice in " + first if first == str(path) else f"in {first} and in {path}"
+            raise UsageError(f"test case {classname}::{name} is {again}: refusing to count it twice "
+                             "(a file given twice, or shards that overlap)")
+        self._here.add(key)
+
+    def next_file(self) -> None:
+        self._here: set[tuple[str, str]] = set()
+
+
+def _same_files(inputs: list[str | Path]) -> None:
+    seen: dict[Path, str] = {}
+    for path in inputs:
+        key = Path(path).resolve()
+        if key in seen:
+            raise UsageError(f"{path} is given twice (as {seen[key]} and {path}): its tests would count twice")
+        seen[key] = str(path)
+
+
 def merge_junit(inputs: list[str | Path]) -> ET.Element:
     """One <testsuites> with the inputs' suites merged by name, counts recounted."""
+    _same_files(inputs)
     merged: dict[str, ET.Element] = {}
+    seen = _Seen()
     for path in inputs:
-        for suite in _suites(path):
+        seen.next_file()
+        suites = _suites(path)
+        for suite in suites:
+            for case in suite.iter("testcase"):
+                seen.add(case.get("classname", ""), case.get("name", ""), path)
+        for suite in suites:
             name = suite.get("name", "")
             target = merged.get(name)
             if target is None:
@@ -99,7 +139,7 @@ def merge_junit(inputs: list[str | Path]) -> ET.Element:
                         target.set(key, value)   # timestamp, hostname: those of the first input
                 target.set("time", "0")
             _merge_properties(target, suite.find("properties"))
-            target.set("time", f"{_float(target.get('time')) + _float(suite.get('time')):.6f}")
+            target.set("time", f"{_float(target.get('time')) + _float(suite.get('time')):.3f}")
             for child in suite:
                 if child.tag != "properties":
                     target.append(child)
@@ -114,8 +154,9 @@ def merge_junit(inputs: list[str | Path]) -> ET.Element:
         seconds += _float(suite.get("time"))
         root.append(suite)
     for key in COUNTS:
-        root.set(key, str(totals[key]))
-    root.set("time", f"{seconds:.6f}")
+        if key != "skipped":   # junit-10.xsd has no `skipped` on <testsuites> (the suites carry it)
+            root.set(key, str(totals[key]))
+    root.set("time", f"{seconds:.3f}")
     return root
 
 
@@ -129,13 +170,18 @@ def write_junit_tree(path: str | Path, root: ET.Element) -> None:
 
 def merge_json(inputs: list[str | Path]) -> dict:
 
+    _same_files(inputs)
     records: list[dict] = []
     seconds = 0.0
+    seen = _Seen()
     for path in inputs:
         try:
             doc = read_results(path)
         except ResultsFileError as e:
             raise UsageError(str(e)) from None
+        seen.next_file()
+        for rec in doc["rigs"]:
+            seen.add(str(rec.get("classname", "")), rec["name"], path)
         records.extend(doc["rigs"])
         summary = doc.get("summary") or {}
         seconds += _float(str(summary.get("seconds", 0)))
@@ -144,22 +190,31 @@ def merge_json(inputs: list[str | Path]) -> dict:
 
 # Both ----------------------------------------------------------------------------
 
-KINDS = {".xml": "junit", ".json": "json"}
+KINDS = {".xml": "junit", ".json": "json", ".info": "lcov"}
+SUFFIX = {"junit": ".xml", "json": ".json", "lcov": ".info"}
 
 
 def merge_files(out: str | Path, inputs: list[str | Path]) -> str:
     """Merge `inputs` into `out` (the kind by the suffix, the same for all); returns a summary line."""
     kind = KINDS.get(Path(out).suffix.lower())
     if kind is None:
-        raise UsageError(f"{out}: the output must end in .xml (JUnit) or .json (JSON results)")
+        raise UsageError(f"{out}: the output must end in .xml (JUnit) or .json (JSON results), or .info (lcov coverage)")
     wrong = [str(p) for p in inputs if KINDS.get(Path(p).suffix.lower()) != kind]
     if wrong:
         raise UsageError(f"cannot merge {', '.join(wrong)} into {kind} output {out}: "
-                         f"inputs must all be {'.xml' if kind == 'junit' else '.json'} files")
+                         f"inputs must all be {SUFFIX[kind]} files")
+    if kind == "lcov":   # coverage of several runs (shards, rigs, both backends): counts add up
+        _same_files(inputs)
+        report = lcov.merge([Path(p) for p in inputs])
+        write_atomic(out, lcov.dumps(report), prefix=".merge-")
+        hit = sum(f.lines_hit for f in report.files.values())
+        total = sum(len(f.lines) for f in report.files.values())
+        return (f"merged {len(inputs)} file(s) into {out}: {len(report.files)} source files, "
+                f"{hit} of {total} lines executed")
     if kind == "junit":
         root = merge_junit(inputs)
         write_junit_tree(out, root)
-        counts = {k: int(root.get(k, 0)) for k in COUNTS}
+        counts = {k: sum(int(suite.get(k, 0)) for suite in root) for k in COUNTS}
     else:
 
         doc = merge_json(inputs)

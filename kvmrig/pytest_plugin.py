@@ -6,7 +6,7 @@ non-Python-test example: a File node per rig file that yields one Item named
 by the rig's name, an Item whose `runtest` raises a kvmrig exception, and a
 `repr_failure` that prints only what `kvmrig run` would print for that rig.
 
-- Which YAML files: those whose first key is `kvmrig:` (runner.is_rig_file),
+- Which YAML files: those whose first key is `kvmrig:` (collect.is_rig_file),
   plus any YAML file named on the command line. By default (ini
   `kvmrig_collect = args`) only below paths *given on the command line*: a
   bare `pytest` that falls back on `testpaths` never collects rigs, so a
@@ -18,8 +18,14 @@ by the rig's name, an Item whose `runtest` raises a kvmrig exception, and a
   Like a broken test module it stops the session unless
   `--continue-on-collection-errors` is given.
 - A failed rig shows the failed checks (expected vs actual), where the guest
-  stopped and the notes, without a traceback; the console is a report
-  section and, for `--junitxml`, the `console` property of the testcase.
+  stopped and the notes, without a traceback. For `--junitxml` the failure's
+  `message` is one line naming every failed check and its text the whole
+  diagnosis, the same as `kvmrig run --junit` writes; the console is a report
+  section and the testcase's <system-out>; the backend that ran each rig is
+  a suite property `backend:CLASSNAME::NAME` (junit-10.xsd allows properties
+  on the suite only).
+- `--kvmrig-update-golden` and `--kvmrig-cross-check` do what `kvmrig run
+  --update-golden` and `--cross-check` do.
 - A rig that cannot run here (no /dev/kvm, another arch) is skipped with
   the reason. Tags are markers (`-m smoke`), registered as they are seen so
   `--strict-markers` accepts them; every rig also has the `kvmrig` marker.
@@ -57,6 +63,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvmrig", "kvmrig rig files")
     group.addoption("--kvmrig-backend", default="auto", choices=("auto", "kvm", "emu"),
                     help="backend for rigs that do not pin one (default: auto)")
+    group.addoption("--kvmrig-cross-check", action="store_true",
+                    help="run each rig on KVM and on the emulator and fail it where they disagree "
+                         "(kvmrig run --cross-check)")
+    group.addoption("--kvmrig-update-golden", action="store_true",
+                    help="write or refresh the golden snapshots of rigs with expect.golden instead of "
+                         "comparing with them (kvmrig run --update-golden)")
     parser.addini("kvmrig_collect", "where rig files are collected: args (below paths given on the "
                   "command line, the default) | always | never", default="args")
 
@@ -64,6 +76,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvmrig: a kvmrig rig file run as a test")
     config.stash[_roots] = _collect_roots(config)
+    if getattr(config.option, "xmlpath", None) and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(JunitExtras(config), "kvmrig-junit")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -126,7 +140,7 @@ class RigFile(pytest.File):
         from kvmrig.rig.load import load_rig
 
         try:
-            rig = load_rig(self.path)
+            rig = load_rig(_as_typed(self.path, self.config.invocation_params.dir))
             _check(rig)
         except RigError as e:
             raise self.CollectError(_error_text(e, self.config.invocation_params.dir)) from None
@@ -143,6 +157,15 @@ class RigFile(pytest.File):
         yield item
 
 
+def _as_typed(path: Path, base: Path) -> Path:
+    """`path` relative to where pytest was started when below it (as a user types
+    it, and as `kvmrig run` reports it), else absolute."""
+    try:
+        return path.relative_to(base)
+    except ValueError:
+        return path
+
+
 def _check(rig: Rig) -> None:
     """What `kvmrig validate` checks past the file itself (images, symbols, debug registers)."""
     from kvmrig.machine.plan import prepare
@@ -151,7 +174,11 @@ def _check(rig: Rig) -> None:
 
 
 def _error_text(error: RigError, base: Path) -> str:
-    """The error as `path:line:col: message`, the path relative to where pytest was started."""
+    """Every error of the file, each as `path:line:col: message`, the path relative to where pytest was started."""
+    return "\n".join(_one_error(e, base) for e in (error, *error.more))
+
+
+def _one_error(error: RigError, base: Path) -> str:
     where = error.mark.path if error.mark else error.path
     if not where:
         return error.message
@@ -187,14 +214,23 @@ class RigItem(pytest.Item):
         self.result: RigResult | None = None
 
     def runtest(self) -> None:
+        from kvmrig.crosscheck import cross_check
         from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult
         from kvmrig.runner import run_rig, run_rigs
 
         backend = self.config.getoption("kvmrig_backend", "auto") or "auto"
+        golden = bool(self.config.getoption("kvmrig_update_golden", False))
+        if self.config.getoption("kvmrig_cross_check", False):
+            if backend != "auto":
+                raise pytest.UsageError("--kvmrig-cross-check runs both backends: it cannot be combined "
+                                        "with --kvmrig-backend")
+            executor = functools.partial(cross_check, update_golden=golden)
+        else:
+            executor = functools.partial(run_rig, backend=backend, update_golden=golden)
         if threading.current_thread() is threading.main_thread():
-            result = run_rig(self.rig, backend)
+            result = executor(self.rig)
         else:  # SIGALRM is main-thread only: a forked worker's only thread is its main thread
-            results, _ = run_rigs([self.rig], jobs=1, executor=functools.partial(run_rig, backend=backend))
+            results, _ = run_rigs([self.rig], jobs=1, executor=executor)
             result = results[0] or RigResult(str(self.rig.path), self.rig.name, ERROR,
                                              message=f"{self.rig.path}: the rig was not run")
         self.result = result
@@ -205,26 +241,81 @@ class RigItem(pytest.Item):
             raise RigFailed(result)
 
     def _record(self, result: RigResult) -> None:
-        if result.backend:
-            self.user_properties.append(("backend", result.backend))
         out = result.outcome
-        if out is None:
-            return
-        self.user_properties.append(("exit", out.exit if out.exit_code is None else f"{out.exit} {out.exit_code}"))
-        if out.console:
-            console = out.console.decode("utf-8", errors="replace")
-            self.user_properties.append(("console", console))
-            self.add_report_section("call", "console", console)
+        if out is not None and out.console:
+            self.add_report_section("call", CONSOLE, out.console.decode("utf-8", errors="replace"))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, RigFailed):
-            from kvmrig.report.terminal import failure_lines
-            from kvmrig.result import FAILED
-
-            result = excinfo.value.result
-            lines = failure_lines(result) if result.status == FAILED else result.message.splitlines()
-            return "\n".join(lines) or f"{result.status}"
+            return _failure_repr(excinfo.value.result, str(self.path))
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
         return self.path, 0, f"rig {self.name}"
+
+
+# Reports ----------------------------------------------------------------------
+
+CONSOLE = "console"   # the report section: "Captured console call"
+
+
+def _failure_repr(result: RigResult, path: str):
+    """The failure as pytest's own exception report: its one-line `reprcrash`
+    message becomes the JUnit failure's `message` (and the -r summary line),
+    its text the failure's body. Built from pytest's report classes so that
+    pytest-xdist carries it from the workers unchanged."""
+    from kvmrig.report.terminal import failure_message, failure_text
+    from kvmrig.result import FAILED
+
+    if result.status == FAILED:
+        message, text = failure_message(result), failure_text(result)
+    else:
+        text = result.message.strip() or result.status
+        message = text.splitlines()[0]
+    try:
+        from _pytest._code.code import ReprEntryNative, ReprExceptionInfo, ReprFileLocation, ReprTraceback
+    except ImportError:   # pytest moved its report classes: the text alone still says everything
+        return text
+    lines = [line + "\n" for line in text.splitlines()]
+    return ReprExceptionInfo(reprtraceback=ReprTraceback([ReprEntryNative(lines)], None, "native"),
+                             reprcrash=ReprFileLocation(path, 0, message))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Carry the rig's backend on its report (pytest-xdist sends report
+    attributes from the workers to the controller, which writes --junitxml)."""
+    outcome = yield
+    if call.when == "call" and isinstance(item, RigItem) and item.result is not None and item.result.backend:
+        outcome.get_result().kvmrig_backend = item.result.backend
+
+
+class JunitExtras:
+    """Registered where --junitxml is written: the console of a rig into its
+    testcase's <system-out> (pytest itself writes only captured stdout there,
+    and only with junit_logging set), the backend as a suite property."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        try:
+            from _pytest.junitxml import bin_xml_escape, mangle_test_address, xml_key
+        except ImportError:   # pytest moved its JUnit writer: the report lacks only these extras
+            return
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None:
+            return
+        backend = getattr(report, "kvmrig_backend", None)
+        if backend:   # named as `kvmrig run` names it, with the classname pytest gives the testcase
+            names = mangle_test_address(report.nodeid)
+            classname = ".".join(([xml.prefix] if xml.prefix else []) + names[:-1])
+            xml.add_global_property(f"backend:{classname}::{names[-1]}", str(backend))
+        console = next((text for title, text in report.sections if title == f"Captured {CONSOLE} call"), None)
+        if console:
+            import xml.etree.ElementTree as ET
+            out = ET.Element("system-out")
+            out.text = bin_xml_escape(console)
+            xml.node_reporter(report).append(out)

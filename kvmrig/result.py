@@ -7,6 +7,7 @@ they hold plain data only.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -41,15 +42,31 @@ class RigResult:
         return self.status in (PASSED, SKIPPED)
 
 
+# What marks a project's root folder, as pytest finds its rootdir (plus .git).
+ROOT_MARKERS = ("pyproject.toml", "pytest.ini", "tox.ini", "setup.cfg", "setup.py", ".git")
+
+
+@functools.lru_cache(maxsize=512)
+def project_root(folder: Path) -> Path | None:
+    """The nearest folder at or above `folder` that holds a project marker."""
+    for candidate in (folder, *folder.parents):
+        if any((candidate / marker).exists() for marker in ROOT_MARKERS):
+            return candidate
+    return None
+
+
 def classname_for(path: Path) -> str:
-    """JUnit classname: the rig's folder, dotted, relative to the working dir when possible."""
-    folder = path.parent
-    try:
-        folder = folder.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        pass
-    text = str(folder).replace(os.sep, ".").strip(".")
-    return text or "rigs"
+    """JUnit classname: the rig's folder, dotted, relative to its project's root
+    (ROOT_MARKERS), so it does not change with the working directory or with how
+    the path was typed and CI test history survives. Outside any project:
+    relative to the working directory when below it, else the folder's name."""
+    folder = Path(os.path.abspath(path)).parent
+    root = project_root(folder)
+    if root is None:
+        cwd = Path.cwd()
+        root = cwd if cwd == folder or cwd in folder.parents else folder.parent
+    text = ".".join(folder.relative_to(root).parts)
+    return text or folder.name or "rigs"
 
 
 def error_result(path: str, message: str, name: str | None = None) -> RigResult:

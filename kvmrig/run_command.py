@@ -109,7 +109,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
     state.explicit = {Path(p) for p in args.paths if not Path(p).is_dir()}  # a FIFO too: `run <(gen)`
     if args.rerun_failed:
         files = [f for f in files if f in state.explicit or is_rig_file(f)]
-        files, narrowed = lastfailed.select(files)
+        files, narrowed = lastfailed.select(files, lastfailed.record_for(args.paths))
         term.line(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
                   else "rerun-failed: no failures recorded for these rigs: running all")
     state.files = files
@@ -137,12 +137,13 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
     if args.cross_check:
         executor = functools.partial(cross_check, update_golden=args.update_golden)
     else:
-        executor = functools.partial(runner.run_rig, backend=args.backend, update_golden=args.update_golden)
+        executor = functools.partial(runner.run_rig, backend=args.backend, update_golden=args.update_golden,
+                                     save_on_fail=args.save_on_fail, coverage=bool(args.coverage))
     state.results = [None] * len(rigs)
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         return
     state.results, state.interrupted = runner.run_rigs(rigs, args.jobs, executor, on_result=term.result,
-                                                       exitfirst=args.exitfirst)
+                                                       exitfirst=args.exitfirst, reuse=not args.no_reuse)
 
 
 def _selected(args: argparse.Namespace, rig: Rig) -> bool:
@@ -159,30 +160,37 @@ def _not_run(path: Path, why: str) -> RigResult:
     return RigResult(str(path), path.stem, SKIPPED, classname_for(path), message=why)
 
 
-def _final_results(args: argparse.Namespace, state: _RunState) -> list[RigResult]:
-    """Every rig of the run: its result, or skipped with why it did not run."""
+def _final_results(args: argparse.Namespace, state: _RunState) -> tuple[list[RigResult], int]:
+    """Every rig of the run: its result, or skipped with why it did not run —
+    except those -x left out (as pytest leaves out what it did not run);
+    (the results, how many -x left out)."""
     final = list(state.errors)
     results = state.results if state.results is not None else [None] * len(state.ran)
-    why = "not run (interrupted)" if state.interrupted else "not run (--exitfirst)"
+    left_out = 0
     if state.ran:
         for rig, result in zip(state.ran, results):
-            final.append(result or result_for(rig, SKIPPED, message=why))
+            if result is None and not state.interrupted:
+                left_out += 1
+                continue
+            final.append(result or result_for(rig, SKIPPED, message="not run (interrupted)"))
     else:  # interrupted before the rigs were handed out: every loaded rig is not run
-        final += [result_for(rig, SKIPPED, message=why) for rig in state.rigs if _selected(args, rig)]
+        final += [result_for(rig, SKIPPED, message="not run (interrupted)")
+                  for rig in state.rigs if _selected(args, rig)]
     for f in state.files[state.loaded:]:  # interrupted while loading
         if f in state.explicit or is_rig_file(f):
             final.append(_not_run(f, "not run (interrupted while the rig files were loading)"))
-    return final
+    return final, left_out
 
 
 def _finish(args: argparse.Namespace, state: _RunState, term: Terminal, started: float,
             interrupts: _Interrupts) -> int:
-    final = _final_results(args, state)
-    term.summary(final, time.monotonic() - started, state.interrupted)
+    final, left_out = _final_results(args, state)
+    term.summary(final, time.monotonic() - started, state.interrupted,
+                 f"{left_out} not run (--exitfirst)" if left_out else "")
     unwritten = False
     if not state.interrupted:
         try:
-            lastfailed.update(final)
+            lastfailed.update(final, lastfailed.record_for(args.paths))
         except OSError as e:
             print(f"kvmrig: warning: cannot record the failed rigs for --rerun-failed: {e}", file=sys.stderr)
     for flag, target, write in (("--junit", args.junit, lambda: _write_junit(args.junit, final)),
@@ -195,6 +203,8 @@ def _finish(args: argparse.Namespace, state: _RunState, term: Terminal, started:
             print(f"kvmrig: error: cannot write the report {flag} {target}: {getattr(e, 'strerror', None) or e}",
                   file=sys.stderr)
             unwritten = True
+    if args.coverage and not _write_coverage(args, state.ran, final, args.verbose - args.quiet):
+        unwritten = True
     if state.interrupted or interrupts.seen is not None:
         print("kvmrig: interrupted" + (" (SIGTERM)" if interrupts.seen == signal.SIGTERM else "")
               + ": the reports list the rigs not run as skipped", file=sys.stderr)
@@ -202,9 +212,29 @@ def _finish(args: argparse.Namespace, state: _RunState, term: Terminal, started:
         _gdb_on_fail(args.gdb_on_fail, state.ran, state.results)
     if any(r.status == FAILED for r in final):
         return 1
+    skipped = sum(r.status == SKIPPED for r in final)
+    if args.strict and skipped:
+        print(f"kvmrig: --strict: {skipped} skipped rig(s) count as failures", file=sys.stderr)
+        return 1
     if state.interrupted or interrupts.seen is not None or unwritten or any(r.status == ERROR for r in final):
         return 2
     return 0
+
+
+def _write_coverage(args: argparse.Namespace, rigs, final, verbosity: int) -> bool:
+    """Print the coverage summary and write the reports; False if they could not be written."""
+    from kvmrig.coverage import output, report  # only with --coverage
+
+    cov = report.remapped(report.from_results(final, rigs), args.coverage_root)
+    output.summary(cov, sys.stdout, verbose=verbosity > 0)
+    try:
+        written = output.write(cov, args.coverage)
+    except OSError as e:
+        print(f"kvmrig: error: cannot write the coverage reports to {args.coverage}: {e.strerror or e}",
+              file=sys.stderr)
+        return False
+    print(f"coverage: {', '.join(str(p) for p in written)}")
+    return True
 
 
 def _write_junit(path: str, final) -> None:

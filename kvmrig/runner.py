@@ -10,34 +10,76 @@ the run and still reports it.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
 from kvmrig.backends.select import backend_for
 from kvmrig.machine.plan import prepare
+from kvmrig.machine.points import PointStore
+from kvmrig.machine.reuse import VmPool
 from kvmrig.machine.session import RunOptions, execute
-from kvmrig.result import ERROR, RigResult, guarded, judged, result_for
+from kvmrig.result import ERROR, PASSED, RigResult, guarded, judged, result_for
+from kvmrig.rig.load import load_rig
 from kvmrig.rig.model import Rig
+from kvmrig.schedule import Schedule
 
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
 
 Executor = Callable[[Rig], RigResult]  # runs one rig here, never raises (see result.guarded)
 
+_pool: VmPool | None = None        # this worker's kept VMs (machine/reuse.py); None: a fresh VM per rig
+_points_dir: str | None = None     # the run's snapshot points (set by run_rigs before it forks)
+_own_points: str | None = None     # this process's points for children run on their own
 
-def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False) -> RigResult:
-    """Prepare and run one rig here, in this process; never raises for bad rigs or guests."""
+
+def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points: str | None = None,
+            save_on_fail: str | None = None, coverage: bool = False) -> RigResult:
+    """Prepare and run one rig here, in this process; never raises for bad rigs or guests.
+    `coverage`: record the executed code (kvmrig.coverage) into the outcome.
+    `points`: the folder of the run's snapshot points (default: run_rigs'); a
+    child run without one runs its parent here first. `save_on_fail`: a folder
+    for the final state of a failed rig."""
+    points = points or _points_dir
+    if rig.start is not None and rig.start.parent is not None and points is None:
+        points, blocked = _parent_in_process(rig, backend)
+        if blocked:
+            return result_for(rig, ERROR, message=blocked)
+
     def body() -> RigResult:
         start = time.monotonic()
         plan = prepare(rig)
         _name, factory = backend_for(rig, backend)
-        outcome = execute(plan, factory, RunOptions(update_golden=update_golden))
+        options = RunOptions(update_golden=update_golden, points=PointStore(points) if points else None,
+                             save_on_fail=save_on_fail, coverage=coverage)
+        outcome = _pool.execute(plan, factory, options) if _pool is not None else execute(plan, factory, options)
         return judged(rig, outcome, time.monotonic() - start)
     return guarded(rig, body)
+
+
+def _parent_in_process(rig: Rig, backend: str) -> tuple[str, str | None]:
+    """A child run on its own (kvmrig debug, tests): run its parent here first,
+    once per process, into a private point store. (store folder, why the
+    child cannot run or None)."""
+    global _own_points
+    if _own_points is None:
+        _own_points = tempfile.mkdtemp(prefix="kvmrig-points-")
+        atexit.register(shutil.rmtree, _own_points, True)
+    assert rig.start is not None and rig.start.parent is not None
+    if not PointStore(_own_points).file(rig.start.parent, rig.start.point or "").exists():
+        parent = run_rig(load_rig(rig.start.parent), backend, points=_own_points)
+        if parent.status != PASSED:
+            why = parent.message or "; ".join(str(f) for f in (parent.outcome.failures if parent.outcome else [])[:3])
+            return _own_points, (f"{rig.path}: not run: it starts from {rig.start}, and that rig ({parent.name}) "
+                                 f"{parent.status}" + (f": {why}" if why else ""))
+    return _own_points, None
 
 
 # Workers -------------------------------------------------------------------
@@ -54,8 +96,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
-            parent_end: Connection | None = None) -> None:
+            parent_end: Connection | None = None, reuse: bool = True) -> None:
+    global _pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    if reuse:
+        _pool = VmPool()
     if parent_end is not None:
         parent_end.close()  # else this process holds its own pipe open and never sees EOF
     if parent:
@@ -72,10 +117,11 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
 
 
 class _Worker:
-    def __init__(self, ctx, executor: Executor | None):
+    def __init__(self, ctx, executor: Executor | None, reuse: bool = True):
         self.conn, child = ctx.Pipe()
         # Forked: the executor is inherited, never pickled (a partial or a lambda will do).
-        self.proc = ctx.Process(target=_worker, args=(child, executor, os.getpid(), self.conn), daemon=True)
+        self.proc = ctx.Process(target=_worker, args=(child, executor, os.getpid(), self.conn, reuse),
+                                daemon=True)
         self.proc.start()
         child.close()
         self.job: tuple[int, Rig] | None = None
@@ -100,34 +146,55 @@ def _died(rig: Rig, how: str) -> RigResult:
 
 def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False) -> tuple[list[RigResult | None], bool]:
+             exitfirst: bool = False, reuse: bool = True) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core), each with `executor`
     (default: run_rig on the rig's own backend choice). Returns (results in
-    input order — None for rigs not run — and whether the run was interrupted)."""
+    input order — None for rigs not run — and whether the run was interrupted).
+    `reuse`: each worker keeps its VMs between rigs (machine/reuse.py).
+    Rigs that start from a snapshot point (`from: parent.yaml#point`) run
+    after their parent, which runs once; a parent the list does not name is
+    run too but not reported (so shards of one suite never report it twice),
+    and one that did not pass makes its children errors that say so."""
+    global _points_dir
+    listed = len(rigs)
+    order = Schedule(rigs)
+    rigs = order.rigs
     results: list[RigResult | None] = [None] * len(rigs)
     if not rigs:
         return results, False
     jobs = jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(rigs)))
     ctx = multiprocessing.get_context("fork")
-    pending = list(enumerate(rigs))
-    pending.reverse()
     workers: list[_Worker] = []
     stop = False
+    own_points = tempfile.mkdtemp(prefix="kvmrig-points-") if order.has_points else None
+    before, _points_dir = _points_dir, own_points or _points_dir   # inherited by the forked workers
 
     def record(index: int, result: RigResult) -> None:
         nonlocal stop
         results[index] = result
+        order.done(index, result.status == PASSED, result)
+        if index >= listed:
+            return   # a parent only run for its children: they report what became of it
         if on_result:
             on_result(result)
         if exitfirst and not result.ok:
             stop = True
 
+    def give(w: _Worker) -> None:
+        while not stop:
+            index, blocked = order.next_ready()
+            if index is None:
+                return
+            if blocked is None:
+                w.give(index, rigs[index])
+                return
+            record(index, result_for(rigs[index], ERROR, message=blocked))
+
     try:
-        workers = [_Worker(ctx, executor) for _ in range(jobs)]
+        workers = [_Worker(ctx, executor, reuse) for _ in range(jobs)]
         for w in workers:
-            if pending:
-                w.give(*pending.pop())
+            give(w)
         while any(w.job for w in workers):
             busy = [w for w in workers if w.job]
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
@@ -153,12 +220,13 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
                 record(index, result)
                 if replace:
                     w.kill()
-                    workers[workers.index(w)] = w = _Worker(ctx, executor)
-                if pending and not stop:
-                    w.give(*pending.pop())
-        return results, False
+                    workers[workers.index(w)] = w = _Worker(ctx, executor, reuse)
+                for idle in workers:   # a parent's end may have made several children ready
+                    if idle.job is None:
+                        give(idle)
+        return results[:listed], False
     except KeyboardInterrupt:
-        return results, True
+        return results[:listed], True
     finally:
         for w in workers:
             if w.job is None and w.proc.is_alive():
@@ -173,6 +241,9 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
                 w.proc.join(2)
                 if w.proc.is_alive():
                     w.kill()
+        _points_dir = before
+        if own_points is not None:
+            shutil.rmtree(own_points, ignore_errors=True)
 
 
 def _exit_text(proc) -> str:

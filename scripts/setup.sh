@@ -1,7 +1,7 @@
 #!/bin/sh
 # Set up kvmrig on a fresh Debian/Ubuntu machine: the Debian packages the
-# tests and the guest rebuilds use, then kvmrig itself (editable) with its test
-# and emulator extras into the current Python. Idempotent: when everything is
+# tests and the guest rebuilds use, then kvmrig itself (editable, with its test
+# extra) into the current Python. Idempotent: when everything is
 # in place it touches no network and returns in a couple of seconds.
 #
 #   scripts/setup.sh            packages + pip install
@@ -12,9 +12,11 @@ PYTHON=${PYTHON:-python3}
 
 # Debian packages: assembler/linker for the x86 guests, the aarch64 binutils
 # for the arm64 guests, a C compiler for the KVM ABI guard test and the
-# benchmark's C limit, gdb for the debugger tests, seabios and u-boot-qemu for the
-# firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree.
-PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb"
+# benchmark's C limit, gdb for the debugger tests and gdb-multiarch for arm64
+# guests, seabios and u-boot-qemu for the
+# firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree,
+# lcov for genhtml (HTML from `kvmrig run --coverage`).
+PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb gdb-multiarch lcov"
 
 missing=""
 for p in $PACKAGES; do
@@ -34,11 +36,17 @@ if [ "${SKIP_APT:-0}" != 1 ] && [ -x scripts/setup-arm64-lane.sh ]; then
     scripts/setup-arm64-lane.sh
 fi
 
-# Install (editable) unless this very checkout is what the Python imports, with its extras.
+# The x86_64 lane: qemu-system-x86_64 built once from Debian's source with
+# kvmrig's patch (nested SVM whose KVM runs the native x86 debug path; see the script).
+if [ "${SKIP_APT:-0}" != 1 ] && [ -x scripts/setup-x86-lane.sh ]; then
+    scripts/setup-x86-lane.sh
+fi
+
+# Install (editable) unless this very checkout is what the Python imports, with the test extra.
 here=$(pwd -P)
-installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, unicorn, capstone, elftools, junit_xml; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
+installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, xmlschema, unicorn, capstone, elftools, pycobertura; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
 if [ "$installed" != "$here" ]; then
-    echo "setup: pip install -e '.[test,emu]'"
-    "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,emu]'
+    echo "setup: pip install -e '.[test]'"
+    "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 fi
 "$PYTHON" -m kvmrig --version

@@ -13,7 +13,9 @@ of the KVM tests that really ran.
   and its counterpart runs on real arm64 KVM in the nested VM.
 - `@pytest.mark.arm64vm` tests (real arm64 KVM inside the nested VM lane) are
   counted too, shown apart on the summary line, and any skip of theirs fails
-  the session under KVMRIG_REQUIRE_KVM=1, whatever its reason.
+  the session under KVMRIG_REQUIRE_KVM=1, whatever its reason; so are
+  `@pytest.mark.x86vm` tests (the native x86 debug path, on the KVM inside the
+  x86_64 VM lane).
 """
 
 from __future__ import annotations
@@ -65,13 +67,16 @@ class KvmTally:
         self.ran: set[str] = set()
         self.skipped: dict[str, str] = {}   # node id -> skip reason
         self.lane: set[str] = set()          # arm64vm tests: real arm64 KVM in the nested VM
+        self.x86_lane: set[str] = set()      # x86vm tests: the x86 KVM in the x86_64 VM lane
         self.require_failure = ""
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if "kvm" not in report.keywords and "arm64vm" not in report.keywords:
+        if "kvm" not in report.keywords and "arm64vm" not in report.keywords and "x86vm" not in report.keywords:
             return
         if "arm64vm" in report.keywords:
             self.lane.add(report.nodeid)
+        if "x86vm" in report.keywords:
+            self.x86_lane.add(report.nodeid)
         if report.skipped and not hasattr(report, "wasxfail"):
             self.skipped[report.nodeid] = _skip_reason(report)
             self.ran.discard(report.nodeid)
@@ -97,7 +102,9 @@ class KvmTally:
         arm_ran = len(self.ran & self.lane)
         terminalreporter.write_line(f"KVM tests: {len(self.ran)} ran, {len(self.skipped)} skipped "
                                     f"(of which real arm64 KVM in the nested VM: {arm_ran} ran, "
-                                    f"{len(set(self.skipped) & self.lane)} skipped)")
+                                    f"{len(set(self.skipped) & self.lane)} skipped; "
+                                    f"in the x86_64 VM lane: {len(self.ran & self.x86_lane)} ran, "
+                                    f"{len(set(self.skipped) & self.x86_lane)} skipped)")
         if self.require_failure:
             terminalreporter.write_line(self.require_failure, red=True, bold=True)
 

@@ -132,6 +132,20 @@ def test_run_writes_the_report_shape(run_mod, tmp_path, capsys):
     assert all(name in text for name in names)
 
 
+@kvm
+def test_coverage_rows(run_mod, tmp_path):
+    pytest.importorskip("unicorn", reason="the emulator row needs unicorn")
+    out = tmp_path / "bench.json"
+    run_mod.bench(run_mod.TINY, {"coverage"}, out)
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    for name in ("coverage_overhead_emu", "coverage_overhead_kvm"):
+        row = rows[name]
+        assert row["limit"] and row["kvmrig"] and row["ratio"], row["note"]
+        assert row["target"].startswith("<= ")
+    assert rows["coverage_overhead_kvm"]["detail"]["exits_coverage"] > \
+        rows["coverage_overhead_kvm"]["detail"]["exits_plain"]      # the one-shot breakpoints were hit
+
+
 def test_suite_folder_is_trivial_rigs(tmp_path):
     rigs = _load("rigs")
     from kvmrig.rig.load import load_rig
@@ -140,3 +154,17 @@ def test_suite_folder_is_trivial_rigs(tmp_path):
     files = sorted(folder.glob("*.yaml"))
     assert len(files) == 3
     assert load_rig(files[0]).arch == "x86_64"
+
+
+@kvm
+@needs_cc
+def test_the_reuse_rows_are_measured(run_mod, tmp_path):
+    """reset_reuse against C, the re-mapping alternative and worker growth (issue 15)."""
+    run_mod.ENV = run_mod.bench_env()
+    rows = {r.name: r for r in run_mod.reuse_rows(run_mod.TINY, run_mod.build_limit(tmp_path), tmp_path)}
+    reset = rows["reset_reuse"]
+    assert reset.limit > 0 and reset.kvmrig > 0 and reset.detail["c_dirty_pages"] >= 16
+    assert rows["reset_remap"].kvmrig > 0
+    assert rows["fork_4"].kvmrig > 0 and rows["fork_4"].detail["boot_s"] > 0
+    growth = rows["growth_300"].detail
+    assert growth["reused"] == 299 and growth["fds_end"] == growth["fds_start"]

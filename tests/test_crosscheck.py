@@ -80,7 +80,8 @@ def test_junit_names_the_backend_of_each_testcase(make_rig):
     result = run_rig(load_rig(make_rig(CPUID)), "emu")
     root = ET.fromstring(junit_xml([result]))
     case = root.find("./testsuite/testcase")
-    assert case.find("./properties/property[@name='backend']").get("value") == "emu"
+    key = f"backend:{case.get('classname')}::{case.get('name')}"   # junit-10.xsd: properties on the suite only
+    assert root.find(f"./testsuite/properties/property[@name='{key}']").get("value") == "emu"
 
 
 def test_cross_check_and_backend_do_not_combine(make_rig, capsys):

@@ -1,4 +1,4 @@
-"""`kvmrig run --rerun-failed`: only what failed last time, recorded under reports/."""
+"""`kvmrig run --rerun-failed`: only what failed last time, recorded in .kvmrig_cache/."""
 
 import json
 import subprocess
@@ -21,7 +21,7 @@ def test_rerun_failed_runs_the_failures_then_everything_once_they_pass(tmp_path)
     (tmp_path / "broken.yaml").write_text(RIG + "expekt: {}\n")
     first = run(tmp_path)
     assert first.returncode == 1 and "1 failed, 1 passed" in first.stdout
-    record = json.loads((tmp_path / "reports" / "last-failed.json").read_text())
+    record = json.loads((tmp_path / ".kvmrig_cache" / "last-failed.json").read_text())
     assert sorted(p.rsplit("/", 1)[1] for p in record["failed"]) == ["bad.yaml", "broken.yaml"]
 
     again = run(tmp_path, "--rerun-failed")
@@ -32,7 +32,7 @@ def test_rerun_failed_runs_the_failures_then_everything_once_they_pass(tmp_path)
     (tmp_path / "broken.yaml").write_text(RIG)
     fixed = run(tmp_path, "--rerun-failed")
     assert fixed.returncode == 0 and "2 passed" in fixed.stdout
-    assert json.loads((tmp_path / "reports" / "last-failed.json").read_text())["failed"] == []
+    assert json.loads((tmp_path / ".kvmrig_cache" / "last-failed.json").read_text())["failed"] == []
     everything = run(tmp_path, "--rerun-failed")
     assert "running all" in everything.stdout and "3 passed" in everything.stdout
 
@@ -44,7 +44,7 @@ def test_a_filtered_run_keeps_the_other_recorded_failures(tmp_path):
     run(tmp_path)
     (tmp_path / "a.yaml").write_text(RIG)
     run(tmp_path, "-k", "a")           # a now passes; b was not run
-    record = json.loads((tmp_path / "reports" / "last-failed.json").read_text())
+    record = json.loads((tmp_path / ".kvmrig_cache" / "last-failed.json").read_text())
     assert [p.rsplit("/", 1)[1] for p in record["failed"]] == ["b.yaml"]
 
 
@@ -58,3 +58,21 @@ def test_a_corrupt_record_counts_as_none_and_is_rewritten(tmp_path, text):
     assert lastfailed.load(record) <= {"x"}
     lastfailed.update([RigResult(str(tmp_path / "a.yaml"), "a", "failed")], record)
     assert any(p.endswith("a.yaml") for p in json.loads(record.read_text())["failed"])
+
+
+@pytest.mark.kvm
+def test_state_goes_to_the_project_cache_not_the_working_directory(tmp_path):
+    project = tmp_path / "proj"
+    (project / "rigs").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    (project / "rigs" / "bad.yaml").write_text(RIG + "expect: {regs: {rax: 1}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    got = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--junit", "", str(project / "rigs")],
+                         cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1, got.stdout + got.stderr
+    assert list(elsewhere.iterdir()) == [], "nothing appears where kvmrig was run from"
+    cache = project / ".kvmrig_cache"
+    assert (cache / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert json.loads((cache / "last-failed.json").read_text())["failed"][0].endswith("bad.yaml")
+    assert not (project / "reports").exists()

@@ -31,8 +31,14 @@ BROKEN = "kvmrig: 1\narch: x86_64\nmemory: [{at: 0, size: 64K}]\ncpu: {mode: rea
 
 
 def totals(path: Path) -> dict[str, str]:
-    root = ET.parse(path).getroot()
-    return {k: root.get(k) for k in ("tests", "failures", "errors", "skipped")}
+    return root_totals(ET.parse(path).getroot())
+
+
+def root_totals(root: ET.Element) -> dict[str, str]:
+    """The run's counts: <testsuites> has no `skipped` in junit-10.xsd, so that one is its suites' sum."""
+    counts = {k: root.get(k) for k in ("tests", "failures", "errors")}
+    counts["skipped"] = str(sum(int(s.get("skipped", 0)) for s in root.iter("testsuite")))
+    return counts
 
 
 def suite_totals(suite: ET.Element) -> dict[str, str]:
@@ -66,7 +72,12 @@ def test_merged_shards_equal_one_full_run(tmp_path: Path, monkeypatch, capsys) -
     names = sorted(c.get("name") for c in merged.iter("testcase"))
     assert names == sorted(c.get("name") for c in full.iter("testcase"))
     props = {p.get("name"): p.get("value") for p in suites[0].findall("properties/property")}
-    assert props == {"backends": "kvm"}
+    full_props = {p.get("name"): p.get("value") for p in full_suite.findall("properties/property")}
+    assert props == full_props and props["backends"] == "kvm" and props["backend:rigs::pass0"] == "kvm"
+    xmlschema = pytest.importorskip("xmlschema")
+    schema = xmlschema.XMLSchema(Path(__file__).parent / "report" / "junit-10.xsd")
+    for name in ("full.xml", "merged.xml"):
+        schema.validate(str(tmp_path / name))
 
     assert cli.main(["merge", "merged.json", "s1.json", "s2.json"]) == 0
     doc = json.loads((tmp_path / "merged.json").read_text())
@@ -106,8 +117,8 @@ def test_counts_are_recounted_and_suites_kept_by_name(tmp_path: Path) -> None:
     (tmp_path / "b.xml").write_text(SUITE_B)
     (tmp_path / "c.xml").write_text(PYTEST_STYLE)
     root = merge_junit([tmp_path / "a.xml", tmp_path / "b.xml", tmp_path / "c.xml"])
-    assert {k: root.get(k) for k in ("tests", "failures", "errors", "skipped")} == \
-        {"tests": "6", "failures": "1", "errors": "1", "skipped": "1"}
+    assert root_totals(root) == {"tests": "6", "failures": "1", "errors": "1", "skipped": "1"}
+    assert root.get("skipped") is None
     suites = {s.get("name"): s for s in root.findall("testsuite")}
     assert list(suites) == ["kvmrig", "other", "pytest"]
     assert suite_totals(suites["kvmrig"]) == {"tests": "4", "failures": "1", "errors": "1", "skipped": "1"}
@@ -144,6 +155,21 @@ def test_json_merge(tmp_path: Path, capsys) -> None:
     doc = json.loads((tmp_path / "m.json").read_text())
     assert [r["name"] for r in doc["rigs"]] == ["a", "b", "c", "d"]
     assert doc["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1, "total": 4, "seconds": 3.5}
+
+
+def test_a_file_given_twice_or_overlapping_shards_are_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.xml").write_text(SUITE_A)
+    (tmp_path / "a.json").write_text(_results(("a", "passed", 1.0)))
+    (tmp_path / "b.json").write_text(_results(("a", "failed", 1.0)))
+    assert cli.main(["merge", str(tmp_path / "m.xml"), str(tmp_path / "a.xml"), str(tmp_path / "a.xml")]) == 2
+    assert "a.xml is given twice" in capsys.readouterr().err
+    (tmp_path / "copy.xml").write_text(SUITE_A)
+    assert cli.main(["merge", str(tmp_path / "m.xml"), str(tmp_path / "a.xml"), str(tmp_path / "copy.xml")]) == 2
+    err = capsys.readouterr().err
+    assert "test case rigs::one is in " in err and "a.xml and in " in err and "copy.xml" in err
+    assert cli.main(["merge", str(tmp_path / "m.json"), str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert "refusing to count it twice" in capsys.readouterr().err
+    assert not (tmp_path / "m.xml").exists() and not (tmp_path / "m.json").exists()
 
 
 @pytest.mark.parametrize("out, inputs, message", [

@@ -147,9 +147,9 @@ def test_failure_shows_checks_not_a_traceback(folder: Path) -> None:
     got = pytest_run(str(folder / "wrong.yaml"), cwd=folder.parent)
     assert got.returncode == 1
     out = got.stdout
-    assert "register ax: expected 6, got 5 [wrong.yaml:10]" in out, out
+    assert "register ax: expected 6, got 5 [rigs/wrong.yaml:10]" in out, out
     assert "exit hlt" in out
-    assert "FAILED rigs/wrong.yaml::wrong - register ax: expected 6, got 5" in out
+    assert "FAILED rigs/wrong.yaml::wrong - 1 failed check: register ax: expected 6" in out
     for internal in ("Traceback", "pytest_plugin.py", "_pytest", "RigFailed", "raise "):
         assert internal not in out, out
 
@@ -218,8 +218,86 @@ def test_junitxml(folder: Path, tmp_path: Path) -> None:
     assert set(cases) == {"five", "also-five", "wrong", "spins", "console"}
     assert cases["wrong"].find("failure") is not None
     assert "expected 6, got 5" in cases["wrong"].find("failure").get("message", "")
-    props = {p.get("name"): p.get("value") for p in cases["console"].iter("property")}
-    assert props["console"] == "OK" and props["backend"] == "kvm" and props["exit"] == "hlt"
+    assert cases["console"].findtext("system-out") == "OK", "the console is the testcase's <system-out>"
+    assert not list(cases["console"].iter("property")), "junit-10.xsd: no testcase properties"
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    classname = cases["console"].get("classname")
+    assert props[f"backend:{classname}::console"] == "kvm"
+    xmlschema = pytest.importorskip("xmlschema")
+    xmlschema.XMLSchema(REPO / "tests" / "report" / "junit-10.xsd").validate(str(xml))
+
+
+TWO_CHECKS = """\
+kvmrig: 1
+name: two-wrong
+arch: x86_64
+memory: [{at: 0, size: 64K}]
+images: [{hex: "b0 4f e6 e9 b8 05 00 f4", at: 0x1000}]   # "O" to port 0xe9 ; mov ax, 5 ; hlt
+devices: [{type: debugcon, port: 0xe9}]
+cpu: {mode: real}
+expect: {regs: {ax: 6, bx: 1}, console: {contains: "PASS"}}
+"""
+
+
+@kvm
+@x86_host
+def test_junit_failure_is_the_same_from_kvmrig_run_and_from_pytest(tmp_path: Path) -> None:
+    """message: one line naming every failed check; text: the whole diagnosis; from both producers."""
+    rigs = tmp_path / "rigs"
+    rigs.mkdir()
+    (rigs / "two-wrong.yaml").write_text(TWO_CHECKS)
+    (tmp_path / "pyproject.toml").write_text("")
+    got = pytest_run("rigs", "--junitxml=p.xml", cwd=tmp_path)
+    assert got.returncode == 1, got.stdout + got.stderr
+    run = subprocess.run([sys.executable, "-m", "kvmrig", "run", "rigs", "--junit", "k.xml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    failures = []
+    for name in ("p.xml", "k.xml"):
+        (case,) = ET.parse(tmp_path / name).getroot().iter("testcase")
+        failures.append(case.find("failure"))
+        assert case.findtext("system-out") == "O"
+    mine, theirs = failures[1], failures[0]
+    message = mine.get("message")
+    assert message.startswith("3 failed checks: register ax: expected 6, got 5 ")
+    assert "register bx: expected 1, got 0" in message and "console: expected to contain 'PASS'" in message
+    assert "\n" not in message
+    assert theirs.get("message") == message
+    assert "registers:" in mine.text and "code at " in mine.text
+    # the text differs only where the two runs really differ: the exits handled and timings are not in it
+    assert theirs.text == mine.text
+
+
+@kvm
+@x86_host
+def test_update_golden_and_cross_check_pass_through(tmp_path: Path) -> None:
+    pytest.importorskip("unicorn")
+    rigs = tmp_path / "rigs"
+    rigs.mkdir()
+    (rigs / "g.yaml").write_text(RIG.format(name="g", tags="", ax=5) + "  golden: true\n")
+    got = pytest_run("rigs", cwd=tmp_path)
+    assert got.returncode == 1 and "golden" in got.stdout, got.stdout
+    got = pytest_run("rigs", "--kvmrig-update-golden", cwd=tmp_path)
+    assert got.returncode == 0, got.stdout
+    assert (rigs / "g.golden.yaml").exists()
+    assert pytest_run("rigs", cwd=tmp_path).returncode == 0
+    crossed = pytest_run("rigs", "--kvmrig-cross-check", "--junitxml=x.xml", cwd=tmp_path)
+    assert crossed.returncode == 0, crossed.stdout
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "x.xml").getroot().iter("property")}
+    assert "kvm+emu" in props.values(), props
+
+
+def test_collecting_plain_tests_does_not_import_the_rig_loader(tmp_path: Path) -> None:
+    """The plugin loads in every pytest session where kvmrig is installed: without rigs, it costs nothing."""
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    (tmp_path / "settings.yaml").write_text("editor: {tabs: 2}\n")
+    got = subprocess.run([sys.executable, "-X", "importtime", "-m", "pytest", *QUIET, "--collect-only", "-q", "."],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stdout + got.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in got.stderr.splitlines() if line.startswith("import time")}
+    assert "kvmrig.collect" in imported, "the plugin looked at settings.yaml"
+    assert not imported & {"jsonschema", "kvmrig.rig.load", "yaml", "capstone", "unicorn", "cffi"}, \
+        sorted(imported & {"jsonschema", "kvmrig.rig.load", "yaml", "capstone", "unicorn", "cffi"})
 
 
 def test_testpaths_do_not_collect_rigs(tmp_path: Path) -> None:

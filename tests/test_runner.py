@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kvmrig import collect, runner
+from kvmrig import result as result_mod
 from kvmrig.backends.select import HOST_ARCH
 from kvmrig.collect import expand, is_rig_file, load_all
 from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult, classname_for
@@ -109,7 +110,23 @@ def test_run_rig_turns_a_kvmrig_bug_into_an_error_with_the_traceback(monkeypatch
 def test_classname_is_the_folder_dotted(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert classname_for(tmp_path / "rigs" / "x86" / "a.yaml") == "rigs.x86"
-    assert classname_for(tmp_path / "a.yaml") == "rigs"
+    assert classname_for(Path("a.yaml")) == tmp_path.name, "outside a project, at the cwd: its name"
+
+
+@pytest.mark.parametrize("marker", result_mod.ROOT_MARKERS)
+def test_classname_is_relative_to_the_project_root_wherever_the_run_starts(monkeypatch, tmp_path, marker):
+    """CI history survives: the same rig gets the same classname from any cwd, however typed."""
+    project = tmp_path / "nu"
+    (project / "rigs" / "x86").mkdir(parents=True)
+    (project / marker).mkdir() if marker == ".git" else (project / marker).write_text("")
+    result_mod.project_root.cache_clear()
+    seen = set()
+    for cwd, typed in ((tmp_path, "nu/rigs/x86/crc.yaml"), (project, "rigs/x86/crc.yaml"),
+                       (project / "rigs", "x86/crc.yaml"), (project / "rigs" / "x86", "crc.yaml"),
+                       (project / "rigs", "./x86/../x86/crc.yaml"), (tmp_path, str(project / "rigs/x86/crc.yaml"))):
+        monkeypatch.chdir(cwd)
+        seen.add(classname_for(Path(typed)))
+    assert seen == {"rigs.x86"}
 
 
 # -- run_rigs: fake rigs through the real worker machinery ------------------------
@@ -246,7 +263,8 @@ def test_is_rig_file(tmp_path):
 def test_is_rig_file_accepts_a_utf8_bom(tmp_path):
     path = tmp_path / "bom.yaml"
     path.write_bytes(b"\xef\xbb\xbfkvmrig: 1\narch: x86_64\n")
-    assert collect.load_rig(path).name == "bom", "the loader reads it"
+    rigs, errors = load_all([path])
+    assert [r.name for r in rigs] == ["bom"] and not errors, "the loader reads it"
     assert is_rig_file(path)
 
 

@@ -9,7 +9,7 @@ hit counting and expectations live in the machine layer, which reads the events.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,22 @@ class Backend(ABC):
     def get_pc(self) -> int:
         """The program counter (cheaper than get_regs where a backend can)."""
         return self.get_regs()[traits(self.arch).pc]
+
+    def get_extra_regs(self) -> dict[str, int]:
+        """Registers only a debugger shows (x86: fs_base, gs_base, the x87 and
+        SSE registers, named as gdb names them): read on demand, read-only,
+        never on a rig's hot path. Default: none."""
+        return {}
+
+    def record_blocks(self, sink: Callable[[int, int], None]) -> bool:
+        """Call sink(start, size) for every basic block the guest executes
+        (for coverage); False where the backend cannot, and coverage plants
+        one-shot breakpoints instead."""
+        return False
+
+    def blocks_done(self, stop: int | None) -> None:
+        """The run is over: report to record_blocks' sink what is still pending;
+        `stop` is where it stopped (the instruction there did not run), if known."""
 
     def reinject(self, event: DebugEvent) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest (the

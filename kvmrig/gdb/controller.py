@@ -143,9 +143,11 @@ class Controller:
 
     # State ------------------------------------------------------------------
     def read_regs(self) -> dict[str, int]:
-        return self.backend.get_regs()
+        """The registers, and those only a debugger shows (read-only: x87, SSE, fs_base, ...)."""
+        return {**self.backend.get_extra_regs(), **self.backend.get_regs()}
 
     def write_regs(self, values: dict[str, int]) -> None:
+        values = {k: v for k, v in values.items() if k not in self.backend.get_extra_regs()}
         if values:
             self.backend.set_regs(values)
 

@@ -430,9 +430,20 @@ def serve_rig(rig, address: str, backend: str = "auto", at_end: bool = False, ou
     except (OSError, ValueError) as e:
         say(f"kvmrig: cannot listen on {address}: {e}")
         return 2
+    options = None
+    if rig.start is not None and rig.start.parent is not None:   # run its parent first, for the point
+        from kvmrig.machine.points import PointStore
+        from kvmrig.machine.session import RunOptions
+        from kvmrig.runner import _parent_in_process
+        store, blocked = _parent_in_process(rig, backend)
+        if blocked:
+            say(f"kvmrig: cannot debug {blocked}")
+            sock.close()
+            return 2
+        options = RunOptions(points=PointStore(store))
     ctl = None
     try:
-        ctl = Controller(plan, factory)
+        ctl = Controller(plan, factory, options)
         ctl.start()
         where = f"{ctl.pc():#x}"
         if at_end:

@@ -4,9 +4,11 @@ description XML that names them (GDB manual, "Target Descriptions" and
 
 The `g` packet carries every register in the order of the XML, each as its
 little-endian bytes in hex; a register kvmrig cannot read is sent as `xx..`
-(gdb shows it as <unavailable>). gdb requires some registers kvmrig has no
-backend access to (x86's x87 registers are part of org.gnu.gdb.i386.core):
-those are listed and unavailable.
+(gdb shows it as <unavailable>). x86's x87 and SSE registers and
+fs_base/gs_base come from Backend.get_extra_regs and are read-only (a write
+from gdb leaves them unchanged); a backend that does not read them leaves
+them unavailable (the x87 ones are part of org.gnu.gdb.i386.core, so they
+are always listed).
 
 Registers gdb knows narrower than kvmrig's (eflags and the segment selectors
 are 32 bits in gdb, cpsr is PSTATE's low 32 bits) are the low bits of
@@ -116,17 +118,38 @@ X86_TYPES = '<flags id="i386_eflags" size="4">\n' + "".join(
     if name is not None) + "</flags>"
 
 
+_MXCSR = ("IE", "DE", "ZE", "OE", "UE", "PE", "DAZ", "IM", "DM", "ZM", "OM", "UM", "PM", None, None, "FZ")
+X86_SSE_TYPES = """
+<vector id="v4f" type="ieee_single" count="4"/>
+<vector id="v2d" type="ieee_double" count="2"/>
+<vector id="v16i8" type="int8" count="16"/>
+<vector id="v8i16" type="int16" count="8"/>
+<vector id="v4i32" type="int32" count="4"/>
+<vector id="v2i64" type="int64" count="2"/>
+<union id="vec128"><field name="v4_float" type="v4f"/><field name="v2_double" type="v2d"/><field name="v16_int8" type="v16i8"/><field name="v8_int16" type="v8i16"/><field name="v4_int32" type="v4i32"/><field name="v2_int64" type="v2i64"/><field name="uint128" type="uint128"/></union>
+<flags id="i386_mxcsr" size="4">
+""" + "".join(f'  <field name="{name}" start="{bit}" end="{bit}"/>\n' for bit, name in enumerate(_MXCSR)
+              if name is not None) + "</flags>"
+
+
 def x86_64_target(available: set[str]) -> Target:
     gprs = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp") + tuple(f"r{n}" for n in range(8, 16))
     core = [Reg(n, 64, n, "data_ptr" if n in ("rbp", "rsp") else "int64") for n in gprs]
     core.append(Reg("rip", 64, "rip", "code_ptr"))
     core.append(Reg("eflags", 32, "rflags", "i386_eflags"))
     core += [Reg(n, 32, n, "int32") for n in ("cs", "ss", "ds", "es", "fs", "gs")]
-    # The x87 registers belong to gdb's core feature; no backend reads them (yet).
-    core += [Reg(f"st{n}", 80, None, "i387_ext") for n in range(8)]
-    core += [Reg(n, 32, None, "int", "float")
+    # The x87 registers belong to gdb's core feature (read-only: Backend.get_extra_regs).
+    core += [Reg(f"st{n}", 80, f"st{n}" if f"st{n}" in available else None, "i387_ext") for n in range(8)]
+    core += [Reg(n, 32, n if n in available else None, "int", "float")
              for n in ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")]
     features = [Feature("org.gnu.gdb.i386.core", tuple(core), X86_TYPES)]
+    if "xmm0" in available:
+        sse = [Reg(f"xmm{n}", 128, f"xmm{n}", "vec128", "vector") for n in range(16)]
+        sse.append(Reg("mxcsr", 32, "mxcsr", "i386_mxcsr", "vector"))
+        features.append(Feature("org.gnu.gdb.i386.sse", tuple(sse), X86_SSE_TYPES))
+    if "fs_base" in available:
+        features.append(Feature("org.gnu.gdb.i386.segments",
+                                (Reg("fs_base", 64, "fs_base", "int"), Reg("gs_base", 64, "gs_base", "int"))))
     control = tuple(Reg(n, 64, n, "int64", "system") for n in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
                     if n in available)
     if control:

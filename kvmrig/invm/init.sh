@@ -1,6 +1,6 @@
 #!/bin/sh
-# /init of kvmrig's arm64 lane initramfs (busybox sh).  Built into the base
-# image by kvmrig/invm/image.py; each run's overlay carries a fresh copy.
+# /init of the initramfs of kvmrig's VM lanes (busybox sh).  Built into the
+# base image by kvmrig/invm/image.py; each run's overlay carries a fresh copy.
 #
 # Protocol with kvmrig/invm/qemu.py (all on the serial console, T = the run's
 # random token from /kvmrig/conf):
@@ -19,6 +19,14 @@ mkdir -p /dev/pts /dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 # every busybox applet as a command (the image links only the common ones; ~10 ms)
 /bin/busybox --install -s /bin 2>/dev/null
+# kernel modules the lane needs (x86_64: irqbypass, kvm, kvm-amd -> /dev/kvm)
+if [ -f /etc/kvmrig-modules ]; then
+    while IFS= read -r m; do
+        [ -n "$m" ] && { insmod "$m" || echo "kvmrig: insmod $m failed" >&2; }
+    done </etc/kvmrig-modules
+fi
+# kernel messages (a KVM warning, say) must not land in the command's output
+dmesg -n 1 2>/dev/null
 # the console is raw from here on: command output reaches the host byte for byte
 stty -opost 2>/dev/null
 
@@ -29,7 +37,7 @@ halt() {
 }
 
 if [ ! -f /kvmrig/conf ]; then
-    echo "kvmrig arm64 base image: no /kvmrig/conf (no run overlay); here is a shell"
+    echo "kvmrig base image: no /kvmrig/conf (no run overlay); here is a shell"
     stty opost 2>/dev/null
     /bin/sh
     halt

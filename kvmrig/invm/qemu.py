@@ -1,5 +1,6 @@
-"""Run a command inside an arm64 Linux VM (qemu-system-aarch64, TCG) whose own
-/dev/kvm runs kvmrig's arm64 rigs.
+"""Run a command inside the Linux VM of a lane (kvmrig.invm.lanes: arm64 under
+qemu-system-aarch64, x86_64 under the lane's patched qemu-system-x86_64; both
+TCG) whose own /dev/kvm runs kvmrig's rigs.
 
 One call boots a fresh VM: the base initramfs (kvmrig.invm.image) with a small
 per-run overlay archive appended (Linux unpacks concatenated archives in turn,
@@ -16,6 +17,7 @@ each result file base64-encoded between markers carrying a random token, then
 the exit status, and powers off.  This module parses that back.
 
 Environment overrides: ``KVMRIG_QEMU`` (qemu-system-aarch64 binary),
+``KVMRIG_QEMU_X86_64`` (the x86_64 lane's qemu-system-x86_64),
 ``KVMRIG_QEMU_FLAGS`` (extra qemu arguments, shell-quoted),
 ``KVMRIG_QEMU_CPU`` (the -cpu value), ``KVMRIG_QEMU_APPEND`` (extra kernel
 arguments).
@@ -41,25 +43,21 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
 from kvmrig.errors import BackendError, BackendUnavailable
-from kvmrig.invm.image import (
-    INIT_SH,
-    SETUP_HINT,
-    BaseImage,
-    CpioWriter,
-    ensure_base_image,
-)
+from kvmrig.invm.cpio import CpioWriter
+from kvmrig.invm.image import INIT_SH, BaseImage, ensure_base_image
+from kvmrig.invm.lanes import ARM64, LANES, Lane
+from kvmrig.invm.pyc import host_pyc
 
-QEMU_ENV = "KVMRIG_QEMU"
+QEMU_ENV = ARM64.qemu_env
 FLAGS_ENV = "KVMRIG_QEMU_FLAGS"
 CPU_ENV = "KVMRIG_QEMU_CPU"
 APPEND_ENV = "KVMRIG_QEMU_APPEND"
 
-DEFAULT_QEMU = "qemu-system-aarch64"
-#: pauth-impdef: QEMU's own pointer-auth hash instead of emulated QARMA (3x faster boots)
-DEFAULT_CPU = "max,pauth-impdef=on"
+DEFAULT_QEMU = ARM64.qemu_default
+DEFAULT_CPU = ARM64.cpu
 #: cryptomgr.notests: skips the crypto self-tests (0.6 s of each boot under TCG);
 #: panic=-1 + -no-reboot: a kernel panic ends qemu at once instead of hanging
-DEFAULT_APPEND = "console=ttyAMA0 rdinit=/init quiet panic=-1 cryptomgr.notests"
+DEFAULT_APPEND = "rdinit=/init quiet panic=-1 cryptomgr.notests"
 GUEST_WORKDIR = "/work"
 GUEST_KVMRIG = "/opt/kvmrig"
 
@@ -100,7 +98,7 @@ class VmResult:
         if self.error:
             raise BackendError(self.error)
         if self.exit_status != 0:
-            raise BackendError(f"command in the arm64 VM exited with status {self.exit_status}\n"
+            raise BackendError(f"command in the VM exited with status {self.exit_status}\n"
                                f"{_tail(self.output)}")
         return self
 
@@ -109,26 +107,21 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.replace("\r", "").rstrip("\n").split("\n")[-lines:])
 
 
-def qemu_binary() -> str:
-    """The qemu-system-aarch64 to use; BackendUnavailable when there is none."""
-    name = os.environ.get(QEMU_ENV) or DEFAULT_QEMU
-    path = shutil.which(name)
-    if not path:
-        where = f"${QEMU_ENV}={name!r}" if os.environ.get(QEMU_ENV) else name
-        raise BackendUnavailable(f"the arm64 VM lane needs {where}, which is not installed; {SETUP_HINT}")
-    return path
+def qemu_binary(lane: Lane = ARM64) -> str:
+    """The QEMU that boots ``lane``; BackendUnavailable when there is none."""
+    return lane.qemu_binary()
 
 
 def qemu_command(qemu: str, kernel: Path, initrd: Path, memory_mb: int = 1024,
-                 append_extra: str = "") -> list[str]:
-    append = DEFAULT_APPEND
+                 append_extra: str = "", lane: Lane = ARM64) -> list[str]:
+    append = f"console={lane.console} {DEFAULT_APPEND}"
     extra = " ".join(x for x in (os.environ.get(APPEND_ENV, ""), append_extra) if x)
     if extra:
         append += " " + extra
     cmd = [
         qemu,
-        "-M", "virt,virtualization=on,gic-version=3",
-        "-cpu", os.environ.get(CPU_ENV) or DEFAULT_CPU,
+        *lane.machine,
+        "-cpu", os.environ.get(CPU_ENV) or lane.cpu,
         "-smp", "1",
         "-m", str(memory_mb),
         "-nographic", "-monitor", "none",
@@ -145,32 +138,6 @@ def qemu_command(qemu: str, kernel: Path, initrd: Path, memory_mb: int = 1024,
 # --------------------------------------------------------------------------
 # the per-run overlay
 # --------------------------------------------------------------------------
-
-_pyc_memo: dict[tuple[str, int, int], bytes | None] = {}
-
-
-def _host_pyc(path: Path, dfile: str) -> bytes | None:
-    """An unchecked-hash .pyc for ``path`` when the host runs CPython 3.11 (as the guest)."""
-    if sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11):
-        return None
-    import py_compile
-
-    st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key in _pyc_memo:
-        return _pyc_memo[key]
-    data = None
-    with tempfile.TemporaryDirectory(prefix="kvmrig-pyc-") as tmp:
-        out = os.path.join(tmp, "x.pyc")
-        try:
-            py_compile.compile(str(path), cfile=out, dfile=dfile, doraise=True,
-                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-            data = Path(out).read_bytes()
-        except (py_compile.PyCompileError, SyntaxError, ValueError):
-            data = None  # the guest will report the error itself
-    _pyc_memo[key] = data
-    return data
-
 
 def kvmrig_package_dir() -> Path:
     import kvmrig
@@ -201,7 +168,7 @@ def add_kvmrig_package(w: CpioWriter, src: Path | None = None, dest: str = GUEST
             w.file(guest, data, 0o755 if os.access(full, os.X_OK) else 0o644)
             n += 1
             if fn.endswith(".py"):
-                pyc = _host_pyc(full, guest)
+                pyc = host_pyc(full, guest)
                 if pyc is not None:
                     w.file(f"{dest}/kvmrig/{rel_dir}__pycache__/{fn[:-3]}.{tag}.pyc", pyc)
     return n
@@ -268,7 +235,7 @@ def _run_script(command: Sequence[str] | str, env: Mapping[str, str] | None) -> 
 
 def write_overlay(path: Path, base: BaseImage, *, token: str, command: Sequence[str] | str,
                   files: FileSpec | None, fetch: Iterable[str], env: Mapping[str, str] | None,
-                  workdir: str, include_kvmrig: bool) -> None:
+                  workdir: str, include_kvmrig: bool, symlinks: Mapping[str, str] | None = None) -> None:
     """Write base initramfs + the per-run overlay archive into ``path``."""
     with open(path, "wb") as out:
         with open(base.initramfs, "rb") as src:
@@ -289,6 +256,8 @@ def write_overlay(path: Path, base: BaseImage, *, token: str, command: Sequence[
         if include_kvmrig:
             add_kvmrig_package(w)
         w.mkdir(workdir.strip("/"))
+        for link, target in sorted((symlinks or {}).items()):
+            w.symlink(_guest_path(link, workdir), target)
         _add_files(w, files, workdir)
         w.close()
 
@@ -383,7 +352,6 @@ class _Console:
         files: dict[str, bytes] = {}
         missing: list[str] = []
         problem = None
-        i = 0
         m = re.match(rf"{re.escape(tok)}:END (-?\d+)(?: ([\d.]+))?$", lines[0])
         if m:
             status = int(m.group(1))
@@ -443,8 +411,11 @@ def run_in_vm(
     include_kvmrig: bool = True,
     memory_mb: int = 1024,
     append: str = "",
+    lane: Lane = ARM64,
+    progress: Callable[[str], None] | None = None,
+    symlinks: Mapping[str, str] | None = None,
 ) -> VmResult:
-    """Boot the arm64 VM, run ``command`` in it, and return what came back.
+    """Boot the lane's VM, run ``command`` in it, and return what came back.
 
     command:  argv list (exec'd by /bin/sh in the guest) or a shell script string.
     files:    input files: {guest_path: bytes} or [(guest_path, host_path)] (a
@@ -453,18 +424,22 @@ def run_in_vm(
     fetch:    guest paths (relative to ``workdir``, or absolute) to send back;
               a directory sends every file under it.  ``files_back`` keys are
               these paths as given (files of a directory: "dir/sub/file").
+    symlinks: {guest path: target}: symbolic links to create (before the files).
     timeout:  seconds for the whole run, boot included; qemu is killed then.
     on_output: called with each line of the command's output as it runs.
+    progress: hears what happens before the command starts (an image build,
+              the boot), for a terminal.
 
     A run that never reports an exit status (kernel panic, timeout, qemu
     failing to start) returns exit_status 124 (timeout) or 125 with ``error``
     set and the console tail in it; ``VmResult.check()`` raises for those.
     """
-    qemu = qemu_binary()
+    qemu = qemu_binary(lane)
     if base is not None and not (base.kernel.is_file() and base.initramfs.is_file()):
         # another process rebuilt the image (new package versions) and removed this one
-        base = ensure_base_image(base.initramfs.parent.parent, compression=base.compression)
-    base = base or ensure_base_image()
+        base = ensure_base_image(base.initramfs.parent.parent, lane=lane, compression=base.compression,
+                                 progress=progress)
+    base = base or ensure_base_image(lane=lane, progress=progress)
     token = "KVMRIG" + secrets.token_hex(8)
     workdir = "/" + workdir.strip("/")
     fetch = list(fetch)
@@ -472,13 +447,16 @@ def run_in_vm(
     proc: subprocess.Popen | None = None
     console = _Console(token, on_output)
     timed_out = False
+    booted = False
     cmd: list[str] = []
     t0 = time.monotonic()
     try:
         initrd = Path(tmpdir, "initrd")
         write_overlay(initrd, base, token=token, command=command, files=files, fetch=fetch,
-                      env=env, workdir=workdir, include_kvmrig=include_kvmrig)
-        cmd = qemu_command(qemu, base.kernel, initrd, memory_mb, append)
+                      env=env, workdir=workdir, include_kvmrig=include_kvmrig, symlinks=symlinks)
+        cmd = qemu_command(qemu, base.kernel, initrd, memory_mb, append, lane)
+        if progress:
+            progress(f"booting the {lane.arch} VM")
         stderr_path = Path(tmpdir, "stderr")
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -498,6 +476,9 @@ def run_in_vm(
             if not data:
                 break
             console.feed(data, time.monotonic())
+            if progress and console.t_begin is not None and not booted:
+                booted = True
+                progress(f"the {lane.arch} VM is up after {console.t_begin - t0:.1f}s; running the command")
             if console.exit_seen:
                 # everything is in; no need to wait for the emulated power-off
                 break
@@ -539,7 +520,7 @@ def run_in_vm(
         hint = ""
         if "Kernel panic" in text:
             hint = " [kernel panic]"
-        msg = f"arm64 VM run failed: {why}{hint}\n--- console tail ---\n{_tail(text)}"
+        msg = f"{lane.arch} VM run failed: {why}{hint}\n--- console tail ---\n{_tail(text)}"
         if stderr_text:
             msg += f"\n--- qemu stderr ---\n{_tail(stderr_text, 20)}"
         result.error = msg
@@ -547,7 +528,7 @@ def run_in_vm(
         result.exit_status = status
         if problem or timed_out:
             why = problem or f"timed out after {timeout:g}s while {phase}"
-            result.error = f"arm64 VM run incomplete: {why}\n--- console tail ---\n{_tail(text, 10)}"
+            result.error = f"{lane.arch} VM run incomplete: {why}\n--- console tail ---\n{_tail(text, 10)}"
     return result
 
 
@@ -571,11 +552,12 @@ def _stop(proc: subprocess.Popen, force: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python3 -m kvmrig.invm.qemu [options] -- command...``: run one command
-    in the arm64 VM, streaming its output; exits with the guest's exit status."""
+    in a lane's VM, streaming its output; exits with the guest's exit status."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python3 -m kvmrig.invm.qemu",
-                                 description="Run a command in the arm64 KVM lane VM.")
+                                 description="Run a command in the VM of a KVM lane.")
+    ap.add_argument("--arch", choices=sorted(LANES), default="arm64", help="the lane (default: arm64)")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--put", action="append", default=[], metavar="GUEST=HOST",
                     help="copy a host file or directory into the guest (relative: under /work)")
@@ -595,23 +577,24 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--put wants GUEST=HOST, not {spec!r}")
         puts.append((guest, host))
     t0 = time.monotonic()
-    base = ensure_base_image(verbose=True)
+    lane = LANES[args.arch]
+    base = ensure_base_image(lane=lane, verbose=True)
     t_image = time.monotonic() - t0
     status = 0
     for i in range(args.repeat):
-        r = run_in_vm(command, puts, args.timeout, fetch=args.fetch, base=base,
+        r = run_in_vm(command, puts, args.timeout, fetch=args.fetch, base=base, lane=lane,
                       on_output=lambda line: print(line, flush=True))
         for name, data in r.files_back.items():
             dest = Path(args.out, name.lstrip("/"))
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
         for name in r.missing_files:
-            print(f"[kvmrig arm64 vm] no such file in the guest: {name}", file=sys.stderr)
+            print(f"[kvmrig {lane.arch} vm] no such file in the guest: {name}", file=sys.stderr)
         if r.error:
             print(r.error, file=sys.stderr)
         boot = f"{r.boot_seconds:.2f}s" if r.boot_seconds is not None else "-"
         cmd_s = f"{r.command_seconds:.2f}s" if r.command_seconds is not None else "-"
-        print(f"[kvmrig arm64 vm] run {i + 1}: exit {r.exit_status}; image {t_image:.3f}s, boot {boot} "
+        print(f"[kvmrig {lane.arch} vm] run {i + 1}: exit {r.exit_status}; image {t_image:.3f}s, boot {boot} "
               f"(guest uptime {r.guest_uptime_at_start}), command {cmd_s}, total {r.total_seconds:.2f}s",
               file=sys.stderr, flush=True)
         status = r.exit_status

@@ -85,7 +85,54 @@ class Dev:
 
     def receive(self) -> int:
         """The next input byte, or 0 when there is none left."""
+        self.idle_polls = 0
         return self.rx.pop(0) if self.rx else 0
+
+    IDLE_POLLS = 64   # status reads in a row, with no input left and no output, that mean "waiting"
+
+    def waiting(self) -> None:
+        """The guest read the UART's status with no input left. A driver also
+        reads it before each byte it prints, so only IDLE_POLLS reads in a row
+        with nothing printed in between count as waiting for input; with
+        `idle:` the bus then notes it (the session saves that point and ends
+        the run)."""
+        self.idle_polls += 1
+        if self.idle_polls == self.IDLE_POLLS and self.spec.idle and self.bus_idle is not None:
+            self.bus_idle.append(self)
+
+    idle_polls = 0
+
+    bus_idle: list | None = None   # set by the Bus: where waiting() reports
+
+    # Snapshots: the state a device carries from one rig into the next ---------
+    STATE = ("rx",)
+
+    def state(self) -> dict:
+        """This device's state as JSON-ready values."""
+        out = {}
+        for name in self.STATE:
+            value = getattr(self, name)
+            if isinstance(value, bytearray):
+                out[name] = value.hex()
+            elif isinstance(value, dict):
+                out[name] = {str(k): v for k, v in value.items()}
+            else:
+                out[name] = value
+        return out
+
+    def load_state(self, state: dict) -> None:
+        for name in self.STATE:
+            if name not in state:
+                continue
+            value, current = state[name], getattr(self, name)
+            if isinstance(current, bytearray):
+                setattr(self, name, bytearray.fromhex(value))
+            elif isinstance(current, dict):
+                setattr(self, name, {int(k): int(v) for k, v in value.items()})
+            elif isinstance(current, list):
+                setattr(self, name, [int(v) for v in value])
+            else:
+                setattr(self, name, int(value))
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -106,6 +153,8 @@ class Serial16550(Dev):
         self.regs = [0] * 8  # IER, IIR/FCR, LCR, MCR, LSR, MSR, SCR by offset
         self.dll = self.dlm = 0
 
+    STATE = ("rx", "regs", "dll", "dlm")
+
     def read(self, offset: int, size: int) -> int:
         dlab = self.regs[3] & 0x80
         if offset == 0:
@@ -122,6 +171,8 @@ class Serial16550(Dev):
                 iir = 0x02 if self.regs[1] & 0x02 else 0x01
             return iir | (0xC0 if self.regs[2] & 1 else 0)
         if offset == 5:
+            if not self.rx:
+                self.waiting()
             return self.LSR_READY | (self.LSR_DR if self.rx else 0)
         if offset == 6:
             mcr = self.regs[4]
@@ -137,6 +188,7 @@ class Serial16550(Dev):
             if dlab:
                 self.dll = value
             elif not self.regs[4] & 0x10:
+                self.idle_polls = 0
                 self.console.put(value)
         elif offset == 1 and dlab:
             self.dlm = value
@@ -168,8 +220,12 @@ class Pl011(Dev):
         super().__init__(spec, console, outcome)
         self.regs: dict[int, int] = {0x30: 0x300}  # CR: TXE | RXE
 
+    STATE = ("rx", "regs")
+
     def read(self, offset: int, size: int) -> int:
         if offset == 0x18:  # FR: transmit FIFO empty, not busy, not full
+            if not self.rx:
+                self.waiting()
             return self.FR_TXFE | (0 if self.rx else self.FR_RXFE)
         if offset in self.ID:
             return self.ID[offset]
@@ -179,6 +235,7 @@ class Pl011(Dev):
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0x00:
+            self.idle_polls = 0
             self.console.put(value)
         else:
             self.regs[offset] = value
@@ -223,8 +280,12 @@ class Bus:
         self.unclaimed_io = unclaimed_io
         self.ports: dict[int, tuple[Dev, int]] = {}
         self.mmio: list[tuple[int, int, Dev]] = []
+        self.devices: list[Dev] = []
+        self.idle: list[Dev] = []   # UARTs with `idle:` whose guest waits for input that is not there
         for spec in specs:
             dev = KINDS[spec.type](spec, self.console, outcome)
+            dev.bus_idle = self.idle
+            self.devices.append(dev)
             if spec.port is not None:
                 for off in range(spec.span):
                     self.ports[spec.port + off] = (dev, off)
@@ -273,3 +334,17 @@ class Bus:
             raise Stop("mmio", None, f"MMIO write of {num(value)} ({size} byte(s)) at {addr:#x}: {what}")
         dev, off = hit
         dev.write(off, size, value)
+
+    # Snapshots -------------------------------------------------------------------
+    def state(self) -> list[dict]:
+        """Every device's spec and state, in rig order (snapshot files)."""
+        return [{"type": d.spec.type, "port": d.spec.port, "at": d.spec.at, "size": d.spec.size,
+                 "value": d.spec.value, "state": d.state()} for d in self.devices]
+
+    def load_state(self, saved: list[dict], console_input: bytes | None = None) -> None:
+        """Device states from a snapshot (the same devices, in the same order);
+        `console_input` then replaces what the UARTs have left to give."""
+        for dev, entry in zip(self.devices, saved):
+            dev.load_state(entry.get("state", {}))
+            if console_input is not None and dev.spec.type in ("serial", "pl011"):
+                dev.rx = bytearray(console_input)

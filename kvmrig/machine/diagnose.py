@@ -28,8 +28,10 @@ def _disassembler(arch: str, regs: dict[str, int]):
     return capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
 
 
-def disassemble(arch: str, regs: dict[str, int], pc: int, read: ReadMem) -> list[str]:
-    """A few instructions from `pc` (linear = physical, as in kvmrig's identity maps)."""
+def disassemble(arch: str, regs: dict[str, int], pc: int, read: ReadMem, symbols=None) -> list[str]:
+    """A few instructions from `pc` (linear = physical, as in kvmrig's identity maps),
+    each with its symbol (`<_start+0xc>`) when the images have symbols; what an
+    ELF says is data (arm64 literal pools, .rodata) shown as data, not decoded."""
     data = b""
     for size in (WINDOW, 16, 4):
         try:
@@ -43,12 +45,28 @@ def disassemble(arch: str, regs: dict[str, int], pc: int, read: ReadMem) -> list
         md = _disassembler(arch, regs)
     except Exception as e:  # capstone missing or broken: the rest of the report still helps
         return [f"   {pc:#x}: {data[:16].hex(' ')} (no disassembler: {e})"]
+    unit = 4 if arch == "arm64" else 1
     out = []
-    for insn in md.disasm(data, pc):
-        marker = "=>" if insn.address == pc else "  "
-        out.append(f"{marker} {insn.address:#x}: {insn.bytes.hex(' '):24} {insn.mnemonic} {insn.op_str}".rstrip())
-        if len(out) >= LINES:
+    off = 0
+    while off < len(data) and len(out) < LINES:
+        addr = pc + off
+        marker = "=>" if addr == pc else "  "
+        where = f"{addr:#x}" + (f" <{name}>" if symbols is not None and (name := symbols.nearest(addr)) else "")
+        end = symbols.data_end(addr) if symbols is not None else None
+        if end is not None:   # data: shown a word (arm64) or up to 8 bytes (x86) a line
+            chunk = data[off:min(end - pc, len(data), off + (4 if unit == 4 else 8))]
+            if not chunk:
+                break
+            shown = (f".word {int.from_bytes(chunk, 'little'):#010x}" if len(chunk) == 4 and unit == 4
+                     else ".byte " + ", ".join(f"{b:#04x}" for b in chunk))
+            out.append(f"{marker} {where}: {chunk.hex(' '):24} {shown}")
+            off += len(chunk)
+            continue
+        insn = next(md.disasm(data[off:], addr, 1), None)
+        if insn is None:
             break
+        out.append(f"{marker} {where}: {insn.bytes.hex(' '):24} {insn.mnemonic} {insn.op_str}".rstrip())
+        off += insn.size
     return out or [f"   {pc:#x}: {data[:16].hex(' ')} (does not decode)"]
 
 
@@ -59,7 +77,7 @@ def register_dump(arch: str, regs: dict[str, int]) -> list[str]:
 
 
 def stop_report(arch: str, regs: dict[str, int], stop_pc: int | None, read: ReadMem,
-                trace_tail: list[int]) -> list[str]:
+                trace_tail: list[int], symbols=None) -> list[str]:
     """Lines for a failed rig's report: code at the stop, registers, last addresses."""
     lines: list[str] = []
     pc = stop_pc
@@ -69,7 +87,7 @@ def stop_report(arch: str, regs: dict[str, int], stop_pc: int | None, read: Read
             pc += regs.get("cs_base", 0)
     if pc is not None:
         lines.append(f"code at {pc:#x}:")
-        lines += disassemble(arch, regs, pc, read)
+        lines += disassemble(arch, regs, pc, read, symbols)
     if regs:
         lines.append("registers:")
         lines += register_dump(arch, regs)

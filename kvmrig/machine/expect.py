@@ -120,7 +120,11 @@ def check_end(arch: str, expect: Expect, outcome: Outcome, read: ReadMem, resolv
     failures += check_regs(arch, "", expect.regs, outcome.regs)
     failures += check_memory("", expect.memory, read, resolve)
     if expect.console is not None:
-        failures += check_console(expect.console, _console_text(outcome))
+        console_failures = check_console(expect.console, _console_text(outcome))
+        failures += console_failures
+        hint = unclaimed_console_hint(outcome) if console_failures else None
+        if hint:
+            outcome.notes.append(hint)
     for port, values, mark in expect.port_writes:
         actual = [v for p, _size, v in outcome.port_writes if p == port]
         if actual != list(values) or outcome.records_cut:
@@ -132,6 +136,29 @@ def check_end(arch: str, expect: Expect, outcome: Outcome, read: ReadMem, resolv
         elif not expect.steps.matches(outcome.steps):
             failures.append(Failure("steps", expect.steps.text, str(outcome.steps), expect.steps.mark))
     return failures
+
+
+# Ports a guest commonly prints to: the PC's four UARTs and QEMU/Bochs' debug console.
+CONSOLE_PORTS = {0x3F8: "serial", 0x2F8: "serial", 0x3E8: "serial", 0x2E8: "serial", 0xE9: "debugcon"}
+
+
+def unclaimed_console_hint(outcome: Outcome) -> str | None:
+    """Why the console may be empty: the guest wrote to ports no device claims."""
+    if not outcome.port_writes:
+        return None
+    by_port: dict[int, bytearray] = {}
+    for port, size, value in outcome.port_writes:
+        by_port.setdefault(port, bytearray()).extend(value.to_bytes(size, "little"))
+    ports = sorted(by_port, key=lambda p: (p not in CONSOLE_PORTS, p))
+    parts = []
+    for port in ports[:4]:
+        text = bytes(by_port[port][:40]).decode("latin-1")
+        parts.append(f"{port:#x} ({len(by_port[port])} byte(s): {text!r})")
+    first = ports[0]
+    fix = (f"; a console there needs a device: devices: [{{type: {CONSOLE_PORTS[first]}, port: {first:#x}}}]"
+           if first in CONSOLE_PORTS else "")
+    more = f" and {len(ports) - 4} more port(s)" if len(ports) > 4 else ""
+    return f"the guest wrote to port(s) no device claims: {', '.join(parts)}{more}{fix}"
 
 
 def check_console(check, text: str) -> list[Failure]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from kvmrig.arch.arm64.reset import never_written
 from kvmrig.atomic import write_atomic
 from kvmrig.errors import RigError
 from kvmrig.machine.outcome import Failure, Outcome, num
@@ -31,9 +32,13 @@ FORMAT = 1
 
 
 def _snapshot_regs(rig: Rig, golden: Golden, regs: dict[str, int]) -> dict[str, int]:
+    """The registers a snapshot holds: all but VOLATILE, the rig's `ignore:`,
+    arm64's vector registers, and arm64 registers UNKNOWN at reset that the
+    guest never wrote (their value says which backend ran, not what the guest did)."""
     skip = VOLATILE.get(rig.arch, set()) | set(golden.ignore)
-    return {k: v for k, v in regs.items()
-            if k not in skip and not (rig.arch == "arm64" and k.startswith("v") and k[1:].isdigit())}
+    if rig.arch == "arm64":
+        skip |= {k for k, v in regs.items() if never_written(k, v) or (k.startswith("v") and k[1:].isdigit())}
+    return {k: v for k, v in regs.items() if k not in skip}
 
 
 def digests(rig: Rig, read) -> list[dict]:

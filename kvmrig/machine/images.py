@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from kvmrig.errors import Mark, RigError
 from kvmrig.rig import hostfiles
+from kvmrig.rig.load import DEFAULT_MODES
 from kvmrig.rig.model import Address, Image, Rig
 
 ELF_MAGIC = b"\x7fELF"
@@ -24,6 +25,33 @@ class LoadedImage:
     segments: list[tuple[int, bytes]]
     entry: int | None = None
     symbols: dict[str, int] = field(default_factory=dict)
+    elf_kind: tuple[str, str] | None = None   # ELF: (e_machine, EI_CLASS) as pyelftools names them
+    data_spans: list[tuple[int, int]] = field(default_factory=list)   # ELF: [start, end) holding data, not code
+    absolute: set[str] = field(default_factory=set)   # ELF: symbols that are numbers, not places (SHN_ABS)
+
+
+# The ELF machines each arch runs (pyelftools' e_machine names) and, for each,
+# the ELF class its code is built for.
+ELF_MACHINES = {"x86_64": {"EM_X86_64": "ELFCLASS64", "EM_386": "ELFCLASS32"},
+                "arm64": {"EM_AARCH64": "ELFCLASS64"}}
+
+
+def check_elf_kind(img: LoadedImage, arch: str, mode: str) -> None:
+    """An ELF built for another machine, or 32-bit code started in long mode,
+    fails here at the image's line (else it fails later, as a confusing MMIO
+    exit or a wild jump)."""
+    if img.elf_kind is None:
+        return
+    machine, klass = img.elf_kind
+    mark = img.image.file_mark or img.image.mark
+    known = ELF_MACHINES[arch]
+    if machine not in known:
+        wants = " or ".join(known)
+        raise RigError(f"{img.label} is an ELF for {machine} ({klass}), but the rig's arch is {arch} "
+                       f"(which runs {wants})", mark)
+    if arch == "x86_64" and mode == "long" and klass == "ELFCLASS32":
+        raise RigError(f"{img.label} is a 32-bit ELF ({machine}), but cpu.mode is long (64-bit code): "
+                       "link it as elf64-x86-64, or start in `protected` (or `real`) mode", mark)
 
 
 def _read_file(image: Image, limit: int) -> bytes:
@@ -58,19 +86,51 @@ def _load_elf(image: Image, data: bytes, limit: int) -> LoadedImage:
             body = seg.data() + bytes(seg["p_memsz"] - seg["p_filesz"])
             segments.append((seg["p_paddr"], body))
         symbols: dict[str, int] = {}
+        absolute: set[str] = set()
+        mapping: list[tuple[int, bool]] = []   # Arm ELF mapping symbols: ($x | $a | $t: code, $d: data) from here
         for sec in elf.iter_sections():
             if not isinstance(sec, SymbolTableSection):
                 continue
             for sym in sec.iter_symbols():
                 kind = sym["st_info"]["type"]
-                if sym.name and kind not in ("STT_SECTION", "STT_FILE") and sym["st_shndx"] != "SHN_UNDEF":
-                    symbols.setdefault(sym.name, sym["st_value"])
+                if not sym.name or kind in ("STT_SECTION", "STT_FILE") or sym["st_shndx"] == "SHN_UNDEF":
+                    continue
+                if sym.name[:1] == "$" and sym.name[1:2] in ("x", "a", "t", "d") and sym.name[2:3] in ("", "."):
+                    mapping.append((sym["st_value"], sym.name[1] != "d"))
+                    continue
+                symbols.setdefault(sym.name, sym["st_value"])
+                if sym["st_shndx"] == "SHN_ABS":
+                    absolute.add(sym.name)
+        spans = _data_spans(elf, mapping)
         entry = elf.header["e_entry"]
     except (ELFError, KeyError, ValueError) as e:
         raise RigError(f"{label} is not a valid ELF file: {e}", image.file_mark or image.mark) from None
     if not segments:
         raise RigError(f"{label} has no loadable (PT_LOAD) segment", image.file_mark or image.mark)
-    return LoadedImage(image, label, segments, entry, symbols)
+    kind = (elf.header["e_machine"], "ELFCLASS64" if elf.elfclass == 64 else "ELFCLASS32")
+    return LoadedImage(image, label, segments, entry, symbols, kind, spans, absolute)
+
+
+def _data_spans(elf, mapping: list[tuple[int, bool]]) -> list[tuple[int, int]]:
+    """Where the ELF says data lies: allocated sections that are not executable,
+    and, inside executable ones, the stretches a `$d` mapping symbol opens
+    (arm64 literal pools; Arm ELF ABI, "Mapping symbols")."""
+    SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
+    spans = []
+    marks = sorted(mapping)
+    for sec in elf.iter_sections():
+        flags, start, size = sec["sh_flags"], sec["sh_addr"], sec["sh_size"]
+        if not flags & SHF_ALLOC or not size:
+            continue
+        end = start + size
+        if not flags & SHF_EXECINSTR:
+            spans.append((start, end))
+            continue
+        inside = [(a, code) for a, code in marks if start <= a < end]
+        for i, (a, code) in enumerate(inside):
+            if not code:
+                spans.append((a, inside[i + 1][0] if i + 1 < len(inside) else end))
+    return sorted(spans)
 
 
 # The largest ELF file read (symbols and debug info make ELF files larger than
@@ -98,11 +158,23 @@ class Symbols:
     def __init__(self, images: list[LoadedImage]):
         self.table: dict[str, int] = {}
         self.sources: list[str] = []
+        self.absolute: set[str] = set()
+        self.data_spans: list[tuple[int, int]] = []
         for img in images:
             if img.symbols:
                 self.sources.append(img.label)
             for name, value in img.symbols.items():
                 self.table.setdefault(name, value)
+            self.absolute |= img.absolute
+            self.data_spans.extend(img.data_spans)
+        self.data_spans.sort()
+
+    def data_end(self, addr: int) -> int | None:
+        """The end of the data an ELF image says lies at `addr` (None: code, or nothing known)."""
+        for start, end in self.data_spans:
+            if start <= addr < end:
+                return end
+        return None
 
     def resolve(self, addr: Address) -> int:
         if addr.symbol is None:
@@ -119,7 +191,7 @@ class Symbols:
         """`name+0x12` for the closest symbol at or below addr (for reports)."""
         best: tuple[int, str] | None = None
         for name, value in self.table.items():
-            if value <= addr and (best is None or value > best[0]):
+            if value <= addr and (best is None or value > best[0]) and name not in self.absolute:
                 best = (value, name)
         if best is None or addr - best[0] > 0x10000:
             return None
@@ -139,8 +211,12 @@ def image_mark(img: LoadedImage) -> Mark:
 
 
 def load_images(rig: Rig) -> list[LoadedImage]:
+    mode = rig.cpu.mode if rig.cpu is not None else DEFAULT_MODES[rig.arch]
     limit = max((r.size for r in rig.memory), default=0)
-    return [load_image(image, limit) for image in rig.images]
+    images = [load_image(image, limit) for image in rig.images]
+    for img in images:
+        check_elf_kind(img, rig.arch, mode)
+    return images
 
 
 def check_placement(rig: Rig, images: list[LoadedImage]) -> None:

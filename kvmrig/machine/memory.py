@@ -8,12 +8,15 @@ expectations and breakpoint patching all read and write one copy.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import functools
 import mmap
 from dataclasses import dataclass
 
 from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable from here
 from kvmrig.rig.model import Region
+
+PAGE = 0x1000
 
 
 @functools.cache  # MemTotal does not change while kvmrig runs
@@ -59,6 +62,59 @@ class Memory:
             self.close()
             raise
         self._starts = [b.start for b in self.backings]
+        self.written: set[int] | None = None   # pages written from the host side, once tracked
+        self._views: dict[int, ctypes.c_char] = {}   # region start -> a ctypes view, for memset
+
+    def track_writes(self) -> None:
+        """Record every page write() touches (for a reset: the guest's own
+        writes come from the backend's dirty log)."""
+        self.written = set()
+
+    def take_written(self) -> set[int]:
+        pages, self.written = self.written or set(), set()
+        return pages
+
+    def zero_pages(self, pages) -> int:
+        """Zero each page (guest-physical page addresses; outside any region
+        skipped; runs of neighbours in one copy): the reset of a reused VM,
+        which puts back only what was written. Returns how many pages."""
+        n = 0
+        run_start = run_end = -1
+        for page in sorted(pages) + [-1]:
+            if page == run_end and page != -1:
+                run_end += PAGE
+                continue
+            if run_start >= 0:
+                n += self._zero(run_start, run_end)
+            run_start, run_end = page, page + PAGE
+        return n
+
+    def _zero(self, start: int, end: int) -> int:
+        n = 0
+        while start < end:
+            b = self.find(start)
+            if b is None:
+                start += PAGE
+                continue
+            off = start - b.start
+            stop = min(end, b.end) - b.start
+            ctypes.memset(self._address(b) + off, 0, stop - off)
+            n += -(-(stop - off) // PAGE)
+            start = b.start + stop
+        return n
+
+    def _address(self, b: Backing) -> int:
+        """The host address of a region (its ctypes view is dropped in close())."""
+        view = self._views.get(b.start)
+        if view is None:
+            view = self._views[b.start] = ctypes.c_char.from_buffer(b.buf)
+        return ctypes.addressof(view)
+
+    def zero_all(self) -> None:
+        """Give every region fresh zero pages (madvise MADV_DONTNEED on the
+        private anonymous mappings): the reset when nobody logged writes."""
+        for b in self.backings:
+            b.buf.madvise(mmap.MADV_DONTNEED)
 
     def find(self, addr: int) -> Backing | None:
         """The backing that holds `addr`, or None."""
@@ -85,8 +141,11 @@ class Memory:
         """Write guest memory from the host side (ROM included: this is the loader)."""
         b, off = self._span(addr, len(data))
         b.buf[off:off + len(data)] = data
+        if self.written is not None:
+            self.written.update(range(addr & ~(PAGE - 1), addr + len(data), PAGE))
 
     def close(self) -> None:
+        self._views = {}   # drop the exports first, or the mappings cannot close
         for b in self.backings:
             try:
                 b.buf.close()

@@ -40,7 +40,8 @@ class Failure:
     mark: Mark | None = None
 
     def __str__(self) -> str:
-        where = f" [{self.mark.path.rsplit('/', 1)[-1]}:{self.mark.line}]" if self.mark else ""
+        # the path as the run was given it: two exit-code.yaml in one run must not read alike
+        where = f" [{self.mark.path}:{self.mark.line}]" if self.mark else ""
         return f"{self.what}: expected {self.expected}, got {self.actual}{where}"
 
 
@@ -54,6 +55,7 @@ class Hit:
     addr: int | None = None
     regs: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)   # code and registers at the hit (the first failing hit)
 
 
 @dataclass
@@ -78,4 +80,5 @@ class Outcome:
     report: list[str] = field(default_factory=list)  # code at the stop, registers (failed rigs only)
     stop_pc: int | None = None
     exits: int = 0      # vCPU exits handled (for benchmarks and reports)
+    coverage: list[tuple[int, int]] | None = None   # executed code as [start, end) ranges (kvmrig.coverage)
     seconds: float = 0.0

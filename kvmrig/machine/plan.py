@@ -7,9 +7,10 @@ builds on the plan, so a rig that validates cannot fail for these reasons later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from kvmrig.arch import registers
 from kvmrig.arch.traits import Traits, traits
 from kvmrig.errors import RigError
 from kvmrig.machine import boot
@@ -54,6 +55,45 @@ def _all_addresses(rig: Rig):
             yield from (m.at for m in point.set.memory)
     for check in checks:
         yield from (m.at for m in check.memory)
+    yield from rig.expect.executed
+    yield from rig.expect.not_executed
+    if rig.start_set is not None:
+        yield from (m.at for m in rig.start_set.memory)
+    if rig.start_call is not None:
+        yield rig.start_call.to
+        yield rig.start_call.return_to
+
+
+def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
+    """The rig with every `sym:` register value (cpu.regs, set.regs, expected
+    regs) replaced by its address, fitted to the register's width."""
+    def value(name: str, v, mark):
+        if not isinstance(v, Address):
+            return v
+        n = symbols.resolve(v)
+        width = registers.lookup(rig.arch, name).width
+        if not 0 <= n < 1 << width:
+            raise RigError(f"{v} is {n:#x}, which does not fit in {name} ({width} bits)", mark)
+        return n
+
+    def sets(regs):
+        return tuple((name, value(name, v, mark), mark) for name, v, mark in regs)
+
+    def checks(state):
+        if state is None or not any(isinstance(c.value, Address) for c in state.regs):
+            return state
+        return replace(state, regs=tuple(replace(c, value=value(c.name, c.value, c.mark)) for c in state.regs))
+
+    def point(p):
+        return replace(p, expect=checks(p.expect),
+                       set=p.set if p.set is None else replace(p.set, regs=sets(p.set.regs)))
+
+    return replace(rig, cpu=rig.cpu if rig.cpu is None else replace(rig.cpu, regs=sets(rig.cpu.regs)),
+                   breakpoints=tuple(point(b) for b in rig.breakpoints),
+                   watchpoints=tuple(point(w) for w in rig.watchpoints),
+                   expect=checks(rig.expect),
+                   start_set=rig.start_set if rig.start_set is None else
+                   replace(rig.start_set, regs=sets(rig.start_set.regs)))
 
 
 def prepare(rig: Rig) -> Plan:
@@ -64,11 +104,12 @@ def prepare(rig: Rig) -> Plan:
     symbols = Symbols(images)
     for addr in _all_addresses(rig):
         symbols.resolve(addr)
+    rig = _register_symbols(rig, symbols)
     entry = _entry(rig, images, symbols)
     arch = traits(rig.arch)
     plan = Plan(rig, images, symbols, entry, arch, None)
     plan.boot = boot.plan_boot(plan)
-    if not any(r.at <= plan.boot.first_pc < r.end for r in rig.memory):
+    if rig.start is None and not any(r.at <= plan.boot.first_pc < r.end for r in rig.memory):
         mark = rig.cpu.entry.mark if rig.cpu and rig.cpu.entry else (rig.cpu.mark if rig.cpu else rig.mark)
         raise RigError(f"the CPU starts at {plan.boot.first_pc:#x}, which is not inside any memory region", mark)
     _check_sw_breakpoints(rig, symbols)

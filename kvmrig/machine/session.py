@@ -19,19 +19,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kvmrig.arch import registers
 from kvmrig.backends.base import Backend
 from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, PortIO, Shutdown, Step, SwBreak,
                                     SystemEvent, Timeout, Unhandled, WatchHit)
+from kvmrig.coverage import collect
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
 from kvmrig.machine import golden
 from kvmrig.machine.devices import Bus
 from kvmrig.machine.diagnose import stop_report
 from kvmrig.machine.expect import check_end, check_state, reg_value
 from kvmrig.machine.memory import Memory, OutsideMemory
-from kvmrig.machine.outcome import Hit, Outcome, Stop
+from kvmrig.machine.outcome import Failure, Hit, Outcome, Stop
 from kvmrig.machine.plan import Plan
+from kvmrig.machine.points import PointStore, enter_call, save_snapshot, start_child
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class RunOptions:
     """How to run, beyond what the rig says (from the command line)."""
 
     update_golden: bool = False
+    points: PointStore | None = None   # where snapshot points are saved and children find them
+    save_on_fail: str | None = None    # folder: the final state of a failed rig as a snapshot file
+    coverage: bool = False   # record executed code (kvmrig.coverage) even without executed/not_executed
 
 
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
@@ -103,6 +109,8 @@ class Session:
         self._started = False
         self._finished = False
         self._armed = False
+        self.coverage = (collect.Collector(plan, self.options.coverage)
+                         if collect.wanted(self.rig, self.options.coverage) else None)
         self._handlers: dict[type, Callable[[Event], None]] = {
             PortIO: self._io, Mmio: self._mmio, Step: self._step, SwBreak: self._sw, HwBreak: self._hw,
             WatchHit: self._watch, ForeignDebug: self._foreign_exit, Halt: self._halt,
@@ -122,6 +130,9 @@ class Session:
         if self._started:
             return
         self._started = True
+        if self.rig.start is not None:   # a child: its snapshot instead of a boot
+            self._start_child()
+            return
         for img in self.plan.images:
             for addr, body in img.segments:
                 self.memory.write(addr, body)
@@ -132,13 +143,52 @@ class Session:
         self.backend.set_initial_state(self.plan.boot.state)
         if self.rig.cpu is not None:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
+        self._plant_and_arm()
+
+    def _plant_and_arm(self) -> None:
         for addr in self.debug.sw:
             self.patches.plant(addr)
+        if self.coverage is not None:
+            self.coverage.start(self)
         self._arm(self.user_step)
         if self.user_step and self.rig.trace_max:
-            self.outcome.trace.append(self.plan.boot.first_pc)
+            self.outcome.trace.append(self.last_pc)
         if self.user_step and self.debug.sw_all:
-            self.arrive(self.plan.boot.first_pc)  # a breakpoint on the first instruction
+            self.arrive(self.last_pc)  # a breakpoint on the first instruction
+
+    def _start_child(self) -> None:
+        """start() of a rig with `from:`: memory mapped, the snapshot in, then
+        the rig's `input`, `set` and `call` on top."""
+        rig, backend, memory = self.rig, self.backend, self.memory
+        for b in memory.backings:
+            backend.map_memory(b.start, b.buf, b.region.rom)
+        start_child(rig, self.options.points, backend, memory, self.bus)
+        if rig.start_set is not None:
+            apply_regs(backend, rig.arch, rig.start_set.regs)
+            for write in rig.start_set.memory:
+                memory.write(self.plan.resolve(write.at), write.data)
+        if rig.start_call is not None:
+            call = rig.start_call
+            enter_call(backend, memory, rig.arch, self.plan.resolve(call.to), call.args,
+                       self.plan.resolve(call.return_to))
+        self.last_pc = backend.get_pc()
+        self._plant_and_arm()
+
+    def save_point(self, name: str) -> Path | None:
+        """Save the machine as this rig's snapshot point `name` (planted
+        breakpoint instructions lifted for the copy, then planted again)."""
+        store = self.options.points
+        if store is None:
+            return None
+        patches = self.patches
+        planted = [a for a in patches.saved if self.memory.read(a, len(patches.insn)) == patches.insn]
+        for addr in planted:
+            patches.lift(addr)
+        try:
+            return store.save(self.rig, name, self.backend, self.memory, self.bus.state())
+        finally:
+            for addr in planted:
+                patches.plant(addr)
 
     def resume(self, until: float | None = None) -> Pause:
         """Run until the run ends, a debugger's point or step stops it, or the
@@ -200,11 +250,20 @@ class Session:
         except Exception as e:  # a dead vCPU must not hide the verdict
             outcome.notes.append(f"could not read the final registers: {e}")
         self.patches.lift_all()
+        if rig.save is not None and self.options.points is not None:
+            try:
+                self.save_point(rig.save)
+            except Exception as e:  # noqa: BLE001 - reported; its children then say the point is missing
+                outcome.failures.append(Failure("snapshot", f"point {rig.save!r} saved", f"not saved: {e}",
+                                                rig.mark))
         outcome.console = bytes(self.bus.console.data)
         outcome.hit_counts = self.debug.hit_counts()
         if self.user_step:
             outcome.steps = self.steps
         outcome.failures.extend(self.debug.count_failures())
+        if self.coverage is not None:
+            outcome.coverage = self.coverage.ranges(outcome)
+            outcome.failures.extend(self.coverage.check(outcome.coverage))
         outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
         golden_spec = rig.expect.golden
         if golden_spec is not None:
@@ -212,8 +271,26 @@ class Session:
                 outcome.notes.extend(golden.update(rig, golden_spec, outcome, self.memory.read))
             else:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
+        if outcome.failures and self.options.save_on_fail:
+            try:
+                path = save_snapshot(Path(self.options.save_on_fail) / f"{rig.name}.snap", rig, "end",
+                                     self.backend, self.memory, self.bus.state())
+                outcome.notes.append(f"final state saved to {path} (`kvmrig debug {path}` starts from it)")
+            except Exception as e:  # noqa: BLE001 - the verdict stands without it
+                outcome.notes.append(f"could not save the final state: {e}")
         if outcome.failures:
-            outcome.report = stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read, list(self.tail))
+            at_hit = next((h for h in outcome.hits if h.report), None)
+            at_hits = {id(f) for h in outcome.hits for f in h.failures}
+            at_end = at_hit is None or any(id(f) not in at_hits for f in outcome.failures)
+            if at_hit is not None:
+                outcome.report = [f"at {at_hit.point}, hit {at_hit.number}:", *at_hit.report]
+            if at_end:
+                if at_hit is not None:
+                    outcome.report.append("where the run ended:")
+                outcome.report += stop_report(rig.arch, outcome.regs, outcome.stop_pc, self.memory.read,
+                                              list(self.tail), self.plan.symbols)
+            if rig.start is not None:
+                outcome.report.insert(0, f"started from the snapshot {rig.start}")
             extra = self.backend.describe_failure()  # e.g. the last debug syndrome on arm64
             if extra:
                 outcome.report.append(extra)
@@ -246,9 +323,12 @@ class Session:
 
     def _arm(self, single_step: bool) -> None:
         single_step = single_step or self._client_step
-        if self.debug.slots or self.debug.any_sw or single_step or self._armed:
+        sw = self.debug.sw_all
+        if self.coverage is not None and self.coverage.planted:
+            sw = self.coverage.with_planted(sw)
+        if self.debug.slots or sw or single_step or self._armed:
             self._armed = True
-            self.backend.set_debug(self.debug.slots, single_step, self.debug.sw_all)
+            self.backend.set_debug(self.debug.slots, single_step, sw)
 
     # The end ---------------------------------------------------------------
     def _end(self, stop: Stop, ev: Event | None) -> None:
@@ -287,6 +367,8 @@ class Session:
         else:
             out = b"".join(bus.port_read(port, size).to_bytes(size, "little") for _ in range(ev.count))
             self.backend.complete_read(out)
+            if bus.idle:
+                self._idle()
 
     def _mmio(self, ev: Mmio) -> None:
         if ev.write:
@@ -294,6 +376,16 @@ class Session:
             self.bus.mmio_write(ev.addr, ev.size, value, rom=self.memory.find(ev.addr) is not None)
         else:
             self.backend.complete_read(self.bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little"))
+            if self.bus.idle:
+                self._idle()
+
+    def _idle(self) -> None:
+        """A UART with `idle:` saw the guest wait for input that is not there:
+        save its point (a rig that booted; a child ends here too) and end the run."""
+        dev = self.bus.idle[0]
+        if self.rig.start is None:
+            self.save_point(dev.spec.idle)
+        raise Stop("idle", None, f"{dev.name} waits for input and none is left")
 
     # Debug ---------------------------------------------------------------
     def _step(self, ev: Step) -> None:
@@ -308,6 +400,8 @@ class Session:
         if self.user_step:
             self.steps += 1
             self.tail.append(ev.pc)
+            if self.coverage is not None:
+                self.coverage.saw(ev.pc)
             if len(self.outcome.trace) < self.rig.trace_max:
                 self.outcome.trace.append(ev.pc)
         if self.user_step or self._client_step:
@@ -318,6 +412,8 @@ class Session:
 
     def _sw(self, ev: SwBreak) -> None:
         pc = ev.pc
+        if self.coverage is not None and self.coverage.on_sw(self, pc):
+            return
         points = self.debug.sw.get(pc)
         client = self.debug.client_at("sw", pc) if self.debug.client else None
         if not points and client is None:
@@ -330,10 +426,15 @@ class Session:
             self._client_stop = Pause("sw", client)
         self.last_pc = pc
         if not self.pc_moved:   # unless `set` moved the pc: step over it
-            self.patches.lift(pc)
-            self.stepping_over = pc
-            if not self.user_step:
-                self._arm(True)
+            self.step_over(pc)
+
+    def step_over(self, pc: int) -> None:
+        """Run the original instruction under a planted one at `pc` by a single-step;
+        the step re-plants it if a breakpoint still wants it."""
+        self.patches.lift(pc)
+        self.stepping_over = pc
+        if not self.user_step:
+            self._arm(True)
 
     def _hw(self, ev: HwBreak) -> None:
         debug = self.debug
@@ -342,6 +443,8 @@ class Session:
             return
         if ev.slot < debug.rig_slots:
             self._hit(debug.slot_owner[ev.slot], ev.pc, None)
+            if self.coverage is not None:
+                self.coverage.saw(ev.pc)
         if debug.client and (client := debug.client_at("hw", ev.pc)) is not None:
             self._client_stop = Pause("hw", client)
         self.last_pc = ev.pc
@@ -414,6 +517,9 @@ class Session:
                 self.outcome.failures.extend(hit.failures)
                 hit.regs = {c.name: v for c in spec.expect.regs
                             if (v := reg_value(self.rig.arch, regs, c.name)) is not None}
+                if hit.failures and not any(h.report for h in self.outcome.hits):
+                    # the first failing hit: the state there, not only where the run ended
+                    hit.report = stop_report(self.rig.arch, regs, pc, self.patches.view, [], self.plan.symbols)
             if spec.set is not None:
                 if spec.set.regs:
                     before = self.backend.get_pc()
@@ -421,6 +527,8 @@ class Session:
                     self.pc_moved = self.pc_moved or self.backend.get_pc() != before
                 for write in spec.set.memory:  # through the patches: a planted breakpoint stays planted
                     self.patches.write(self.plan.resolve(write.at), write.data)
+        if spec.save is not None and point.hits == (spec.on_hit or 1):
+            self.save_point(spec.save)   # after the hit's `set`, as the guest goes on
         if point.hits <= MAX_HIT_RECORDS or hit.failures:
             self.outcome.hits.append(hit)
 

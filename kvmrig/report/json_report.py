@@ -69,6 +69,13 @@ def _run(out: Outcome) -> dict[str, Any]:
     }
 
 
+def details(result: RigResult) -> list[str]:
+    """The diagnosis of a failed rig past its failed checks: the report the
+    session made (code at the stop, registers, last addresses), then the runner's."""
+    report = result.outcome.report if result.outcome is not None else []
+    return [*report, *result.details]
+
+
 _NOT_RUN = Outcome(exit="")   # a rig that did not run: empty run fields, exit null
 
 
@@ -83,7 +90,7 @@ def record(result: RigResult) -> dict[str, Any]:
         "status": result.status,
         "duration": round(result.seconds, 6),
         "message": result.message,
-        "details": list(result.details),
+        "details": details(result),
     }
     rec.update(_run(result.outcome if result.outcome is not None else _NOT_RUN))
     if result.outcome is None:

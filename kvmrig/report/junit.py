@@ -1,63 +1,90 @@
-"""JUnit XML (via the junit-xml package), written atomically.
+"""JUnit XML, valid against the common junit-10.xsd, written atomically.
 
-One <testcase> per rig: named by the rig's name, classname by its folder;
-<failure> lists every failed check as expected vs actual; the console goes to
-<system-out>; rig file errors are <error>; rigs not run are <skipped>.
+One <testcase> per rig: named by the rig's name, classname by its folder
+(result.classname_for: stable whatever the working directory). A failed rig
+is a <failure> whose `message` is one line naming every failed check and
+whose text is the whole diagnosis (report.terminal.failure_message and
+failure_text, which the pytest plugin uses too, so both producers write the
+same); rig file errors are <error>; skipped rigs <skipped>; the console goes
+to <system-out>. The schema allows properties only on the suite: there
+`backends` lists the backends that ran and `backend:CLASSNAME::NAME` says
+which one ran each rig. Times are in seconds to the millisecond.
+
+Written with ElementTree: junit-xml (the package) writes attributes the
+schema does not allow (`file`, `disabled`) and times to the microsecond.
 """
 
 from __future__ import annotations
 
+import re
+import socket
+import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from junit_xml import TestCase, TestSuite, to_xml_report_string
-
 from kvmrig.atomic import write_atomic
-from kvmrig.report.terminal import failure_lines
+from kvmrig.report.terminal import failure_message, failure_text
 from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult
 
+# Characters XML 1.0 cannot hold (C0 controls but tab, LF, CR; surrogates; U+FFFE/F).
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
-def _case(result: RigResult) -> TestCase:
-    out = result.outcome
-    stdout = out.console.decode("utf-8", errors="replace") if out else None
-    case = TestCase(result.name, classname=result.classname, elapsed_sec=result.seconds,
-                    stdout=stdout, file=result.path)
+
+def xml_text(text: str) -> str:
+    """`text` with the characters XML cannot hold written as \\xNN / \\uNNNN."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+def seconds(value: float) -> str:
+    """A time as junit-10.xsd's SUREFIRE_TIME takes it: at most three decimals."""
+    return f"{max(0.0, value):.3f}"
+
+
+def backend_property(result: RigResult) -> str:
+    return f"backend:{result.classname}::{result.name}"
+
+
+def _case(result: RigResult) -> ET.Element:
+    case = ET.Element("testcase", name=xml_text(result.name), classname=xml_text(result.classname),
+                      time=seconds(result.seconds))
     if result.status == FAILED:
-        lines = failure_lines(result)
-        first = lines[0] if lines else "failed"
-        case.add_failure_info(message=first, output="\n".join(lines))
+        ET.SubElement(case, "failure", message=xml_text(failure_message(result)),
+                      type="kvmrig.RigFailed").text = xml_text(failure_text(result))
     elif result.status == ERROR:
-        case.add_error_info(message=result.message.splitlines()[0] if result.message else "error",
-                            output=result.message)
+        first = result.message.splitlines()[0] if result.message else "error"
+        ET.SubElement(case, "error", message=xml_text(first), type="kvmrig.RigError").text = \
+            xml_text(result.message)
     elif result.status == SKIPPED:
-        case.add_skipped_info(message=result.message or "skipped")
+        ET.SubElement(case, "skipped", message=xml_text(result.message or "skipped"))
+    if result.outcome is not None and result.outcome.console:
+        ET.SubElement(case, "system-out").text = xml_text(result.outcome.console.decode("utf-8", errors="replace"))
     return case
 
 
-def junit_xml(results: list[RigResult], suite_name: str = "kvmrig") -> str:
-    cases = [_case(r) for r in results]
+def junit_tree(results: list[RigResult], suite_name: str = "kvmrig") -> ET.Element:
+    statuses = [r.status for r in results]
+    counts = {"tests": len(results), "failures": statuses.count(FAILED), "errors": statuses.count(ERROR)}
+    total = sum(r.seconds for r in results)
+    root = ET.Element("testsuites", name=suite_name, time=seconds(total), **{k: str(v) for k, v in counts.items()})
+    suite = ET.SubElement(root, "testsuite", name=suite_name, **{k: str(v) for k, v in counts.items()},
+                          skipped=str(statuses.count(SKIPPED)), time=seconds(total),
+                          timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"), hostname=socket.gethostname())
     backends = sorted({r.backend for r in results if r.backend})
-    props = {"backends": ",".join(backends)} if backends else None
-    text = to_xml_report_string([TestSuite(suite_name, cases, properties=props)])
-    return _with_backends(text, results)
+    if backends:
+        props = ET.SubElement(suite, "properties")
+        ET.SubElement(props, "property", name="backends", value=",".join(backends))
+        for r in results:
+            if r.backend:
+                ET.SubElement(props, "property", name=xml_text(backend_property(r)), value=r.backend)
+    suite.extend(_case(r) for r in results)
+    return root
 
 
-def _with_backends(text: str, results: list[RigResult]) -> str:
-    """Give each <testcase> a <properties><property name="backend" .../>
-    saying which backend ran it ("kvm", "emu", or "kvm+emu" for a
-    cross-check). junit-xml 1.9's TestCase has no properties, so they are
-    added to its XML here, in the order the cases were written."""
-    import xml.etree.ElementTree as ET
-
-    if not any(r.backend for r in results):
-        return text
-    root = ET.fromstring(text)
-    for element, result in zip(root.iter("testcase"), results):
-        if result.backend:
-            props = ET.Element("properties")
-            ET.SubElement(props, "property", name="backend", value=result.backend)
-            element.insert(0, props)
-    ET.indent(root, space="\t")
-    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+def junit_xml(results: list[RigResult], suite_name: str = "kvmrig") -> str:
+    root = junit_tree(results, suite_name)
+    ET.indent(root, space="  ")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
 def write_junit(path: str | Path, results: list[RigResult]) -> None:

@@ -51,6 +51,30 @@ def failure_lines(result: RigResult) -> list[str]:
     return lines
 
 
+MESSAGE_ITEM = 100   # characters of one failed check in a one-line message
+
+
+def _one_line(text: str, limit: int = MESSAGE_ITEM) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def failure_message(result: RigResult) -> str:
+    """One line naming every failed check, each shortened: a JUnit failure's
+    `message` (both `kvmrig run --junit` and the pytest plugin write it)."""
+    out = result.outcome
+    if out is None or not out.failures:
+        lines = failure_lines(result)
+        return _one_line(lines[0], 4 * MESSAGE_ITEM) if lines else "failed"
+    n = len(out.failures)
+    return f"{n} failed check{'s' if n > 1 else ''}: " + "; ".join(_one_line(str(f)) for f in out.failures)
+
+
+def failure_text(result: RigResult) -> str:
+    """The whole diagnosis of a failed rig, as one text (a JUnit failure's body)."""
+    return "\n".join(failure_lines(result)).strip()
+
+
 class Terminal:
     """Prints results as they arrive; verbosity -1 (quiet), 0, 1 (verbose)."""
 
@@ -134,7 +158,7 @@ class Terminal:
                 self._out(f"      | {printable(text)}\n")
         self._flush()
 
-    def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False) -> str:
+    def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False, extra: str = "") -> str:
         counts = Counter(r.status for r in results)
         parts = [f"{counts[s]} {s}" + ("s" if s == ERROR and counts[s] > 1 else "")
                  for s in (FAILED, PASSED, SKIPPED, ERROR) if counts[s]]
@@ -145,7 +169,7 @@ class Terminal:
                     self._out(f"{WORD[r.status]} {r.path}::{r.name}\n")
                     for text in (failure_lines(r) if r.status != ERROR else r.message.splitlines()):
                         self._out(f"      {printable(text)}\n")
-        text = ", ".join(parts) or "no rigs ran"
+        text = ", ".join(parts + ([extra] if extra else [])) or "no rigs ran"
         if interrupted:
             text += " (interrupted)"
         line = f"== {text} in {seconds:.2f}s =="

@@ -80,6 +80,9 @@ def load_rig_text(text: str, path: str | Path = "rig.yaml") -> Rig:
     return _Builder(p, data, marks).build()
 
 
+_loading: list[Path] = []   # parents being loaded (a `from:` cycle check)
+
+
 class _Builder:
     """Builds the model from schema-valid data; every check fails at a mark."""
 
@@ -135,31 +138,156 @@ class _Builder:
         d = self.data
         if d["kvmrig"] != 1:  # the schema says so too; kept for callers that skip it
             self.fail(("kvmrig",), f"unsupported rig format version {d['kvmrig']!r}: this kvmrig reads 1")
-        timeout = m.DEFAULT_TIMEOUT
-        if "timeout" in d:
-            timeout = self.parse(parse_duration, ("timeout",), d["timeout"])
-            if timeout <= 0:
+        # Each part is checked even when one before it failed, so that one run
+        # shows every error of the file (RigError.more), not only the first.
+        errors: list[RigError] = []
+
+        def part(check: Callable[[], T], default: T) -> T:
+            try:
+                return check()
+            except RigError as e:
+                errors.append(e)
+                return default
+
+        def timeout() -> float:
+            value = self.parse(parse_duration, ("timeout",), d["timeout"])
+            if value <= 0:
                 self.fail(("timeout",), "must be more than 0 seconds")
-        memory = self.memory()
-        return m.Rig(
+            return value
+
+        start = part(self.start, None) if "from" in d else None
+        if "from" not in d:
+            for key in ("set", "input", "call"):
+                if key in d:
+                    part(lambda key=key: self.fail(
+                        (key,), f"`{key}` is for rigs that start from a snapshot (`from:`); a rig that boots "
+                        "sets its registers in cpu.regs and its console input on the device", key=True), None)
+            memory = part(self.memory, ())
+            machine = dict(images=part(self.images, ()), devices=part(lambda: self.devices(memory), ()),
+                           cpu=part(self.cpu, None))
+        else:   # a child: the machine of the point it starts from
+            inherited = part(lambda: self.inherited(start), None) if start is not None else None
+            memory, images, devices, cpu = inherited or ((), (), (), None)
+            machine = dict(images=images, devices=devices, cpu=cpu)
+        fields = dict(
+            timeout=part(timeout, m.DEFAULT_TIMEOUT) if "timeout" in d else m.DEFAULT_TIMEOUT,
+            trace_max=part(lambda: self.uint(("trace", "max"), d["trace"]["max"]), 0) if "trace" in d else 0,
+            **machine,
+            breakpoints=tuple(part(lambda i=i, b=b: self.breakpoint(i, b), None)
+                              for i, b in enumerate(d.get("breakpoints", []))),
+            watchpoints=tuple(part(lambda i=i, w=w: self.watchpoint(i, w), None)
+                              for i, w in enumerate(d.get("watchpoints", []))),
+            expect=part(lambda: self.expect(d.get("expect", {})), None),
+            save=d.get("save"),
+            start=start,
+            start_set=part(self.start_set, None) if "set" in d else None,
+            start_input=part(lambda: self.parse(_console_bytes, ("input",), d["input"]), None) if "input" in d else None,
+            start_call=part(lambda: self.call(d["call"]), None) if "call" in d else None,
+        )
+        if errors:
+            raise RigError.of(errors) from None
+        rig = m.Rig(
             path=self.path,
             name=d.get("name") or self.path.stem,
             arch=self.arch,
             description=d.get("description", ""),
             tags=tuple(d.get("tags", ())),
-            timeout=timeout,
             backend=d.get("backend", "any"),
-            trace_max=self.uint(("trace", "max"), d["trace"]["max"]) if "trace" in d else 0,
             memory=memory,
-            images=self.images(),
-            devices=self.devices(memory),
-            cpu=self.cpu(),
-            breakpoints=tuple(self.breakpoint(i, b) for i, b in enumerate(d.get("breakpoints", []))),
-            watchpoints=tuple(self.watchpoint(i, w) for i, w in enumerate(d.get("watchpoints", []))),
-            expect=self.expect(d.get("expect", {})),
             unclaimed_io=d.get("io", {}).get("unclaimed", "record"),
             mark=self.mark(()),
+            **fields,
         )
+        self.check_points(rig)
+        return rig
+
+    # -- snapshots --------------------------------------------------------
+
+    def start(self) -> m.Start:
+        """`from:` as a Start: "RIG.yaml#POINT" or a snapshot file."""
+        p: JsonPath = ("from",)
+        text = self.data["from"]
+        for key in ("memory", "images", "devices", "cpu", "trace"):
+            if key in self.data:
+                self.fail((key,), f"a rig that starts from a snapshot (`from: {text}`) takes its memory, images, "
+                          f"devices and CPU from there: remove `{key}`", key=True)
+        if "#" in text:
+            file, _, point = text.rpartition("#")
+            parent = (self.folder / file).resolve() if file else self.path.resolve()
+            if parent == self.path.resolve():
+                self.fail(p, "a rig cannot start from a point it saves itself")
+            if not parent.is_file():
+                self.fail(p, f"{file}: no such rig file (from {self.folder})")
+            return m.Start(parent, point, None, self.mark(p))
+        file = self.folder / text
+        if not file.is_file():
+            self.fail(p, f"{text}: no such snapshot file; name a rig's point as RIG.yaml#POINT, or a file "
+                      "written by `kvmrig snapshot`")
+        return m.Start(None, None, file, self.mark(p))
+
+    def inherited(self, start: m.Start) -> tuple:
+        """(memory, images, devices, cpu) of where the rig starts from."""
+        p: JsonPath = ("from",)
+        if start.parent is None:
+            from kvmrig.errors import SnapshotError
+            from kvmrig.machine import snapfile
+            try:
+                head = snapfile.read_header(start.file)
+            except SnapshotError as e:
+                self.fail(p, str(e))
+            if head.arch != self.arch:
+                self.fail(p, f"the snapshot is of an {head.arch} machine; this rig says arch: {self.arch}")
+            mark = self.mark(p)
+            memory = tuple(m.Region(at, size, rom, mark) for at, size, rom in head.memory_map)
+            devices = tuple(m.Device(d["type"], d.get("port"), d.get("at"), d.get("size"), d.get("value"), mark)
+                            for d in head.devices)
+            # The ELF images of the rig that saved it, for `sym:` addresses (not loaded again).
+            symbols = head.origin.get("symbols", []) if isinstance(head.origin.get("symbols"), list) else []
+            images = tuple(m.Image(Path(f), None, None, mark) for f in symbols
+                           if isinstance(f, str) and Path(f).is_file())
+            return memory, images, devices, None
+        if start.parent in _loading:
+            self.fail(p, "snapshot points form a cycle: " + " -> ".join(str(x.name) for x in _loading + [start.parent]))
+        _loading.append(start.parent)
+        try:
+            parent = load_rig(start.parent)
+        except RigError as e:
+            self.fail(p, f"the rig it starts from has an error: {e}")
+        finally:
+            _loading.pop()
+        if start.point not in parent.save_points():
+            saved = ", ".join(parent.save_points()) or "none"
+            self.fail(p, f"{start.parent.name} saves no point {start.point!r} (it saves: {saved})")
+        if parent.arch != self.arch:
+            self.fail(p, f"{start.parent.name} is an {parent.arch} rig; this rig says arch: {self.arch}")
+        return parent.memory, parent.images, parent.devices, parent.cpu
+
+    def call(self, raw: dict[str, Any]) -> m.Call:
+        p: JsonPath = ("call",)
+        args = tuple(self.fit(self.uint(p + ("args", i), v), 64, p + ("args", i), "argument")
+                     for i, v in enumerate(raw.get("args", [])))
+        return m.Call(self.address(p + ("to",), raw["to"]), args,
+                      self.address(p + ("return_to",), raw["return_to"]), self.mark(p))
+
+    def start_set(self) -> m.StateSet:
+        raw = self.data["set"]
+        return m.StateSet(self.reg_sets(("set", "regs"), raw.get("regs", {})),
+                          self.mem_writes(("set", "memory"), raw.get("memory", [])))
+
+    def check_points(self, rig: m.Rig) -> None:
+        """Snapshot point names are unique within a rig."""
+        seen: dict[str, str] = {}
+        for kind, points in (("breakpoints", rig.breakpoints), ("watchpoints", rig.watchpoints)):
+            for point in points:
+                if point.save is None:
+                    continue
+                here = f"{kind}[{point.index}]"
+                if point.save in seen:
+                    self.fail((kind, point.index, "save"), f"snapshot point {point.save!r} is also saved by "
+                              f"{seen[point.save]}")
+                seen[point.save] = here
+        if rig.save is not None and rig.save in seen:
+            self.fail(("save",), f"snapshot point {rig.save!r} is also saved by {seen[rig.save]}")
 
     def memory(self) -> tuple[m.Region, ...]:
         regions: list[m.Region] = []
@@ -246,7 +374,9 @@ class _Builder:
                 if kind not in ("serial", "pl011"):
                     self.fail(p + ("input",), f"input is only for the UARTs (serial, pl011), not {kind}", key=True)
                 data = self.parse(_console_bytes, p + ("input",), raw["input"])
-            device = m.Device(kind, port, at, size, value, self.mark(p), data)
+            if "idle" in raw and kind not in ("serial", "pl011"):
+                self.fail(p + ("idle",), f"idle is only for the UARTs (serial, pl011), not {kind}", key=True)
+            device = m.Device(kind, port, at, size, value, self.mark(p), data, raw.get("idle"))
             span = device.span
             if port is not None:
                 space, start = "port", port
@@ -290,12 +420,17 @@ class _Builder:
 
     # -- registers and memory -------------------------------------------
 
-    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int, Mark], ...]:
+    def reg_value(self, p: JsonPath, value: Any, width: int, name: str) -> int | m.Address:
+        """A register's value: a number that fits it, or `sym:` (resolved by the machine layer)."""
+        if isinstance(value, str) and value.startswith("sym:"):
+            return self.address(p, value)
+        return self.fit(self.parse(parse_int, p, value), width, p, name)
+
+    def reg_sets(self, p: JsonPath, raw: dict[str, Any]) -> tuple[tuple[str, int | m.Address, Mark], ...]:
         out = []
         for name, value in raw.items():
             field = self.register(p + (name,), name)
-            n = self.fit(self.parse(parse_int, p + (name,), value), field.width, p + (name,), name)
-            out.append((name.lower(), n, self.mark(p + (name,))))
+            out.append((name.lower(), self.reg_value(p + (name,), value, field.width, name), self.mark(p + (name,))))
         return tuple(out)
 
     def reg_checks(self, p: JsonPath, raw: dict[str, Any]) -> tuple[m.RegCheck, ...]:
@@ -313,7 +448,7 @@ class _Builder:
                 mask = self.fit(self.uint(q + ("mask",), spec["mask"]), width, q + ("mask",), "mask")
                 value = self.fit(self.parse(parse_int, q + ("value",), spec["value"]), width, q + ("value",), name)
             else:
-                value = self.fit(self.parse(parse_int, q, spec), width, q, name)
+                value = self.reg_value(q, spec, width, name)
             out.append(m.RegCheck(name.lower(), value, mask, lo, hi, self.mark(q)))
         return tuple(out)
 
@@ -356,6 +491,7 @@ class _Builder:
             on_hit=on_hit,
             set=state_set,
             mark=self.mark(p),
+            save=raw.get("save"),
         )
 
     def state_check(self, p: JsonPath, raw: dict[str, Any], value_bits: int = 0) -> m.StateCheck:
@@ -409,6 +545,9 @@ class _Builder:
             port_writes=self.port_writes(p + ("port_writes",), raw.get("port_writes", {})),
             steps=self.count(p + ("steps",), raw["steps"]) if "steps" in raw else None,
             golden=self.golden(p + ("golden",), raw["golden"]) if "golden" in raw else None,
+            executed=tuple(self.address(p + ("executed", k), a) for k, a in enumerate(raw.get("executed", []))),
+            not_executed=tuple(self.address(p + ("not_executed", k), a)
+                               for k, a in enumerate(raw.get("not_executed", []))),
         )
 
     def console(self, p: JsonPath, raw: dict[str, Any]) -> m.ConsoleCheck:

@@ -16,7 +16,7 @@ from kvmrig.errors import Mark
 
 ARCHES = ("x86_64", "arm64")
 BACKENDS = ("any", "kvm", "emu")
-EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout")
+EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout", "idle")
 # Exits that count as the guest finishing normally when a rig names no exit.
 NORMAL_EXITS = ("hlt", "exit-code", "system-off")
 X86_MODES = ("reset", "real", "protected", "long")
@@ -94,6 +94,8 @@ class Device:
     value: int | None
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
+    idle: str | None = None     # serial/pl011 (extension): snapshot point saved when the guest waits for
+                                # input that is not there (the run then ends with exit `idle`)
 
     @property
     def span(self) -> int:
@@ -108,7 +110,7 @@ class RegCheck:
     """One expected register: exact value, masked value, or inclusive range."""
 
     name: str
-    value: int | None
+    value: int | None   # an Address (`sym:`) until machine.plan resolves it
     mask: int | None
     lo: int | None
     hi: int | None
@@ -153,7 +155,7 @@ class StateCheck:
 class StateSet:
     """State changed at a hit (fault injection)."""
 
-    regs: tuple[tuple[str, int, Mark], ...] = ()
+    regs: tuple[tuple[str, int, Mark], ...] = ()   # a value is an Address (`sym:`) until resolved
     memory: tuple[MemWrite, ...] = ()
 
 
@@ -167,6 +169,7 @@ class Breakpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class Watchpoint:
     set: StateSet | None
     mark: Mark
     index: int = 0
+    save: str | None = None   # snapshot point saved at the (on_hit) hit
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ class Expect:
     port_writes: tuple[tuple[int, tuple[int, ...], Mark], ...] = ()
     steps: Count | None = None
     golden: Golden | None = None
+    executed: tuple[Address, ...] = ()       # code the guest must have run (kvmrig.coverage)
+    not_executed: tuple[Address, ...] = ()   # code it must never have run
 
     @property
     def wanted_exits(self) -> tuple[str, ...]:
@@ -230,6 +236,30 @@ class Cpu:
 
 
 @dataclass(frozen=True)
+class Call:
+    """`call:` a child calls one function of its snapshot's firmware."""
+
+    to: Address
+    args: tuple[int, ...]
+    return_to: Address
+    mark: Mark
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a child rig starts: a point another rig saves (`parent` + `point`)
+    or a snapshot file (`file`)."""
+
+    parent: Path | None
+    point: str | None
+    file: Path | None
+    mark: Mark
+
+    def __str__(self) -> str:
+        return f"{self.parent}#{self.point}" if self.parent is not None else str(self.file)
+
+
+@dataclass(frozen=True)
 class Rig:
     path: Path
     name: str
@@ -248,6 +278,17 @@ class Rig:
     expect: Expect = field(default_factory=Expect)
     unclaimed_io: str = "record"  # extension: "record" | "stop" (exit `io`)
     mark: Mark | None = None
+    save: str | None = None          # snapshot point saved at the end of the run
+    start: Start | None = None       # `from:` this rig starts from a snapshot
+    start_set: StateSet | None = None  # `set:` applied on top of the snapshot
+    start_input: bytes | None = None   # `input:` the console UART's input from the snapshot on
+    start_call: Call | None = None     # `call:` a function of the snapshot's firmware
+
+    def save_points(self) -> tuple[str, ...]:
+        """Every snapshot point this rig saves."""
+        points = [p.save for p in (*self.breakpoints, *self.watchpoints) if p.save]
+        points += [d.idle for d in self.devices if d.idle and self.start is None]
+        return tuple(points + ([self.save] if self.save else []))
 
     @property
     def folder(self) -> Path:

@@ -30,13 +30,14 @@ from kvmrig.rig.yamlmarks import JsonPath, Marks, format_path
 _KINDS = {
     "uint": f"a number >= 0 (examples: {v.INT_EXAMPLES})",
     "int": 'a number (examples: 20, -1, "0x7c00")',
+    "regSet": 'a number or an ELF symbol (examples: 20, -1, "0x7c00", "sym:stack_top")',
     "size": f"a size (examples: {v.SIZE_EXAMPLES})",
     "address": f"an address (examples: {v.ADDRESS_EXAMPLES})",
     "duration": f"a duration (examples: {v.DURATION_EXAMPLES})",
     "count": f"a count (examples: {v.COUNT_EXAMPLES})",
     "hexBytes": f"hex bytes (examples: {v.HEX_EXAMPLES})",
     "strings": "a string or a list of strings",
-    "regValue": "a register check (a number, {mask: M, value: V} or {range: [lo, hi]})",
+    "regValue": "a register check (a number, \"sym:NAME\", {mask: M, value: V} or {range: [lo, hi]})",
     "golden": "a golden file (a file name, or {file: ..., ignore: [register, ...]})",
 }
 _TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
@@ -64,14 +65,18 @@ def _kind_ids() -> dict[int, str]:
 
 
 def validate(data: Any, marks: Marks) -> None:
-    """Raise RigError for the first schema violation in the file, if any."""
+    """Raise RigError for the schema violations in the file, if any (every one, in file order)."""
     problems = [p for error in _validator().iter_errors(data) for p in _explain(error, marks)]
     # A misspelt key explains the required key that seems missing beside it.
     misspelt = {p.path for p in problems if p.unknown_key}
     problems = [p for p in problems if not (p.missing_key and p.path in misspelt)]
     if problems:
-        first = min(problems, key=lambda p: (p.mark.line, p.mark.col))
-        raise RigError(first.message, first.mark) from None
+        seen, errors = set(), []
+        for p in problems:
+            if (p.mark, p.message) not in seen:
+                seen.add((p.mark, p.message))
+                errors.append(RigError(p.message, p.mark))
+        raise RigError.of(errors) from None
 
 
 class _Problem(NamedTuple):

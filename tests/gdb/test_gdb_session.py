@@ -293,3 +293,35 @@ def test_arm64_rig_on_the_emulator_with_gdb_multiarch(serve):
     status, printed = server.finish()
     assert status == 0, printed
 
+
+
+# x87 and SSE instructions that this project's kvm_pvm runs (FLD1, PXOR and MOVQ from a
+# register stop it with an emulation failure; loads from memory and FNINIT do not).
+FPU_RIG = rig_text("expect: {exit: hlt}\n", code="""
+    b9 00 01 00 c0                   # mov $0xc0000100,%ecx   (IA32_FS_BASE)
+    b8 00 20 00 00                   # mov $0x2000,%eax
+    31 d2                            # xor %edx,%edx
+    0f 30                            # wrmsr                  fs_base = 0x2000
+    66 0f 6f 04 25 00 20 00 00       # movdqa 0x2000,%xmm0
+    db e3                            # fninit
+    f4                               # hlt
+""").replace("at: 0x1000}]", "at: 0x1000}, {hex: '88 77 66 55 44 33 22 11', at: 0x2000}]", 1)   # + the data
+
+
+@pytest.mark.parametrize("backend", BOTH)
+def test_gdb_shows_fs_base_the_x87_and_sse_registers(make_rig, serve, backend):
+    rig = make_rig(FPU_RIG)
+    server = serve("debug", str(rig), "--gdb", "127.0.0.1:PORT", "--backend", backend)
+    server.started()
+    out = gdb(server.port, "continue",
+              'printf "fs_base=%#lx xmm0=%#lx mxcsr=%#x\\n", $fs_base, $xmm0.v2_int64[0], $mxcsr',
+              "info registers st0",
+              "info registers fctrl fstat ftag")
+    got = values(out)
+    assert got["fs_base"] == "0x2000", out
+    assert got["xmm0"] == "0x1122334455667788", out
+    assert re.search(r"st0\s+0\s", out), out
+    assert re.fullmatch(r"0|0x[0-9a-f]+", got["mxcsr"]), out   # readable (this kvm_pvm reports 0, not 0x1f80)
+    assert re.search(r"fctrl\s+0x37f\s", out), out
+    assert re.search(r"ftag\s+0xffff\s", out), out             # FNINIT: all eight empty
+    server.finish()

@@ -21,7 +21,8 @@ import pytest
 
 from kvmrig.errors import BackendError, BackendUnavailable
 from kvmrig.invm import qemu as invm_qemu
-from kvmrig.invm.image import CpioWriter, debian_version_compare
+from kvmrig.invm.cpio import CpioWriter
+from tests.invm.reporting import report_line
 
 QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
 NO_QEMU_REASON = f"{QEMU} is not installed (run scripts/setup-arm64-lane.sh)"
@@ -79,19 +80,6 @@ EOF
 '''
 
 
-def _report(request, line: str) -> None:
-    """A line in the test output whether or not pytest captures (-s or not)."""
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    cap = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is None:  # pragma: no cover - e.g. -p no:terminal
-        print(line)
-    elif cap is not None:
-        with cap.global_and_fixture_disabled():
-            tr.write_line(line)
-    else:
-        tr.write_line(line)
-
-
 @pytest.fixture(scope="module")
 def lane(request):
     """One VM boot, shared: runs SCRIPT and returns (result, details)."""
@@ -120,7 +108,7 @@ def lane(request):
         "call_seconds": round(t_call, 2),
     }
     kvm = next((line.split(" ", 1)[1] for _, line in lines if line.startswith("KVMCHECK ")), "none")
-    _report(request, "\narm64 VM lane timings: " + json.dumps(timing)
+    report_line(request, "\narm64 VM lane timings: " + json.dumps(timing)
             + f"\n  kernel {base.kernel_package}, initramfs {base.initramfs.stat().st_size >> 20} MiB;"
             + f" in-guest KVM check: {kvm}")
     return r, {"payload": payload, "lines": lines, "timing": timing}
@@ -246,11 +234,3 @@ def test_cpio_newc_layout():
         if name == "TRAILER!!!":
             break
     assert names == ["a", "a/b", "a/b/c.txt", "a/l", "TRAILER!!!"]  # parents first
-
-
-def test_debian_version_compare():
-    assert debian_version_compare("6.12.117-1~deb12u1", "6.1.192-2") > 0
-    assert debian_version_compare("1.0~rc1", "1.0") < 0
-    assert debian_version_compare("1:0.9", "2.0") > 0
-    assert debian_version_compare("2.36-9+deb12u14", "2.36-9+deb12u9") > 0
-    assert debian_version_compare("1.0", "1.0") == 0

@@ -74,7 +74,7 @@ def test_exact_register_match_passes_and_mismatch_shows_hex_and_decimal():
     assert failure.expected == "0x2a (42)"
     assert failure.actual == "0x2b (43)"
     assert "expected 0x2a (42), got 0x2b (43)" in str(failure)
-    assert "[r.yaml:5]" in str(failure), "the failure points at the rig line that asked"
+    assert "[/rigs/r.yaml:5]" in str(failure), "the failure points at the rig line that asked, by the path as given"
 
 
 def test_sub_register_check_ignores_the_other_bits():

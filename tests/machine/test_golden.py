@@ -1,6 +1,7 @@
 """Golden snapshots on real KVM: missing file, --update-golden, a changed guest,
 ignore lists, and the file's content."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,71 @@ def test_a_hostile_golden_file_is_a_failure_not_a_crash(tmp_path, content, why):
     got = golden._load(path)
     assert got is not None and why in got["_error"]
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+# -- arm64: the same snapshot on the emulator and on real arm64 KVM ---------------
+
+ARM64_GOLDEN = """\
+kvmrig: 1
+arch: arm64
+memory: [{at: 0x40000000, size: 64K}]
+images: [{file: %s, at: 0x40000000}]
+expect: {exit: system-off, golden: true}
+"""
+
+
+def test_arm64_registers_unknown_at_reset_stay_out_of_goldens_until_written():
+    from kvmrig.arch.arm64.reset import KVM_UNKNOWN, never_written
+    from kvmrig.machine.golden import _snapshot_regs
+    from kvmrig.rig.model import Golden
+
+    rig = type("R", (), {"arch": "arm64"})()
+    regs = {"x0": 1, "ttbr0_el1": KVM_UNKNOWN, "mair_el1": 0x44, "csselr_el1": 0, "sctlr_el1": 0xC50078,
+            "v0": 5, "midr_el1": 7}
+    kept = _snapshot_regs(rig, Golden(Path("g"), (), None), regs)
+    assert kept == {"x0": 1, "mair_el1": 0x44, "sctlr_el1": 0xC50078}
+    assert never_written("ttbr1_el1", KVM_UNKNOWN) and not never_written("x1", KVM_UNKNOWN)
+
+
+def test_the_emulator_starts_arm64_with_kvms_reset_values(tmp_path):
+    """What real arm64 KVM showed in the nested lane (tests/invm: the lane test below checks it again)."""
+    pytest.importorskip("unicorn")
+    from kvmrig.arch.arm64.reset import KVM_UNKNOWN, SCTLR_EL1_RESET
+    from kvmrig.rig.load import load_rig
+    from kvmrig.runner import run_rig
+
+    guest = Path(__file__).resolve().parents[2] / "rigs" / "arm64" / "guests" / "psci-off.bin"
+    (tmp_path / "g.yaml").write_text(ARM64_GOLDEN.replace(", golden: true", "") % guest)
+    regs = run_rig(load_rig(tmp_path / "g.yaml"), "emu").outcome.regs
+    assert regs["sctlr_el1"] == SCTLR_EL1_RESET
+    for name in ("ttbr0_el1", "ttbr1_el1", "mair_el1", "esr_el1", "far_el1", "tpidr_el0", "tpidr_el1",
+                 "tpidrro_el0", "par_el1"):
+        assert regs[name] == KVM_UNKNOWN, name
+
+
+@pytest.mark.arm64vm
+@pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None,
+                    reason="qemu-system-aarch64 is absent (scripts/setup-arm64-lane.sh installs it)")
+def test_an_arm64_golden_written_on_the_emulator_holds_on_real_arm64_kvm(tmp_path):
+    """Two guests, one VM boot: PSCI SYSTEM_OFF through HVC, and an MMIO store to an exit device."""
+    import json
+
+    guests = Path(__file__).resolve().parents[2] / "rigs" / "arm64" / "guests"
+    (tmp_path / "off.yaml").write_text(ARM64_GOLDEN % (guests / "psci-off.bin"))
+    (tmp_path / "store.yaml").write_text((ARM64_GOLDEN % (guests / "exit-code.bin")).replace(
+        "expect: {exit: system-off,", "devices: [{type: exit, at: 0x0a000000}]\nexpect: {exit: exit-code,"))
+    rigs = [str(tmp_path / "off.yaml"), str(tmp_path / "store.yaml")]
+    made = kvmrig("--backend", "emu", "--update-golden", "--json", "emu.json", *rigs, cwd=tmp_path)
+    assert made.returncode == 0 and (tmp_path / "store.golden.yaml").exists(), made.stdout + made.stderr
+    lane = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--in-vm", "arm64", "--junit", "",
+                           "--json", "kvm.json", *rigs], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert lane.returncode == 0, lane.stdout + lane.stderr
+    emu_rigs = {r["name"]: r["regs"] for r in json.loads((tmp_path / "emu.json").read_text())["rigs"]}
+    kvm_rigs = {r["name"]: r["regs"] for r in json.loads((tmp_path / "kvm.json").read_text())["rigs"]}
+    for name, kvm in kvm_rigs.items():
+        emu = emu_rigs[name]
+        # MIDR/MPIDR name the CPU (VOLATILE); CSSELR_EL1 stays 0 on the emulator (arch/arm64/reset.py)
+        differ = {k: (emu[k], kvm[k]) for k in kvm if not k.startswith("v")
+                  and k not in ("midr_el1", "mpidr_el1", "csselr_el1") and emu.get(k) != kvm[k]}
+        assert differ == {}, f"{name}: the emulator's registers are real arm64 KVM's: {differ}"

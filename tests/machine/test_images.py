@@ -267,3 +267,43 @@ def test_entry_outside_memory_is_a_rig_error():
                            "cpu: {mode: real, entry: 0x20000}\n")
     assert text.startswith("/rigs/place.yaml:5:")
     assert "0x20000" in text and "not inside any memory region" in text
+
+
+# -- the ELF's machine and class against the rig -----------------------------------
+
+@pytest.fixture(scope="module")
+def elf32(tmp_path_factory) -> Path:
+    if not (shutil.which("as") and shutil.which("ld")):
+        pytest.skip("GNU as and ld are needed to build the test ELF")
+    d = tmp_path_factory.mktemp("elf32")
+    (d / "g.S").write_text("        .code32\n        .globl _start\n_start: hlt\n")
+    try:
+        subprocess.run(["as", "--32", "-o", str(d / "g.o"), str(d / "g.S")], check=True, capture_output=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-nostdlib", "-static", "-Ttext=0x10000", "-o", str(d / "g.elf"),
+                        str(d / "g.o")], check=True, capture_output=True)
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"this binutils cannot build an i386 ELF: {e.stderr.decode(errors='replace')}")
+    return d / "g.elf"
+
+
+@pytest.mark.parametrize("mode, ok", [("long", False), ("protected", True), ("real", True)])
+def test_a_32_bit_elf_cannot_start_in_long_mode(tmp_path, elf32, mode, ok):
+    rig = load_rig(elf_rig(tmp_path, elf32, f"cpu: {{mode: {mode}}}\n"))
+    if ok:
+        assert prepare(rig).entry == 0x10000
+        return
+    with pytest.raises(RigError, match=r"g.elf is a 32-bit ELF \(EM_386\), but cpu.mode is long") as caught:
+        prepare(rig)
+    assert caught.value.mark.line == 5, "at the image's file: line"
+
+
+def test_an_elf_for_another_machine_is_refused(tmp_path):
+    asm, ld = shutil.which("aarch64-linux-gnu-as"), shutil.which("aarch64-linux-gnu-ld")
+    if not (asm and ld):
+        pytest.skip("binutils-aarch64-linux-gnu is needed to build an arm64 ELF")
+    (tmp_path / "a.S").write_text("        .globl _start\n_start: wfi\n")
+    subprocess.run([asm, "-o", str(tmp_path / "a.o"), str(tmp_path / "a.S")], check=True)
+    subprocess.run([ld, "-Ttext=0x10000", "-o", str(tmp_path / "arm.elf"), str(tmp_path / "a.o")], check=True)
+    rig = load_rig(elf_rig(tmp_path, tmp_path / "arm.elf"))
+    with pytest.raises(RigError, match="is an ELF for EM_AARCH64 .* but the rig's arch is x86_64"):
+        prepare(rig)

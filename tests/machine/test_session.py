@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,21 +121,33 @@ def test_long_mode_runs_64_bit_code():
 
 # -- consoles ---------------------------------------------------------------------
 
+SAY_HI = """
+    66 ba f8 03   # mov dx, 0x3f8
+    b0 68         # mov al, 'h'
+    ee            # out dx, al
+    b0 69         # mov al, 'i'
+    ee            # out dx, al
+    f4            # hlt
+"""
+
+
 @kvm
 def test_serial_console():
-    code = """
-        66 ba f8 03   # mov dx, 0x3f8
-        b0 68         # mov al, 'h'
-        ee            # out dx, al
-        b0 69         # mov al, 'i'
-        ee            # out dx, al
-        f4            # hlt
-    """
+    code = SAY_HI
     out = run(rig_text("long", code, extra="devices: [{type: serial, port: 0x3f8}]\n"
                                            "expect: {console: {contains: hi}}\n"))
     assert_passed(out)
     assert out.console == b"hi"
     assert out.port_writes == []
+
+
+@kvm
+def test_a_failed_console_check_names_the_unclaimed_port_the_guest_wrote_to():
+    code = SAY_HI
+    out = run(rig_text("long", code, extra="expect: {console: {contains: hi}}\n"))   # no serial device
+    assert [f.what for f in out.failures] == ["console"]
+    (note,) = [n for n in out.notes if "no device claims" in n]
+    assert "0x3f8 (2 byte(s): 'hi')" in note and "devices: [{type: serial, port: 0x3f8}]" in note
 
 
 @kvm
@@ -513,3 +526,57 @@ def test_a_rig_error_found_at_run_time_is_an_error_result():
     result = run_rig(load_rig_text(text, "/rigs/err.yaml"))
     assert result.status == ERROR
     assert result.message.startswith("/rigs/err.yaml:4:")
+
+
+# -- sym: in register values -----------------------------------------------------
+
+SYM_REGS = """\
+kvmrig: 1
+arch: x86_64
+memory: [{at: 0, size: 2M}]
+images: [{file: guests/elf-symbols.elf}]
+cpu: {mode: long, entry: "sym:_start", regs: {rdi: "sym:result", rbx: "sym:table+4"}}
+breakpoints: [{at: "sym:sum_max", hits: 1, expect: {regs: {rsi: "%s"}}}]
+expect: {exit: hlt, regs: {rdi: "sym:result", rbx: "sym:table+4", rax: 77}}
+"""
+EXAMPLES_X86 = Path(__file__).resolve().parents[2] / "rigs" / "x86"
+
+
+@kvm
+def test_register_values_can_be_elf_symbols():
+    out = run(SYM_REGS % "sym:table", str(EXAMPLES_X86 / "sym-regs.yaml"))
+    assert_passed(out)
+    wrong = run(SYM_REGS % "sym:result", str(EXAMPLES_X86 / "sym-regs.yaml"))
+    assert [str(f).split(" [")[0] for f in wrong.failures] == \
+        ["breakpoint[0] at sym:sum_max (0x10000), hit 1: register rsi: expected 0x11000 (69632), got 0x1004c (65612)"]
+
+
+def test_a_symbol_too_wide_for_its_register_is_a_rig_error():
+    text = SYM_REGS.replace('rdi: "sym:result"', 'al: "sym:result"', 1) % "sym:table"
+    with pytest.raises(RigError, match=r"sym:result is 0x11000, which does not fit in al \(8 bits\)"):
+        prepare(load_rig_text(text, str(EXAMPLES_X86 / "sym-regs.yaml")))
+
+
+# -- the failure report at a failing per-hit check ---------------------------------
+
+@kvm
+def test_a_failing_per_hit_check_shows_code_and_registers_at_that_hit():
+    code = """
+        b9 05 00 00 00   # 1000: mov $5,%ecx
+        ff c9            # 1005: dec %ecx      <- breakpoint: rcx 5, 4, 3, 2, 1
+        75 fc            # 1007: jne 0x1005
+        f4               # 1009: hlt
+    """
+    out = run(rig_text("long", code, extra="breakpoints: [{at: 0x1005, hits: 5, on_hit: 2, "
+                                          "expect: {regs: {rcx: 9}}}]\nexpect: {exit: hlt}\n"))
+    assert [f.what for f in out.failures] == ["breakpoint[0] at 0x1005, hit 2: register rcx"]
+    report = "\n".join(out.report)
+    assert out.report[0] == "at breakpoint[0] at 0x1005, hit 2:"
+    assert "=> 0x1005: ff c9" in report, "the code at the hit, without the planted breakpoint"
+    assert re.search(r"rcx 0x0+4\b", report), "the registers at the hit (rcx = 4), not at the end (0)"
+    assert "where the run ended" not in report, "no end check failed"
+    both = run(rig_text("long", code, extra="breakpoints: [{at: 0x1005, on_hit: 2, expect: {regs: {rcx: 9}}}]\n"
+                                           "expect: {exit: hlt, regs: {rcx: 7}}\n"))
+    text = "\n".join(both.report)
+    assert "at breakpoint[0] at 0x1005, hit 2:" in text and "where the run ended:" in text
+    assert re.search(r"rcx 0x0+4\b", text) and re.search(r"rcx 0x0+\b", text.split("where the run ended:")[1])

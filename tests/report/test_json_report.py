@@ -103,6 +103,17 @@ def test_schema_knows_every_exit(validator) -> None:
     assert set(EXITS) <= set(exit_schema["properties"]["reason"]["enum"])
 
 
+def test_a_rig_ending_unhandled_is_valid_and_its_details_are_filled(validator) -> None:
+    outcome = Outcome(exit="unhandled", detail="an instruction abort at pc 0x40000000", backend="emu",
+                      failures=[Failure("exit", "system-off", "unhandled")],
+                      report=["code at 0x40000000:", "=> 0x40000000: 00 00 00 00  udf #0", "registers:"])
+    result = RigResult("rigs/u.yaml", "u", FAILED, "rigs", outcome=outcome, backend="emu", details=["cross: x"])
+    doc = results_json([result])
+    valid(validator, doc)
+    assert doc["rigs"][0]["details"] == ["code at 0x40000000:", "=> 0x40000000: 00 00 00 00  udf #0",
+                                         "registers:", "cross: x"]
+
+
 def test_write_is_atomic_and_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "out" / "results.json"
     write_json(path, [failed_result()], seconds=2.0)
@@ -158,4 +169,5 @@ def test_real_output_matches_the_schema(tmp_path: Path, validator) -> None:
     assert hits["exit"]["reason"] == "hlt" and hits["regs"]["rax"] == "0x6"
     assert sum(hits["hit_counts"].values()) == 2 and len(hits["hits"]) >= 1
     assert hits["trace"][:2] == ["0x1000", "0x1003"]
+    assert hits["details"][0].startswith("code at ") and "registers:" in hits["details"], hits["details"]
     assert doc["summary"]["total"] == len(doc["rigs"]) >= 16

@@ -5,7 +5,9 @@ an atomic write."""
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +58,6 @@ def test_one_testcase_per_rig_named_and_classed():
     found = cases(root)
     assert list(found) == ["a", "ok", "bad", "s"]
     assert [c.get("classname") for c in found.values()] == ["rigs.x86", "rigs.x86", "rigs.x86", "rigs.arm"]
-    assert found["a"].get("file") == "/rigs/x86/a.yaml"
     (suite,) = root.iter("testsuite")
     counts = [suite.get(k) for k in ("tests", "failures", "errors", "skipped")]
     assert counts == ["4", "1", "1", "1"]
@@ -67,11 +68,15 @@ def test_failure_carries_every_failed_check_and_where_it_stopped():
     failure = case.find("failure")
     assert failure is not None and case.find("error") is None
     text = failure.text
-    assert "register rax: expected 0x2a (42), got 0x2b (43) [a.yaml:12]" in text
-    assert "memory at 0x5000: expected 34 12 00 00, got 00 00 00 00 [a.yaml:14]" in text
+    assert "register rax: expected 0x2a (42), got 0x2b (43) [/rigs/x86/a.yaml:12]" in text
+    assert "memory at 0x5000: expected 34 12 00 00, got 00 00 00 00 [/rigs/x86/a.yaml:14]" in text
     assert "console: expected to contain 'PASS'" in text
     assert "final pc 0x1004" in text
-    assert failure.get("message").startswith("register rax: expected 0x2a (42)")
+    message = failure.get("message")
+    assert "\n" not in message, "one line"
+    assert message.startswith("3 failed checks: register rax: expected 0x2a (42), got 0x2b (43) [/rigs/x86/a.yaml:12]; "
+                              "memory at 0x5000: ")
+    assert "; console: expected to contain 'PASS'" in message
 
 
 def test_console_goes_to_system_out():
@@ -112,6 +117,46 @@ def test_suite_names_the_backends_that_ran():
     root = parse([passed_result(), skipped_result()])
     props = {p.get("name"): p.get("value") for p in root.findall("testsuite/properties/property")}
     assert props["backends"] == "kvm"
+    assert props["backend:rigs.x86::ok"] == "kvm", "which backend ran each rig: on the suite, where the schema allows"
+    assert "backend:rigs.arm::s" not in props, "a skipped rig ran nowhere"
+
+
+def test_a_long_check_is_shortened_in_the_message_but_whole_in_the_text():
+    result = failed_result()
+    result.outcome.failures[2] = Failure("console", "to contain 'PASS'", repr("x" * 500))
+    failure = cases(parse([result]))["a"].find("failure")
+    assert len(failure.get("message")) < 400 and failure.get("message").endswith("...")
+    assert "x" * 500 in failure.text
+
+
+# -- the schema --------------------------------------------------------------------
+
+SCHEMA = Path(__file__).with_name("junit-10.xsd")
+
+
+def test_every_kind_of_result_validates_against_junit_10_xsd():
+    xmlschema = pytest.importorskip("xmlschema")
+    text = junit_xml([failed_result(), passed_result(), error_result(), skipped_result(),
+                      passed_result("noisy", b"\x00\x1b[1m\xff")])
+    xmlschema.XMLSchema(SCHEMA).validate(text)
+    root = ET.fromstring(text)
+    assert root.find("testsuite").get("disabled") is None
+    times = [e.get("time") for e in root.iter() if e.get("time") is not None]
+    assert times and all(re.fullmatch(r"\d+\.\d{3}", t) for t in times), times
+    assert [c.get("time") for c in root.iter("testcase")][:2] == ["0.250", "0.010"]
+
+
+def test_the_schema_rejects_what_it_should():
+    """The check is real: testcase properties and a `file` attribute are refused."""
+    xmlschema = pytest.importorskip("xmlschema")
+    schema = xmlschema.XMLSchema(SCHEMA)
+    root = ET.fromstring(junit_xml([passed_result()]))
+    case = root.find(".//testcase")
+    case.set("file", "/rigs/x86/ok.yaml")
+    assert not schema.is_valid(ET.tostring(root, encoding="unicode"))
+    del case.attrib["file"]
+    ET.SubElement(ET.SubElement(case, "properties"), "property", name="backend", value="kvm")
+    assert not schema.is_valid(ET.tostring(root, encoding="unicode"))
 
 
 # -- writing --------------------------------------------------------------------

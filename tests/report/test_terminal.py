@@ -48,8 +48,8 @@ def terminal(verbosity: int = 0, color: bool | None = False) -> tuple[Terminal, 
 
 def test_failure_lines_list_every_check_then_the_stop_then_notes():
     lines = failure_lines(failed())
-    assert lines[0] == "exit_code: expected 0x2a (42), got 0x11 (17) [f.yaml:9]"
-    assert lines[1] == "register rbx: expected 1, got 0x20 (32) [f.yaml:11]"
+    assert lines[0] == "exit_code: expected 0x2a (42), got 0x11 (17) [/rigs/f.yaml:9]"
+    assert lines[1] == "register rbx: expected 1, got 0x20 (32) [/rigs/f.yaml:11]"
     assert lines[2] == ("exit exit-code (code 0x11 (17)): exit device exit@0xf4 written with 0x11 (17); "
                         "final pc 0x1004")
     assert "note: a note for the reader" in lines[3:]
@@ -79,8 +79,8 @@ def test_fail_shows_every_failed_check_indented():
     term.result(failed())
     lines = out.getvalue().splitlines()
     assert lines[0] == "FAIL  /rigs/f.yaml::f (kvm, 12.3 ms)"
-    assert "      exit_code: expected 0x2a (42), got 0x11 (17) [f.yaml:9]" in lines
-    assert "      register rbx: expected 1, got 0x20 (32) [f.yaml:11]" in lines
+    assert "      exit_code: expected 0x2a (42), got 0x11 (17) [/rigs/f.yaml:9]" in lines
+    assert "      register rbx: expected 1, got 0x20 (32) [/rigs/f.yaml:11]" in lines
     assert any(line.startswith("      exit exit-code") and "final pc 0x1004" in line for line in lines)
 
 

@@ -473,3 +473,58 @@ def test_any_value_anywhere_is_a_rig_or_a_rig_error(rig_dir: Path):
 def test_a_huge_timeout_is_a_rig_error_at_its_line(timeout):
     # issue 11 item 2: validate passed it, then the run died (OverflowError, no JUnit)
     assert error(f"kvmrig: 1\narch: x86_64\ntimeout: {timeout}\n").startswith("r.yaml:3:10: timeout: ")
+
+
+# -- every error of a file at once ------------------------------------------------
+
+def test_every_schema_error_of_a_file_is_reported_in_file_order():
+    text = ("kvmrig: 1\narch: x86_64\nmemry: []\n"
+            "memory: [{at: 0, size: 64K}]\n"
+            "cpu: {mode: rea}\n"
+            "expect: {exitt: hlt}\n")
+    with pytest.raises(RigError) as caught:
+        load_rig_text(text, "rigs/x86/exit-code.yaml")
+    e = caught.value
+    lines = str(e).splitlines()
+    assert len(lines) == 3, lines
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "rigs/x86/exit-code.yaml:3:1", "rigs/x86/exit-code.yaml:5:13", "rigs/x86/exit-code.yaml:6:10"]
+    assert "memry" in lines[0] and "rea" in lines[1] and "exitt" in lines[2]
+    assert e.mark.line == 3 and len(e.more) == 2
+
+
+def test_every_value_error_of_a_schema_valid_file_is_reported():
+    text = ("kvmrig: 1\narch: x86_64\n"
+            "memory: [{at: 0x800, size: 64K}]\n"           # not page aligned
+            "cpu: {mode: long, regs: {rxx: 1}}\n"          # no such register
+            "expect: {regs: {ryy: 2}}\n")                  # nor this one
+    with pytest.raises(RigError) as caught:
+        load_rig_text(text, "a/r.yaml")
+    lines = str(caught.value).splitlines()
+    assert [line.split(":")[1] for line in lines] == ["3", "4", "5"], lines
+    assert "multiple of 4 KiB" in lines[0] and "rxx" in lines[1] and "ryy" in lines[2]
+
+
+# -- expect.executed / not_executed (kvmrig.coverage) -------------------------
+
+COVERAGE_RIG = """\
+kvmrig: 1
+arch: x86_64
+memory: [{at: 0, size: 64K}]
+images: [{hex: "f4", at: 0x1000}]
+expect:
+  executed: ["sym:handler", 0x1000]
+  not_executed: ["sym:panic+4"]
+"""
+
+
+def test_executed_and_not_executed_are_addresses():
+    rig = load_rig_text(COVERAGE_RIG, "r.yaml")
+    assert [str(a) for a in rig.expect.executed] == ["sym:handler", "0x1000"]
+    assert [str(a) for a in rig.expect.not_executed] == ["sym:panic+0x4"]
+    assert (rig.expect.executed[0].mark.line, rig.expect.not_executed[0].mark.line) == (6, 7)
+
+
+def test_executed_takes_addresses_only():
+    message = error(COVERAGE_RIG.replace('"sym:handler"', '"handler"'))
+    assert "r.yaml:6:" in message and "executed" in message

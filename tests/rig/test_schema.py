@@ -65,15 +65,16 @@ def test_every_property_has_a_description_and_objects_are_closed():
 
 CONTRACT_KEYS = {
     (): {"kvmrig", "name", "description", "arch", "tags", "timeout", "backend", "trace", "memory", "images",
-         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io"},
+         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io", "save", "from", "set", "input", "call"},
     ("trace",): {"max"},
     ("memory", "items"): {"at", "size", "rom", "name"},
     ("images", "items"): {"file", "at", "hex"},
-    ("devices", "items"): {"type", "port", "at", "value", "size", "input"},
+    ("devices", "items"): {"type", "port", "at", "value", "size", "input", "idle"},
     ("cpu",): {"mode", "entry", "regs", "tables_at"},
-    ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set"},
-    ("watchpoints", "items"): {"at", "len", "access", "hits", "expect", "on_hit", "set"},
-    ("expect",): {"exit", "exit_code", "regs", "memory", "console", "port_writes", "steps", "golden"},
+    ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set", "save"},
+    ("watchpoints", "items"): {"at", "len", "access", "hits", "expect", "on_hit", "set", "save"},
+    ("expect",): {"exit", "exit_code", "regs", "memory", "console", "port_writes", "steps", "golden",
+                  "executed", "not_executed"},   # extension: coverage (kvmrig.coverage)
     ("expect", "console"): {"contains", "not_contains", "regex"},
     ("io",): {"unclaimed"},
 }
@@ -92,12 +93,13 @@ def test_enums_match_the_contract():
     assert props["arch"]["enum"] == ["x86_64", "arm64"]
     assert props["backend"]["enum"] == ["any", "kvm", "emu"]
     assert props["expect"]["properties"]["exit"]["enum"] == [
-        "hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout"]
+        "hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "timeout", "idle"]
     assert props["devices"]["items"]["properties"]["type"]["enum"] == [
         "serial", "pl011", "debugcon", "exit", "constant", "reset"]
     assert props["io"]["properties"]["unclaimed"]["enum"] == ["record", "stop"]
     for extension in (props["io"], props["cpu"]["properties"]["tables_at"],
-                      props["memory"]["items"]["properties"]["name"]):
+                      props["memory"]["items"]["properties"]["name"], props["save"], props["from"], props["set"],
+                      props["input"], props["call"], props["breakpoints"]["items"]["properties"]["save"]):
         assert "kvmrig extension" in extension["description"]
 
 

@@ -18,7 +18,7 @@ def unavailable() -> str | None:
     try:
         import unicorn
     except ImportError as e:
-        return f"the emulator backend needs unicorn >= 2.1 (pip install 'kvmrig[emu]'): {e}"
+        return f"the emulator backend needs unicorn >= 2.1 (a dependency of kvmrig: pip install kvmrig installs it): {e}"
     major, minor = (int(x) for x in unicorn.__version__.split(".")[:2])
     if (major, minor) < (2, 1):
         return f"the emulator backend needs unicorn >= 2.1, this is {unicorn.__version__}"

@@ -83,6 +83,7 @@ from kvmrig.arch.arm64 import esr, mmu
 from kvmrig.arch.arm64.boot import Arm64State
 from kvmrig.arch.arm64.onereg import ONE_REGS, sp_for_pstate
 from kvmrig.arch.arm64.regs import CANONICAL, SYSREGS
+from kvmrig.arch.arm64.reset import EMU_RESET
 from kvmrig.backends.events import DebugEvent, Event, SwBreak, SystemEvent, Timeout, Unhandled
 from kvmrig.backends.emu.core import EmuBackendBase
 from kvmrig.errors import BackendError
@@ -168,6 +169,10 @@ class EmuArm64Backend(EmuBackendBase):
         uc.hook_add(U.UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
         uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_msr, False), aux1=A.UC_ARM64_INS_MSR)
         uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_sys, False), aux1=A.UC_ARM64_INS_SYS)
+
+    def _forget_arch(self) -> None:
+        self._trap, self._walk_fault = None, None
+        self._walk(False)   # the created context has the MMU off
 
     # The MMU -------------------------------------------------------------------
     def _regime_reader(self):
@@ -288,7 +293,8 @@ class EmuArm64Backend(EmuBackendBase):
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
-        self.set_regs({"pstate": state.pstate, "pc": state.pc})
+        # The EL1 system registers as KVM resets them (arch/arm64/reset.py), then the start state.
+        self.set_regs({**EMU_RESET, "pstate": state.pstate, "pc": state.pc})
 
     # Registers -----------------------------------------------------------
     def _read(self, name: str) -> int:
@@ -297,8 +303,15 @@ class EmuArm64Backend(EmuBackendBase):
             return self.uc.reg_read(A.UC_ARM64_REG_CP_REG, reg)
         return self.uc.reg_read(reg)
 
+    def _settle_for_reading(self) -> None:
+        """arm64 KVM shows an MMIO store not yet done (pc on it: KVM steps past it
+        when the vCPU runs again, Linux kvm_handle_mmio_return), unlike x86 and
+        unlike a port write: read the registers as the hook left them then."""
+        if not (self._in_hook == "write" and self._hook_src == "mmio"):
+            self._settle()
+
     def get_regs(self) -> dict[str, int]:
-        self._settle()
+        self._settle_for_reading()
         uc = self.uc
         # The banked copy of the live stack pointer is stale in unicorn: take "sp" for it.
         live = uc.reg_read(A.UC_ARM64_REG_SP)
@@ -311,7 +324,7 @@ class EmuArm64Backend(EmuBackendBase):
         return out
 
     def get_pc(self) -> int:
-        self._settle()
+        self._settle_for_reading()
         return self.uc.reg_read(A.UC_ARM64_REG_PC)
 
     def set_regs(self, regs: dict[str, int]) -> None:

@@ -79,6 +79,8 @@ from kvmrig.errors import BackendError
 BUDGET = 1 << 62          # "run until something happens" as an instruction count
 STOP_RETRY = 0.01         # seconds between emu_stop calls once the deadline passed
 ACCESS_SPAN = 15          # widest access unicorn reports at once is 16 bytes: hook ranges start this far early
+REHOOK_MIN = 1000         # coverage: block-hook calls between re-hookings
+MAX_BLOCK_HOOKS = 4096    # coverage: block hooks over the code not yet seen, at most
 _QUIT = object()
 _ABORT = object()
 
@@ -150,6 +152,18 @@ class EmuBackendBase(Backend):
         self._skip: tuple[int, frozenset] | None = None      # (pc, reported at pc) for the next start
         self._just_hit: tuple[int, frozenset] | None = None
         self._flush = False
+        # Coverage (record_blocks): blocks seen, and the hooks over code not yet seen.
+        self._cov_sink = None
+        self._cov_seen: dict[int, int] = {}
+        self._cov_gaps: dict[tuple[int, int], int] = {}   # hooked [begin, end] -> hook handle
+        self._cov_calls = 0
+        self._cov_limit = REHOOK_MIN
+        self._cov_pause = False
+        self._cov_new: list[tuple[int, int]] = []   # blocks first seen since the last re-hooking
+        self._cov_last: tuple[int, int, int] | None = None  # a new block (addr, size, epoch), reported
+        #                                                      once control leaves it
+        self._cov_restart = False  # the next hook of the pending block is a restart (_on_unmapped)
+        self._cov_epoch = 0        # emu_start calls so far
         self._install_base_hooks()
 
     # Arch hooks ----------------------------------------------------------
@@ -189,6 +203,9 @@ class EmuBackendBase(Backend):
             raise BackendError(f"memory region {gpa:#x}+{size:#x} is not aligned to the emulator's "
                                f"{self.page:#x}-byte pages")
         view = (ctypes.c_char * size).from_buffer(buf)
+        if any(start == gpa and end == gpa + size and r == rom and ctypes.addressof(v) == ctypes.addressof(view)
+               for start, end, r, v in self._regions):
+            return  # a reused emulator: this buffer backs this range already
         self._views.append(view)
         perms = U.UC_PROT_READ | U.UC_PROT_EXEC if rom else U.UC_PROT_ALL
         self.uc.mem_map_ptr(gpa, size, perms, ctypes.addressof(view))
@@ -276,6 +293,7 @@ class EmuBackendBase(Backend):
         # access, so the registers of an MMIO event show the accessing instruction.
         self._mmio_hooks.append(self.uc.hook_add(U.UC_HOOK_MEM_READ | U.UC_HOOK_MEM_WRITE, _noop_mem,
                                                  begin=page, end=page + self.page - 1))
+        self._cov_restart = True   # unicorn runs the block again from its start: not a second pass
         return True
 
     def _mmio_read(self, offset: int, size: int, page: int) -> int:
@@ -334,6 +352,94 @@ class EmuBackendBase(Backend):
                                                  end=s.addr + s.length - 1))
         self._flush = True  # code hooks live in translated blocks
 
+    # Coverage ------------------------------------------------------------------
+    # A block hook reports each executed block. Calling Python at every block
+    # would cost firmware loops dearly, so the hooks cover only code not seen
+    # yet: after REHOOK_MIN calls the hook stops the emulator at the start of
+    # a block (nothing of it has run: unicorn checks the stop request before
+    # the block's first instruction), the hooks are re-laid over the gaps
+    # between the blocks seen, the newly seen blocks are translated again, and the run resumes
+    # where it stopped, invisibly to the machine layer.
+    def record_blocks(self, sink) -> bool:
+        self._cov_sink = sink
+        self._cov_gaps = {(0, (1 << 64) - 1): self.uc.hook_add(U.UC_HOOK_BLOCK, self._on_block,
+                                                               begin=0, end=(1 << 64) - 1)}
+        self._flush = True  # blocks translated before this have no hook in them
+        return True
+
+    def _on_block(self, _uc, addr: int, size: int, _ud=None) -> None:
+        if self._mute:
+            return            # _settle completing an instruction that already ran
+        last = self._cov_last
+        restart, self._cov_restart = self._cov_restart, False
+        if last is not None and last[0] == addr and (restart or last[2] != self._cov_epoch):
+            # The pending block starts over in a new emu_start (the last one ended before it
+            # ran, e.g. a single-step's count) or after a retried access: still pending.
+            self._cov_last = (addr, size, self._cov_epoch)
+            return
+        if last is not None:   # control left it: it ran to here, or to its end
+            self._cov_last = None
+            pa, ps, _ = last
+            self._cov_commit(pa, addr - pa if pa < addr < pa + ps else ps)
+        self._cov_calls += 1
+        if self._cov_calls >= self._cov_limit and not self._single_step and not self._cov_pause:
+            self._cov_pause = True
+            self.uc.emu_stop()
+            return            # nothing of this block runs now; its hook fires again at the restart
+        if self._cov_seen.get(addr, 0) < size:
+            self._cov_last = (addr, size, self._cov_epoch)
+
+    def _cov_commit(self, addr: int, size: int) -> None:
+        if self._cov_seen.get(addr, 0) < size:
+            self._cov_seen[addr] = size
+            self._cov_new.append((addr, size))
+            self._cov_sink(addr, size)
+
+    def blocks_done(self, stop: int | None) -> None:
+        """The run is over: report the new block it ended in, up to where it stopped
+        (a block's hook fires before it runs, so its end is known only now)."""
+        last, self._cov_last = self._cov_last, None
+        if last is None:
+            return
+        addr, size, _ = last
+        if stop is None:
+            self._settle()
+            stop = self._linear_pc()
+        end = stop if addr <= stop < addr + size else addr + size
+        if end > addr:
+            self._cov_commit(addr, end - addr)
+
+    def _rehook_blocks(self) -> None:
+        """Lay the block hooks over the gaps between the blocks seen (outside emu_start)."""
+        self._cov_pause = False
+        seen: list[list[int]] = []
+        for lo, hi in sorted((a, a + s) for a, s in self._cov_seen.items()):
+            if seen and lo <= seen[-1][1]:
+                seen[-1][1] = max(seen[-1][1], hi)
+            else:
+                seen.append([lo, hi])
+        # Keep the hook count bounded: leave only the largest seen ranges out.
+        skip = sorted(sorted(seen, key=lambda r: r[0] - r[1])[:MAX_BLOCK_HOOKS - 1])
+        gaps, at = [], 0
+        for lo, hi in skip + [[1 << 64, 1 << 64]]:
+            if lo > at:
+                gaps.append((at, lo - 1))
+            at = hi
+        # Adding a hook costs tens of microseconds in the binding: change only the
+        # gaps the new blocks split, keep the hooks of the others.
+        uc, old = self.uc, self._cov_gaps
+        for gap in set(old) - set(gaps):
+            uc.hook_del(old.pop(gap))
+        for gap in gaps:
+            if gap not in old:
+                old[gap] = uc.hook_add(U.UC_HOOK_BLOCK, self._on_block, begin=gap[0], end=gap[1])
+        self._cov_limit = self._cov_calls + REHOOK_MIN
+        # Only the blocks seen since the last time carry a hook call they no longer
+        # need: translate them again; the rest of the translations stay right.
+        new, self._cov_new = self._cov_new, []
+        for addr, size in new:
+            uc.ctl_remove_cache(addr, addr + size)
+
     def _on_code(self, addr: int, size: int, _ud=None) -> None:
         """A breakpoint address is about to execute: report each point there once."""
         done: frozenset = frozenset()
@@ -386,6 +492,7 @@ class EmuBackendBase(Backend):
             if job is _ABORT:  # a stale abort for a hook that has already returned
                 continue
             begin, count = job
+            self._cov_epoch += 1
             err = None
             try:
                 self.uc.emu_start(begin, 0, count=count)
@@ -501,6 +608,9 @@ class EmuBackendBase(Backend):
             e, self._hook_error = self._hook_error, None
             raise BackendError(f"the emulator backend failed in a hook: {type(e).__name__}: {e}") from e
         self._flush = True  # the machine may write memory or registers before the next start
+        paused = self._cov_pause
+        if paused:
+            self._rehook_blocks()   # the coverage hook stopped the emulator (record_blocks)
         event, self._stop_event = self._stop_event, None
         if event is None and self._watch_pending:   # a single-step ended first
             event = self._take_watches(self._linear_pc())
@@ -514,6 +624,8 @@ class EmuBackendBase(Backend):
             return Step(self._linear_pc()) if self._single_step else None
         if self._single_step:
             return Step(self._linear_pc())
+        if paused:
+            return None    # run on from the block the coverage hook stopped at
         return self._natural_stop()
 
     def _stopped(self, event: Event) -> Event | None:
@@ -559,6 +671,100 @@ class EmuBackendBase(Backend):
             self._inbox.put(b"")   # an access the muted rerun could not avoid: let it pass
         raise BackendError("the emulator did not stop while completing an instruction")
 
+    def _abort_run(self) -> bool:
+        """End an emu_start that is still under way (a hook waiting for an
+        answer is aborted, a running guest stopped until it returns); the
+        worker thread stays. False if it would not stop."""
+        if not self._running or self._thread is None:
+            return True
+        self._timed_out = True
+        self.uc.emu_stop()
+        if self._in_hook:
+            self._inbox.put(_ABORT)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            try:
+                kind, *_ = self._outbox.get(timeout=STOP_RETRY)
+            except queue.Empty:
+                self.uc.emu_stop()
+                continue
+            if kind == "done":
+                self._running = False
+                return True
+            self._inbox.put(_ABORT)
+        return False
+
+    # Reuse: unicorn's context save/restore ---------------------------------------
+    def keep_pristine(self) -> None:
+        """Remember the CPU as created (unicorn context), for reset()."""
+        self._pristine = self.uc.context_save()
+
+    def track_dirty(self) -> None:
+        """Unicorn keeps no dirty log: dirty_pages() says so and the machine
+        gives every region fresh zero pages."""
+
+    def dirty_pages(self) -> set[int] | None:
+        return None
+
+    def park(self) -> None:
+        """Nothing runs between rigs: the emulator's timeout lives in run()."""
+
+    def reusable(self) -> bool:
+        return not self._closed and not self._running and (self._thread is None or self._thread.is_alive())
+
+    def reset(self) -> None:
+        """The CPU back to its created context; MMIO pages, hooks and every
+        record of the last run gone, translations flushed."""
+        if not self._abort_run():
+            raise BackendError("the emulator did not stop, so it cannot be reset")
+        if self._replay is not None:
+            self._end_replay()
+        uc = self.uc
+        uc.context_restore(self._pristine)
+        for h in self._mmio_hooks:
+            uc.hook_del(h)
+        for page in self._mmio_pages:
+            uc.mem_unmap(page, self.page)
+        self._mmio_pages, self._mmio_hooks = set(), []
+        self.set_debug([], False, ())
+        self._debug_key = ((), frozenset(), ())
+        self._in_hook, self._hook_src, self._answers, self._mute = None, "", [], False
+        self._running, self._answer = False, b""
+        self._stop_event, self._hook_error, self._timed_out = None, None, False
+        self._rom_write, self._rom_event, self._replayed = None, None, False
+        self._watch_pending, self._pending = [], []
+        self._single_step, self._skip, self._just_hit = False, None, None
+        self._forget_arch()
+        uc.ctl_flush_tb()
+        self._flush = False
+
+    def export_cpu(self) -> dict:
+        """The CPU as text: registers by name (to read) and unicorn's context
+        (to load; only the same unicorn version can)."""
+        import pickle
+        import unicorn
+        self._settle()
+        return {"regs": {k: hex(v) for k, v in self.get_regs().items()}, "unicorn": unicorn.__version__,
+                "context": pickle.dumps(self.uc.context_save()).hex()}
+
+    def import_cpu(self, text: dict) -> None:
+        import pickle
+        import unicorn
+        if text.get("unicorn") != unicorn.__version__:
+            raise BackendError(f"the saved emulator state is from unicorn {text.get('unicorn')}; this is "
+                               f"unicorn {unicorn.__version__}, which cannot load its context")
+        try:
+            ctx = pickle.loads(bytes.fromhex(text["context"]))
+        except Exception as e:  # noqa: BLE001 - any damage is the file's
+            raise BackendError(f"the saved emulator context is malformed ({type(e).__name__})") from None
+        if not self._abort_run():
+            raise BackendError("the emulator did not stop, so it cannot load a state")
+        self.uc.context_restore(ctx)
+        self.uc.ctl_flush_tb()
+
+    def _forget_arch(self) -> None:
+        """Arch hook: drop what the arch subclass remembers of the last run."""
+
     # Closing ------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
@@ -566,23 +772,7 @@ class EmuBackendBase(Backend):
         self._closed = True
         thread = self._thread
         if thread is not None:
-            if self._running:
-                self._timed_out = True
-                self.uc.emu_stop()
-                if self._in_hook:
-                    self._inbox.put(_ABORT)
-                # Wait for emu_start to return (a hook that waits is aborted,
-                # a running guest is stopped again until it is).
-                end = time.monotonic() + 5
-                while time.monotonic() < end:
-                    try:
-                        kind, *_ = self._outbox.get(timeout=STOP_RETRY)
-                    except queue.Empty:
-                        self.uc.emu_stop()
-                        continue
-                    if kind == "done":
-                        break
-                    self._inbox.put(_ABORT)
+            self._abort_run()
             self._inbox.put(_QUIT)
             thread.join(5)
             self._thread = None

@@ -261,6 +261,23 @@ class EmuX86Backend(EmuBackendBase):
         self._settle()
         return self.uc.reg_read(X.UC_X86_REG_RIP)
 
+    def get_extra_regs(self) -> dict[str, int]:
+        self._settle()
+        uc = self.uc
+        out = {}
+        top = (uc.reg_read(X.UC_X86_REG_FPSW) >> 11) & 7   # FPn are physical registers: ST(i) is FP(TOP+i)
+        for i in range(8):
+            mantissa, exponent = uc.reg_read(X.UC_X86_REG_FP0 + (top + i) % 8)   # (64-bit mantissa, sign+exponent)
+            out[f"st{i}"] = (exponent & 0xFFFF) << 64 | mantissa
+        fip, fdp = uc.reg_read(X.UC_X86_REG_FIP), uc.reg_read(X.UC_X86_REG_FDP)
+        out.update(fctrl=uc.reg_read(X.UC_X86_REG_FPCW), fstat=uc.reg_read(X.UC_X86_REG_FPSW),
+                   ftag=uc.reg_read(X.UC_X86_REG_FPTAG), fop=uc.reg_read(X.UC_X86_REG_FOP) & 0x7FF,
+                   fioff=fip & 0xFFFFFFFF, fiseg=(fip >> 32) & 0xFFFF, fooff=fdp & 0xFFFFFFFF,
+                   foseg=(fdp >> 32) & 0xFFFF, mxcsr=uc.reg_read(X.UC_X86_REG_MXCSR),
+                   fs_base=uc.reg_read(X.UC_X86_REG_FS_BASE), gs_base=uc.reg_read(X.UC_X86_REG_GS_BASE))
+        out.update({f"xmm{i}": uc.reg_read(X.UC_X86_REG_XMM0 + i) for i in range(16)})
+        return out
+
     def set_regs(self, regs: dict[str, int]) -> None:
         self._settle()
         uc = self.uc
@@ -276,6 +293,9 @@ class EmuX86Backend(EmuBackendBase):
             except UcError as e:
                 raise BackendError(f"setting {name} to {value:#x}: {e} (e.g. a selector the GDT has no "
                                    "usable descriptor for)") from None
+
+    def _forget_arch(self) -> None:
+        self._exception = None
 
     def cs_base(self) -> int:
         """The hidden base of CS (see _CsBase)."""

@@ -142,6 +142,58 @@ struct kvm_sync_regs {
     struct kvm_vcpu_events events;
 };
 
+/* asm/kvm.h, KVM_GET_MSR_INDEX_LIST (system fd): nmsrs is the capacity in
+   (E2BIG, with nmsrs set, when too small), the count out. */
+struct kvm_msr_list {
+    uint32_t nmsrs;
+    uint32_t indices[];
+};
+
+/* asm/kvm.h, KVM_GET_MSRS / KVM_SET_MSRS: both return how many entries, from
+   the first, they processed (fewer means entry [n] failed). */
+struct kvm_msr_entry {
+    uint32_t index;
+    uint32_t reserved;
+    uint64_t data;
+};
+
+struct kvm_msrs {
+    uint32_t nmsrs;
+    uint32_t pad;
+    struct kvm_msr_entry entries[];
+};
+
+/* asm/kvm.h, KVM_GET/SET_XSAVE (KVM_CAP_XSAVE): the XSAVE image, laid out as
+   the host's CPUID leaf 0xD says; 4096 bytes unless KVM_CAP_XSAVE2 says more. */
+struct kvm_xsave {
+    uint32_t region[1024];
+    uint32_t extra[];
+};
+
+/* asm/kvm.h, KVM_GET/SET_XCRS (KVM_CAP_XCRS): XCR0 and friends; 16 = KVM_MAX_XCRS. */
+struct kvm_xcr {
+    uint32_t xcr;
+    uint32_t reserved;
+    uint64_t value;
+};
+
+struct kvm_xcrs {
+    uint32_t nr_xcrs;
+    uint32_t flags;
+    struct kvm_xcr xcrs[16];
+    uint64_t padding[16];
+};
+
+/* asm/kvm.h, KVM_GET/SET_DEBUGREGS (KVM_CAP_DEBUGREGS): the guest's own
+   DR0-3, DR6 and DR7 (not the ones KVM_SET_GUEST_DEBUG arms for kvmrig). */
+struct kvm_debugregs {
+    uint64_t db[4];
+    uint64_t dr6;
+    uint64_t dr7;
+    uint64_t flags;
+    uint64_t reserved[9];
+};
+
 /* asm/kvm.h, kvm_run.debug.arch on KVM_EXIT_DEBUG: exception is the vector
    (1 = #DB, 3 = #BP), pc the linear address (cs.base + rip). */
 struct kvm_debug_exit_arch {
@@ -225,6 +277,27 @@ struct kvm_userspace_memory_region {
     uint64_t guest_phys_addr;
     uint64_t memory_size;
     uint64_t userspace_addr;
+};
+
+/* linux/kvm.h, KVM_GET_REG_LIST (arm64 snapshots): n is the capacity in, the
+   count out (E2BIG, with n set, when the array is too small). */
+struct kvm_reg_list {
+    uint64_t n;
+    uint64_t reg[];
+};
+
+/* linux/kvm.h, KVM_GET_DIRTY_LOG: one bit per page of the slot, set for each
+   page the guest wrote since the last call (which clears them). The slot
+   needs KVM_MEM_LOG_DIRTY_PAGES. */
+struct kvm_dirty_log {
+    uint32_t slot;
+    uint32_t padding1;
+    uint64_t dirty_bitmap;   /* void * in C (a union with u64 padding2) */
+};
+
+/* linux/kvm.h, KVM_GET/SET_MP_STATE: KVM_MP_STATE_* (runnable, halted, stopped...). */
+struct kvm_mp_state {
+    uint32_t mp_state;
 };
 
 /* linux/kvm.h, KVM_GET_ONE_REG / KVM_SET_ONE_REG: addr points at a buffer of
@@ -379,6 +452,10 @@ def ioctl_table(arch: str) -> dict[str, int]:
         # the id and a pointer; the value travels through the pointer.
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
+        "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64 snapshots)
+        "KVM_GET_DIRTY_LOG":            IOW(0x42, "struct kvm_dirty_log"),       # VM: slot, bitmap
+        "KVM_GET_MP_STATE":             IOR(0x98, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
+        "KVM_SET_MP_STATE":             IOW(0x99, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
     }
     if arch == "x86_64":
         table.update({
@@ -392,6 +469,19 @@ def ioctl_table(arch: str) -> dict[str, int]:
             "KVM_GET_FPU":              IOR(0x8C, "struct kvm_fpu"),             # vcpu
             "KVM_SET_FPU":              IOW(0x8D, "struct kvm_fpu"),             # vcpu
             "KVM_SET_CPUID2":           IOW(0x90, "struct kvm_cpuid2"),          # vcpu; KVM_CAP_EXT_CPUID
+            "KVM_GET_MSR_INDEX_LIST":   IOWR(0x02, "struct kvm_msr_list"),       # system
+            "KVM_GET_MSRS":             IOWR(0x88, "struct kvm_msrs"),           # vcpu
+            "KVM_SET_MSRS":             IOW(0x89, "struct kvm_msrs"),            # vcpu
+            "KVM_GET_VCPU_EVENTS":      IOR(0x9F, "struct kvm_vcpu_events"),     # vcpu; KVM_CAP_VCPU_EVENTS
+            "KVM_SET_VCPU_EVENTS":      IOW(0xA0, "struct kvm_vcpu_events"),     # vcpu; KVM_CAP_VCPU_EVENTS
+            "KVM_GET_DEBUGREGS":        IOR(0xA1, "struct kvm_debugregs"),       # vcpu; KVM_CAP_DEBUGREGS
+            "KVM_SET_DEBUGREGS":        IOW(0xA2, "struct kvm_debugregs"),       # vcpu; KVM_CAP_DEBUGREGS
+            "KVM_GET_XSAVE":            IOR(0xA4, "struct kvm_xsave"),           # vcpu; KVM_CAP_XSAVE
+            "KVM_SET_XSAVE":            IOW(0xA5, "struct kvm_xsave"),           # vcpu; KVM_CAP_XSAVE
+            "KVM_GET_XCRS":             IOR(0xA6, "struct kvm_xcrs"),            # vcpu; KVM_CAP_XCRS
+            "KVM_SET_XCRS":             IOW(0xA7, "struct kvm_xcrs"),            # vcpu; KVM_CAP_XCRS
+            "KVM_GET_XSAVE2":           IOR(0xCF, "struct kvm_xsave"),           # vcpu; KVM_CAP_XSAVE2
+            "KVM_GET_TSC_KHZ":          _IO(0xA3),                               # vcpu; KVM_CAP_GET_TSC_KHZ
         })
     elif arch == "arm64":
         table.update({
@@ -424,6 +514,23 @@ KVM_GET_SREGS = IOCTLS.get("KVM_GET_SREGS")
 KVM_SET_SREGS = IOCTLS.get("KVM_SET_SREGS")
 KVM_GET_FPU = IOCTLS.get("KVM_GET_FPU")
 KVM_SET_FPU = IOCTLS.get("KVM_SET_FPU")
+KVM_GET_MSR_INDEX_LIST = IOCTLS.get("KVM_GET_MSR_INDEX_LIST")
+KVM_GET_MSRS = IOCTLS.get("KVM_GET_MSRS")
+KVM_SET_MSRS = IOCTLS.get("KVM_SET_MSRS")
+KVM_GET_VCPU_EVENTS = IOCTLS.get("KVM_GET_VCPU_EVENTS")
+KVM_SET_VCPU_EVENTS = IOCTLS.get("KVM_SET_VCPU_EVENTS")
+KVM_GET_DEBUGREGS = IOCTLS.get("KVM_GET_DEBUGREGS")
+KVM_SET_DEBUGREGS = IOCTLS.get("KVM_SET_DEBUGREGS")
+KVM_GET_XSAVE = IOCTLS.get("KVM_GET_XSAVE")
+KVM_SET_XSAVE = IOCTLS.get("KVM_SET_XSAVE")
+KVM_GET_XCRS = IOCTLS.get("KVM_GET_XCRS")
+KVM_SET_XCRS = IOCTLS.get("KVM_SET_XCRS")
+KVM_GET_XSAVE2 = IOCTLS.get("KVM_GET_XSAVE2")
+KVM_GET_TSC_KHZ = IOCTLS.get("KVM_GET_TSC_KHZ")
+KVM_GET_REG_LIST = IOCTLS["KVM_GET_REG_LIST"]
+KVM_GET_DIRTY_LOG = IOCTLS["KVM_GET_DIRTY_LOG"]
+KVM_GET_MP_STATE = IOCTLS["KVM_GET_MP_STATE"]
+KVM_SET_MP_STATE = IOCTLS["KVM_SET_MP_STATE"]
 KVM_SET_CPUID2 = IOCTLS.get("KVM_SET_CPUID2")
 KVM_ARM_VCPU_INIT = IOCTLS.get("KVM_ARM_VCPU_INIT")
 KVM_ARM_PREFERRED_TARGET = IOCTLS.get("KVM_ARM_PREFERRED_TARGET")
@@ -554,6 +661,22 @@ KVM_CAP_GUEST_DEBUG_HW_WPS = 120
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_SYNC_REGS = 74
 KVM_CAP_ARM_VM_IPA_SIZE = 165
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
+KVM_CAP_MP_STATE = 14
+KVM_CAP_XSAVE2 = 208
+
+# KVM_SET_VCPU_EVENTS: which optional parts of struct kvm_vcpu_events to apply.
+KVM_VCPUEVENT_VALID_NMI_PENDING = 0x00000001
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x00000002
+KVM_VCPUEVENT_VALID_SHADOW = 0x00000004
+KVM_VCPUEVENT_VALID_SMM = 0x00000008
+
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_STOPPED = 5
 KVM_CAP_SET_GUEST_DEBUG2 = 195
 
 # --------------------------------------------------------------------------

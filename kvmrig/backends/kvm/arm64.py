@@ -136,6 +136,47 @@ class KvmArm64Backend(KvmBackendBase):
         vcpu.arm_vcpu_init(init.target, [abi.KVM_ARM_VCPU_PSCI_0_2])
         self.set_regs({"pstate": state.pstate, "pc": state.pc})
 
+    # Whole state: snapshots ------------------------------------------------
+    def _ensure_vcpu(self) -> None:
+        if self.vcpu is None:
+            init = self.vm.arm_preferred_target()
+            self.vcpu = self.vm.create_vcpu(0)
+            self.vcpu.arm_vcpu_init(init.target, [abi.KVM_ARM_VCPU_PSCI_0_2])
+
+    def export_cpu(self) -> dict:
+        """Every register of KVM_GET_REG_LIST (core, FP/SIMD, system, timer and
+        firmware registers) by id, and the MP state (powered off or not), as text."""
+        self._ensure_vcpu()
+        self.settle_io()
+        regs = {}
+        for reg in self.vcpu.get_reg_list():
+            try:
+                regs[f"{reg:#x}"] = f"{self.vcpu.get_one_reg(reg):#x}"
+            except KvmError as e:
+                if e.errno not in (errno.ENOENT, errno.EINVAL):
+                    raise
+        mp = self.vcpu.get_blob("KVM_GET_MP_STATE", "struct kvm_mp_state")
+        return {"one_reg": regs, "mp_state": mp.hex()}
+
+    def import_cpu(self, text: dict) -> None:
+        """Load export_cpu() text: each register whose value differs from the
+        vCPU's is set (some, like the firmware's PSCI version, may not change
+        once the vCPU ran; equal ones need no write)."""
+        self._ensure_vcpu()
+        try:
+            saved = {int(k, 16): int(v, 16) for k, v in text["one_reg"].items()}
+            mp = bytes.fromhex(text["mp_state"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BackendError(f"the saved KVM arm64 CPU state is malformed ({type(e).__name__}: {e})") from None
+        known = set(self.vcpu.get_reg_list())
+        for reg, value in saved.items():
+            if reg not in known:
+                raise BackendError(f"the saved KVM arm64 state has register {reg:#x}, which this KVM does not know")
+            if self.vcpu.get_one_reg(reg) != value:
+                self.vcpu.set_one_reg(reg, value)
+        self.vcpu.set_blob("KVM_SET_MP_STATE", "struct kvm_mp_state", mp)
+        self._forget_regs(complete=True)
+
     # Registers -----------------------------------------------------------
     def _read_reg(self, name: str) -> int | None:
         """One KVM_GET_ONE_REG; None when KVM does not have that register (ENOENT)."""

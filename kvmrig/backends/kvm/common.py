@@ -65,7 +65,10 @@ class KvmBackendBase(Backend):
         self.regions: list[tuple[int, int]] = []
         self._buffers: list = []
         self._backing: list[tuple[int, int, int, bool]] = []  # (gpa, size, host address, rom)
-        self._slot_ids: list[int] = []
+        self._slot_ids: list[tuple[int, int, int, bool]] = []  # (slot, gpa, size, dirty-logged)
+        self._log_dirty = False    # memory slots log the pages the guest writes (VM reuse, snapshots)
+        self._dirty: set[int] = set()   # pages written since the last dirty_pages(), not yet in a slot's log
+        self._bitmaps: dict[int, object] = {}   # slot size -> dirty-log bitmap buffer
         self._traps: dict[int, str] = {}  # page gpa -> "ro" | "absent" (watchpoint page traps)
         self._watch_mmio = False   # watchpoints over MMIO (unbacked) addresses are matched on MMIO exits
         self._queue: deque[Event] = deque()   # events found, not yet returned
@@ -74,22 +77,27 @@ class KvmBackendBase(Backend):
         self._slot = 0
         self._answer = None  # where complete_read() writes: "io" | "mmio"
         self._timer_armed = False
+        self._handler_installed = False
         self._old_handler = None
 
     # Memory ----------------------------------------------------------------
     def map_memory(self, gpa: int, buf, rom: bool) -> None:
         ptr = ffi.from_buffer(buf)
-        self._buffers.append(ptr)
         host = int(ffi.cast("uintptr_t", ptr))
+        if (gpa, len(buf), host, rom) in self._backing:
+            ffi.release(ptr)
+            return  # a reused VM: this buffer backs this range already
+        self._buffers.append(ptr)
         self._backing.append((gpa, len(buf), host, rom))
         self._slot_ids.append(self._add_slot(gpa, len(buf), host, rom))
         self.regions.append((gpa, gpa + len(buf)))
 
-    def _add_slot(self, gpa: int, size: int, host: int, readonly: bool) -> int:
+    def _add_slot(self, gpa: int, size: int, host: int, readonly: bool) -> tuple[int, int, int, bool]:
         slot = self._slot
-        self.vm.set_memory(slot, gpa, size, host, readonly=readonly)
+        logged = self._log_dirty and not readonly  # the guest cannot write a read-only slot
+        self.vm.set_memory(slot, gpa, size, host, readonly=readonly, log_dirty=logged)
         self._slot += 1
-        return slot
+        return (slot, gpa, size, logged)
 
     def _host(self, gpa: int, length: int) -> int | None:
         for start, size, host, _rom in self._backing:
@@ -107,6 +115,8 @@ class KvmBackendBase(Backend):
         if host is None:
             return False
         ffi.memmove(ffi.cast("char *", host), data, len(data))
+        if self._log_dirty:
+            self._dirty.update(range(gpa & ~(PAGE - 1), gpa + len(data), PAGE))
         return True
 
     # Page traps: watchpoints where the debug hardware cannot ----------------
@@ -115,7 +125,12 @@ class KvmBackendBase(Backend):
         ("absent": every access exits as MMIO), rebuilding the memory slots."""
         if pages == self._traps:
             return
-        for slot in self._slot_ids:
+        self._rebuild_slots(pages)
+
+    def _rebuild_slots(self, pages: dict[int, str]) -> None:
+        if self._log_dirty:
+            self._harvest()  # a deleted slot takes its dirty log with it
+        for slot, *_ in self._slot_ids:
             self.vm.set_memory(slot, 0, 0, 0)  # size 0 deletes the slot
         self._slot_ids = []
         for gpa, size, host, rom in self._backing:
@@ -134,22 +149,102 @@ class KvmBackendBase(Backend):
         """Arch hook: which watchpoint (if any) a trapped access hits."""
         return None
 
+    # Dirty pages: what a reset must put back ------------------------------
+    def track_dirty(self) -> None:
+        """From now on record every page written (by the guest, through the
+        slots' KVM dirty log, and by the backend's own pokes)."""
+        if not self._log_dirty:
+            self._log_dirty = True
+            self._rebuild_slots(self._traps)
+            self._dirty.clear()
+
+    def dirty_pages(self) -> set[int]:
+        """Guest-physical pages written since track_dirty() or the last call
+        (KVM_GET_DIRTY_LOG also clears each slot's log)."""
+        self._harvest()
+        pages, self._dirty = self._dirty, set()
+        return pages
+
+    def _harvest(self) -> None:
+        for slot, gpa, size, logged in self._slot_ids:
+            if not logged:
+                continue
+            words = (size // PAGE + 63) // 64
+            bitmap = self._bitmaps.get(words)
+            if bitmap is None:
+                bitmap = self._bitmaps[words] = ffi.new("uint64_t[]", words)
+            self.vm.get_dirty_log(slot, bitmap)
+            for w in range(words):
+                bits = bitmap[w]
+                while bits:
+                    low = bits & -bits
+                    self._dirty.add(gpa + (w * 64 + low.bit_length() - 1) * PAGE)
+                    bits ^= low
+
+    # Reuse and snapshots ---------------------------------------------------
+    def settle_io(self) -> None:
+        """Finish a port/MMIO access the vCPU still waits on (and apply registers
+        staged in kvm_run), so the state read or written next is final: KVM completes it at the next KVM_RUN, which
+        with immediate_exit set returns before entering the guest."""
+        if self.vcpu is None:
+            return
+        rs = self.vcpu.run_struct
+        if rs.exit_reason not in (abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO) and not rs.kvm_dirty_regs:
+            return  # nothing waits, nothing staged (an ioctl saved)
+        rs.immediate_exit = 1
+        try:
+            self.vcpu.run()
+        finally:
+            rs.immediate_exit = 0
+        self._answer = None
+
+    def park(self) -> None:
+        """Between two rigs on a kept VM: no alarm may fire (it would repeat
+        every 10 ms after a timeout until the next reset)."""
+        self._disarm_timer(keep_handler=True)
+
+    def forget_run(self) -> None:
+        """Drop everything this backend remembers of the last run (queued
+        events, debug setup, watch traps, the timer), as a new backend would
+        have it; the vCPU state itself is the caller's to restore."""
+        self._disarm_timer(keep_handler=True)
+        self._queue.clear()
+        self._owe_step, self._owe_hits, self._answer = False, [], None
+        self._watch_mmio = False
+        self._fixup = False
+        self._disarm_debug()
+        if self._traps:
+            self._rebuild_slots({})
+            self._traps = {}
+
+    def _disarm_debug(self) -> None:
+        """Turn KVM_SET_GUEST_DEBUG off (arch hook: skip it when never armed)."""
+        if self.vcpu is not None:
+            self.vcpu.set_guest_debug(0)
+
     # Timeout ---------------------------------------------------------------
     def _arm_timer(self, deadline: float) -> None:
         global _alarmed_run
         if threading.current_thread() is not threading.main_thread():
             raise BackendError("the KVM backend must run rigs on the main thread (timeouts use SIGALRM)")
         _alarmed_run = self.vcpu.run_struct
-        self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)
+        if signal.getsignal(signal.SIGALRM) is not _on_alarm:   # another kept VM's close() may have put
+            self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)   # the old one back meanwhile
+            self._handler_installed = True
         signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.0001), TIMER_REPEAT)
         self._timer_armed = True
 
-    def _disarm_timer(self) -> None:
+    def _disarm_timer(self, keep_handler: bool = False) -> None:
+        """Stop the alarm; put the old SIGALRM handler back unless `keep_handler`
+        (a reused VM runs again soon: the handler stays until close())."""
         global _alarmed_run
         if self._timer_armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._old_handler or signal.SIG_DFL)
             self._timer_armed = False
+        if self._handler_installed and not keep_handler:
+            if signal.getsignal(signal.SIGALRM) is _on_alarm:
+                signal.signal(signal.SIGALRM, self._old_handler or signal.SIG_DFL)
+            self._handler_installed = False
         _alarmed_run = None
 
     # Running ---------------------------------------------------------------

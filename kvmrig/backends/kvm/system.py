@@ -31,6 +31,10 @@ from .perprocess import PerProcess
 ffi = abi.ffi
 _ioctl = abi.libc.ioctl
 _ZERO = abi.ulong(0)
+_SYNC_REGS = getattr(abi, "KVM_SYNC_X86_REGS", 0)
+_SYNC_SREGS = getattr(abi, "KVM_SYNC_X86_SREGS", 0)
+_SIZES = {t: ffi.sizeof(t) for t in ("struct kvm_regs", "struct kvm_sregs", "struct kvm_vcpu_events")
+          if abi.ARCH == "x86_64"}
 
 
 def _call(fd: int, request: int, arg, call: str, detail: str = "") -> int:
@@ -151,6 +155,21 @@ class Kvm:
             cpuid.nent * ffi.sizeof("struct kvm_cpuid_entry2")
         return bytes(ffi.buffer(cpuid, size))
 
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: every MSR index KVM saves and restores for a guest."""
+        request = _require(abi.KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST")
+        capacity = 512
+        while True:
+            lst = ffi.new("struct kvm_msr_list *", {"indices": capacity})
+            lst.nmsrs = capacity
+            try:
+                _call(self.fd, request, lst, "KVM_GET_MSR_INDEX_LIST")
+                return [lst.indices[i] for i in range(lst.nmsrs)]
+            except KvmError as e:
+                if e.errno != _errno.E2BIG or capacity >= 65536:
+                    raise
+                capacity = max(capacity * 2, lst.nmsrs)
+
     def create_vm(self, machine_type: int = 0) -> Vm:
         """KVM_CREATE_VM. `machine_type` 0 is the default (arm64: 40-bit IPA)."""
         raw = _call(self.fd, abi.KVM_CREATE_VM, abi.ulong(machine_type), "KVM_CREATE_VM")
@@ -210,21 +229,30 @@ class Vm:
                      f"capability {cap}")
 
     def set_memory(self, slot: int, gpa: int, size: int, host_addr: int,
-                   readonly: bool = False) -> None:
+                   readonly: bool = False, log_dirty: bool = False) -> None:
         """KVM_SET_USER_MEMORY_REGION: back [gpa, gpa+size) with host memory at host_addr.
 
         gpa, size and host_addr must be page aligned. readonly makes guest
         writes exit as KVM_EXIT_MMIO (needs KVM_CAP_READONLY_MEM). size 0
-        deletes the slot. The caller keeps the memory mapped until close().
+        deletes the slot. log_dirty records the pages the guest writes, for
+        get_dirty_log(). The caller keeps the memory mapped until close().
         """
         r = self._region
         r.slot = slot
-        r.flags = abi.KVM_MEM_READONLY if readonly else 0
+        r.flags = (abi.KVM_MEM_READONLY if readonly else 0) | (abi.KVM_MEM_LOG_DIRTY_PAGES if log_dirty else 0)
         r.guest_phys_addr = gpa
         r.memory_size = size
         r.userspace_addr = host_addr
         _call(self.fd, abi.KVM_SET_USER_MEMORY_REGION, r, "KVM_SET_USER_MEMORY_REGION",
               f"slot {slot}, gpa {gpa:#x}, size {size:#x}{', read-only' if readonly else ''}")
+
+    def get_dirty_log(self, slot: int, bitmap) -> None:
+        """KVM_GET_DIRTY_LOG: fill `bitmap` (cdata, one bit per page of the slot,
+        64-bit words) with the pages written since the last call, and clear them."""
+        log = ffi.new("struct kvm_dirty_log *")
+        log.slot = slot
+        log.dirty_bitmap = int(ffi.cast("uintptr_t", bitmap))
+        _call(self.fd, abi.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG", f"slot {slot}")
 
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR (x86, Intel): 3 pages of guest-physical space KVM
@@ -364,30 +392,60 @@ class Vcpu:
         sync = self.run_struct.s.regs
         self._sync_regs = ffi.addressof(sync, "regs") if mask & abi.KVM_SYNC_X86_REGS else None
         self._sync_sregs = ffi.addressof(sync, "sregs") if mask & abi.KVM_SYNC_X86_SREGS else None
+        self._sync_events = ffi.addressof(sync, "events")
+
+    def forget_sync(self) -> None:
+        """Registers are about to change behind this object's back (raw ioctls
+        of a state restore): the kvm_run copy is no longer current."""
+        self._fresh[0] = False
+
+    def stage(self, regs, sregs, events=None) -> bool:
+        """x86 with sync regs: write whole register sets into kvm_run for KVM to
+        apply at the next KVM_RUN (kvm_dirty_regs), with no ioctl; until then
+        get_regs/get_sregs return them and set_regs/set_sregs update them.
+        False (nothing done) without sync regs. Used by state restore."""
+        if self._sync_regs is None or self._sync_sregs is None:
+            return False
+        rs = self.run_struct
+        ffi.memmove(self._sync_regs, regs, _SIZES["struct kvm_regs"])
+        ffi.memmove(self._sync_sregs, sregs, _SIZES["struct kvm_sregs"])
+        dirty = _SYNC_REGS | _SYNC_SREGS
+        if events is not None:
+            ffi.memmove(self._sync_events, events, _SIZES["struct kvm_vcpu_events"])
+            dirty |= abi.KVM_SYNC_X86_EVENTS
+        rs.kvm_dirty_regs = dirty
+        return True
 
     def get_regs(self):
         """KVM_GET_REGS into this Vcpu's reused `struct kvm_regs *` (or, with
         sync regs current, the copy KVM left in kvm_run: no ioctl)."""
-        if self._fresh[0] and self._sync_regs is not None:
+        if self._sync_regs is not None and (self._fresh[0] or self.run_struct.kvm_dirty_regs & _SYNC_REGS):
             return self._sync_regs
         _call(self.fd, _require(abi.KVM_GET_REGS, "KVM_GET_REGS"), self._regs, "KVM_GET_REGS")
         return self._regs
 
     def set_regs(self, regs) -> None:
-        """KVM_SET_REGS from a `struct kvm_regs *` (e.g. the one get_regs returned)."""
+        """KVM_SET_REGS from a `struct kvm_regs *` (e.g. the one get_regs returned);
+        while staged registers wait in kvm_run (stage()), they are updated instead."""
+        if self.run_struct.kvm_dirty_regs & _SYNC_REGS:
+            ffi.memmove(self._sync_regs, regs, ffi.sizeof("struct kvm_regs"))
+            return
         self._fresh[0] = False
         _call(self.fd, _require(abi.KVM_SET_REGS, "KVM_SET_REGS"), regs, "KVM_SET_REGS")
 
     def get_sregs(self):
         """KVM_GET_SREGS into this Vcpu's reused `struct kvm_sregs *` (or the
         kvm_run copy, as get_regs)."""
-        if self._fresh[0] and self._sync_sregs is not None:
+        if self._sync_sregs is not None and (self._fresh[0] or self.run_struct.kvm_dirty_regs & _SYNC_SREGS):
             return self._sync_sregs
         _call(self.fd, _require(abi.KVM_GET_SREGS, "KVM_GET_SREGS"), self._sregs, "KVM_GET_SREGS")
         return self._sregs
 
     def set_sregs(self, sregs) -> None:
-        """KVM_SET_SREGS from a `struct kvm_sregs *`."""
+        """KVM_SET_SREGS from a `struct kvm_sregs *` (or into kvm_run while staged)."""
+        if self.run_struct.kvm_dirty_regs & _SYNC_SREGS:
+            ffi.memmove(self._sync_sregs, sregs, ffi.sizeof("struct kvm_sregs"))
+            return
         self._fresh[0] = False
         _call(self.fd, _require(abi.KVM_SET_SREGS, "KVM_SET_SREGS"), sregs, "KVM_SET_SREGS")
 
@@ -400,10 +458,78 @@ class Vcpu:
         """KVM_SET_FPU from a `struct kvm_fpu *`."""
         _call(self.fd, _require(abi.KVM_SET_FPU, "KVM_SET_FPU"), fpu, "KVM_SET_FPU")
 
+    # -- whole-state capture (snapshots, VM reuse) ------------------------------
+
+    def call(self, request_name: str, arg) -> int:
+        """One vcpu ioctl by its abi name with a prepared cdata argument (the
+        restore path builds its structs once and replays them)."""
+        if not request_name.startswith("KVM_GET"):
+            self._fresh[0] = False
+        return _call(self.fd, _require(getattr(abi, request_name), request_name), arg, request_name)
+
+    def get_blob(self, request_name: str, ctype: str, size: int | None = None) -> bytes:
+        """A KVM_GET_* ioctl that fills one struct (`ctype`), as bytes: the
+        state is kept opaque, the way KVM hands it out (xsave, xcrs,
+        debugregs, vcpu events, mp state). `size` overrides sizeof (XSAVE2)."""
+        n = size or ffi.sizeof(ctype)
+        buf = ffi.new("char[]", n)
+        _call(self.fd, _require(getattr(abi, request_name), request_name),
+              ffi.cast(ctype + " *", buf), request_name)
+        return bytes(ffi.buffer(buf, n))
+
+    def set_blob(self, request_name: str, ctype: str, data: bytes) -> None:
+        """The KVM_SET_* partner of get_blob()."""
+        self._fresh[0] = False
+        buf = ffi.from_buffer("char[]", data)
+        _call(self.fd, _require(getattr(abi, request_name), request_name),
+              ffi.cast(ctype + " *", buf), request_name)
+
+    def get_msrs(self, indices: Sequence[int]) -> list[int | None]:
+        """KVM_GET_MSRS: the value of each MSR, None for those KVM refused
+        (it stops at the first; the rest are read again after it)."""
+        out: list[int | None] = []
+        rest = list(indices)
+        while rest:
+            msrs = ffi.new("struct kvm_msrs *", {"entries": len(rest)})
+            msrs.nmsrs = len(rest)
+            for i, index in enumerate(rest):
+                msrs.entries[i].index = index
+            done = _call(self.fd, _require(abi.KVM_GET_MSRS, "KVM_GET_MSRS"), msrs, "KVM_GET_MSRS")
+            out.extend(msrs.entries[i].data for i in range(done))
+            if done < len(rest):
+                out.append(None)
+            rest = rest[done + 1:]
+        return out
+
+    def set_msrs(self, values: Sequence[tuple[int, int]]) -> int:
+        """KVM_SET_MSRS: (index, value) pairs, in order; returns how many KVM
+        accepted (it stops at the first it refuses)."""
+        self._fresh[0] = False
+        msrs = ffi.new("struct kvm_msrs *", {"entries": len(values)})
+        msrs.nmsrs = len(values)
+        for i, (index, value) in enumerate(values):
+            msrs.entries[i].index = index
+            msrs.entries[i].data = value
+        return _call(self.fd, _require(abi.KVM_SET_MSRS, "KVM_SET_MSRS"), msrs, "KVM_SET_MSRS")
+
     def set_cpuid2(self, cpuid) -> None:
         """KVM_SET_CPUID2 from a `struct kvm_cpuid2 *` (nent entries are read)."""
         _call(self.fd, _require(abi.KVM_SET_CPUID2, "KVM_SET_CPUID2"), cpuid, "KVM_SET_CPUID2",
               f"{cpuid.nent} entries")
+
+    def drop_pending_exception(self) -> None:
+        """KVM_GET/SET_VCPU_EVENTS: forget the exception KVM has queued for the
+        guest (after a failed emulation KVM queues #UD as well as exiting; a
+        VMM that recovers from the failure must not deliver it)."""
+        ev = ffi.new("struct kvm_vcpu_events *")
+        _call(self.fd, _require(abi.KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"), ev, "KVM_GET_VCPU_EVENTS")
+        if not (ev.exception.injected or ev.exception.pending):
+            return
+        ev.exception.injected = ev.exception.pending = 0
+        ev.exception_has_payload = 0
+        ev.flags = 0   # nothing else is set: NMI/SIPI/SMI state stays as it is
+        self._fresh[0] = False
+        _call(self.fd, _require(abi.KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS"), ev, "KVM_SET_VCPU_EVENTS")
 
     # -- debugging ------------------------------------------------------------
 
@@ -445,6 +571,21 @@ class Vcpu:
               f"control {control:#x}")
 
     # -- ONE_REG (arm64 registers; some x86 ones) -----------------------------
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: the id of every register KVM_GET/SET_ONE_REG knows
+        for this vCPU (arm64 snapshots save them all)."""
+        capacity = 512
+        while True:
+            lst = ffi.new("struct kvm_reg_list *", {"reg": capacity})
+            lst.n = capacity
+            try:
+                _call(self.fd, abi.KVM_GET_REG_LIST, lst, "KVM_GET_REG_LIST")
+                return [int(lst.reg[i]) for i in range(lst.n)]
+            except KvmError as e:
+                if e.errno != _errno.E2BIG or capacity >= 1 << 16:
+                    raise
+                capacity = max(capacity * 2, int(lst.n))
 
     def get_one_reg(self, reg_id: int) -> int:
         """KVM_GET_ONE_REG: the register's value as an unsigned int of

@@ -13,19 +13,31 @@ Debug strategies follow what this KVM really delivers (x86_probe):
 x86 has no read-only data breakpoint: `read` arms read-or-write and a hit that
 changed the watched bytes is dropped (a write storing the same value still
 counts as a read; page traps tell reads from writes exactly).
+
+Code on an unmapped (read-trapped) page cannot run: KVM cannot fetch from
+MMIO and stops with an emulation failure. Then the backend maps that page
+read-only and single-steps its instructions one at a time, learning what each
+reads from its decoding (arch/x86_64/access.py; writes still exit); once the
+code leaves the page, the page is unmapped again. So a watchpoint on .rodata
+beside .text means what it means on the emulator (README: "the semantics of a
+rig do not change").
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State, system_area
+from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
+from kvmrig.arch.x86_64.faults import explain_shutdown
+from kvmrig.arch.x86_64.fpu import gdb_registers
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends.base import HwSlot
-from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Step, SwBreak, WatchHit
-from kvmrig.backends.kvm import abi
+from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, Halt, HwBreak, Shutdown, Step, SwBreak, WatchHit
+from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.common import PAGE, KvmBackendBase
 from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.x86_probe import debug_support
@@ -39,6 +51,9 @@ INT3, HLT = b"\xcc", b"\xf4"
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: PerProcess[bool] = PerProcess()
+#: Debug exits taken natively in this process ("int3", "dr-exec", "dr-watch"):
+#: how the x86_64 lane's test run shows the native path really ran.
+NATIVE_HITS: Counter[str] = Counter()
 
 
 def _sync_regs_supported(kvm) -> bool:
@@ -55,6 +70,11 @@ class KvmX86Backend(KvmBackendBase):
     def __init__(self) -> None:
         super().__init__()
         self.support = debug_support(self.kvm)
+        self.pristine: x86_state.X86CpuState | None = None   # the vCPU as created, for reuse
+        self.stepped = False   # KVM single-stepped this vCPU (see reusable())
+        self._forget_debug()
+
+    def _forget_debug(self) -> None:
         self._user_step = False
         self._sw_int3 = False
         self._sw_addrs: frozenset[int] = frozenset()
@@ -71,6 +91,10 @@ class KvmX86Backend(KvmBackendBase):
         self._debug_cache: dict[tuple, tuple[int, list[int] | None]] = {}
         self._armed: tuple[int, list[int] | None] = (0, None)  # what KVM_SET_GUEST_DEBUG holds now
         self._setup: tuple = ()                # (slots, sw addresses) of the last set_debug
+        self._trap_pages: dict[int, str] = {}  # the page traps set_debug chose
+        self._exec_page: int | None = None     # a trapped page mapped read-only to step its code
+        self._exec_reads: list[Event] = []     # the watch hits of the instruction being stepped there
+        self._exec_hlt = False                 # its next instruction is HLT: run it unstepped
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -80,7 +104,7 @@ class KvmX86Backend(KvmBackendBase):
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
-    def set_initial_state(self, state: X86State) -> None:
+    def _create_vcpu(self):
         area = self._system_area()
         self.vm.set_identity_map_addr(area)
         self.vm.set_tss_addr(area + PAGE)
@@ -88,6 +112,10 @@ class KvmX86Backend(KvmBackendBase):
         vcpu.set_cpuid2(self.kvm.supported_cpuid())
         if _sync_regs_supported(self.kvm):
             vcpu.enable_sync_regs(SYNC)  # registers come with every exit: no GET ioctls
+        return vcpu
+
+    def set_initial_state(self, state: X86State) -> None:
+        vcpu = self.vcpu or self._create_vcpu()
         s = vcpu.get_sregs()
         for name, seg in state.segments.items():
             dst = getattr(s, name)
@@ -104,6 +132,63 @@ class KvmX86Backend(KvmBackendBase):
         r.rip, r.rflags = state.rip, state.rflags
         vcpu.set_regs(r)
 
+    # Whole state: snapshots and reuse --------------------------------------------
+    def capture_cpu(self) -> x86_state.X86CpuState:
+        """The vCPU's complete state (a pending I/O access completed first)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        return x86_state.capture(self.kvm, self.vcpu)
+
+    def restore_cpu(self, state: x86_state.X86CpuState) -> None:
+        """Put a captured state back, exactly (a snapshot resumes where it was taken)."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.settle_io()
+        x86_state.restore(self.vcpu, state)
+
+    def export_cpu(self) -> dict:
+        """The complete vCPU state as text (snapshot files)."""
+        return x86_state.to_text(self.capture_cpu())
+
+    def import_cpu(self, text: dict) -> None:
+        """Load export_cpu() text; BackendError if it is not a state of this backend."""
+        try:
+            state = x86_state.from_text(text)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise BackendError(f"the saved KVM x86_64 CPU state is malformed ({type(e).__name__}: {e})") from None
+        self.restore_cpu(state)
+
+    def reset(self) -> None:
+        """Make this backend what a new one is, its memory slots kept: the
+        vCPU back to the state it was created in, no debug setup, no traps.
+        The caller puts the memory back (dirty_pages() says where)."""
+        if self.vcpu is None:
+            return
+        self.settle_io()
+        self.forget_run()
+        self._forget_debug()
+        if self.pristine is None:
+            raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
+        x86_state.restore(self.vcpu, self.pristine, reuse=True)
+
+    def _disarm_debug(self) -> None:
+        if self.vcpu is not None and self._armed[0]:
+            self.vcpu.set_guest_debug(0)
+
+    def reusable(self) -> bool:
+        """Whether reset() can make this VM indistinguishable from a new one.
+        Not after KVM single-stepped it: KVM keeps state from that no ioctl
+        reads or writes (on kvm_pvm a later UD2 then completes instead of
+        faulting; the differential test in tests/machine/test_reuse.py caught it)."""
+        return not self.stepped
+
+    def keep_pristine(self) -> None:
+        """Remember the vCPU as created (before any rig ran), for reset()."""
+        if self.vcpu is None:
+            self._create_vcpu()
+        self.pristine = x86_state.capture(self.kvm, self.vcpu)
+
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
         r = self.vcpu.get_regs()
@@ -118,6 +203,14 @@ class KvmX86Backend(KvmBackendBase):
 
     def get_pc(self) -> int:
         return self.vcpu.get_regs().rip
+
+    def get_extra_regs(self) -> dict[str, int]:
+        s = self.vcpu.get_sregs()
+        f = self.vcpu.get_fpu()
+        out = gdb_registers([bytes(f.fpr[i]) for i in range(8)], f.fcw, f.fsw, f.ftwx, f.last_opcode,
+                            f.last_ip, f.last_dp, [bytes(f.xmm[i]) for i in range(16)], f.mxcsr)
+        out.update(fs_base=s.fs.base, gs_base=s.gs.base)
+        return out
 
     def set_regs(self, regs: dict[str, int]) -> None:
         self._regs_set = True
@@ -187,6 +280,11 @@ class KvmX86Backend(KvmBackendBase):
                 elif pages.get(page) != "absent":
                     pages[page] = mode
         self._soft = soft
+        self._trap_pages = dict(pages)
+        if self._exec_page is not None and pages.get(self._exec_page) == "absent":
+            pages[self._exec_page] = "ro"   # still stepping the code there
+        else:
+            self._exec_page = None
         self.set_traps(pages)
         self._debug_cache = {}
         self._apply()
@@ -196,7 +294,7 @@ class KvmX86Backend(KvmBackendBase):
 
         A breakpoint hit switches between a few settings many times: each is
         computed once per set_debug() and kept."""
-        key = (skip, step or self._user_step)
+        key = (skip, step or self._user_step or (self._exec_page is not None and not self._exec_hlt))
         cached = self._debug_cache.get(key)
         if cached is None:
             kinds = [None if n == skip else ("access" if k == "read" else k, self._dr_len[n])
@@ -215,44 +313,70 @@ class KvmX86Backend(KvmBackendBase):
             dr[7] = dr7_mod.encode_dr7(kinds) if armed else 0
             cached = self._debug_cache[key] = (control, dr if armed else None)
         self._armed = cached
+        if cached[0] & abi.KVM_GUESTDBG_SINGLESTEP:
+            self.stepped = True
         self.vcpu.set_guest_debug(*cached)
 
     def _debug_event(self, info) -> Event | None:
         exception, pc = info.exception, info.pc
         if exception == VECTOR_BP:
+            NATIVE_HITS["int3"] += 1
             return SwBreak(pc, exception)
         if exception != VECTOR_DB:
             return ForeignDebug(pc, code=exception)
         dr6 = info.dr6
-        if self._resume is not None and dr6 & DR6_BS:
-            return self._step_done(pc)
         fired = [n for n in range(len(self._dr_kind)) if dr6 & (1 << n)]
-        for n in fired:
-            if self._dr_kind[n] == "exec":
-                self._resume = n  # a fault: step past it with DRn off, then re-arm
-                self._resume_pc = pc
-                self._fixup = True
-                return HwBreak(pc, self._dr_owner[n], exception)
+        # A single-step trap (BS) is this backend's own only while it steps;
+        # otherwise it is the guest's TF, handed back to it.
+        trap = bool(dr6 & DR6_BS)
+        stepped = trap and self._stepping()
+        watched = [n for n in fired if self._dr_kind[n] != "exec"]
+        # An instruction breakpoint is a fault, taken before its instruction
+        # runs; single-steps and data breakpoints are traps, taken after theirs.
+        # So with BS or a data bit, an instruction breakpoint's bit can only
+        # mean the *next* instruction matches (QEMU's TCG reports that early):
+        # it faults when that instruction runs, and is not a hit yet.
+        if not trap and not watched:
+            for n in fired:
+                if self._dr_kind[n] == "exec":
+                    NATIVE_HITS["dr-exec"] += 1
+                    self._resume = n  # a fault: step past it with DRn off, then re-arm
+                    self._resume_pc = pc
+                    self._fixup = True
+                    return HwBreak(pc, self._dr_owner[n], exception)
+        watches = self._watch_slots(watched)
+        step = self._step_done(pc) if stepped else None
+        own = ForeignDebug(pc, code=exception) if trap and not stepped else None
+        if watches:
+            NATIVE_HITS["dr-watch"] += 1
+            if step or own:
+                self._queue.append(step or own)  # the same instruction also ended a step
+            return WatchHit(pc, self._dr[watched[0]], tuple(watches), code=exception)
+        if stepped or own:
+            return step or own  # step None: the backend's own step past a breakpoint
+        if fired:
+            return None  # only `read` watches that saw writes
+        return ForeignDebug(pc, code=exception)
+
+    def _watch_slots(self, fired: list[int]) -> list[int]:
+        """The HwSlot indexes of the DR watches that fired, less the `read` ones
+        whose bytes changed (a write: x86 has no read-only data breakpoint)."""
         watches = []
         for n in fired:
             if self._dr_kind[n] == "read":
                 now = self.peek(self._dr[n], self._dr_len[n]) or b""
                 if now != self._shadow.get(n):
-                    self._shadow[n] = now  # the bytes changed: a write, not a read
+                    self._shadow[n] = now
                     continue
             watches.append(self._dr_owner[n])
-        if watches:
-            return WatchHit(pc, self._dr[fired[0]], tuple(watches), code=exception)
-        if dr6 & DR6_BS:
-            return self._step_done(pc)
-        if fired:
-            return None  # only `read` watches that saw writes fired
-        return ForeignDebug(pc, code=exception)
+        return watches
 
     def _stepping(self) -> bool:
-        return self._user_step or self._resume is not None
+        return self._user_step or self._resume is not None or self._exec_page is not None
 
     def _step_done(self, pc: int) -> Event | None:
+        if self._exec_page is not None:
+            self._exec_stepped(pc)
         if self._resume is not None:  # the step past a hardware breakpoint: re-arm it
             self._resume = None
             self._apply()
@@ -262,10 +386,14 @@ class KvmX86Backend(KvmBackendBase):
         return self._linear_pc()[0]
 
     def _needs_fixup(self) -> bool:
-        return self._fixup
+        return self._fixup or bool(self._shadow)
 
     def _before_run(self) -> None:
         self._fixup = False
+        # `read` watches tell reads from writes by the bytes: what changed them
+        # since the last exit (a `set` at a hit) was not the guest.
+        for n in self._shadow:
+            self._shadow[n] = self.peek(self._dr[n], self._dr_len[n]) or b""
         if self._resume is None:
             return
         # The exit gave the pc; only a `set` at the hit can have moved it since.
@@ -289,10 +417,63 @@ class KvmX86Backend(KvmBackendBase):
             return None
         return WatchHit(0, addr, slots, size, write)
 
+    # Code on a read-trapped page ------------------------------------------------
+    def _exec_enter(self, pc: int) -> None:
+        """The guest runs code on an unmapped (read-trapped) page: map it read-only
+        and step its instructions, starting with the one at `pc`."""
+        self._exec_page = pc & ~(PAGE - 1)
+        self.set_traps({**self._trap_pages, self._exec_page: "ro"})
+        self._exec_next(pc)
+
+    def _exec_next(self, pc: int) -> None:
+        """Before the instruction at `pc` (on the exec page) runs: its reads of watched bytes."""
+        code = self.peek(pc, 15) or self.peek(pc, PAGE - (pc & (PAGE - 1))) or b""
+        self._exec_hlt = code[:1] == HLT   # stepping HLT swallows it on some KVMs: run it unstepped
+        r, s = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        regs = {name: getattr(r, name) for name in _REG_FIELDS}
+        regs.update(fs_base=s.fs.base, gs_base=s.gs.base)
+        _size, found = accesses(code, pc, regs, mode_of(s.cr0, s.efer, s.cs.l, s.cs.db))
+        self._exec_reads = [hit for a in found if a.kind & READ and not a.kind & WRITE  # writes still exit
+                            if (hit := self._watch_access(a.addr, a.size, False)) is not None]
+        self._apply()
+
+    def _exec_stepped(self, pc: int) -> None:
+        """An instruction on the exec page ran: report its reads, then step the
+        next one there, or unmap the page again once the code has left it."""
+        self._owe_hits.extend(self._exec_reads)   # reported with the state after the access
+        self._exec_reads = []
+        if pc & ~(PAGE - 1) == self._exec_page:
+            self._exec_next(pc)
+            return
+        self._exec_page, self._exec_hlt = None, False
+        self.set_traps(self._trap_pages)
+        self._apply()
+
+    def _other_exit(self, reason: int, rs) -> Event | None:
+        if (reason == abi.KVM_EXIT_INTERNAL_ERROR and rs.internal.suberror == abi.KVM_INTERNAL_ERROR_EMULATION
+                and self._traps.get(self._pc_now() & ~(PAGE - 1)) == "absent"):
+            self.vcpu.drop_pending_exception()   # KVM on VMX/SVM queues #UD with the exit
+            self._exec_enter(self._pc_now())
+            return None   # run on: the page is mapped and stepped now
+        if reason != abi.KVM_EXIT_SHUTDOWN:
+            return super()._other_exit(reason, rs)
+        # KVM does not say which exception failed: read it from the code and the IDT.
+        s = self.vcpu.get_sregs()
+        pc = self._pc_now()
+        detail = explain_shutdown(pc, self.peek, s.idt.base, s.idt.limit, s.cr0, s.efer)
+        return Shutdown(pc, detail)
+
     def _halt_event(self) -> Event:
         pc, r = self._linear_pc()
         pc -= 1  # HLT exits with rip past the 1-byte instruction
-        if pc in self._sw_addrs and not self._sw_int3:
+        # While single-stepping no planted HLT runs (the session lifts it before
+        # stepping onto it; the exec page runs HLTs unstepped), so this HLT is
+        # the guest's own: KVM on VMX/SVM reports a stepped HLT as KVM_EXIT_HLT.
+        stepped = bool(self._armed[0] & abi.KVM_GUESTDBG_SINGLESTEP)
+        if self._exec_hlt:   # the HLT the exec page ran unstepped: step again from what follows
+            self._exec_hlt = False
+            self._apply()
+        if pc in self._sw_addrs and not self._sw_int3 and not stepped:
             r.rip -= 1  # a planted HLT: the breakpoint, with rip back on it
             self.vcpu.set_regs(r)
             return SwBreak(pc)

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from kvmrig.invm import qemu as invm_qemu
+from tests.invm.reporting import report_line
 
 QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
 ROOT = Path(__file__).resolve().parents[3]
@@ -69,20 +70,6 @@ cat rigs.log checks.log
 """
 FETCH = ["out.xml", "rigs.status", "rigs.log", "mutants.xml", "mutants.status", "mutants.log",
          "checks.json", "checks.status", "checks.log"]
-
-
-def _report(request, line: str) -> None:
-    """A line in pytest's output even when it captures."""
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    cap = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is None:
-        print(line)
-        return
-    if cap is not None:
-        with cap.global_and_fixture_disabled():
-            tr.write_line(line)
-    else:
-        tr.write_line(line)
 
 
 def _mutants(folder: Path) -> None:
@@ -130,10 +117,10 @@ def lane(request, tmp_path_factory) -> Lane:
     lane = Lane(result, time.monotonic() - t0)
     boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "?"
     cmd = f"{result.command_seconds:.1f}s" if result.command_seconds is not None else "?"
-    _report(request, f"arm64 VM: boot {boot}, commands {cmd}, total {lane.seconds:.1f}s")
+    report_line(request, f"arm64 VM: boot {boot}, commands {cmd}, total {lane.seconds:.1f}s")
     if "out.xml" in lane.files:
         cases = lane.junit("out.xml").iter("testcase")
-        _report(request, "arm64 rigs in the VM: " + ", ".join(
+        report_line(request, "arm64 rigs in the VM: " + ", ".join(
             f"{c.get('name')} {float(c.get('time', 0)) * 1000:.0f}ms" for c in cases))
     if result.error:
         pytest.fail(f"the arm64 VM run did not complete:\n{result.error}")

@@ -1,0 +1,248 @@
+"""The complete architectural state of an x86_64 KVM vCPU: capture and restore.
+
+Everything a guest can change and a later run could see is captured: general
+registers, segment/control/descriptor-table state (sregs), every MSR of
+KVM_GET_MSR_INDEX_LIST that KVM also lets userspace set back (the TSC among
+them), the XSAVE image (x87/SSE/AVX), the XCRs, the guest's debug registers,
+pending events (exceptions, NMIs, interrupt shadow, SMM) and the MP state.
+kvmrig creates no in-kernel irqchip, so there is no LAPIC/IOAPIC/PIT state
+to carry.
+
+Restore replays prepared structs (built once per state), so a reset is a
+fixed list of ioctls with nothing allocated: this is the hot path of VM reuse.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmrig.backends.kvm import abi
+from kvmrig.backends.kvm.system import Kvm, Vcpu
+from kvmrig.errors import BackendError, KvmError
+
+ffi = abi.ffi
+MSR_IA32_TSC = 0x10
+MSR_IA32_TSC_ADJUST = 0x3B
+_EVENTS_FLAGS = ffi.offsetof("struct kvm_vcpu_events", "flags")
+_EVENTS_SET = abi.KVM_VCPUEVENT_VALID_NMI_PENDING | abi.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+
+# (name, ctype, get ioctl, set ioctl, capability): the opaque blobs, in restore
+# order (XCR0 decides which XSAVE components are valid, so XCRs go first).
+BLOBS = (
+    ("xcrs", "struct kvm_xcrs", "KVM_GET_XCRS", "KVM_SET_XCRS", abi.KVM_CAP_XCRS),
+    ("xsave", "struct kvm_xsave", "KVM_GET_XSAVE", "KVM_SET_XSAVE", abi.KVM_CAP_XSAVE),
+    ("debugregs", "struct kvm_debugregs", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", abi.KVM_CAP_DEBUGREGS),
+    ("mp_state", "struct kvm_mp_state", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", abi.KVM_CAP_MP_STATE),
+    ("events", "struct kvm_vcpu_events", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", abi.KVM_CAP_VCPU_EVENTS),
+)
+
+_msr_cache: tuple[int, tuple[int, ...]] | None = None
+_blob_cache: tuple[int, tuple[str, ...]] | None = None
+
+
+def restorable_msrs(kvm: Kvm, vcpu: Vcpu) -> tuple[int, ...]:
+    """The MSRs of KVM_GET_MSR_INDEX_LIST that this KVM reads and lets
+    userspace write back unchanged (probed once per process on a live vCPU;
+    TSC_ADJUST sorted before TSC, as KVM wants them)."""
+    global _msr_cache
+    pid = os.getpid()
+    if _msr_cache is None or _msr_cache[0] != pid:
+        indices = kvm.msr_index_list()
+        values = vcpu.get_msrs(indices)
+        keep = [i for i, v in zip(indices, values) if v is not None and vcpu.set_msrs([(i, v)]) == 1]
+        keep.sort(key=lambda i: (i == MSR_IA32_TSC, i))   # the TSC last: writing it resyncs the clock
+        _msr_cache = (pid, tuple(keep))
+    return _msr_cache[1]
+
+
+def available_blobs(kvm: Kvm) -> tuple[str, ...]:
+    """Which of BLOBS this KVM offers (asked once per process)."""
+    global _blob_cache
+    pid = os.getpid()
+    if _blob_cache is None or _blob_cache[0] != pid:
+        _blob_cache = (pid, tuple(name for name, *_r, cap in BLOBS if kvm.check_extension(cap)))
+    return _blob_cache[1]
+
+
+@dataclass
+class X86CpuState:
+    """One vCPU's state as KVM hands it out: kvm_regs and kvm_sregs bytes,
+    MSR values by index, and the opaque blobs of BLOBS by name.
+
+    `taken` (time.monotonic()) and `tsc_khz` let a reuse reset move the TSC on
+    by the time that passed, as the TSC of a VM nobody touched would have."""
+
+    regs: bytes
+    sregs: bytes
+    msrs: dict[int, int]
+    blobs: dict[str, bytes]
+    taken: float = 0.0
+    tsc_khz: int = 0
+    _prepared: object = field(default=None, repr=False, compare=False)
+
+    def same_as(self, other: "X86CpuState") -> bool:
+        """Equal in everything a guest can observe (the TSC moves on by itself)."""
+        mine = {k: v for k, v in self.msrs.items() if k not in (MSR_IA32_TSC,)}
+        theirs = {k: v for k, v in other.msrs.items() if k not in (MSR_IA32_TSC,)}
+        return (self.regs, self.sregs, mine, self.blobs) == (other.regs, other.sregs, theirs, other.blobs)
+
+
+def capture(kvm: Kvm, vcpu: Vcpu) -> X86CpuState:
+    """Everything the vCPU holds now (pending port/MMIO completions excluded:
+    the caller finishes those first)."""
+    regs = bytes(ffi.buffer(vcpu.get_regs()))
+    sregs = bytes(ffi.buffer(vcpu.get_sregs()))
+    indices = restorable_msrs(kvm, vcpu)
+    values = vcpu.get_msrs(indices)
+    msrs = {i: v for i, v in zip(indices, values) if v is not None}
+    blobs = {}
+    names = available_blobs(kvm)
+    for name, ctype, get, _set, _cap in BLOBS:
+        if name in names:
+            blobs[name] = vcpu.get_blob(get, ctype)
+    try:
+        khz = vcpu.call("KVM_GET_TSC_KHZ", abi.ulong(0)) if abi.KVM_GET_TSC_KHZ is not None else 0
+    except KvmError:
+        khz = 0
+    return X86CpuState(regs, sregs, msrs, blobs, time.monotonic(), khz)
+
+
+class _Prepared:
+    """A state's structs, built once: restore() only issues ioctls."""
+
+    def calls(self, vcpu: Vcpu, staged: bool, reuse: bool) -> list[tuple[str, int, object]]:
+        """(name, request, argument) of every ioctl restore() issues, in order."""
+        key = (staged, reuse)
+        cached = self._calls.get(key)
+        if cached is None:
+            plan = [] if staged else [("KVM_SET_SREGS", self.sregs)]
+            plan += [(name, arg) for name, arg, _buf in self.early]
+            plan += [] if staged else [("KVM_SET_REGS", self.regs)]
+            plan.append(("KVM_SET_MSRS", self.msrs))
+            plan += [(name, arg) for name, arg, _buf in self.late
+                     if not (staged and name == "KVM_SET_VCPU_EVENTS") and not (reuse and name == "KVM_SET_MP_STATE")]
+            cached = self._calls[key] = [(name, getattr(abi, name), arg) for name, arg in plan]
+        vcpu.forget_sync()
+        return cached
+
+    def __init__(self, state: X86CpuState):
+        self.regs = ffi.new("struct kvm_regs *")
+        ffi.memmove(self.regs, state.regs, len(state.regs))
+        self.sregs = ffi.new("struct kvm_sregs *")
+        ffi.memmove(self.sregs, state.sregs, len(state.sregs))
+        items = list(state.msrs.items())
+        self.msrs = ffi.new("struct kvm_msrs *", {"entries": len(items)})
+        self.msrs.nmsrs = len(items)
+        self.tsc_entry = None
+        for i, (index, value) in enumerate(items):
+            self.msrs.entries[i].index = index
+            self.msrs.entries[i].data = value
+            if index == MSR_IA32_TSC:
+                self.tsc_entry = self.msrs.entries[i]
+        self.count = len(items)
+        self._calls: dict = {}
+        self.events = None      # the vcpu events struct, for staging in kvm_run
+        self.early: list = []   # before the registers: XCRs, then XSAVE
+        self.late: list = []
+        for name, ctype, _get, set_, _cap in BLOBS:
+            data = state.blobs.get(name)
+            if data is None:
+                continue
+            if name == "events":
+                flags = int.from_bytes(data[_EVENTS_FLAGS:_EVENTS_FLAGS + 4], "little") | _EVENTS_SET
+                data = data[:_EVENTS_FLAGS] + flags.to_bytes(4, "little") + data[_EVENTS_FLAGS + 4:]
+            buf = ffi.new("char[]", data)
+            if name == "events":
+                self.events = ffi.cast(ctype + " *", buf)
+            early = name in ("xcrs", "xsave")
+            (self.early if early else self.late).append((set_, ffi.cast(ctype + " *", buf), buf))
+
+
+def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
+    """Put `state` back into the vCPU.
+
+    `reuse` is the reset between two rigs: the TSC is set to its captured
+    value plus the cycles since capture (a reused VM then looks like one
+    created fresh: its TSC has been running), and the MP state is left alone
+    (without an in-kernel irqchip nothing but userspace changes it). Without
+    `reuse` everything is exact: a snapshot resumes where it was taken.
+
+    Registers, sregs and pending events go through kvm_run's sync area where
+    KVM offers it (applied at the next KVM_RUN, no ioctl): each vCPU ioctl
+    costs ~9 us on some hosts, and this is the hot path of reuse."""
+    prep = state._prepared
+    if prep is None:
+        prep = state._prepared = _Prepared(state)
+    if prep.tsc_entry is not None:
+        value = state.msrs[MSR_IA32_TSC]
+        if reuse and state.tsc_khz:
+            value += int((time.monotonic() - state.taken) * state.tsc_khz * 1000)
+        prep.tsc_entry.data = value & 0xFFFFFFFFFFFFFFFF
+    # Without an in-kernel LAPIC every KVM_RUN first loads CR8 from kvm_run.cr8
+    # (the TPR as of the last exit): that copy must say the restored CR8 too.
+    vcpu.run_struct.cr8 = prep.sregs.cr8
+    vcpu.run_struct.request_interrupt_window = 0
+    staged = vcpu.stage(prep.regs, prep.sregs, prep.events)
+    calls = prep.calls(vcpu, staged, reuse)
+    fd, ioctl = vcpu.fd, abi.libc.ioctl
+    for name, request, arg in calls:
+        r = ioctl(fd, request, arg)
+        if name == "KVM_SET_MSRS" and r != prep.count:
+            if r < 0:
+                raise KvmError(name, ffi.errno)
+            raise BackendError(f"KVM refused to restore MSR {prep.msrs.entries[r].index:#x} "
+                               f"(value {prep.msrs.entries[r].data:#x})")
+        if r < 0:
+            raise KvmError(name, ffi.errno)
+
+
+
+
+# Text form (snapshot files) ---------------------------------------------------
+
+def _to_text(value) -> Any:
+    """A cffi struct/array/int as JSON-ready text: fields by name, ints in hex."""
+    kind = ffi.typeof(value).kind if isinstance(value, ffi.CData) else None
+    if kind == "struct":
+        return {name: _to_text(getattr(value, name)) for name, _f in ffi.typeof(value).fields}
+    if kind == "array":
+        return [_to_text(v) for v in value]
+    return hex(value)
+
+
+def _from_text(text) -> Any:
+    """The inverse of _to_text, as a cffi initializer (dicts and lists nest)."""
+    if isinstance(text, dict):
+        return {k: _from_text(v) for k, v in text.items()}
+    if isinstance(text, list):
+        return [_from_text(v) for v in text]
+    return int(text, 16)
+
+
+def to_text(state: X86CpuState) -> dict[str, Any]:
+    """The state with every register by name (kvm_regs, kvm_sregs), MSRs by
+    index and the opaque blobs in hex."""
+    regs = ffi.new("struct kvm_regs *")
+    ffi.memmove(regs, state.regs, len(state.regs))
+    sregs = ffi.new("struct kvm_sregs *")
+    ffi.memmove(sregs, state.sregs, len(state.sregs))
+    return {"regs": _to_text(regs[0]), "sregs": _to_text(sregs[0]),
+            "msrs": {hex(i): hex(v) for i, v in state.msrs.items()},
+            "blobs": {name: data.hex() for name, data in state.blobs.items()},
+            "tsc_khz": state.tsc_khz}
+
+
+def from_text(text: dict[str, Any]) -> X86CpuState:
+    """Rebuild a state from to_text(); ValueError/KeyError/TypeError on bad text."""
+    regs = ffi.new("struct kvm_regs *", _from_text(text["regs"]))
+    sregs = ffi.new("struct kvm_sregs *", _from_text(text["sregs"]))
+    blobs = {name: bytes.fromhex(data) for name, data in text["blobs"].items()}
+    for name, ctype, *_ in BLOBS:
+        if name in blobs and len(blobs[name]) != ffi.sizeof(ctype):
+            raise ValueError(f"{name} holds {len(blobs[name])} bytes, not {ffi.sizeof(ctype)}")
+    return X86CpuState(bytes(ffi.buffer(regs)), bytes(ffi.buffer(sregs)),
+                       {int(i, 16): int(v, 16) for i, v in text["msrs"].items()}, blobs,
+                       time.monotonic(), int(text.get("tsc_khz", 0)))

@@ -1,0 +1,175 @@
+"""VM reuse: a worker keeps one VM per (backend, arch, memory map) and resets
+it for the next rig instead of building a new one.
+
+A reset must leave nothing a rig could see: the backend puts its vCPU back
+to the state it was created in (every register, MSR, FPU/XSAVE, debug
+register and pending event; see backends/kvm/x86_state.py and the emulator's
+context restore) and forgets its debug setup; the machine zeroes exactly the
+pages written since the last reset (the backend's dirty log plus the host
+side's own writes), or every page where no log exists. Devices, debug plans
+and outcomes are built per rig by the Session, so nothing else carries over.
+
+Backends opt in with the Reusable methods below; a backend without them is
+used once and closed, as before. A VM whose run or reset raised is closed,
+never reused: the next rig gets a fresh one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from kvmrig.backends.base import Backend
+from kvmrig.machine.memory import Memory
+from kvmrig.machine.outcome import Outcome
+from kvmrig.machine.plan import Plan
+from kvmrig.rig.model import Rig
+
+
+@runtime_checkable
+class Reusable(Protocol):
+    """What a backend offers to be reset between rigs."""
+
+    def keep_pristine(self) -> None:
+        """Remember the vCPU as created (memory already mapped), before any rig."""
+
+    def track_dirty(self) -> None:
+        """Start recording the pages the guest writes."""
+
+    def dirty_pages(self) -> set[int] | None:
+        """Pages written since the last call; None if the backend cannot tell."""
+
+    def reset(self) -> None:
+        """The vCPU back to its pristine state, debug setup and traps gone."""
+
+    def reusable(self) -> bool:
+        """False when the run left state a reset cannot undo (the VM is closed)."""
+
+    def park(self) -> None:
+        """Between rigs: stop anything that runs on its own (KVM's timeout alarm)."""
+
+
+def shape(rig: Rig) -> tuple:
+    """What two rigs must share to share a VM: the arch and the memory map
+    (every region's address, size and ROM flag)."""
+    return (rig.arch, tuple(sorted((r.at, r.size, r.rom) for r in rig.memory)))
+
+
+class _Kept:
+    __slots__ = ("backend", "memory", "runs")
+
+    def __init__(self, backend: Backend, memory: Memory):
+        self.backend, self.memory, self.runs = backend, memory, 0
+
+
+class VmPool:
+    """The VMs one worker keeps, by (backend factory, shape). Not thread-safe:
+    one per worker process."""
+
+    def __init__(self, limit: int = 4):
+        self.limit = limit   # shapes kept at once; the least recently used goes first
+        self._kept: dict[tuple, _Kept] = {}
+        self.created = 0
+        self.reused = 0
+        self.refused = 0   # VMs closed because their backend said a reset could not hide the run
+
+    def execute(self, plan: Plan, make_backend: Callable[[], Backend], options=None,
+                inspect: Callable[[Backend, Memory], None] | None = None) -> Outcome:
+        """Run a prepared rig on a kept VM (reset first) or on a new one kept for
+        later. `inspect(backend, memory)` sees the machine right after the run
+        (tests compare it with a fresh VM's)."""
+        from kvmrig.machine.session import Session
+
+        key = (make_backend, shape(plan.rig))
+        kept = self._kept.pop(key, None)
+        if kept is not None:
+            try:
+                self._reset(kept)
+                self.reused += 1
+            except Exception:
+                self._close(kept)
+                kept = None
+        if kept is None:
+            kept = self._new(plan.rig, make_backend)
+            if kept is None:   # not reusable: once, as before
+                return _once(plan, make_backend, options, inspect)
+        try:
+            outcome = Session(plan, kept.backend, kept.memory, options).run()
+            if inspect is not None:
+                inspect(kept.backend, kept.memory)
+        except BaseException:
+            self._close(kept)
+            raise
+        kept.runs += 1
+        kept.backend.park()
+        if not kept.backend.reusable():
+            self._close(kept)
+            self.refused += 1
+            return outcome
+        self._kept[key] = kept   # most recently used last
+        while len(self._kept) > self.limit:
+            self._close(self._kept.pop(next(iter(self._kept))))
+        return outcome
+
+    def _new(self, rig: Rig, make_backend: Callable[[], Backend]) -> _Kept | None:
+        backend = make_backend()
+        if not isinstance(backend, Reusable):
+            backend.close()
+            return None
+        memory = Memory(rig.memory)
+        kept = _Kept(backend, memory)
+        try:
+            for b in memory.backings:
+                backend.map_memory(b.start, b.buf, b.region.rom)
+            backend.track_dirty()
+            backend.keep_pristine()
+            memory.track_writes()
+        except BaseException:
+            self._close(kept)
+            raise
+        self.created += 1
+        return kept
+
+    @staticmethod
+    def _reset(kept: _Kept) -> None:
+        backend, memory = kept.backend, kept.memory
+        backend.reset()
+        pages = backend.dirty_pages()
+        written = memory.take_written()
+        if pages is None:
+            memory.zero_all()
+        else:
+            memory.zero_pages(pages | written)
+
+    @staticmethod
+    def _close(kept: _Kept) -> None:
+        try:
+            kept.backend.close()
+        finally:
+            kept.memory.close()
+
+    def close(self) -> None:
+        """Close every kept VM."""
+        while self._kept:
+            self._close(self._kept.popitem()[1])
+
+
+def _once(plan: Plan, make_backend: Callable[[], Backend], options, inspect) -> Outcome:
+    """A fresh VM for one rig, closed after it (machine.session.execute, plus `inspect`)."""
+    from kvmrig.machine.session import Session
+
+    memory = Memory(plan.rig.memory)
+    try:
+        with make_backend() as backend:
+            outcome = Session(plan, backend, memory, options).run()
+            if inspect is not None:
+                inspect(backend, memory)
+            return outcome
+    finally:
+        memory.close()
+
+
+def run_fresh(plan: Plan, make_backend: Callable[[], Backend], options=None,
+              inspect: Callable[[Backend, Memory], None] | None = None) -> Outcome:
+    """What a run with --no-reuse does, with the same `inspect` hook as VmPool.execute."""
+    return _once(plan, make_backend, options, inspect)

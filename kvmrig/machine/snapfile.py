@@ -1,0 +1,231 @@
+"""Snapshot files: a machine's state written down, to start rigs from later.
+
+Format (version 1), one file:
+
+    KVMRIG-SNAPSHOT 1\\n
+    <header length in bytes, decimal>\\n
+    <header: JSON text, indented; registers as text>
+    <memory: per region, its non-zero pages zlib-compressed, one region after the other>
+
+The header records the format version, the kvmrig version that wrote it, the
+arch, the backend whose CPU state it holds (that state's own shape: for KVM
+x86_64 every kvm_regs/kvm_sregs field by name, MSRs by index, and the opaque
+XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), and
+the memory map: per region its address, size, ROM flag, the runs of pages
+that are not all zero (offset, length; the rest of the region is zero), and
+where their compressed bytes are, with a SHA-256 of those bytes uncompressed.
+
+Loading checks everything before it is used: a file from another format
+version, arch, backend or memory map, a truncated file or a corrupt one is a
+SnapshotError naming the file and the mismatch, never a wrong run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvmrig import __version__
+from kvmrig.errors import SnapshotError
+
+MAGIC = b"KVMRIG-SNAPSHOT"
+VERSION = 1
+LEVEL = 1   # zlib level: guest RAM is mostly zeros, fast beats small
+
+
+@dataclass
+class Snapshot:
+    """What a snapshot file holds. `memory` is [(at, size, rom, runs)], runs
+    being [(offset, bytes)] of the region's non-zero pages (all else zero);
+    `cpu` is the backend's state as text (export_cpu/import_cpu)."""
+
+    arch: str
+    backend: str
+    memory: list[tuple[int, int, bool, list[tuple[int, bytes]]]]
+    cpu: dict[str, Any]
+    origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
+    devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
+
+    def memory_map(self) -> list[tuple[int, int, bool]]:
+        return [(at, size, rom) for at, size, rom, _ in self.memory]
+
+
+def write(path: str | Path, snap: Snapshot) -> None:
+    """Write `snap` to `path` (a temporary file renamed over it: a reader never
+    sees half a snapshot, and an existing non-regular file is refused)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SnapshotError(f"{path}: exists and is not a regular file; not replacing it")
+    blobs, regions, offset = [], [], 0
+    for at, size, rom, runs in snap.memory:
+        if any(off < 0 or off + len(data) > size for off, data in runs):
+            raise SnapshotError(f"region {at:#x}: a run of bytes lies outside its size {size:#x}")
+        data = b"".join(data for _off, data in runs)
+        packed = zlib.compress(data, LEVEL)
+        regions.append({"at": hex(at), "size": hex(size), "rom": rom,
+                        "runs": [f"{off:#x}+{len(d):#x}" for off, d in runs], "offset": offset,
+                        "length": len(packed), "sha256": hashlib.sha256(data).hexdigest()})
+        blobs.append(packed)
+        offset += len(packed)
+    header = {"format": VERSION, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
+              "origin": snap.origin, "memory": regions, "devices": snap.devices, "cpu": snap.cpu}
+    text = json.dumps(header, indent=1).encode() + b"\n"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + b" %d\n%d\n" % (VERSION, len(text)))
+            f.write(text)
+            for blob in blobs:
+                f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Header:
+    """What a snapshot says about itself, without its memory (rig loading)."""
+
+    arch: str
+    backend: str
+    memory_map: list[tuple[int, int, bool]]
+    devices: list[dict[str, Any]]
+    origin: dict[str, str]
+
+
+def read_header(path: str | Path) -> Header:
+    """The checked header of a snapshot file (its memory is not read)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            first, _, rest = head.partition(b"\n")
+            size_line = rest.partition(b"\n")[0]
+            raw = head
+            if size_line.isdigit():
+                raw += f.read(int(size_line) + len(first) + len(size_line) + 2 - len(head))
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
+    header, regions, _body = _parse(path, raw, memory=False)
+    return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_r in regions],
+                  header.get("devices", []), header.get("origin", {}))
+
+
+def read(path: str | Path, arch: str | None = None, backend: str | None = None,
+         memory_map: list[tuple[int, int, bool]] | None = None) -> Snapshot:
+    """Read and check a snapshot; `arch`, `backend` and `memory_map` (if given)
+    must match what it records."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
+    header, regions, body = _parse(path, raw, memory=True)
+    snap_arch, snap_backend = header["arch"], header["backend"]
+    if arch is not None and snap_arch != arch:
+        raise SnapshotError(f"{path}: the snapshot is of an {snap_arch} machine; this rig is {arch}")
+    if backend is not None and snap_backend != backend:
+        raise SnapshotError(f"{path}: the snapshot holds {snap_backend} CPU state; this run uses the {backend} "
+                            "backend, which cannot load it")
+    found = [(at, size, rom) for at, size, rom, *_r in regions]
+    if memory_map is not None and sorted(found) != sorted(memory_map):
+        raise SnapshotError(f"{path}: the snapshot's memory map {_describe(found)} is not the rig's "
+                            f"{_describe(memory_map)}")
+    memory = []
+    for at, size, rom, offset, n, digest, spans in regions:
+        if offset + n > len(body):
+            raise SnapshotError(f"{path}: truncated snapshot: region {at:#x} needs bytes up to "
+                                f"{offset + n} of the memory section, which has {len(body)}")
+        try:
+            data = zlib.decompress(body[offset:offset + n])
+        except zlib.error as e:
+            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not decompress ({e})") from None
+        if len(data) != sum(k for _o, k in spans) or hashlib.sha256(data).hexdigest() != digest \
+                or any(o < 0 or o + k > size for o, k in spans):
+            raise SnapshotError(f"{path}: corrupt snapshot: region {at:#x} does not match its SHA-256")
+        runs, pos = [], 0
+        for o, k in spans:
+            runs.append((o, data[pos:pos + k]))
+            pos += k
+        memory.append((at, size, rom, runs))
+    return Snapshot(snap_arch, snap_backend, memory, header["cpu"], header.get("origin", {}),
+                    header.get("devices", []))
+
+
+def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
+    """(header, regions, memory section) of a snapshot's bytes, checked."""
+    first, _, rest = raw.partition(b"\n")
+    words = first.split(b" ")
+    if len(words) != 2 or words[0] != MAGIC:
+        raise SnapshotError(f"{path}: not a kvmrig snapshot (it does not start with {MAGIC.decode()})")
+    if words[1] != str(VERSION).encode():
+        raise SnapshotError(f"{path}: snapshot format version {words[1].decode(errors='replace')}; this "
+                            f"kvmrig ({__version__}) reads version {VERSION}: take the snapshot again")
+    size_line, _, rest = rest.partition(b"\n")
+    if not size_line.isdigit():
+        raise SnapshotError(f"{path}: corrupt snapshot: the header length is missing")
+    length = int(size_line)
+    if len(rest) < length:
+        raise SnapshotError(f"{path}: truncated snapshot: the header needs {length} bytes, "
+                            f"the file has {len(rest)} after the first lines")
+    try:
+        header = json.loads(rest[:length])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"{path}: corrupt snapshot header: {e}") from None
+    body = rest[length:]
+    try:
+        snap_arch, snap_backend = header["arch"], header["backend"]
+        regions = [(int(r["at"], 16), int(r["size"], 16), bool(r["rom"]), int(r["offset"]), int(r["length"]),
+                    r["sha256"], [_run(x) for x in r["runs"]]) for r in header["memory"]]
+        cpu, origin = header["cpu"], header.get("origin", {})
+        devices = header.get("devices", [])
+        if not isinstance(cpu, dict) or not isinstance(origin, dict) or not all(
+                isinstance(d, dict) and isinstance(d.get("type"), str) for d in devices):
+            raise TypeError("cpu, origin or devices")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad {e}") from None
+    if header.get("format") != VERSION:
+        raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
+    if memory and len(body) == 0 and regions:
+        raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
+    return header, regions, body
+
+
+def _run(text: str) -> tuple[int, int]:
+    """ "0x10000+0x1000" -> (offset, length)."""
+    off, _, length = text.partition("+")
+    return int(off, 16), int(length, 16)
+
+
+def _describe(regions) -> str:
+    return "[" + ", ".join(f"{at:#x}+{size:#x}{' rom' if rom else ''}" for at, size, rom in sorted(regions)) + "]"
+
+
+def runs_of(data, page: int = 0x1000) -> list[tuple[int, bytes]]:
+    """The runs of `data`'s pages that are not all zero: [(offset, bytes)].
+    `data` is bytes, a bytearray or an mmap (slices are bytes: memcmp-fast)."""
+    runs: list[tuple[int, bytes]] = []
+    big = 64 * page
+    zero_big, zero = bytes(big), bytes(page)
+    off, end, start = 0, len(data), -1
+    while off < end:
+        if start < 0 and off % big == 0 and end - off >= big and data[off:off + big] == zero_big:
+            off += big
+            continue
+        chunk = data[off:off + page]
+        if chunk == zero[:len(chunk)]:
+            if start >= 0:
+                runs.append((start, bytes(data[start:off])))
+                start = -1
+        elif start < 0:
+            start = off
+        off += page
+    if start >= 0:
+        runs.append((start, bytes(data[start:end])))
+    return runs

@@ -1,0 +1,70 @@
+"""Taking a machine's state into a Snapshot and putting one back.
+
+The backend gives and takes its CPU state as text (export_cpu/import_cpu);
+the machine's memory is copied region by region. Loading checks arch,
+backend and memory map first (snapfile.read), so a mismatch is a
+SnapshotError before anything changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kvmrig.backends.base import Backend
+from kvmrig.errors import BackendError, SnapshotError
+from kvmrig.machine import snapfile
+from kvmrig.machine.memory import PAGE, Memory
+
+
+def memory_map(memory: Memory) -> list[tuple[int, int, bool]]:
+    return [(b.start, b.region.size, b.region.rom) for b in memory.backings]
+
+
+def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
+         devices: list | None = None) -> snapfile.Snapshot:
+    """The machine as it is now (a pending I/O access completed first);
+    `devices` is the bus's state (Bus.state())."""
+    export = getattr(backend, "export_cpu", None)
+    if export is None:
+        raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot take snapshots yet")
+    cpu = export()
+    regions = [(b.start, b.region.size, b.region.rom, snapfile.runs_of(b.buf)) for b in memory.backings]
+    return snapfile.Snapshot(backend.arch, backend.name, regions, cpu, dict(origin or {}), list(devices or []))
+
+
+def save(path: str | Path, backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
+         devices: list | None = None) -> None:
+    snapfile.write(path, take(backend, memory, origin, devices))
+
+
+def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory, zeroed: bool = True) -> None:
+    """Load `snap` into a machine with the same memory map (mapped already).
+    With `zeroed` (a new or reset machine: all memory zero) only the pages
+    the snapshot has data in are written; else each region is cleared first."""
+    load = getattr(backend, "import_cpu", None)
+    if load is None:
+        raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot load snapshots yet")
+    if sorted(snap.memory_map()) != sorted(memory_map(memory)):
+        raise SnapshotError("the snapshot's memory map is not this machine's")
+    for at, size, _rom, runs in snap.memory:
+        b = memory.find(at)
+        if not zeroed:
+            b.buf[:] = bytes(size)
+        for off, data in runs:
+            b.buf[off:off + len(data)] = data
+            if memory.written is not None:   # a reused VM zeroes these again after the run
+                memory.written.update(range(at + off, at + off + len(data), PAGE))
+    try:
+        load(snap.cpu)
+    except BackendError as e:
+        raise SnapshotError(str(e)) from None
+
+
+def load(path: str | Path, backend: Backend, memory: Memory) -> snapfile.Snapshot:
+    """Read `path` (checked against this machine) and put it into the machine."""
+    snap = snapfile.read(path, backend.arch, backend.name, memory_map(memory))
+    try:
+        put(snap, backend, memory, zeroed=False)
+    except SnapshotError as e:
+        raise SnapshotError(f"{path}: {e}") from None
+    return snap

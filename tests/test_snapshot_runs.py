@@ -1,0 +1,135 @@
+"""Snapshot points across a run: parents first and once, children fanned out
+over the workers, a failed parent makes its children errors; `kvmrig
+snapshot`, `--save-on-fail` and children of a snapshot file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kvmrig.collect import expand
+from kvmrig.machine import snapfile
+from kvmrig.result import ERROR, FAILED, PASSED
+from kvmrig.rig.load import load_rig
+from kvmrig.runner import run_rig, run_rigs
+from tests.conftest import kvmrig_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "rigs" / "firmware"
+
+
+@pytest.fixture
+def cfw(tmp_path):
+    """A copy of the C firmware rigs (parent cfw.yaml and its children)."""
+    shutil.copytree(FIRMWARE / "cfw", tmp_path / "cfw")
+    for p in FIRMWARE.glob("cfw*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    return tmp_path
+
+
+def _env_cwd() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.mark.kvm
+def test_a_parent_runs_once_before_its_children_on_two_workers(cfw, tmp_path):
+    children = [load_rig(p) for p in sorted(cfw.glob("cfw-*.yaml"))]
+    log = tmp_path / "ran.log"
+
+    def executor(rig):   # forked into the workers: each appends what it runs
+        with open(log, "a") as f:
+            f.write(rig.name + "\n")
+        return run_rig(rig)
+
+    reported: list[str] = []
+    results, interrupted = run_rigs(list(children), jobs=2, executor=executor,
+                                    on_result=lambda r: reported.append(r.name))
+    assert not interrupted
+    ran = log.read_text().split()
+    assert ran.count("cfw-boot") == 1 and ran[0] == "cfw-boot"   # once, and nothing before it
+    assert sorted(ran[1:]) == sorted(r.name for r in children)
+    # The parent was not named: it ran for its children and is not reported (shards never count it twice).
+    assert [r.name for r in results] == [r.name for r in children] and "cfw-boot" not in reported
+    assert all(r.status == PASSED for r in results), [(r.name, r.status, r.message) for r in results]
+
+
+@pytest.mark.kvm
+def test_a_parent_named_in_the_run_is_reported_once(cfw):
+    rigs = [load_rig(p) for p in expand([str(cfw)])]
+    results, _ = run_rigs(rigs, jobs=2)
+    assert sorted(r.name for r in results) == sorted(r.name for r in rigs)
+    assert [r.name for r in results].count("cfw-boot") == 1
+
+
+@pytest.mark.kvm
+def test_a_failed_parent_makes_its_children_errors_that_say_so(cfw):
+    parent = cfw / "cfw.yaml"
+    parent.write_text(parent.read_text().replace("exit_code: 0 ", "exit_code: 7 "))
+    rigs = [load_rig(p) for p in expand([str(cfw)])]
+    results, _ = run_rigs(rigs, jobs=2)
+    by_name = {r.name: r for r in results}
+    assert by_name["cfw-boot"].status == FAILED
+    children = [r for r in results if r.name != "cfw-boot"]
+    assert len(children) == 8
+    for r in children:
+        assert r.status == ERROR
+        assert "not run: it starts from" in r.message and "cfw.yaml#at-main" in r.message
+        assert "failed" in r.message and "exit_code: expected 7" in r.message
+
+
+@pytest.mark.kvm
+def test_a_child_failure_names_its_snapshot(cfw):
+    child = cfw / "cfw-add-sat.yaml"
+    child.write_text(child.read_text().replace("eax: 42", "eax: 43"))
+    results, _ = run_rigs([load_rig(child)], jobs=1)
+    failed = next(r for r in results if r.name == "cfw-add-sat")
+    assert failed.status == FAILED
+    assert any("started from the snapshot" in line and "cfw.yaml#at-main" in line for line in failed.outcome.report)
+
+
+@pytest.mark.kvm
+def test_kvmrig_snapshot_writes_a_file_children_start_from(cfw):
+    out = cfw / "at-main.snap"
+    proc = kvmrig_cli("snapshot", f"{cfw / 'cfw.yaml'}#at-main", "-o", out, cwd=cfw)
+    assert proc.returncode == 0, proc.stderr
+    assert snapfile.read_header(out).origin["point"] == "at-main"
+    (cfw / "from-file.yaml").write_text(
+        "kvmrig: 1\narch: x86_64\nfrom: at-main.snap\n"
+        'call: {to: "sym:add_sat", args: [0xffffffff, 1], return_to: "sym:unit_return"}\n'
+        "expect: {exit: hlt, regs: {eax: 0xffffffff}}\n")
+    proc = kvmrig_cli("run", cfw / "from-file.yaml", "--junit", "", cwd=cfw)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # A damaged file is the child's error, naming the file and what is wrong.
+    raw = bytearray(out.read_bytes())
+    raw[-3] ^= 0xFF
+    out.write_bytes(bytes(raw))
+    proc = kvmrig_cli("run", cfw / "from-file.yaml", "--junit", "", cwd=cfw)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert "corrupt snapshot" in proc.stdout and "at-main.snap" in proc.stdout
+
+
+def test_kvmrig_snapshot_usage_errors(cfw):
+    proc = kvmrig_cli("snapshot", f"{cfw / 'cfw.yaml'}#nowhere", "-o", cfw / "x.snap", cwd=cfw)
+    assert proc.returncode == 2 and "saves no point 'nowhere' (it saves: at-main)" in proc.stderr
+    proc = kvmrig_cli("snapshot", str(cfw / "cfw.yaml"), "-o", cfw / "x.snap", cwd=cfw)
+    assert proc.returncode == 2 and "RIG.yaml#POINT" in proc.stderr
+    os.mkfifo(cfw / "pipe")
+    proc = kvmrig_cli("snapshot", f"{cfw / 'cfw.yaml'}#at-main", "-o", cfw / "pipe", cwd=cfw)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+    assert (cfw / "pipe").is_fifo()
+
+
+@pytest.mark.kvm
+def test_save_on_fail_keeps_the_final_state(cfw, tmp_path):
+    child = cfw / "cfw-strlen.yaml"
+    child.write_text(child.read_text().replace("rax: 6", "rax: 5"))
+    saved = tmp_path / "failed"
+    proc = kvmrig_cli("run", child, "--save-on-fail", saved, "--junit", "", cwd=cfw)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    snap = snapfile.read(saved / "cfw-strlen.snap", "x86_64", "kvm")
+    assert snap.origin["point"] == "end"
+    assert int(snap.cpu["regs"]["rax"], 16) == 6       # the state it failed in: strlen said 6
+    assert not (saved / "cfw-boot.snap").exists()      # only failed rigs
