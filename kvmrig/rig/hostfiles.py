@@ -81,9 +81,12 @@ def read_regular(path: Path, limit: int, what: str = "file") -> bytes:
             raise HostFileProblem(f"{what} {_show(path)} is {size:#x} bytes, more than the {limit:#x} "
                                   "it can use")
         try:
-            return f.read(limit + 1)[:limit]
+            data = f.read(size + 1)  # one more: a file that grew since fstat shows it
         except OSError as e:
             raise HostFileProblem(f"cannot read {_show(path)}: {e.strerror}") from None
+        if len(data) > limit:
+            raise HostFileProblem(f"{what} {_show(path)} grew past the {limit:#x} bytes it can use while read")
+        return data
 
 
 def _kind(mode: int) -> str:
