@@ -15,6 +15,7 @@ from typing import Any
 
 from kvmrig.arch.traits import traits
 from kvmrig.backends.events import DebugEvent, Event
+from kvmrig.errors import BackendError
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,14 @@ class Backend(ABC):
     def blocks_done(self, stop: int | None) -> None:
         """The run is over: report to record_blocks' sink what is still pending;
         `stop` is where it stopped (the instruction there did not run), if known."""
+
+    def set_irq_line(self, intid: int, level: bool) -> None:
+        """Drive a device's interrupt line (arm64: a GIC SPI by INTID) to `level`."""
+        raise BackendError(f"the {self.name} backend has no interrupt controller (INTID {intid})")
+
+    def current_cpu(self) -> int:
+        """The vCPU the last event came from (and get_regs/set_regs address): 0 but with `cpus: N`."""
+        return 0
 
     def reinject(self, event: DebugEvent) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest (the

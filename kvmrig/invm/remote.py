@@ -54,6 +54,10 @@ def needed_files(rig_files: list[Path]) -> tuple[list[Path], float]:
         golden = rig.expect.golden
         if golden is not None and golden.file.is_file():
             files.add(golden.file.absolute())
+        dtb = rig.dtb  # arm64: a rig's own device tree and its initrd
+        for extra in (dtb.file, dtb.initrd) if dtb is not None else ():
+            if extra is not None and extra.is_file():
+                files.add(extra.absolute())
     return sorted(files), budget
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from kvmrig.arch.arm64 import boot as arm
 from kvmrig.arch.x86_64 import boot as x86
 from kvmrig.errors import RigError
+from kvmrig.machine.devicetree import plan_dtb
 
 PAGE = 0x1000
 
@@ -79,8 +80,14 @@ def _x86(plan) -> BootPlan:
 
 
 def _arm64(plan) -> BootPlan:
-    state = arm.initial_state(plan.entry)
-    return BootPlan(state, plan.entry)
+    rig = plan.rig
+    gic = arm.GicLayout(rig.gic.distributor, rig.gic.redistributor, rig.gic.irqs) if rig.gic else None
+    writes: list[tuple[int, bytes]] = []
+    dtb = None
+    if rig.wants_dtb:
+        writes, dtb = plan_dtb(plan)
+    state = arm.initial_state(plan.entry, dtb, gic, rig.cpus)
+    return BootPlan(state, plan.entry, writes)
 
 
 def plan_boot(plan) -> BootPlan:

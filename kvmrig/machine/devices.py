@@ -8,6 +8,9 @@ the run with exit `mmio`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from kvmrig.arch.arm64.virt import SPI_BASE
 from kvmrig.machine.outcome import Outcome, Stop, num
 from kvmrig.rig.model import Device
 
@@ -82,6 +85,15 @@ class Dev:
         self.name = f"{spec.type}@{self.base:#x}"
         # Console input (kvmrig extension, UARTs only): bytes the guest still has to read.
         self.rx = bytearray(spec.input or b"")
+        # The interrupt line (arm64 pl011 with a gic): Bus.connect_irqs wires it.
+        self._line: Callable[[bool], None] | None = None
+        self._level = False
+
+    def update_line(self, level: bool) -> None:
+        """Drive the device's interrupt line, telling the interrupt controller only of changes."""
+        if self._line is not None and level != self._level:
+            self._level = level
+            self._line(level)
 
     def receive(self) -> int:
         """The next input byte, or 0 when there is none left."""
@@ -208,10 +220,19 @@ class Debugcon(Dev):
 
 class Pl011(Dev):
     """PL011 UART (Arm DDI 0183): DR prints, FR says transmit FIFO empty; DR
-    reads give the `input:` bytes in order, FR.RXFE is clear while some remain."""
+    reads give the `input:` bytes in order, FR.RXFE is clear while some remain.
+
+    Interrupts (3.3.13-3.3.15, with a `gic`): the raw status RIS has TXRIS
+    (bit 5) always set, since a byte written leaves at once and the transmit
+    FIFO is never above its trigger level, and RXRIS (bit 4) and RTRIS (bit
+    6) while input remains; the line to the GIC is high while RIS & IMSC is
+    not 0 (MIS), as the combined UARTINTR. ICR writes change nothing: the
+    conditions they would clear hold again at once."""
 
     FR_TXFE = 0x80
     FR_RXFE = 0x10
+    IMSC, RIS, MIS, ICR = 0x38, 0x3C, 0x40, 0x44
+    RXRIS, TXRIS, RTRIS = 1 << 4, 1 << 5, 1 << 6
 
     ID = {0xFE0: 0x11, 0xFE4: 0x10, 0xFE8: 0x14, 0xFEC: 0x00,
           0xFF0: 0x0D, 0xFF4: 0xF0, 0xFF8: 0x05, 0xFFC: 0xB1}
@@ -230,15 +251,29 @@ class Pl011(Dev):
         if offset in self.ID:
             return self.ID[offset]
         if offset == 0x00:
-            return self.receive()  # DR: no error bits
+            byte = self.receive()  # DR: no error bits
+            self.update_line(self.mis() != 0)
+            return byte
+        if offset == self.RIS:
+            return self.ris()
+        if offset == self.MIS:
+            return self.mis()
         return self.regs.get(offset, 0)
+
+    def ris(self) -> int:
+        return self.TXRIS | (self.RXRIS | self.RTRIS if self.rx else 0)
+
+    def mis(self) -> int:
+        return self.ris() & self.regs.get(self.IMSC, 0)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0x00:
             self.idle_polls = 0
             self.console.put(value)
-        else:
+        elif offset != self.ICR:
             self.regs[offset] = value
+            if offset == self.IMSC:
+                self.update_line(self.mis() != 0)
 
 
 class ExitDevice(Dev):
@@ -292,6 +327,15 @@ class Bus:
             else:
                 assert spec.at is not None
                 self.mmio.append((spec.at, spec.at + spec.span, dev))
+
+    def connect_irqs(self, set_line: Callable[[int, bool], None]) -> None:
+        """Wire every device that has an SPI (`irq`) to the interrupt controller:
+        set_line(INTID, level) is the backend's set_irq_line."""
+        for _start, _end, dev in self.mmio:
+            spi = dev.spec.irq
+            if spi is not None:
+                intid = SPI_BASE + spi
+                dev._line = lambda level, intid=intid: set_line(intid, level)
 
     # Port I/O -----------------------------------------------------------
     def port_read(self, port: int, size: int) -> int:

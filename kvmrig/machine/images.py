@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmrig.errors import Mark, RigError
 from kvmrig.rig import hostfiles
@@ -28,6 +29,17 @@ class LoadedImage:
     elf_kind: tuple[str, str] | None = None   # ELF: (e_machine, EI_CLASS) as pyelftools names them
     data_spans: list[tuple[int, int]] = field(default_factory=list)   # ELF: [start, end) holding data, not code
     absolute: set[str] = field(default_factory=set)   # ELF: symbols that are numbers, not places (SHN_ABS)
+
+    linux: Any = None   # an arm64 Linux Image: its header (kvmrig.arch.arm64.linux.ImageHeader)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """[start, end) the image occupies, a Linux Image's BSS (image_size) included."""
+        start = min(addr for addr, _ in self.segments)
+        end = max(addr + len(body) for addr, body in self.segments)
+        if self.linux is not None:
+            end = max(end, start + self.linux.image_size)
+        return start, end
 
 
 # The ELF machines each arch runs (pyelftools' e_machine names) and, for each,
@@ -133,18 +145,42 @@ def _data_spans(elf, mapping: list[tuple[int, bool]]) -> list[tuple[int, int]]:
     return sorted(spans)
 
 
+def _load_linux(image: Image, data: bytes, rig: Rig | None) -> LoadedImage:
+    """An arm64 Linux Image: at `at`, or text_offset above the first 2 MiB
+    boundary of the first RAM region; the entry is its first byte."""
+    from kvmrig.arch.arm64 import linux
+
+    header = linux.parse_header(data)
+    if header.big_endian:
+        raise RigError(f"{image.file} is a big-endian arm64 kernel; kvmrig's vCPUs run little-endian",
+                       image.file_mark or image.mark)
+    at = image.at
+    if at is None:
+        ram = sorted((r for r in (rig.memory if rig else ()) if not r.rom), key=lambda r: r.at)
+        if not ram:
+            raise RigError(f"{image.file} is an arm64 Linux Image, which goes into RAM: the rig has no RAM region",
+                           image.file_mark or image.mark)
+        at = header.load_address(ram[0].at)
+    return LoadedImage(image, str(image.file), [(at, data)], entry=at, linux=header)
+
+
 # The largest ELF file read (symbols and debug info make ELF files larger than
 # what they load; segments are checked against the rig's memory one by one).
 MAX_ELF_FILE = 1 << 30
 
 
-def load_image(image: Image, limit: int = 1 << 48) -> LoadedImage:
+def load_image(image: Image, rig: Rig | None = None) -> LoadedImage:
     """Read one image into its segments (no placement checks yet); nothing
-    larger than `limit` bytes (the largest memory region) is read or allocated."""
+    larger than the rig's largest memory region is read or allocated (an ELF
+    file may be up to MAX_ELF_FILE: its segments are checked one by one)."""
     if image.data is not None:
         assert image.at is not None
         return LoadedImage(image, f"hex bytes at {image.at:#x}", [(image.at, image.data)])
-    data = _read_file(image, limit if image.at is not None else max(limit, MAX_ELF_FILE))
+    limit = max((r.size for r in rig.memory), default=0) if rig is not None else 1 << 48
+    raw = image.at is not None or image.linux
+    data = _read_file(image, limit if raw else max(limit, MAX_ELF_FILE))
+    if image.linux:
+        return _load_linux(image, data, rig)
     if data[:4] == ELF_MAGIC and image.at is None:
         return _load_elf(image, data, limit)
     if image.at is None:
@@ -212,8 +248,7 @@ def image_mark(img: LoadedImage) -> Mark:
 
 def load_images(rig: Rig) -> list[LoadedImage]:
     mode = rig.cpu.mode if rig.cpu is not None else DEFAULT_MODES[rig.arch]
-    limit = max((r.size for r in rig.memory), default=0)
-    images = [load_image(image, limit) for image in rig.images]
+    images = [load_image(image, rig) for image in rig.images]
     for img in images:
         check_elf_kind(img, rig.arch, mode)
     return images
@@ -223,8 +258,11 @@ def check_placement(rig: Rig, images: list[LoadedImage]) -> None:
     """Every segment must lie inside one declared region."""
     regions = sorted(rig.memory, key=lambda r: r.at)
     for img in images:
-        for addr, body in img.segments:
-            end = addr + len(body)
+        spans = [(addr, len(body)) for addr, body in img.segments]
+        if img.linux is not None:  # the kernel's BSS (image_size) must fit too
+            spans = [(img.span[0], img.span[1] - img.span[0])]
+        for addr, length in spans:
+            end = addr + length
             inside = [r for r in regions if r.at <= addr < r.end]
             if not inside:
                 raise RigError(
@@ -232,8 +270,9 @@ def check_placement(rig: Rig, images: list[LoadedImage]) -> None:
                     f"regions are {_describe(regions)}", image_mark(img))
             region = inside[0]
             if end > region.end:
+                what = " with its image_size" if img.linux is not None else ""
                 raise RigError(
-                    f"image {img.label} ({addr:#x}..{end:#x}, {len(body)} bytes) is larger than "
+                    f"image {img.label}{what} ({addr:#x}..{end:#x}, {length} bytes) is larger than "
                     f"its region {region.at:#x}..{region.end:#x}", image_mark(img))
 
 

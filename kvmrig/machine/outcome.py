@@ -56,6 +56,7 @@ class Hit:
     regs: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     report: list[str] = field(default_factory=list)   # code and registers at the hit (the first failing hit)
+    cpu: int = 0    # the vCPU that hit it
 
 
 @dataclass

@@ -83,6 +83,7 @@ class Image:
     at: int | None
     mark: Mark
     file_mark: Mark | None = None
+    linux: bool = False   # an arm64 Linux Image (header magic): placed by its header, x0 = the DTB
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Device:
     value: int | None
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
+    irq: int | None = None      # pl011 with a `gic` (extension): its SPI number (INTID - 32)
     idle: str | None = None     # serial/pl011 (extension): snapshot point saved when the guest waits for
                                 # input that is not there (the run then ends with exit `idle`)
 
@@ -236,6 +238,17 @@ class Cpu:
 
 
 @dataclass(frozen=True)
+class Gic:
+    """arm64 (extension): an in-kernel GICv3 (KVM_DEV_TYPE_ARM_VGIC_V3) and, with
+    it, the generic timer's interrupts."""
+
+    distributor: int
+    redistributor: int
+    irqs: int           # INTIDs the distributor implements, the 32 private ones included
+    mark: Mark
+
+
+@dataclass(frozen=True)
 class Call:
     """`call:` a child calls one function of its snapshot's firmware."""
 
@@ -243,6 +256,20 @@ class Call:
     args: tuple[int, ...]
     return_to: Address
     mark: Mark
+
+
+@dataclass(frozen=True)
+class Dtb:
+    """arm64 (extension): the device tree whose address x0 holds at entry:
+    the rig's own `file`, or one kvmrig generates from the rig."""
+
+    file: Path | None
+    at: int | None
+    bootargs: str
+    initrd: Path | None
+    mark: Mark
+    file_mark: Mark | None = None
+    initrd_mark: Mark | None = None
 
 
 @dataclass(frozen=True)
@@ -278,11 +305,22 @@ class Rig:
     expect: Expect = field(default_factory=Expect)
     unclaimed_io: str = "record"  # extension: "record" | "stop" (exit `io`)
     mark: Mark | None = None
+    cpus: int = 1                 # vCPUs; the first starts at the entry, arm64 secondaries by PSCI CPU_ON
+    cpus_mark: Mark | None = None
+    gic: Gic | None = None
+    dtb: Dtb | None = None
     save: str | None = None          # snapshot point saved at the end of the run
     start: Start | None = None       # `from:` this rig starts from a snapshot
     start_set: StateSet | None = None  # `set:` applied on top of the snapshot
     start_input: bytes | None = None   # `input:` the console UART's input from the snapshot on
     start_call: Call | None = None     # `call:` a function of the snapshot's firmware
+
+    @property
+    def wants_dtb(self) -> bool:
+        """arm64: whether the guest gets a device tree (declared, or needed by
+        an interrupt controller, a Linux Image or more than one vCPU)."""
+        return self.arch == "arm64" and (self.dtb is not None or self.gic is not None or self.cpus > 1
+                                         or any(i.linux for i in self.images))
 
     def save_points(self) -> tuple[str, ...]:
         """Every snapshot point this rig saves."""

@@ -65,11 +65,13 @@ def test_every_property_has_a_description_and_objects_are_closed():
 
 CONTRACT_KEYS = {
     (): {"kvmrig", "name", "description", "arch", "tags", "timeout", "backend", "trace", "memory", "images",
-         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io", "save", "from", "set", "input", "call"},
+         "devices", "cpu", "breakpoints", "watchpoints", "expect", "io", "save", "from", "set", "input", "call", "cpus", "gic", "dtb"},
     ("trace",): {"max"},
     ("memory", "items"): {"at", "size", "rom", "name"},
     ("images", "items"): {"file", "at", "hex"},
-    ("devices", "items"): {"type", "port", "at", "value", "size", "input", "idle"},
+    ("devices", "items"): {"type", "port", "at", "value", "size", "input", "idle", "irq"},
+    ("gic",): {"distributor", "redistributor", "irqs"},
+    ("dtb",): {"file", "at", "bootargs", "initrd"},
     ("cpu",): {"mode", "entry", "regs", "tables_at"},
     ("breakpoints", "items"): {"at", "kind", "hits", "expect", "on_hit", "set", "save"},
     ("watchpoints", "items"): {"at", "len", "access", "hits", "expect", "on_hit", "set", "save"},

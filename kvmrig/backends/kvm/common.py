@@ -71,10 +71,14 @@ class KvmBackendBase(Backend):
         self._bitmaps: dict[int, object] = {}   # slot size -> dirty-log bitmap buffer
         self._traps: dict[int, str] = {}  # page gpa -> "ro" | "absent" (watchpoint page traps)
         self._watch_mmio = False   # watchpoints over MMIO (unbacked) addresses are matched on MMIO exits
+        self._slot = 0
+        self._reset_vcpu_state()
+
+    def _reset_vcpu_state(self) -> None:
+        """What belongs to one vCPU's run (another vCPU of the same VM has its own)."""
         self._queue: deque[Event] = deque()   # events found, not yet returned
         self._owe_step = False     # a step to report once pending I/O completes
         self._owe_hits: list[WatchHit] = []   # watch hits to report once pending I/O completes (pc filled then)
-        self._slot = 0
         self._answer = None  # where complete_read() writes: "io" | "mmio"
         self._timer_armed = False
         self._handler_installed = False

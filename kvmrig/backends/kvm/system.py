@@ -212,8 +212,10 @@ class Vm:
         self._fd = fd
         self._vcpus: list[Vcpu] = []
         self.vcpu_mmap_size = kvm.vcpu_mmap_size
+        self._devices: list[Device] = []
         self._region = ffi.new("struct kvm_userspace_memory_region *")
         self._u64 = ffi.new("uint64_t *")
+        self._irq = ffi.new("struct kvm_irq_level *")
 
     @property
     def fd(self) -> int:
@@ -275,6 +277,24 @@ class Vm:
         _call(self.fd, request, init, "KVM_ARM_PREFERRED_TARGET")
         return init
 
+    def create_device(self, dev_type: int) -> Device:
+        """KVM_CREATE_DEVICE (KVM_CAP_DEVICE_CTRL): an in-kernel device such as
+        the arm64 GICv3 (abi.KVM_DEV_TYPE_ARM_VGIC_V3), owned by this Vm."""
+        cd = ffi.new("struct kvm_create_device *")
+        cd.type = dev_type
+        _call(self.fd, abi.KVM_CREATE_DEVICE, cd, "KVM_CREATE_DEVICE", f"type {dev_type}")
+        device = Device(_Fd(cd.fd), dev_type)
+        self._devices.append(device)
+        return device
+
+    def irq_line(self, irq: int, level: bool) -> None:
+        """KVM_IRQ_LINE: drive an interrupt line of the in-kernel irqchip
+        (arm64: `irq` from abi.arm_irq_spi for a device's SPI)."""
+        line = self._irq
+        line.irq = irq
+        line.level = 1 if level else 0
+        _call(self.fd, abi.KVM_IRQ_LINE, line, "KVM_IRQ_LINE", f"irq {irq:#x} level {int(level)}")
+
     def create_vcpu(self, index: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU and map its kvm_run page."""
         raw = _call(self.fd, abi.KVM_CREATE_VCPU, abi.ulong(index), "KVM_CREATE_VCPU",
@@ -293,6 +313,8 @@ class Vm:
         it does not own: guest RAM stays the caller's. Safe twice."""
         while self._vcpus:
             self._vcpus.pop().close()
+        while self._devices:
+            self._devices.pop().close()
         self._fd.close()
         if self._kvm is not None:
             kvm, self._kvm = self._kvm, None
@@ -309,11 +331,59 @@ class Vm:
         self.close()
 
 
+class _Attrs:
+    """KVM_{SET,GET,HAS}_DEVICE_ATTR on one fd (a device's, or a vcpu's for per-vCPU attrs)."""
+
+    def _attr(self, request: int, call: str, group: int, attr: int, value: int | None, size: int) -> int:
+        buf = ffi.new("uint64_t *" if size == 8 else "uint32_t *", value or 0)
+        a = ffi.new("struct kvm_device_attr *")
+        a.group, a.attr = group, attr
+        a.addr = 0 if value is None and request == abi.KVM_HAS_DEVICE_ATTR else int(ffi.cast("uintptr_t", buf))
+        _call(self.fd, request, a, call, f"group {group}, attr {attr}")
+        return int(buf[0])
+
+    def set_attr(self, group: int, attr: int, value: int | None = None, size: int = 8) -> None:
+        """Set a `size`-byte value (u64 addresses, u32 counts); value None passes no value (CTRL_INIT)."""
+        if value is None:
+            a = ffi.new("struct kvm_device_attr *")
+            a.group, a.attr = group, attr
+            _call(self.fd, abi.KVM_SET_DEVICE_ATTR, a, "KVM_SET_DEVICE_ATTR", f"group {group}, attr {attr}")
+            return
+        self._attr(abi.KVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR", group, attr, value, size)
+
+    def get_attr(self, group: int, attr: int, size: int = 8) -> int:
+        return self._attr(abi.KVM_GET_DEVICE_ATTR, "KVM_GET_DEVICE_ATTR", group, attr, 0, size)
+
+    def has_attr(self, group: int, attr: int) -> bool:
+        try:
+            self._attr(abi.KVM_HAS_DEVICE_ATTR, "KVM_HAS_DEVICE_ATTR", group, attr, None, 8)
+        except KvmError as e:
+            if e.errno == _errno.ENXIO:
+                return False
+            raise
+        return True
+
+
+class Device(_Attrs):
+    """An in-kernel device's fd (KVM_CREATE_DEVICE); closed by its Vm."""
+
+    def __init__(self, fd: _Fd, dev_type: int):
+        self._fd = fd
+        self.type = dev_type
+
+    @property
+    def fd(self) -> int:
+        return self._fd.fd
+
+    def close(self) -> None:
+        self._fd.close()
+
+
 def _closed_run() -> int:
     raise BackendError("KVM_RUN on a closed vcpu")
 
 
-class Vcpu:
+class Vcpu(_Attrs):
     """A vcpu fd and its mmap'd `struct kvm_run`.
 
     `run_struct` is the shared kvm_run page: read exit details from it after
