@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmrig.errors import Mark, RigError
+from kvmrig.rig import hostfiles
 from kvmrig.rig.load import DEFAULT_MODES
 from kvmrig.rig.model import Address, Image, Rig
 
@@ -65,15 +66,18 @@ def check_elf_kind(img: LoadedImage, arch: str, mode: str) -> None:
                        "link it as elf64-x86-64, or start in `protected` (or `real`) mode", mark)
 
 
-def _read_file(image: Image) -> bytes:
+def _read_file(image: Image, limit: int) -> bytes:
+    """The image file's bytes: a regular file of at most `limit` bytes, checked
+    before it is read (a raw image must fit one region; an ELF file's segments
+    are checked one by one, so its file may be larger)."""
     assert image.file is not None
     try:
-        return image.file.read_bytes()
-    except OSError as e:
-        raise RigError(f"cannot read image {image.file}: {e.strerror}", image.file_mark or image.mark) from None
+        return hostfiles.read_regular(image.file, limit, "image")
+    except hostfiles.HostFileProblem as e:
+        raise RigError(f"cannot use image: {e}", image.file_mark or image.mark) from None
 
 
-def _load_elf(image: Image, data: bytes) -> LoadedImage:
+def _load_elf(image: Image, data: bytes, limit: int) -> LoadedImage:
     import io
 
     from elftools.common.exceptions import ELFError
@@ -87,6 +91,10 @@ def _load_elf(image: Image, data: bytes) -> LoadedImage:
         for seg in elf.iter_segments():
             if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
                 continue
+            if seg["p_memsz"] > limit or seg["p_filesz"] > seg["p_memsz"]:  # checked before allocating it
+                raise RigError(f"{label}: a PT_LOAD segment at {seg['p_paddr']:#x} of {seg['p_memsz']:#x} bytes "
+                               f"(file part {seg['p_filesz']:#x}) does not fit in any memory region of the rig "
+                               f"(largest {limit:#x} bytes)", image.file_mark or image.mark)
             body = seg.data() + bytes(seg["p_memsz"] - seg["p_filesz"])
             segments.append((seg["p_paddr"], body))
         symbols: dict[str, int] = {}
@@ -156,16 +164,25 @@ def _load_linux(image: Image, data: bytes, rig: Rig | None) -> LoadedImage:
     return LoadedImage(image, str(image.file), [(at, data)], entry=at, linux=header)
 
 
+# The largest ELF file read (symbols and debug info make ELF files larger than
+# what they load; segments are checked against the rig's memory one by one).
+MAX_ELF_FILE = 1 << 30
+
+
 def load_image(image: Image, rig: Rig | None = None) -> LoadedImage:
-    """Read one image into its segments (no placement checks yet)."""
+    """Read one image into its segments (no placement checks yet); nothing
+    larger than the rig's largest memory region is read or allocated (an ELF
+    file may be up to MAX_ELF_FILE: its segments are checked one by one)."""
     if image.data is not None:
         assert image.at is not None
         return LoadedImage(image, f"hex bytes at {image.at:#x}", [(image.at, image.data)])
-    data = _read_file(image)
+    limit = max((r.size for r in rig.memory), default=0) if rig is not None else 1 << 48
+    raw = image.at is not None or image.linux
+    data = _read_file(image, limit if raw else max(limit, MAX_ELF_FILE))
     if image.linux:
         return _load_linux(image, data, rig)
     if data[:4] == ELF_MAGIC and image.at is None:
-        return _load_elf(image, data)
+        return _load_elf(image, data, limit)
     if image.at is None:
         raise RigError(f"{image.file} is not an ELF file, so it needs `at:`", image.mark)
     return LoadedImage(image, str(image.file), [(image.at, data)])

@@ -26,6 +26,7 @@ from kvmrig.arch import registers
 from kvmrig.arch.arm64 import linux as linux_image
 from kvmrig.arch.arm64 import virt
 from kvmrig.errors import Mark, RigError
+from kvmrig.rig import hostfiles
 from kvmrig.rig import model as m
 from kvmrig.rig.model import Rig
 from kvmrig.rig.schema import validate
@@ -42,17 +43,32 @@ MEM_WIDTHS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}
 T = TypeVar("T")
 
 
+# The largest rig file read (rigs are small; this bounds parse time and memory
+# before the YAML limits in yamlmarks apply). Documented in docs/limits.md.
+MAX_RIG_BYTES = 4 << 20
+
+
 def load_rig(path: str | Path) -> Rig:
     """Read and check the rig file at `path`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_RIG_BYTES + 1)
     except FileNotFoundError:
         raise RigError("rig file not found", path=str(p)) from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise RigError(f"cannot read the rig file: {getattr(e, 'strerror', None) or e}", path=str(p)) from None
+    if len(raw) > MAX_RIG_BYTES:
+        raise RigError(f"the rig file is larger than {MAX_RIG_BYTES >> 20} MiB (a rig names its images by "
+                       "`file:`, it does not hold them)", Mark(str(p), 1, 1))
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RigError(f"not UTF-8 text (bad byte at offset {e.start})", path=str(p)) from None
-    except OSError as e:
-        raise RigError(f"cannot read the rig file: {e.strerror}", path=str(p)) from None
+        before = raw[:e.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
+        raise RigError(f"not UTF-8 text (bad byte {raw[e.start]:#04x} at offset {e.start})",
+                       Mark(str(p), line, col)) from None
     return load_rig_text(text, p)
 
 
@@ -397,14 +413,15 @@ class _Builder:
         return tuple(images)
 
     def read_head(self, path: JsonPath, file: Path) -> bytes:
-        """The first 64 bytes of an image file (to tell ELF, arm64 Image and raw apart)."""
+        """The first 64 bytes of an image file (to tell ELF, arm64 Image and raw
+        apart); only regular files, inside the --images-under folders if any
+        (rig/hostfiles.py)."""
         try:
-            with open(file, "rb") as f:
+            f, _size = hostfiles.open_regular(file)
+            with f:
                 return f.read(linux_image.HEADER_SIZE)
-        except FileNotFoundError:
-            self.fail(path, f"image file not found: {file}")
-        except IsADirectoryError:
-            self.fail(path, f"image file is a directory: {file}")
+        except hostfiles.HostFileProblem as e:
+            self.fail(path, f"image {e}".replace("a folder, not", "a directory, not"))
         except OSError as e:
             self.fail(path, f"cannot read image file {file}: {e.strerror}")
 

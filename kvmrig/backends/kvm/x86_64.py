@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
-from kvmrig.arch.x86_64.boot import X86State
+from kvmrig.arch.x86_64.boot import X86State, system_area
 from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
 from kvmrig.arch.x86_64.faults import explain_shutdown
 from kvmrig.arch.x86_64.fpu import gdb_registers
@@ -48,8 +48,6 @@ VECTOR_DB, VECTOR_BP = 1, 3
 INT3, HLT = b"\xcc", b"\xf4"
 # KVM needs 3 pages for the real-mode TSS and 1 for the EPT identity map,
 # somewhere no memory slot is; QEMU's choice first, then lower holes.
-SYSTEM_PAGES = 4 * PAGE
-SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: PerProcess[bool] = PerProcess()
@@ -100,10 +98,9 @@ class KvmX86Backend(KvmBackendBase):
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
-        for start in SYSTEM_CANDIDATES:
-            end = start + SYSTEM_PAGES
-            if all(end <= lo or start >= hi for lo, hi in self.regions):
-                return start
+        start = system_area(self.regions)  # machine/plan.py checks it first, at the rig's line
+        if start is not None:
+            return start
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
