@@ -8,10 +8,8 @@ file errors or an interrupted run with no failure.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 from kvmrig import __version__
@@ -100,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                           "KVM intercepts INT3 and raises debug-register breakpoints, scripts/setup-x86-lane.sh); "
                           "lines, reports and exit status come back as if run here")
     run.add_argument("--json", metavar="FILE", help="write JSON results, one record per rig, to FILE")
+    run.add_argument("--images-under", action="append", default=[], metavar="DIR",
+                     help="only let rigs load image and golden files below DIR (repeatable; symlinks resolved): "
+                          "for CI that runs rigs it did not write (docs/limits.md)")
     run.add_argument("--coverage", nargs="?", const="reports/coverage", metavar="DIR",
                      help="record which guest code ran and write DIR/coverage.info (lcov) and DIR/coverage.xml "
                           "(Cobertura) (default DIR: %(const)s); source lines from the ELF images' DWARF")
@@ -157,21 +158,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _collect(paths: list[str], rerun_failed: bool = False):
-    from kvmrig.collect import expand, is_rig_file, load_all
+def _collect(paths: list[str]):
+    from kvmrig.collect import expand, load_all
 
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise SystemExit(_usage(f"no such file or folder: {', '.join(missing)}"))
-    files = expand(paths)
-    explicit = {Path(p) for p in paths if Path(p).is_file()}
-    if rerun_failed:
-        from kvmrig import lastfailed
-        files = [f for f in files if f in explicit or is_rig_file(f)]
-        files, narrowed = lastfailed.select(files, lastfailed.record_for(paths))
-        print(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
-              else "rerun-failed: no failures recorded for these rigs: running all")
-    return load_all(files, explicit)
+    return load_all(expand(paths), {Path(p) for p in paths if Path(p).is_file()})
 
 
 def _usage(message: str) -> int:
@@ -180,12 +173,6 @@ def _usage(message: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kvmrig.crosscheck import cross_check
-    from kvmrig.report.junit import write_junit
-    from kvmrig.report.terminal import Terminal
-    from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, result_for
-    from kvmrig.runner import run_rig, run_rigs
-
     if args.in_vm:
         return _run_in_vm(args)
     if args.cross_check and args.backend != "auto":
@@ -193,97 +180,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.coverage and args.cross_check:
         return _usage("--coverage records one backend's runs: run --backend kvm and --backend emu with "
                       "--coverage and merge the two coverage.info files with `kvmrig merge`")
-    started = time.monotonic()
-    rigs, errors = _collect(args.paths, args.rerun_failed)
-    if args.keyword:
-        rigs = [r for r in rigs if args.keyword in r.name or args.keyword in str(r.path)]
-    if args.tag:
-        rigs = [r for r in rigs if set(args.tag) & set(r.tags)]
-    if args.shard or args.durations_from:  # after the filters: every shard must split the same list
-        from kvmrig.errors import UsageError
-        from kvmrig.shard import shard_rigs
-        total = len(rigs) + len(errors)
-        try:
-            rigs, errors = shard_rigs(rigs, errors, args.shard, args.durations_from)
-        except UsageError as e:
-            return _usage(str(e))
-        print(f"shard {args.shard}: {len(rigs) + len(errors)} of {total} rigs")
-    if not rigs and not errors and not (args.shard and total):  # an empty shard of a real run passes
-        return _usage("no rigs found" + (" matching the filters" if args.keyword or args.tag else ""))
-    verbosity = args.verbose - args.quiet
-    term = Terminal(verbosity=verbosity)
-    term.start(len(rigs) + len(errors))
-    for e in errors:
-        term.result(e)
-    if args.cross_check:
-        executor = functools.partial(cross_check, update_golden=args.update_golden)
-    else:
-        executor = functools.partial(run_rig, backend=args.backend, update_golden=args.update_golden,
-                                     save_on_fail=args.save_on_fail, coverage=bool(args.coverage))
-    if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
-        results, interrupted = [None] * len(rigs), False
-    else:
-        results, interrupted = run_rigs(rigs, args.jobs, executor, on_result=term.result, exitfirst=args.exitfirst,
-                                        reuse=not args.no_reuse)
-    final: list[RigResult] = list(errors)
-    not_run = 0
-    for rig, result in zip(rigs, results):
-        if result is None and not interrupted:
-            not_run += 1   # -x: left out of the reports, as pytest leaves out the tests it did not run
-            continue
-        final.append(result or result_for(rig, SKIPPED, message="not run (interrupted)"))
-    term.summary(final, time.monotonic() - started, interrupted,
-                 f"{not_run} not run (--exitfirst)" if not_run else "")
-    unwritten = False
-    if not interrupted:
-        try:
-            from kvmrig import lastfailed
-            lastfailed.update(final, lastfailed.record_for(args.paths))
-        except OSError as e:
-            print(f"kvmrig: warning: cannot record the failed rigs for --rerun-failed: {e}", file=sys.stderr)
-    for flag, target, write in (("--junit", args.junit, lambda: write_junit(args.junit, final)),
-                                ("--json", args.json, lambda: _write_json(args.json, final, started))):
-        if not target:
-            continue
-        try:
-            write()
-        except OSError as e:
-            print(f"kvmrig: error: cannot write the report {flag} {target}: {e.strerror or e}", file=sys.stderr)
-            unwritten = True
-    if args.coverage and not _write_coverage(args, rigs, final, verbosity):
-        unwritten = True
-    if args.gdb_on_fail:
-        _gdb_on_fail(args.gdb_on_fail, rigs, results)
-    if any(r.status == FAILED for r in final):
-        return 1
-    skipped = sum(r.status == SKIPPED for r in final)
-    if args.strict and skipped:
-        print(f"kvmrig: --strict: {skipped} skipped rig(s) count as failures", file=sys.stderr)
-        return 1
-    if interrupted or unwritten or any(r.status == ERROR for r in final):
-        return 2
-    return 0
-
-
-def _write_coverage(args: argparse.Namespace, rigs, final, verbosity: int) -> bool:
-    """Print the coverage summary and write the reports; False if they could not be written."""
-    from kvmrig.coverage import output, report
-
-    cov = report.remapped(report.from_results(final, rigs), args.coverage_root)
-    output.summary(cov, sys.stdout, verbose=verbosity > 0)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        return _usage(f"no such file or folder: {', '.join(missing)}")
+    if args.images_under:
+        bad = [d for d in args.images_under if not Path(d).is_dir()]
+        if bad:
+            return _usage(f"--images-under needs folders: {', '.join(bad)}")
+        from kvmrig.rig.hostfiles import restrict_to
+        restrict_to(args.images_under)
+    from kvmrig.errors import UsageError
+    from kvmrig.run_command import run_command
     try:
-        written = output.write(cov, args.coverage)
-    except OSError as e:
-        print(f"kvmrig: error: cannot write the coverage reports to {args.coverage}: {e.strerror or e}",
-              file=sys.stderr)
-        return False
-    print(f"coverage: {', '.join(str(p) for p in written)}")
-    return True
-
-
-def _write_json(path: str, final, started: float) -> None:
-    from kvmrig.report.json_report import write_json
-    write_json(path, final, time.monotonic() - started)
+        return run_command(args)
+    except UsageError as e:
+        return _usage(str(e))
 
 
 def _run_in_vm(args: argparse.Namespace) -> int:
@@ -294,7 +205,8 @@ def _run_in_vm(args: argparse.Namespace) -> int:
     clash = [flag for flag, on in (("--cross-check", args.cross_check), ("--update-golden", args.update_golden),
                                    ("--gdb-on-fail", args.gdb_on_fail), ("--shard", args.shard),
                                    ("--backend emu", args.backend == "emu"),
-                                   ("--strict", args.strict)) if on]
+                                   ("--save-on-fail", args.save_on_fail),
+                                   ("--rerun-failed", args.rerun_failed)) if on]
     if clash:
         return _usage(f"--in-vm cannot be combined with {', '.join(clash)}")
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -467,21 +379,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _gdb_on_fail(address: str, rigs, results) -> None:
-    """Re-run the first rig that failed in this process and serve its final state to gdb."""
-    from kvmrig.gdb.server import serve_rig
-    from kvmrig.result import FAILED
-
-    failed = next(((rig, r) for rig, r in zip(rigs, results) if r is not None and r.status == FAILED), None)
-    if failed is None:
-        print("kvmrig: --gdb-on-fail: no rig failed", file=sys.stderr)
-        return
-    rig, result = failed
-    backend = result.backend if result.backend in ("kvm", "emu") else "auto"  # the one it failed on
-    print(f"kvmrig: --gdb-on-fail: running {rig.path} again on {backend}, to its end, for gdb", flush=True)
-    serve_rig(rig, address, backend, at_end=True)
 
 
 def main(argv: list[str] | None = None) -> int:

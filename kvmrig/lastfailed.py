@@ -52,11 +52,16 @@ def _key(path: str | Path) -> str:
 
 
 def load(record: Path) -> set[str]:
+    """The recorded rig paths; an unreadable or malformed record counts as none
+    (it is rewritten whole after the run)."""
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return set()
-    return {str(p) for p in data.get("failed", [])} if isinstance(data, dict) else set()
+    failed = data.get("failed") if isinstance(data, dict) else None
+    if not isinstance(failed, list):
+        return set()
+    return {p for p in failed if isinstance(p, str)}
 
 
 def update(results, record: Path) -> None:

@@ -15,8 +15,9 @@ PYTHON=${PYTHON:-python3}
 # benchmark's C limit, gdb for the debugger tests and gdb-multiarch for arm64
 # guests, seabios and u-boot-qemu for the
 # firmware rigs, device-tree-compiler (dtc) for the U-Boot rig's device tree,
+# swig to build pylibfdt (PyPI ships it as source only) for the arm64 device trees,
 # lcov for genhtml (HTML from `kvmrig run --coverage`).
-PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb gdb-multiarch lcov lz4"
+PACKAGES="binutils make gcc libc6-dev binutils-aarch64-linux-gnu seabios u-boot-qemu device-tree-compiler gdb gdb-multiarch swig lcov lz4"
 
 missing=""
 for p in $PACKAGES; do
@@ -44,7 +45,7 @@ fi
 
 # Install (editable) unless this very checkout is what the Python imports, with the test extra.
 here=$(pwd -P)
-installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, xmlschema, unicorn, capstone, elftools, pycobertura; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
+installed=$(cd / && "$PYTHON" -c "import os, kvmrig, pytest, xdist, xmlschema, unicorn, capstone, elftools, pycobertura, libfdt; print(os.path.dirname(os.path.dirname(os.path.realpath(kvmrig.__file__))))" 2>/dev/null || true)
 if [ "$installed" != "$here" ]; then
     echo "setup: pip install -e '.[test]'"
     "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'

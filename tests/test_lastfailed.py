@@ -48,6 +48,18 @@ def test_a_filtered_run_keeps_the_other_recorded_failures(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in record["failed"]] == ["b.yaml"]
 
 
+@pytest.mark.parametrize("text", ['{"failed": 5}', '{"failed": [1, null, "x"]}', "[1]", '"x"', "{", "\xff"])
+def test_a_corrupt_record_counts_as_none_and_is_rewritten(tmp_path, text):
+    # issue 11 item 6: {"failed": 5} made every later run crash after all rigs ran
+    from kvmrig import lastfailed
+    from kvmrig.result import RigResult
+    record = tmp_path / "last-failed.json"
+    record.write_text(text, encoding="latin-1")
+    assert lastfailed.load(record) <= {"x"}
+    lastfailed.update([RigResult(str(tmp_path / "a.yaml"), "a", "failed")], record)
+    assert any(p.endswith("a.yaml") for p in json.loads(record.read_text())["failed"])
+
+
 @pytest.mark.kvm
 def test_state_goes_to_the_project_cache_not_the_working_directory(tmp_path):
     project = tmp_path / "proj"

@@ -29,7 +29,17 @@ class Traits:
         return 8 if not self.wide_modes or mode in self.wide_modes else 4
 
 
+# More pieces than any register file holds: refused before the pieces are built
+# (a 256 MiB range would be 32M pieces, built in seconds and gigabytes).
+MAX_WATCH_PIECES = 64
+
+
 def _x86_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
+    """Pieces of one DR each; ValueError for a range no x86 CPU's 4 DRs can cover."""
+    if length > MAX_WATCH_PIECES * max_len:
+        raise ValueError(f"a watch of {length:#x} bytes needs at least {-(-length // max_len)} debug registers "
+                         f"(one per {max_len} bytes); x86 has 4: watch a shorter range, or check the memory "
+                         "with expect.memory at a breakpoint")
     return list(split_watch(addr, length, max_len))
 
 

@@ -79,10 +79,6 @@ class Backend(ABC):
         """The program counter (cheaper than get_regs where a backend can)."""
         return self.get_regs()[traits(self.arch).pc]
 
-    def set_irq(self, line: int, level: int) -> None:
-        """Drive interrupt line `line` (ISA IRQ / IOAPIC pin) to `level` (machine.irqchip)."""
-        raise BackendError(f"the {self.name} backend has no interrupt controller (IRQ {line} raised)")
-
     def start_aps(self, handler) -> None:
         """Start the other vCPUs (machine.cpus > 1); `handler(index, event)`
         handles their port I/O and MMIO and raises to end the run."""
@@ -105,6 +101,15 @@ class Backend(ABC):
     def blocks_done(self, stop: int | None) -> None:
         """The run is over: report to record_blocks' sink what is still pending;
         `stop` is where it stopped (the instruction there did not run), if known."""
+
+    def set_irq_line(self, intid: int, level: bool) -> None:
+        """Drive a device's interrupt line to `level`: arm64 a GIC SPI by INTID
+        (with a `gic`), x86 an ISA IRQ / IOAPIC pin (with machine.irqchip)."""
+        raise BackendError(f"the {self.name} backend has no interrupt controller (interrupt {intid} raised)")
+
+    def current_cpu(self) -> int:
+        """The vCPU the last event came from (and get_regs/set_regs address): 0 but with `cpus: N`."""
+        return 0
 
     def reinject(self, event: DebugEvent) -> None:
         """Hand a debug exception kvmrig did not cause back to the guest (the

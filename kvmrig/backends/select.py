@@ -36,6 +36,9 @@ def kvm_factory(rig: Rig) -> Callable[[], Backend]:
         from kvmrig.backends.kvm.x86_64 import KvmX86Backend
         return KvmX86Backend
     if rig.arch == "arm64":
+        if getattr(rig, "cpus", 1) > 1:
+            from kvmrig.backends.kvm.arm64_smp import KvmArm64SmpBackend
+            return KvmArm64SmpBackend
         from kvmrig.backends.kvm.arm64 import KvmArm64Backend
         return KvmArm64Backend
     raise NoBackend(f"no KVM backend for {rig.arch} yet")
@@ -46,6 +49,9 @@ def emu_factory(rig: Rig) -> Callable[[], Backend]:
     why = emu.unavailable() or emu.refuses(rig)
     if why:
         raise NoBackend(why)
+    if rig.arch == "arm64" and (getattr(rig, "gic", None) is not None or getattr(rig, "cpus", 1) > 1):
+        from kvmrig.backends.emu.arm64 import refusal
+        raise NoBackend(refusal(rig.gic is not None, rig.cpus))
     return emu.backend_class(rig.arch)
 
 

@@ -24,6 +24,7 @@ import traceback
 from collections import deque
 from typing import TextIO
 
+from kvmrig.arch import registers
 from kvmrig.gdb.controller import Controller, StopInfo
 from kvmrig.gdb.protocol import (PacketReader, ProtocolError, addr_len, escape, frame, fromhex, hex_text,
                                  hexnum, unescape)
@@ -139,8 +140,11 @@ class GdbServer:
     def handle(self, p: str) -> str | None:
         try:
             return self._handle(p)
-        except (ProtocolError, ValueError, IndexError) as e:
+        except (ProtocolError, ValueError, IndexError, OverflowError) as e:
             self._say(f"bad packet {p[:40]!r}: {e}")
+            return "E01"
+        except KvmrigError as e:  # the backend refused what the packet asked (KVM_SET_SREGS: EINVAL)
+            self._say(f"packet {p[:40]!r} refused: {e}")
             return "E01"
 
     def _say(self, text: str) -> None:
@@ -240,8 +244,17 @@ class GdbServer:
             for name, new in self.target.update(i, value, regs).items():
                 if regs.get(name) != new:
                     update[name] = new
+        self._check_widths(update)
         self.ctl.write_regs(update)
         return "OK"
+
+    def _check_widths(self, update: dict[str, int]) -> None:
+        """gdb's registers can be wider than the machine's (a segment selector
+        is 32 bits in gdb, 16 in the CPU): refuse, before anything is written."""
+        for name, value in update.items():
+            field = registers.lookup(self.ctl.rig.arch, name)
+            if field is not None and value >> field.width:
+                raise ProtocolError(f"{value:#x} does not fit {name}, a {field.width}-bit register")
 
     def write_one(self, i: int, text: str) -> str:
         if i >= len(self.target.regs):
@@ -252,6 +265,7 @@ class GdbServer:
         update = self.target.update(i, value, self.ctl.read_regs())
         if not update:
             return "E01"  # a register kvmrig cannot write (x87)
+        self._check_widths(update)
         self.ctl.write_regs(update)
         return "OK"
 
@@ -267,6 +281,8 @@ class GdbServer:
         if kind in ("sw", "hw"):
             length = 1
         elif length <= 0:
+            return "E01"
+        if addr + length > 1 << 64:  # no address space is wider
             return "E01"
         try:
             if insert:

@@ -4,7 +4,7 @@ its x86 runner runs them under QEMU (x86/run): a multiboot `-kernel`, the
 16550 on 0x3f8, pc-testdev and isa-debug-exit on 0xf4, fw_cfg, the PIC, IOAPIC,
 local APIC and PIT, 128 MiB unless `-m` says otherwise.
 
-What a section says becomes rig keys: `smp` -> `machine.cpus` (only 1 runs
+What a section says becomes rig keys: `smp` -> `cpus` (only 1 runs
 today: the rig is written, and tagged `smp`), `-cpu MODEL,+f,-f,vendor=V` ->
 `cpu.cpuid` add/remove/vendor (the model name itself is not imitated: the CPU
 is KVM's), `test_args` / `-append` -> the multiboot command line, `groups` ->
@@ -190,7 +190,7 @@ def rig_for(test: Test, flat: Path, out_dir: Path) -> dict:
         "expect": {"exit": "exit-code"},
     }
     if test.smp > 1:
-        rig["machine"]["cpus"] = test.smp
+        rig["cpus"] = test.smp
     cpuid: dict = {}
     if test.add:
         cpuid["add"] = test.add

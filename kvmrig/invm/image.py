@@ -73,6 +73,7 @@ DEB_PACKAGES: tuple[str, ...] = (
     "python3-pycparser",
     "python3-ply",
     "python3-yaml:{a}",
+    "python3-libfdt:{a}",  # pylibfdt: the arm64 device trees kvmrig generates
 )
 
 #: Wheels from PyPI, pinned (the pins are part of the cache key).

@@ -54,6 +54,10 @@ def needed_files(rig_files: list[Path]) -> tuple[list[Path], float]:
         golden = rig.expect.golden
         if golden is not None and golden.file.is_file():
             files.add(golden.file.absolute())
+        dtb = rig.dtb  # arm64: a rig's own device tree and its initrd
+        for extra in (dtb.file, dtb.initrd) if dtb is not None else ():
+            if extra is not None and extra.is_file():
+                files.add(extra.absolute())
     return sorted(files), budget
 
 
@@ -108,12 +112,24 @@ def inner_argv(args, paths: list[str], junit: str | None, json_out: str | None) 
         argv += ["--tag", tag]
     if args.exitfirst:
         argv.append("-x")
+    if getattr(args, "strict", False):
+        argv.append("--strict")      # the inner run's skips fail it: its exit status is ours
+    if getattr(args, "no_reuse", False):
+        argv.append("--no-reuse")
     argv += ["-v"] * args.verbose + ["-q"] * args.quiet
     if getattr(args, "coverage", None):
         argv += ["--coverage", COVERAGE_DIR]
         for root in args.coverage_root:
             argv += ["--coverage-root", root]
     return argv
+
+
+def host_line(line: str, coverage: str | None) -> str:
+    """An inner run's output line as the host reads it: the coverage files it
+    names are where they come back to (the host's DIR), not the guest's folder."""
+    if coverage and line.startswith("coverage: "):
+        return line.replace(COVERAGE_DIR, str(Path(coverage)))
+    return line
 
 
 def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None = None) -> int:
@@ -140,7 +156,8 @@ def run_in_vm_cli(args, rig_files: list[Path], out: Callable[[str], None] | None
            ("FORCE_COLOR" if sys.stdout.isatty() else "NO_COLOR"): "1"}
     env.update({k: os.environ[k] for k in FORWARD_ENV if k in os.environ})
     result = run_in_vm(argv, files=[(f, f) for f in real_files], symlinks=links,
-                       timeout=budget + BOOT_ALLOWANCE, fetch=fetch, on_output=out, workdir=cwd,
+                       timeout=budget + BOOT_ALLOWANCE, fetch=fetch,
+                       on_output=lambda line: out(host_line(line, coverage)), workdir=cwd,
                        env=env, lane=lane, progress=progress)
     wall = time.monotonic() - t0
     boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "-"

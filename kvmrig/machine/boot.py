@@ -16,6 +16,7 @@ from kvmrig.arch.x86_64 import boot as x86
 from kvmrig.arch.x86_64 import linux, multiboot
 from kvmrig.errors import RigError
 from kvmrig.machine.images import image_mark
+from kvmrig.machine.devicetree import plan_dtb
 
 PAGE = 0x1000
 MULTIBOOT_TABLES = 0x9F000  # kvmrig's GDT for a multiboot kernel: below 640 KiB, where a BIOS keeps its EBDA
@@ -95,7 +96,7 @@ def _x86_cpu(plan) -> BootPlan:
     writes = list(state.writes)
     if boot_mb is not None:
         writes += _multiboot_info(plan, boot_mb, state, start)
-    kernel = next((img for img in plan.images if img.linux is not None), None)
+    kernel = next((img for img in plan.images if img.x86_linux is not None), None)
     if kernel is not None:
         writes += _linux_boot(plan, kernel, state, start)
     return BootPlan(state, state.first_pc, writes, (start, start + need))
@@ -112,7 +113,7 @@ def _linux_boot(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
     low = [r for r in rig.memory if r.at == 0 and not r.rom]
     if not low or low[0].end < LINUX_CMDLINE + 0x1000:
         raise RigError("a Linux boot needs RAM from address 0 (zero page at 0x7000, command line at 0x20000)", mark)
-    bz = kernel.linux if isinstance(kernel.linux, linux.BzImage) else None
+    bz = kernel.x86_linux if isinstance(kernel.x86_linux, linux.BzImage) else None
     cmdline = (spec.cmdline or "").encode() + b"\0"
     if bz is not None and len(cmdline) > bz.cmdline_size + 1:
         raise RigError(f"the command line is {len(cmdline) - 1} bytes; this kernel takes {bz.cmdline_size}", mark)
@@ -164,8 +165,14 @@ def _multiboot_info(plan, kernel, state, tables_at: int) -> list[tuple[int, byte
 
 
 def _arm64(plan) -> BootPlan:
-    state = arm.initial_state(plan.entry)
-    return BootPlan(state, plan.entry)
+    rig = plan.rig
+    gic = arm.GicLayout(rig.gic.distributor, rig.gic.redistributor, rig.gic.irqs) if rig.gic else None
+    writes: list[tuple[int, bytes]] = []
+    dtb = None
+    if rig.wants_dtb:
+        writes, dtb = plan_dtb(plan)
+    state = arm.initial_state(plan.entry, dtb, gic, rig.cpus)
+    return BootPlan(state, plan.entry, writes)
 
 
 def plan_boot(plan) -> BootPlan:

@@ -119,7 +119,10 @@ class DebugPlan:
             label = f"watchpoint[{wp.index}] at {wp.at}" + (f" ({addr:#x})" if wp.at.symbol else "") + f" len {wp.len}"
             point = Point(wp, addr, wp.len, label)
             self.points.append(point)
-            pieces = traits.split_watch(addr, wp.len, self.watch_max)
+            try:  # the arch refuses ranges its registers cannot express (ValueError, with why)
+                pieces = traits.split_watch(addr, wp.len, self.watch_max)
+            except ValueError as e:
+                raise RigError(f"{label}: {e}", wp.mark) from None
             take("watch", point, wp.mark, len(pieces))
             for piece_addr, piece_len in pieces:
                 point.slots.append(len(self.slots))
@@ -175,7 +178,10 @@ class DebugPlan:
             if p.kind == "sw" or (p.kind == "hw" and p.addr in rig_exec):
                 continue  # planted, or the rig's own register already stops there
             exec_ = p.kind == "hw"
-            pieces = [(p.addr, 1)] if exec_ else self.traits.split_watch(p.addr, p.length, self.watch_max)
+            try:
+                pieces = [(p.addr, 1)] if exec_ else self.traits.split_watch(p.addr, p.length, self.watch_max)
+            except ValueError as e:  # a range the arch cannot watch (gdb Z2 len 0x10000000)
+                raise NoDebugSlot(str(e)) from None
             if shared:
                 left = n_bp - len(self.slots)
             else:

@@ -4,6 +4,8 @@ machine/pcdevices.py build on these)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kvmrig.machine.outcome import Outcome
 from kvmrig.rig.model import Device
 
@@ -13,14 +15,58 @@ def mask_of(size: int) -> int:
     return (1 << (8 * size)) - 1
 
 
+# Bounds on what one run keeps (docs/limits.md): a guest that prints or pokes
+# ports in a loop until its timeout must not grow the worker, the parent or the
+# reports without bound.
+CONSOLE_KEEP = 128 << 10   # bytes of console kept from the start, and again from the end
+MAX_RECORDS = 10_000       # unclaimed port writes and constant-device writes kept (the first ones)
+
+
 class Console:
-    """Everything the guest printed, across all console devices, in order."""
+    """Everything the guest printed, across all console devices, in order —
+    the first and the last CONSOLE_KEEP bytes of it, with a line saying how
+    much was cut between them."""
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.cut = 0       # bytes dropped between head and tail
 
     def put(self, byte: int) -> None:
-        self.data.append(byte & 0xFF)
+        if len(self.head) < CONSOLE_KEEP:
+            self.head.append(byte & 0xFF)
+            return
+        self.tail.append(byte & 0xFF)
+        if len(self.tail) >= 2 * CONSOLE_KEEP:  # trimmed in halves: amortised O(1) a byte
+            drop = len(self.tail) - CONSOLE_KEEP
+            del self.tail[:drop]
+            self.cut += drop
+
+    @property
+    def total(self) -> int:
+        return len(self.head) + self.cut + len(self.tail)
+
+    @property
+    def data(self) -> bytes:
+        """The console as reported: all of it, or head, a cut line and tail."""
+        if len(self.tail) > CONSOLE_KEEP:
+            drop = len(self.tail) - CONSOLE_KEEP
+            del self.tail[:drop]
+            self.cut += drop
+        if not self.cut:
+            return bytes(self.head + self.tail)
+        note = f"\n[kvmrig: {self.cut} bytes of console output cut here; {self.total} in all]\n"
+        return bytes(self.head) + note.encode() + bytes(self.tail)
+
+
+def record(outcome: Outcome, records: list, item: tuple) -> None:
+    """Keep the first MAX_RECORDS port or device writes; count the rest."""
+    if len(outcome.port_writes) + len(outcome.device_writes) < MAX_RECORDS:
+        records.append(item)
+    else:
+        if not outcome.records_cut:
+            outcome.notes.append(f"port and device writes after the first {MAX_RECORDS} were counted, not recorded")
+        outcome.records_cut += 1
 
 
 class Dev:
@@ -34,6 +80,15 @@ class Dev:
         self.name = f"{spec.type}@{self.base:#x}"
         # Console input (kvmrig extension, UARTs only): bytes the guest still has to read.
         self.rx = bytearray(spec.input or b"")
+        # The interrupt line (arm64 pl011 with a gic): Bus.connect_irqs wires it.
+        self._line: Callable[[bool], None] | None = None
+        self._level = False
+
+    def update_line(self, level: bool) -> None:
+        """Drive the device's interrupt line, telling the interrupt controller only of changes."""
+        if self._line is not None and level != self._level:
+            self._level = level
+            self._line(level)
 
     def receive(self) -> int:
         """The next input byte, or 0 when there is none left."""

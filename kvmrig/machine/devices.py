@@ -8,11 +8,14 @@ the run with exit `mmio`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from kvmrig.arch.arm64.virt import SPI_BASE
 from kvmrig.machine import pcdevices as pc
-from kvmrig.machine.devbase import Console, Dev, mask_of as _mask
+from kvmrig.machine.devbase import CONSOLE_KEEP, MAX_RECORDS, Console, Dev, record  # noqa: F401 (the bounds: re-exported)
+from kvmrig.machine.devbase import mask_of as _mask
 from kvmrig.machine.outcome import Outcome, Stop, num
 from kvmrig.rig.model import Device
-
 
 
 class Serial16550(Dev):
@@ -116,10 +119,19 @@ class Debugcon(Dev):
 
 class Pl011(Dev):
     """PL011 UART (Arm DDI 0183): DR prints, FR says transmit FIFO empty; DR
-    reads give the `input:` bytes in order, FR.RXFE is clear while some remain."""
+    reads give the `input:` bytes in order, FR.RXFE is clear while some remain.
+
+    Interrupts (3.3.13-3.3.15, with a `gic`): the raw status RIS has TXRIS
+    (bit 5) always set, since a byte written leaves at once and the transmit
+    FIFO is never above its trigger level, and RXRIS (bit 4) and RTRIS (bit
+    6) while input remains; the line to the GIC is high while RIS & IMSC is
+    not 0 (MIS), as the combined UARTINTR. ICR writes change nothing: the
+    conditions they would clear hold again at once."""
 
     FR_TXFE = 0x80
     FR_RXFE = 0x10
+    IMSC, RIS, MIS, ICR = 0x38, 0x3C, 0x40, 0x44
+    RXRIS, TXRIS, RTRIS = 1 << 4, 1 << 5, 1 << 6
 
     ID = {0xFE0: 0x11, 0xFE4: 0x10, 0xFE8: 0x14, 0xFEC: 0x00,
           0xFF0: 0x0D, 0xFF4: 0xF0, 0xFF8: 0x05, 0xFFC: 0xB1}
@@ -138,15 +150,29 @@ class Pl011(Dev):
         if offset in self.ID:
             return self.ID[offset]
         if offset == 0x00:
-            return self.receive()  # DR: no error bits
+            byte = self.receive()  # DR: no error bits
+            self.update_line(self.mis() != 0)
+            return byte
+        if offset == self.RIS:
+            return self.ris()
+        if offset == self.MIS:
+            return self.mis()
         return self.regs.get(offset, 0)
+
+    def ris(self) -> int:
+        return self.TXRIS | (self.RXRIS | self.RTRIS if self.rx else 0)
+
+    def mis(self) -> int:
+        return self.ris() & self.regs.get(self.IMSC, 0)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0x00:
             self.idle_polls = 0
             self.console.put(value)
-        else:
+        elif offset != self.ICR:
             self.regs[offset] = value
+            if offset == self.IMSC:
+                self.update_line(self.mis() != 0)
 
 
 class ExitDevice(Dev):
@@ -170,7 +196,7 @@ class Constant(Dev):
         return (self.spec.value or 0) & _mask(size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.outcome.device_writes.append((self.name, self.base + offset, size, value))
+        record(self.outcome, self.outcome.device_writes, (self.name, self.base + offset, size, value))
 
 
 KINDS = {
@@ -216,6 +242,15 @@ class Bus:
                 self.mmio.append((pc.PC_TESTDEV_MMIO, pc.PC_TESTDEV_MMIO + pc.PC_TESTDEV_MMIO_LEN,
                                   pc.PcTestdevMem(dev)))
 
+    def connect_irqs(self, set_line: Callable[[int, bool], None]) -> None:
+        """Wire every device that has an SPI (`irq`) to the interrupt controller:
+        set_line(INTID, level) is the backend's set_irq_line."""
+        for _start, _end, dev in self.mmio:
+            spi = dev.spec.irq if dev.spec.type == "pl011" else None
+            if spi is not None:
+                intid = SPI_BASE + spi
+                dev._line = lambda level, intid=intid: set_line(intid, level)
+
     # Port I/O -----------------------------------------------------------
     def port_read(self, port: int, size: int) -> int:
         hit = self.ports.get(port)
@@ -231,7 +266,7 @@ class Bus:
         if hit is None:
             if self.unclaimed_io == "stop":
                 raise Stop("io", None, f"write of {num(value)} ({size} byte(s)) to unclaimed port {port:#x}")
-            self.outcome.port_writes.append((port, size, value))
+            record(self.outcome, self.outcome.port_writes, (port, size, value))
             return
         dev, off = hit
         dev.write(off, size, value)

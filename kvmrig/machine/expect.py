@@ -127,9 +127,9 @@ def check_end(arch: str, expect: Expect, outcome: Outcome, read: ReadMem, resolv
             outcome.notes.append(hint)
     for port, values, mark in expect.port_writes:
         actual = [v for p, _size, v in outcome.port_writes if p == port]
-        if actual != list(values):
-            failures.append(Failure(f"port_writes to {port:#x}", "[" + ", ".join(f"{v:#x}" for v in values) + "]",
-                                    "[" + ", ".join(f"{v:#x}" for v in actual) + "]", mark))
+        if actual != list(values) or outcome.records_cut:
+            more = f" and {outcome.records_cut} more write(s) not recorded" if outcome.records_cut else ""
+            failures.append(Failure(f"port_writes to {port:#x}", _values(values), _values(actual) + more, mark))
     if expect.steps is not None:
         if outcome.steps is None:
             failures.append(Failure("steps", expect.steps.text, "not counted", expect.steps.mark))
@@ -173,3 +173,10 @@ def check_console(check, text: str) -> list[Failure]:
         if not re.search(pattern, text, re.MULTILINE):
             failures.append(Failure("console", f"to match /{pattern}/", _excerpt(text), check.mark))
     return failures
+
+
+def _values(values) -> str:
+    """A list of written values for a message: the first and last few, with a count."""
+    shown = [f"{v:#x}" for v in values] if len(values) <= 24 else (
+        [f"{v:#x}" for v in values[:16]] + [f"... {len(values) - 20} more ..."] + [f"{v:#x}" for v in values[-4:]])
+    return "[" + ", ".join(shown) + "]"

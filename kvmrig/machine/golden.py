@@ -16,8 +16,11 @@ import yaml
 
 from kvmrig.arch.arm64.reset import never_written
 from kvmrig.atomic import write_atomic
+from kvmrig.errors import RigError
 from kvmrig.machine.outcome import Failure, Outcome, num
+from kvmrig.rig import hostfiles
 from kvmrig.rig.model import Golden, Rig
+from kvmrig.rig.yamlmarks import load_yaml
 
 # Registers that differ between hosts or KVM versions for the same guest:
 # not part of the snapshot (documented in docs/rig-format.md).
@@ -59,12 +62,25 @@ def snapshot(rig: Rig, golden: Golden, outcome: Outcome, read) -> dict:
     }
 
 
+# The largest golden file read: a snapshot is registers, digests and a console
+# that the run already bounds (machine/devices.py CONSOLE_KEEP).
+MAX_GOLDEN_BYTES = 16 << 20
+
+
 def _load(path: Path) -> dict | None:
+    """The snapshot, None if there is none, or {"_error": why} — read with the
+    rig loader's limits (size, depth, alias expansion, UTF-8), never raising."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, yaml.YAMLError) as e:
+        raw = hostfiles.read_regular(path, MAX_GOLDEN_BYTES, "golden file")
+    except hostfiles.HostFileProblem as e:
+        if not path.exists() and not path.is_symlink():
+            return None
+        return {"_error": str(e)}
+    try:
+        data, _marks = load_yaml(raw.decode("utf-8"), str(path))
+    except UnicodeDecodeError as e:
+        return {"_error": f"not UTF-8 text (bad byte at offset {e.start})"}
+    except RigError as e:
         return {"_error": str(e)}
     return data if isinstance(data, dict) else {"_error": "not a mapping"}
 
@@ -132,5 +148,9 @@ def update(rig: Rig, golden: Golden, outcome: Outcome, read) -> list[str]:
         notes = [f"golden {golden.file.name}: created"]
     header = f"# kvmrig golden snapshot for {rig.path.name}: written by `kvmrig run --update-golden`\n"
     text = header + yaml.safe_dump(new, sort_keys=False, allow_unicode=True, width=100)
+    try:
+        hostfiles.check_allowed(golden.file)
+    except hostfiles.HostFileProblem as e:
+        return [f"golden {golden.file.name}: not written: {e}"]
     write_atomic(golden.file, text, prefix=".golden-")
     return notes

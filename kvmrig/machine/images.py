@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmrig.arch.x86_64 import linux, multiboot
 from kvmrig.errors import Mark, RigError
+from kvmrig.rig import hostfiles
 from kvmrig.rig.load import DEFAULT_MODES
 from kvmrig.rig.model import Address, Image, Rig
 
@@ -29,7 +31,17 @@ class LoadedImage:
     data_spans: list[tuple[int, int]] = field(default_factory=list)   # ELF: [start, end) holding data, not code
     absolute: set[str] = field(default_factory=set)   # ELF: symbols that are numbers, not places (SHN_ABS)
     multiboot: bool = False  # a Multiboot v1 kernel: the boot plan adds its information structure
-    linux: object = None     # a Linux kernel: arch.x86_64.linux.BzImage, or True for a vmlinux ELF
+    x86_linux: object = None  # an x86 Linux kernel (format: linux): arch.x86_64.linux.BzImage, or True for a vmlinux ELF
+    linux: Any = None   # an arm64 Linux Image: its header (kvmrig.arch.arm64.linux.ImageHeader)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """[start, end) the image occupies, a Linux Image's BSS (image_size) included."""
+        start = min(addr for addr, _ in self.segments)
+        end = max(addr + len(body) for addr, body in self.segments)
+        if self.linux is not None:
+            end = max(end, start + self.linux.image_size)
+        return start, end
 
 
 # The ELF machines each arch runs (pyelftools' e_machine names) and, for each,
@@ -56,15 +68,18 @@ def check_elf_kind(img: LoadedImage, arch: str, mode: str) -> None:
                        "link it as elf64-x86-64, or start in `protected` (or `real`) mode", mark)
 
 
-def _read_file(image: Image) -> bytes:
+def _read_file(image: Image, limit: int) -> bytes:
+    """The image file's bytes: a regular file of at most `limit` bytes, checked
+    before it is read (a raw image must fit one region; an ELF file's segments
+    are checked one by one, so its file may be larger)."""
     assert image.file is not None
     try:
-        return image.file.read_bytes()
-    except OSError as e:
-        raise RigError(f"cannot read image {image.file}: {e.strerror}", image.file_mark or image.mark) from None
+        return hostfiles.read_regular(image.file, limit, "image")
+    except hostfiles.HostFileProblem as e:
+        raise RigError(f"cannot use image: {e}", image.file_mark or image.mark) from None
 
 
-def _load_elf(image: Image, data: bytes) -> LoadedImage:
+def _load_elf(image: Image, data: bytes, limit: int) -> LoadedImage:
     import io
 
     from elftools.common.exceptions import ELFError
@@ -78,6 +93,10 @@ def _load_elf(image: Image, data: bytes) -> LoadedImage:
         for seg in elf.iter_segments():
             if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
                 continue
+            if seg["p_memsz"] > limit or seg["p_filesz"] > seg["p_memsz"]:  # checked before allocating it
+                raise RigError(f"{label}: a PT_LOAD segment at {seg['p_paddr']:#x} of {seg['p_memsz']:#x} bytes "
+                               f"(file part {seg['p_filesz']:#x}) does not fit in any memory region of the rig "
+                               f"(largest {limit:#x} bytes)", image.file_mark or image.mark)
             body = seg.data() + bytes(seg["p_memsz"] - seg["p_filesz"])
             segments.append((seg["p_paddr"], body))
         symbols: dict[str, int] = {}
@@ -128,24 +147,54 @@ def _data_spans(elf, mapping: list[tuple[int, bool]]) -> list[tuple[int, int]]:
     return sorted(spans)
 
 
-def load_image(image: Image) -> LoadedImage:
-    """Read one image into its segments (no placement checks yet)."""
+def _load_linux(image: Image, data: bytes, rig: Rig | None) -> LoadedImage:
+    """An arm64 Linux Image: at `at`, or text_offset above the first 2 MiB
+    boundary of the first RAM region; the entry is its first byte."""
+    from kvmrig.arch.arm64 import linux
+
+    header = linux.parse_header(data)
+    if header.big_endian:
+        raise RigError(f"{image.file} is a big-endian arm64 kernel; kvmrig's vCPUs run little-endian",
+                       image.file_mark or image.mark)
+    at = image.at
+    if at is None:
+        ram = sorted((r for r in (rig.memory if rig else ()) if not r.rom), key=lambda r: r.at)
+        if not ram:
+            raise RigError(f"{image.file} is an arm64 Linux Image, which goes into RAM: the rig has no RAM region",
+                           image.file_mark or image.mark)
+        at = header.load_address(ram[0].at)
+    return LoadedImage(image, str(image.file), [(at, data)], entry=at, linux=header)
+
+
+# The largest ELF file read (symbols and debug info make ELF files larger than
+# what they load; segments are checked against the rig's memory one by one).
+MAX_ELF_FILE = 1 << 30
+
+
+def load_image(image: Image, rig: Rig | None = None) -> LoadedImage:
+    """Read one image into its segments (no placement checks yet); nothing
+    larger than the rig's largest memory region is read or allocated (an ELF
+    file may be up to MAX_ELF_FILE: its segments are checked one by one)."""
     if image.data is not None:
         assert image.at is not None
         return LoadedImage(image, f"hex bytes at {image.at:#x}", [(image.at, image.data)])
-    data = _read_file(image)
+    limit = max((r.size for r in rig.memory), default=0) if rig is not None else 1 << 48
+    raw = image.at is not None or image.linux
+    data = _read_file(image, limit if raw else max(limit, MAX_ELF_FILE))
     if image.format == "multiboot":
-        return _load_multiboot(image, data)
+        return _load_multiboot(image, data, limit)
     if image.format == "linux":
-        return _load_linux(image, data)
+        return _load_x86_linux(image, data, limit)
+    if image.linux:
+        return _load_linux(image, data, rig)
     if data[:4] == ELF_MAGIC and image.at is None and image.format != "raw":
-        return _load_elf(image, data)
+        return _load_elf(image, data, limit)
     if image.at is None:
         raise RigError(f"{image.file} is not an ELF file, so it needs `at:`", image.mark)
     return LoadedImage(image, str(image.file), [(image.at, data)])
 
 
-def _load_multiboot(image: Image, data: bytes) -> LoadedImage:
+def _load_multiboot(image: Image, data: bytes, limit: int) -> LoadedImage:
     """A Multiboot v1 kernel: the a.out-kludge addresses of its header, else its ELF."""
     mark = image.file_mark or image.mark
     try:
@@ -158,24 +207,24 @@ def _load_multiboot(image: Image, data: bytes) -> LoadedImage:
     if data[:4] != ELF_MAGIC:
         raise RigError(f"{image.file}: the multiboot header has no a.out kludge (flag bit 16) and the file is "
                        "not ELF, so kvmrig cannot tell where it loads", mark)
-    loaded = _load_elf(image, data)
+    loaded = _load_elf(image, data, limit)
     loaded.multiboot = True
     return loaded
 
 
-def _load_linux(image: Image, data: bytes) -> LoadedImage:
-    """A Linux kernel: a vmlinux ELF (segments at their physical addresses,
+def _load_x86_linux(image: Image, data: bytes, limit: int) -> LoadedImage:
+    """An x86 Linux kernel: a vmlinux ELF (segments at their physical addresses,
     entered at e_entry) or a bzImage (its protected-mode part at its load address)."""
     if data[:4] == ELF_MAGIC:
-        loaded = _load_elf(image, data)
-        loaded.linux = True
+        loaded = _load_elf(image, data, limit)
+        loaded.x86_linux = True
         return loaded
     try:
         bz = linux.parse_bzimage(data)
     except linux.LinuxImageError as e:
         raise RigError(f"{image.file}: {e}", image.file_mark or image.mark) from None
     padded = bz.kernel + bytes(max(0, bz.init_size - len(bz.kernel)))   # it decompresses into init_size
-    return LoadedImage(image, str(image.file), [(bz.load_address, padded)], bz.entry, linux=bz)
+    return LoadedImage(image, str(image.file), [(bz.load_address, padded)], bz.entry, x86_linux=bz)
 
 
 class Symbols:
@@ -238,7 +287,7 @@ def image_mark(img: LoadedImage) -> Mark:
 
 def load_images(rig: Rig) -> list[LoadedImage]:
     mode = rig.cpu.mode if rig.cpu is not None else DEFAULT_MODES[rig.arch]
-    images = [load_image(image) for image in rig.images]
+    images = [load_image(image, rig) for image in rig.images]
     for img in images:
         check_elf_kind(img, rig.arch, mode)
     return images
@@ -248,8 +297,11 @@ def check_placement(rig: Rig, images: list[LoadedImage]) -> None:
     """Every segment must lie inside one declared region."""
     regions = sorted(rig.memory, key=lambda r: r.at)
     for img in images:
-        for addr, body in img.segments:
-            end = addr + len(body)
+        spans = [(addr, len(body)) for addr, body in img.segments]
+        if img.linux is not None:  # the kernel's BSS (image_size) must fit too
+            spans = [(img.span[0], img.span[1] - img.span[0])]
+        for addr, length in spans:
+            end = addr + length
             inside = [r for r in regions if r.at <= addr < r.end]
             if not inside:
                 raise RigError(
@@ -257,8 +309,9 @@ def check_placement(rig: Rig, images: list[LoadedImage]) -> None:
                     f"regions are {_describe(regions)}", image_mark(img))
             region = inside[0]
             if end > region.end:
+                what = " with its image_size" if img.linux is not None else ""
                 raise RigError(
-                    f"image {img.label} ({addr:#x}..{end:#x}, {len(body)} bytes) is larger than "
+                    f"image {img.label}{what} ({addr:#x}..{end:#x}, {length} bytes) is larger than "
                     f"its region {region.at:#x}..{region.end:#x}", image_mark(img))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import mmap
 from dataclasses import dataclass
 
@@ -16,6 +17,22 @@ from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable 
 from kvmrig.rig.model import Region
 
 PAGE = 0x1000
+
+
+@functools.cache  # MemTotal does not change while kvmrig runs
+def host_ram() -> int:
+    """Bytes of RAM this host has (MemTotal): the most one rig's memory may add
+    up to (docs/limits.md). The mappings are lazy (MAP_NORESERVE) and only
+    touched pages cost, but a map larger than the host is refused by the kernel
+    (ENOMEM) or is a typo."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 40  # no /proc: let the mapping itself say
 
 
 @dataclass

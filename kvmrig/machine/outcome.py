@@ -56,6 +56,7 @@ class Hit:
     regs: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     report: list[str] = field(default_factory=list)   # code and registers at the hit (the first failing hit)
+    cpu: int = 0    # the vCPU that hit it
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Outcome:
     console: bytes = b""
     port_writes: list[tuple[int, int, int]] = field(default_factory=list)   # (port, size, value)
     device_writes: list[tuple[str, int, int, int]] = field(default_factory=list)  # (device, addr, size, value)
+    records_cut: int = 0  # port and device writes not kept beyond devices.MAX_RECORDS
     hits: list[Hit] = field(default_factory=list)
     hit_counts: dict[str, int] = field(default_factory=dict)
     steps: int | None = None

@@ -16,6 +16,7 @@ from kvmrig.errors import RigError
 from kvmrig.machine import boot
 from kvmrig.machine.debug import DebugPlan
 from kvmrig.machine.images import LoadedImage, Symbols, check_placement, load_images
+from kvmrig.machine.memory import host_ram
 from kvmrig.rig.model import Address, Rig
 
 
@@ -97,6 +98,7 @@ def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
 
 def prepare(rig: Rig) -> Plan:
     """Load and resolve everything; raise RigError (file:line:col) on any problem."""
+    _check_ram(rig)
     images = load_images(rig)
     check_placement(rig, images)
     symbols = Symbols(images)
@@ -111,6 +113,9 @@ def prepare(rig: Rig) -> Plan:
         mark = rig.cpu.entry.mark if rig.cpu and rig.cpu.entry else (rig.cpu.mark if rig.cpu else rig.mark)
         raise RigError(f"the CPU starts at {plan.boot.first_pc:#x}, which is not inside any memory region", mark)
     _check_sw_breakpoints(rig, symbols)
+    _check_set_memory(rig, symbols)
+    if rig.arch == "x86_64":
+        _check_x86(rig, plan.boot.state)
     DebugPlan(rig, arch, symbols.resolve)  # raises if the arch's debug registers cannot hold the rig's points
     return plan
 
@@ -125,3 +130,58 @@ def _check_sw_breakpoints(rig: Rig, symbols: Symbols) -> None:
             raise RigError(f"breakpoint[{bp.index}] at {addr:#x} (kind: sw) is outside every memory region: a "
                            "software breakpoint is planted in guest memory; use kind: hw for addresses "
                            "without memory", bp.at.mark)
+
+
+def _check_ram(rig: Rig) -> None:
+    """The rig's memory must fit the host (checked before anything is mapped)."""
+    total = sum(r.size for r in rig.memory)
+    limit = host_ram()
+    if total > limit and rig.memory:
+        big = max(rig.memory, key=lambda r: r.size)
+        raise RigError(f"the rig's memory adds up to {total:#x} bytes ({total >> 20} MiB), more than this host's "
+                       f"RAM ({limit >> 20} MiB), the most one rig may map (docs/limits.md)", big.mark)
+
+
+def _check_set_memory(rig: Rig, symbols: Symbols) -> None:
+    """`set: {memory: ...}` writes guest memory at a hit: it needs memory there."""
+    for point in (*rig.breakpoints, *rig.watchpoints):
+        for write in point.set.memory if point.set else ():
+            addr = symbols.resolve(write.at)
+            end = addr + len(write.data)
+            if not any(r.at <= addr and end <= r.end for r in rig.memory):
+                raise RigError(f"set.memory writes {addr:#x}..{end - 1:#x}, which is not inside one memory region",
+                               write.mark)
+
+
+def _check_x86(rig: Rig, state) -> None:
+    """What KVM would refuse at the first ioctl, refused here at the rig's line:
+    control registers KVM_SET_SREGS rejects (EINVAL), and a memory map with no
+    16 KiB hole below 4 GiB for KVM's TSS and identity map."""
+    from kvmrig.arch import registers
+    from kvmrig.arch.x86_64 import boot as x86
+
+    regs = {"cr0": state.cr0, "cr4": state.cr4, "efer": state.efer}
+    mark = rig.cpu.mark if rig.cpu else rig.mark
+    for name, value, where in rig.cpu.regs if rig.cpu else ():
+        field = registers.lookup(rig.arch, name)
+        if field is not None and field.reg in regs:
+            mask = ((1 << field.width) - 1) << field.shift
+            regs[field.reg] = (regs[field.reg] & ~mask) | ((value << field.shift) & mask)
+            mark = where
+    cs = state.segments.get("cs")
+    problem = x86.control_problem(regs["cr0"], regs["cr4"], regs["efer"], bool(cs is not None and cs.l))
+    if problem:
+        raise RigError(f"cpu.regs: {problem}: KVM refuses this CPU state", mark)
+    for point in (*rig.breakpoints, *rig.watchpoints):
+        for name, value, where in point.set.regs if point.set else ():
+            field = registers.lookup(rig.arch, name)
+            if field is not None and field.reg in ("cr0", "cr4", "efer") and field.shift == 0:
+                written = {"cr0": 0x80000011, "cr4": 0, "efer": 0, field.reg: value}
+                problem = x86.control_problem(written["cr0"], written["cr4"], written["efer"])
+                if problem:  # the other two are valid: the problem is in the one written
+                    raise RigError(f"set.regs: {problem}: KVM refuses this CPU state", where)
+    if x86.system_area([(r.at, r.end) for r in rig.memory]) is None:
+        raise RigError("the memory map leaves no 16 KiB hole below 4 GiB at any of "
+                       + ", ".join(f"{a:#x}" for a in x86.SYSTEM_CANDIDATES)
+                       + ": KVM needs one for its TSS and identity map (end a region below one of them)",
+                       max(rig.memory, key=lambda r: r.size).mark)

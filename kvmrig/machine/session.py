@@ -94,7 +94,7 @@ class Session:
         self.backend = backend
         self.memory = memory
         self.outcome = Outcome(exit="?", backend=backend.name)
-        irq = backend.set_irq if self.rig.machine.irqchip else None
+        irq = backend.set_irq_line if self.rig.machine.irqchip else None
         ctx = MachineContext(self.rig.memory, memory, self.rig.machine.cpus, irq)
         self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io, ctx)
         self.debug = DebugPlan(self.rig, plan.traits, plan.resolve, backend.hw_debug_slots())
@@ -147,6 +147,8 @@ class Session:
             self.backend.map_memory(b.start, b.buf, b.region.rom)
         self.backend.set_initial_state(self.plan.boot.state)
         self.patches.insn = self.backend.sw_break_insn()  # may depend on the machine (irqchip)
+        if self.rig.arch == "arm64" and any(d.irq is not None for d in self.rig.devices):
+            self.bus.connect_irqs(self.backend.set_irq_line)
         if self.rig.cpu is not None:
             apply_regs(self.backend, self.rig.arch, self.rig.cpu.regs)
         self._plant_and_arm()
@@ -360,7 +362,8 @@ class Session:
         raise Stop("shutdown", None, ev.detail)
 
     def _system(self, ev: SystemEvent) -> None:
-        raise Stop(SYSTEM_EXITS.get(ev.what, "unhandled"), None, f"system event {ev.what}")
+        where = f" on vCPU {self.backend.current_cpu()}" if self.rig.cpus > 1 else ""
+        raise Stop(SYSTEM_EXITS.get(ev.what, "unhandled"), None, f"system event {ev.what}{where}")
 
     def _timeout(self, ev: Timeout) -> None:
         raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
@@ -550,12 +553,14 @@ class Session:
         point.hits += 1
         spec = point.spec
         applies = point.applies()
-        hit = Hit(point.label, point.hits, pc, addr)
+        cpu = self.backend.current_cpu()
+        hit = Hit(point.label, point.hits, pc, addr, cpu=cpu)
         if applies and (spec.expect is not None or spec.set is not None):
             regs = self.backend.get_regs()
             if spec.expect is not None:
                 watched = (point.addr, point.length) if point.is_watch else None
-                hit.failures = check_state(self.rig.arch, f"{point.label}, hit {point.hits}: ", spec.expect,
+                where = f" on vCPU {cpu}" if self.rig.cpus > 1 else ""
+                hit.failures = check_state(self.rig.arch, f"{point.label}, hit {point.hits}{where}: ", spec.expect,
                                            regs, self.patches.view, self.plan.resolve, watched)
                 self.outcome.failures.extend(hit.failures)
                 hit.regs = {c.name: v for c in spec.expect.regs

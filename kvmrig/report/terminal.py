@@ -3,8 +3,10 @@ and a summary like pytest's."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import unicodedata
 from collections import Counter
 from typing import TextIO
 
@@ -13,6 +15,17 @@ from kvmrig.result import ERROR, FAILED, PASSED, SKIPPED, RigResult
 
 WORD = {PASSED: "PASS", FAILED: "FAIL", ERROR: "ERROR", SKIPPED: "SKIP"}
 COLOR = {PASSED: "32", FAILED: "31", ERROR: "31", SKIPPED: "33"}
+
+
+def printable(text: str) -> str:
+    """Guest-controlled text made safe for a terminal: control and format
+    characters (escape sequences that recolour it, retitle the window, move
+    the cursor) shown escaped, as Python writes them; tabs kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c == "\t" or not unicodedata.category(c).startswith("C") else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000
+                    else f"\\U{ord(c):08x}") for c in text)
 
 
 def _ms(seconds: float) -> str:
@@ -75,6 +88,41 @@ class Terminal:
         self.count = 0
         self.total = 0
 
+    def _out(self, text: str) -> None:
+        """Write, surviving a reader that went away (`kvmrig run | head -1`):
+        the run goes on and its reports and exit status stay what they are."""
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
+        except OSError as e:
+            self._lost(e)
+
+    def _flush(self) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.flush()
+        except OSError as e:
+            self._lost(e)
+
+    def _lost(self, e: OSError) -> None:
+        if e.errno not in (errno.EPIPE, errno.EIO, errno.ENOSPC):
+            raise e
+        try:  # the interpreter flushes stdout again at exit: send that to /dev/null
+            if self.stream is sys.stdout:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        self.stream = None
+
+    def line(self, text: str) -> None:
+        """One line of run information (shard, rerun-failed)."""
+        self._out(text + "\n")
+        self._flush()
+
     def _paint(self, status: str, text: str) -> str:
         return f"\x1b[{COLOR[status]}m{text}\x1b[0m" if self.color else text
 
@@ -85,47 +133,47 @@ class Terminal:
         self.count += 1
         if self.verbosity < 0:
             mark = {PASSED: ".", FAILED: "F", ERROR: "E", SKIPPED: "s"}[result.status]
-            self.stream.write(self._paint(result.status, mark))
+            self._out(self._paint(result.status, mark))
             if self.count == self.total or self.count % 80 == 0:
-                self.stream.write(f" [{self.count}/{self.total}]\n")
-            self.stream.flush()
+                self._out(f" [{self.count}/{self.total}]\n")
+            self._flush()
             return
         where = f"{result.path}::{result.name}"
         info = [x for x in (result.backend, _ms(result.seconds)) if x]
         word = WORD[result.status]
-        line = f"{self._paint(result.status, word)}{' ' * (5 - len(word))} {where} ({', '.join(info)})"
+        line = f"{self._paint(result.status, word)}{' ' * (5 - len(word))} {printable(where)} ({', '.join(info)})"
         if result.status == SKIPPED:
-            line += f": {result.message}"
-        self.stream.write(line + "\n")
+            line += f": {printable(result.message)}"
+        self._out(line + "\n")
         if result.status in (FAILED, ERROR) or (self.verbosity > 0 and result.outcome):
             for text in (failure_lines(result) if result.status != ERROR else result.message.splitlines()):
-                self.stream.write(f"      {text}\n")
+                self._out(f"      {printable(text)}\n")
         if result.status == PASSED and result.outcome:
             for note in result.outcome.notes:
                 if note.startswith("golden "):
-                    self.stream.write(f"      {note}\n")
+                    self._out(f"      {note}\n")
         if self.verbosity > 0 and result.outcome and result.outcome.console:
             console = result.outcome.console.decode("utf-8", errors="replace").rstrip("\n")
             for text in console.splitlines()[-20:]:
-                self.stream.write(f"      | {text}\n")
-        self.stream.flush()
+                self._out(f"      | {printable(text)}\n")
+        self._flush()
 
     def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False, extra: str = "") -> str:
         counts = Counter(r.status for r in results)
         parts = [f"{counts[s]} {s}" + ("s" if s == ERROR and counts[s] > 1 else "")
                  for s in (FAILED, PASSED, SKIPPED, ERROR) if counts[s]]
         if self.verbosity < 0 and any(r.status in (FAILED, ERROR) for r in results):
-            self.stream.write("\n")
+            self._out("\n")
             for r in results:
                 if r.status in (FAILED, ERROR):
-                    self.stream.write(f"{WORD[r.status]} {r.path}::{r.name}\n")
+                    self._out(f"{WORD[r.status]} {r.path}::{r.name}\n")
                     for text in (failure_lines(r) if r.status != ERROR else r.message.splitlines()):
-                        self.stream.write(f"      {text}\n")
+                        self._out(f"      {printable(text)}\n")
         text = ", ".join(parts + ([extra] if extra else [])) or "no rigs ran"
         if interrupted:
             text += " (interrupted)"
         line = f"== {text} in {seconds:.2f}s =="
         worst = FAILED if counts[FAILED] else ERROR if counts[ERROR] else PASSED
-        self.stream.write(self._paint(worst, line) + "\n")
-        self.stream.flush()
+        self._out(self._paint(worst, line) + "\n")
+        self._flush()
         return line

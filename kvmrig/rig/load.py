@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from kvmrig.arch import registers
+from kvmrig.arch.arm64 import linux as linux_image
+from kvmrig.arch.arm64 import virt
 from kvmrig.arch.x86_64 import cpuid as features
 from kvmrig.errors import Mark, RigError
+from kvmrig.rig import hostfiles
 from kvmrig.rig import model as m
 from kvmrig.rig.model import Rig
 from kvmrig.rig.schema import validate
@@ -42,17 +45,32 @@ PC_TESTDEV_MMIO = 0xFF000000  # QEMU's pc-testdev iomem window (64 KiB)
 T = TypeVar("T")
 
 
+# The largest rig file read (rigs are small; this bounds parse time and memory
+# before the YAML limits in yamlmarks apply). Documented in docs/limits.md.
+MAX_RIG_BYTES = 4 << 20
+
+
 def load_rig(path: str | Path) -> Rig:
     """Read and check the rig file at `path`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_RIG_BYTES + 1)
     except FileNotFoundError:
         raise RigError("rig file not found", path=str(p)) from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise RigError(f"cannot read the rig file: {getattr(e, 'strerror', None) or e}", path=str(p)) from None
+    if len(raw) > MAX_RIG_BYTES:
+        raise RigError(f"the rig file is larger than {MAX_RIG_BYTES >> 20} MiB (a rig names its images by "
+                       "`file:`, it does not hold them)", Mark(str(p), 1, 1))
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RigError(f"not UTF-8 text (bad byte at offset {e.start})", path=str(p)) from None
-    except OSError as e:
-        raise RigError(f"cannot read the rig file: {e.strerror}", path=str(p)) from None
+        before = raw[:e.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
+        raise RigError(f"not UTF-8 text (bad byte {raw[e.start]:#04x} at offset {e.start})",
+                       Mark(str(p), line, col)) from None
     return load_rig_text(text, p)
 
 
@@ -149,11 +167,14 @@ class _Builder:
                         (key,), f"`{key}` is for rigs that start from a snapshot (`from:`); a rig that boots "
                         "sets its registers in cpu.regs and its console input on the device", key=True), None)
             memory = part(self.memory, ())
-            machine = dict(images=part(self.images, ()), devices=part(lambda: self.devices(memory), ()),
+            cpus = part(self.cpus, 1)
+            gic = part(lambda: self.gic(memory, cpus), None)
+            machine = dict(images=part(self.images, ()), devices=part(lambda: self.devices(memory, gic), ()),
                            cpu=part(self.cpu, None))
         else:   # a child: the machine of the point it starts from
             inherited = part(lambda: self.inherited(start), None) if start is not None else None
             memory, images, devices, cpu = inherited or ((), (), (), None)
+            cpus, gic = 1, None   # snapshots are of one-vCPU machines without a GIC
             machine = dict(images=images, devices=devices, cpu=cpu)
         fields = dict(
             timeout=part(timeout, m.DEFAULT_TIMEOUT) if "timeout" in d else m.DEFAULT_TIMEOUT,
@@ -169,9 +190,10 @@ class _Builder:
             start_set=part(self.start_set, None) if "set" in d else None,
             start_input=part(lambda: self.parse(_console_bytes, ("input",), d["input"]), None) if "input" in d else None,
             start_call=part(lambda: self.call(d["call"]), None) if "call" in d else None,
-            machine=part(self.machine, m.Machine()),
+            machine=part(lambda: self.machine(cpus), m.Machine()),
             verdict=m.Verdict(d["verdict"].get("console"), d["verdict"].get("exit_codes"),
                               self.mark(("verdict",))) if "verdict" in d else m.Verdict(),
+            dtb=part(self.dtb, None),
         )
         if errors:
             raise RigError.of(errors) from None
@@ -185,6 +207,9 @@ class _Builder:
             memory=memory,
             unclaimed_io=d.get("io", {}).get("unclaimed", "record"),
             mark=self.mark(()),
+            cpus=cpus,
+            cpus_mark=self.mark(("cpus",)) if "cpus" in d else None,
+            gic=gic,
             **fields,
         )
         self.check_points(rig)
@@ -281,18 +306,88 @@ class _Builder:
         if rig.save is not None and rig.save in seen:
             self.fail(("save",), f"snapshot point {rig.save!r} is also saved by {seen[rig.save]}")
 
-    def machine(self) -> m.Machine:
+    def machine(self, cpus: int) -> m.Machine:
         raw = self.data.get("machine")
         if raw is None:
-            return m.Machine()
+            return m.Machine(cpus=cpus)
         if self.arch != "x86_64":
             self.fail(("machine",), "machine (irqchip, pit) is for x86_64 rigs", key=True)
         pit = bool(raw.get("pit", False))
-        cpus = raw.get("cpus", 1)
-        if cpus > 1 and not raw.get("irqchip", False):
-            self.fail(("machine", "cpus"), "more than one vCPU needs machine.irqchip (the guest starts them "
-                      "through its local APIC)")
         return m.Machine(bool(raw.get("irqchip", False)) or pit, pit, self.mark(("machine",)), cpus)
+
+    def cpus(self) -> int:
+        if "cpus" not in self.data:
+            return 1
+        n = self.uint(("cpus",), self.data["cpus"])
+        if n < 1:
+            self.fail(("cpus",), "a machine needs at least 1 vCPU")
+        irqchip = bool((self.data.get("machine") or {}).get("irqchip", False))
+        if self.arch == "x86_64" and n > 1 and not irqchip:
+            self.fail(("cpus",), f"{n} vCPUs on x86_64 need `machine: {{irqchip: true}}` (the guest starts its "
+                      "APs through its local APIC)")
+        if self.arch == "x86_64" and n > 64:
+            self.fail(("cpus",), f"{n} vCPUs: an x86_64 rig has at most 64")
+        if self.arch not in ("arm64", "x86_64") and n > 1:
+            self.fail(("cpus",), f"more than one vCPU is for arm64 and x86_64 rigs ({self.arch} rigs run one)")
+        if self.arch == "arm64" and n > virt.GIC_MAX_CPUS:
+            self.fail(("cpus",), f"{n} vCPUs: an arm64 KVM VM with a GICv3 has at most {virt.GIC_MAX_CPUS}")
+        return n
+
+    def gic(self, memory: tuple[m.Region, ...], cpus: int) -> m.Gic | None:
+        raw = self.data.get("gic")
+        if raw is None:
+            return None
+        p: JsonPath = ("gic",)
+        if self.arch != "arm64":
+            self.fail(p, f"gic is an arm64 interrupt controller; {self.arch} rigs cannot have one", key=True)
+        dist = self.uint(p + ("distributor",), raw["distributor"]) if "distributor" in raw else virt.GIC_DIST
+        redist = self.uint(p + ("redistributor",), raw["redistributor"]) if "redistributor" in raw \
+            else virt.GIC_REDIST
+        irqs = self.uint(p + ("irqs",), raw["irqs"]) if "irqs" in raw else virt.GIC_NR_IRQS
+        if irqs % 32 or not virt.GIC_MIN_IRQS <= irqs <= virt.GIC_MAX_IRQS:
+            self.fail(p + ("irqs",), f"{irqs} interrupts: KVM's GICv3 takes a multiple of 32 from "
+                      f"{virt.GIC_MIN_IRQS} to {virt.GIC_MAX_IRQS} (the 32 private INTIDs included)")
+        spans = {"distributor": (dist, virt.GIC_DIST_SIZE), "redistributor": (redist, virt.redist_size(cpus))}
+        for key, (at, size) in spans.items():
+            q = p + (key,) if key in raw else p
+            if at % 0x10000:
+                self.fail(q, f"the GICv3 {key} at {at:#x} must be 64 KiB aligned")
+            if at + size > ADDRESS_LIMIT:
+                self.fail(q, f"{_span(at, size)} goes beyond the 48-bit guest-physical address space")
+            for j, region in enumerate(memory):
+                if _overlap(at, size, region.at, region.size):
+                    self.fail(q, f"the GICv3 {key} {_span(at, size)} overlaps {_region_text(j, region)}"
+                              + (f" ({cpus} vCPUs x 128 KiB)" if key == "redistributor" else ""))
+        if _overlap(dist, virt.GIC_DIST_SIZE, redist, virt.redist_size(cpus)):
+            self.fail(p, f"the GICv3 distributor {_span(dist, virt.GIC_DIST_SIZE)} overlaps its redistributors "
+                      f"{_span(redist, virt.redist_size(cpus))}")
+        return m.Gic(dist, redist, irqs, self.mark(p))
+
+    def dtb(self) -> m.Dtb | None:
+        raw = self.data.get("dtb")
+        if raw is None:
+            return None
+        p: JsonPath = ("dtb",)
+        if self.arch != "arm64":
+            self.fail(p, "dtb (a device tree in x0) is for arm64 rigs", key=True)
+        file = initrd = None
+        if "file" in raw:
+            file = self.folder / raw["file"]
+            self.read_head(p + ("file",), file)
+            for key in ("bootargs", "initrd"):
+                if key in raw:
+                    self.fail(p + (key,), f"{key} goes into a generated device tree; with `file:` put it "
+                              "into your own .dts", key=True)
+        if "initrd" in raw:
+            initrd = self.folder / raw["initrd"]
+            self.read_head(p + ("initrd",), initrd)
+        at = None
+        if "at" in raw:
+            at = self.uint(p + ("at",), raw["at"])
+            if at % 8:
+                self.fail(p + ("at",), f"{at:#x}: the device tree must be 8-byte aligned (arm64 booting.rst)")
+        return m.Dtb(file, at, raw.get("bootargs", ""), initrd, self.mark(p),
+                     self.mark(p + ("file",)) if file else None, self.mark(p + ("initrd",)) if initrd else None)
 
     def memory(self) -> tuple[m.Region, ...]:
         regions: list[m.Region] = []
@@ -326,6 +421,13 @@ class _Builder:
             file = self.folder / raw["file"]
             head = self.read_head(p + ("file",), file)
             fmt = raw.get("format", "auto")
+            linux = self.arch == "arm64" and fmt == "auto" and linux_image.is_image(head)
+            if linux and at is not None:
+                header = linux_image.parse_header(head)
+                if (at - header.text_offset) % linux_image.ALIGN:
+                    self.fail(p + ("at",), f"{raw['file']} is an arm64 Linux Image with text_offset "
+                              f"{header.text_offset:#x}: it must load text_offset above a 2 MiB boundary, "
+                              f"not at {at:#x} (leave `at:` out to let kvmrig place it)")
             allowed = {"multiboot": ("cmdline", "modules"), "linux": ("cmdline", "initrd")}.get(fmt, ())
             for key in ("cmdline", "modules", "initrd"):
                 if key in raw and key not in allowed:
@@ -344,9 +446,11 @@ class _Builder:
                 self.read_head(p + ("initrd",), initrd)
             if fmt == "elf" and head != b"\x7fELF":
                 self.fail(p + ("file",), f"{raw['file']} is not an ELF file (format: elf)")
-            if fmt in ("auto", "raw") and (fmt == "raw" or head != b"\x7fELF") and at is None:
+            if fmt in ("auto", "raw") and (fmt == "raw" or head[:4] != b"\x7fELF") and at is None and not linux:
                 self.fail(p + ("file",), f"{raw['file']} is not an ELF file, so the image needs `at:` "
-                          "(the address to load its raw bytes)")
+                          "(the address to load its raw bytes)"
+                          + ("; an arm64 Linux Image (magic ARM\\x64 at offset 56) would be placed by its header"
+                             if self.arch == "arm64" else ""))
             if fmt == "multiboot" and at is not None:
                 self.fail(p + ("at",), "a multiboot kernel says where it loads (ELF or its header): no at",
                           key=True)
@@ -360,23 +464,25 @@ class _Builder:
                 text = mod["text"].encode("utf-8") if "text" in mod else None
                 modules.append(m.Module(mfile, text, mod.get("cmdline", ""), self.mark(q)))
             images.append(m.Image(file, None, at, self.mark(p), self.mark(p + ("file",)), fmt,
-                                  raw.get("cmdline"), tuple(modules), initrd))
+                                  raw.get("cmdline"), tuple(modules), initrd, linux))
         return tuple(images)
 
     def read_head(self, path: JsonPath, file: Path) -> bytes:
-        """The first 4 bytes of an image file (to tell ELF from raw)."""
+        """The first 64 bytes of an image file (to tell ELF, arm64 Image and raw
+        apart); only regular files, inside the --images-under folders if any
+        (rig/hostfiles.py)."""
         try:
-            with open(file, "rb") as f:
-                return f.read(4)
-        except FileNotFoundError:
-            self.fail(path, f"image file not found: {file}")
-        except IsADirectoryError:
-            self.fail(path, f"image file is a directory: {file}")
+            f, _size = hostfiles.open_regular(file)
+            with f:
+                return f.read(linux_image.HEADER_SIZE)
+        except hostfiles.HostFileProblem as e:
+            self.fail(path, f"image {e}".replace("a folder, not", "a directory, not"))
         except OSError as e:
             self.fail(path, f"cannot read image file {file}: {e.strerror}")
 
-    def devices(self, memory: tuple[m.Region, ...]) -> tuple[m.Device, ...]:
+    def devices(self, memory: tuple[m.Region, ...], gic: m.Gic | None = None) -> tuple[m.Device, ...]:
         devices: list[m.Device] = []
+        spis: dict[int, int] = {}  # SPI -> device index
         claims: list[tuple[str, int, int, int]] = []  # (space, start, size, index)
         for i, raw in enumerate(self.data.get("devices", [])):
             p: JsonPath = ("devices", i)
@@ -412,13 +518,6 @@ class _Builder:
                     size = self.parse(parse_size, p + ("size",), raw["size"])
                     if size == 0:
                         self.fail(p + ("size",), "size must be > 0")
-            irq = None
-            if "irq" in raw:
-                if kind != "serial":
-                    self.fail(p + ("irq",), "irq is only for serial devices", key=True)
-                irq = self.uint(p + ("irq",), raw["irq"])
-                if irq > 23:
-                    self.fail(p + ("irq",), "the IOAPIC has pins 0..23")
             files: list[tuple[str, Path]] = []
             for name, rel in raw.get("files", {}).items():
                 if kind != "fw-cfg":
@@ -441,7 +540,9 @@ class _Builder:
                 data = self.parse(_console_bytes, p + ("input",), raw["input"])
             if "idle" in raw and kind not in ("serial", "pl011"):
                 self.fail(p + ("idle",), f"idle is only for the UARTs (serial, pl011), not {kind}", key=True)
-            device = m.Device(kind, port, at, size, value, self.mark(p), data, raw.get("idle"), irq, tuple(files))
+            irq = self.device_irq(p, raw, kind, gic, i, spis)
+            device = m.Device(kind, port, at, size, value, self.mark(p), data, irq=irq, idle=raw.get("idle"),
+                              files=tuple(files))
             if kind == "pc-testdev":
                 for j, region in enumerate(memory):
                     if _overlap(PC_TESTDEV_MMIO, 0x10000, region.at, region.size):
@@ -460,6 +561,13 @@ class _Builder:
                     if _overlap(start, span, region.at, region.size):
                         self.fail(p + ("at",), f"{kind} MMIO {_span(start, span)} overlaps "
                                   f"{_region_text(j, region)}")
+                if gic is not None:
+                    for name, (g_at, g_size) in (("distributor", (gic.distributor, virt.GIC_DIST_SIZE)),
+                                                 ("redistributors", (gic.redistributor,
+                                                                     virt.redist_size(self.cpus())))):
+                        if _overlap(start, span, g_at, g_size):
+                            self.fail(p + ("at",), f"{kind} MMIO {_span(start, span)} overlaps the GICv3 "
+                                      f"{name} ({_span(g_at, g_size)})")
             for other_space, other_start, other_span, j in claims:
                 if other_space == space and _overlap(start, span, other_start, other_span):
                     what = "ports" if space == "port" else "MMIO"
@@ -469,6 +577,34 @@ class _Builder:
             claims.append((space, start, span, i))
             devices.append(device)
         return tuple(devices)
+
+    def device_irq(self, p: JsonPath, raw: dict[str, Any], kind: str, gic: m.Gic | None, index: int,
+                   spis: dict[int, int]) -> int | None:
+        """The interrupt a device raises: a serial's ISA IRQ line (x86_64, `irq`,
+        used with machine.irqchip), or the SPI a pl011 raises on the rig's GIC
+        (`irq`, else SPI 1, QEMU virt's, for the first)."""
+        if "irq" in raw and kind == "serial":
+            irq = self.uint(p + ("irq",), raw["irq"])
+            if irq > 23:
+                self.fail(p + ("irq",), "the IOAPIC has pins 0..23")
+            return irq
+        if "irq" in raw:
+            if kind != "pl011":
+                self.fail(p + ("irq",), f"irq is for devices that raise interrupts (serial, pl011), not {kind}",
+                          key=True)
+            if gic is None:
+                self.fail(p + ("irq",), "irq needs an interrupt controller: add `gic:` (arm64)", key=True)
+        if gic is None or kind != "pl011":
+            return None
+        spi = self.uint(p + ("irq",), raw["irq"]) if "irq" in raw else virt.PL011_SPI
+        q = p + ("irq",) if "irq" in raw else p
+        if virt.SPI_BASE + spi >= min(gic.irqs, 1020):
+            self.fail(q, f"SPI {spi} is INTID {virt.SPI_BASE + spi}, beyond the {gic.irqs} interrupts of the "
+                      "rig's GIC (gic.irqs)")
+        if spi in spis:
+            self.fail(q, f"SPI {spi} is already raised by devices[{spis[spi]}]: give this device its own `irq`")
+        spis[spi] = index
+        return spi
 
     def cpu(self) -> m.Cpu:
         raw = self.data.get("cpu", {})

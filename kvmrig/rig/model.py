@@ -97,10 +97,11 @@ class Image:
     at: int | None
     mark: Mark
     file_mark: Mark | None = None
-    format: str = "auto"        # auto | raw | elf | multiboot | linux
+    format: str = "auto"        # auto | raw | elf | multiboot | linux (x86 kernels)
     cmdline: str | None = None  # multiboot, linux
     modules: tuple[Module, ...] = ()
     initrd: Path | None = None  # linux
+    linux: bool = False   # an arm64 Linux Image (header magic): placed by its header, x0 = the DTB
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,10 @@ class Device:
     value: int | None
     mark: Mark
     input: bytes | None = None  # serial/pl011 (extension): bytes the guest reads, in order
+    irq: int | None = None      # (extension) pl011 with a `gic`: its SPI number (INTID - 32);
+                                # serial with machine.irqchip: the ISA IRQ line it raises
     idle: str | None = None     # serial/pl011 (extension): snapshot point saved when the guest waits for
                                 # input that is not there (the run then ends with exit `idle`)
-    irq: int | None = None      # serial (extension): the IRQ line it raises with machine.irqchip
     files: tuple[tuple[str, Path], ...] = ()  # fw-cfg (extension): (fw_cfg name, host file)
 
     @property
@@ -284,7 +286,7 @@ class Machine:
     irqchip: bool = False
     pit: bool = False
     mark: Mark | None = None
-    cpus: int = 1
+    cpus: int = 1   # the rig's top-level `cpus` (the loader copies it here for the PC machine)
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,17 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Gic:
+    """arm64 (extension): an in-kernel GICv3 (KVM_DEV_TYPE_ARM_VGIC_V3) and, with
+    it, the generic timer's interrupts."""
+
+    distributor: int
+    redistributor: int
+    irqs: int           # INTIDs the distributor implements, the 32 private ones included
+    mark: Mark
+
+
+@dataclass(frozen=True)
 class Call:
     """`call:` a child calls one function of its snapshot's firmware."""
 
@@ -304,6 +317,20 @@ class Call:
     args: tuple[int, ...]
     return_to: Address
     mark: Mark
+
+
+@dataclass(frozen=True)
+class Dtb:
+    """arm64 (extension): the device tree whose address x0 holds at entry:
+    the rig's own `file`, or one kvmrig generates from the rig."""
+
+    file: Path | None
+    at: int | None
+    bootargs: str
+    initrd: Path | None
+    mark: Mark
+    file_mark: Mark | None = None
+    initrd_mark: Mark | None = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +366,11 @@ class Rig:
     expect: Expect = field(default_factory=Expect)
     unclaimed_io: str = "record"  # extension: "record" | "stop" (exit `io`)
     mark: Mark | None = None
+    cpus: int = 1                 # vCPUs; the first starts at the entry, arm64 secondaries by PSCI CPU_ON,
+                                  # x86_64 APs by the guest (INIT/SIPI through the LAPIC, machine.irqchip)
+    cpus_mark: Mark | None = None
+    gic: Gic | None = None
+    dtb: Dtb | None = None
     save: str | None = None          # snapshot point saved at the end of the run
     start: Start | None = None       # `from:` this rig starts from a snapshot
     start_set: StateSet | None = None  # `set:` applied on top of the snapshot
@@ -346,6 +378,13 @@ class Rig:
     start_call: Call | None = None     # `call:` a function of the snapshot's firmware
     machine: Machine = field(default_factory=Machine)
     verdict: Verdict = field(default_factory=Verdict)
+
+    @property
+    def wants_dtb(self) -> bool:
+        """arm64: whether the guest gets a device tree (declared, or needed by
+        an interrupt controller, a Linux Image or more than one vCPU)."""
+        return self.arch == "arm64" and (self.dtb is not None or self.gic is not None or self.cpus > 1
+                                         or any(i.linux for i in self.images))
 
     def save_points(self) -> tuple[str, ...]:
         """Every snapshot point this rig saves."""

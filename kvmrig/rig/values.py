@@ -45,6 +45,8 @@ HEX_EXAMPLES = '"f4", "34120000", "90 90 f4"'
 # The widest value any key takes (arm64 v0-v31); bigger numbers are typos, and
 # bounding them keeps int/str conversions and shifts cheap.
 MAX_BITS = 128
+# The longest duration a rig may ask for (documented in docs/limits.md).
+MAX_DURATION = 86400.0
 
 
 def show(value: Any) -> str:
@@ -112,15 +114,21 @@ def parse_size(value: Any) -> int:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds, from a number of seconds or "500ms", "2s", "1.5s", "1m"."""
+    """Seconds, from a number of seconds or "500ms", "2s", "1.5s", "1m"; at most
+    MAX_DURATION (a longer one overflows the runner's waits and is a typo anyway)."""
+    seconds = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value >= 0 and value == value and value != float("inf"):
-            return float(value)
+            seconds = float(value)
     elif isinstance(value, str):
         m = _DURATION_RE.fullmatch(value.strip())
         if m and len(m.group(1)) < 20:  # longer reads as float("inf")
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueProblem(f"{show(value)} is not a duration (examples: {DURATION_EXAMPLES})")
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds is None:
+        raise ValueProblem(f"{show(value)} is not a duration (examples: {DURATION_EXAMPLES})")
+    if seconds > MAX_DURATION:
+        raise ValueProblem(f"{show(value)} is longer than the limit of {MAX_DURATION:g} seconds (24 hours)")
+    return seconds
 
 
 def parse_address(value: Any, mark: Mark) -> Address:

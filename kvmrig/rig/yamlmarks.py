@@ -117,12 +117,19 @@ def load_yaml(text: str, source: str) -> tuple[Any, Marks]:
 
 
 def _check_depth(text: str, source: str) -> None:
-    depth = 0
+    """Depth and size, on the event stream: before anything is composed, so a
+    huge or deep file costs a scan, not a tree (aliases are counted by _Walker)."""
+    depth = nodes = 0
     for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise RigError(f"YAML nested deeper than {MAX_DEPTH} levels", _mark(event.start_mark, source))
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.ScalarEvent)):
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise RigError(f"YAML has more than {MAX_NODES} values (rigs are small)",
+                               _mark(event.start_mark, source))
+            if not isinstance(event, yaml.ScalarEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise RigError(f"YAML nested deeper than {MAX_DEPTH} levels", _mark(event.start_mark, source))
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
 

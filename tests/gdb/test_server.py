@@ -361,3 +361,49 @@ def test_parse_address_refuses_nonsense(text):
 
 def test_frame_of_a_stop_reply():
     assert frame("T05thread:1;").startswith(b"$T05thread:1;#")
+
+
+# -- out-of-range packets against a real rig (issue 11 item 17) ---------------------
+
+@pytest.mark.kvm
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="x86_64 guest code")
+def test_out_of_range_packets_get_error_replies_on_a_real_rig():
+    """A segment value over 16 bits in `G`, a `Z1` address at 2**64, a `Z2`
+    over 256 MiB: each killed the server (internal error) or ate gigabytes;
+    now each is an error reply and the session goes on."""
+    import resource
+
+    from kvmrig.backends.select import backend_for
+    from kvmrig.gdb.controller import Controller
+    from kvmrig.machine.plan import prepare
+    from kvmrig.rig.load import load_rig_text
+    from tests.gdb.test_controller import LOOP_RIG
+
+    rig = load_rig_text(LOOP_RIG, "loop.yaml")
+    plan = prepare(rig)
+    _, factory = backend_for(rig, "kvm")
+    ctl = Controller(plan, factory)
+    a, b = socket.socketpair()
+    try:
+        ctl.start()
+        server = GdbServer(ctl, Connection(a), out=__import__("io").StringIO())
+        regs = server.handle("g")
+        cs = server.target.regs.index(next(r for r in server.target.regs if r.name == "cs"))
+        width = [r.bits // 4 for r in server.target.regs]
+        at = sum(width[:cs])
+        bad_g = regs[:at] + "ffff0100" + regs[at + width[cs]:]   # cs = 0x1ffff, little-endian
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert server.handle("G" + bad_g) == "E01"
+        assert server.handle(f"P{cs:x}=ffff0100") == "E01"
+        assert server.handle("Z1,10000000000000000,1") == "E01"
+        assert server.handle("Z0,ffffffffffffffffff,1") == "E01"
+        assert server.handle("Z2,2000,10000000") == "E28"
+        assert server.handle("Z3,fffffffffffffff0,20") in ("E01", "E28")
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000
+        assert server.handle("g") == regs                            # nothing was half-written
+        assert server.handle("Z1,1010,1") in ("OK", "E28")
+        assert server.action is None                                  # the session is still served
+    finally:
+        ctl.close()
+        a.close()
+        b.close()

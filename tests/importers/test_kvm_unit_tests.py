@@ -63,7 +63,7 @@ def test_rigs_are_written_and_load(tmp_path: Path):
     assert any(line.startswith("i386-only: arch i386") for line in left_out)
     assert any(line.startswith("missing:") for line in left_out)
     rig = load_rig(out / "cpu-flags.yaml")
-    assert rig.machine.cpus == 2 and rig.machine.irqchip and rig.machine.pit
+    assert rig.cpus == 2 and rig.machine.cpus == 2 and rig.machine.irqchip and rig.machine.pit
     assert rig.cpu.cpuid.add == ("x2apic",) and rig.cpu.cpuid.remove == ("pcid",)
     assert rig.images[0].format == "multiboot" and rig.images[0].cmdline == "a.flat one two"
     assert [r.size for r in rig.memory] == [2048 << 20]

@@ -17,7 +17,8 @@ from kvmrig.errors import BackendUnavailable
 from kvmrig.invm import image, lanes
 from kvmrig.invm.cpio import CpioWriter
 from kvmrig.invm.debian import version_compare
-from kvmrig.invm.remote import host_view
+from kvmrig.cli import _parser, main
+from kvmrig.invm.remote import COVERAGE_DIR, host_line, host_view, inner_argv
 
 
 def test_lane_table():
@@ -126,3 +127,42 @@ def test_overlay_carries_the_links(tmp_path):
     mode, target = entries["a/link"]
     assert stat.S_ISLNK(mode) and target == b"../b"
     assert stat.S_ISREG(entries[str(tmp_path / "f.yaml").lstrip("/")][0])
+
+
+def _inner(*flags: str) -> list[str]:
+    args = _parser().parse_args(["run", "rigs/x86", "--in-vm", "x86_64", *flags])
+    return inner_argv(args, args.paths, None, None)
+
+
+@pytest.mark.parametrize("lane", ["arm64", "x86_64"])
+def test_in_vm_forwards_strict_no_reuse_and_coverage(lane):
+    """Options that change what the run inside does go into its command line
+    (the same for both lanes); the host's coverage DIR becomes the guest's
+    report folder, whose files come back."""
+    args = _parser().parse_args(["run", "rigs/x86", "--in-vm", lane, "--strict", "--no-reuse", "--coverage", "cov",
+                                 "--coverage-root", "src", "--coverage-root", "a=b"])
+    argv = inner_argv(args, args.paths, None, None)
+    assert argv[:5] == ["python3", "-m", "kvmrig", "run", "rigs/x86"]
+    assert "--strict" in argv and "--no-reuse" in argv
+    i = argv.index("--coverage")
+    assert argv[i + 1] == COVERAGE_DIR and "cov" not in argv
+    assert argv[i + 2:i + 6] == ["--coverage-root", "src", "--coverage-root", "a=b"]
+    plain = _inner()
+    assert not {"--strict", "--no-reuse", "--coverage", "--coverage-root"} & set(plain)
+    bare = _inner("--coverage")   # its default DIR
+    assert bare[bare.index("--coverage") + 1] == COVERAGE_DIR
+
+
+@pytest.mark.parametrize("flag", [["--save-on-fail", "snaps"], ["--rerun-failed"], ["--cross-check"]])
+def test_in_vm_refuses_what_it_cannot_bring_back(flag, capsys):
+    """Options whose effect would stay inside the VM (or need two backends) are
+    a usage error naming the option, not silently dropped."""
+    assert main(["run", "--in-vm", "x86_64", *flag, "rigs/x86"]) == 2
+    assert f"--in-vm cannot be combined with {flag[0]}" in capsys.readouterr().err
+
+
+def test_in_vm_coverage_line_names_the_host_folder():
+    inner = f"coverage: {COVERAGE_DIR}/coverage.info, {COVERAGE_DIR}/coverage.xml"
+    assert host_line(inner, "reports/cov") == "coverage: reports/cov/coverage.info, reports/cov/coverage.xml"
+    assert host_line(inner, None) == inner
+    assert host_line(f"PASS  x.yaml::x {COVERAGE_DIR}", "c") == f"PASS  x.yaml::x {COVERAGE_DIR}"

@@ -55,12 +55,14 @@ MISSING = _lane_missing()
 pytestmark = [pytest.mark.x86vm, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 SELECT = "not firmware and not both_arches and not arm64"
+#: debug rigs on reused VMs (single-step there once stepped nothing on SVM KVM)
+REUSE_TEST = "tests/machine/test_reuse.py::test_debug_rigs_on_reused_vms_end_as_on_fresh_ones"
 COMMAND = f"""
 set +e
 KVMRIG_KVM_DEBUG=native KVMRIG_NATIVE_TALLY=tally.json python3 -m pytest -p no:cacheprovider \
   -p tests.invm.x86_lane_tally -q -rfE --junitxml=pytest.xml \
   tests/machine/test_debug_kvm.py tests/backends/kvm/test_system.py tests/test_examples.py \
-  -k "{SELECT}" > pytest.log 2>&1
+  {REUSE_TEST} -k "{SELECT}" > pytest.log 2>&1
 echo $? > pytest.status
 tail -5 pytest.log
 """
@@ -150,6 +152,16 @@ def test_every_x86_example_rig_ran(lane):
     assert all(lane["tally"][t]["outcome"] == "passed" for t in lane["rigs"])
 
 
+def test_debug_rigs_on_reused_vms_pass_natively(lane):
+    """Single-step, INT3, DR breakpoint and DR watch rigs on VMs other rigs used
+    end as on fresh VMs on SVM KVM (kvm_pvm hides this: it steps differently)."""
+    node = [t for t in lane["tally"] if t.endswith(REUSE_TEST.split("/")[-1])]
+    assert len(node) == 1, sorted(lane["tally"])
+    hits = lane["tally"][node[0]]
+    assert hits["outcome"] == "passed", lane["result"].files_back["pytest.log"].decode(errors="replace")[-4000:]
+    assert all(hits.get(k) for k in ("int3", "dr-exec", "dr-watch")), hits
+
+
 def test_in_vm_cli_through_a_symlinked_folder(tmp_path):
     """`kvmrig run --in-vm x86_64` on rigs/x86 reached through a symlink to the
     folder (the rigs find their images through it, as they do locally)."""
@@ -167,3 +179,22 @@ def test_in_vm_cli_through_a_symlinked_folder(tmp_path):
     assert "wall time" in r.stderr                     # the honest host-side time, always
     cases = list(ET.parse(junit).getroot().iter("testcase"))
     assert len(cases) == len(examples)
+
+
+def test_in_vm_forwards_coverage_strict_and_no_reuse(tmp_path):
+    """--coverage, --strict and --no-reuse reach the run inside the x86_64 VM:
+    the coverage of a DWARF guest comes back to the host's DIR (and the run's
+    line names it), and an arm64 rig the x86 KVM cannot run fails the run."""
+    out = tmp_path / "cov"
+    r = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--in-vm", "x86_64", "--junit", "", "-j", "1",
+                        "--coverage", str(out), "--strict", "--no-reuse",
+                        "rigs/x86/cov-checksum.yaml", "rigs/x86/cov-dispatch.yaml", "rigs/arm64/exit-code.yaml"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "PASS  rigs/x86/cov-checksum.yaml::" in r.stdout and "PASS  rigs/x86/cov-dispatch.yaml::" in r.stdout
+    assert "SKIP  rigs/arm64/exit-code.yaml::" in r.stdout, r.stdout
+    assert "--strict: 1 skipped rig(s) count as failures" in r.stdout + r.stderr
+    assert f"coverage: {out}/coverage.info" in r.stdout, r.stdout
+    info = (out / "coverage.info").read_text()
+    assert "x86/guests/cov-checksum.c" in info and "x86/guests/cov-dispatch.c" in info
+    assert "FNDA:1,crc_byte" in info and "FNDA:0,empty" in info   # ran, and never ran

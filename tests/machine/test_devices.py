@@ -330,3 +330,44 @@ def test_pl011_without_input_reads_empty():
     bus, _ = bus_of(mmio_dev("pl011", PL011))
     assert bus.mmio_read(PL011 + 0x18, 4) & (1 << 4)
     assert bus.mmio_read(PL011, 4) == 0
+
+
+# -- bounds (issue 11 items 7 and 8) -------------------------------------------------
+
+def test_the_console_keeps_head_and_tail_and_says_how_much_was_cut():
+    from kvmrig.machine.devices import CONSOLE_KEEP, Console
+    console = Console()
+    total = 5 * CONSOLE_KEEP + 123
+    for i in range(total):
+        console.put(ord("a") + (i * 7 // CONSOLE_KEEP) % 26)
+    data = console.data
+    assert console.total == total
+    assert len(data) < 2 * CONSOLE_KEEP + 200               # 20 MB took 3.2 s and 742 MB into JUnit
+    assert data.startswith(b"a" * 100) and data[:CONSOLE_KEEP] == bytes(console.head)
+    cut = total - 2 * CONSOLE_KEEP
+    assert f"[kvmrig: {cut} bytes of console output cut here; {total} in all]".encode() in data
+    assert data.endswith(bytes(console.tail)) and len(console.tail) == CONSOLE_KEEP
+    small = Console()
+    for b in b"hello":
+        small.put(b)
+    assert small.data == b"hello"
+
+
+def test_unclaimed_port_writes_are_bounded_and_summarised():
+    from kvmrig.machine.devices import MAX_RECORDS
+    from kvmrig.machine.expect import check_end
+    from kvmrig.rig.model import Expect
+
+    outcome = Outcome("hlt")
+    bus = Bus((port_dev("constant", 0x60, 1),), outcome)
+    for i in range(MAX_RECORDS + 5000):
+        bus.port_write(0x80, 1, i & 0xFF)
+        bus.port_write(0x60, 1, 1)
+    assert len(outcome.port_writes) + len(outcome.device_writes) == MAX_RECORDS
+    assert outcome.records_cut == 2 * (MAX_RECORDS + 5000) - MAX_RECORDS
+    assert outcome.notes == [f"port and device writes after the first {MAX_RECORDS} were counted, not recorded"]
+    failures = check_end("x86_64", Expect(port_writes=((0x80, (1,), MARK),)), outcome,
+                         lambda a, n: bytes(n), lambda a: 0)
+    assert len(failures) == 1
+    text = str(failures[0])
+    assert len(text) < 400 and "more ..." in text and f"and {outcome.records_cut} more write(s) not recorded" in text

@@ -72,6 +72,26 @@ def test_ignore_leaves_registers_out(tmp_path):
     assert "register rax" not in r.stdout and "golden RAM digest" in r.stdout
 
 
+@pytest.mark.parametrize("content, why", [
+    (b"regs: {rax: \xff}\n", "not UTF-8"),
+    (b"a: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested deeper"),
+    (b"a: &a [1,1,1,1,1,1,1,1,1,1]\n" + b"".join(b"%c: &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]\n"
+                                                 % ((98 + i,) * 2 + (97 + i,) * 10) for i in range(9)),
+     "more than 100000 values"),
+])
+def test_a_hostile_golden_file_is_a_failure_not_a_crash(tmp_path, content, why):
+    # issue 11 item 11: UnicodeDecodeError, RecursionError, an alias bomb killed the worker
+    import resource
+
+    from kvmrig.machine import golden
+    path = tmp_path / "x.golden.yaml"
+    path.write_bytes(content)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    got = golden._load(path)
+    assert got is not None and why in got["_error"]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
 # -- arm64: the same snapshot on the emulator and on real arm64 KVM ---------------
 
 ARM64_GOLDEN = """\

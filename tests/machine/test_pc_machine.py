@@ -207,7 +207,7 @@ def test_two_vcpus_the_ap_started_by_init_sipi_writes_memory():
         fa f4                           # cli; hlt
     """)
     text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\n"
-            f"machine: {{irqchip: true, cpus: 2}}\n"
+            f"cpus: 2\nmachine: {{irqchip: true}}\n"
             f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
             "cpu: {mode: protected, entry: 0x1000}\nexpect: {exit: hlt, memory: [{at: 0x5000, u8: 0x42}]}\n")
     out = run(text)
@@ -228,7 +228,7 @@ def test_an_ap_ending_the_run_is_named():
         e6 f4                           # out 0xf4, al
     """)
     text = (f"kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{{at: 0, size: 2M}}]\n"
-            f"machine: {{irqchip: true, cpus: 2}}\ndevices: [{{type: exit, port: 0xf4}}]\n"
+            f"cpus: 2\nmachine: {{irqchip: true}}\ndevices: [{{type: exit, port: 0xf4}}]\n"
             f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
             "cpu: {mode: protected, entry: 0x1000}\nexpect: {exit_code: 7}\n")
     out = run(text)

@@ -215,6 +215,44 @@ def test_fresh_and_reused_kvm_vms_end_every_rig_identically(scribbler_rigs, poin
     _differential(rigs, kvm_factory, order, points)
 
 
+#: rigs/x86 examples that set up KVM guest debugging, and plain ones that run before them
+DEBUG_RIGS = ("single-step", "bp-hw-range", "bp-sw-on-hit", "bp-mixed", "bp-elf-symbols",
+              "watch-read", "watch-write")
+PLAIN_RIGS = ("serial-hello", "fib", "long-mode", "debugcon", "exit-code", "memory-table", "elf-symbols")
+
+
+@pytest.mark.kvm
+def test_debug_rigs_on_reused_vms_end_as_on_fresh_ones():
+    """Single-step, hardware and software breakpoint and watch rigs, each on a
+    VM another rig used (a plain one, then the debug rig before it), end
+    exactly as on a fresh VM. On VMX/SVM KVM single-step once stepped nothing
+    on a reused VM (its registers were still staged in kvm_run when
+    KVM_SET_GUEST_DEBUG took the RIP to step from): the x86 lane runs this
+    test on the native debug path (tests/invm/test_x86_lane.py)."""
+    rigs = {p.stem: load_rig(p) for p in (ROOT / "rigs" / "x86").glob("*.yaml")}
+    fresh = {name: _summary(run_fresh(prepare(rigs[name]), kvm_factory(rigs[name]))) for name in DEBUG_RIGS}
+    assert all(not f["failures"] for f in fresh.values()), fresh
+    before = list(zip(PLAIN_RIGS, DEBUG_RIGS)) + list(zip(DEBUG_RIGS[-1:] + DEBUG_RIGS[:-1], DEBUG_RIGS))
+    pool = VmPool()
+    diffs = []
+    try:
+        for first, name in before:
+            assert shape(rigs[first]) == shape(rigs[name])
+            refused = pool.refused
+            pool.execute(prepare(rigs[first]), kvm_factory(rigs[first]))
+            reused = pool.reused
+            outcome = pool.execute(prepare(rigs[name]), kvm_factory(rigs[name]))
+            if pool.refused == refused:   # `first` left its VM to reuse (a rig that stepped does not)
+                assert pool.reused == reused + 1, f"{name} after {first} ran on a fresh VM"
+            delta = _diff(fresh[name], _summary(outcome))
+            if delta:
+                diffs.append(f"{name} after {first}: fresh vs reused: {delta}")
+        assert pool.reused >= len(PLAIN_RIGS), pool.reused
+    finally:
+        pool.close()
+    assert not diffs, "\n".join(diffs)
+
+
 @pytest.mark.kvm
 def test_a_rig_after_a_scribbler_sees_a_clean_machine(scribbler_rigs):
     """The reader's own verdict: exit code 0 means nothing leaked (TSC, STAR,

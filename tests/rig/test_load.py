@@ -404,9 +404,21 @@ def test_missing_rig_file(tmp_path: Path):
         load_rig(tmp_path / "nope.yaml")
 
 
-def test_not_utf8(tmp_path: Path):
-    (tmp_path / "r.yaml").write_bytes(b"kvmrig: 1\narch: \xff\n")
-    with pytest.raises(RigError, match=r"r\.yaml: not UTF-8 text"):
+def test_not_utf8_names_line_and_column(tmp_path: Path):
+    # issue 11 item 15: the bad byte's line:col, counted in characters ("é" is one)
+    (tmp_path / "r.yaml").write_bytes(b"kvmrig: 1\nname: \xc3\xa9\narch: x\xff\n")
+    with pytest.raises(RigError, match=r"r\.yaml:3:8: not UTF-8 text \(bad byte 0xff at offset 26\)"):
+        load_rig(tmp_path / "r.yaml")
+
+
+def test_a_huge_rig_file_is_refused_before_it_is_parsed(tmp_path: Path):
+    # issue 11 item 19: 200k keys took 4.3 s and 257 MB; now refused on size or node count
+    big = "kvmrig: 1\narch: x86_64\nx:\n" + "".join(f"  k{i}: 1\n" for i in range(200_000))
+    (tmp_path / "r.yaml").write_text(big)
+    with pytest.raises(RigError, match=r"r\.yaml:\d+:\d+: YAML has more than 100000 values"):
+        load_rig(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("kvmrig: 1\narch: x86_64\n#" + "x" * (5 << 20) + "\n")
+    with pytest.raises(RigError, match=r"r\.yaml:1:1: the rig file is larger than 4 MiB"):
         load_rig(tmp_path / "r.yaml")
 
 
@@ -455,6 +467,12 @@ def test_any_value_anywhere_is_a_rig_or_a_rig_error(rig_dir: Path):
                 assert re.match(r"^\S+:\d+:\d+: ", str(e)), str(e)
             seen += 1
     assert seen > 300
+
+
+@pytest.mark.parametrize("timeout", ["99999999", "1.0e+30", '"99999999999999999s"'])
+def test_a_huge_timeout_is_a_rig_error_at_its_line(timeout):
+    # issue 11 item 2: validate passed it, then the run died (OverflowError, no JUnit)
+    assert error(f"kvmrig: 1\narch: x86_64\ntimeout: {timeout}\n").startswith("r.yaml:3:10: timeout: ")
 
 
 # -- every error of a file at once ------------------------------------------------

@@ -22,7 +22,10 @@ def error(text: str, folder: Path | None = None) -> str:
 def test_machine_keys():
     rig = load_rig_text(HEAD + "machine: {pit: true}\n", "/rigs/m.yaml")
     assert rig.machine.irqchip and rig.machine.pit and rig.machine.cpus == 1
-    assert "needs machine.irqchip" in error(HEAD + "machine: {cpus: 2}\n")
+    assert "2 vCPUs on x86_64 need `machine: {irqchip: true}`" in error(HEAD + "cpus: 2\n")
+    assert "machine" in error(HEAD + "cpus: 2\nmachine: {irqchip: true, cpus: 2}\n")  # one key: top-level cpus
+    two = load_rig_text(HEAD + "cpus: 2\nmachine: {irqchip: true}\n", "/rigs/m.yaml")
+    assert two.cpus == 2 and two.machine.cpus == 2
     arm = "kvmrig: 1\narch: arm64\nmemory: [{at: 0, size: 2M}]\nmachine: {irqchip: true}\n"
     assert "for x86_64 rigs" in error(arm)
 

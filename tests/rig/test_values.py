@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmrig.errors import Mark
+from kvmrig.rig import values
 from kvmrig.rig.values import (ValueProblem, parse_address, parse_count, parse_duration, parse_hex, parse_int,
                                parse_size, parse_uint, show, to_width)
 
@@ -142,3 +143,11 @@ def test_to_width():
 def test_show():
     assert show("x") == "'x'" and show(True) == "true" and show(None) == "null"
     assert show({}) == "a mapping" and show([]) == "a list" and show(5) == "5"
+
+
+@pytest.mark.parametrize("text", [99999999, 1.0e30, "99999999999999999s", "1441m", 86400.5])
+def test_durations_are_bounded(text):
+    # issue 11 item 2: these passed validate, then the runner died with OverflowError
+    with pytest.raises(values.ValueProblem):
+        values.parse_duration(text)
+    assert values.parse_duration("1440m") == values.MAX_DURATION == 86400.0

@@ -26,6 +26,51 @@ CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_NW, CR0_CD, CR0_PG = (
 CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 RFLAGS_RESERVED = 0x2        # bit 1 is always 1
+# EFER bits a CPU may define (SDM vol.3 2.2.1, AMD APM vol.2 3.1.7): SCE, LME, LMA,
+# NXE, SVME, LMSLE, FFXSR, TCE, AutoIBRS; KVM refuses the others (EINVAL).
+EFER_DEFINED = sum(1 << b for b in (0, 8, 10, 11, 12, 13, 14, 15, 21))
+
+# KVM on x86 needs 16 KiB of guest-physical space below 4 GiB that no memory
+# slot covers, for the TSS (3 pages) and the EPT identity-map page; the first
+# hole among these candidates is used (the top one is where QEMU puts them).
+SYSTEM_PAGES = 4 * 0x1000
+SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
+
+
+def system_area(regions: list[tuple[int, int]]) -> int | None:
+    """The start of KVM's 16 KiB system area for these [start, end) regions, or None."""
+    for start in SYSTEM_CANDIDATES:
+        end = start + SYSTEM_PAGES
+        if all(end <= lo or start >= hi for lo, hi in regions):
+            return start
+    return None
+
+
+def control_problem(cr0: int, cr4: int, efer: int, long_cs: bool | None = None) -> str | None:
+    """Why KVM_SET_SREGS would refuse these control registers (EINVAL), or None.
+    The CPU-independent rules of KVM's kvm_is_valid_sregs/kvm_is_valid_cr0; with
+    `long_cs` (CS.L of the state) also the rules that tie CR0, CR4 and EFER."""
+    if cr0 >> 32:
+        return f"cr0 {cr0:#x} sets bits 63:32, which are reserved"
+    if cr4 >> 32:
+        return f"cr4 {cr4:#x} sets bits 63:32, which are reserved"
+    if efer & ~EFER_DEFINED:
+        return f"efer {efer:#x} sets reserved bits {efer & ~EFER_DEFINED:#x}"
+    if cr0 & CR0_NW and not cr0 & CR0_CD:
+        return f"cr0 {cr0:#x} sets NW (bit 29) without CD (bit 30)"
+    if cr0 & CR0_PG and not cr0 & CR0_PE:
+        return f"cr0 {cr0:#x} sets PG (paging) without PE (protection)"
+    if long_cs is None:
+        return None
+    if efer & EFER_LME and cr0 & CR0_PG:
+        if not cr4 & CR4_PAE:
+            return f"long mode (efer.LME and cr0.PG) needs cr4.PAE, and cr4 is {cr4:#x}"
+        if not efer & EFER_LMA:
+            return f"long mode (efer.LME and cr0.PG) needs efer.LMA, and efer is {efer:#x}"
+    elif efer & EFER_LMA or long_cs:
+        return (f"cr0 {cr0:#x} and efer {efer:#x} are not long mode (it needs efer.LME and cr0.PG), "
+                "but " + ("efer.LMA is set" if efer & EFER_LMA else "the 64-bit code segment of cpu.mode long is"))
+    return None
 
 
 @dataclass

@@ -88,6 +88,19 @@ from kvmrig.backends.events import DebugEvent, Event, SwBreak, SystemEvent, Time
 from kvmrig.backends.emu.core import EmuBackendBase
 from kvmrig.errors import BackendError
 
+
+def refusal(gic: bool, cpus: int) -> str:
+    """Why this backend cannot run a rig with an interrupt controller or several vCPUs."""
+    what = []
+    if gic:
+        what.append("a GICv3 with the generic timer's interrupts (`gic:`)")
+    if cpus > 1:
+        what.append(f"{cpus} vCPUs (`cpus:`)")
+    return (f"the emulator backend cannot give this rig {' or '.join(what)}: unicorn models no interrupt "
+            "controller and one CPU only, and a guest waiting for interrupts would just time out there; "
+            "run it on arm64 KVM (from an x86_64 host: kvmrig run --in-vm arm64)")
+
+
 TCG_BUFFER = 64 << 20
 PAGE = 0x1000
 
@@ -293,8 +306,10 @@ class EmuArm64Backend(EmuBackendBase):
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
+        if state.gic is not None or state.cpus > 1:  # emu_factory refuses such rigs first; this is the backstop
+            raise BackendError(refusal(state.gic is not None, state.cpus))
         # The EL1 system registers as KVM resets them (arch/arm64/reset.py), then the start state.
-        self.set_regs({**EMU_RESET, "pstate": state.pstate, "pc": state.pc})
+        self.set_regs({**EMU_RESET, "pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     # Registers -----------------------------------------------------------
     def _read(self, name: str) -> int:

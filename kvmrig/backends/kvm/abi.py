@@ -314,8 +314,29 @@ struct kvm_one_reg {
     uint64_t addr;
 };
 
-/* linux/kvm.h, KVM_IRQ_LINE: drive input `irq` of the in-kernel irqchip
-   (PIC and IOAPIC pin on x86) to `level`. */
+/* linux/kvm.h, KVM_CREATE_DEVICE (VM fd; KVM_CAP_DEVICE_CTRL): type is a
+   KVM_DEV_TYPE_*, fd comes back (the device's own fd for the attr ioctls);
+   flags KVM_CREATE_DEVICE_TEST only asks whether the type exists. */
+struct kvm_create_device {
+    uint32_t type;
+    uint32_t fd;
+    uint32_t flags;
+};
+
+/* linux/kvm.h, KVM_{SET,GET,HAS}_DEVICE_ATTR on a device fd (or a vcpu fd
+   for per-vCPU attrs such as the timer PPIs): addr points at the value
+   (u64 for VGIC addresses, u32 for NR_IRQS); CTRL_INIT takes none. */
+struct kvm_device_attr {
+    uint32_t flags;
+    uint32_t group;
+    uint64_t attr;
+    uint64_t addr;
+};
+
+/* linux/kvm.h, KVM_IRQ_LINE (VM fd): drive input `irq` of the in-kernel irqchip
+   to `level`. On x86 irq is a PIC and IOAPIC pin; on arm64 irq packs type, vcpu and
+   number (api.rst "KVM_IRQ_LINE": bits 27:24 type, 23:16 vcpu, 15:0 num;
+   for an SPI num is the GIC INTID, 32..1019). level 1 asserts, 0 clears. */
 struct kvm_irq_level {
     union { uint32_t irq; int32_t status; };
     uint32_t level;
@@ -472,6 +493,11 @@ def ioctl_table(arch: str) -> dict[str, int]:
         "KVM_GET_DIRTY_LOG":            IOW(0x42, "struct kvm_dirty_log"),       # VM: slot, bitmap
         "KVM_GET_MP_STATE":             IOR(0x98, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
         "KVM_SET_MP_STATE":             IOW(0x99, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
+        "KVM_IRQ_LINE":                 IOW(0x61, "struct kvm_irq_level"),       # VM; KVM_CAP_IRQCHIP (in-kernel GIC)
+        "KVM_CREATE_DEVICE":            IOWR(0xE0, "struct kvm_create_device"),  # VM; KVM_CAP_DEVICE_CTRL
+        "KVM_SET_DEVICE_ATTR":          IOW(0xE1, "struct kvm_device_attr"),     # device or vcpu
+        "KVM_GET_DEVICE_ATTR":          IOW(0xE2, "struct kvm_device_attr"),     # device or vcpu
+        "KVM_HAS_DEVICE_ATTR":          IOW(0xE3, "struct kvm_device_attr"),     # device or vcpu
     }
     if arch == "x86_64":
         table.update({
@@ -522,6 +548,11 @@ KVM_RUN = IOCTLS["KVM_RUN"]
 KVM_SET_GUEST_DEBUG = IOCTLS["KVM_SET_GUEST_DEBUG"]
 KVM_GET_ONE_REG = IOCTLS["KVM_GET_ONE_REG"]
 KVM_SET_ONE_REG = IOCTLS["KVM_SET_ONE_REG"]
+KVM_IRQ_LINE = IOCTLS["KVM_IRQ_LINE"]
+KVM_CREATE_DEVICE = IOCTLS["KVM_CREATE_DEVICE"]
+KVM_SET_DEVICE_ATTR = IOCTLS["KVM_SET_DEVICE_ATTR"]
+KVM_GET_DEVICE_ATTR = IOCTLS["KVM_GET_DEVICE_ATTR"]
+KVM_HAS_DEVICE_ATTR = IOCTLS["KVM_HAS_DEVICE_ATTR"]
 KVM_GET_SUPPORTED_CPUID = IOCTLS.get("KVM_GET_SUPPORTED_CPUID")
 KVM_SET_TSS_ADDR = IOCTLS.get("KVM_SET_TSS_ADDR")
 KVM_SET_IDENTITY_MAP_ADDR = IOCTLS.get("KVM_SET_IDENTITY_MAP_ADDR")
@@ -675,10 +706,12 @@ KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_ONE_REG = 70
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_ARM_PSCI = 87
+KVM_CAP_DEVICE_CTRL = 89
 KVM_CAP_ARM_PSCI_0_2 = 102
 KVM_CAP_CHECK_EXTENSION_VM = 105
 KVM_CAP_GUEST_DEBUG_HW_BPS = 119
 KVM_CAP_GUEST_DEBUG_HW_WPS = 120
+KVM_CAP_ARM_PMU_V3 = 126
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_SYNC_REGS = 74
 KVM_CAP_ARM_VM_IPA_SIZE = 165
@@ -758,6 +791,48 @@ KVM_ARM_VCPU_EL1_32BIT = 1
 KVM_ARM_VCPU_PSCI_0_2 = 2
 KVM_ARM_VCPU_PMU_V3 = 3
 KVM_ARM_TARGET_GENERIC_V8 = 5
+
+# --------------------------------------------------------------------------
+# In-kernel devices (linux/kvm.h enum kvm_device_type) and the arm64 GICv3
+# (asm/kvm.h; Documentation/virt/kvm/devices/arm-vgic-v3.rst).
+
+KVM_CREATE_DEVICE_TEST = 1
+KVM_DEV_TYPE_ARM_VGIC_V2 = 5
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+
+# kvm_device_attr.group / .attr of the VGIC device
+KVM_DEV_ARM_VGIC_GRP_ADDR = 0          # attr: which region; addr -> u64 guest-physical base
+KVM_DEV_ARM_VGIC_GRP_NR_IRQS = 3       # addr -> u32: all INTIDs incl. the 32 private; 64..1024, multiple of 32
+KVM_DEV_ARM_VGIC_GRP_CTRL = 4
+KVM_DEV_ARM_VGIC_CTRL_INIT = 0         # after every vCPU exists; no value
+KVM_VGIC_V3_ADDR_TYPE_DIST = 2         # 64 KiB, 64 KiB aligned
+KVM_VGIC_V3_ADDR_TYPE_REDIST = 3       # 128 KiB per vCPU (RD + SGI frames), contiguous
+KVM_VGIC_V3_DIST_SIZE = 0x10000
+KVM_VGIC_V3_REDIST_SIZE = 2 * 0x10000
+
+# KVM_IRQ_LINE's irq field on arm64 (asm/kvm.h)
+KVM_ARM_IRQ_TYPE_SHIFT = 24
+KVM_ARM_IRQ_VCPU_SHIFT = 16
+KVM_ARM_IRQ_NUM_SHIFT = 0
+KVM_ARM_IRQ_TYPE_CPU = 0
+KVM_ARM_IRQ_TYPE_SPI = 1
+KVM_ARM_IRQ_TYPE_PPI = 2
+
+# Per-vCPU device attrs (arm-vcpu.rst): the PMU's overflow PPI (an int INTID,
+# before INIT) and its INIT (after the vGIC exists); the generic timer's PPIs.
+KVM_ARM_VCPU_PMU_V3_CTRL = 0
+KVM_ARM_VCPU_PMU_V3_IRQ = 0
+KVM_ARM_VCPU_PMU_V3_INIT = 1
+KVM_ARM_VCPU_TIMER_CTRL = 1
+KVM_ARM_VCPU_TIMER_IRQ_VTIMER = 0
+KVM_ARM_VCPU_TIMER_IRQ_PTIMER = 1
+
+
+def arm_irq_spi(intid: int) -> int:
+    """KVM_IRQ_LINE's irq for a shared peripheral interrupt: type SPI, the INTID (32..1019)."""
+    if not 32 <= intid <= 1019:
+        raise ValueError(f"INTID {intid} is not an SPI (32..1019)")
+    return KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT | intid << KVM_ARM_IRQ_NUM_SHIFT
 
 
 def arm64_core_reg(*path: str | int, size: int | None = None) -> int:

@@ -7,12 +7,15 @@ feature, so KVM itself answers the guest's `HVC #0` PSCI calls and turns
 SYSTEM_OFF / SYSTEM_RESET into KVM_EXIT_SYSTEM_EVENT (common.py maps them to
 "off" / "reset"). The reset state is already EL1h with DAIF masked and the
 MMU off (SCTLR_EL1.M = 0); set_initial_state writes PSTATE and PC anyway.
-No interrupt controller is created: a bare-metal rig has no interrupt source.
+A rig with `gic:` gets KVM's in-kernel GICv3 (created after the vCPU,
+placed, sized and initialised: _create_gic), which also delivers the generic
+timer's PPIs; devices raise their SPIs through set_irq_line (KVM_IRQ_LINE).
+Without one the vCPU has no interrupt source at all.
 
 Halting: arm64 KVM never exits with KVM_EXIT_HLT. WFI and WFE are handled in
-the kernel: with no irqchip and no timer interrupt a WFI blocks the vCPU
-until a signal, so a guest that ends in WFI ends the run by `timeout` (the
-SIGALRM of common.py). Guests end their run with PSCI SYSTEM_OFF or an exit
+the kernel: a WFI blocks the vCPU until an interrupt the GIC would deliver
+(with no irqchip: never), or a signal, so a guest that ends in WFI ends the
+run by `timeout` (the SIGALRM of common.py). Guests end their run with PSCI SYSTEM_OFF or an exit
 device instead; `_halt_event` is inherited and never reached.
 
 Registers: get_regs() returns a `LazyRegs`, a dict that reads each register
@@ -67,8 +70,8 @@ from collections.abc import Collection
 import dataclasses
 from dataclasses import dataclass, field
 
-from kvmrig.arch.arm64 import debugregs, esr, onereg
-from kvmrig.arch.arm64.boot import Arm64State
+from kvmrig.arch.arm64 import debugregs, esr, onereg, virt
+from kvmrig.arch.arm64.boot import Arm64State, GicLayout
 from kvmrig.arch.arm64.regs import CANONICAL
 from kvmrig.backends.base import HwSlot
 from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, HwBreak, Step, SwBreak, Unhandled, WatchHit
@@ -127,14 +130,77 @@ class KvmArm64Backend(KvmBackendBase):
         self._step: _Step | None = None           # internal step in progress
         self._resume_bp: tuple[int, frozenset[int]] | None = None  # (pc, exec slots) to step past
         self._last_esr = 0
+        self._gic: GicLayout | None = None
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
+        if state.cpus > 1:  # select.py picks arm64_smp.KvmArm64SmpBackend for those
+            raise BackendError(f"cpus: {state.cpus}: this backend drives one vCPU (KvmArm64SmpBackend drives more)")
         init = self.vm.arm_preferred_target()
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         # PSCI 0.2: KVM answers HVC #0 PSCI calls, SYSTEM_OFF/RESET exit as system events.
-        vcpu.arm_vcpu_init(init.target, [abi.KVM_ARM_VCPU_PSCI_0_2])
-        self.set_regs({"pstate": state.pstate, "pc": state.pc})
+        vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=True))
+        if state.gic is not None:
+            self._create_gic(state.gic, [vcpu])
+        self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
+
+    def vcpu_features(self, state: Arm64State, boot: bool) -> list[int]:
+        """KVM_ARM_VCPU_INIT features: PSCI 0.2; powered off unless it is the
+        boot vCPU; a PMUv3 with a GIC where KVM has one (QEMU's -cpu max/host
+        have one by default)."""
+        features = [abi.KVM_ARM_VCPU_PSCI_0_2]
+        if not boot:
+            features.append(abi.KVM_ARM_VCPU_POWER_OFF)
+        if self._pmu(state):
+            features.append(abi.KVM_ARM_VCPU_PMU_V3)
+        return features
+
+    def _pmu(self, state: Arm64State) -> bool:
+        return state.gic is not None and self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0
+
+    def _create_gic(self, gic: GicLayout, vcpus: list) -> None:
+        """The in-kernel GICv3 (arm-vgic-v3.rst): created after the vCPUs,
+        placed, sized, initialised; then each vCPU's PMU wired to PPI 7 and
+        initialised (arm-vcpu.rst; QEMU's order). The generic timer's PPIs are
+        KVM's defaults (virtual 27, physical 30), which the device tree lists."""
+        if not self.vm.check_extension(abi.KVM_CAP_DEVICE_CTRL):
+            raise BackendError("this KVM cannot create in-kernel devices (no KVM_CAP_DEVICE_CTRL): no GICv3")
+        try:
+            dev = self.vm.create_device(abi.KVM_DEV_TYPE_ARM_VGIC_V3)
+        except KvmError as e:
+            raise BackendError(f"this KVM has no GICv3 to offer (the host's GIC cannot virtualise one?): {e}") \
+                from None
+        steps = (
+            ("placing the distributor", abi.KVM_DEV_ARM_VGIC_GRP_ADDR, abi.KVM_VGIC_V3_ADDR_TYPE_DIST,
+             gic.distributor, 8),
+            ("placing the redistributors", abi.KVM_DEV_ARM_VGIC_GRP_ADDR, abi.KVM_VGIC_V3_ADDR_TYPE_REDIST,
+             gic.redistributor, 8),
+            (f"asking for {gic.irqs} interrupts", abi.KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, gic.irqs, 4),
+        )
+        for what, group, attr, value, size in steps:
+            try:
+                dev.set_attr(group, attr, value, size)
+            except KvmError as e:
+                raise BackendError(f"GICv3: {what} failed: {e}") from None
+        try:
+            dev.set_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
+        except KvmError as e:
+            raise BackendError(f"GICv3: initialising it failed: {e}") from None
+        if self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0:
+            for vcpu in vcpus:  # the PMU's INIT needs the vGIC initialised (ENODEV before)
+                try:
+                    vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_IRQ,
+                                  virt.PPI_BASE + virt.PMU_PPI, 4)  # INTID 23
+                    vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_INIT)
+                except KvmError as e:
+                    raise BackendError(f"PMUv3 of vCPU {vcpu.index}: {e}") from None
+        self._gic = gic
+
+    def set_irq_line(self, intid: int, level: bool) -> None:
+        """A device's SPI through KVM_IRQ_LINE (level-triggered: it stays until lowered)."""
+        if self._gic is None:
+            raise BackendError(f"INTID {intid} raised, but the rig has no interrupt controller")
+        self.vm.irq_line(abi.arm_irq_spi(intid), level)
 
     # Whole state: snapshots ------------------------------------------------
     def _ensure_vcpu(self) -> None:

@@ -72,10 +72,14 @@ class KvmBackendBase(Backend):
         self._bitmaps: dict[int, object] = {}   # slot size -> dirty-log bitmap buffer
         self._traps: dict[int, str] = {}  # page gpa -> "ro" | "absent" (watchpoint page traps)
         self._watch_mmio = False   # watchpoints over MMIO (unbacked) addresses are matched on MMIO exits
+        self._slot = 0
+        self._reset_vcpu_state()
+
+    def _reset_vcpu_state(self) -> None:
+        """What belongs to one vCPU's run (another vCPU of the same VM has its own)."""
         self._queue: deque[Event] = deque()   # events found, not yet returned
         self._owe_step = False     # a step to report once pending I/O completes
         self._owe_hits: list[WatchHit] = []   # watch hits to report once pending I/O completes (pc filled then)
-        self._slot = 0
         self._answer = None  # where complete_read() writes: "io" | "mmio"
         self._timer_armed = False
         self._handler_installed = False
@@ -404,10 +408,6 @@ class KvmBackendBase(Backend):
     def _halted(self) -> Event | None:
         """After a kick (irqchip only): the end of the run if the vcpu can never wake."""
         return None
-
-    def set_irq(self, line: int, level: int) -> None:
-        """Drive an interrupt line of the in-kernel irqchip."""
-        raise BackendError(f"IRQ {line} raised, but this machine has no interrupt controller")
 
     def _before_run(self) -> None:
         """State to fix up before the next KVM_RUN (only called when _needs_fixup())."""

@@ -33,6 +33,10 @@ _ioctl = abi.libc.ioctl
 _ZERO = abi.ulong(0)
 _SYNC_REGS = getattr(abi, "KVM_SYNC_X86_REGS", 0)
 _SYNC_SREGS = getattr(abi, "KVM_SYNC_X86_SREGS", 0)
+# KVM_SET_GUEST_DEBUG controls that read the registers or queue an event inside
+# KVM at the ioctl (not at the next KVM_RUN): staged state goes in first.
+_READS_STATE = abi.KVM_GUESTDBG_SINGLESTEP | abi.KVM_GUESTDBG_INJECT_DB \
+    | abi.KVM_GUESTDBG_INJECT_BP
 _SIZES = {t: ffi.sizeof(t) for t in ("struct kvm_regs", "struct kvm_sregs", "struct kvm_vcpu_events")
           if abi.ARCH == "x86_64"}
 
@@ -212,6 +216,7 @@ class Vm:
         self._fd = fd
         self._vcpus: list[Vcpu] = []
         self.vcpu_mmap_size = kvm.vcpu_mmap_size
+        self._devices: list[Device] = []
         self._region = ffi.new("struct kvm_userspace_memory_region *")
         self._u64 = ffi.new("uint64_t *")
         self._irq = ffi.new("struct kvm_irq_level *")
@@ -280,12 +285,6 @@ class Vm:
         config.flags = flags
         _call(self.fd, _require(abi.KVM_CREATE_PIT2, "KVM_CREATE_PIT2"), config, "KVM_CREATE_PIT2")
 
-    def irq_line(self, irq: int, level: int) -> None:
-        """KVM_IRQ_LINE: drive irqchip input `irq` to `level` (0 or 1)."""
-        line = self._irq
-        line.irq, line.level = irq, level
-        _call(self.fd, abi.KVM_IRQ_LINE, line, "KVM_IRQ_LINE", f"irq {irq}, level {level}")
-
     def arm_preferred_target(self):
         """KVM_ARM_PREFERRED_TARGET (arm64): a `struct kvm_vcpu_init *` with the
         target (and features zeroed) to pass to Vcpu.arm_vcpu_init."""
@@ -293,6 +292,25 @@ class Vm:
         init = ffi.new("struct kvm_vcpu_init *")
         _call(self.fd, request, init, "KVM_ARM_PREFERRED_TARGET")
         return init
+
+    def create_device(self, dev_type: int) -> Device:
+        """KVM_CREATE_DEVICE (KVM_CAP_DEVICE_CTRL): an in-kernel device such as
+        the arm64 GICv3 (abi.KVM_DEV_TYPE_ARM_VGIC_V3), owned by this Vm."""
+        cd = ffi.new("struct kvm_create_device *")
+        cd.type = dev_type
+        _call(self.fd, abi.KVM_CREATE_DEVICE, cd, "KVM_CREATE_DEVICE", f"type {dev_type}")
+        device = Device(_Fd(cd.fd), dev_type)
+        self._devices.append(device)
+        return device
+
+    def irq_line(self, irq: int, level: bool) -> None:
+        """KVM_IRQ_LINE: drive an interrupt line of the in-kernel irqchip
+        (x86: a PIC/IOAPIC pin; arm64: `irq` from abi.arm_irq_spi for a
+        device's SPI)."""
+        line = self._irq
+        line.irq = irq
+        line.level = 1 if level else 0
+        _call(self.fd, abi.KVM_IRQ_LINE, line, "KVM_IRQ_LINE", f"irq {irq:#x} level {int(level)}")
 
     def create_vcpu(self, index: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU and map its kvm_run page."""
@@ -312,6 +330,8 @@ class Vm:
         it does not own: guest RAM stays the caller's. Safe twice."""
         while self._vcpus:
             self._vcpus.pop().close()
+        while self._devices:
+            self._devices.pop().close()
         self._fd.close()
         if self._kvm is not None:
             kvm, self._kvm = self._kvm, None
@@ -328,11 +348,59 @@ class Vm:
         self.close()
 
 
+class _Attrs:
+    """KVM_{SET,GET,HAS}_DEVICE_ATTR on one fd (a device's, or a vcpu's for per-vCPU attrs)."""
+
+    def _attr(self, request: int, call: str, group: int, attr: int, value: int | None, size: int) -> int:
+        buf = ffi.new("uint64_t *" if size == 8 else "uint32_t *", value or 0)
+        a = ffi.new("struct kvm_device_attr *")
+        a.group, a.attr = group, attr
+        a.addr = 0 if value is None and request == abi.KVM_HAS_DEVICE_ATTR else int(ffi.cast("uintptr_t", buf))
+        _call(self.fd, request, a, call, f"group {group}, attr {attr}")
+        return int(buf[0])
+
+    def set_attr(self, group: int, attr: int, value: int | None = None, size: int = 8) -> None:
+        """Set a `size`-byte value (u64 addresses, u32 counts); value None passes no value (CTRL_INIT)."""
+        if value is None:
+            a = ffi.new("struct kvm_device_attr *")
+            a.group, a.attr = group, attr
+            _call(self.fd, abi.KVM_SET_DEVICE_ATTR, a, "KVM_SET_DEVICE_ATTR", f"group {group}, attr {attr}")
+            return
+        self._attr(abi.KVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR", group, attr, value, size)
+
+    def get_attr(self, group: int, attr: int, size: int = 8) -> int:
+        return self._attr(abi.KVM_GET_DEVICE_ATTR, "KVM_GET_DEVICE_ATTR", group, attr, 0, size)
+
+    def has_attr(self, group: int, attr: int) -> bool:
+        try:
+            self._attr(abi.KVM_HAS_DEVICE_ATTR, "KVM_HAS_DEVICE_ATTR", group, attr, None, 8)
+        except KvmError as e:
+            if e.errno == _errno.ENXIO:
+                return False
+            raise
+        return True
+
+
+class Device(_Attrs):
+    """An in-kernel device's fd (KVM_CREATE_DEVICE); closed by its Vm."""
+
+    def __init__(self, fd: _Fd, dev_type: int):
+        self._fd = fd
+        self.type = dev_type
+
+    @property
+    def fd(self) -> int:
+        return self._fd.fd
+
+    def close(self) -> None:
+        self._fd.close()
+
+
 def _closed_run() -> int:
     raise BackendError("KVM_RUN on a closed vcpu")
 
 
-class Vcpu:
+class Vcpu(_Attrs):
     """A vcpu fd and its mmap'd `struct kvm_run`.
 
     `run_struct` is the shared kvm_run page: read exit details from it after
@@ -435,6 +503,31 @@ class Vcpu:
         rs.kvm_dirty_regs = dirty
         return True
 
+    def flush_staged(self) -> None:
+        """Hand what stage() left in kvm_run to KVM now, by ioctl (KVM_SET_REGS,
+        KVM_SET_SREGS, KVM_SET_VCPU_EVENTS), instead of at the next KVM_RUN.
+
+        Needed before any ioctl that reads or changes that state inside KVM:
+        KVM_SET_GUEST_DEBUG with SINGLESTEP records the linear RIP (RIP + CS
+        base) it must set TF at from KVM's own copy, so with the registers
+        still staged it records the last run's RIP, the staged RIP then does
+        not match at KVM_RUN and TF is never set (VMX/SVM KVM step nothing);
+        an injected #DB/#BP or KVM_SET_VCPU_EVENTS would be overwritten by
+        the staged events, and KVM_GET_VCPU_EVENTS would read stale ones."""
+        rs = self.run_struct
+        dirty = rs.kvm_dirty_regs
+        if not dirty:
+            return
+        rs.kvm_dirty_regs = 0
+        self._fresh[0] = False
+        if dirty & _SYNC_SREGS:
+            _call(self.fd, _require(abi.KVM_SET_SREGS, "KVM_SET_SREGS"), self._sync_sregs, "KVM_SET_SREGS")
+        if dirty & _SYNC_REGS:
+            _call(self.fd, _require(abi.KVM_SET_REGS, "KVM_SET_REGS"), self._sync_regs, "KVM_SET_REGS")
+        if dirty & abi.KVM_SYNC_X86_EVENTS:
+            _call(self.fd, _require(abi.KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS"), self._sync_events,
+                  "KVM_SET_VCPU_EVENTS")
+
     def get_regs(self):
         """KVM_GET_REGS into this Vcpu's reused `struct kvm_regs *` (or, with
         sync regs current, the copy KVM left in kvm_run: no ioctl)."""
@@ -503,6 +596,7 @@ class Vcpu:
         """A KVM_GET_* ioctl that fills one struct (`ctype`), as bytes: the
         state is kept opaque, the way KVM hands it out (xsave, xcrs,
         debugregs, vcpu events, mp state). `size` overrides sizeof (XSAVE2)."""
+        self.flush_staged()
         n = size or ffi.sizeof(ctype)
         buf = ffi.new("char[]", n)
         _call(self.fd, _require(getattr(abi, request_name), request_name),
@@ -511,6 +605,7 @@ class Vcpu:
 
     def set_blob(self, request_name: str, ctype: str, data: bytes) -> None:
         """The KVM_SET_* partner of get_blob()."""
+        self.flush_staged()
         self._fresh[0] = False
         buf = ffi.from_buffer("char[]", data)
         _call(self.fd, _require(getattr(abi, request_name), request_name),
@@ -553,6 +648,7 @@ class Vcpu:
         """KVM_GET/SET_VCPU_EVENTS: forget the exception KVM has queued for the
         guest (after a failed emulation KVM queues #UD as well as exiting; a
         VMM that recovers from the failure must not deliver it)."""
+        self.flush_staged()
         ev = ffi.new("struct kvm_vcpu_events *")
         _call(self.fd, _require(abi.KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"), ev, "KVM_GET_VCPU_EVENTS")
         if not (ev.exception.injected or ev.exception.pending):
@@ -580,6 +676,8 @@ class Vcpu:
                 raise ValueError(f"{len(debugreg)} debug registers; x86 has DR0..DR7")
             for i, value in enumerate(debugreg):
                 dbg.arch.debugreg[i] = value
+        if control & _READS_STATE:
+            self.flush_staged()   # KVM takes RIP/CS/RFLAGS or queues an event now
         _call(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, "KVM_SET_GUEST_DEBUG",
               f"control {control:#x}")
 

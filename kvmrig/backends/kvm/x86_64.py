@@ -31,7 +31,7 @@ from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
-from kvmrig.arch.x86_64.boot import X86State
+from kvmrig.arch.x86_64.boot import X86State, system_area
 from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
 from kvmrig.arch.x86_64.faults import explain_shutdown
 from kvmrig.arch.x86_64.fpu import gdb_registers
@@ -103,10 +103,9 @@ class KvmX86Backend(KvmBackendBase):
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
-        for start in SYSTEM_CANDIDATES:
-            end = start + SYSTEM_PAGES
-            if all(end <= lo or start >= hi for lo, hi in self.regions):
-                return start
+        start = system_area(self.regions)  # machine/plan.py checks it first, at the rig's line
+        if start is not None:
+            return start
         raise BackendError("no free 16 KiB below 4 GiB for KVM's TSS and identity map: "
                            "the rig's memory map covers every candidate hole")
 
@@ -181,10 +180,11 @@ class KvmX86Backend(KvmBackendBase):
         return out
 
     # Interrupts ---------------------------------------------------------------------
-    def set_irq(self, line: int, level: int) -> None:
+    def set_irq_line(self, intid: int, level: bool) -> None:
+        """Drive ISA IRQ `intid` (PIC and IOAPIC pin) of the in-kernel irqchip."""
         if not self.irqchip:
-            raise BackendError(f"IRQ {line} raised without an interrupt controller: set machine.irqchip")
-        self.vm.irq_line(line, level)
+            raise BackendError(f"IRQ {intid} raised without an interrupt controller: set machine.irqchip")
+        self.vm.irq_line(intid, bool(level))
 
     def _halted(self) -> Event | None:
         """With the in-kernel irqchip KVM runs HLT itself; after a kick, a vCPU

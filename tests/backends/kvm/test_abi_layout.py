@@ -33,6 +33,13 @@ FOREIGN = {
         "KVM_REG_ARM64_SYSREG_OP2_SHIFT", "KVM_NR_SPSR",
         "KVM_ARM_VCPU_POWER_OFF", "KVM_ARM_VCPU_EL1_32BIT", "KVM_ARM_VCPU_PSCI_0_2",
         "KVM_ARM_VCPU_PMU_V3", "KVM_ARM_TARGET_GENERIC_V8",
+        "KVM_DEV_ARM_VGIC_GRP_ADDR", "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "KVM_DEV_ARM_VGIC_GRP_CTRL",
+        "KVM_DEV_ARM_VGIC_CTRL_INIT", "KVM_VGIC_V3_ADDR_TYPE_DIST", "KVM_VGIC_V3_ADDR_TYPE_REDIST",
+        "KVM_VGIC_V3_DIST_SIZE", "KVM_VGIC_V3_REDIST_SIZE", "KVM_ARM_IRQ_TYPE_SHIFT",
+        "KVM_ARM_IRQ_VCPU_SHIFT", "KVM_ARM_IRQ_NUM_SHIFT", "KVM_ARM_IRQ_TYPE_CPU", "KVM_ARM_IRQ_TYPE_SPI",
+        "KVM_ARM_IRQ_TYPE_PPI", "KVM_ARM_VCPU_TIMER_CTRL", "KVM_ARM_VCPU_TIMER_IRQ_VTIMER",
+        "KVM_ARM_VCPU_TIMER_IRQ_PTIMER", "KVM_ARM_VCPU_PMU_V3_CTRL", "KVM_ARM_VCPU_PMU_V3_IRQ",
+        "KVM_ARM_VCPU_PMU_V3_INIT",
     },
     "arm64": {
         "KVM_GUESTDBG_USE_HW_BP",         # x86 spelling of bit 17
@@ -257,3 +264,21 @@ def test_new_cpuid2_has_room():
     size = abi.ffi.sizeof(p[0]) if abi.ARCH == "x86_64" else None
     if size is not None:
         assert size == 8 + 256 * 40
+
+
+def test_arm64_vgic_and_irq_line_numbers_match_the_headers():
+    # arch/arm64/include/uapi/asm/kvm.h and Documentation/virt/kvm/devices/arm-vgic-v3.rst;
+    # checked here without a compiler (an x86 host has no arm64 asm/kvm.h).
+    assert (abi.KVM_VGIC_V3_ADDR_TYPE_DIST, abi.KVM_VGIC_V3_ADDR_TYPE_REDIST) == (2, 3)
+    assert (abi.KVM_VGIC_V3_DIST_SIZE, abi.KVM_VGIC_V3_REDIST_SIZE) == (0x10000, 0x20000)
+    assert (abi.KVM_DEV_ARM_VGIC_GRP_ADDR, abi.KVM_DEV_ARM_VGIC_GRP_NR_IRQS, abi.KVM_DEV_ARM_VGIC_GRP_CTRL,
+            abi.KVM_DEV_ARM_VGIC_CTRL_INIT) == (0, 3, 4, 0)
+    assert abi.KVM_DEV_TYPE_ARM_VGIC_V3 == 7
+    assert (abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_IRQ, abi.KVM_ARM_VCPU_PMU_V3_INIT) == (0, 0, 1)
+    assert abi.arm_irq_spi(33) == 0x01000021          # type SPI (1) << 24 | INTID 33 (the PL011 of QEMU virt)
+    with pytest.raises(ValueError):
+        abi.arm_irq_spi(27)                            # a PPI is no SPI
+    arm = abi.ioctl_table("arm64")
+    assert arm["KVM_CREATE_DEVICE"] == 0xC00CAEE0     # _IOWR, 12-byte struct
+    assert arm["KVM_SET_DEVICE_ATTR"] == 0x4018AEE1   # _IOW, 24-byte struct
+    assert arm["KVM_IRQ_LINE"] == 0x4008AE61

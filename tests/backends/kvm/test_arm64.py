@@ -4,7 +4,7 @@ An x86_64 host has no arm64 KVM, so this module boots the arm64 Debian VM
 of kvmrig.invm (qemu-system-aarch64, TCG, virtualization=on: the VM has its
 own /dev/kvm) ONCE and runs three things in it:
 
-1. `python3 -m kvmrig run rigs/arm64 --backend kvm --junit out.xml -j 1`:
+1. `python3 -m kvmrig run rigs/arm64 rigs-kvm/arm64 --backend kvm --junit out.xml -j 1`:
    every example rig must pass, on KVM (JUnit counts, names and the backend
    property checked here);
 2. the same command on "mutants", copies of some rigs with one expectation
@@ -38,6 +38,7 @@ from tests.invm.reporting import report_line
 QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
 ROOT = Path(__file__).resolve().parents[3]
 ARM64_RIGS = ROOT / "rigs" / "arm64"
+KVM_RIGS = ROOT / "rigs-kvm" / "arm64"   # rigs only real arm64 KVM runs (GICv3, timer, several vCPUs)
 CHECKS = Path(__file__).with_name("arm64_vm_checks.py")
 VM_TIMEOUT = 900.0
 
@@ -56,11 +57,15 @@ MUTANTS = [
     ("single-step", "steps: 5", "steps: 6", "steps: expected 6, got 5"),
     ("guest-brk", "x21: 1 ", "x21: 2 ", "register x21: expected 2, got 1"),
     ("psci-off", "\n  exit: system-off ", "\n  exit: exit-code ", "exit: expected exit-code, got system-off"),
+    # the second vCPU really ran: it wrote the context id CPU_ON gave it
+    ("smp-psci", "u64: 0x5eed}", "u64: 0x5eee}", "memory at 0x40008008"),
+    # ten timer interrupts, each one hit of the handler's breakpoint
+    ("timer-irq", "hits: 10 ", "hits: 9 ", "hits: expected 9, got 10"),
 ]
 
 COMMAND = r"""
 set +e
-python3 -m kvmrig run rigs/arm64 --backend kvm --junit out.xml -j 1 > rigs.log 2>&1
+python3 -m kvmrig run rigs/arm64 rigs-kvm/arm64 --backend kvm --junit out.xml -j 1 > rigs.log 2>&1
 echo $? > rigs.status
 python3 -m kvmrig run mutants --backend kvm --junit mutants.xml -j 1 > mutants.log 2>&1
 echo $? > mutants.status
@@ -76,9 +81,11 @@ def _mutants(folder: Path) -> None:
     """Write the MUTANTS rigs into `folder`, their images taken from ../rigs/arm64/guests."""
     folder.mkdir()
     for rig, old, new, _why in MUTANTS:
-        text = (ARM64_RIGS / f"{rig}.yaml").read_text()
+        source = ARM64_RIGS / f"{rig}.yaml"
+        text = (source if source.exists() else KVM_RIGS / f"{rig}.yaml").read_text()
         assert text.count(old) == 1, f"{rig}.yaml: {old!r} must occur exactly once to mutate it"
-        text = text.replace(old, new).replace("file: guests/", "file: ../rigs/arm64/guests/")
+        text = text.replace(old, new).replace("file: guests/", "file: ../rigs/arm64/guests/") \
+            .replace("file: ../../rigs/arm64/guests/", "file: ../rigs/arm64/guests/")
         text = text.replace("kvmrig: 1\n", f"kvmrig: 1\nname: mutant-{rig}\n", 1)
         (folder / f"{rig}.yaml").write_text(text)
 
@@ -110,7 +117,8 @@ def lane(request, tmp_path_factory) -> Lane:
     t0 = time.monotonic()
     result = invm_qemu.run_in_vm(
         COMMAND,
-        files=[("rigs/arm64", str(ARM64_RIGS)), ("mutants", str(mutants)), ("arm64_vm_checks.py", str(CHECKS))],
+        files=[("rigs/arm64", str(ARM64_RIGS)), ("rigs-kvm/arm64", str(KVM_RIGS)), ("mutants", str(mutants)),
+               ("arm64_vm_checks.py", str(CHECKS))],
         fetch=FETCH,
         timeout=VM_TIMEOUT,
     )
@@ -134,14 +142,14 @@ def test_every_arm64_rig_passes(lane):
     assert lane.status("rigs") == 0, f"kvmrig run rigs/arm64 failed in the VM:\n{log}"
     root = lane.junit("out.xml")
     suite = root if root.tag == "testsuite" else root.find("testsuite")
-    rigs = sorted(p.stem for p in ARM64_RIGS.glob("*.yaml"))
-    assert int(suite.get("tests")) == len(rigs) >= 8
+    rigs = sorted(p.stem for p in (*ARM64_RIGS.glob("*.yaml"), *KVM_RIGS.glob("*.yaml")))
+    assert int(suite.get("tests")) == len(rigs) >= 11
     for counter in ("failures", "errors", "skipped"):
         assert int(suite.get(counter, 0)) == 0, f"{counter} in out.xml:\n{log}"
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert sorted(cases) == rigs
     for name, case in cases.items():
-        assert case.get("classname") == "rigs.arm64"
+        assert case.get("classname") in ("rigs.arm64", "rigs-kvm.arm64")
         assert case.find("failure") is None and case.find("error") is None and case.find("skipped") is None, name
         backend = {p.get("name"): p.get("value") for p in case.iter("property")}.get("backend")
         assert backend in (None, "kvm"), f"{name} ran on {backend}, not on the VM's KVM"

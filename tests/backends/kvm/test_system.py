@@ -440,6 +440,35 @@ def test_single_step(kvm):
 
 
 @x86_only
+def test_single_step_from_staged_registers(kvm):
+    """Registers staged in kvm_run (state restore of a reused VM) reach KVM
+    before KVM_SET_GUEST_DEBUG: KVM records the RIP to set TF at from its
+    own copy, so with the last run's RIP still there VMX/SVM KVM stepped
+    nothing (the x86 lane's single-step rig after another rig on a reused VM)."""
+    mask = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
+    assert kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & mask == mask
+    code = bytes([0xF4, 0x90, 0x90, 0x90, 0xF4])   # 0x1000 hlt; 0x1001..0x1003 nop; 0x1004 hlt
+    with memories() as new:
+        vm, vcpu, _ = x86_long_mode(kvm, new, code)
+        with vm:
+            vcpu.enable_sync_regs(mask)
+            assert vcpu.run() == abi.KVM_EXIT_HLT            # KVM's RIP: 0x1001
+            regs, sregs = ffi.new("struct kvm_regs *"), ffi.new("struct kvm_sregs *")
+            ffi.memmove(regs, vcpu.get_regs(), ffi.sizeof(regs[0]))
+            ffi.memmove(sregs, vcpu.get_sregs(), ffi.sizeof(sregs[0]))
+            regs.rip = CODE_AT + 2
+            assert vcpu.stage(regs, sregs)
+            vcpu.set_guest_debug(abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_SINGLESTEP)
+            assert vcpu.run_struct.kvm_dirty_regs == 0, "staged state handed to KVM first"
+            vcpu._fresh[0] = False                          # read KVM's copy by ioctl
+            assert vcpu.get_regs().rip == CODE_AT + 2
+            assert vcpu.run() == abi.KVM_EXIT_DEBUG, abi.exit_name(vcpu.run_struct.exit_reason)
+            d = vcpu.run_struct.debug.arch
+            assert (d.exception, d.pc) == (1, CODE_AT + 3)
+            vcpu.set_guest_debug(0)
+
+
+@x86_only
 def test_hw_exec_breakpoint(kvm):
     with memories() as new:
         vm, vcpu, _ = x86_long_mode(kvm, new, DEBUG_CODE)

@@ -1,0 +1,68 @@
+"""With `cpus: N`, the run names the vCPU of every hit, failed hit check and
+system event (a scripted backend stands in for KVM's vCPUs here; the real
+ones run in the arm64 lane: rigs-kvm/arm64/smp-psci.yaml, kvm-unit-tests)."""
+
+from __future__ import annotations
+
+from kvmrig.backends.base import Backend
+from kvmrig.backends.events import HwBreak, SystemEvent
+from kvmrig.machine.memory import Memory
+from kvmrig.machine.plan import prepare
+from kvmrig.machine.session import Session
+from kvmrig.rig.load import load_rig_text
+
+RIG = """\
+kvmrig: 1
+arch: arm64
+cpus: 2
+memory: [{at: 0x40000000, size: 64K}]
+images: [{hex: "1f2003d5 1f2003d5", at: 0x40000000}]
+breakpoints:
+  - {at: 0x40000004, kind: hw, hits: 2, expect: {regs: {x5: 7}}}
+expect: {exit: system-off}
+"""
+
+
+class Scripted(Backend):
+    """Plays a list of events; registers are one dict per vCPU."""
+
+    name, arch = "scripted", "arm64"
+
+    def __init__(self, events: list[tuple[int, object]]):
+        self.events = list(events)   # (vCPU, event)
+        self.regs = {0: {"x5": 7, "pc": 0x40000004}, 1: {"x5": 9, "pc": 0x40000004}}
+        self.current = 0
+
+    def map_memory(self, gpa, buf, rom): pass
+    def set_initial_state(self, state): self.state = state
+    def hw_debug_slots(self): return (6, 4, False)
+    def set_debug(self, slots, single_step, sw): pass
+    def complete_read(self, data): pass
+    def set_regs(self, regs): self.regs[self.current].update(regs)
+
+    def get_regs(self):
+        return dict(self.regs[self.current])
+
+    def current_cpu(self) -> int:
+        return self.current
+
+    def run(self, deadline):
+        self.current, ev = self.events.pop(0)
+        return ev
+
+
+def test_hits_and_the_end_name_their_vcpu():
+    rig = load_rig_text(RIG)
+    plan = prepare(rig)
+    assert plan.boot.state.cpus == 2 and plan.boot.state.dtb is not None  # SMP gets a device tree (cpu@0, cpu@1)
+    backend = Scripted([(0, HwBreak(0x40000004, 0)), (1, HwBreak(0x40000004, 0)),
+                        (1, SystemEvent(0x40000008, "off"))])
+    memory = Memory(rig.memory)
+    try:
+        outcome = Session(plan, backend, memory).run()
+    finally:
+        memory.close()
+    assert outcome.exit == "system-off" and outcome.detail == "system event off on vCPU 1"
+    assert [h.cpu for h in outcome.hits] == [0, 1]
+    failures = [str(f) for f in outcome.failures]
+    assert len(failures) == 1 and "hit 2 on vCPU 1: register x5: expected 7, got 9" in failures[0]
