@@ -80,7 +80,7 @@ class Backend(ABC):
         return self.get_regs()[traits(self.arch).pc]
 
     def start_aps(self, handler) -> None:
-        """Start the other vCPUs (machine.cpus > 1); `handler(index, event)`
+        """Start the other vCPUs (cpus > 1); `handler(index, event)`
         handles their port I/O and MMIO and raises to end the run."""
 
     def quiesce(self) -> None:

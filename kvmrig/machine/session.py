@@ -115,7 +115,7 @@ class Session:
         self._armed = False
         self.coverage = (collect.Collector(plan, self.options.coverage)
                          if collect.wanted(self.rig, self.options.coverage) else None)
-        self.ap_stop: Stop | None = None  # how another vCPU ended the run (machine.cpus > 1)
+        self.ap_stop: Stop | None = None  # how another vCPU ended the run (cpus > 1)
         self._handlers: dict[type, Callable[[Event], None]] = {
             PortIO: self._io, Mmio: self._mmio, Step: self._step, SwBreak: self._sw, HwBreak: self._hw,
             WatchHit: self._watch, ForeignDebug: self._foreign_exit, Halt: self._halt,

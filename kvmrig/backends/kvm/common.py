@@ -255,7 +255,7 @@ class KvmBackendBase(Backend):
             self._handler_installed = False
         _alarmed_run = None
 
-    # Application processors (machine.cpus > 1) ------------------------------
+    # Application processors (cpus > 1) ------------------------------
     _ap_vcpus: list = []
     _aps = None       # smp.Aps once started
     _holding = False  # the session holds the machine lock (between run() calls)

@@ -1,4 +1,4 @@
-"""Application processors (rig `machine.cpus` > 1): one host thread per AP.
+"""Application processors (rig `cpus` > 1 on x86_64): one host thread per AP.
 
 With the in-kernel irqchip an AP's KVM_RUN blocks until the guest starts it
 through its local APIC (INIT, SIPI: KVM does both), so every AP thread simply
