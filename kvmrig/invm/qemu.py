@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
-from kvmrig.errors import BackendError, BackendUnavailable
+from kvmrig.errors import BackendError
 from kvmrig.invm.cpio import CpioWriter
 from kvmrig.invm.image import INIT_SH, BaseImage, ensure_base_image
 from kvmrig.invm.lanes import ARM64, LANES, Lane

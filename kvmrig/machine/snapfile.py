@@ -180,7 +180,9 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
         raise SnapshotError(f"{path}: corrupt snapshot header: {e}") from None
     body = rest[length:]
     try:
-        snap_arch, snap_backend = header["arch"], header["backend"]
+        for key in ("arch", "backend"):   # required: the caller checks them against the rig
+            if not isinstance(header[key], str):
+                raise TypeError(key)
         regions = [(int(r["at"], 16), int(r["size"], 16), bool(r["rom"]), int(r["offset"]), int(r["length"]),
                     r["sha256"], [_run(x) for x in r["runs"]]) for r in header["memory"]]
         cpu, origin = header["cpu"], header.get("origin", {})

@@ -488,12 +488,11 @@ def ioctl_table(arch: str) -> dict[str, int]:
         "KVM_GET_ONE_REG":              IOW(0xAB, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_SET_ONE_REG":              IOW(0xAC, "struct kvm_one_reg"),         # vcpu; KVM_CAP_ONE_REG
         "KVM_CREATE_IRQCHIP":           _IO(0x60),                               # VM, before vcpus; KVM_CAP_IRQCHIP
-        "KVM_IRQ_LINE":                 IOW(0x61, "struct kvm_irq_level"),       # VM; KVM_CAP_IRQCHIP
+        "KVM_IRQ_LINE":                 IOW(0x61, "struct kvm_irq_level"),       # VM; KVM_CAP_IRQCHIP (x86 irqchip, arm64 GIC)
         "KVM_GET_REG_LIST":             IOWR(0xB0, "struct kvm_reg_list"),       # vcpu (arm64 snapshots)
         "KVM_GET_DIRTY_LOG":            IOW(0x42, "struct kvm_dirty_log"),       # VM: slot, bitmap
         "KVM_GET_MP_STATE":             IOR(0x98, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
         "KVM_SET_MP_STATE":             IOW(0x99, "struct kvm_mp_state"),        # vcpu; KVM_CAP_MP_STATE
-        "KVM_IRQ_LINE":                 IOW(0x61, "struct kvm_irq_level"),       # VM; KVM_CAP_IRQCHIP (in-kernel GIC)
         "KVM_CREATE_DEVICE":            IOWR(0xE0, "struct kvm_create_device"),  # VM; KVM_CAP_DEVICE_CTRL
         "KVM_SET_DEVICE_ATTR":          IOW(0xE1, "struct kvm_device_attr"),     # device or vcpu
         "KVM_GET_DEVICE_ATTR":          IOW(0xE2, "struct kvm_device_attr"),     # device or vcpu
@@ -582,7 +581,6 @@ KVM_SET_MP_STATE = IOCTLS["KVM_SET_MP_STATE"]
 KVM_SET_CPUID2 = IOCTLS.get("KVM_SET_CPUID2")
 KVM_CREATE_PIT2 = IOCTLS.get("KVM_CREATE_PIT2")
 KVM_CREATE_IRQCHIP = IOCTLS["KVM_CREATE_IRQCHIP"]
-KVM_IRQ_LINE = IOCTLS["KVM_IRQ_LINE"]
 KVM_ARM_VCPU_INIT = IOCTLS.get("KVM_ARM_VCPU_INIT")
 KVM_ARM_PREFERRED_TARGET = IOCTLS.get("KVM_ARM_PREFERRED_TARGET")
 
