@@ -131,12 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     mrg.add_argument("out", metavar="OUT", help="the merged report: .xml (JUnit) or .json (JSON results)")
     mrg.add_argument("inputs", nargs="+", metavar="IN", help="reports of the same kind to merge")
     imp = sub.add_parser("import", help="write rigs for another test suite's tests",
-                         description="kvm-unit-tests: one rig per test of UNITTESTS_CFG for the host's arch, "
-                                     "running FLAT_DIR's binaries as the suite's QEMU runner does.")
+                         description="kvm-unit-tests: one rig per test of UNITTESTS_CFG for the binaries' arch "
+                                     "(x86_64 or arm64, from their ELF headers; else the host's), running "
+                                     "FLAT_DIR's binaries as the suite's QEMU runner does.")
     imp.add_argument("suite", choices=("kvm-unit-tests",), help="the suite")
     imp.add_argument("cfg", metavar="UNITTESTS_CFG", help="the suite's unittests.cfg")
     imp.add_argument("flat_dir", metavar="FLAT_DIR", help="the folder with its built *.flat files")
     imp.add_argument("-o", "--output", required=True, metavar="DIR", help="where to write the rigs")
+    imp.add_argument("--arch", choices=("x86_64", "arm64"), help="the arch to write rigs for (default: detected)")
+    imp.add_argument("--max-smp", type=int, default=2, metavar="N", help="what $MAX_SMP means (default 2)")
     dbg = sub.add_parser("debug", help="run one rig under gdb: stopped at its entry, served over TCP",
                          description="Load RIG, stop it at its first instruction and serve it to one gdb "
                                      "(GDB remote protocol): breakpoints, watchpoints, stepping, registers and "
@@ -288,7 +291,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         if not Path(path).exists():
             return _usage(f"no such file or folder: {path}")
     try:
-        written, left_out = import_suite(Path(args.cfg), Path(args.flat_dir), Path(args.output))
+        written, left_out = import_suite(Path(args.cfg), Path(args.flat_dir), Path(args.output), args.arch,
+                                         max(1, args.max_smp))
     except UsageError as e:
         return _usage(str(e))
     for line in left_out:

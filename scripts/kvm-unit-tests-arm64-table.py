@@ -4,13 +4,16 @@ kvm-unit-tests unittests.cfg, run the usual way under qemu-system-aarch64
 (`-M virt,gic-version=3 -cpu max`, TCG, on this host) and as a kvmrig rig on
 real arm64 KVM (the JSON results of `kvmrig run --in-vm arm64`), side by side.
 
-    python3 -m kvmrig.importers.kvm_unit_tests_arm64 CFG FLATS -o /tmp/kut
+    python3 -m kvmrig import kvm-unit-tests CFG FLATS -o /tmp/kut
     python3 -m kvmrig run --in-vm arm64 /tmp/kut -j 1 --json /tmp/kut.json
     scripts/kvm-unit-tests-arm64-table.py CFG FLATS /tmp/kut.json > table.md
 
 QEMU runs one test at a time with the section's smp ($MAX_SMP = 2), -m and
 -machine options, its test_args as -append, and the section's timeout (90 s
 by default, at most --timeout-cap); its verdict is the `EXIT: STATUS=N` the suite prints.
+kvmrig's column is the rig's status (the `verdict:` key reads the same line
+and the PASS/FAIL/SKIP lines, one JUnit testcase each) with that line and
+the count of checks it reported.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from kvmrig.importers.kvm_unit_tests_arm64 import DEFAULT_TIMEOUT, max_smp_expr
+from kvmrig.importers.kvm_unit_tests import DEFAULT_TIMEOUT, max_smp_expr
 
 VERDICT = {1: "PASS", 77: "SKIP", 3: "FAIL", 127: "ABORT"}
 
@@ -90,8 +93,10 @@ def main() -> None:
         elif r["status"] == "error":
             k, kt = f"error: {r['message'][:90]}", ""
         else:
-            k, kt = verdict(r.get("console", "")) + ("" if r["status"] == "passed" else
-                                                       f" [{r['exit']['reason']}]"), f"{r['duration']:.2f} s"
+            subtests = r.get("subtests", [])
+            k = f"{r['status']}: " + verdict(r.get("console", "")) + f"; {len(subtests)} testcases" + (
+                "" if r["status"] in ("passed", "skipped") else f" [{r['exit']['reason']}]")
+            kt = f"{r['duration']:.2f} s"
         print(f"| {name} | {q} | {qt:.2f} s | {k} | {kt} |", flush=True)
 
 

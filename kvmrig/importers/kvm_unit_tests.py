@@ -1,11 +1,14 @@
-"""`kvmrig import kvm-unit-tests UNITTESTS_CFG FLAT_DIR -o DIR`: one rig per
-test of a kvm-unit-tests `unittests.cfg`, running the suite's binaries the way
+"""`kvmrig import kvm-unit-tests UNITTESTS_CFG FLAT_DIR -o DIR [--arch A]`:
+one rig per test of a kvm-unit-tests `unittests.cfg`. The cfg is read here
+for every arch; the arch (from the binaries' ELF headers, else the host's)
+picks the rig: arm64 in kvm_unit_tests_arm64 (QEMU virt, as arm/run), x86_64
+here, running the suite's binaries the way
 its x86 runner runs them under QEMU (x86/run): a multiboot `-kernel`, the
 16550 on 0x3f8, pc-testdev and isa-debug-exit on 0xf4, fw_cfg, the PIC, IOAPIC,
 local APIC and PIT, 128 MiB unless `-m` says otherwise.
 
-What a section says becomes rig keys: `smp` -> `cpus` (only 1 runs
-today: the rig is written, and tagged `smp`), `-cpu MODEL,+f,-f,vendor=V` ->
+What a section says becomes rig keys: `smp` (a number, `$MAX_SMP` or the
+suite's `$((($MAX_SMP < N)?$MAX_SMP:N))`) -> `cpus` (tagged `smp`), `-cpu MODEL,+f,-f,vendor=V` ->
 `cpu.cpuid` add/remove/vendor (the model name itself is not imitated: the CPU
 is KVM's), `test_args` / `-append` -> the multiboot command line, `groups` ->
 tags, `timeout` -> timeout, `arch` -> which sections are written at all,
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import platform
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -31,6 +35,8 @@ DEFAULT_TIMEOUT = 90        # seconds: kvm-unit-tests' run_tests.sh default
 DEFAULT_MEMORY_MB = 128     # QEMU's default -m
 LOW_LIMIT = 3 << 30         # RAM below 4 GiB ends here; the rest goes above 4 GiB
 GUEST_CHECKS = "kvm-unit-tests"
+ARCHES = ("x86_64", "arm64")
+ELF_MACHINES = {3: "x86_64", 62: "x86_64", 183: "arm64"}   # EM_386 (the x86 .flat), EM_X86_64, EM_AARCH64
 QEMU_FEATURE_NAMES = {"tsc-deadline": "tsc_deadline_timer", "arch-capabilities": "arch_capabilities"}
 
 
@@ -46,7 +52,9 @@ class Test:
     arch: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     memory_mb: int = DEFAULT_MEMORY_MB
+    memory_given: bool = False   # `-m` was given (else each arch's runner has its own default)
     pit: bool = True
+    gic_version: str | None = None   # arm: `-machine gic-version=N`
     cpu_model: str | None = None
     add: list[str] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
@@ -54,6 +62,20 @@ class Test:
     ignored: list[str] = field(default_factory=list)   # QEMU options kvmrig does not model
     check: str = ""
     accel: str = ""
+
+
+def max_smp_expr(text: str, max_smp: int) -> int:
+    """`smp` of a section: a number, $MAX_SMP, or the suite's
+    `$((($MAX_SMP < N)?$MAX_SMP:N))` (the smaller of the two)."""
+    text = text.strip()
+    capped = re.fullmatch(r"\$\(\(\(\$MAX_SMP\s*<\s*(\d+)\)\?\$MAX_SMP:(\d+)\)\)", text)
+    if capped:
+        return min(max_smp, int(capped.group(2)))
+    if text == "$MAX_SMP":
+        return max_smp
+    if not text.isdigit():
+        raise UsageError(f"smp {text!r} is neither a number nor a $MAX_SMP expression")
+    return int(text) or 1
 
 
 def _duration(text: str) -> float:
@@ -102,11 +124,18 @@ def _qemu_params(test: Test, text: str) -> None:
             test.args = (test.args + " " + value).strip()
         elif opt == "-m":
             test.memory_mb = _memory_mb(value)
+            test.memory_given = True
         elif opt == "-smp":
             test.smp = int(value.split(",")[0].split("=")[-1])
-        elif opt == "-machine" and "pit=off" in value.split(","):
-            test.pit = False
-            rest = [v for v in value.split(",") if v != "pit=off"]
+        elif opt == "-machine":
+            rest = []
+            for v in value.split(","):
+                if v == "pit=off":
+                    test.pit = False
+                elif v.startswith("gic-version="):
+                    test.gic_version = v.split("=", 1)[1]
+                else:
+                    rest.append(v)
             if rest:
                 test.ignored.append("-machine " + ",".join(rest))
         elif opt.startswith("-"):
@@ -116,8 +145,8 @@ def _qemu_params(test: Test, text: str) -> None:
         i += 2
 
 
-def read_cfg(path: Path) -> list[Test]:
-    """Every section of a unittests.cfg, in file order."""
+def read_cfg(path: Path, max_smp: int = 2) -> list[Test]:
+    """Every section of a unittests.cfg, in file order (`$MAX_SMP` = max_smp)."""
     parser = configparser.ConfigParser(interpolation=None, strict=False, comment_prefixes=("#",),
                                        inline_comment_prefixes=None)
     try:
@@ -130,7 +159,7 @@ def read_cfg(path: Path) -> list[Test]:
         if "file" not in sec:
             raise UsageError(f"{path}: section [{name}] has no `file`")
         test = Test(name, sec["file"].strip())
-        test.smp = int(sec.get("smp", "1").strip() or 1)
+        test.smp = max_smp_expr(sec.get("smp", "1").strip() or "1", max_smp)
         test.groups = sec.get("groups", "").split()
         test.arch = sec.get("arch", "").strip() or None
         test.check = sec.get("check", "").strip()
@@ -164,6 +193,8 @@ def rig_for(test: Test, flat: Path, out_dir: Path) -> dict:
         notes.append("not modelled: " + "; ".join(test.ignored))
     if test.check:
         notes.append(f"kvm-unit-tests runs it only if {test.check}")
+    if test.gic_version:
+        notes.append(f"not modelled: -machine gic-version={test.gic_version} (an arm option)")
     image = {"file": rel, "format": "multiboot", "cmdline": f"{flat.name} {test.args}".strip()}
     rig: dict = {
         "kvmrig": 1,
@@ -218,9 +249,42 @@ def _yaml_text(rig: dict) -> str:
     return head + yaml.dump(rig, Dumper=Dumper, sort_keys=False, default_flow_style=None, width=110)
 
 
-def import_suite(cfg: Path, flat_dir: Path, out_dir: Path, arch: str = "x86_64") -> tuple[list[Path], list[str]]:
-    """Write one rig per test for `arch` into out_dir: (files written, what was left out and why)."""
-    tests = read_cfg(cfg)
+def elf_arch(path: Path) -> str | None:
+    """The arch of an ELF file by its e_machine (None: not ELF, or not one kvmrig imports)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    return ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"))
+
+
+def detect_arch(tests: list[Test], flat_dir: Path) -> str:
+    """Which arch the binaries are for: a `.flat` that is an ELF (x86's
+    multiboot kernels), or its `.elf` sibling (arm's raw `.flat`s); else the
+    host's."""
+    for test in tests:
+        flat = flat_dir / test.file
+        for candidate in (flat, flat.with_suffix(".elf")):
+            arch = elf_arch(candidate)
+            if arch:
+                return arch
+    return {"aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "x86_64")
+
+
+def import_suite(cfg: Path, flat_dir: Path, out_dir: Path, arch: str | None = None,
+                 max_smp: int = 2) -> tuple[list[Path], list[str]]:
+    """Write one rig per test for `arch` (None: detect_arch) into out_dir:
+    (files written, what was left out and why)."""
+    from kvmrig.importers import kvm_unit_tests_arm64  # the arm64 half builds on this module
+
+    tests = read_cfg(cfg, max_smp)
+    arch = arch or detect_arch(tests, flat_dir)
+    if arch not in ARCHES:
+        raise UsageError(f"arch {arch!r}: kvmrig imports kvm-unit-tests for {', '.join(ARCHES)}")
+    build = kvm_unit_tests_arm64.rig_for if arch == "arm64" else rig_for
     out_dir.mkdir(parents=True, exist_ok=True)
     written, left_out = [], []
     for test in tests:
@@ -232,6 +296,6 @@ def import_suite(cfg: Path, flat_dir: Path, out_dir: Path, arch: str = "x86_64")
             left_out.append(f"{test.name}: {flat} is missing")
             continue
         path = out_dir / f"{test.name}.yaml"
-        path.write_text(_yaml_text(rig_for(test, flat.resolve(), out_dir.resolve())), encoding="utf-8")
+        path.write_text(_yaml_text(build(test, flat.resolve(), out_dir.resolve())), encoding="utf-8")
         written.append(path)
     return written, left_out

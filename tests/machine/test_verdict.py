@@ -58,3 +58,36 @@ def test_tap():
     assert plan == "1..4"
     assert [(s.name, s.status) for s in subtests] == [
         ("alpha", "passed"), ("beta", "failed"), ("gamma", "skipped"), ("delta", "xfail")]
+
+
+def _arm(console: str, exit: str = "system-off") -> Outcome:
+    return Outcome(exit, console=console.encode())
+
+
+def test_arm_exit_status_line_maps_like_the_exit_port():
+    """kvm-unit-tests' arm exit(): `EXIT: STATUS=(code << 1) | 1`, then PSCI SYSTEM_OFF."""
+    rig = _rig("kvm-unit-tests", "kvm-unit-tests")
+    ok = _arm("PASS: a\nSUMMARY: 1 tests\n\nEXIT: STATUS=1\n")
+    assert verdict.apply(rig, ok) == [] and ok.skipped is None and [s.name for s in ok.subtests] == ["a"]
+    fail = _arm("FAIL: a\nSUMMARY: 1 tests, 1 unexpected failures\n\nEXIT: STATUS=3\n")
+    whats = [f.what for f in verdict.apply(rig, fail)]
+    assert any("FAIL: a" in w for w in whats) and any("reported failure" in w for w in whats)
+    skip = _arm("SKIP: No ITS\nSUMMARY: 1 tests, 1 skipped\n\nEXIT: STATUS=77\n")
+    assert verdict.apply(rig, skip) == [] and skip.skipped.endswith("(exit code 38): No ITS")
+    no_checks = _arm("GICv3 MMIO tests NYI\n\nEXIT: STATUS=77\n")
+    assert verdict.apply(_rig(None, "kvm-unit-tests"), no_checks) == []
+    assert no_checks.skipped.endswith(": GICv3 MMIO tests NYI")
+    (abort,) = verdict.apply(rig, _arm("GICv3 MMIO tests NYI\nSUMMARY: 0 tests\n\nEXIT: STATUS=127\n"))
+    assert "aborted" in abort.what and abort.actual == "63 (EXIT: STATUS=127)"
+
+
+def test_arm_exit_status_is_the_last_line_and_must_be_there_and_odd():
+    rig = _rig(None, "kvm-unit-tests")
+    assert verdict.apply(rig, _arm("EXIT: STATUS=3\r\nEXIT: STATUS=1\r\n")) == []
+    (missing,) = verdict.apply(rig, _arm("PASS: a\nSUMMARY: 1 tests\n"))
+    assert "without an `EXIT: STATUS=N` line" in missing.actual
+    (even,) = verdict.apply(rig, _arm("EXIT: STATUS=2\n"))
+    assert "even" in even.actual
+    # a line that only contains the text is not the exit line; other ends are expect.exit's business
+    assert verdict.apply(rig, _arm("x EXIT: STATUS=1\n"))[0].actual.startswith("the guest powered off")
+    assert verdict.apply(rig, _arm("EXIT: STATUS=3\n", exit="timeout")) == []

@@ -1,10 +1,13 @@
 """kvm-unit-tests' arm64 binaries (../shared/kvm-unit-tests/arm64) as rigs,
-on REAL arm64 KVM in the arm64 VM of kvmrig.invm: the rigs written by
-kvmrig.importers.kvm_unit_tests_arm64 from the suite's unittests.cfg, run
-with `kvmrig run --in-vm arm64`. Each test of SUBSET must pass: its own
-checks (PASS lines, `EXIT: STATUS=1`, then PSCI SYSTEM_OFF), with a
-generated device tree, the in-kernel GICv3, the timer, 2 vCPUs where the
-test asks for them. docs/kvm-unit-tests-arm64.md has every test's result.
+on REAL arm64 KVM in the arm64 VM of kvmrig.invm: the rigs `kvmrig import
+kvm-unit-tests` writes from the suite's unittests.cfg (the arch told from the
+binaries), run with `kvmrig run --in-vm arm64`. Each test of SUBSET must
+pass: its own checks (PASS lines, `EXIT: STATUS=1`, then PSCI SYSTEM_OFF),
+with a generated device tree, the in-kernel GICv3, the timer, 2 vCPUs where
+the test asks for them; each PASS/FAIL/SKIP line the guest printed is one
+JUnit testcase under its rig (`verdict: {console: kvm-unit-tests}`); a test
+that skips itself (STATUS=77) is a skipped rig. docs/kvm-unit-tests-arm64.md
+has every test's result.
 
 Skipped where qemu-system-aarch64 is absent, or where the suite's binaries
 are not beside the checkout (they are test data in ../shared, not part of
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmrig.importers.kvm_unit_tests_arm64 import rigs_from_cfg
+from kvmrig.machine.verdict import KUT_LINE
 from kvmrig.invm import qemu as invm_qemu
 
 QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
@@ -33,6 +36,8 @@ SUITE = Path(os.environ.get("KVMRIG_KUT_ARM64", ROOT.parent / "shared" / "kvm-un
 # its own hardware breakpoints, watchpoints and single-step).
 SUBSET = ["selftest-setup", "selftest-vectors-kernel", "selftest-vectors-user", "selftest-smp", "psci",
           "gicv3-ipi", "gicv3-active", "timer", "cache", "debug-bp", "debug-wp", "debug-sstep"]
+# ...and one the suite skips itself here (`SKIP: No ITS`, STATUS=77): a skipped rig, not a failure.
+SKIPS = ["its-trigger"]
 
 pytestmark = [
     pytest.mark.arm64vm,
@@ -44,24 +49,43 @@ pytestmark = [
 
 
 def test_kvm_unit_tests_arm64_pass_on_real_kvm(tmp_path):
-    written = rigs_from_cfg(SUITE / "unittests.cfg", SUITE, tmp_path / "rigs", max_smp=2)
-    for path in written:
-        if path.stem not in SUBSET:
+    rigs = tmp_path / "rigs"
+    r = subprocess.run([sys.executable, "-m", "kvmrig", "import", "kvm-unit-tests", str(SUITE / "unittests.cfg"),
+                        str(SUITE), "-o", str(rigs)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for path in rigs.glob("*.yaml"):
+        if path.stem not in SUBSET + SKIPS:
             path.unlink()
             continue
+        assert "arch: arm64" in path.read_text(), path
         # The suite's own timeouts are for QEMU on real hardware; the lane's vCPU is emulated.
         path.write_text(path.read_text().replace("timeout: 10s", "timeout: 60s"))
-    assert sorted(p.stem for p in (tmp_path / "rigs").glob("*.yaml")) == sorted(SUBSET)
+    assert sorted(p.stem for p in rigs.glob("*.yaml")) == sorted(SUBSET + SKIPS)
     junit = tmp_path / "junit.xml"
     r = subprocess.run([sys.executable, "-m", "kvmrig", "run", "--in-vm", "arm64", "-j", "1",
-                        "--junit", str(junit), str(tmp_path / "rigs")], cwd=ROOT, capture_output=True, text=True,
+                        "--junit", str(junit), str(rigs)], cwd=ROOT, capture_output=True, text=True,
                        timeout=1800)
-    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")} if junit.exists() else {}
-    for name in SUBSET:
-        case = cases.get(f"kvm-unit-tests-arm64-{name}")
+    all_cases = list(ET.parse(junit).getroot().iter("testcase")) if junit.exists() else []
+    cases = {c.get("name"): c for c in all_cases if not c.get("classname", "").endswith(tuple(SUBSET + SKIPS))}
+    for name in SUBSET + SKIPS:
+        case = cases.get(name)
         assert case is not None, f"{name} did not run:\n{r.stdout[-3000:]}{r.stderr[-2000:]}"
         bad = case.find("failure") if case.find("failure") is not None else case.find("error")
         assert bad is None, f"{name}: {(bad.get('message') or '')[:2000]}"
         console = case.findtext("system-out") or ""
-        assert "EXIT: STATUS=1\n" in console and "PASS: " in console and "FAIL: " not in console, name
+        checks = [KUT_LINE.match(line.rstrip("\r")) for line in console.splitlines()]
+        checks = [m for m in checks if m]
+        sub = [c for c in all_cases if c.get("classname", "").endswith("." + name)]
+        # one testcase per PASS/FAIL/SKIP line, in console order, with the check's status
+        assert [c.get("name").split(" #")[0] for c in sub] == [m.group(2).strip() for m in checks], name
+        assert [("skipped" if c.find("skipped") is not None else "failed" if c.find("failure") is not None
+                 else "passed") for c in sub] == [{"PASS": "passed", "SKIP": "skipped"}.get(m.group(1), "failed")
+                                                  for m in checks], name
+        if name in SKIPS:
+            assert case.find("skipped") is not None and "EXIT: STATUS=77\n" in console, name
+            assert "SKIP: " in console, name
+        else:
+            assert case.find("skipped") is None, name
+            assert "EXIT: STATUS=1\n" in console and checks and "FAIL: " not in console, name
+            assert any(m.group(1) == "PASS" for m in checks), name
     assert r.returncode == 0, r.stdout[-3000:]
