@@ -54,6 +54,17 @@ class Backend(ABC):
     def set_regs(self, regs: dict[str, int]) -> None:
         """Set registers by canonical name; others keep their value."""
 
+    def max_cpus(self) -> int | None:
+        """How many vCPUs one VM of this backend can have (None: only the
+        rig's own limits apply): the machine layer checks the rig's `cpus`
+        against it, so the error names that key's line."""
+        return None
+
+    def offers_pmu(self, state: Any) -> bool:
+        """Whether the vCPUs of a VM with this initial state get a PMU (arm64:
+        KVM's PMUv3): the generated device tree lists one only then."""
+        return False
+
     @abstractmethod
     def hw_debug_slots(self) -> tuple[int, int, bool]:
         """(breakpoint slots, watchpoint slots, shared): x86 has 4 shared."""
@@ -85,6 +96,12 @@ class Backend(ABC):
 
     def quiesce(self) -> None:
         """Stop every vCPU but the one run() drives (before the verdict)."""
+
+    def step_alone(self, on: bool) -> None:
+        """While on, only the vCPU of the last event runs: the machine has lifted
+        a software breakpoint from the memory every vCPU shares to single-step
+        that vCPU over it, and another vCPU would run past it uncounted. One
+        vCPU (the default): nothing to do."""
 
     def get_extra_regs(self) -> dict[str, int]:
         """Registers only a debugger shows (x86: fs_base, gs_base, the x87 and

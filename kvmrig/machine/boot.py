@@ -28,6 +28,9 @@ class BootPlan:
     first_pc: int                  # address of the first instruction
     writes: list[tuple[int, bytes]] = field(default_factory=list)
     reserved: tuple[int, int] | None = None  # [start, end) the runner owns (x86 tables)
+    # arm64: the generated device tree without its PMU node, (address, bytes padded to the
+    # tree's size), written over it when the backend gives the vCPUs no PMU (Session.start)
+    dtb_without_pmu: tuple[int, bytes] | None = None
 
 
 def _tables_spot(plan, need: int) -> int:
@@ -168,11 +171,11 @@ def _arm64(plan) -> BootPlan:
     rig = plan.rig
     gic = arm.GicLayout(rig.gic.distributor, rig.gic.redistributor, rig.gic.irqs) if rig.gic else None
     writes: list[tuple[int, bytes]] = []
-    dtb = None
+    dtb = without_pmu = None
     if rig.wants_dtb:
-        writes, dtb = plan_dtb(plan)
+        writes, dtb, without_pmu = plan_dtb(plan)
     state = arm.initial_state(plan.entry, dtb, gic, rig.cpus)
-    return BootPlan(state, plan.entry, writes)
+    return BootPlan(state, plan.entry, writes, dtb_without_pmu=without_pmu)
 
 
 def plan_boot(plan) -> BootPlan:

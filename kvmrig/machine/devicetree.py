@@ -11,6 +11,8 @@ anything else is a rig error at the `dtb` key.
 
 from __future__ import annotations
 
+import dataclasses
+
 from kvmrig.arch.arm64 import devicetree as fdt
 from kvmrig.arch.arm64 import linux
 from kvmrig.errors import RigError
@@ -42,8 +44,11 @@ def _home(rig: Rig, entry: int):
     return next((r for r in ram if r.at <= entry < r.end), ram[0] if ram else None)
 
 
-def plan_dtb(plan) -> tuple[list[tuple[int, bytes]], int]:
-    """(memory writes, DTB address) for the rig's device tree and initrd."""
+def plan_dtb(plan) -> tuple[list[tuple[int, bytes]], int, tuple[int, bytes] | None]:
+    """(memory writes, DTB address, the generated tree without a PMU node) for
+    the rig's device tree and initrd. Whether the vCPUs get a PMU is KVM's
+    answer, known once the VM exists: the tree lists one, and the session
+    writes the second tree over it where the backend offers none."""
     rig: Rig = plan.rig
     spec = rig.dtb
     mark = spec.mark if spec is not None else (rig.cpus_mark or (rig.gic.mark if rig.gic else rig.mark))
@@ -61,18 +66,26 @@ def plan_dtb(plan) -> tuple[list[tuple[int, bytes]], int]:
         blob = fdt.generate(tree_spec(rig, (0, 0) if initrd_data is not None else None))
     at = spec.at if spec is not None and spec.at is not None else (home.end - len(blob)) // PAGE * PAGE
     writes: list[tuple[int, bytes]] = []
+    tree = None
     if initrd_data is not None:
         initrd_at = (at - len(initrd_data)) // PAGE * PAGE
         _check_span(plan, initrd_at, len(initrd_data), "the initrd", spec.initrd_mark)
-        if spec.file is None:
-            blob = fdt.generate(tree_spec(rig, (initrd_at, initrd_at + len(initrd_data))))
+        if spec is None or spec.file is None:
+            tree = tree_spec(rig, (initrd_at, initrd_at + len(initrd_data)))
+            blob = fdt.generate(tree)
         writes.append((initrd_at, initrd_data))
+    elif spec is None or spec.file is None:
+        tree = tree_spec(rig, None)
     if len(blob) > linux.DTB_MAX:
         raise RigError(f"the device tree is {len(blob)} bytes; arm64 allows 2 MiB at most", mark)
     _check_span(plan, at, len(blob), "the device tree", spec.mark if spec is not None and spec.at is not None
                 else mark)
     writes.append((at, blob))
-    return writes, at
+    without_pmu = None
+    if tree is not None and tree.gic is not None:
+        smaller = fdt.generate(dataclasses.replace(tree, pmu=False))
+        without_pmu = (at, smaller + bytes(len(blob) - len(smaller)))
+    return writes, at, without_pmu
 
 
 def _check_span(plan, at: int, size: int, what: str, mark) -> None:

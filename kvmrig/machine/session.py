@@ -26,6 +26,7 @@ from kvmrig.backends.base import Backend
 from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, PortIO, Shutdown, Step, SwBreak,
                                     SystemEvent, Timeout, Unhandled, WatchHit)
 from kvmrig.coverage import collect
+from kvmrig.errors import RigError
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
 from kvmrig.machine import golden
 from kvmrig.machine import verdict
@@ -145,7 +146,14 @@ class Session:
             self.memory.write(addr, data)
         for b in self.memory.backings:
             self.backend.map_memory(b.start, b.buf, b.region.rom)
+        limit = self.backend.max_cpus()
+        if limit is not None and self.rig.cpus > limit:
+            raise RigError(f"{self.rig.cpus} vCPUs asked, this {self.backend.name} offers at most {limit} per VM "
+                           "(KVM_CAP_MAX_VCPUS)", self.rig.cpus_mark or self.rig.mark)
         self.backend.set_initial_state(self.plan.boot.state)
+        without_pmu = self.plan.boot.dtb_without_pmu
+        if without_pmu is not None and not self.backend.offers_pmu(self.plan.boot.state):
+            self.memory.write(*without_pmu)   # the generated tree lists no PMU the vCPUs lack
         self.patches.insn = self.backend.sw_break_insn()  # may depend on the machine (irqchip)
         if self.rig.arch == "arm64" and any(d.irq is not None for d in self.rig.devices):
             self.bus.connect_irqs(self.backend.set_irq_line)
@@ -439,6 +447,7 @@ class Session:
             if self.stepping_over in self.debug.sw_all:  # a debugger may have removed its point
                 self.patches.plant(self.stepping_over)
             self.stepping_over = None
+            self.backend.step_alone(False)
             if not self.user_step:
                 self._arm(False)
         if self.user_step:
@@ -477,6 +486,7 @@ class Session:
         the step re-plants it if a breakpoint still wants it."""
         self.patches.lift(pc)
         self.stepping_over = pc
+        self.backend.step_alone(True)   # until the step: no other vCPU may pass the lifted breakpoint
         if not self.user_step:
             self._arm(True)
 

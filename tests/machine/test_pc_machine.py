@@ -256,3 +256,33 @@ def test_linux_bzimage_is_entered_at_its_64_bit_entry_with_the_zero_page(tmp_pat
     assert out.exit == "hlt", out.detail
     assert out.regs["rax"] == 0x7000 and out.regs["rcx"] == 0x20000
     assert out.regs["rdx"] & 0xFF == ord("c") and (out.regs["rbx"] >> 8) & 0xFF == ord("Z")
+
+
+@kvm
+def test_more_vcpus_than_kvm_offers_is_a_rig_error_at_cpus(monkeypatch):
+    """KVM_CAP_MAX_VCPUS is read from the real VM (kvm_pvm offers 1024, more than
+    a rig may ask): a smaller limit stands in for a KVM that offers fewer, so
+    the check and its file:line are what runs."""
+    from kvmrig.backends.kvm.common import KvmBackendBase
+    from kvmrig.backends.kvm.x86_64 import KvmX86Backend
+    from kvmrig.backends.kvm import abi
+    from kvmrig.result import ERROR
+    from kvmrig.rig.load import load_rig_text
+    from kvmrig.runner import run_rig
+
+    backend = KvmX86Backend()
+    try:
+        real = backend.max_cpus()
+        assert real == backend.vm.check_extension(abi.KVM_CAP_MAX_VCPUS) and real >= 64
+    finally:
+        backend.close()
+    text = ("kvmrig: 1\narch: x86_64\ntimeout: 3s\nmemory: [{at: 0, size: 2M}]\nmachine: {irqchip: true}\n"
+            "cpus: 3\nimages: [{hex: 'f4', at: 0x1000}]\ncpu: {mode: protected, entry: 0x1000}\n"
+            "expect: {exit: hlt}\n")
+    monkeypatch.setattr(KvmBackendBase, "max_cpus", lambda self: 2)
+    result = run_rig(load_rig_text(text, "/rigs/many.yaml"), backend="kvm")
+    assert result.status == ERROR
+    assert result.message == ("/rigs/many.yaml:6:7: 3 vCPUs asked, this kvm offers at most 2 per VM "
+                              "(KVM_CAP_MAX_VCPUS)"), result.message
+    monkeypatch.setattr(KvmBackendBase, "max_cpus", lambda self: 3)   # exactly what KVM offers: runs
+    assert run_rig(load_rig_text(text, "/rigs/many.yaml"), backend="kvm").status != ERROR

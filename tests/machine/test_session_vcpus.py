@@ -66,3 +66,45 @@ def test_hits_and_the_end_name_their_vcpu():
     assert [h.cpu for h in outcome.hits] == [0, 1]
     failures = [str(f) for f in outcome.failures]
     assert len(failures) == 1 and "hit 2 on vCPU 1: register x5: expected 7, got 9" in failures[0]
+
+
+GIC_RIG = """\
+kvmrig: 1
+arch: arm64
+memory: [{at: 0x40000000, size: 64K}]
+images: [{hex: "1f2003d5", at: 0x40000000}]
+gic: {}
+expect: {exit: system-off}
+"""
+
+
+def _tree_after_start(offers: bool) -> tuple[list[str], bytes, int]:
+    """The root's node names in the device tree the guest finds in memory, its bytes, and its address."""
+    import libfdt
+
+    rig = load_rig_text(GIC_RIG)
+    plan = prepare(rig)
+    backend = Scripted([(0, SystemEvent(0x40000004, "off"))])
+    backend.offers_pmu = lambda state: offers and state.gic is not None
+    memory = Memory(rig.memory)
+    try:
+        Session(plan, backend, memory).run()
+        at = plan.boot.state.dtb
+        blob = memory.read(at, len(plan.boot.writes[-1][1]))
+    finally:
+        memory.close()
+    fdt = libfdt.Fdt(blob)
+    names, node = [], fdt.first_subnode(0, libfdt.QUIET_NOTFOUND)
+    while node >= 0:
+        names.append(fdt.get_name(node))
+        node = fdt.next_subnode(node, libfdt.QUIET_NOTFOUND)
+    return names, blob, at
+
+
+def test_the_generated_tree_lists_a_pmu_only_where_the_backend_gives_one():
+    with_pmu, blob, at = _tree_after_start(True)
+    assert "pmu" in with_pmu and "intc@8000000" in with_pmu
+    without, blob2, at2 = _tree_after_start(False)
+    assert "pmu" not in without and "intc@8000000" in without and at2 == at
+    assert [n for n in with_pmu if n != "pmu"] == without
+    assert len(blob2) == len(blob) and blob2.rstrip(b"\0") != blob.rstrip(b"\0")   # written over, same space

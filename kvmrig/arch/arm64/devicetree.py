@@ -48,6 +48,7 @@ class TreeSpec:
     uarts: list[Uart] = field(default_factory=list)
     bootargs: str = ""
     initrd: tuple[int, int] | None = None        # [start, end)
+    pmu: bool = True                             # with a GIC: a PMUv3 node (when KVM gives the vCPUs one)
 
 
 def _cells(*values: int) -> bytes:
@@ -96,6 +97,7 @@ def generate(spec: TreeSpec) -> bytes:
         _timer(sw, spec.gic is not None)
         if spec.gic is not None:
             _gic(sw, spec.gic)
+        if spec.gic is not None and spec.pmu:
             with sw.add_node("pmu"):  # KVM's PMUv3, given to the vCPUs with a GIC where KVM has one
                 sw.property("compatible", _strings("arm,armv8-pmuv3"))
                 sw.property("interrupts", _cells(virt.GIC_PPI, virt.PMU_PPI, virt.IRQ_TYPE_LEVEL_HIGH))

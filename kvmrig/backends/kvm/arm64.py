@@ -151,11 +151,12 @@ class KvmArm64Backend(KvmBackendBase):
         features = [abi.KVM_ARM_VCPU_PSCI_0_2]
         if not boot:
             features.append(abi.KVM_ARM_VCPU_POWER_OFF)
-        if self._pmu(state):
+        if self.offers_pmu(state):
             features.append(abi.KVM_ARM_VCPU_PMU_V3)
         return features
 
-    def _pmu(self, state: Arm64State) -> bool:
+    def offers_pmu(self, state: Arm64State) -> bool:
+        """A PMUv3 needs an in-kernel GIC (its overflow PPI) and KVM_CAP_ARM_PMU_V3."""
         return state.gic is not None and self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0
 
     def _create_gic(self, gic: GicLayout, vcpus: list) -> None:
@@ -186,7 +187,7 @@ class KvmArm64Backend(KvmBackendBase):
             dev.set_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
         except KvmError as e:
             raise BackendError(f"GICv3: initialising it failed: {e}") from None
-        if self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0:
+        if self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0:   # = offers_pmu: a GIC is being made
             for vcpu in vcpus:  # the PMU's INIT needs the vGIC initialised (ENODEV before)
                 try:
                     vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_IRQ,

@@ -23,10 +23,14 @@ reinject go to the vCPU of the last event, set_debug arms every vCPU (KVM
 debug registers are per vCPU). The final registers are those of the vCPU
 that ended the run (the event detail names it).
 
-Known limits: single-step (trace, `steps`, stepping over a software
-breakpoint) follows the vCPU of the last event. Software breakpoints are
-planted in memory all vCPUs share: while one vCPU steps over one, another
-vCPU whose turn comes may run past it. Watchpoints by page traps (KVMs without data breakpoints) are
+Single-step (trace, `steps`, stepping over a software breakpoint) follows
+the vCPU of the last event. Software breakpoints are planted in memory all
+vCPUs share: while the machine steps one vCPU over one it hit (the BRK
+lifted, step_alone), that vCPU keeps the turn until its step exits, so no
+other vCPU can pass the lifted breakpoint uncounted. A step always ends: a
+stepped WFI is woken by the slice's signal, as any WFI is.
+
+Known limits: watchpoints by page traps (KVMs without data breakpoints) are
 vCPU 0's only; arm64 KVM has real watchpoints.
 """
 
@@ -38,9 +42,7 @@ from collections.abc import Collection
 from kvmrig.arch.arm64.boot import Arm64State
 from kvmrig.backends.base import HwSlot
 from kvmrig.backends.events import DebugEvent, Event, Timeout
-from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.arm64 import KvmArm64Backend
-from kvmrig.errors import BackendError
 
 SLICE = 0.002  # seconds a vCPU runs before the next one's turn
 
@@ -79,12 +81,11 @@ class KvmArm64SmpBackend(KvmArm64Backend):
         self._current: KvmArm64Backend = self
         self._turn = 0
         self._slice_end: float | None = None
+        self._alone = False   # step_alone: the current vCPU keeps its turn
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
-        limit = self.vm.check_extension(abi.KVM_CAP_MAX_VCPUS) or self.vm.check_extension(abi.KVM_CAP_NR_VCPUS)
-        if state.cpus > limit:
-            raise BackendError(f"cpus: {state.cpus} vCPUs asked, this KVM offers at most {limit} (KVM_CAP_MAX_VCPUS)")
+        # (more vCPUs than max_cpus() is a rig error the session raised before this, at `cpus`)
         init = self.vm.arm_preferred_target()
         self.vcpu = self.vm.create_vcpu(0)
         self.vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=True))
@@ -113,7 +114,11 @@ class KvmArm64SmpBackend(KvmArm64Backend):
             if time.monotonic() >= deadline:
                 self._current = self
                 return Timeout(self.get_pc())
-            self._turn = (self._turn + 1) % n
+            if not self._alone:
+                self._turn = (self._turn + 1) % n
+
+    def step_alone(self, on: bool) -> None:
+        self._alone = on
 
     def current_cpu(self) -> int:
         return self._current.index

@@ -255,6 +255,12 @@ class KvmBackendBase(Backend):
             self._handler_installed = False
         _alarmed_run = None
 
+    def max_cpus(self) -> int | None:
+        """KVM_CAP_MAX_VCPUS of this VM (arm64: 512 with a GICv3 host, 8 with
+        a GICv2 one), else the recommended KVM_CAP_NR_VCPUS."""
+        return (self.vm.check_extension(abi.KVM_CAP_MAX_VCPUS) or self.vm.check_extension(abi.KVM_CAP_NR_VCPUS)
+                or None)
+
     # Application processors (cpus > 1) ------------------------------
     _ap_vcpus: list = []
     _aps = None       # smp.Aps once started
