@@ -141,7 +141,7 @@ class KvmArm64Backend(KvmBackendBase):
         # PSCI 0.2: KVM answers HVC #0 PSCI calls, SYSTEM_OFF/RESET exit as system events.
         vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=True))
         if state.gic is not None:
-            self._create_gic(state.gic, [vcpu])
+            self._create_gic(state.gic, [vcpu], self.offers_pmu(state))
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     def vcpu_features(self, state: Arm64State, boot: bool) -> list[int]:
@@ -159,9 +159,10 @@ class KvmArm64Backend(KvmBackendBase):
         """A PMUv3 needs an in-kernel GIC (its overflow PPI) and KVM_CAP_ARM_PMU_V3."""
         return state.gic is not None and self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0
 
-    def _create_gic(self, gic: GicLayout, vcpus: list) -> None:
+    def _create_gic(self, gic: GicLayout, vcpus: list, pmu: bool) -> None:
         """The in-kernel GICv3 (arm-vgic-v3.rst): created after the vCPUs,
-        placed, sized, initialised; then each vCPU's PMU wired to PPI 7 and
+        placed, sized, initialised; then, with `pmu` (the vCPUs were made with
+        KVM_ARM_VCPU_PMU_V3), each vCPU's PMU wired to PPI 7 and
         initialised (arm-vcpu.rst; QEMU's order). The generic timer's PPIs are
         KVM's defaults (virtual 27, physical 30), which the device tree lists."""
         if not self.vm.check_extension(abi.KVM_CAP_DEVICE_CTRL):
@@ -187,7 +188,7 @@ class KvmArm64Backend(KvmBackendBase):
             dev.set_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
         except KvmError as e:
             raise BackendError(f"GICv3: initialising it failed: {e}") from None
-        if self.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) > 0:   # = offers_pmu: a GIC is being made
+        if pmu:
             for vcpu in vcpus:  # the PMU's INIT needs the vGIC initialised (ENODEV before)
                 try:
                     vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_IRQ,

@@ -96,7 +96,8 @@ class KvmArm64SmpBackend(KvmArm64Backend):
             cpu.vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=False))
             self._cpus.append(cpu)
         if state.gic is not None:
-            self._create_gic(state.gic, [cpu.vcpu for cpu in self._cpus])  # after every vCPU exists
+            # after every vCPU exists
+            self._create_gic(state.gic, [cpu.vcpu for cpu in self._cpus], self.offers_pmu(state))
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     # Running -------------------------------------------------------------

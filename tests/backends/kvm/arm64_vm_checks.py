@@ -122,8 +122,7 @@ class Machine:
     count = 0
 
     def __init__(self, images):
-        self.base = FIRST_BASE + Machine.count * BASE_STEP
-        Machine.count += 1
+        self.base = _fresh_base()
         if callable(images):
             images = images(self.base)
         self.ram = mmap.mmap(-1, RAM_SIZE)
@@ -377,8 +376,89 @@ def check_too_many_slots(res: dict) -> None:
         m.close()
 
 
+def _fresh_base() -> int:
+    """A RAM base no Machine or rig of this process used before (see the module docstring)."""
+    base = FIRST_BASE + Machine.count * BASE_STEP
+    Machine.count += 1
+    return base
+
+
+# Reads ID_AA64DFR0_EL1 (PMUVer, bits 11:8: 0 = no PMU) into x5, then SYSTEM_OFF.
+PMUVER_GUEST = [
+    (0xD5380505, "mrs  x5, id_aa64dfr0_el1"),
+    (0x52800100, "mov  w0, #0x8"),
+    (0x72B08000, "movk w0, #0x8400, lsl #16"),  # PSCI SYSTEM_OFF
+    (0xD4000002, "hvc  #0"),
+]
+
+
+def check_pmu_in_tree(res: dict) -> None:
+    """The generated device tree lists a PMU exactly when the vCPU has one:
+    as KVM offers it, and with the backend told to give none (a real VM whose
+    vCPU is made without KVM_ARM_VCPU_PMU_V3)."""
+    import libfdt
+
+    from kvmrig.machine.plan import prepare
+    from kvmrig.machine.session import execute
+    from kvmrig.rig.load import load_rig_text
+
+    offered = KvmArm64Backend.offers_pmu
+    try:
+        for give in (True, False):
+            if not give:
+                KvmArm64Backend.offers_pmu = lambda self, state: False
+            base = _fresh_base()
+            rig = load_rig_text(f"kvmrig: 1\narch: arm64\nmemory: [{{at: {base:#x}, size: 64K}}]\n"
+                                f"images: [{{hex: '{code(PMUVER_GUEST).hex()}', at: {base:#x}}}]\ngic: {{}}\n"
+                                "expect: {exit: system-off}\n", "/rigs/pmu.yaml")
+            plan = prepare(rig)
+            at, size = plan.boot.state.dtb, len(plan.boot.writes[-1][1])
+            seen: dict = {}
+            out = execute(plan, KvmArm64Backend, after=lambda memory: seen.update(dtb=memory.read(at, size)))
+            assert out.exit == "system-off" and not out.failures, (out.exit, out.detail, out.failures)
+            pmuver = (out.regs["x5"] >> 8) & 0xF
+            node = libfdt.Fdt(seen["dtb"]).path_offset("/pmu", libfdt.QUIET_NOTFOUND) >= 0
+            res["offered" if give else "withheld"] = {"pmuver": pmuver, "pmu_node": node}
+            assert node == (pmuver != 0), f"PMU node {node}, but PMUVer {pmuver} (give={give})"
+            if not give:
+                assert pmuver == 0 and not node
+    finally:
+        KvmArm64Backend.offers_pmu = offered
+
+
+def check_max_cpus(res: dict) -> None:
+    """KVM_CAP_MAX_VCPUS is read from the VM; a rig asking more vCPUs than it
+    (a smaller limit stands in for such a KVM: this one offers 512) is a rig
+    error naming the `cpus` line."""
+    from kvmrig.backends.kvm import abi
+    from kvmrig.backends.kvm.common import KvmBackendBase
+    from kvmrig.rig.load import load_rig_text
+    from kvmrig.runner import run_rig
+
+    b = KvmArm64Backend()
+    try:
+        res["max_vcpus"] = real = b.max_cpus()
+        assert real == b.vm.check_extension(abi.KVM_CAP_MAX_VCPUS) and real >= 2, real
+    finally:
+        b.close()
+    base = _fresh_base()
+    text = (f"kvmrig: 1\narch: arm64\nmemory: [{{at: {base:#x}, size: 64K}}]\n"
+            f"images: [{{hex: '{code(PMUVER_GUEST).hex()}', at: {base:#x}}}]\ncpus: 2\n"
+            "expect: {exit: system-off}\n")
+    limit = KvmBackendBase.max_cpus
+    try:
+        KvmBackendBase.max_cpus = lambda self: 1
+        result = run_rig(load_rig_text(text, "/rigs/many.yaml"), backend="kvm")
+    finally:
+        KvmBackendBase.max_cpus = limit
+    res["message"] = result.message
+    assert result.status == "error" and result.message == (
+        "/rigs/many.yaml:5:7: 2 vCPUs asked, this kvm offers at most 1 per VM (KVM_CAP_MAX_VCPUS)"), result.message
+
+
 CHECKS = [check_caps, check_regs_round_trip, check_lazy_registers, check_watch_middle,
-          check_hw_breakpoint_on_mmio, check_hw_breakpoint_loop, check_foreign_brk, check_too_many_slots]
+          check_hw_breakpoint_on_mmio, check_hw_breakpoint_loop, check_foreign_brk, check_too_many_slots,
+          check_pmu_in_tree, check_max_cpus]
 
 
 def main(argv: list[str]) -> int:

@@ -61,6 +61,8 @@ MUTANTS = [
     ("smp-psci", "u64: 0x5eed}", "u64: 0x5eee}", "memory at 0x40008008"),
     # ten timer interrupts, each one hit of the handler's breakpoint
     ("timer-irq", "hits: 10 ", "hits: 9 ", "hits: expected 9, got 10"),
+    # two vCPUs, one breakpoint: every turn of both counted, exactly
+    ("smp-breakpoint", "hits: 200}", "hits: 201}", "hits: expected 201, got 200"),
 ]
 
 COMMAND = r"""
