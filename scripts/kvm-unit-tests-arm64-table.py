@@ -27,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from kvmrig.importers.kvm_unit_tests import DEFAULT_TIMEOUT, max_smp_expr
+from kvmrig.importers.unittests_cfg import DEFAULT_TIMEOUT, max_smp_expr
 
 VERDICT = {1: "PASS", 77: "SKIP", 3: "FAIL", 127: "ABORT"}
 

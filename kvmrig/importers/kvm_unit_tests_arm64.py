@@ -1,5 +1,5 @@
 """The arm64 half of `kvmrig import kvm-unit-tests`: the rig for one section
-of the suite's arm/unittests.cfg (read by kvm_unit_tests.read_cfg), running a
+of the suite's arm/unittests.cfg (read by unittests_cfg.read_cfg), running a
 `.flat` the way the suite's arm/run runs it under QEMU (`-M
 virt,gic-version=3 -kernel X.flat -append ARGS`):
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kvmrig.importers.kvm_unit_tests import GUEST_CHECKS, Test
+from kvmrig.importers.unittests_cfg import GUEST_CHECKS, Test
 
 RAM = 0x40000000
 LOAD_OFFSET = 0x80000     # QEMU hw/arm/boot.c: a raw (headerless) arm64 kernel goes to RAM + 0x80000

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from kvmrig.cli import main
-from kvmrig.importers.kvm_unit_tests import Test as Section
-from kvmrig.importers.kvm_unit_tests import detect_arch, import_suite, max_smp_expr, read_cfg
+from kvmrig.importers.kvm_unit_tests import detect_arch, import_suite
+from kvmrig.importers.unittests_cfg import Test as Section
+from kvmrig.importers.unittests_cfg import max_smp_expr, read_cfg
 from kvmrig.importers.kvm_unit_tests_arm64 import rig_for, unmodelled
 from kvmrig.machine.plan import prepare
 from kvmrig.errors import UsageError
