@@ -108,3 +108,39 @@ def test_the_generated_tree_lists_a_pmu_only_where_the_backend_gives_one():
     assert "pmu" not in without and "intc@8000000" in without and at2 == at
     assert [n for n in with_pmu if n != "pmu"] == without
     assert len(blob2) == len(blob) and blob2.rstrip(b"\0") != blob.rstrip(b"\0")   # written over, same space
+
+
+SW_RIG = """\
+kvmrig: 1
+arch: arm64
+cpus: 2
+memory: [{at: 0x40000000, size: 64K}]
+images: [{hex: "1f2003d5 1f2003d5 1f2003d5", at: 0x40000000}]
+breakpoints:
+  - {at: 0x40000004, hits: 2}
+expect: {exit: system-off}
+"""
+
+
+def test_stepping_over_a_software_breakpoint_holds_the_other_vcpus():
+    """While a vCPU steps over a lifted BRK, the backend is told to run it
+    alone (step_alone), and told again when its step is done: the lane's
+    rigs-kvm/arm64/smp-breakpoint.yaml shows what happens otherwise."""
+    from kvmrig.backends.events import Step, SwBreak
+
+    rig = load_rig_text(SW_RIG)
+    plan = prepare(rig)
+    backend = Scripted([(0, SwBreak(0x40000004)), (0, Step(0x40000008)), (1, SwBreak(0x40000004)),
+                        (1, Step(0x40000008)), (1, SystemEvent(0x4000000c, "off"))])
+    calls: list[tuple[int, bool, bytes]] = []
+    memory = Memory(rig.memory)
+    backend.step_alone = lambda on: calls.append((backend.current, on, memory.read(0x40000004, 4)))
+    try:
+        outcome = Session(plan, backend, memory).run()
+    finally:
+        memory.close()
+    brk, nop = bytes.fromhex("000020d4"), bytes.fromhex("1f2003d5")
+    # on: the BRK already lifted (the original nop back); off: planted again
+    assert calls == [(0, True, nop), (0, False, brk), (1, True, nop), (1, False, brk)]
+    assert list(outcome.hit_counts.values()) == [2]
+    assert [h.cpu for h in outcome.hits] == [0, 1] and not outcome.failures
