@@ -374,33 +374,35 @@ class Session:
         raise Stop("unhandled", None, ev.detail or f"backend stopped: code {ev.code!r}")
 
     # Devices ---------------------------------------------------------------
-    def _ap_event(self, index: int, ev: Event) -> bytes | None:
-        """An exit of vCPU `index` > 0 (on its own thread, under the machine
-        lock): its port I/O and MMIO reach the same devices (the answer to a
-        read is returned); what ends the run is kept, naming the vCPU, and the
-        main loop raises it."""
-        bus = self.bus
+    def _ap_event(self, index: int, ev: Event) -> None:
+        """An event of vCPU `index` > 0 (on its own thread, under the machine
+        lock; the backend's calls address that vCPU meanwhile): handled as
+        vCPU 0's are (devices, hits, watch hits); what ends the run is kept,
+        naming the vCPU, and the main loop raises it."""
+        last_pc = self.last_pc   # vCPU 0's: the halt check of its next step reads it
+        self.exits += 1
         try:
-            if type(ev) is PortIO:
-                size = ev.size
-                if ev.write:
-                    for i in range(ev.count):
-                        bus.port_write(ev.port, size, int.from_bytes(ev.data[i * size:(i + 1) * size], "little"))
-                    return None
-                return b"".join(bus.port_read(ev.port, size).to_bytes(size, "little") for _ in range(ev.count))
-            if type(ev) is Mmio:
-                if ev.write:
-                    bus.mmio_write(ev.addr, ev.size, int.from_bytes(ev.data[:ev.size], "little"),
-                                   rom=self.memory.find(ev.addr) is not None)
-                    return None
-                return bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little")
-            if type(ev) is Shutdown:
-                raise Stop("shutdown", None, ev.detail)
-            raise Stop("unhandled", None, getattr(ev, "detail", "") or type(ev).__name__)
+            if type(ev) is Step:
+                self._ap_step(ev)
+            else:
+                self._handlers[type(ev)](ev)
         except Stop as stop:
             stop.detail = f"vCPU {index}: {stop.detail}"
             self.ap_stop = stop
             raise
+        finally:
+            self.last_pc = last_pc
+            self._client_stop = None   # a debugger follows vCPU 0 only
+
+    def _ap_step(self, ev: Step) -> None:
+        """Another vCPU's single-step (trace, `steps`, coverage by steps): counted;
+        an AP's HLT is idling, never the end of the run."""
+        if self.user_step:
+            self.steps += 1
+            if self.coverage is not None:
+                self.coverage.saw(ev.pc)
+            if len(self.outcome.trace) < self.rig.trace_max:
+                self.outcome.trace.append(ev.pc)
 
     def _io(self, ev: PortIO) -> None:
         size, bus, port = ev.size, self.bus, ev.port
@@ -469,8 +471,8 @@ class Session:
         if client is not None:
             self._client_stop = Pause("sw", client)
         self.last_pc = pc
-        if not self.pc_moved:   # unless `set` moved the pc: step over it
-            self.step_over(pc)
+        if not self.pc_moved and self.patches.insn:   # unless `set` moved the pc: step over it
+            self.step_over(pc)   # (nothing planted: the backend steps past its debug register itself)
 
     def step_over(self, pc: int) -> None:
         """Run the original instruction under a planted one at `pc` by a single-step;
