@@ -97,6 +97,10 @@ class Session:
         irq = backend.set_irq_line if self.rig.machine.irqchip else None
         ctx = MachineContext(self.rig.memory, memory, self.rig.machine.cpus, irq)
         self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io, ctx)
+        self.verdict = verdict.Reader(self.rig.verdict.console) if self.rig.verdict.console else None
+        if self.verdict is not None:   # every line, as it streams: the console keeps only its head and tail
+            self.bus.console.watch = self.verdict.feed
+            self.bus.console.line_max = verdict.MAX_LINE
         self.debug = DebugPlan(self.rig, plan.traits, plan.resolve, backend.hw_debug_slots())
         self.patches = SwPatches(memory, backend.sw_break_insn())
         self.user_step = self.rig.trace_max > 0 or self.rig.expect.steps is not None
@@ -266,6 +270,7 @@ class Session:
             except Exception as e:  # noqa: BLE001 - reported; its children then say the point is missing
                 outcome.failures.append(Failure("snapshot", f"point {rig.save!r} saved", f"not saved: {e}",
                                                 rig.mark))
+        self.bus.console.flush()
         outcome.console = bytes(self.bus.console.data)
         outcome.hit_counts = self.debug.hit_counts()
         if self.user_step:
@@ -276,7 +281,7 @@ class Session:
             outcome.failures.extend(self.coverage.check(outcome.coverage))
         outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
         if rig.verdict.console or rig.verdict.exit_codes:
-            outcome.failures.extend(verdict.apply(rig, outcome))
+            outcome.failures.extend(verdict.apply(rig, outcome, self.verdict))
         golden_spec = rig.expect.golden
         if golden_spec is not None:
             if self.options.update_golden:
