@@ -49,6 +49,7 @@ class RunOptions:
     coverage: bool = False   # record executed code (kvmrig.coverage) even without executed/not_executed
 
 
+RFLAGS_IF = 1 << 9   # x86: interrupts enabled (machine.irqchip is x86's)
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
 SYSTEM_EXITS = {"off": "system-off", "reset": "reset"}  # SystemEvent.what -> outcome exit
 
@@ -160,6 +161,12 @@ class Session:
     def _plant_and_arm(self) -> None:
         for addr in self.debug.sw:
             self.patches.plant(addr)
+        if self.coverage is not None and not self.patches.insn and not self.user_step:
+            # Nothing can be planted (x86 under machine.irqchip on a KVM without
+            # INT3 interception, or with cpus > 1): every instruction is seen by single-steps.
+            self.user_step = True
+            self.outcome.notes.append("coverage: recorded by single-stepping every vCPU (no breakpoint "
+                                      "instruction can be planted on this machine), so the run is slower")
         if self.coverage is not None:
             self.coverage.start(self)
         if self.rig.machine.cpus > 1:
@@ -440,7 +447,7 @@ class Session:
 
     # Debug ---------------------------------------------------------------
     def _step(self, ev: Step) -> None:
-        self._check_halted()
+        self._check_halted(ev.pc)
         self.last_pc = ev.pc
         if self.stepping_over is not None:
             if self.stepping_over in self.debug.sw_all:  # a debugger may have removed its point
@@ -537,8 +544,9 @@ class Session:
             return
         self._sw(SwBreak(pc))
 
-    def _check_halted(self) -> None:
-        """A single-step over a halting instruction exits as a step, not a halt."""
+    def _check_halted(self, pc: int) -> None:
+        """A single-step over a halting instruction exits as a step, not a halt
+        (`pc`: where the step ended)."""
         halt = self.plan.traits.halt
         if halt is None:
             return
@@ -547,6 +555,9 @@ class Session:
         except LookupError:
             return
         if insn == halt:
+            if self.rig.machine.irqchip and (pc != self.last_pc + len(halt)
+                                             or self.backend.get_regs().get("rflags", 0) & RFLAGS_IF):
+                return   # an interrupt woke it (or can): not the end; `exit: hlt` is a HLT with IF clear
             self.outcome.stop_pc = self.last_pc
             raise Stop("hlt", None, f"hlt at {self.last_pc:#x}")
 
