@@ -213,10 +213,26 @@ class _Builder:
             **fields,
         )
         self.check_points(rig)
+        self.check_cmdline(rig)
         if "machine" in d and (rig.save_points() or rig.start is not None):
             self.fail(("machine",), "snapshots (save:, from:) do not capture the in-kernel irqchip, PIT or "
                       "other vCPUs: a rig with machine: cannot save or start from one", key=True)
         return rig
+
+    def check_cmdline(self, rig: m.Rig) -> None:
+        """arm64: a Linux Image's `cmdline` is the generated tree's /chosen/bootargs
+        (one spelling for the kernel command line on both arches): said once."""
+        for i, img in enumerate(rig.images):
+            if not img.linux or img.cmdline is None:
+                continue
+            p: JsonPath = ("images", i, "cmdline")
+            raw = self.data.get("dtb") or {}
+            if "file" in raw:
+                self.fail(p, "cmdline goes into a generated device tree (/chosen/bootargs); with dtb.file "
+                          "put it into your own .dts", key=True)
+            elif "bootargs" in raw and raw["bootargs"] != img.cmdline:
+                self.fail(p, f"cmdline {img.cmdline!r} and dtb.bootargs {raw['bootargs']!r} are both the "
+                          "kernel command line: give it once", key=True)
 
     # -- snapshots --------------------------------------------------------
 
@@ -429,11 +445,15 @@ class _Builder:
                               f"{header.text_offset:#x}: it must load text_offset above a 2 MiB boundary, "
                               f"not at {at:#x} (leave `at:` out to let kvmrig place it)")
             allowed = {"multiboot": ("cmdline", "modules"), "linux": ("cmdline", "initrd")}.get(fmt, ())
+            if linux:
+                allowed = ("cmdline",)   # /chosen/bootargs of the generated device tree
             for key in ("cmdline", "modules", "initrd"):
                 if key in raw and key not in allowed:
                     which = " or ".join(f"`format: {f}`" for f in ("multiboot", "linux")
                                         if key in {"multiboot": ("cmdline", "modules"),
                                                    "linux": ("cmdline", "initrd")}[f])
+                    if key == "cmdline" and self.arch == "arm64":
+                        which = "arm64 Linux Image"
                     self.fail(p + (key,), f"{key} is for {which} images", key=True)
             if fmt in ("multiboot", "linux") and self.arch != "x86_64":
                 self.fail(p + ("format",), f"{fmt} kernels are x86 kernels here")
