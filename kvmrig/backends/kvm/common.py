@@ -267,6 +267,12 @@ class KvmBackendBase(Backend):
             return self._queue.popleft()
         if not self._timer_armed:
             self._arm_timer(deadline)
+        return self._next_event(deadline)
+
+    def _next_event(self, deadline: float) -> Event:
+        """KVM_RUN until an exit is an event (no timer: the caller's, if any)."""
+        if self._queue:
+            return self._queue.popleft()
         run = self.vcpu.run
         while True:
             if self._owe_step or self._owe_hits:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from kvmrig.backends.events import Event
@@ -101,11 +102,12 @@ class Aps:
             pass
 
     def stop(self) -> None:
-        """Stop every AP (immediate_exit plus a signal into its KVM_RUN) and wait for it."""
+        """Stop every AP (immediate_exit plus a signal into its KVM_RUN) and wait
+        for it, kicking again meanwhile (a kick can land just as the AP clears
+        immediate_exit after another exit)."""
         self.stopping = True
+        deadline = time.monotonic() + JOIN_TIMEOUT
         for c, t in zip(self.cpus, self.threads):
-            if t.is_alive():
+            while t.ident is not None and t.is_alive() and time.monotonic() < deadline:
                 kick(c.vcpu, t.ident)
-        for t in self.threads:
-            if t.ident is not None:
-                t.join(JOIN_TIMEOUT)
+                t.join(0.02)

@@ -32,12 +32,13 @@ from __future__ import annotations
 import threading
 
 from kvmrig.backends.base import HwSlot
-from kvmrig.backends.events import DebugEvent, Event, Unhandled
+from kvmrig.backends.events import DebugEvent, Event, Timeout, Unhandled
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.smp import Aps, kick
 from kvmrig.backends.kvm.x86_64 import SYNC, KvmX86Backend, _sync_regs_supported
 
 NEVER = float("inf")   # an AP has no deadline of its own: the BSP's run ends it
+KICKED = Timeout(0)    # an AP's KVM_RUN returned for a signal (ApView.next_event)
 
 
 class _PerVcpu(KvmX86Backend):
@@ -119,24 +120,14 @@ class ApView(_PerVcpu):
     def next_event(self) -> Event | None:
         """Run this AP until an event the machine must see; None when it was
         kicked out of KVM_RUN (a new debug setup, or the end of the run)."""
-        if self._queue:
-            return self._queue.popleft()
-        run, rs = self.vcpu.run, self.vcpu.run_struct
-        while True:
-            if self._owe_step or self._owe_hits:
-                events = self._settle(NEVER)
-                if events:
-                    self._queue.extend(events[1:])
-                    return events[0]
-            if self._needs_fixup():
-                self._before_run()
-            reason = run()
-            if reason == abi.KVM_EXIT_INTR:
-                rs.immediate_exit = 0
-                return None
-            ev = self._event(reason, NEVER)
-            if ev is not None:
-                return ev
+        ev = self._next_event(NEVER)
+        return None if ev is KICKED else ev
+
+    def _event(self, reason: int, deadline: float) -> Event | None:
+        if reason == abi.KVM_EXIT_INTR:
+            self.vcpu.run_struct.immediate_exit = 0
+            return KICKED
+        return super()._event(reason, deadline)
 
     def _halted(self) -> Event | None:
         return None   # an AP halted for good is idle, not the end of the run
