@@ -307,7 +307,8 @@ class Session:
             at_hits = {id(f) for h in outcome.hits for f in h.failures}
             at_end = at_hit is None or any(id(f) not in at_hits for f in outcome.failures)
             if at_hit is not None:
-                outcome.report = [f"at {at_hit.point}, hit {at_hit.number}:", *at_hit.report]
+                where = f" on vCPU {at_hit.cpu}" if rig.cpus > 1 else ""
+                outcome.report = [f"at {at_hit.point}, hit {at_hit.number}{where}:", *at_hit.report]
             if at_end:
                 if at_hit is not None:
                     outcome.report.append("where the run ended:")

@@ -82,6 +82,8 @@ def test_a_failed_check_at_a_hit_names_the_vcpu():
     assert len(failed) == 1 and "on vCPU 1" in failed[0] and "esi" in failed[0], failed
     (bad,) = [h for h in out.hits if h.failures]
     assert bad.cpu == 1 and bad.regs["esi"] == 0x101
+    assert out.report[0].endswith("hit 2 on vCPU 1:") or out.report[0].endswith("hit 1 on vCPU 1:"), out.report[0]
+    assert any("rsi 0x0000000000000101" in line for line in out.report)   # the state shown is vCPU 1's
 
 
 @kvm
