@@ -105,3 +105,15 @@ def test_hit_records_in_the_json_report_name_the_vcpu(tmp_path):
     assert rec["status"] == "passed", rec["failures"]
     assert sorted(h["cpu"] for h in rec["hits"] if h["point"].startswith("breakpoint[0]")) == [0, 1]
 
+
+
+@kvm
+def test_the_smp_example_rigs_breakpoint_is_hit_on_the_ap():
+    from pathlib import Path
+
+    from kvmrig.rig.load import load_rig
+    from kvmrig.runner import run_rig
+    result = run_rig(load_rig(Path(__file__).resolve().parents[3] / "rigs" / "x86" / "smp-counter.yaml"), "kvm")
+    assert result.status == "passed", (result.message, result.details)
+    (hit,) = result.outcome.hits
+    assert hit.cpu == 1 and hit.pc == 0x8022 and hit.regs == {"ecx": 0}
