@@ -40,6 +40,14 @@ class Schedule:
     def done(self, index: int, ok: bool, result: object) -> None:
         self.finished[index] = (ok, result)
 
+    def waiting(self) -> int:
+        """Rigs not handed out yet (ready or not)."""
+        return len(self.pending)
+
+    def put_back(self, indices: list[int]) -> None:
+        """Rigs handed out but never started (their worker died): first in line again."""
+        self.pending[:0] = indices
+
     def next_ready(self) -> tuple[int | None, str | None]:
         """(index, None): hand this rig out; (index, message): record it as an
         error (its parent failed); (None, None): nothing ready now."""
