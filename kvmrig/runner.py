@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import multiprocessing
 import os
 import shutil
@@ -105,6 +106,10 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
             parent_end: Connection | None = None, reuse: bool = True) -> None:
     global _pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    # What the worker inherited (modules, the run's rigs) lives as long as it
+    # does: out of the collector's way, so a collection walks only what the
+    # rigs since made, and never writes to the pages shared with the parent.
+    gc.freeze()
     if reuse:
         _pool = VmPool()
     if parent_end is not None:
