@@ -19,7 +19,9 @@ from kvmrig.rig.model import Rig
 class Schedule:
     def __init__(self, rigs: list[Rig]):
         self.rigs = list(rigs)
-        by_path = {r.path.resolve(): i for i, r in enumerate(self.rigs)}
+        by_path: dict[Path, int] = {}
+        if any(r.start is not None and r.start.parent is not None for r in self.rigs):
+            by_path = {r.path.resolve(): i for i, r in enumerate(self.rigs)}
         self.parent: dict[int, int] = {}
         i = 0
         while i < len(self.rigs):   # parents of parents too

@@ -51,12 +51,18 @@ T = TypeVar("T")
 MAX_RIG_BYTES = 4 << 20
 
 
-def load_rig(path: str | Path) -> Rig:
-    """Read and check the rig file at `path`."""
+def read_rig_bytes(path: str | Path) -> bytes:
+    """The first MAX_RIG_BYTES + 1 bytes of a rig file (enough to tell it is too large)."""
+    with open(path, "rb") as f:
+        return f.read(MAX_RIG_BYTES + 1)
+
+
+def load_rig(path: str | Path, raw: bytes | None = None) -> Rig:
+    """Read and check the rig file at `path` (`raw`: what read_rig_bytes read, if it did)."""
     p = Path(path)
     try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_RIG_BYTES + 1)
+        if raw is None:
+            raw = read_rig_bytes(p)
     except FileNotFoundError:
         raise RigError("rig file not found", path=str(p)) from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
