@@ -36,8 +36,12 @@ from kvmrig.schedule import Schedule
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
 # A worker whose last rig took less than this gets its next rig queued before
 # it answers, so that it never waits for the parent between short rigs (the
-# pipe round trip costs more than a trivial rig on a reused VM).
+# pipe round trip costs more than a trivial rig on a reused VM); one whose last
+# rig took under a tenth of it holds up to PIPELINE_DEPTH rigs (running +
+# queued), so a busy parent delays it less. At the end of a run the others
+# wait at most for those few short rigs.
 PIPELINE_BELOW = 0.05
+PIPELINE_DEPTH = 4
 
 Executor = Callable[[Rig], RigResult]  # runs one rig here, never raises (see result.guarded)
 
@@ -140,15 +144,10 @@ class _Worker:
         self.jobs: deque[int] = deque()
         self.deadline = 0.0
         self.since = 0.0       # when the running rig started (as far as the parent knows)
-        self.quick = False     # its last rig was short: keep one more queued
-
-    @property
-    def job(self) -> int | None:
-        """The rig it is running now, if any."""
-        return self.jobs[0] if self.jobs else None
+        self.depth = 1         # rigs it may hold: more while its rigs are short
 
     def wants(self) -> bool:
-        return not self.jobs or (self.quick and len(self.jobs) < 2)
+        return not self.jobs or len(self.jobs) < self.depth
 
     def give(self, index: int) -> None:
         if not self.jobs:
@@ -160,7 +159,8 @@ class _Worker:
         """The running rig answered: the next queued one (if any) starts now."""
         index = self.jobs.popleft()
         now = time.monotonic()
-        self.quick = now - self.since < PIPELINE_BELOW
+        took = now - self.since
+        self.depth = 1 if took >= PIPELINE_BELOW else 2 if took >= PIPELINE_BELOW / 10 else PIPELINE_DEPTH
         if self.jobs:
             self._started(self.jobs[0], now)
         return index
@@ -220,7 +220,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
             stop = True
 
     def give(w: _Worker) -> None:
-        # A second rig is queued only on a worker whose rigs are short, only
+        # More than one rig goes only to a worker whose rigs are short, only
         # while there is more to do than idle workers would take, and never
         # with -x (which must not start a rig after the first failure).
         while not stop and w.wants() and (not w.jobs or (not exitfirst and order.waiting() > jobs)):
