@@ -1,7 +1,9 @@
 """Running rigs: one in-process (run_rig), many across worker processes (run_rigs).
 
 Workers are forked once and fed rigs through pipes, so the per-rig cost is a
-VM's, not a process's. Each worker runs a rig with the executor it was given
+VM's, not a process's. A worker inherits the run's rigs when it is forked and
+is sent only their indices; one whose rigs are short gets the next ones queued
+before it answers (PIPELINE_BELOW), so it does not wait for the parent. Each worker runs a rig with the executor it was given
 (run_rig on one backend, or crosscheck.cross_check). A worker that dies
 (segfault, kill -9) or overruns its rig's timeout by a wide margin becomes an
 error for that rig and is replaced; the rest of the run goes on. Ctrl-C stops
