@@ -95,6 +95,7 @@ def load_rig_text(text: str, path: str | Path = "rig.yaml") -> Rig:
 # file (names, relative paths and marks depend on where the file is), from a
 # fresh copy of the data.
 _CHECKED_MAX = 256
+_CHECKED_TEXT_MAX = 64 << 10   # larger texts are rare and not kept (memory stays bounded)
 _checked: dict[str, tuple[bytes, tuple, tuple]] = {}
 
 
@@ -109,6 +110,8 @@ def _checked_data(text: str, source: str) -> tuple[dict[str, Any], Marks]:
     if data is None:
         raise RigError("the rig file is empty: it needs at least `kvmrig: 1` and `arch:`", Mark(source, 1, 1))
     validate(data, marks)
+    if len(text) > _CHECKED_TEXT_MAX:
+        return data, marks
     if len(_checked) >= _CHECKED_MAX:
         _checked.clear()
     _checked[text] = (marshal.dumps(data), tuple((q, k.line, k.col) for q, k in marks.values.items()),
