@@ -190,8 +190,20 @@ class KvmX86Backend(KvmBackendBase):
         """With the in-kernel irqchip KVM runs HLT itself; after a kick, a vCPU
         still halted with interrupts masked (RFLAGS.IF clear) can never wake:
         that is the guest's `hlt` end. A halted vCPU with IF set waits for an
-        interrupt and keeps running."""
-        if self.vcpu.get_mp_state() != abi.KVM_MP_STATE_HALTED:
+        interrupt and keeps running.
+
+        The state is written back as read: KVM_SET_MP_STATE makes KVM look
+        for pending interrupts again (KVM_REQ_EVENT), which it otherwise does
+        only when an interrupt controller's output rises. A PIC output that
+        rose while LVT0 refused it (Linux without ACPI tables drives the PIC
+        through LINT0 and masks LVT0 while it sets up its local APIC) would
+        stay high and undelivered, and with it every ISA interrupt after it:
+        Debian's kernel then hung at its first console write from user space.
+        Re-checking at each kick delivers it within one kick period."""
+        state = self.vcpu.get_mp_state()
+        if state in (abi.KVM_MP_STATE_RUNNABLE, abi.KVM_MP_STATE_HALTED):
+            self.vcpu.set_mp_state(state)
+        if state != abi.KVM_MP_STATE_HALTED:
             return None
         r = self.vcpu.get_regs()
         if r.rflags & RFLAGS_IF:
