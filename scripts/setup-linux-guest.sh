@@ -14,7 +14,7 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KVMRIG_LINUX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvmrig/linux-x86}
 
-if [ ! -f "$cache/vmlinuz" ] || [ ! -f "$cache/debian-cloud.yaml" ]; then
+if [ ! -f "$cache/vmlinuz" ] || [ ! -f "$cache/debian-cloud.yaml" ] || [ ! -f "$cache/kallsyms.txt" ]; then
     if ! command -v lz4 >/dev/null 2>&1; then
         if [ "$(id -u)" -ne 0 ]; then
             echo "setup-linux-guest.sh: needs root once to install lz4 (apt-get install lz4)" >&2

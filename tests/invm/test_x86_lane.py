@@ -205,6 +205,8 @@ def test_debian_kernel_boots_to_its_initramfs_marker(lane):
                   "serial8250: ttyS0 at I/O 0x3f8 (irq = 4", "BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable",
                   "Run /init as init process"):
         assert words in console, words
+    # a breakpoint on an ELF symbol of the vmlinux (kallsyms, added by setup): hit once, in DR0
+    assert rig["hit_counts"] == {"sym:start_kernel": 1}, rig["hit_counts"]
     # user space wrote the marker through the tty (the UART's interrupts), then the reboot
     assert console.index("Run /init as init process") < console.index(LINUX_MARKER) < \
         console.index("reboot: Restarting system")
