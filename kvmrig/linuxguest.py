@@ -57,7 +57,7 @@ description: >
 arch: x86_64
 tags: [linux, slow]
 backend: kvm
-timeout: 180s
+timeout: 300s
 machine: {pit: true}
 memory:
   - {at: 0, size: 512M}
