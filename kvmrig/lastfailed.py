@@ -66,9 +66,11 @@ def load(record: Path) -> set[str]:
 
 def update(results, record: Path) -> None:
     """Record this run's failures and errors; keep earlier ones this run did not touch."""
-    ran = {_key(r.path) for r in results if r.status != "skipped"}
     failed = {_key(r.path) for r in results if r.status in ("failed", "error")}
-    keep = {p for p in load(record) if p not in ran}
+    keep = load(record)
+    if keep:   # only then is it worth resolving every path that ran (a large passing suite has none)
+        ran = {_key(r.path) for r in results if r.status != "skipped"}
+        keep = {p for p in keep if p not in ran}
     _ensure_cache(record.parent)
     write_atomic(record, json.dumps({"failed": sorted(failed | keep)}, indent=1) + "\n", prefix=".last-failed-")
 

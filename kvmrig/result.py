@@ -60,10 +60,17 @@ def classname_for(path: Path) -> str:
     (ROOT_MARKERS), so it does not change with the working directory or with how
     the path was typed and CI test history survives. Outside any project:
     relative to the working directory when below it, else the folder's name."""
-    folder = Path(os.path.abspath(path)).parent
+    return _classname(os.path.dirname(os.path.abspath(path)), os.getcwd())
+
+
+@functools.lru_cache(maxsize=512)
+def _classname(folder_text: str, cwd_text: str) -> str:
+    """classname_for, once per folder and working directory (every rig of a
+    folder has the same one, and a worker asks for each result)."""
+    folder = Path(folder_text)
     root = project_root(folder)
     if root is None:
-        cwd = Path.cwd()
+        cwd = Path(cwd_text)
         root = cwd if cwd == folder or cwd in folder.parents else folder.parent
     text = ".".join(folder.relative_to(root).parts)
     return text or folder.name or "rigs"

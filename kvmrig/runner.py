@@ -1,7 +1,9 @@
 """Running rigs: one in-process (run_rig), many across worker processes (run_rigs).
 
 Workers are forked once and fed rigs through pipes, so the per-rig cost is a
-VM's, not a process's. Each worker runs a rig with the executor it was given
+VM's, not a process's. A worker inherits the run's rigs when it is forked and
+is sent only their indices; one whose rigs are short gets the next ones queued
+before it answers (PIPELINE_BELOW), so it does not wait for the parent. Each worker runs a rig with the executor it was given
 (run_rig on one backend, or crosscheck.cross_check). A worker that dies
 (segfault, kill -9) or overruns its rig's timeout by a wide margin becomes an
 error for that rig and is replaced; the rest of the run goes on. Ctrl-C stops
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
@@ -32,11 +36,20 @@ from kvmrig.rig.model import Rig
 from kvmrig.schedule import Schedule
 
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
+# A worker whose last rig took less than this gets its next rig queued before
+# it answers, so that it never waits for the parent between short rigs (the
+# pipe round trip costs more than a trivial rig on a reused VM); one whose last
+# rig took under a tenth of it holds up to PIPELINE_DEPTH rigs (running +
+# queued), so a busy parent delays it less. At the end of a run the others
+# wait at most for those few short rigs.
+PIPELINE_BELOW = 0.05
+PIPELINE_DEPTH = 4
 
 Executor = Callable[[Rig], RigResult]  # runs one rig here, never raises (see result.guarded)
 
 _pool: VmPool | None = None        # this worker's kept VMs (machine/reuse.py); None: a fresh VM per rig
 _points_dir: str | None = None     # the run's snapshot points (set by run_rigs before it forks)
+_run_list: list[Rig] = []          # the run's rigs (set by run_rigs before it forks): jobs are their indices
 _own_points: str | None = None     # this process's points for children run on their own
 
 
@@ -99,6 +112,10 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
             parent_end: Connection | None = None, reuse: bool = True) -> None:
     global _pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    # What the worker inherited (modules, the run's rigs) lives as long as it
+    # does: out of the collector's way, so a collection walks only what the
+    # rigs since made, and never writes to the pages shared with the parent.
+    gc.freeze()
     if reuse:
         _pool = VmPool()
     if parent_end is not None:
@@ -112,11 +129,13 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
             return
         if job is None:
             return
-        index, rig = job
-        conn.send((index, (executor or run_rig)(rig)))
+        conn.send((job, (executor or run_rig)(_run_list[job])))
 
 
 class _Worker:
+    """One worker process and the rigs it was given, oldest (running) first.
+    Rigs reach it as indices into _run_list, which it inherited when forked."""
+
     def __init__(self, ctx, executor: Executor | None, reuse: bool = True):
         self.conn, child = ctx.Pipe()
         # Forked: the executor is inherited, never pickled (a partial or a lambda will do).
@@ -124,13 +143,33 @@ class _Worker:
                                 daemon=True)
         self.proc.start()
         child.close()
-        self.job: tuple[int, Rig] | None = None
+        self.jobs: deque[int] = deque()
         self.deadline = 0.0
+        self.since = 0.0       # when the running rig started (as far as the parent knows)
+        self.depth = 1         # rigs it may hold: more while its rigs are short
 
-    def give(self, index: int, rig: Rig) -> None:
-        self.job = (index, rig)
-        self.deadline = time.monotonic() + rig.timeout + WATCHDOG_GRACE
-        self.conn.send(self.job)
+    def wants(self) -> bool:
+        return not self.jobs or len(self.jobs) < self.depth
+
+    def give(self, index: int) -> None:
+        if not self.jobs:
+            self._started(index, time.monotonic())
+        self.jobs.append(index)
+        self.conn.send(index)
+
+    def finished(self) -> int:
+        """The running rig answered: the next queued one (if any) starts now."""
+        index = self.jobs.popleft()
+        now = time.monotonic()
+        took = now - self.since
+        self.depth = 1 if took >= PIPELINE_BELOW else 2 if took >= PIPELINE_BELOW / 10 else PIPELINE_DEPTH
+        if self.jobs:
+            self._started(self.jobs[0], now)
+        return index
+
+    def _started(self, index: int, now: float) -> None:
+        self.since = now
+        self.deadline = now + _run_list[index].timeout + WATCHDOG_GRACE
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -155,7 +194,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
     after their parent, which runs once; a parent the list does not name is
     run too but not reported (so shards of one suite never report it twice),
     and one that did not pass makes its children errors that say so."""
-    global _points_dir
+    global _points_dir, _run_list
     listed = len(rigs)
     order = Schedule(rigs)
     rigs = order.rigs
@@ -169,6 +208,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
     stop = False
     own_points = tempfile.mkdtemp(prefix="kvmrig-points-") if order.has_points else None
     before, _points_dir = _points_dir, own_points or _points_dir   # inherited by the forked workers
+    before_list, _run_list = _run_list, rigs
 
     def record(index: int, result: RigResult) -> None:
         nonlocal stop
@@ -182,66 +222,77 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
             stop = True
 
     def give(w: _Worker) -> None:
-        while not stop:
+        # More than one rig goes only to a worker whose rigs are short, only
+        # while there is more to do than idle workers would take, and never
+        # with -x (which must not start a rig after the first failure).
+        while not stop and w.wants() and (not w.jobs or (not exitfirst and order.waiting() > jobs)):
             index, blocked = order.next_ready()
             if index is None:
                 return
             if blocked is None:
-                w.give(index, rigs[index])
-                return
-            record(index, result_for(rigs[index], ERROR, message=blocked))
+                w.give(index)
+            else:
+                record(index, result_for(rigs[index], ERROR, message=blocked))
+
+    def replace(w: _Worker) -> _Worker:
+        """A dead or killed worker (its running rig recorded): the rigs queued
+        behind that one go back to the schedule, a new worker takes its place."""
+        order.put_back(list(w.jobs))
+        w.kill()
+        fresh = _Worker(ctx, executor, reuse)
+        workers[workers.index(w)] = fresh
+        return fresh
 
     try:
         workers = [_Worker(ctx, executor, reuse) for _ in range(jobs)]
         for w in workers:
             give(w)
-        while any(w.job for w in workers):
-            busy = [w for w in workers if w.job]
+        while any(w.jobs for w in workers):
+            busy = [w for w in workers if w.jobs]
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
             ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout)
             for w in list(busy):
-                job = w.job
-                assert job is not None
-                index, rig = job
-                replace = False
-                if w.conn in ready:
-                    try:
-                        _, result = w.conn.recv()
-                    except (EOFError, OSError):
-                        result, replace = _died(rig, _exit_text(w.proc)), True
-                elif w.proc.sentinel in ready:
-                    result, replace = _died(rig, _exit_text(w.proc)), True
-                elif time.monotonic() > w.deadline:
-                    result, replace = _died(rig, f"did not answer {rig.timeout + WATCHDOG_GRACE:g}s after "
-                                                 "starting it and was killed"), True
-                else:
-                    continue
-                w.job = None
-                record(index, result)
-                if replace:
-                    w.kill()
-                    workers[workers.index(w)] = w = _Worker(ctx, executor, reuse)
+                while w.jobs:
+                    index = w.jobs[0]
+                    rig = rigs[index]
+                    dead = False
+                    if w.conn in ready and w.conn.poll():
+                        try:
+                            _, result = w.conn.recv()
+                        except (EOFError, OSError):
+                            result, dead = _died(rig, _exit_text(w.proc)), True
+                    elif w.proc.sentinel in ready:
+                        result, dead = _died(rig, _exit_text(w.proc)), True
+                    elif time.monotonic() > w.deadline:
+                        result, dead = _died(rig, f"did not answer {rig.timeout + WATCHDOG_GRACE:g}s after "
+                                                  "starting it and was killed"), True
+                    else:
+                        break
+                    w.finished()
+                    record(index, result)
+                    if dead:
+                        w = replace(w)
+                        break
                 for idle in workers:   # a parent's end may have made several children ready
-                    if idle.job is None:
-                        give(idle)
+                    give(idle)
         return results[:listed], False
     except KeyboardInterrupt:
         return results[:listed], True
     finally:
         for w in workers:
-            if w.job is None and w.proc.is_alive():
+            if not w.jobs and w.proc.is_alive():
                 try:
                     w.conn.send(None)
                 except OSError:
                     pass
         for w in workers:
-            if w.job is not None:
+            if w.jobs:
                 w.kill()
             else:
                 w.proc.join(2)
                 if w.proc.is_alive():
                     w.kill()
-        _points_dir = before
+        _points_dir, _run_list = before, before_list
         if own_points is not None:
             shutil.rmtree(own_points, ignore_errors=True)
 

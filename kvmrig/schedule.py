@@ -19,7 +19,9 @@ from kvmrig.rig.model import Rig
 class Schedule:
     def __init__(self, rigs: list[Rig]):
         self.rigs = list(rigs)
-        by_path = {r.path.resolve(): i for i, r in enumerate(self.rigs)}
+        by_path: dict[Path, int] = {}
+        if any(r.start is not None and r.start.parent is not None for r in self.rigs):
+            by_path = {r.path.resolve(): i for i, r in enumerate(self.rigs)}
         self.parent: dict[int, int] = {}
         i = 0
         while i < len(self.rigs):   # parents of parents too
@@ -39,6 +41,14 @@ class Schedule:
 
     def done(self, index: int, ok: bool, result: object) -> None:
         self.finished[index] = (ok, result)
+
+    def waiting(self) -> int:
+        """Rigs not handed out yet (ready or not)."""
+        return len(self.pending)
+
+    def put_back(self, indices: list[int]) -> None:
+        """Rigs handed out but never started (their worker died): first in line again."""
+        self.pending[:0] = indices
 
     def next_ready(self) -> tuple[int | None, str | None]:
         """(index, None): hand this rig out; (index, message): record it as an

@@ -28,6 +28,12 @@ import pytest
 
 from kvmrig.arch import host_arch
 
+# Tests that start `python3 -m kvmrig` must run this checkout's code, not
+# whichever kvmrig happens to be installed (an editable install may point at
+# another checkout, or at one that is gone).
+CHECKOUT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
+
 KVM_DEVICE = "/dev/kvm"
 NO_KVM_REASON = "no /dev/kvm on this machine"
 REQUIRE_ENV = "KVMRIG_REQUIRE_KVM"

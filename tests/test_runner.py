@@ -280,6 +280,15 @@ def test_load_all_skips_other_yaml_in_folders_but_not_named_files(tmp_path):
     assert rigs == [] and len(errors) == 1, "a named non-rig file is an error, not silently skipped"
 
 
+def test_rigs_queued_behind_one_whose_worker_died_run_on_its_replacement(fake_workers):
+    rigs = [fake_rig(f"q{i}") for i in range(6)] + [fake_rig("die")] + [fake_rig(f"r{i}") for i in range(6)]
+    results, interrupted = run_rigs(rigs, jobs=1)
+    assert not interrupted
+    assert [r.status for r in results] == [PASSED] * 6 + [ERROR] + [PASSED] * 6
+    assert "died from signal SIGKILL" in results[6].message
+    assert {r.message for r in results[:6]}.isdisjoint({r.message for r in results[7:]}), "a new worker"
+
+
 @pytest.mark.kvm
 def test_workers_die_with_a_killed_run(make_rig, tmp_path):
     """kill -9 of `kvmrig run` must not leave workers behind (they would hold

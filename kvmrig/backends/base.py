@@ -80,8 +80,9 @@ class Backend(ABC):
         return self.get_regs()[traits(self.arch).pc]
 
     def start_aps(self, handler) -> None:
-        """Start the other vCPUs (cpus > 1); `handler(index, event)`
-        handles their port I/O and MMIO and raises to end the run."""
+        """Start the other vCPUs (cpus > 1) on their own threads; `handler(index,
+        event)` handles each of their events (this backend's calls address that
+        vCPU meanwhile) and raises to end the run."""
 
     def quiesce(self) -> None:
         """Stop every vCPU but the one run() drives (before the verdict)."""

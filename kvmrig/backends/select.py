@@ -33,6 +33,9 @@ def kvm_factory(rig: Rig) -> Callable[[], Backend]:
         raise NoBackend(f"KVM cannot run this rig: {why}")
     # Each backend module is imported when a rig needs it: a run loads one arch's code.
     if rig.arch == "x86_64":
+        if getattr(rig, "cpus", 1) > 1:
+            from kvmrig.backends.kvm.x86_smp import KvmX86SmpBackend
+            return KvmX86SmpBackend
         from kvmrig.backends.kvm.x86_64 import KvmX86Backend
         return KvmX86Backend
     if rig.arch == "arm64":

@@ -5,6 +5,9 @@ Three ways, chosen per run, all giving executed address ranges:
 * the emulator reports every executed block (`Backend.record_blocks`): exact,
   and the code is left alone;
 * a single-stepping run (`trace`, `expect.steps`) sees every instruction;
+  so does a KVM run where no breakpoint instruction can be planted (x86
+  under machine.irqchip on a KVM without INT3 interception, or cpus > 1:
+  the session then single-steps every vCPU);
 * KVM: a one-shot software breakpoint (the runner's `kind: sw` instruction:
   INT3, or HLT on a KVM that cannot intercept INT3, or BRK) is planted at
   every leader of the loaded images (ELF images with DWARF: line-table rows

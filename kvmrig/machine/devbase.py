@@ -31,8 +31,17 @@ class Console:
         self.head = bytearray()
         self.tail = bytearray()
         self.cut = 0       # bytes dropped between head and tail
+        self.watch: Callable[[bytes], None] | None = None   # sees every line as it completes (rig `verdict:`)
+        self.line_max = 512    # bytes of a line `watch` sees (its start)
+        self._line = bytearray()
 
     def put(self, byte: int) -> None:
+        if self.watch is not None:
+            if byte == 0x0A:
+                self.watch(bytes(self._line))
+                self._line.clear()
+            elif len(self._line) < self.line_max:
+                self._line.append(byte & 0xFF)
         if len(self.head) < CONSOLE_KEEP:
             self.head.append(byte & 0xFF)
             return
@@ -41,6 +50,12 @@ class Console:
             drop = len(self.tail) - CONSOLE_KEEP
             del self.tail[:drop]
             self.cut += drop
+
+    def flush(self) -> None:
+        """The run is over: `watch` sees the last line even without its newline."""
+        if self.watch is not None and self._line:
+            self.watch(bytes(self._line))
+            self._line.clear()
 
     @property
     def total(self) -> int:

@@ -34,6 +34,8 @@ def tree_spec(rig: Rig, initrd: tuple[int, int] | None) -> fdt.TreeSpec:
     uarts = [fdt.Uart(d.at, d.irq) for d in rig.devices if d.type == "pl011" and d.at is not None]
     memory = [(r.at, r.size) for r in sorted(rig.memory, key=lambda r: r.at) if not r.rom]
     bootargs = rig.dtb.bootargs if rig.dtb is not None else ""
+    if not bootargs:   # a Linux Image's `cmdline` says the same (one spelling on both arches)
+        bootargs = next((img.cmdline for img in rig.images if img.linux and img.cmdline), "")
     return fdt.TreeSpec(memory, rig.cpus, gic, uarts, bootargs, initrd)
 
 

@@ -77,6 +77,8 @@ def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
         return n
 
     def sets(regs):
+        if not any(isinstance(v, Address) for _name, v, _mark in regs):
+            return regs
         return tuple((name, value(name, v, mark), mark) for name, v, mark in regs)
 
     def checks(state):
@@ -85,15 +87,27 @@ def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
         return replace(state, regs=tuple(replace(c, value=value(c.name, c.value, c.mark)) for c in state.regs))
 
     def point(p):
-        return replace(p, expect=checks(p.expect),
-                       set=p.set if p.set is None else replace(p.set, regs=sets(p.set.regs)))
+        expect = checks(p.expect)
+        set_regs = None if p.set is None else sets(p.set.regs)
+        if expect is p.expect and (p.set is None or set_regs is p.set.regs):
+            return p
+        return replace(p, expect=expect, set=p.set if p.set is None else replace(p.set, regs=set_regs))
 
-    return replace(rig, cpu=rig.cpu if rig.cpu is None else replace(rig.cpu, regs=sets(rig.cpu.regs)),
-                   breakpoints=tuple(point(b) for b in rig.breakpoints),
-                   watchpoints=tuple(point(w) for w in rig.watchpoints),
-                   expect=checks(rig.expect),
-                   start_set=rig.start_set if rig.start_set is None else
-                   replace(rig.start_set, regs=sets(rig.start_set.regs)))
+    def same(new: tuple, old: tuple) -> bool:
+        return all(a is b for a, b in zip(new, old))
+
+    cpu_regs = None if rig.cpu is None else sets(rig.cpu.regs)
+    breakpoints = tuple(point(b) for b in rig.breakpoints)
+    watchpoints = tuple(point(w) for w in rig.watchpoints)
+    expect = checks(rig.expect)
+    start_regs = None if rig.start_set is None else sets(rig.start_set.regs)
+    if ((rig.cpu is None or cpu_regs is rig.cpu.regs) and same(breakpoints, rig.breakpoints)
+            and same(watchpoints, rig.watchpoints) and expect is rig.expect
+            and (rig.start_set is None or start_regs is rig.start_set.regs)):
+        return rig   # no register names a symbol (most rigs): nothing to replace
+    return replace(rig, cpu=rig.cpu if rig.cpu is None else replace(rig.cpu, regs=cpu_regs),
+                   breakpoints=breakpoints, watchpoints=watchpoints, expect=expect,
+                   start_set=rig.start_set if rig.start_set is None else replace(rig.start_set, regs=start_regs))
 
 
 def prepare(rig: Rig) -> Plan:

@@ -49,6 +49,7 @@ class RunOptions:
     coverage: bool = False   # record executed code (kvmrig.coverage) even without executed/not_executed
 
 
+RFLAGS_IF = 1 << 9   # x86: interrupts enabled (machine.irqchip is x86's)
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
 SYSTEM_EXITS = {"off": "system-off", "reset": "reset"}  # SystemEvent.what -> outcome exit
 
@@ -97,6 +98,10 @@ class Session:
         irq = backend.set_irq_line if self.rig.machine.irqchip else None
         ctx = MachineContext(self.rig.memory, memory, self.rig.machine.cpus, irq)
         self.bus = Bus(self.rig.devices, self.outcome, self.rig.unclaimed_io, ctx)
+        self.verdict = verdict.Reader(self.rig.verdict.console) if self.rig.verdict.console else None
+        if self.verdict is not None:   # every line, as it streams: the console keeps only its head and tail
+            self.bus.console.watch = self.verdict.feed
+            self.bus.console.line_max = verdict.MAX_LINE
         self.debug = DebugPlan(self.rig, plan.traits, plan.resolve, backend.hw_debug_slots())
         self.patches = SwPatches(memory, backend.sw_break_insn())
         self.user_step = self.rig.trace_max > 0 or self.rig.expect.steps is not None
@@ -156,6 +161,12 @@ class Session:
     def _plant_and_arm(self) -> None:
         for addr in self.debug.sw:
             self.patches.plant(addr)
+        if self.coverage is not None and not self.patches.insn and not self.user_step:
+            # Nothing can be planted (x86 under machine.irqchip on a KVM without
+            # INT3 interception, or with cpus > 1): every instruction is seen by single-steps.
+            self.user_step = True
+            self.outcome.notes.append("coverage: recorded by single-stepping every vCPU (no breakpoint "
+                                      "instruction can be planted on this machine), so the run is slower")
         if self.coverage is not None:
             self.coverage.start(self)
         if self.rig.machine.cpus > 1:
@@ -266,6 +277,7 @@ class Session:
             except Exception as e:  # noqa: BLE001 - reported; its children then say the point is missing
                 outcome.failures.append(Failure("snapshot", f"point {rig.save!r} saved", f"not saved: {e}",
                                                 rig.mark))
+        self.bus.console.flush()
         outcome.console = bytes(self.bus.console.data)
         outcome.hit_counts = self.debug.hit_counts()
         if self.user_step:
@@ -276,7 +288,7 @@ class Session:
             outcome.failures.extend(self.coverage.check(outcome.coverage))
         outcome.failures.extend(check_end(rig.arch, rig.expect, outcome, self.memory.read, self.plan.resolve))
         if rig.verdict.console or rig.verdict.exit_codes:
-            outcome.failures.extend(verdict.apply(rig, outcome))
+            outcome.failures.extend(verdict.apply(rig, outcome, self.verdict))
         golden_spec = rig.expect.golden
         if golden_spec is not None:
             if self.options.update_golden:
@@ -295,7 +307,8 @@ class Session:
             at_hits = {id(f) for h in outcome.hits for f in h.failures}
             at_end = at_hit is None or any(id(f) not in at_hits for f in outcome.failures)
             if at_hit is not None:
-                outcome.report = [f"at {at_hit.point}, hit {at_hit.number}:", *at_hit.report]
+                where = f" on vCPU {at_hit.cpu}" if rig.cpus > 1 else ""
+                outcome.report = [f"at {at_hit.point}, hit {at_hit.number}{where}:", *at_hit.report]
             if at_end:
                 if at_hit is not None:
                     outcome.report.append("where the run ended:")
@@ -374,33 +387,35 @@ class Session:
         raise Stop("unhandled", None, ev.detail or f"backend stopped: code {ev.code!r}")
 
     # Devices ---------------------------------------------------------------
-    def _ap_event(self, index: int, ev: Event) -> bytes | None:
-        """An exit of vCPU `index` > 0 (on its own thread, under the machine
-        lock): its port I/O and MMIO reach the same devices (the answer to a
-        read is returned); what ends the run is kept, naming the vCPU, and the
-        main loop raises it."""
-        bus = self.bus
+    def _ap_event(self, index: int, ev: Event) -> None:
+        """An event of vCPU `index` > 0 (on its own thread, under the machine
+        lock; the backend's calls address that vCPU meanwhile): handled as
+        vCPU 0's are (devices, hits, watch hits); what ends the run is kept,
+        naming the vCPU, and the main loop raises it."""
+        last_pc = self.last_pc   # vCPU 0's: the halt check of its next step reads it
+        self.exits += 1
         try:
-            if type(ev) is PortIO:
-                size = ev.size
-                if ev.write:
-                    for i in range(ev.count):
-                        bus.port_write(ev.port, size, int.from_bytes(ev.data[i * size:(i + 1) * size], "little"))
-                    return None
-                return b"".join(bus.port_read(ev.port, size).to_bytes(size, "little") for _ in range(ev.count))
-            if type(ev) is Mmio:
-                if ev.write:
-                    bus.mmio_write(ev.addr, ev.size, int.from_bytes(ev.data[:ev.size], "little"),
-                                   rom=self.memory.find(ev.addr) is not None)
-                    return None
-                return bus.mmio_read(ev.addr, ev.size).to_bytes(ev.size, "little")
-            if type(ev) is Shutdown:
-                raise Stop("shutdown", None, ev.detail)
-            raise Stop("unhandled", None, getattr(ev, "detail", "") or type(ev).__name__)
+            if type(ev) is Step:
+                self._ap_step(ev)
+            else:
+                self._handlers[type(ev)](ev)
         except Stop as stop:
             stop.detail = f"vCPU {index}: {stop.detail}"
             self.ap_stop = stop
             raise
+        finally:
+            self.last_pc = last_pc
+            self._client_stop = None   # a debugger follows vCPU 0 only
+
+    def _ap_step(self, ev: Step) -> None:
+        """Another vCPU's single-step (trace, `steps`, coverage by steps): counted;
+        an AP's HLT is idling, never the end of the run."""
+        if self.user_step:
+            self.steps += 1
+            if self.coverage is not None:
+                self.coverage.saw(ev.pc)
+            if len(self.outcome.trace) < self.rig.trace_max:
+                self.outcome.trace.append(ev.pc)
 
     def _io(self, ev: PortIO) -> None:
         size, bus, port = ev.size, self.bus, ev.port
@@ -433,7 +448,7 @@ class Session:
 
     # Debug ---------------------------------------------------------------
     def _step(self, ev: Step) -> None:
-        self._check_halted()
+        self._check_halted(ev.pc)
         self.last_pc = ev.pc
         if self.stepping_over is not None:
             if self.stepping_over in self.debug.sw_all:  # a debugger may have removed its point
@@ -469,8 +484,8 @@ class Session:
         if client is not None:
             self._client_stop = Pause("sw", client)
         self.last_pc = pc
-        if not self.pc_moved:   # unless `set` moved the pc: step over it
-            self.step_over(pc)
+        if not self.pc_moved and self.patches.insn:   # unless `set` moved the pc: step over it
+            self.step_over(pc)   # (nothing planted: the backend steps past its debug register itself)
 
     def step_over(self, pc: int) -> None:
         """Run the original instruction under a planted one at `pc` by a single-step;
@@ -530,8 +545,9 @@ class Session:
             return
         self._sw(SwBreak(pc))
 
-    def _check_halted(self) -> None:
-        """A single-step over a halting instruction exits as a step, not a halt."""
+    def _check_halted(self, pc: int) -> None:
+        """A single-step over a halting instruction exits as a step, not a halt
+        (`pc`: where the step ended)."""
         halt = self.plan.traits.halt
         if halt is None:
             return
@@ -540,6 +556,9 @@ class Session:
         except LookupError:
             return
         if insn == halt:
+            if self.rig.machine.irqchip and (pc != self.last_pc + len(halt)
+                                             or self.backend.get_regs().get("rflags", 0) & RFLAGS_IF):
+                return   # an interrupt woke it (or can): not the end; `exit: hlt` is a HLT with IF clear
             self.outcome.stop_pc = self.last_pc
             raise Stop("hlt", None, f"hlt at {self.last_pc:#x}")
 

@@ -45,7 +45,7 @@ def _failure(f: Failure) -> dict[str, Any]:
 
 
 def _hit(h: Hit) -> dict[str, Any]:
-    return {"point": h.point, "number": h.number, "pc": _hex(h.pc),
+    return {"point": h.point, "number": h.number, "cpu": h.cpu, "pc": _hex(h.pc),
             "addr": None if h.addr is None else _hex(h.addr),
             "regs": {k: _hex(v) for k, v in h.regs.items()},
             "failures": [_failure(f) for f in h.failures]}

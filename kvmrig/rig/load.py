@@ -17,6 +17,7 @@ Only the UARTs (`serial`, `pl011`) take `input:` (extension), sent as UTF-8.
 from __future__ import annotations
 
 import difflib
+import marshal
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -50,12 +51,18 @@ T = TypeVar("T")
 MAX_RIG_BYTES = 4 << 20
 
 
-def load_rig(path: str | Path) -> Rig:
-    """Read and check the rig file at `path`."""
+def read_rig_bytes(path: str | Path) -> bytes:
+    """The first MAX_RIG_BYTES + 1 bytes of a rig file (enough to tell it is too large)."""
+    with open(path, "rb") as f:
+        return f.read(MAX_RIG_BYTES + 1)
+
+
+def load_rig(path: str | Path, raw: bytes | None = None) -> Rig:
+    """Read and check the rig file at `path` (`raw`: what read_rig_bytes read, if it did)."""
     p = Path(path)
     try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_RIG_BYTES + 1)
+        if raw is None:
+            raw = read_rig_bytes(p)
     except FileNotFoundError:
         raise RigError("rig file not found", path=str(p)) from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
@@ -77,11 +84,39 @@ def load_rig(path: str | Path) -> Rig:
 def load_rig_text(text: str, path: str | Path = "rig.yaml") -> Rig:
     """Check rig `text` as if read from `path` (marks, name and relative paths use it)."""
     p = Path(path)
-    data, marks = load_yaml(text, str(p))
-    if data is None:
-        raise RigError("the rig file is empty: it needs at least `kvmrig: 1` and `arch:`", Mark(str(p), 1, 1))
-    validate(data, marks)
+    data, marks = _checked_data(text, str(p))
     return _Builder(p, data, marks).build()
+
+
+# Texts that parsed and passed the schema in this process, as (data, value
+# marks, key marks) with the marks as (json path, line, col): suites often
+# hold many rigs with the same text (generated ones, copies per folder), and
+# YAML plus jsonschema are ~90 % of loading one. The model is still built per
+# file (names, relative paths and marks depend on where the file is), from a
+# fresh copy of the data.
+_CHECKED_MAX = 256
+_CHECKED_TEXT_MAX = 64 << 10   # larger texts are rare and not kept (memory stays bounded)
+_checked: dict[str, tuple[bytes, tuple, tuple]] = {}
+
+
+def _checked_data(text: str, source: str) -> tuple[dict[str, Any], Marks]:
+    """Plain data and marks of schema-valid rig text; RigError where it is not."""
+    seen = _checked.get(text)
+    if seen is not None:
+        blob, values, keys = seen
+        return marshal.loads(blob), Marks(source, {q: Mark(source, line, col) for q, line, col in values},
+                                          {q: Mark(source, line, col) for q, line, col in keys})
+    data, marks = load_yaml(text, source)
+    if data is None:
+        raise RigError("the rig file is empty: it needs at least `kvmrig: 1` and `arch:`", Mark(source, 1, 1))
+    validate(data, marks)
+    if len(text) > _CHECKED_TEXT_MAX:
+        return data, marks
+    if len(_checked) >= _CHECKED_MAX:
+        _checked.clear()
+    _checked[text] = (marshal.dumps(data), tuple((q, k.line, k.col) for q, k in marks.values.items()),
+                      tuple((q, k.line, k.col) for q, k in marks.keys.items()))
+    return data, marks
 
 
 _loading: list[Path] = []   # parents being loaded (a `from:` cycle check)
@@ -213,10 +248,26 @@ class _Builder:
             **fields,
         )
         self.check_points(rig)
+        self.check_cmdline(rig)
         if "machine" in d and (rig.save_points() or rig.start is not None):
             self.fail(("machine",), "snapshots (save:, from:) do not capture the in-kernel irqchip, PIT or "
                       "other vCPUs: a rig with machine: cannot save or start from one", key=True)
         return rig
+
+    def check_cmdline(self, rig: m.Rig) -> None:
+        """arm64: a Linux Image's `cmdline` is the generated tree's /chosen/bootargs
+        (one spelling for the kernel command line on both arches): said once."""
+        for i, img in enumerate(rig.images):
+            if not img.linux or img.cmdline is None:
+                continue
+            p: JsonPath = ("images", i, "cmdline")
+            raw = self.data.get("dtb") or {}
+            if "file" in raw:
+                self.fail(p, "cmdline goes into a generated device tree (/chosen/bootargs); with dtb.file "
+                          "put it into your own .dts", key=True)
+            elif "bootargs" in raw and raw["bootargs"] != img.cmdline:
+                self.fail(p, f"cmdline {img.cmdline!r} and dtb.bootargs {raw['bootargs']!r} are both the "
+                          "kernel command line: give it once", key=True)
 
     # -- snapshots --------------------------------------------------------
 
@@ -429,11 +480,15 @@ class _Builder:
                               f"{header.text_offset:#x}: it must load text_offset above a 2 MiB boundary, "
                               f"not at {at:#x} (leave `at:` out to let kvmrig place it)")
             allowed = {"multiboot": ("cmdline", "modules"), "linux": ("cmdline", "initrd")}.get(fmt, ())
+            if linux:
+                allowed = ("cmdline",)   # /chosen/bootargs of the generated device tree
             for key in ("cmdline", "modules", "initrd"):
                 if key in raw and key not in allowed:
                     which = " or ".join(f"`format: {f}`" for f in ("multiboot", "linux")
                                         if key in {"multiboot": ("cmdline", "modules"),
                                                    "linux": ("cmdline", "initrd")}[f])
+                    if key == "cmdline" and self.arch == "arm64":
+                        which = "arm64 Linux Image"
                     self.fail(p + (key,), f"{key} is for {which} images", key=True)
             if fmt in ("multiboot", "linux") and self.arch != "x86_64":
                 self.fail(p + ("format",), f"{fmt} kernels are x86 kernels here")

@@ -11,6 +11,7 @@ KVMRIG_KVM_DEBUG=native for the whole run:
 * tests/machine/test_debug_kvm.py (every test, `auto` = native and `trap`),
 * tests/backends/kvm/test_system.py (the ABI-level debug tests that are
   strict xfails on kvm_pvm must pass here),
+* tests/backends/kvm/test_x86_smp.py (breakpoints and DR watchpoints on every vCPU),
 * tests/test_examples.py for every rigs/x86 example,
 
 and a plugin (tests/invm/x86_lane_tally.py) counts per test the debug exits
@@ -65,7 +66,8 @@ COMMAND = f"""
 set +e
 KVMRIG_KVM_DEBUG=native KVMRIG_NATIVE_TALLY=tally.json python3 -m pytest -p no:cacheprovider \
   -p tests.invm.x86_lane_tally -q -rfE --junitxml=pytest.xml \
-  tests/machine/test_debug_kvm.py tests/backends/kvm/test_system.py tests/test_examples.py \
+  tests/machine/test_debug_kvm.py tests/backends/kvm/test_system.py tests/backends/kvm/test_x86_smp.py \
+  tests/test_examples.py \
   {REUSE_TEST} -k "{SELECT}" > pytest.log 2>&1
 echo $? > pytest.status
 tail -5 pytest.log

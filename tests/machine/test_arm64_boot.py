@@ -110,3 +110,38 @@ def test_the_rigs_own_dtb_is_loaded_as_is(tmp_path: Path):
         dtb: {file: own.dtb, at: 0x40008000}
     """)
     assert plan.boot.writes == [(0x40008000, blob)] and plan.boot.state.dtb == 0x40008000
+
+
+def test_a_linux_images_cmdline_is_the_trees_bootargs(tmp_path: Path):
+    """One spelling of the kernel command line on both arches: x86's images[].cmdline."""
+    (tmp_path / "Image").write_bytes(linux_image(0x400000))
+    plan = plan_for(tmp_path, """
+        memory: [{at: 0x40000000, size: 16M}]
+        images: [{file: Image, cmdline: "console=ttyAMA0 quiet"}]
+    """)
+    (_at, blob), = plan.boot.writes
+    fdt = libfdt.Fdt(bytearray(blob))
+    assert fdt.getprop(fdt.path_offset("/chosen"), "bootargs").as_str() == "console=ttyAMA0 quiet"
+    same = plan_for(tmp_path, """
+        memory: [{at: 0x40000000, size: 16M}]
+        images: [{file: Image, cmdline: "a b"}]
+        dtb: {bootargs: "a b"}
+    """)
+    assert same.boot.writes
+
+
+@pytest.mark.parametrize("body, message", [
+    ("""
+        memory: [{at: 0x40000000, size: 16M}]
+        images: [{file: Image, cmdline: "a"}]
+        dtb: {bootargs: "b"}
+    """, r"r\.yaml:5:24: images\[0\]\.cmdline: cmdline 'a' and dtb.bootargs 'b' are both the kernel command line"),
+    ("""
+        memory: [{at: 0x40000000, size: 16M}]
+        images: [{file: g.bin, at: 0x40000000, cmdline: "a"}]
+    """, r"r\.yaml:5:40: images\[0\]\.cmdline: cmdline is for arm64 Linux Image images"),
+])
+def test_a_cmdline_said_twice_differently_or_on_no_kernel_is_refused(tmp_path: Path, body, message):
+    (tmp_path / "Image").write_bytes(linux_image(0x400000))
+    with pytest.raises(RigError, match=message):
+        plan_for(tmp_path, body)

@@ -199,9 +199,13 @@ def _differential(rigs, factory_for, order: str, points=None) -> None:
         for key in set(delta) - set(noise):
             diffs.append(f"{name}: final {key} differs fresh vs reused: {delta[key]}")
     assert not diffs, "\n".join(diffs)
-    # Only guests known to depend on time may be noisy, and only in memory.
-    assert all(name == "seabios-debian" or name.startswith("u-boot") for name in noisy) and \
-        all(v == ["memory"] for v in noisy.values()), noisy
+    # Only guests known to depend on time may be noisy, and only in memory;
+    # SeaBIOS (on KVM's PIT, ended by its timeout) may also be stopped in a
+    # different instruction or interrupt handler from one fresh run to the
+    # next when the machine is busy: its CPU state too, never its outcome.
+    assert all(name == "seabios-debian" or name.startswith("u-boot") for name in noisy), noisy
+    assert all(v == ["memory"] for name, v in noisy.items() if name != "seabios-debian"), noisy
+    assert "outcome" not in noisy.get("seabios-debian", []), noisy
 
 
 def _kvm_rigs(scribbler_rigs):

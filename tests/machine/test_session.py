@@ -45,10 +45,11 @@ def rig_text(mode: str, code: str, *, memory: str = "[{at: 0, size: 2M}]", at: i
 
 
 def run(text: str, path: str = "/rigs/session.yaml"):
-    """Prepare and execute on KVM; the Outcome."""
-    from kvmrig.backends.kvm.x86_64 import KvmX86Backend
+    """Prepare and execute on KVM (the backend class the runner picks: cpus > 1 has its own); the Outcome."""
+    from kvmrig.backends.select import kvm_factory
 
-    return execute(prepare(load_rig_text(text, path)), KvmX86Backend)
+    rig = load_rig_text(text, path)
+    return execute(prepare(rig), kvm_factory(rig))
 
 
 def assert_passed(outcome):

@@ -66,7 +66,7 @@ def test_record_of_a_failed_rig(validator) -> None:
         {"what": "register rax", "expected": "0x2a (42)", "actual": "0x2b (43)",
          "file": "rigs/a.yaml", "line": 12, "col": 5},
         {"what": "console", "expected": "'PASS'", "actual": "'boot'"}]
-    assert rec["hits"][0] == {"point": "breakpoint[0] sym:loop (0x1010)", "number": 1, "pc": "0x1010",
+    assert rec["hits"][0] == {"point": "breakpoint[0] sym:loop (0x1010)", "number": 1, "cpu": 0, "pc": "0x1010",
                               "addr": None, "regs": {"rcx": "0x3"},
                               "failures": [{"what": "register rcx at hit 1", "expected": "0x2 (2)",
                                             "actual": "3", "file": "rigs/a.yaml", "line": 12, "col": 5}]}

@@ -528,3 +528,52 @@ def test_executed_and_not_executed_are_addresses():
 def test_executed_takes_addresses_only():
     message = error(COVERAGE_RIG.replace('"sym:handler"', '"handler"'))
     assert "r.yaml:6:" in message and "executed" in message
+
+
+# -- the same text in many files (checked once per process) -------------------
+
+SAME = """kvmrig: 1
+arch: x86_64
+memory: [{at: 0, size: 64K}]
+images: [{hex: "f4", at: 0x1000}]
+breakpoints: [{at: 0x1000, expect: {regs: {ax: 1}}}]
+"""
+
+
+def test_the_same_text_in_two_files_gives_each_its_own_names_and_marks():
+    from kvmrig.rig import load as load_mod
+    a = load_rig_text(SAME, "/one/a.yaml")
+    assert SAME in load_mod._checked, "checked once, kept for the next file"
+    b = load_rig_text(SAME, "/two/b.yaml")
+    assert (a.name, b.name) == ("a", "b")
+    assert a.breakpoints[0].mark == Mark("/one/a.yaml", 5, 15) and b.breakpoints[0].mark == Mark("/two/b.yaml", 5, 15)
+    assert a.memory[0].mark.path == "/one/a.yaml" and b.memory[0].mark.path == "/two/b.yaml"
+    assert b == load_rig_text(SAME, "/two/b.yaml"), "a cached load builds the same model"
+
+
+def test_a_cached_text_gives_fresh_data_to_each_file(monkeypatch):
+    from kvmrig.rig import load as load_mod
+    load_rig_text(SAME, "/one/a.yaml")
+    seen = []
+    real = load_mod._Builder.__init__
+
+    def spy(self, path, data, marks):
+        seen.append(data)
+        real(self, path, data, marks)
+
+    monkeypatch.setattr(load_mod._Builder, "__init__", spy)
+    load_rig_text(SAME, "/one/b.yaml")
+    load_rig_text(SAME, "/one/c.yaml")
+    assert seen[0] == seen[1] and seen[0] is not seen[1] and seen[0]["memory"] is not seen[1]["memory"]
+
+
+def test_a_bad_text_fails_every_time_it_is_loaded():
+    bad = SAME.replace("x86_64", "z80")
+    for path in ("/one/a.yaml", "/two/b.yaml"):
+        with pytest.raises(RigError) as e:
+            load_rig_text(bad, path)
+        assert str(e.value).startswith(f"{path}:2:")
+    broken = SAME.replace("size: 64K", "size: 64Q")
+    for path in ("/one/a.yaml", "/two/b.yaml"):
+        with pytest.raises(RigError, match="is not a size"):
+            load_rig_text(broken, path)

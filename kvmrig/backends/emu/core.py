@@ -710,7 +710,10 @@ class EmuBackendBase(Backend):
         """Nothing runs between rigs: the emulator's timeout lives in run()."""
 
     def reusable(self) -> bool:
-        return not self._closed and not self._running and (self._thread is None or self._thread.is_alive())
+        # A run that ended mid-instruction (a UART `idle:` point, a timeout)
+        # is still reusable: reset() ends it first, and a VM that would not
+        # stop makes reset() raise, so the pool closes it instead.
+        return not self._closed and (self._thread is None or self._thread.is_alive())
 
     def reset(self) -> None:
         """The CPU back to its created context; MMIO pages, hooks and every

@@ -21,10 +21,13 @@ with `ulong(n)`. It returns -1 and leaves the error in `ffi.errno`.
 from __future__ import annotations
 
 import functools
-
-import cffi
+from typing import TYPE_CHECKING
 
 from kvmrig.arch import host_arch
+from kvmrig.backends.kvm import ffi_cache
+
+if TYPE_CHECKING:
+    import cffi
 
 # --------------------------------------------------------------------------
 # Which layouts: the host's architecture.
@@ -413,6 +416,8 @@ def build_ffi(arch: str) -> cffi.FFI:
     """
     if arch not in _CDEF_ARCH:
         raise ValueError(f"no KVM ABI for architecture {arch!r} (kvmrig knows {', '.join(ARCHES)})")
+    import cffi   # the parser: only when the cached module (ffi_cache) cannot be used
+
     f = cffi.FFI()
     f.cdef(_CDEF_ARCH[arch])
     f.cdef(_CDEF_COMMON)
@@ -422,7 +427,13 @@ def build_ffi(arch: str) -> cffi.FFI:
 
 @functools.cache
 def ffi_for(arch: str) -> cffi.FFI:
-    """The (cached) FFI of `arch`; `ffi_for(ARCH) is ffi`."""
+    """The (cached) FFI of `arch`; `ffi_for(ARCH) is ffi`. Read from the
+    declarations cffi serialized once (ffi_cache), else parsed here."""
+    if arch in _CDEF_ARCH:
+        cached = ffi_cache.load(f"kvm_abi_{arch}", (_CDEF_ARCH[arch], _CDEF_COMMON, _CDEF_LIBC),
+                                lambda: build_ffi(arch))
+        if cached is not None:
+            return cached
     return build_ffi(arch)
 
 

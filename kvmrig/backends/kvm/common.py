@@ -21,7 +21,6 @@ from kvmrig.backends.base import Backend
 from kvmrig.backends.events import Event, Halt, Mmio, PortIO, Shutdown, Step, SystemEvent, Timeout, Unhandled, WatchHit
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.perprocess import PerProcess
-from kvmrig.backends.kvm.smp import Aps
 from kvmrig.backends.kvm.system import Kvm
 from kvmrig.errors import BackendError
 
@@ -233,14 +232,19 @@ class KvmBackendBase(Backend):
         if threading.current_thread() is not threading.main_thread():
             raise BackendError("the KVM backend must run rigs on the main thread (timeouts use SIGALRM)")
         _alarmed_run = self.vcpu.run_struct
-        if signal.getsignal(signal.SIGALRM) is not _on_alarm:   # another kept VM's close() may have put
-            self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)   # the old one back meanwhile
-            self._handler_installed = True
+        self._install_alarm()
         first = max(deadline - time.monotonic(), 0.0001)
         if self.irqchip:  # KVM runs HLT itself: kick the vcpu now and then to look (_halted)
             first = min(first, TIMER_REPEAT)
         signal.setitimer(signal.ITIMER_REAL, first, TIMER_REPEAT)
         self._timer_armed = True
+
+    def _install_alarm(self) -> None:
+        """kvmrig's SIGALRM handler (main thread only): the timeout, and the kicks
+        that get a vCPU out of KVM_RUN (x86_smp), must not kill the process."""
+        if signal.getsignal(signal.SIGALRM) is not _on_alarm:   # another kept VM's close() may have put
+            self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)   # the old one back meanwhile
+            self._handler_installed = True
 
     def _disarm_timer(self, keep_handler: bool = False) -> None:
         """Stop the alarm; put the old SIGALRM handler back unless `keep_handler`
@@ -255,42 +259,7 @@ class KvmBackendBase(Backend):
             self._handler_installed = False
         _alarmed_run = None
 
-    # Application processors (cpus > 1) ------------------------------
-    _ap_vcpus: list = []
-    _aps = None       # smp.Aps once started
-    _holding = False  # the session holds the machine lock (between run() calls)
-
-    def start_aps(self, handler) -> None:
-        """Start the AP threads; `handler(index, event)` handles their I/O under
-        the machine lock (answer bytes for reads) and raises to end the run."""
-        if not self._ap_vcpus:
-            return
-        self._aps = Aps(self._ap_vcpus, handler)
-        self.run = self._run_smp  # type: ignore[method-assign]
-        self._aps.lock.acquire()
-        self._holding = True
-        self._aps.start()
-
-    def _run_smp(self, deadline: float) -> Event:
-        aps = self._aps
-        if self._holding:
-            self._holding = False
-            aps.lock.release()
-        if aps.ended is not None:
-            ev = Unhandled(None, f"another vCPU ended the run: {aps.ended}")
-        else:
-            ev = KvmBackendBase.run(self, deadline)
-        aps.lock.acquire()
-        self._holding = True
-        return ev
-
-    def quiesce(self) -> None:
-        """Stop every AP (before the verdict is taken)."""
-        if self._aps is not None:
-            if self._holding:
-                self._holding = False
-                self._aps.lock.release()
-            self._aps.stop()
+    _aps = None   # x86_smp: the AP threads (smp.Aps), whose `ended` ends the BSP's run too
 
     # Running ---------------------------------------------------------------
     def run(self, deadline: float) -> Event:
@@ -298,6 +267,12 @@ class KvmBackendBase(Backend):
             return self._queue.popleft()
         if not self._timer_armed:
             self._arm_timer(deadline)
+        return self._next_event(deadline)
+
+    def _next_event(self, deadline: float) -> Event:
+        """KVM_RUN until an exit is an event (no timer: the caller's, if any)."""
+        if self._queue:
+            return self._queue.popleft()
         run = self.vcpu.run
         while True:
             if self._owe_step or self._owe_hits:

@@ -70,12 +70,14 @@ def _sync_regs_supported(kvm) -> bool:
 
 class KvmX86Backend(KvmBackendBase):
     arch = "x86_64"
+    runs_aps = False   # x86_smp's subclass runs vCPUs 1.. (cpus > 1)
 
     def __init__(self) -> None:
         super().__init__()
         self.support = debug_support(self.kvm)
         self.pristine: x86_state.X86CpuState | None = None   # the vCPU as created, for reuse
         self.stepped = False   # KVM single-stepped this vCPU (see reusable())
+        self._ap_vcpus: list = []   # vCPUs 1.. (cpus > 1; x86_smp runs them)
         self._forget_debug()
 
     def _forget_debug(self) -> None:
@@ -125,6 +127,8 @@ class KvmX86Backend(KvmBackendBase):
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self._cpuid(state.cpuid))
         if state.cpus > 1:
+            if not self.runs_aps:
+                raise BackendError("cpus > 1 needs the SMP backend (kvmrig.backends.kvm.x86_smp), which runs the APs")
             aps = []
             for index in range(1, state.cpus):
                 ap = self.vm.create_vcpu(index)   # waits for INIT/SIPI from the guest (in-kernel LAPIC)
@@ -340,18 +344,20 @@ class KvmX86Backend(KvmBackendBase):
         self._setup = setup
         dr_slots = [(i, s) for i, s in enumerate(slots) if s.kind == "exec" or self.support.data_breakpoints]
         soft = [(i, s) for i, s in enumerate(slots) if not (s.kind == "exec" or self.support.data_breakpoints)]
-        if not self.support.int3 and self.irqchip:  # see sw_break_insn(): DR exec breakpoints
+        held = not self.sw_break_insn()
+        if held:  # see sw_break_insn(): DR exec breakpoints
             dr_slots += [(-1, HwSlot(addr, "sw")) for addr in sorted(sw_breakpoints or ())]
             if len(dr_slots) > dr7_mod.SLOTS:
-                raise BackendError(
-                    f"{len(dr_slots)} debug registers needed: this KVM intercepts neither INT3 nor ICEBP and, "
-                    "with machine.irqchip, runs HLT itself, so kind: sw breakpoints use debug registers too; "
-                    f"x86 has {dr7_mod.SLOTS}")
+                why = ("with cpus > 1 no instruction is planted (stepping one vCPU over it would lift it for all)"
+                       if self._ap_vcpus else "this KVM intercepts neither INT3 nor ICEBP and, with "
+                       "machine.irqchip, runs HLT itself")
+                raise BackendError(f"{len(dr_slots)} debug registers needed: {why}, so kind: sw breakpoints "
+                                   f"use debug registers too; x86 has {dr7_mod.SLOTS}")
         if len(dr_slots) > dr7_mod.SLOTS:
             raise BackendError(f"{len(dr_slots)} debug registers asked for; x86 has {dr7_mod.SLOTS}")
         self._user_step = single_step
         self._sw_addrs = frozenset(sw_breakpoints or ())
-        self._sw_int3 = bool(self._sw_addrs) and self.support.int3
+        self._sw_int3 = bool(self._sw_addrs) and self.support.int3 and not held
         self._dr = [0] * 8
         self._dr_owner, self._dr_kind, self._dr_len = [], [], []
         for n, (i, s) in enumerate(dr_slots):
