@@ -130,9 +130,10 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
     snap_arch, snap_backend = header["arch"], header["backend"]
     if arch is not None and snap_arch != arch:
         raise SnapshotError(f"{path}: the snapshot is of an {snap_arch} machine; this rig is {arch}")
-    if backend is not None and snap_backend != backend:
+    if backend is not None and snap_backend != backend and "arch" not in header["cpu"]:
         raise SnapshotError(f"{path}: the snapshot holds {snap_backend} CPU state; this run uses the {backend} "
-                            "backend, which cannot load it")
+                            "backend, which cannot load it (the snapshot has no registers by name for another "
+                            "backend: take it again with this kvmrig)")
     found = [(at, size, rom) for at, size, rom, *_r in regions]
     if memory_map is not None and sorted(found) != sorted(memory_map):
         raise SnapshotError(f"{path}: the snapshot's memory map {_describe(found)} is not the rig's "

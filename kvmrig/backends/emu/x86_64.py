@@ -44,10 +44,11 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
 from unicorn import unicorn_const as U
 from unicorn import x86_const as X
 
-from kvmrig.arch.x86_64 import gdt
+from kvmrig.arch.x86_64 import cpustate, gdt
 from kvmrig.arch.x86_64.boot import CR0_PE, CR0_PG, X86State
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends.events import Event, Halt, PortIO, Shutdown, Unhandled
+from kvmrig.backends.emu import x86_cross
 from kvmrig.backends.emu.core import EmuBackendBase
 from kvmrig.errors import BackendError
 
@@ -98,6 +99,7 @@ class _CsBase:
     """
 
     offset: int | None = None
+    stride = 0
     probed = False
 
     @classmethod
@@ -121,6 +123,7 @@ class _CsBase:
         stride = found[1] - found[0]
         if stride in (24, 32):
             cls.offset = found[0] - 3 * stride   # FS is segs[4], CS segs[1]
+            cls.stride = stride
         return cls.offset
 
 
@@ -296,6 +299,17 @@ class EmuX86Backend(EmuBackendBase):
 
     def _forget_arch(self) -> None:
         self._exception = None
+
+    # Snapshots that cross backends (x86_cross) ---------------------------------
+    def _arch_text(self) -> dict | None:
+        return cpustate.to_text(x86_cross.to_arch(self))
+
+    def _load_arch(self, text: dict) -> None:
+        try:
+            x86_cross.load_arch(self, cpustate.from_text(text))
+        except cpustate.CrossError as e:
+            raise BackendError(str(e)) from None
+        self._ctx = None
 
     def cs_base(self) -> int:
         """The hidden base of CS (see _CsBase)."""

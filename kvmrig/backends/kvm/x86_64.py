@@ -33,6 +33,7 @@ from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State, system_area
 from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
+from kvmrig.arch.x86_64 import cpustate
 from kvmrig.arch.x86_64.faults import explain_shutdown
 from kvmrig.arch.x86_64.fpu import gdb_registers
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
@@ -55,6 +56,7 @@ INT3, HLT = b"\xcc", b"\xf4"
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: PerProcess[bool] = PerProcess()
+_created_cache: PerProcess[dict[int, int]] = PerProcess()
 #: Debug exits taken natively in this process ("int3", "dr-exec", "dr-watch"):
 #: how the x86_64 lane's test run shows the native path really ran.
 NATIVE_HITS: Counter[str] = Counter()
@@ -66,6 +68,16 @@ def _sync_regs_supported(kvm) -> bool:
     if os.environ.get("KVMRIG_KVM_SYNC_REGS", "1") == "0":
         return False
     return _sync_cache.get(lambda: kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & SYNC == SYNC)
+
+
+def _created_msrs() -> dict[int, int]:
+    """The MSR values of a vCPU as kvmrig creates it (a throwaway VM, once per
+    process): a snapshot marks the MSRs still at them, which a backend without
+    them may leave out."""
+    def probe() -> dict[int, int]:
+        with KvmX86Backend() as backend:
+            return backend.capture_cpu().msrs
+    return _created_cache.get(probe)
 
 
 class KvmX86Backend(KvmBackendBase):
@@ -214,8 +226,22 @@ class KvmX86Backend(KvmBackendBase):
         x86_state.restore(self.vcpu, state)
 
     def export_cpu(self) -> dict:
-        """The complete vCPU state as text (snapshot files)."""
-        return x86_state.to_text(self.capture_cpu())
+        """The complete vCPU state as text (snapshot files), with the neutral
+        form the emulator loads (`arch`)."""
+        state = self.capture_cpu()
+        text = x86_state.to_text(state)
+        created = self.pristine.msrs if self.pristine is not None else _created_msrs()
+        text["arch"] = cpustate.to_text(x86_state.to_arch(state, created))
+        return text
+
+    def import_arch(self, text: dict) -> None:
+        """Load the neutral state another backend took (cpustate); BackendError
+        naming what KVM cannot take."""
+        try:
+            state = x86_state.with_arch(self.capture_cpu(), cpustate.from_text(text))
+        except cpustate.CrossError as e:
+            raise BackendError(str(e)) from None
+        self.restore_cpu(state)
 
     def import_cpu(self, text: dict) -> None:
         """Load export_cpu() text; BackendError if it is not a state of this backend."""

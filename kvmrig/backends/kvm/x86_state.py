@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmrig.arch.x86_64 import cpustate, gdt
+from kvmrig.arch.x86_64.regs import GPRS
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.system import Kvm, Vcpu
 from kvmrig.errors import BackendError, KvmError
@@ -246,3 +248,107 @@ def from_text(text: dict[str, Any]) -> X86CpuState:
     return X86CpuState(bytes(ffi.buffer(regs)), bytes(ffi.buffer(sregs)),
                        {int(i, 16): int(v, 16) for i, v in text["msrs"].items()}, blobs,
                        time.monotonic(), int(text.get("tsc_khz", 0)))
+
+
+# The neutral form (arch/x86_64/cpustate.py): snapshots that cross backends -------
+
+_SEG_NAMES = cpustate.SEGMENT_NAMES
+
+
+def _struct(ctype: str, data: bytes):
+    value = ffi.new(ctype + " *")
+    ffi.memmove(value, data, len(data))
+    return value
+
+
+def _pending(events) -> list[str]:
+    """What kvm_vcpu_events holds pending that a register cannot say."""
+    out = []
+    e = events.exception
+    if e.injected or e.pending:
+        out.append(f"an exception (vector {e.nr}{', error code %#x' % e.error_code if e.has_error_code else ''})")
+    if events.interrupt.injected:
+        out.append(f"an interrupt being injected (vector {events.interrupt.nr})")
+    if events.nmi.injected or events.nmi.pending:
+        out.append("an NMI")
+    if events.smi.smm or events.smi.pending:
+        out.append("SMM" if events.smi.smm else "an SMI")
+    if events.triple_fault.pending:
+        out.append("a triple fault")
+    return out
+
+
+def to_arch(state: X86CpuState, created_msrs: dict[int, int]) -> cpustate.X86Arch:
+    """`state` by architectural name; `created_msrs` are the MSR values of a
+    vCPU as created, which mark the ones the guest left alone."""
+    r = _struct("struct kvm_regs", state.regs)
+    s = _struct("struct kvm_sregs", state.sregs)
+    regs = {name: int(getattr(r, name)) for name in GPRS + ("rip", "rflags")}
+    segments = {n: gdt.Segment(**{f: int(getattr(getattr(s, n), f)) for f in cpustate.SEGMENT_FIELDS})
+                for n in _SEG_NAMES}
+    control = {name: int(getattr(s, name)) for name in cpustate.CONTROL_NAMES}
+    msrs = {i: v for i, v in state.msrs.items() if i not in cpustate.NOT_MSRS}
+    as_created = frozenset(i for i, v in msrs.items() if created_msrs.get(i) == v)
+    fpu, others = cpustate.fpu_from_xsave(state.blobs["xsave"]) if "xsave" in state.blobs else (cpustate.Fpu(), [])
+    pending = [f"XSAVE state of {name}" for name in others]
+    xcr0 = 1
+    if "xcrs" in state.blobs:
+        x = _struct("struct kvm_xcrs", state.blobs["xcrs"])
+        xcr0 = next((int(x.xcrs[i].value) for i in range(x.nr_xcrs) if x.xcrs[i].xcr == 0), 1)
+    debug = {"dr0": 0, "dr1": 0, "dr2": 0, "dr3": 0, "dr6": 0xFFFF0FF0, "dr7": 0x400}
+    if "debugregs" in state.blobs:
+        d = _struct("struct kvm_debugregs", state.blobs["debugregs"])
+        debug = {**{f"dr{i}": int(d.db[i]) for i in range(4)}, "dr6": int(d.dr6), "dr7": int(d.dr7)}
+    if "events" in state.blobs:
+        pending += _pending(_struct("struct kvm_vcpu_events", state.blobs["events"]))
+    if "mp_state" in state.blobs:
+        mp = int.from_bytes(state.blobs["mp_state"][:4], "little")
+        if mp != abi.KVM_MP_STATE_RUNNABLE:
+            pending.append(f"MP state {mp} (not runnable)")
+    return cpustate.X86Arch(regs, segments, (int(s.gdt.base), int(s.gdt.limit)), (int(s.idt.base), int(s.idt.limit)),
+                            control, msrs, as_created, fpu, debug, xcr0, pending)
+
+
+def with_arch(base: X86CpuState, a: cpustate.X86Arch) -> X86CpuState:
+    """`base` (this vCPU as created) holding the neutral state `a`, taken on
+    another backend. CrossError for what KVM cannot take (see cpustate)."""
+    cpustate.refuse_pending(a, "kvm")
+    r = _struct("struct kvm_regs", base.regs)
+    for name, value in a.regs.items():
+        setattr(r, name, value)
+    s = _struct("struct kvm_sregs", base.sregs)
+    for n in _SEG_NAMES:
+        seg = getattr(s, n)
+        for f in cpustate.SEGMENT_FIELDS:
+            setattr(seg, f, getattr(a.segments[n], f))
+    s.gdt.base, s.gdt.limit = a.gdt
+    s.idt.base, s.idt.limit = a.idt
+    for name, value in a.control.items():
+        setattr(s, name, value)
+    msrs = dict(base.msrs)
+    for index, value in cpustate.changed_msrs(a).items():
+        if index not in msrs:
+            raise cpustate.CrossError(f"the snapshot has {cpustate.msr_name(index)} = {value:#x}, which this KVM "
+                                      "cannot restore")
+        msrs[index] = value
+    blobs = dict(base.blobs)
+    if "xsave" in blobs:
+        blobs["xsave"] = cpustate.xsave_with_fpu(blobs["xsave"], a.fpu)
+    elif a.fpu != cpustate.Fpu():
+        raise cpustate.CrossError("the snapshot's x87/SSE registers are in use, and this KVM has no XSAVE")
+    if a.xcr0 is not None and a.xcr0 != 1:
+        if "xcrs" not in blobs:
+            raise cpustate.CrossError(f"the snapshot has XCR0 = {a.xcr0:#x}, and this KVM has no XCRs")
+        x = _struct("struct kvm_xcrs", blobs["xcrs"])
+        x.nr_xcrs, x.xcrs[0].xcr, x.xcrs[0].value = max(1, x.nr_xcrs), 0, a.xcr0
+        blobs["xcrs"] = bytes(ffi.buffer(x))
+    if "debugregs" in blobs:
+        d = _struct("struct kvm_debugregs", blobs["debugregs"])
+        for i in range(4):
+            d.db[i] = a.debug[f"dr{i}"]
+        d.dr6, d.dr7 = a.debug["dr6"], a.debug["dr7"]
+        blobs["debugregs"] = bytes(ffi.buffer(d))
+    elif a.debug["dr7"] & cpustate.DR7_ENABLES:
+        raise cpustate.CrossError(f"the snapshot's guest arms breakpoints (DR7 = {a.debug['dr7']:#x}), and this "
+                                  "KVM cannot set debug registers")
+    return X86CpuState(bytes(ffi.buffer(r)), bytes(ffi.buffer(s)), msrs, blobs, time.monotonic(), base.tsc_khz)
