@@ -133,3 +133,60 @@ def test_save_on_fail_keeps_the_final_state(cfw, tmp_path):
     assert snap.origin["point"] == "end"
     assert int(snap.cpu["regs"]["rax"], 16) == 6       # the state it failed in: strlen said 6
     assert not (saved / "cfw-boot.snap").exists()      # only failed rigs
+
+
+# Snapshots across backends (x86_64: KVM <-> the emulator) -----------------------
+
+def _cross_children(cfw: Path, snap: str) -> list[Path]:
+    """Copies of the cfw children that start from the snapshot file `snap`."""
+    out = []
+    for p in sorted(cfw.glob("cfw-*.yaml")):
+        text = p.read_text().replace("from: cfw.yaml#at-main", f"from: {snap}")
+        copy = cfw / f"{p.stem}-{Path(snap).stem}.yaml"
+        copy.write_text(text.replace(f"name: {p.stem}", f"name: {p.stem}-{Path(snap).stem}"))
+        out.append(copy)
+    return out
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("taken_on", ["kvm", "emu"])
+def test_children_of_a_snapshot_run_on_the_other_backend_as_on_its_own(cfw, taken_on):
+    """A snapshot taken on one backend, its children run on both: each ends
+    as on the backend that took it (exit, registers, hits, console, RAM)."""
+    pytest.importorskip("unicorn")
+    from kvmrig.backends.select import backend_for
+    from kvmrig.crosscheck import GPRS, VOLATILE, differences, run_on
+    from kvmrig.machine.plan import prepare
+    from kvmrig.machine.session import RunOptions
+
+    snap = cfw / f"{taken_on}.snap"
+    proc = kvmrig_cli("snapshot", f"{cfw / 'cfw.yaml'}#at-main", "-o", snap, "--backend", taken_on, cwd=cfw)
+    assert proc.returncode == 0, proc.stderr
+    assert snapfile.read_header(snap).backend == taken_on
+    other = "emu" if taken_on == "kvm" else "kvm"
+    children = _cross_children(cfw, snap.name)
+    assert len(children) == 8
+    for path in children:
+        rig = load_rig(path)
+        plan = prepare(rig)
+        own = run_on(plan, taken_on, backend_for(rig, taken_on)[1], RunOptions())
+        cross = run_on(plan, other, backend_for(rig, other)[1], RunOptions())
+        for run in (own, cross):
+            assert not run.outcome.failures, (path.name, run.backend, [str(f) for f in run.outcome.failures])
+        assert differences("x86_64", own, cross) == [], path.name
+        regs = [r for r in GPRS["x86_64"] if r not in VOLATILE["x86_64"]]
+        assert {r: cross.outcome.regs[r] for r in regs} == {r: own.outcome.regs[r] for r in regs}
+        assert cross.digests and cross.digests == own.digests
+
+
+@pytest.mark.kvm
+def test_cross_check_runs_snapshot_children_on_both_backends_from_kvms_snapshot(cfw):
+    pytest.importorskip("unicorn")
+    from kvmrig.crosscheck import cross_check
+    proc = kvmrig_cli("run", "--cross-check", "--junit", "", *sorted(cfw.glob("cfw*.yaml")), cwd=cfw)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("(kvm+emu") == 9, proc.stdout
+    # One child alone: its parent runs here first, on KVM, and both runs load that snapshot.
+    result = cross_check(load_rig(cfw / "cfw-strlen.yaml"))
+    assert result.status == PASSED and result.backend == "kvm+emu", result.details
+    assert any("both runs start from the kvm snapshot" in d and "cfw.yaml#at-main" in d for d in result.details)

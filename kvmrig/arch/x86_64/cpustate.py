@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmrig.arch.x86_64 import gdt
-from kvmrig.arch.x86_64.regs import GPRS
+from kvmrig.arch.x86_64.regs import GPRS  # noqa: F401 - re-exported for callers
 
 SEGMENT_NAMES = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
 SEGMENT_FIELDS = ("base", "limit", "selector", "type", "present", "dpl", "db", "s", "l", "g", "avl", "unusable")

@@ -168,6 +168,7 @@ class EmuX86Backend(EmuBackendBase):
         self._exception: int | None = None
         self._cs_offset = _CsBase.find()
         self._ctx = None
+        self._created = self.uc.context_save()   # loading another backend's state starts from here
         self.uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_in, 0xFFFFFFFF), None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_out), None, 1, 0, X.UC_X86_INS_OUT)
 
@@ -305,6 +306,7 @@ class EmuX86Backend(EmuBackendBase):
         return cpustate.to_text(x86_cross.to_arch(self))
 
     def _load_arch(self, text: dict) -> None:
+        self.uc.context_restore(self._created)
         try:
             x86_cross.load_arch(self, cpustate.from_text(text))
         except cpustate.CrossError as e:
