@@ -190,3 +190,41 @@ def test_cross_check_runs_snapshot_children_on_both_backends_from_kvms_snapshot(
     result = cross_check(load_rig(cfw / "cfw-strlen.yaml"))
     assert result.status == PASSED and result.backend == "kvm+emu", result.details
     assert any("both runs start from the kvm snapshot" in d and "cfw.yaml#at-main" in d for d in result.details)
+
+
+UBOOT = FIRMWARE / "u-boot"
+
+
+@pytest.mark.skipif(not Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin").is_file(), reason="u-boot-qemu not installed")
+def test_an_arm64_state_by_name_loads_on_the_emulator_and_u_boot_children_pass(tmp_path):
+    """The arm64 emulator loads the neutral form (what a KVM snapshot carries
+    for it): U-Boot saved at its prompt, relabelled as another backend's
+    snapshot holding only registers by name, then children typing commands
+    pass and print what they print from the emulator's own snapshot. (The
+    KVM side of arm64 is checked in the nested lane, tests/invm.)"""
+    pytest.importorskip("unicorn")
+    own = tmp_path / "own.snap"
+    proc = kvmrig_cli("snapshot", f"{UBOOT / 'boot.yaml'}#at-prompt", "-o", own, "--backend", "emu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    snap = snapfile.read(own)
+    assert set(snap.cpu["arch"]["regs"]) >= {"x0", "v31", "sctlr_el1", "ttbr0_el1", "sp_el1", "pstate"}
+    snap.backend, snap.cpu = "kvm", {"one_reg": {}, "mp_state": "00000000", "arch": snap.cpu["arch"]}
+    snapfile.write(tmp_path / "named.snap", snap)
+    consoles = {}
+    for source in ("own", "named"):
+        for child in ("version", "md", "crc32", "setexpr"):
+            text = (UBOOT / f"{child}.yaml").read_text().replace("from: boot.yaml#at-prompt", f"from: {source}.snap")
+            path = tmp_path / f"{child}-{source}.yaml"
+            path.write_text(text.replace(f"name: u-boot-{child}", f"name: u-boot-{child}-{source}"))
+            result = run_rig(load_rig(path), "emu")
+            assert result.status == PASSED, (path.name, result.message, result.outcome and
+                                             [str(f) for f in result.outcome.failures])
+            consoles[source, child] = (result.outcome.console, result.outcome.regs["pc"])
+    for child in ("version", "md", "crc32", "setexpr"):
+        assert consoles["named", child] == consoles["own", child]
+    # A register only the other backend has, changed by the guest: refused by name.
+    snap.cpu["arch"]["only_here"] = {"CNTV_CTL_EL0 (S3_3_C14_C3_1)": "0x1"}
+    snapfile.write(tmp_path / "named.snap", snap)
+    result = run_rig(load_rig(tmp_path / "version-named.yaml"), "emu")
+    assert result.status == ERROR and "CNTV_CTL_EL0" in result.message and "emu backend does not have" in \
+        result.message, result.message

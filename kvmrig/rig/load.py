@@ -256,8 +256,10 @@ class _Builder:
                 self.fail(p, f"the snapshot is of an {head.arch} machine; this rig says arch: {self.arch}")
             mark = self.mark(p)
             memory = tuple(m.Region(at, size, rom, mark) for at, size, rom in head.memory_map)
-            devices = tuple(m.Device(d["type"], d.get("port"), d.get("at"), d.get("size"), d.get("value"), mark)
-                            for d in head.devices)
+            devices = tuple(m.Device(d["type"], d.get("port"), d.get("at"), d.get("size"), d.get("value"), mark,
+                                     irq=d["irq"] if isinstance(d.get("irq"), int) else None,
+                                     idle=d["idle"] if isinstance(d.get("idle"), str) else None)
+                            for d in head.devices)   # a UART's `idle` still ends a child's run
             # The ELF images of the rig that saved it, for `sym:` addresses (not loaded again).
             symbols = head.origin.get("symbols", []) if isinstance(head.origin.get("symbols"), list) else []
             images = tuple(m.Image(Path(f), None, None, mark) for f in symbols
