@@ -216,6 +216,10 @@ class _Builder:
         if "machine" in d and (rig.save_points() or rig.start is not None):
             self.fail(("machine",), "snapshots (save:, from:) do not capture the in-kernel irqchip, PIT or "
                       "other vCPUs: a rig with machine: cannot save or start from one", key=True)
+        for key, what in (("cpus", "other vCPUs"), ("gic", "the GIC's state")):
+            if key in d and (rig.save_points() or rig.start is not None):
+                self.fail((key,), f"snapshots (save:, from:) do not capture {what}: a rig with {key}: cannot "
+                          "save or start from one", key=True)
         return rig
 
     # -- snapshots --------------------------------------------------------
