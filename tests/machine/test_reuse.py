@@ -199,9 +199,13 @@ def _differential(rigs, factory_for, order: str, points=None) -> None:
         for key in set(delta) - set(noise):
             diffs.append(f"{name}: final {key} differs fresh vs reused: {delta[key]}")
     assert not diffs, "\n".join(diffs)
-    # Only guests known to depend on time may be noisy, and only in memory.
+    # Only guests known to depend on time may be noisy: U-Boot only in memory
+    # (timer readings); SeaBIOS anywhere, as its run ends at the rig's timeout,
+    # wherever its timer-driven wait is then (real or protected mode: sregs),
+    # which depends on the load of the machine (it has `machine:`, so it is
+    # never reused: both of its runs are fresh).
     assert all(name == "seabios-debian" or name.startswith("u-boot") for name in noisy) and \
-        all(v == ["memory"] for v in noisy.values()), noisy
+        all(v == ["memory"] for name, v in noisy.items() if name != "seabios-debian"), noisy
 
 
 def _kvm_rigs(scribbler_rigs):
