@@ -4,7 +4,7 @@ reading it for a snapshot KVM can load, and loading one KVM took.
 Reading: unicorn's register API gives the general, control, FPU/SSE/AVX and
 debug registers and TR/LDTR/GDTR/IDTR whole, but of CS/DS/ES/SS only the
 selector (UC_MODE_64); their hidden parts come from the segment cache in
-unicorn's saved context, found by _CsBase (the layout QEMU keeps: selector,
+unicorn's saved context, found by CsBase (the layout QEMU keeps: selector,
 base, limit, descriptor flags).
 
 Loading: the segments are loaded as a CPU loads them, by the backend's own
@@ -19,6 +19,8 @@ is by kvmrig's boot tables; a guest that replaced them may refuse).
 
 from __future__ import annotations
 
+import ctypes
+import re
 import struct
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
@@ -39,6 +41,53 @@ _created: dict[int, int] | None = None
 EFER_LMA, CR0_PE = 1 << 10, 1
 
 
+class CsBase:
+    """Where unicorn keeps the hidden base of CS in a saved context.
+
+    Unicorn's register API reads selectors only, but the linear pc (what
+    KVM reports and code hooks see) is CS.base + RIP, and CS.base is not
+    selector * 16 after a reset. unicorn's CPU state keeps the segment
+    caches in the order ES, CS, SS, DS, FS, GS, one stride apart; the
+    offsets of FS's and GS's bases are found once per process by loading
+    two known real-mode selectors (the register API loads FS and GS fully)
+    and looking for (selector, base, limit 0xffff). If the stride is not
+    what it must be, None: callers fall back to what the selector implies.
+    """
+
+    offset: int | None = None
+    stride = 0
+    probed = False
+
+    @classmethod
+    def find(cls) -> int | None:
+        if cls.probed:
+            return cls.offset
+        cls.probed = True
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_tcg_buffer_size(1 << 20)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x10)
+        uc.reg_write(X.UC_X86_REG_FS, 0x1234)
+        uc.reg_write(X.UC_X86_REG_GS, 0x4321)
+        blob = context_bytes(uc.context_save())
+        found = []
+        for sel in (0x1234, 0x4321):
+            pattern = re.escape(struct.pack("<I", sel)) + b"...." + re.escape(struct.pack("<QI", sel << 4, 0xFFFF))
+            hits = [m.start() + 8 for m in re.finditer(pattern, blob, re.DOTALL)]
+            if len(hits) != 1:
+                return None
+            found.append(hits[0])
+        stride = found[1] - found[0]
+        if stride in (24, 32):
+            cls.offset = found[0] - 3 * stride   # FS is segs[4], CS segs[1]
+            cls.stride = stride
+        return cls.offset
+
+
+def context_bytes(ctx) -> bytes:
+    ptr = ctypes.cast(ctx.context, ctypes.c_void_p).value
+    return ctypes.string_at(ptr, ctx.size + 64)
+
+
 def created_msrs() -> dict[int, int]:
     """MSRS as a new unicorn x86 CPU has them (once per process)."""
     global _created
@@ -49,16 +98,15 @@ def created_msrs() -> dict[int, int]:
 
 
 def _segments(backend) -> dict[str, gdt.Segment]:
-    from kvmrig.backends.emu.x86_64 import _CsBase, _context_bytes
     uc = backend.uc
-    offset = _CsBase.find()
+    offset = CsBase.find()
     if offset is None:
         raise BackendError("the emulator's segment state cannot be read (unicorn's context is not laid out as "
                            "kvmrig expects), so it cannot be written for KVM")
-    blob = _context_bytes(uc.context_save())
+    blob = context_bytes(uc.context_save())
     out = {}
     for i, name in enumerate(_CACHE_ORDER):
-        at = offset + (i - 1) * _CsBase.stride
+        at = offset + (i - 1) * CsBase.stride
         selector = struct.unpack_from("<I", blob, at - 8)[0] & 0xFFFF
         base, limit, flags = struct.unpack_from("<QII", blob, at)
         out[name] = cpustate.segment_from_flags(selector, base, limit, flags)
@@ -167,18 +215,15 @@ def _set_selectors(backend, selectors: dict[str, int]) -> None:
     """Write the visible selector of segment registers, their hidden parts
     kept (set_initial_state loads FS and GS from scratch descriptors in
     protected mode; the register API would reload them from the guest's GDT)."""
-    import ctypes
-
-    from kvmrig.backends.emu.x86_64 import _CsBase
     uc = backend.uc
-    offset = _CsBase.find()
+    offset = CsBase.find()
     if offset is None:
         raise BackendError("the emulator's segment state cannot be written (unicorn's context is not laid out as "
                            "kvmrig expects)")
     ctx = uc.context_save()
     ptr = ctypes.cast(ctx.context, ctypes.c_void_p).value
     for name, selector in selectors.items():
-        at = offset + (_CACHE_ORDER.index(name) - 1) * _CsBase.stride - 8
+        at = offset + (_CACHE_ORDER.index(name) - 1) * CsBase.stride - 8
         ctypes.memmove(ptr + at, struct.pack("<I", selector), 4)
     uc.context_restore(ctx)
 
