@@ -11,8 +11,9 @@ value the guest changed from a vCPU as created. Loading refuses
 `only_here` and `pending` by name (CrossError); registers only the loader
 has keep its own created values.
 
-Not carried: MIDR_EL1 and MPIDR_EL1 say which CPU this is (each backend's
-own), and the counters CNTVCT/CNTPCT are clocks that run on.
+Not carried: MIDR_EL1, MPIDR_EL1 and the other ID registers say which CPU
+this is (each backend's own; is_identity), and the counters CNTVCT/CNTPCT
+are clocks that run on.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def describe_id(reg: int) -> str:
 
 def is_clock(reg: int) -> bool:
     return describe_id(reg).split(" ")[0] in CLOCKS
+
+
+KVM_REG_ARM_DEMUX = 0x6011000000110000   # CCSIDR_EL1 values, per cache level
+
+
+def is_identity(reg: int) -> bool:
+    """Registers that say what the CPU is, not what the guest did: the ID and
+    cache-identification registers (op0 3, CRn 0; the guest cannot write
+    them, KVM's differ with the vCPU's features), KVM's CCSIDR table and its
+    firmware registers (PSCI and SMCCC versions the VMM chooses)."""
+    if reg & 0xFFFFFFFFFFFF0000 == KVM_REG_ARM64_SYSREG:
+        return (reg >> 14) & 3 == 3 and (reg >> 7) & 0xF == 0 and reg not in ID_NAMES
+    return reg & 0xFFFFFFFFFFFF0000 in (KVM_REG_ARM_FW, KVM_REG_ARM_DEMUX & 0xFFFFFFFFFFFF0000)
 
 
 def to_text(regs: dict[str, int], only_here: dict[str, int] | None = None,

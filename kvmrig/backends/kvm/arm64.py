@@ -252,7 +252,8 @@ class KvmArm64Backend(KvmBackendBase):
         named = {cpustate.ID_NAMES[r]: v for r, v in values.items() if r in cpustate.ID_NAMES}
         created = _created_regs()
         only_here = {cpustate.describe_id(r): v for r, v in values.items()
-                     if r not in cpustate.ID_NAMES and not cpustate.is_clock(r) and created.get(r, 0) != v}
+                     if r not in cpustate.ID_NAMES and not cpustate.is_clock(r) and not cpustate.is_identity(r)
+                     and created.get(r, 0) != v}
         state = int.from_bytes(mp[:4], "little")
         pending = [] if state == abi.KVM_MP_STATE_RUNNABLE else [f"the vCPU in MP state {state} (not runnable)"]
         return cpustate.to_text(named, only_here, pending)
