@@ -97,6 +97,8 @@ class Header:
     memory_map: list[tuple[int, int, bool]]
     devices: list[dict[str, Any]]
     origin: dict[str, str]
+    irqchip: bool = False   # taken with the in-kernel irqchip (rig `machine:`)
+    pit: bool = False
 
 
 def read_header(path: str | Path) -> Header:
@@ -113,8 +115,10 @@ def read_header(path: str | Path) -> Header:
     except OSError as e:
         raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
     header, regions, _body = _parse(path, raw, memory=False)
+    chips = header["cpu"].get("vm_blobs")
+    chips = chips if isinstance(chips, dict) else {}
     return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_r in regions],
-                  header.get("devices", []), header.get("origin", {}))
+                  header.get("devices", []), header.get("origin", {}), "pic_master" in chips, "pit2" in chips)
 
 
 def read(path: str | Path, arch: str | None = None, backend: str | None = None,

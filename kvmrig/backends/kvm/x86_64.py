@@ -112,6 +112,7 @@ class KvmX86Backend(KvmBackendBase):
         self._exec_reads: list[Event] = []     # the watch hits of the instruction being stepped there
         self._exec_hlt = False                 # its next instruction is HLT: run it unstepped
         self.irqchip = False                   # machine.irqchip: KVM runs HLT and the interrupt controllers
+        self.pit = False                       # machine.pit: KVM's 8254 too
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -134,6 +135,7 @@ class KvmX86Backend(KvmBackendBase):
             self.irqchip = True
             if state.pit:
                 self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
+                self.pit = True
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self._cpuid(state.cpuid))
         if state.cpus > 1:
@@ -216,18 +218,27 @@ class KvmX86Backend(KvmBackendBase):
         if self.vcpu is None:
             self._create_vcpu()
         self.settle_io()
-        return x86_state.capture(self.kvm, self.vcpu)
+        return x86_state.capture(self.kvm, self.vcpu, self.vm if self.irqchip else None, self.pit)
 
     def restore_cpu(self, state: x86_state.X86CpuState) -> None:
         """Put a captured state back, exactly (a snapshot resumes where it was taken)."""
+        chips = bool(state.vm_blobs)
         if self.vcpu is None:
-            self._create_vcpu()
+            self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=chips, pit="pit2" in state.vm_blobs))
+        elif chips != self.irqchip or ("pit2" in state.vm_blobs) != self.pit:
+            raise BackendError(f"the state is of a machine {'with' if chips else 'without'} the in-kernel "
+                               f"irqchip{' and PIT' if 'pit2' in state.vm_blobs else ''}; this VM is not")
         self.settle_io()
+        if chips:
+            x86_state.restore_chips(self.vm, state)
         x86_state.restore(self.vcpu, state)
 
     def export_cpu(self) -> dict:
         """The complete vCPU state as text (snapshot files), with the neutral
         form the emulator loads (`arch`)."""
+        if self._ap_vcpus:
+            raise BackendError("snapshots of a machine with several vCPUs are not taken (the other vCPUs' "
+                               "state is not captured)")
         state = self.capture_cpu()
         text = x86_state.to_text(state)
         created = self.pristine.msrs if self.pristine is not None else _created_msrs()
@@ -307,6 +318,10 @@ class KvmX86Backend(KvmBackendBase):
 
     def set_regs(self, regs: dict[str, int]) -> None:
         self._regs_set = True
+        if "rip" in regs and self.irqchip and self.vcpu.get_mp_state() == abi.KVM_MP_STATE_HALTED:
+            # KVM holds a halted vCPU in the kernel: moving its pc (a child's
+            # `set`, a debugger's jump) means running from there.
+            self.vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE)
         plain = {k: v for k, v in regs.items() if k in _REG_FIELDS}
         special = {k: v for k, v in regs.items() if k not in _REG_FIELDS}
         if plain:
