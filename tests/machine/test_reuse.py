@@ -181,6 +181,14 @@ def _diff(a: dict, b: dict) -> dict:
     return out
 
 
+# Guests whose run ends at the rig's timeout in the middle of timer-driven
+# waits: their final state (registers, mode, halted or not) is where the clock
+# found them, different in any two runs on a loaded machine. They have
+# `machine:`, so the pool never reuses their VM; what matters is that the rigs
+# run after them on the kept VMs end identically, which is still compared.
+ENDS_ON_THE_CLOCK = {"seabios-debian"}
+
+
 def _differential(rigs, factory_for, order: str, points=None) -> None:
     if order == "shuffled":
         rigs = list(rigs)
@@ -196,17 +204,16 @@ def _differential(rigs, factory_for, order: str, points=None) -> None:
         noise = _diff({"outcome": f_out, **f_state}, {"outcome": a_out, **a_state})
         if noise:
             noisy[name] = sorted(noise)
+        if name in ENDS_ON_THE_CLOCK:
+            continue   # its own end state is where the timeout found it; the rigs after it are still compared
         delta = _diff({"outcome": f_out, **f_state}, {"outcome": r_out, **r_state})
         for key in set(delta) - set(noise):
             diffs.append(f"{name}: final {key} differs fresh vs reused: {delta[key]}")
     assert not diffs, "\n".join(diffs)
     # Only guests known to depend on time may be noisy: U-Boot only in memory
-    # (timer readings); SeaBIOS anywhere, as its run ends at the rig's timeout,
-    # wherever its timer-driven wait is then (real or protected mode: sregs),
-    # which depends on the load of the machine (it has `machine:`, so it is
-    # never reused: both of its runs are fresh).
-    assert all(name == "seabios-debian" or name.startswith("u-boot") for name in noisy) and \
-        all(v == ["memory"] for name, v in noisy.items() if name != "seabios-debian"), noisy
+    # (timer readings); those that end on the clock anywhere.
+    assert all(name in ENDS_ON_THE_CLOCK or name.startswith("u-boot") for name in noisy) and \
+        all(v == ["memory"] for name, v in noisy.items() if name not in ENDS_ON_THE_CLOCK), noisy
 
 
 def _kvm_rigs(scribbler_rigs):
