@@ -35,7 +35,8 @@ from kvmrig.machine.memory import Memory
 from kvmrig.machine.outcome import Failure, Outcome, num
 from kvmrig.machine.plan import Plan, prepare
 from kvmrig.machine.session import RunOptions, execute
-from kvmrig.result import RigResult, guarded, judged
+from kvmrig.machine.points import PointStore
+from kvmrig.result import ERROR, RigResult, guarded, judged, result_for
 from kvmrig.rig.model import Rig
 from kvmrig.runner import run_rig
 
@@ -115,6 +116,32 @@ def _tail(data: bytes) -> str:
     return repr(text if len(text) <= 60 else "..." + text[-60:])
 
 
+class _LoadOnly(PointStore):
+    """The run's points for the second backend: children load from them, and
+    a parent's points stay the ones the first backend (KVM) saved."""
+
+    def save(self, rig, point, backend, memory, devices):
+        return None
+
+
+def _snapshot_options(rig: Rig, update_golden: bool) -> tuple[RunOptions, RunOptions, str | None]:
+    """RunOptions of the two runs: a parent saves its points from the first
+    (KVM) run only, and a child starts both runs from that one snapshot, so
+    the emulator's run loads KVM's state (cross-backend snapshots). A child
+    checked alone runs its parent here first (runner.run_rig does the same).
+    The third item: why the child cannot run, or None."""
+    from kvmrig import runner
+
+    points = runner._points_dir
+    blocked = None
+    if points is None and rig.start is not None and rig.start.parent is not None:
+        points, blocked = runner._parent_in_process(rig, "kvm")
+    if points is None:
+        return RunOptions(update_golden=update_golden), RunOptions(update_golden=update_golden), blocked
+    return (RunOptions(update_golden=update_golden, points=PointStore(points)),
+            RunOptions(update_golden=update_golden, points=_LoadOnly(points)), blocked)
+
+
 def cross_check(rig: Rig, update_golden: bool = False) -> RigResult:
     """Run `rig` on both backends and compare: the executor `kvmrig run
     --cross-check` gives the runner (runner.run_rigs). Never raises."""
@@ -132,9 +159,11 @@ def _cross_check(rig: Rig, update_golden: bool) -> RigResult:
                "; ".join(str(avail[n]) for n in BACKENDS if n not in usable))
         result.details.append(f"not cross-checked: {why}")
         return result
-    options = RunOptions(update_golden=update_golden)
+    first_options, second_options, blocked = _snapshot_options(rig, update_golden)
+    if blocked:
+        return result_for(rig, ERROR, message=blocked)
     runs: list[Run] = []
-    for name in BACKENDS:
+    for name, options in zip(BACKENDS, (first_options, second_options)):
         try:
             runs.append(run_on(plan, name, avail[name], options))
         except RigError:
@@ -150,4 +179,8 @@ def _cross_check(rig: Rig, update_golden: bool) -> RigResult:
                             for f in second.outcome.failures if str(f) not in seen)
     outcome.failures.extend(differences(rig.arch, first, second))
     details = [f"cross-check: {r.backend} {r.seconds * 1000:.1f} ms, exit {r.outcome.exit}" for r in runs]
+    if rig.start is not None:
+        details.append(f"cross-check: both runs start from the {first.backend} snapshot {rig.start}"
+                       if rig.start.parent is not None else
+                       f"cross-check: both runs start from the snapshot file {rig.start}")
     return judged(rig, outcome, time.monotonic() - start, details=details)

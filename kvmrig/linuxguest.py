@@ -10,6 +10,11 @@ installed on the host, as the arm64 lane does:
   which runs for minutes on a KVM that executes guest code slowly);
 - busybox-static: the initramfs is /bin/busybox and an /init that prints
   MARKER and reboots, which with `reboot=t` is a triple fault (exit shutdown).
+- the kernel's own symbol table: Debian's vmlinux is stripped, but its
+  kallsyms table is not; vmlinux-to-elf's kallsyms-finder (PyPI, GPL-3,
+  pip-installed into the cache and run as a tool, not imported by kvmrig)
+  reads it, and objcopy adds the function symbols to the vmlinux, so rigs
+  can say `sym:start_kernel`.
 The rig that boots them, debian-cloud.yaml, is written beside them:
 `kvmrig run ~/.cache/kvmrig/linux-x86/debian-cloud.yaml`.
 """
@@ -35,6 +40,8 @@ INIT = f"""#!/bin/busybox sh
 /bin/busybox reboot -f
 """
 RIG_NAME = "debian-cloud.yaml"
+SYMBOLS = "kallsyms.txt"          # what kallsyms-finder read (present: vmlinux has its symbols)
+KALLSYMS_TOOL = "vmlinux-to-elf==1.4.0"
 FILES = ("vmlinux", "vmlinuz", "initramfs.cpio", RIG_NAME)
 RIG = """# Debian's own cloud kernel boots to a busybox initramfs that prints a marker
 # and reboots; `reboot=t` makes that a triple fault (exit shutdown).
@@ -50,7 +57,7 @@ description: >
 arch: x86_64
 tags: [linux, slow]
 backend: kvm
-timeout: 60s
+timeout: 300s
 machine: {pit: true}
 memory:
   - {at: 0, size: 512M}
@@ -63,10 +70,12 @@ devices:
   - {type: serial, port: 0x3f8}
   - {type: cmos}
 cpu:
+  # hypervisor: the kernel finds KVM's leaves and uses kvm-clock instead of
+  # calibrating the TSC against the PIT.
   # kvm_pvm cannot emulate the kernel's CMPXCHG16B on write-tracked pages:
   # CPUID without cx16 and the kernel takes its fallback (harmless elsewhere).
   # It also keeps XSAVE in CPUID whatever KVM_SET_CPUID2 says, hence noxsave.
-  cpuid: {remove: [cx16]}
+  cpuid: {add: [hypervisor], remove: [cx16]}
 expect:
   exit: shutdown
   console: {contains: KVMRIG-LINUX-BOOTED, not_contains: "Kernel panic"}
@@ -139,9 +148,68 @@ def initramfs(busybox: bytes) -> bytes:
     return out.getvalue()
 
 
+def symbol_options(kallsyms: str, sections: list[tuple[str, int, int]]) -> list[str]:
+    """objcopy options adding kallsyms' function symbols ("ADDR TYPE NAME"
+    lines) to an ELF whose code sections are `sections` (name, address,
+    size), each relative to its section. The first of several static
+    functions with one name wins."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in kallsyms.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[1] not in ("T", "t", "W", "w") or parts[2] in seen:
+            continue
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            continue
+        name = parts[2]
+        if any(c in name for c in "=,@ ") or not name:
+            continue
+        sec = next((sec for sec in sections if sec[1] <= addr < sec[1] + sec[2]), None)
+        if sec is None:
+            continue
+        seen.add(name)
+        bind = "global" if parts[1] in ("T", "W") else "local"
+        out.append(f"--add-symbol {name}={sec[0]}:{addr - sec[1]:#x},{bind},function")
+    return out
+
+
+def add_symbols(cache: Path) -> None:
+    """Give the stripped vmlinux its kernel's function symbols (see the module
+    docstring); done once (SYMBOLS marks it)."""
+    if (cache / SYMBOLS).is_file():
+        return
+    from elftools.elf.elffile import ELFFile
+
+    tool = cache / "vmlinux-to-elf"
+    if not (tool / "vmlinux_to_elf").is_dir():
+        _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+              "--root-user-action=ignore", "--target", str(tool), KALLSYMS_TOOL])
+    vmlinux = cache / "vmlinux"
+    found = subprocess.run([sys.executable, "-m", "vmlinux_to_elf.scripts.kallsyms_finder", str(vmlinux)],
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tool)))
+    if found.returncode or " T " not in found.stdout:
+        raise RuntimeError(f"kallsyms-finder found no symbol table in {vmlinux}: {found.stderr.strip()[-500:]}")
+    with open(vmlinux, "rb") as f:
+        sections = [(sec.name, sec["sh_addr"], sec["sh_size"]) for sec in ELFFile(f).iter_sections()
+                    if sec["sh_flags"] & 0x4 and sec["sh_size"]]   # SHF_EXECINSTR
+    options = symbol_options(found.stdout, sections)
+    with tempfile.TemporaryDirectory(prefix="kvmrig-linux-") as tmp:
+        rsp, out = Path(tmp, "symbols.rsp"), cache / "vmlinux.new"
+        rsp.write_text("\n".join(options) + "\n", encoding="utf-8")
+        _run(["objcopy", f"@{rsp}", str(vmlinux), str(out)])
+        os.replace(out, vmlinux)   # a run reading the old one meanwhile reads it whole
+    (cache / SYMBOLS).write_text(found.stdout, encoding="utf-8")   # last: the symbols are in
+
+
 def build(cache: Path) -> Path:
     """Fetch, unpack and build into `cache` (nothing is done when it is there)."""
     if ready(cache):
+        rig = cache / RIG_NAME
+        if rig.read_text(encoding="utf-8") != RIG:   # written by an older kvmrig
+            rig.write_text(RIG, encoding="utf-8")
+        add_symbols(cache)
         return cache
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kvmrig-linux-") as tmp:
@@ -156,6 +224,7 @@ def build(cache: Path) -> Path:
         (cache / "initramfs.cpio").write_bytes(initramfs((root / "bin" / "busybox").read_bytes()))
         (cache / RIG_NAME).write_text(RIG, encoding="utf-8")
         (cache / "vmlinuz").write_bytes(data)   # last: ready() means complete
+    add_symbols(cache)
     return cache
 
 

@@ -48,9 +48,10 @@ def needed_files(rig_files: list[Path]) -> tuple[list[Path], float]:
             budget += 10.0
             continue  # the run inside reports the same error, with the same path and line
         budget += rig.timeout
-        for image in rig.images:
-            if image.file is not None and image.file.is_file():
-                files.add(image.file.absolute())
+        for image in rig.images:   # with a Linux kernel's initrd, multiboot modules
+            for f in (image.file, image.initrd, *(m.file for m in image.modules)):
+                if f is not None and f.is_file():
+                    files.add(f.absolute())
         golden = rig.expect.golden
         if golden is not None and golden.file.is_file():
             files.add(golden.file.absolute())

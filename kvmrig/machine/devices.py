@@ -297,7 +297,8 @@ class Bus:
     def state(self) -> list[dict]:
         """Every device's spec and state, in rig order (snapshot files)."""
         return [{"type": d.spec.type, "port": d.spec.port, "at": d.spec.at, "size": d.spec.size,
-                 "value": d.spec.value, "state": d.state()} for d in self.devices]
+                 "value": d.spec.value, "idle": d.spec.idle, "irq": d.spec.irq, "state": d.state()}
+                for d in self.devices]
 
     def load_state(self, saved: list[dict], console_input: bytes | None = None) -> None:
         """Device states from a snapshot (the same devices, in the same order);

@@ -39,6 +39,9 @@ def disassemble(arch: str, regs: dict[str, int], pc: int, read: ReadMem, symbols
             break
         except LookupError:
             continue
+    note = []
+    if not data and arch == "x86_64":   # a kernel's virtual address: through the guest's page tables
+        data, note = _through_page_tables(regs, pc, read)
     if not data:
         return [f"   {pc:#x}: <not in guest memory>"]
     try:
@@ -67,7 +70,25 @@ def disassemble(arch: str, regs: dict[str, int], pc: int, read: ReadMem, symbols
             break
         out.append(f"{marker} {where}: {insn.bytes.hex(' '):24} {insn.mnemonic} {insn.op_str}".rstrip())
         off += insn.size
-    return out or [f"   {pc:#x}: {data[:16].hex(' ')} (does not decode)"]
+    return note + (out or [f"   {pc:#x}: {data[:16].hex(' ')} (does not decode)"])
+
+
+def _through_page_tables(regs: dict[str, int], pc: int, read: ReadMem) -> tuple[bytes, list[str]]:
+    """(the code at linear `pc` as the guest's paging maps it, a line saying
+    where), or (b"", []) without paging or a mapping."""
+    from kvmrig.arch.x86_64.paging import translate
+    if not regs.get("cr0", 0) & (1 << 31):
+        return b"", []
+    phys = translate(pc, regs.get("cr3", 0), lambda pa: int.from_bytes(read(pa, 8), "little"),
+                     la57=bool(regs.get("cr4", 0) & (1 << 12)))
+    if phys is None:
+        return b"", []
+    for size in (min(WINDOW, 0x1000 - (phys & 0xFFF)), 4):
+        try:
+            return read(phys, size), [f"   (linear {pc:#x} is physical {phys:#x} in the guest's page tables)"]
+        except LookupError:
+            continue
+    return b"", []
 
 
 def register_dump(arch: str, regs: dict[str, int]) -> list[str]:

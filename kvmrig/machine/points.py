@@ -58,7 +58,7 @@ def read_cached(path: Path, backend: Backend, memory: Memory) -> snapfile.Snapsh
         snap = snapfile.read(path, backend.arch, backend.name, snapshot.memory_map(memory))
         _read_cache.clear()   # one at a time: a worker mostly runs one parent's children
         _read_cache[key] = snap
-    elif snap.arch != backend.arch or snap.backend != backend.name or \
+    elif snap.arch != backend.arch or (snap.backend != backend.name and "arch" not in snap.cpu) or \
             sorted(snap.memory_map()) != sorted(snapshot.memory_map(memory)):
         snapfile.read(path, backend.arch, backend.name, snapshot.memory_map(memory))  # raises, naming it
     return snap

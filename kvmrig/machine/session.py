@@ -192,6 +192,7 @@ class Session:
         for b in memory.backings:
             backend.map_memory(b.start, b.buf, b.region.rom)
         start_child(rig, self.options.points, backend, memory, self.bus)
+        self.patches.insn = backend.sw_break_insn()   # the vCPU exists now (with the snapshot's irqchip, if any)
         if rig.start_set is not None:
             apply_regs(backend, rig.arch, rig.start_set.regs)
             for write in rig.start_set.memory:

@@ -97,6 +97,8 @@ class Header:
     memory_map: list[tuple[int, int, bool]]
     devices: list[dict[str, Any]]
     origin: dict[str, str]
+    irqchip: bool = False   # taken with the in-kernel irqchip (rig `machine:`)
+    pit: bool = False
 
 
 def read_header(path: str | Path) -> Header:
@@ -113,8 +115,10 @@ def read_header(path: str | Path) -> Header:
     except OSError as e:
         raise SnapshotError(f"{path}: cannot read the snapshot: {e.strerror}") from None
     header, regions, _body = _parse(path, raw, memory=False)
+    chips = header["cpu"].get("vm_blobs")
+    chips = chips if isinstance(chips, dict) else {}
     return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_r in regions],
-                  header.get("devices", []), header.get("origin", {}))
+                  header.get("devices", []), header.get("origin", {}), "pic_master" in chips, "pit2" in chips)
 
 
 def read(path: str | Path, arch: str | None = None, backend: str | None = None,
@@ -130,9 +134,10 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
     snap_arch, snap_backend = header["arch"], header["backend"]
     if arch is not None and snap_arch != arch:
         raise SnapshotError(f"{path}: the snapshot is of an {snap_arch} machine; this rig is {arch}")
-    if backend is not None and snap_backend != backend:
+    if backend is not None and snap_backend != backend and "arch" not in header["cpu"]:
         raise SnapshotError(f"{path}: the snapshot holds {snap_backend} CPU state; this run uses the {backend} "
-                            "backend, which cannot load it")
+                            "backend, which cannot load it (the snapshot has no registers by name for another "
+                            "backend: take it again with this kvmrig)")
     found = [(at, size, rom) for at, size, rom, *_r in regions]
     if memory_map is not None and sorted(found) != sorted(memory_map):
         raise SnapshotError(f"{path}: the snapshot's memory map {_describe(found)} is not the rig's "

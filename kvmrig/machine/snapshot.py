@@ -42,6 +42,14 @@ def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory, zeroed: bool 
     With `zeroed` (a new or reset machine: all memory zero) only the pages
     the snapshot has data in are written; else each region is cleared first."""
     load = getattr(backend, "import_cpu", None)
+    if snap.backend != backend.name:   # taken on the other backend: its registers by name
+        load = getattr(backend, "import_arch", None)
+        if load is None or "arch" not in snap.cpu:
+            raise SnapshotError(f"the snapshot holds {snap.backend} CPU state, which the {backend.name} backend "
+                                f"for {backend.arch} cannot load")
+        cpu = snap.cpu["arch"]
+    else:
+        cpu = snap.cpu
     if load is None:
         raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot load snapshots yet")
     if sorted(snap.memory_map()) != sorted(memory_map(memory)):
@@ -55,9 +63,10 @@ def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory, zeroed: bool 
             if memory.written is not None:   # a reused VM zeroes these again after the run
                 memory.written.update(range(at + off, at + off + len(data), PAGE))
     try:
-        load(snap.cpu)
+        load(cpu)
     except BackendError as e:
-        raise SnapshotError(str(e)) from None
+        where = f" (taken on {snap.backend}, loaded on {backend.name})" if snap.backend != backend.name else ""
+        raise SnapshotError(f"{e}{where}") from None
 
 
 def load(path: str | Path, backend: Backend, memory: Memory) -> snapfile.Snapshot:

@@ -208,7 +208,7 @@ class _Builder:
                            cpu=part(self.cpu, None))
         else:   # a child: the machine of the point it starts from
             inherited = part(lambda: self.inherited(start), None) if start is not None else None
-            memory, images, devices, cpu = inherited or ((), (), (), None)
+            memory, images, devices, cpu, pc_machine = inherited or ((), (), (), None, m.Machine())
             cpus, gic = 1, None   # snapshots are of one-vCPU machines without a GIC
             machine = dict(images=images, devices=devices, cpu=cpu)
         fields = dict(
@@ -225,7 +225,7 @@ class _Builder:
             start_set=part(self.start_set, None) if "set" in d else None,
             start_input=part(lambda: self.parse(_console_bytes, ("input",), d["input"]), None) if "input" in d else None,
             start_call=part(lambda: self.call(d["call"]), None) if "call" in d else None,
-            machine=part(lambda: self.machine(cpus), m.Machine()),
+            machine=part(lambda: self.machine(cpus), m.Machine()) if "from" not in d else pc_machine,
             verdict=m.Verdict(d["verdict"].get("console"), d["verdict"].get("exit_codes"),
                               self.mark(("verdict",))) if "verdict" in d else m.Verdict(),
             dtb=part(self.dtb, None),
@@ -249,9 +249,13 @@ class _Builder:
         )
         self.check_points(rig)
         self.check_cmdline(rig)
-        if "machine" in d and (rig.save_points() or rig.start is not None):
-            self.fail(("machine",), "snapshots (save:, from:) do not capture the in-kernel irqchip, PIT or "
-                      "other vCPUs: a rig with machine: cannot save or start from one", key=True)
+        if "machine" in d and rig.start is not None:
+            self.fail(("machine",), "a rig that starts from a snapshot has its machine (irqchip, PIT) from the "
+                      "snapshot, not one of its own", key=True)
+        for key, what in (("cpus", "other vCPUs"), ("gic", "the GIC's state")):
+            if key in d and (rig.save_points() or rig.start is not None):
+                self.fail((key,), f"snapshots (save:, from:) do not capture {what}: a rig with {key}: cannot "
+                          "save or start from one", key=True)
         return rig
 
     def check_cmdline(self, rig: m.Rig) -> None:
@@ -294,7 +298,7 @@ class _Builder:
         return m.Start(None, None, file, self.mark(p))
 
     def inherited(self, start: m.Start) -> tuple:
-        """(memory, images, devices, cpu) of where the rig starts from."""
+        """(memory, images, devices, cpu, machine) of where the rig starts from."""
         p: JsonPath = ("from",)
         if start.parent is None:
             from kvmrig.errors import SnapshotError
@@ -307,13 +311,16 @@ class _Builder:
                 self.fail(p, f"the snapshot is of an {head.arch} machine; this rig says arch: {self.arch}")
             mark = self.mark(p)
             memory = tuple(m.Region(at, size, rom, mark) for at, size, rom in head.memory_map)
-            devices = tuple(m.Device(d["type"], d.get("port"), d.get("at"), d.get("size"), d.get("value"), mark)
-                            for d in head.devices)
+            devices = tuple(m.Device(d["type"], d.get("port"), d.get("at"), d.get("size"), d.get("value"), mark,
+                                     irq=d["irq"] if isinstance(d.get("irq"), int) else None,
+                                     idle=d["idle"] if isinstance(d.get("idle"), str) else None)
+                            for d in head.devices)   # a UART's `idle` still ends a child's run
             # The ELF images of the rig that saved it, for `sym:` addresses (not loaded again).
             symbols = head.origin.get("symbols", []) if isinstance(head.origin.get("symbols"), list) else []
             images = tuple(m.Image(Path(f), None, None, mark) for f in symbols
                            if isinstance(f, str) and Path(f).is_file())
-            return memory, images, devices, None
+            machine = m.Machine(head.irqchip, head.pit, mark) if head.irqchip else m.Machine()
+            return memory, images, devices, None, machine
         if start.parent in _loading:
             self.fail(p, "snapshot points form a cycle: " + " -> ".join(str(x.name) for x in _loading + [start.parent]))
         _loading.append(start.parent)
@@ -328,7 +335,7 @@ class _Builder:
             self.fail(p, f"{start.parent.name} saves no point {start.point!r} (it saves: {saved})")
         if parent.arch != self.arch:
             self.fail(p, f"{start.parent.name} is an {parent.arch} rig; this rig says arch: {self.arch}")
-        return parent.memory, parent.images, parent.devices, parent.cpu
+        return parent.memory, parent.images, parent.devices, parent.cpu, parent.machine
 
     def call(self, raw: dict[str, Any]) -> m.Call:
         p: JsonPath = ("call",)

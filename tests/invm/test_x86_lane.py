@@ -16,7 +16,10 @@ KVMRIG_KVM_DEBUG=native for the whole run:
 
 and a plugin (tests/invm/x86_lane_tally.py) counts per test the debug exits
 the backend took natively, so the run says how many tests hit INT3 and the
-debug registers for real. A second boot runs `kvmrig run --in-vm x86_64` on
+debug registers for real. The same boot then runs the Debian kernel rig
+(rigs-kvm/linux-x86_64: Debian's amd64 cloud kernel to its initramfs marker;
+scripts/setup-linux-guest.sh fetched it), which on kvm_pvm cannot get past the
+kernel's FPU setup. A second boot runs `kvmrig run --in-vm x86_64` on
 rigs/x86 reached through a symlinked folder, as a user would.
 
 Skipped only where the lane's QEMU is absent (KVMRIG_REQUIRE_KVM=1 makes that
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmrig import linuxguest
 from kvmrig.errors import BackendUnavailable
 from kvmrig.invm import qemu as invm_qemu
 from kvmrig.invm.lanes import X86_64
@@ -68,6 +72,14 @@ KVMRIG_KVM_DEBUG=native KVMRIG_NATIVE_TALLY=tally.json python3 -m pytest -p no:c
 echo $? > pytest.status
 tail -5 pytest.log
 """
+LINUX_RIGS = "rigs-kvm/linux-x86_64"
+LINUX_COMMAND = f"""
+python3 -m kvmrig run -j 1 --junit "" --json linux.json {LINUX_RIGS} > linux.log 2>&1
+echo $? > linux.status
+tail -3 linux.log
+"""
+LINUX_FETCH = ["linux.json", "linux.log", "linux.status"]
+LINUX_MARKER = "KVMRIG-LINUX-BOOTED"
 FETCH = ["pytest.xml", "pytest.log", "pytest.status", "tally.json"]
 #: tests/backends/kvm/test_system.py: strict xfails on kvm_pvm, passes on a KVM with the native path
 PVM_XFAILS = ("test_sw_breakpoint", "test_hw_watchpoint")
@@ -77,7 +89,15 @@ PVM_XFAILS = ("test_sw_breakpoint", "test_hw_watchpoint")
 def lane(request):
     t0 = time.monotonic()
     files = [(str(ROOT / p), str(ROOT / p)) for p in ("tests", "pyproject.toml", "rigs/x86")]
-    result = invm_qemu.run_in_vm(COMMAND, files=files, fetch=FETCH, timeout=VM_TIMEOUT,
+    # the Debian kernel and initramfs (in kvmrig's cache; scripts/setup.sh ran this already)
+    setup = subprocess.run([str(ROOT / "scripts" / "setup-linux-guest.sh")], capture_output=True, text=True,
+                           timeout=1800)
+    linux_error = None if setup.returncode == 0 else f"scripts/setup-linux-guest.sh failed:\n{setup.stderr}"
+    command, fetch = COMMAND, FETCH
+    if linux_error is None:
+        files.append((str(ROOT / LINUX_RIGS), str(ROOT / LINUX_RIGS)))
+        command, fetch = COMMAND + LINUX_COMMAND, FETCH + LINUX_FETCH
+    result = invm_qemu.run_in_vm(command, files=files, fetch=fetch, timeout=VM_TIMEOUT,
                                  workdir=str(ROOT), lane=X86_64)
     seconds = time.monotonic() - t0
     boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "?"
@@ -98,8 +118,12 @@ def lane(request):
                      f"({len(rigs)} of them rigs/x86 examples); {len(int3)} hit INT3 natively, "
                      f"{len(dr_exec)} DR instruction breakpoints, {len(dr_watch)} DR watchpoints; "
                      f"{len(native_rigs)} example rigs used the native path")
+    if "linux.json" in result.files_back:
+        linux = json.loads(result.files_back["linux.json"])["rigs"]
+        report_line(request, "x86_64 VM lane, Debian kernel rig: " + ", ".join(
+            f"{r['name']} {r['status']} (exit {r['exit']['reason']}) in {r['duration']:.1f}s" for r in linux))
     return {"result": result, "tally": tally, "cases": cases, "int3": int3, "dr_exec": dr_exec,
-            "dr_watch": dr_watch, "rigs": rigs}
+            "dr_watch": dr_watch, "rigs": rigs, "linux_error": linux_error}
 
 
 def _failures(cases) -> list[str]:
@@ -162,6 +186,36 @@ def test_debug_rigs_on_reused_vms_pass_natively(lane):
     hits = lane["tally"][node[0]]
     assert hits["outcome"] == "passed", lane["result"].files_back["pytest.log"].decode(errors="replace")[-4000:]
     assert all(hits.get(k) for k in ("int3", "dr-exec", "dr-watch")), hits
+
+
+def test_debian_kernel_boots_to_its_initramfs_marker(lane):
+    """Debian's amd64 cloud kernel as a rig (rigs-kvm/linux-x86_64: vmlinux at
+    its 64-bit entry, zero page, initrd, KVM's irqchip and PIT) on the lane's
+    SVM KVM: its /init prints the marker and reboots, a triple fault."""
+    if lane["linux_error"]:
+        pytest.fail(lane["linux_error"])
+    back = lane["result"].files_back
+    for name in LINUX_FETCH:
+        assert name in back, f"{name} did not come back:\n{lane['result'].output[-3000:]}"
+    log = back["linux.log"].decode(errors="replace")
+    assert int(back["linux.status"]) == 0, log[-4000:]
+    rig, = json.loads(back["linux.json"])["rigs"]
+    assert (rig["name"], rig["status"]) == ("debian-x86_64-linux", "passed"), log[-4000:]
+    assert rig["exit"]["reason"] == "shutdown", rig["exit"]
+    console = rig["console"]
+    # the machine the kernel found: KVM's leaves (kvm-clock), the 16550 on IRQ 4, kvmrig's e820 map
+    for words in ("Hypervisor detected: KVM", "clocksource: Switched to clocksource kvm-clock",
+                  "serial8250: ttyS0 at I/O 0x3f8 (irq = 4", "BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable",
+                  "Run /init as init process"):
+        assert words in console, words
+    # a breakpoint on an ELF symbol of the vmlinux (kallsyms, added by setup): hit once, in DR0
+    start = next(int(line.split()[0], 16) for line in
+                 (linuxguest.cache_dir() / linuxguest.SYMBOLS).read_text().splitlines()
+                 if line.endswith(" T start_kernel"))
+    assert rig["hit_counts"] == {f"breakpoint[0] at sym:start_kernel ({start:#x})": 1}, rig["hit_counts"]
+    # user space wrote the marker through the tty (the UART's interrupts), then the reboot
+    assert console.index("Run /init as init process") < console.index(LINUX_MARKER) < \
+        console.index("reboot: Restarting system")
 
 
 def test_in_vm_cli_through_a_symlinked_folder(tmp_path):

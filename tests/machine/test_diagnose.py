@@ -68,3 +68,25 @@ def test_x86_rodata_in_an_example_elf_is_data():
     assert symbols.data_end(table) is not None and symbols.data_end(symbols.lookup("_start")) is None
     assert symbols.nearest(table + 8) == "table+0x8"
     assert symbols.nearest(0x10) is None, "absolute symbols (TABLE_LEN = 15) are numbers, not places"
+
+
+def test_x86_code_at_a_virtual_address_is_read_through_the_guest_page_tables():
+    # a kernel stopped at 0xffffffff81000010 (PML4 511 -> PDPT 510 -> a 2 MiB page at physical 0x1000000)
+    mem = {0x1000 + 511 * 8: (0x2000 | 1).to_bytes(8, "little"),
+           0x2000 + 510 * 8: (0x3000 | 1).to_bytes(8, "little"),
+           0x3000 + 8 * 8: (0x1000000 | 0x81).to_bytes(8, "little"),
+           0x1000010: bytes.fromhex("0fae0f") + b"\x90" * 13}   # fxrstor [rdi]
+
+    def read(addr: int, size: int) -> bytes:
+        for base, data in mem.items():
+            if base <= addr and addr + size <= base + len(data):
+                return data[addr - base:addr - base + size]
+        raise LookupError(addr)
+
+    regs = {"cr0": 0x80050033, "cr3": 0x1000, "cr4": 0x20, "efer": 0xD01}
+    lines = disassemble("x86_64", regs, 0xFFFF_FFFF_8100_0010, read)
+    assert "physical 0x1000010" in lines[0]
+    assert "fxrstor" in lines[1] and lines[1].lstrip().startswith("=> 0xffffffff81000010")
+    # without paging the address is physical, and not in memory
+    assert disassemble("x86_64", {"cr0": 0x11}, 0xFFFF_FFFF_8100_0010, read) == \
+        ["   0xffffffff81000010: <not in guest memory>"]

@@ -136,31 +136,60 @@ def test_cpuid_whole_leaf_and_vendor():
     assert out.regs["rbx"] == 0x12345678
 
 
+# COM1's IRQ 4 handler (vector 0x24 with the PIC at 0x20): count in esi, read IIR (ack), EOI
+THRE_HANDLER = hexof("""
+    ff c6                    # inc esi
+    66 ba fa 03              # mov dx, 0x3fa
+    ec                       # in al, dx     (IIR: acknowledges THRE)
+    b0 20 e6 20              # EOI
+    48 cf                    # iretq
+""")
+SERIAL_IRQ = "machine: {irqchip: true}\ndevices: [{type: serial, port: 0x3f8}]\n"
+
+
 @kvm
 def test_serial_thre_interrupt_reaches_the_guest():
     # IRQ 4 (COM1) -> vector 0x24 with the PIC at 0x20; enabling THRE interrupts
     # with an empty transmitter interrupts at once; the handler reads IIR (ack).
-    handler = hexof("""
-        ff c6                    # inc esi
-        66 ba fa 03              # mov dx, 0x3fa
-        ec                       # in al, dx     (IIR: acknowledges THRE)
-        b0 20 e6 20              # EOI
-        48 cf                    # iretq
-    """)
     main = hexof("""
         0f 01 1c 25 00 20 00 00  # lidt [0x2000]
+        b0 11 e6 20 b0 20 e6 21 b0 04 e6 21 b0 01 e6 21 b0 ef e6 21   # PIC: base 0x20, IRQ 4 only
+        31 f6 fb                 # xor esi, esi; sti
+        66 ba f9 03 b0 02 ee     # IER = THRE (0x3f9): interrupts at once
+        90 90 90                 # nop (the interrupt lands)
+        fa f4                    # cli; hlt
+    """)
+    out = run(_interrupt_rig(main, THRE_HANDLER, 0x24, SERIAL_IRQ))
+    assert out.exit == "hlt", out.detail
+    assert out.regs["rsi"] == 1
+
+
+@kvm
+def test_a_pic_interrupt_raised_while_lvt0_was_masked_arrives_once_it_is_unmasked():
+    # Linux without ACPI tables (Debian's kernel on a rig) masks LVT0 while it
+    # sets up its local APIC. An IRQ raised then makes the PIC's output rise
+    # with no vCPU taking ExtINT, and KVM does not look again when LVT0 is
+    # unmasked: kvmrig's kick must make it (else this spins until the timeout).
+    main = hexof("""
+        0f 01 1c 25 00 20 00 00  # lidt [0x2000]
+        b9 1b 00 00 00 0f 32     # mov ecx, IA32_APIC_BASE; rdmsr
+        0d 00 0c 00 00 0f 30     # or eax, EN | EXTD (x2APIC); wrmsr
+        31 d2                    # xor edx, edx
+        b9 0f 08 00 00 b8 ff 01 00 00 0f 30   # SVR (0x80f) = 0x1ff: APIC software-enabled
+        b9 35 08 00 00 b8 00 07 01 00 0f 30   # LVT0 (0x835) = ExtINT, masked
         b0 11 e6 20 b0 20 e6 21 b0 04 e6 21 b0 01 e6 21   # PIC: base 0x20
         b0 ef e6 21              # unmask IRQ 4 only
         31 f6                    # xor esi, esi
         fb                       # sti
-        66 ba f9 03              # mov dx, 0x3f9
-        b0 02                    # mov al, 2   (IER: THRE)
-        ee                       # out dx, al
-        90 90 90                 # nop (the interrupt lands)
+        66 ba f9 03 b0 02 ee     # IER = THRE: IRQ 4 rises now, LVT0 refuses it
+        90 90 90                 # nop (nothing lands)
+        31 d2                    # xor edx, edx
+        b9 35 08 00 00 b8 00 07 00 00 0f 30   # LVT0 = ExtINT, unmasked
+        85 f6                    # wait: test esi, esi
+        74 fc                    # jz wait
         fa f4                    # cli; hlt
     """)
-    out = run(_interrupt_rig(main, handler, 0x24,
-                             "machine: {irqchip: true}\ndevices: [{type: serial, port: 0x3f8}]\n"))
+    out = run(_interrupt_rig(main, THRE_HANDLER, 0x24, SERIAL_IRQ))
     assert out.exit == "hlt", out.detail
     assert out.regs["rsi"] == 1
 

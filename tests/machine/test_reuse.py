@@ -103,6 +103,7 @@ def _observe(record: list):
                 x = bytearray(blobs["xsave"])
                 x[512] &= ~3
                 blobs["xsave"] = bytes(x)
+            blobs.pop("lapic", None)   # machine: rigs (never reused): their local APIC's timer moves on its own
             state["blobs"] = blobs
         state["regs"].pop("tsc", None)
         state["memory"] = {b.start: _digest(b.buf) for b in memory.backings}
@@ -180,6 +181,14 @@ def _diff(a: dict, b: dict) -> dict:
     return out
 
 
+# Guests whose run ends at the rig's timeout in the middle of timer-driven
+# waits: their final state (registers, mode, halted or not) is where the clock
+# found them, different in any two runs on a loaded machine. They have
+# `machine:`, so the pool never reuses their VM; what matters is that the rigs
+# run after them on the kept VMs end identically, which is still compared.
+ENDS_ON_THE_CLOCK = {"seabios-debian"}
+
+
 def _differential(rigs, factory_for, order: str, points=None) -> None:
     if order == "shuffled":
         rigs = list(rigs)
@@ -195,17 +204,21 @@ def _differential(rigs, factory_for, order: str, points=None) -> None:
         noise = _diff({"outcome": f_out, **f_state}, {"outcome": a_out, **a_state})
         if noise:
             noisy[name] = sorted(noise)
+        if name in ENDS_ON_THE_CLOCK:
+            # Its end state is where the timeout found it; its verdict still
+            # may not depend on the VM, and the rigs after it are compared.
+            if (f_out["exit"], f_out["failures"]) != (r_out["exit"], r_out["failures"]):
+                diffs.append(f"{name}: verdict differs fresh vs reused: {f_out['exit']} {f_out['failures']}"
+                             f" vs {r_out['exit']} {r_out['failures']}")
+            continue
         delta = _diff({"outcome": f_out, **f_state}, {"outcome": r_out, **r_state})
         for key in set(delta) - set(noise):
             diffs.append(f"{name}: final {key} differs fresh vs reused: {delta[key]}")
     assert not diffs, "\n".join(diffs)
-    # Only guests known to depend on time may be noisy, and only in memory;
-    # SeaBIOS (on KVM's PIT, ended by its timeout) may also be stopped in a
-    # different instruction or interrupt handler from one fresh run to the
-    # next when the machine is busy: its CPU state too, never its outcome.
-    assert all(name == "seabios-debian" or name.startswith("u-boot") for name in noisy), noisy
-    assert all(v == ["memory"] for name, v in noisy.items() if name != "seabios-debian"), noisy
-    assert "outcome" not in noisy.get("seabios-debian", []), noisy
+    # Only guests known to depend on time may be noisy: U-Boot only in memory
+    # (timer readings); those that end on the clock anywhere.
+    assert all(name in ENDS_ON_THE_CLOCK or name.startswith("u-boot") for name in noisy) and \
+        all(v == ["memory"] for name, v in noisy.items() if name not in ENDS_ON_THE_CLOCK), noisy
 
 
 def _kvm_rigs(scribbler_rigs):

@@ -99,3 +99,12 @@ def _write(folder: Path, text: str) -> Path:
     path = folder / "r.yaml"
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("key, text", [("gic", "gic: {}\n"), ("cpus", "cpus: 2\n")])
+def test_a_rig_with_a_gic_or_vcpus_takes_no_snapshots(key, text):
+    """A point of such a machine would lose the GIC or the other vCPUs: the
+    rig file says so at the key, instead of a child that runs differently."""
+    for extra, line in (("save: here\n", 4), ("expect: {exit: system-off}\nsave: end\n", 4)):
+        message = error(ARM + text + extra)
+        assert f"r.yaml:{line}:1: {key}: snapshots (save:, from:) do not capture" in message, message

@@ -77,5 +77,16 @@ def test_linux_images(tmp_path: Path):
     assert "not found" in error(HEAD + "images: [{file: bzImage, format: linux, initrd: nope}]\n", tmp_path)
 
 
-def test_machine_rigs_take_no_snapshots():
-    assert "cannot save or start from one" in error(HEAD + "machine: {irqchip: true}\nsave: here\n")
+def test_machine_rigs_save_points_and_their_children_inherit_the_machine(tmp_path):
+    """Snapshots hold the in-kernel irqchip and PIT of one vCPU: a rig with
+    `machine:` saves points, its children get its machine, have none of their
+    own, and several vCPUs still cannot be saved (an error at `cpus`)."""
+    rig = load_rig_text(HEAD + "machine: {irqchip: true}\nsave: here\n", tmp_path / "p.yaml")
+    assert rig.machine.irqchip and list(rig.save_points()) == ["here"]
+    (tmp_path / "p.yaml").write_text(HEAD + "machine: {pit: true}\nsave: here\n")
+    child = load_rig_text("kvmrig: 1\narch: x86_64\nfrom: p.yaml#here\n", tmp_path / "c.yaml")
+    assert child.machine.irqchip and child.machine.pit
+    own = error("kvmrig: 1\narch: x86_64\nfrom: p.yaml#here\nmachine: {pit: true}\n", tmp_path)
+    assert "m.yaml:4:1: machine: a rig that starts from a snapshot has its machine" in own, own
+    assert "cpus: snapshots (save:, from:) do not capture other vCPUs" in \
+        error(HEAD + "cpus: 2\nmachine: {irqchip: true}\nsave: here\n")

@@ -98,3 +98,24 @@ def identity_tables(base: int, ranges: list[tuple[int, int]]) -> tuple[bytes, in
         entries = [(first + i * PAGE_2M) | PAGE_2M_ENTRY for i in range(512)]
         struct.pack_into("<512Q", table, addr - base, *entries)
     return bytes(table), base
+
+
+def translate(va: int, cr3: int, read_entry, la57: bool = False) -> int | None:
+    """The physical address a guest's own 4- (or 5-) level page tables give
+    linear address `va`, or None where they do not map it; `read_entry(pa)`
+    reads the 8-byte entry at physical `pa` (LookupError: not in memory).
+    For failure reports: code a kernel runs at virtual addresses."""
+    table = cr3 & ADDR_MASK
+    for level in range(5 if la57 else 4, 0, -1):
+        shift = 12 + 9 * (level - 1)
+        try:
+            entry = read_entry(table + ((va >> shift) & 0x1FF) * 8)
+        except LookupError:
+            return None
+        if not entry & P:
+            return None
+        if level == 1 or (level in (2, 3) and entry & PS):
+            base = entry & ADDR_MASK & ~((1 << shift) - 1)
+            return base | (va & ((1 << shift) - 1))
+        table = entry & ADDR_MASK
+    return None

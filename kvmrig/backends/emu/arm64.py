@@ -79,7 +79,7 @@ from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, Uc, UcError
 from unicorn import arm64_const as A
 from unicorn import unicorn_const as U
 
-from kvmrig.arch.arm64 import esr, mmu
+from kvmrig.arch.arm64 import cpustate, esr, mmu
 from kvmrig.arch.arm64.boot import Arm64State
 from kvmrig.arch.arm64.onereg import ONE_REGS, sp_for_pstate
 from kvmrig.arch.arm64.regs import CANONICAL, SYSREGS
@@ -365,6 +365,22 @@ class EmuArm64Backend(EmuBackendBase):
                     uc.reg_write(reg, value)
             except UcError as e:
                 raise BackendError(f"setting {name} to {value:#x}: {e}") from None
+
+    # Snapshots that cross backends (arch/arm64/cpustate.py) -----------------------
+    def _arch_text(self) -> dict | None:
+        return cpustate.to_text(self.get_regs())
+
+    def _load_arch(self, text: dict) -> None:
+        try:
+            regs = cpustate.from_text(text, "emu")
+        except cpustate.CrossError as e:
+            raise BackendError(str(e)) from None
+        self.set_regs(regs)
+        got = self.get_regs()
+        for name, value in regs.items():
+            if got[name] != value:
+                raise BackendError(f"the emulator cannot hold the snapshot's {name} = {value:#x} (it took "
+                                   f"{got[name]:#x})")
 
     # Running ---------------------------------------------------------------
     def run(self, deadline: float) -> Event:

@@ -747,8 +747,28 @@ class EmuBackendBase(Backend):
         import pickle
         import unicorn
         self._settle()
-        return {"regs": {k: hex(v) for k, v in self.get_regs().items()}, "unicorn": unicorn.__version__,
+        text = {"regs": {k: hex(v) for k, v in self.get_regs().items()}, "unicorn": unicorn.__version__,
                 "context": pickle.dumps(self.uc.context_save()).hex()}
+        arch = self._arch_text()
+        if arch is not None:
+            text["arch"] = arch   # the neutral form KVM loads
+        return text
+
+    def _arch_text(self) -> dict | None:
+        """Arch hook: the CPU in the arch's neutral form (a KVM backend loads
+        it), or None where the arch has none."""
+        return None
+
+    def import_arch(self, text: dict) -> None:
+        """Load the neutral state a KVM backend took; BackendError naming what
+        the emulator cannot hold."""
+        if not self._abort_run():
+            raise BackendError("the emulator did not stop, so it cannot load a state")
+        self._load_arch(text)
+        self.uc.ctl_flush_tb()
+
+    def _load_arch(self, text: dict) -> None:
+        raise BackendError(f"the {self.arch} emulator cannot load another backend's CPU state")
 
     def import_cpu(self, text: dict) -> None:
         import pickle

@@ -36,18 +36,17 @@ have seen:
 
 from __future__ import annotations
 
-import ctypes
-import re
 import struct
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
 from unicorn import unicorn_const as U
 from unicorn import x86_const as X
 
-from kvmrig.arch.x86_64 import gdt
+from kvmrig.arch.x86_64 import cpustate, gdt
 from kvmrig.arch.x86_64.boot import CR0_PE, CR0_PG, X86State
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends.events import Event, Halt, PortIO, Shutdown, Unhandled
+from kvmrig.backends.emu import x86_cross
 from kvmrig.backends.emu.core import EmuBackendBase
 from kvmrig.errors import BackendError
 
@@ -84,51 +83,6 @@ def descriptor_flags(seg: gdt.Segment) -> int:
             | seg.avl << 20 | seg.l << 21 | seg.db << 22 | seg.g << 23)
 
 
-class _CsBase:
-    """Where unicorn keeps the hidden base of CS in a saved context.
-
-    Unicorn's register API reads selectors only, but the linear pc (what
-    KVM reports and code hooks see) is CS.base + RIP, and CS.base is not
-    selector * 16 after a reset. unicorn's CPU state keeps the segment
-    caches in the order ES, CS, SS, DS, FS, GS, one stride apart; the
-    offsets of FS's and GS's bases are found once per process by loading
-    two known real-mode selectors (the register API loads FS and GS fully)
-    and looking for (selector, base, limit 0xffff). If the stride is not
-    what it must be, None: callers fall back to what the selector implies.
-    """
-
-    offset: int | None = None
-    probed = False
-
-    @classmethod
-    def find(cls) -> int | None:
-        if cls.probed:
-            return cls.offset
-        cls.probed = True
-        uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_tcg_buffer_size(1 << 20)
-        uc.reg_write(X.UC_X86_REG_CR0, 0x10)
-        uc.reg_write(X.UC_X86_REG_FS, 0x1234)
-        uc.reg_write(X.UC_X86_REG_GS, 0x4321)
-        blob = _context_bytes(uc.context_save())
-        found = []
-        for sel in (0x1234, 0x4321):
-            pattern = re.escape(struct.pack("<I", sel)) + b"...." + re.escape(struct.pack("<QI", sel << 4, 0xFFFF))
-            hits = [m.start() + 8 for m in re.finditer(pattern, blob, re.DOTALL)]
-            if len(hits) != 1:
-                return None
-            found.append(hits[0])
-        stride = found[1] - found[0]
-        if stride in (24, 32):
-            cls.offset = found[0] - 3 * stride   # FS is segs[4], CS segs[1]
-        return cls.offset
-
-
-def _context_bytes(ctx) -> bytes:
-    ptr = ctypes.cast(ctx.context, ctypes.c_void_p).value
-    return ctypes.string_at(ptr, ctx.size + 64)
-
-
 def trampoline(long_mode: bool, selectors: dict[str, int], cs: int, rip: int) -> tuple[bytes, int]:
     """Code that loads SS, DS, ES, FS, GS and then CS:RIP by a far transfer,
     so the CPU fills each hidden part from a descriptor, as a real one
@@ -163,8 +117,9 @@ class EmuX86Backend(EmuBackendBase):
     def _install_base_hooks(self) -> None:
         super()._install_base_hooks()
         self._exception: int | None = None
-        self._cs_offset = _CsBase.find()
+        self._cs_offset = x86_cross.CsBase.find()
         self._ctx = None
+        self._created = self.uc.context_save()   # loading another backend's state starts from here
         self.uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_in, 0xFFFFFFFF), None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(U.UC_HOOK_INSN, self._guard(self._on_out), None, 1, 0, X.UC_X86_INS_OUT)
 
@@ -297,15 +252,27 @@ class EmuX86Backend(EmuBackendBase):
     def _forget_arch(self) -> None:
         self._exception = None
 
+    # Snapshots that cross backends (x86_cross) ---------------------------------
+    def _arch_text(self) -> dict | None:
+        return cpustate.to_text(x86_cross.to_arch(self))
+
+    def _load_arch(self, text: dict) -> None:
+        self.uc.context_restore(self._created)
+        try:
+            x86_cross.load_arch(self, cpustate.from_text(text))
+        except cpustate.CrossError as e:
+            raise BackendError(str(e)) from None
+        self._ctx = None
+
     def cs_base(self) -> int:
-        """The hidden base of CS (see _CsBase)."""
+        """The hidden base of CS (see x86_cross.CsBase)."""
         uc = self.uc
         if self._cs_offset is not None:
             if self._ctx is None:
                 self._ctx = uc.context_save()
             else:
                 uc.context_update(self._ctx)
-            blob = _context_bytes(self._ctx)
+            blob = x86_cross.context_bytes(self._ctx)
             return struct.unpack_from("<Q", blob, self._cs_offset)[0]
         cr0 = uc.reg_read(X.UC_X86_REG_CR0)
         if cr0 & CR0_PE and uc.msr_read(MSR_EFER) & EFER_LMA:

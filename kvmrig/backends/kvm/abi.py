@@ -152,6 +152,56 @@ struct kvm_pit_config {
     uint32_t pad[15];
 };
 
+/* asm/kvm.h, KVM_GET/SET_IRQCHIP (VM, with KVM_CREATE_IRQCHIP): one of the
+   in-kernel chips by chip_id (KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE, _IOAPIC).
+   Snapshots keep the chips as opaque bytes; only the layout matters here. */
+struct kvm_pic_state {
+    uint8_t last_irr, irr, imr, isr, priority_add, irq_base, read_reg_select, poll,
+            special_mask, init_state, auto_eoi, rotate_on_auto_eoi, special_fully_nested_mode,
+            init4, elcr, elcr_mask;
+};
+
+struct kvm_ioapic_state {
+    uint64_t base_address;
+    uint32_t ioregsel;
+    uint32_t id;
+    uint32_t irr;
+    uint32_t pad;
+    uint64_t redirtbl[24];
+};
+
+struct kvm_irqchip {
+    uint32_t chip_id;
+    uint32_t pad;
+    union {
+        char dummy[512];
+        struct kvm_pic_state pic;
+        struct kvm_ioapic_state ioapic;
+    } chip;
+};
+
+/* asm/kvm.h, KVM_GET/SET_LAPIC (vcpu, with the in-kernel irqchip): the local
+   APIC's register page. */
+struct kvm_lapic_state {
+    char regs[1024];
+};
+
+/* asm/kvm.h, KVM_GET/SET_PIT2 (VM, with KVM_CREATE_PIT2): the 8254's three
+   channels and its flags. */
+struct kvm_pit_channel_state {
+    uint32_t count;
+    uint16_t latched_count;
+    uint8_t count_latched, status_latched, status, read_state, write_state, write_latch, rw_mode, mode, bcd,
+            gate;
+    int64_t count_load_time;
+};
+
+struct kvm_pit_state2 {
+    struct kvm_pit_channel_state channels[3];
+    uint32_t flags;
+    uint32_t reserved[9];
+};
+
 /* asm/kvm.h, KVM_GET_MSR_INDEX_LIST (system fd): nmsrs is the capacity in
    (E2BIG, with nmsrs set, when too small), the count out. */
 struct kvm_msr_list {
@@ -522,6 +572,12 @@ def ioctl_table(arch: str) -> dict[str, int]:
             "KVM_SET_FPU":              IOW(0x8D, "struct kvm_fpu"),             # vcpu
             "KVM_SET_CPUID2":           IOW(0x90, "struct kvm_cpuid2"),          # vcpu; KVM_CAP_EXT_CPUID
             "KVM_CREATE_PIT2":          IOW(0x77, "struct kvm_pit_config"),      # VM, after the irqchip; KVM_CAP_PIT2
+            "KVM_GET_IRQCHIP":          IOWR(0x62, "struct kvm_irqchip"),        # VM, with the irqchip
+            "KVM_SET_IRQCHIP":          IOR(0x63, "struct kvm_irqchip"),         # VM (sic: _IOR in kvm.h)
+            "KVM_GET_LAPIC":            IOR(0x8E, "struct kvm_lapic_state"),     # vcpu, with the irqchip
+            "KVM_SET_LAPIC":            IOW(0x8F, "struct kvm_lapic_state"),     # vcpu, with the irqchip
+            "KVM_GET_PIT2":             IOR(0x9F, "struct kvm_pit_state2"),      # VM; KVM_CAP_PIT_STATE2
+            "KVM_SET_PIT2":             IOW(0xA0, "struct kvm_pit_state2"),      # VM; KVM_CAP_PIT_STATE2
             "KVM_GET_MSR_INDEX_LIST":   IOWR(0x02, "struct kvm_msr_list"),       # system
             "KVM_GET_MSRS":             IOWR(0x88, "struct kvm_msrs"),           # vcpu
             "KVM_SET_MSRS":             IOW(0x89, "struct kvm_msrs"),            # vcpu
@@ -591,6 +647,12 @@ KVM_GET_MP_STATE = IOCTLS["KVM_GET_MP_STATE"]
 KVM_SET_MP_STATE = IOCTLS["KVM_SET_MP_STATE"]
 KVM_SET_CPUID2 = IOCTLS.get("KVM_SET_CPUID2")
 KVM_CREATE_PIT2 = IOCTLS.get("KVM_CREATE_PIT2")
+KVM_GET_IRQCHIP = IOCTLS.get("KVM_GET_IRQCHIP")
+KVM_SET_IRQCHIP = IOCTLS.get("KVM_SET_IRQCHIP")
+KVM_GET_LAPIC = IOCTLS.get("KVM_GET_LAPIC")
+KVM_SET_LAPIC = IOCTLS.get("KVM_SET_LAPIC")
+KVM_GET_PIT2 = IOCTLS.get("KVM_GET_PIT2")
+KVM_SET_PIT2 = IOCTLS.get("KVM_SET_PIT2")
 KVM_CREATE_IRQCHIP = IOCTLS["KVM_CREATE_IRQCHIP"]
 KVM_ARM_VCPU_INIT = IOCTLS.get("KVM_ARM_VCPU_INIT")
 KVM_ARM_PREFERRED_TARGET = IOCTLS.get("KVM_ARM_PREFERRED_TARGET")
@@ -707,6 +769,7 @@ KVM_CAP_NR_VCPUS = 9
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_SYNC_MMU = 16
 KVM_CAP_PIT2 = 33
+KVM_CAP_PIT_STATE2 = 35
 KVM_CAP_SET_GUEST_DEBUG = 23
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_INTERNAL_ERROR_DATA = 40
@@ -774,6 +837,11 @@ KVM_MP_STATE_SIPI_RECEIVED = 4
 
 # linux/kvm.h: kvm_pit_config.flags
 KVM_PIT_SPEAKER_DUMMY = 1
+
+# asm/kvm.h: kvm_irqchip.chip_id (x86)
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
 
 # x86 kvm_run.kvm_valid_regs bits (asm/kvm.h)
 KVM_SYNC_X86_REGS = 1 << 0

@@ -70,7 +70,7 @@ from collections.abc import Collection
 import dataclasses
 from dataclasses import dataclass, field
 
-from kvmrig.arch.arm64 import debugregs, esr, onereg, virt
+from kvmrig.arch.arm64 import cpustate, debugregs, esr, onereg, virt
 from kvmrig.arch.arm64.boot import Arm64State, GicLayout
 from kvmrig.arch.arm64.regs import CANONICAL
 from kvmrig.backends.base import HwSlot
@@ -78,6 +78,7 @@ from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, HwBreak, Ste
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.common import KvmBackendBase
 from kvmrig.backends.kvm.lazyregs import LazyRegs
+from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.errors import BackendError, KvmError
 
 # Registers whose value decides where "sp" lives: writing them forgets a cached "sp".
@@ -109,6 +110,25 @@ def debug_control(any_slots: bool, single_step: bool, sw: bool) -> int:
     if any_slots:
         control |= abi.KVM_GUESTDBG_USE_HW
     return control
+
+
+_created_cache: PerProcess[dict[int, int]] = PerProcess()
+
+
+def _created_regs() -> dict[int, int]:
+    """Every ONE_REG register of a vCPU as kvmrig creates it (a throwaway VM,
+    once per process): a snapshot names the KVM-only ones the guest changed."""
+    def probe() -> dict[int, int]:
+        with KvmArm64Backend() as backend:
+            backend._ensure_vcpu()
+            out = {}
+            for reg in backend.vcpu.get_reg_list():
+                try:
+                    out[reg] = backend.vcpu.get_one_reg(reg)
+                except KvmError:
+                    pass
+            return out
+    return _created_cache.get(probe)
 
 
 class KvmArm64Backend(KvmBackendBase):
@@ -224,7 +244,38 @@ class KvmArm64Backend(KvmBackendBase):
                 if e.errno not in (errno.ENOENT, errno.EINVAL):
                     raise
         mp = self.vcpu.get_blob("KVM_GET_MP_STATE", "struct kvm_mp_state")
-        return {"one_reg": regs, "mp_state": mp.hex()}
+        return {"one_reg": regs, "mp_state": mp.hex(), "arch": self._arch_text(regs, mp)}
+
+    def _arch_text(self, one_reg: dict[str, str], mp: bytes) -> dict:
+        """The neutral form the emulator loads (arch/arm64/cpustate.py): the
+        registers both have by name, and those only KVM has that the guest
+        changed from a vCPU as created."""
+        values = {int(k, 16): int(v, 16) for k, v in one_reg.items()}
+        named = {cpustate.ID_NAMES[r]: v for r, v in values.items() if r in cpustate.ID_NAMES}
+        created = _created_regs()
+        only_here = {cpustate.describe_id(r): v for r, v in values.items()
+                     if r not in cpustate.ID_NAMES and not cpustate.is_clock(r) and not cpustate.is_identity(r)
+                     and created.get(r, 0) != v}
+        state = int.from_bytes(mp[:4], "little")
+        pending = [] if state == abi.KVM_MP_STATE_RUNNABLE else [f"the vCPU in MP state {state} (not runnable)"]
+        return cpustate.to_text(named, only_here, pending)
+
+    def import_arch(self, text: dict) -> None:
+        """Load the neutral state the emulator took: each register both have,
+        by name (PSTATE first); the rest keep their created values."""
+        try:
+            regs = cpustate.from_text(text, "kvm")
+        except cpustate.CrossError as e:
+            raise BackendError(str(e)) from None
+        self._ensure_vcpu()
+        for name in sorted(regs, key=lambda n: n != "pstate"):
+            reg = onereg.reg_id(name)
+            if self.vcpu.get_one_reg(reg) != regs[name]:
+                self.vcpu.set_one_reg(reg, regs[name])
+                if self.vcpu.get_one_reg(reg) != regs[name]:
+                    raise BackendError(f"KVM did not take {name} = {regs[name]:#x} "
+                                       f"(it holds {self.vcpu.get_one_reg(reg):#x})")
+        self._forget_regs(complete=True)
 
     def import_cpu(self, text: dict) -> None:
         """Load export_cpu() text: each register whose value differs from the

@@ -285,6 +285,19 @@ class Vm:
         config.flags = flags
         _call(self.fd, _require(abi.KVM_CREATE_PIT2, "KVM_CREATE_PIT2"), config, "KVM_CREATE_PIT2")
 
+    def get_blob(self, request_name: str, ctype: str, first: bytes = b"") -> bytes:
+        """A VM-level KVM_GET_* ioctl filling one struct (`ctype`), as bytes;
+        `first` prefills its start (kvm_irqchip.chip_id says which chip)."""
+        buf = ffi.new("char[]", ffi.sizeof(ctype))
+        buf[0:len(first)] = first
+        _call(self.fd, _require(getattr(abi, request_name), request_name), ffi.cast(ctype + " *", buf), request_name)
+        return bytes(ffi.buffer(buf))
+
+    def set_blob(self, request_name: str, ctype: str, data: bytes) -> None:
+        """The KVM_SET_* partner of get_blob() (the in-kernel irqchip, PIT)."""
+        buf = ffi.from_buffer("char[]", data)
+        _call(self.fd, _require(getattr(abi, request_name), request_name), ffi.cast(ctype + " *", buf), request_name)
+
     def arm_preferred_target(self):
         """KVM_ARM_PREFERRED_TARGET (arm64): a `struct kvm_vcpu_init *` with the
         target (and features zeroed) to pass to Vcpu.arm_vcpu_init."""

@@ -33,6 +33,7 @@ from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
 from kvmrig.arch.x86_64.boot import X86State, system_area
 from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
+from kvmrig.arch.x86_64 import cpustate
 from kvmrig.arch.x86_64.faults import explain_shutdown
 from kvmrig.arch.x86_64.fpu import gdb_registers
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
@@ -55,6 +56,7 @@ INT3, HLT = b"\xcc", b"\xf4"
 _REG_FIELDS = GPRS + ("rip", "rflags")
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: PerProcess[bool] = PerProcess()
+_created_cache: PerProcess[dict[int, int]] = PerProcess()
 #: Debug exits taken natively in this process ("int3", "dr-exec", "dr-watch"):
 #: how the x86_64 lane's test run shows the native path really ran.
 NATIVE_HITS: Counter[str] = Counter()
@@ -66,6 +68,16 @@ def _sync_regs_supported(kvm) -> bool:
     if os.environ.get("KVMRIG_KVM_SYNC_REGS", "1") == "0":
         return False
     return _sync_cache.get(lambda: kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & SYNC == SYNC)
+
+
+def _created_msrs() -> dict[int, int]:
+    """The MSR values of a vCPU as kvmrig creates it (a throwaway VM, once per
+    process): a snapshot marks the MSRs still at them, which a backend without
+    them may leave out."""
+    def probe() -> dict[int, int]:
+        with KvmX86Backend() as backend:
+            return backend.capture_cpu().msrs
+    return _created_cache.get(probe)
 
 
 class KvmX86Backend(KvmBackendBase):
@@ -102,6 +114,7 @@ class KvmX86Backend(KvmBackendBase):
         self._exec_reads: list[Event] = []     # the watch hits of the instruction being stepped there
         self._exec_hlt = False                 # its next instruction is HLT: run it unstepped
         self.irqchip = False                   # machine.irqchip: KVM runs HLT and the interrupt controllers
+        self.pit = False                       # machine.pit: KVM's 8254 too
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -124,6 +137,7 @@ class KvmX86Backend(KvmBackendBase):
             self.irqchip = True
             if state.pit:
                 self.vm.create_pit2(abi.KVM_PIT_SPEAKER_DUMMY)
+                self.pit = True
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self._cpuid(state.cpuid))
         if state.cpus > 1:
@@ -194,8 +208,20 @@ class KvmX86Backend(KvmBackendBase):
         """With the in-kernel irqchip KVM runs HLT itself; after a kick, a vCPU
         still halted with interrupts masked (RFLAGS.IF clear) can never wake:
         that is the guest's `hlt` end. A halted vCPU with IF set waits for an
-        interrupt and keeps running."""
-        if self.vcpu.get_mp_state() != abi.KVM_MP_STATE_HALTED:
+        interrupt and keeps running.
+
+        The state is written back as read: KVM_SET_MP_STATE makes KVM look
+        for pending interrupts again (KVM_REQ_EVENT), which it otherwise does
+        only when an interrupt controller's output rises. A PIC output that
+        rose while LVT0 refused it (Linux without ACPI tables drives the PIC
+        through LINT0 and masks LVT0 while it sets up its local APIC) would
+        stay high and undelivered, and with it every ISA interrupt after it:
+        Debian's kernel then hung at its first console write from user space.
+        Re-checking at each kick delivers it within one kick period."""
+        state = self.vcpu.get_mp_state()
+        if state in (abi.KVM_MP_STATE_RUNNABLE, abi.KVM_MP_STATE_HALTED):
+            self.vcpu.set_mp_state(state)
+        if state != abi.KVM_MP_STATE_HALTED:
             return None
         r = self.vcpu.get_regs()
         if r.rflags & RFLAGS_IF:
@@ -208,18 +234,41 @@ class KvmX86Backend(KvmBackendBase):
         if self.vcpu is None:
             self._create_vcpu()
         self.settle_io()
-        return x86_state.capture(self.kvm, self.vcpu)
+        return x86_state.capture(self.kvm, self.vcpu, self.vm if self.irqchip else None, self.pit)
 
     def restore_cpu(self, state: x86_state.X86CpuState) -> None:
         """Put a captured state back, exactly (a snapshot resumes where it was taken)."""
+        chips = bool(state.vm_blobs)
         if self.vcpu is None:
-            self._create_vcpu()
+            self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=chips, pit="pit2" in state.vm_blobs))
+        elif chips != self.irqchip or ("pit2" in state.vm_blobs) != self.pit:
+            raise BackendError(f"the state is of a machine {'with' if chips else 'without'} the in-kernel "
+                               f"irqchip{' and PIT' if 'pit2' in state.vm_blobs else ''}; this VM is not")
         self.settle_io()
+        if chips:
+            x86_state.restore_chips(self.vm, state)
         x86_state.restore(self.vcpu, state)
 
     def export_cpu(self) -> dict:
-        """The complete vCPU state as text (snapshot files)."""
-        return x86_state.to_text(self.capture_cpu())
+        """The complete vCPU state as text (snapshot files), with the neutral
+        form the emulator loads (`arch`)."""
+        if self._ap_vcpus:
+            raise BackendError("snapshots of a machine with several vCPUs are not taken (the other vCPUs' "
+                               "state is not captured)")
+        state = self.capture_cpu()
+        text = x86_state.to_text(state)
+        created = self.pristine.msrs if self.pristine is not None else _created_msrs()
+        text["arch"] = cpustate.to_text(x86_state.to_arch(state, created))
+        return text
+
+    def import_arch(self, text: dict) -> None:
+        """Load the neutral state another backend took (cpustate); BackendError
+        naming what KVM cannot take."""
+        try:
+            state = x86_state.with_arch(self.capture_cpu(), cpustate.from_text(text))
+        except cpustate.CrossError as e:
+            raise BackendError(str(e)) from None
+        self.restore_cpu(state)
 
     def import_cpu(self, text: dict) -> None:
         """Load export_cpu() text; BackendError if it is not a state of this backend."""
@@ -285,6 +334,10 @@ class KvmX86Backend(KvmBackendBase):
 
     def set_regs(self, regs: dict[str, int]) -> None:
         self._regs_set = True
+        if "rip" in regs and self.irqchip and self.vcpu.get_mp_state() == abi.KVM_MP_STATE_HALTED:
+            # KVM holds a halted vCPU in the kernel: moving its pc (a child's
+            # `set`, a debugger's jump) means running from there.
+            self.vcpu.set_mp_state(abi.KVM_MP_STATE_RUNNABLE)
         plain = {k: v for k, v in regs.items() if k in _REG_FIELDS}
         special = {k: v for k, v in regs.items() if k not in _REG_FIELDS}
         if plain:

@@ -4,9 +4,9 @@ Everything a guest can change and a later run could see is captured: general
 registers, segment/control/descriptor-table state (sregs), every MSR of
 KVM_GET_MSR_INDEX_LIST that KVM also lets userspace set back (the TSC among
 them), the XSAVE image (x87/SSE/AVX), the XCRs, the guest's debug registers,
-pending events (exceptions, NMIs, interrupt shadow, SMM) and the MP state.
-kvmrig creates no in-kernel irqchip, so there is no LAPIC/IOAPIC/PIT state
-to carry.
+pending events (exceptions, NMIs, interrupt shadow, SMM) and the MP state;
+with a rig's `machine:` also the in-kernel local APIC, PICs, IOAPIC and PIT
+(snapshots only: such VMs are never reused).
 
 Restore replays prepared structs (built once per state), so a reset is a
 fixed list of ioctls with nothing allocated: this is the hot path of VM reuse.
@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmrig.arch.x86_64 import cpustate, gdt
+from kvmrig.arch.x86_64.regs import GPRS
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.system import Kvm, Vcpu
 from kvmrig.errors import BackendError, KvmError
@@ -38,6 +40,17 @@ BLOBS = (
     ("mp_state", "struct kvm_mp_state", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", abi.KVM_CAP_MP_STATE),
     ("events", "struct kvm_vcpu_events", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", abi.KVM_CAP_VCPU_EVENTS),
 )
+
+# The local APIC (vcpu) with an in-kernel irqchip: restored after the MSRs
+# (the APIC base) and before the MP state and events.
+LAPIC = ("lapic", "struct kvm_lapic_state", "KVM_GET_LAPIC", "KVM_SET_LAPIC", None)
+# The VM-level chips with rig `machine:`: (name, ctype, get, set, chip id or None).
+CHIPS = (("pic_master", "struct kvm_irqchip", "KVM_GET_IRQCHIP", "KVM_SET_IRQCHIP", abi.KVM_IRQCHIP_PIC_MASTER),
+         ("pic_slave", "struct kvm_irqchip", "KVM_GET_IRQCHIP", "KVM_SET_IRQCHIP", abi.KVM_IRQCHIP_PIC_SLAVE),
+         ("ioapic", "struct kvm_irqchip", "KVM_GET_IRQCHIP", "KVM_SET_IRQCHIP", abi.KVM_IRQCHIP_IOAPIC))
+PIT = ("pit2", "struct kvm_pit_state2", "KVM_GET_PIT2", "KVM_SET_PIT2", None)
+_RESTORE_ORDER = ("xcrs", "xsave", "debugregs", "lapic", "mp_state", "events")
+_BLOB_TYPES = {name: (ctype, set_) for name, ctype, _get, set_, _cap in BLOBS + (LAPIC,)}
 
 _msr_cache: tuple[int, tuple[int, ...]] | None = None
 _blob_cache: tuple[int, tuple[str, ...]] | None = None
@@ -81,6 +94,7 @@ class X86CpuState:
     blobs: dict[str, bytes]
     taken: float = 0.0
     tsc_khz: int = 0
+    vm_blobs: dict[str, bytes] = field(default_factory=dict)   # rig `machine:`: PICs, IOAPIC, PIT
     _prepared: object = field(default=None, repr=False, compare=False)
 
     def same_as(self, other: "X86CpuState") -> bool:
@@ -90,9 +104,10 @@ class X86CpuState:
         return (self.regs, self.sregs, mine, self.blobs) == (other.regs, other.sregs, theirs, other.blobs)
 
 
-def capture(kvm: Kvm, vcpu: Vcpu) -> X86CpuState:
+def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False) -> X86CpuState:
     """Everything the vCPU holds now (pending port/MMIO completions excluded:
-    the caller finishes those first)."""
+    the caller finishes those first); with `vm` (a VM with the in-kernel
+    irqchip) also its local APIC, the PICs and IOAPIC, and with `pit` the 8254."""
     regs = bytes(ffi.buffer(vcpu.get_regs()))
     sregs = bytes(ffi.buffer(vcpu.get_sregs()))
     indices = restorable_msrs(kvm, vcpu)
@@ -107,7 +122,12 @@ def capture(kvm: Kvm, vcpu: Vcpu) -> X86CpuState:
         khz = vcpu.call("KVM_GET_TSC_KHZ", abi.ulong(0)) if abi.KVM_GET_TSC_KHZ is not None else 0
     except KvmError:
         khz = 0
-    return X86CpuState(regs, sregs, msrs, blobs, time.monotonic(), khz)
+    vm_blobs = {}
+    if vm is not None:
+        blobs["lapic"] = vcpu.get_blob(LAPIC[2], LAPIC[1])
+        for name, ctype, get, _set, chip in CHIPS + ((PIT,) if pit else ()):
+            vm_blobs[name] = vm.get_blob(get, ctype, b"" if chip is None else chip.to_bytes(4, "little"))
+    return X86CpuState(regs, sregs, msrs, blobs, time.monotonic(), khz, vm_blobs)
 
 
 class _Prepared:
@@ -147,10 +167,11 @@ class _Prepared:
         self.events = None      # the vcpu events struct, for staging in kvm_run
         self.early: list = []   # before the registers: XCRs, then XSAVE
         self.late: list = []
-        for name, ctype, _get, set_, _cap in BLOBS:
+        for name in _RESTORE_ORDER:
             data = state.blobs.get(name)
             if data is None:
                 continue
+            ctype, set_ = _BLOB_TYPES[name]
             if name == "events":
                 flags = int.from_bytes(data[_EVENTS_FLAGS:_EVENTS_FLAGS + 4], "little") | _EVENTS_SET
                 data = data[:_EVENTS_FLAGS] + flags.to_bytes(4, "little") + data[_EVENTS_FLAGS + 4:]
@@ -159,6 +180,14 @@ class _Prepared:
                 self.events = ffi.cast(ctype + " *", buf)
             early = name in ("xcrs", "xsave")
             (self.early if early else self.late).append((set_, ffi.cast(ctype + " *", buf), buf))
+
+
+def restore_chips(vm, state: X86CpuState) -> None:
+    """The VM-level chips of `state` (PICs, IOAPIC, PIT) back into `vm`,
+    before its vCPU's state."""
+    for name, ctype, _get, set_, _chip in CHIPS + (PIT,):
+        if name in state.vm_blobs:
+            vm.set_blob(set_, ctype, state.vm_blobs[name])
 
 
 def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
@@ -232,6 +261,7 @@ def to_text(state: X86CpuState) -> dict[str, Any]:
     return {"regs": _to_text(regs[0]), "sregs": _to_text(sregs[0]),
             "msrs": {hex(i): hex(v) for i, v in state.msrs.items()},
             "blobs": {name: data.hex() for name, data in state.blobs.items()},
+            "vm_blobs": {name: data.hex() for name, data in state.vm_blobs.items()},
             "tsc_khz": state.tsc_khz}
 
 
@@ -240,9 +270,120 @@ def from_text(text: dict[str, Any]) -> X86CpuState:
     regs = ffi.new("struct kvm_regs *", _from_text(text["regs"]))
     sregs = ffi.new("struct kvm_sregs *", _from_text(text["sregs"]))
     blobs = {name: bytes.fromhex(data) for name, data in text["blobs"].items()}
-    for name, ctype, *_ in BLOBS:
-        if name in blobs and len(blobs[name]) != ffi.sizeof(ctype):
-            raise ValueError(f"{name} holds {len(blobs[name])} bytes, not {ffi.sizeof(ctype)}")
+    vm_blobs = {name: bytes.fromhex(data) for name, data in text.get("vm_blobs", {}).items()}
+    for group, table in ((blobs, BLOBS + (LAPIC,)), (vm_blobs, CHIPS + (PIT,))):
+        for name, ctype, *_ in table:
+            if name in group and len(group[name]) != ffi.sizeof(ctype):
+                raise ValueError(f"{name} holds {len(group[name])} bytes, not {ffi.sizeof(ctype)}")
+        unknown = set(group) - {name for name, *_ in table}
+        if unknown:
+            raise ValueError(f"unknown state {', '.join(sorted(unknown))}")
     return X86CpuState(bytes(ffi.buffer(regs)), bytes(ffi.buffer(sregs)),
                        {int(i, 16): int(v, 16) for i, v in text["msrs"].items()}, blobs,
-                       time.monotonic(), int(text.get("tsc_khz", 0)))
+                       time.monotonic(), int(text.get("tsc_khz", 0)), vm_blobs)
+
+
+# The neutral form (arch/x86_64/cpustate.py): snapshots that cross backends -------
+
+_SEG_NAMES = cpustate.SEGMENT_NAMES
+
+
+def _struct(ctype: str, data: bytes):
+    value = ffi.new(ctype + " *")
+    ffi.memmove(value, data, len(data))
+    return value
+
+
+def _pending(events) -> list[str]:
+    """What kvm_vcpu_events holds pending that a register cannot say."""
+    out = []
+    e = events.exception
+    if e.injected or e.pending:
+        out.append(f"an exception (vector {e.nr}{', error code %#x' % e.error_code if e.has_error_code else ''})")
+    if events.interrupt.injected:
+        out.append(f"an interrupt being injected (vector {events.interrupt.nr})")
+    if events.nmi.injected or events.nmi.pending:
+        out.append("an NMI")
+    if events.smi.smm or events.smi.pending:
+        out.append("SMM" if events.smi.smm else "an SMI")
+    if events.triple_fault.pending:
+        out.append("a triple fault")
+    return out
+
+
+def to_arch(state: X86CpuState, created_msrs: dict[int, int]) -> cpustate.X86Arch:
+    """`state` by architectural name; `created_msrs` are the MSR values of a
+    vCPU as created, which mark the ones the guest left alone."""
+    r = _struct("struct kvm_regs", state.regs)
+    s = _struct("struct kvm_sregs", state.sregs)
+    regs = {name: int(getattr(r, name)) for name in GPRS + ("rip", "rflags")}
+    segments = {n: gdt.Segment(**{f: int(getattr(getattr(s, n), f)) for f in cpustate.SEGMENT_FIELDS})
+                for n in _SEG_NAMES}
+    control = {name: int(getattr(s, name)) for name in cpustate.CONTROL_NAMES}
+    msrs = {i: v for i, v in state.msrs.items() if i not in cpustate.NOT_MSRS}
+    as_created = frozenset(i for i, v in msrs.items() if created_msrs.get(i) == v)
+    fpu, others = cpustate.fpu_from_xsave(state.blobs["xsave"]) if "xsave" in state.blobs else (cpustate.Fpu(), [])
+    pending = [f"XSAVE state of {name}" for name in others]
+    xcr0 = 1
+    if "xcrs" in state.blobs:
+        x = _struct("struct kvm_xcrs", state.blobs["xcrs"])
+        xcr0 = next((int(x.xcrs[i].value) for i in range(x.nr_xcrs) if x.xcrs[i].xcr == 0), 1)
+    debug = {"dr0": 0, "dr1": 0, "dr2": 0, "dr3": 0, "dr6": 0xFFFF0FF0, "dr7": 0x400}
+    if "debugregs" in state.blobs:
+        d = _struct("struct kvm_debugregs", state.blobs["debugregs"])
+        debug = {**{f"dr{i}": int(d.db[i]) for i in range(4)}, "dr6": int(d.dr6), "dr7": int(d.dr7)}
+    if "events" in state.blobs:
+        pending += _pending(_struct("struct kvm_vcpu_events", state.blobs["events"]))
+    if state.vm_blobs or "lapic" in state.blobs:
+        pending.append("in-kernel interrupt controller state (rig machine:)")
+    if "mp_state" in state.blobs:
+        mp = int.from_bytes(state.blobs["mp_state"][:4], "little")
+        if mp != abi.KVM_MP_STATE_RUNNABLE:
+            pending.append(f"MP state {mp} (not runnable)")
+    return cpustate.X86Arch(regs, segments, (int(s.gdt.base), int(s.gdt.limit)), (int(s.idt.base), int(s.idt.limit)),
+                            control, msrs, as_created, fpu, debug, xcr0, pending)
+
+
+def with_arch(base: X86CpuState, a: cpustate.X86Arch) -> X86CpuState:
+    """`base` (this vCPU as created) holding the neutral state `a`, taken on
+    another backend. CrossError for what KVM cannot take (see cpustate)."""
+    cpustate.refuse_pending(a, "kvm")
+    r = _struct("struct kvm_regs", base.regs)
+    for name, value in a.regs.items():
+        setattr(r, name, value)
+    s = _struct("struct kvm_sregs", base.sregs)
+    for n in _SEG_NAMES:
+        seg = getattr(s, n)
+        for f in cpustate.SEGMENT_FIELDS:
+            setattr(seg, f, getattr(a.segments[n], f))
+    s.gdt.base, s.gdt.limit = a.gdt
+    s.idt.base, s.idt.limit = a.idt
+    for name, value in a.control.items():
+        setattr(s, name, value)
+    msrs = dict(base.msrs)
+    for index, value in cpustate.changed_msrs(a).items():
+        if index not in msrs:
+            raise cpustate.CrossError(f"the snapshot has {cpustate.msr_name(index)} = {value:#x}, which this KVM "
+                                      "cannot restore")
+        msrs[index] = value
+    blobs = dict(base.blobs)
+    if "xsave" in blobs:
+        blobs["xsave"] = cpustate.xsave_with_fpu(blobs["xsave"], a.fpu)
+    elif a.fpu != cpustate.Fpu():
+        raise cpustate.CrossError("the snapshot's x87/SSE registers are in use, and this KVM has no XSAVE")
+    if a.xcr0 is not None and a.xcr0 != 1:
+        if "xcrs" not in blobs:
+            raise cpustate.CrossError(f"the snapshot has XCR0 = {a.xcr0:#x}, and this KVM has no XCRs")
+        x = _struct("struct kvm_xcrs", blobs["xcrs"])
+        x.nr_xcrs, x.xcrs[0].xcr, x.xcrs[0].value = max(1, x.nr_xcrs), 0, a.xcr0
+        blobs["xcrs"] = bytes(ffi.buffer(x))
+    if "debugregs" in blobs:
+        d = _struct("struct kvm_debugregs", blobs["debugregs"])
+        for i in range(4):
+            d.db[i] = a.debug[f"dr{i}"]
+        d.dr6, d.dr7 = a.debug["dr6"], a.debug["dr7"]
+        blobs["debugregs"] = bytes(ffi.buffer(d))
+    elif a.debug["dr7"] & cpustate.DR7_ENABLES:
+        raise cpustate.CrossError(f"the snapshot's guest arms breakpoints (DR7 = {a.debug['dr7']:#x}), and this "
+                                  "KVM cannot set debug registers")
+    return X86CpuState(bytes(ffi.buffer(r)), bytes(ffi.buffer(s)), msrs, blobs, time.monotonic(), base.tsc_khz)

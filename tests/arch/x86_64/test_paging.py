@@ -89,3 +89,39 @@ def test_rejects_misaligned_base_and_bad_ranges():
         paging.identity_tables(0x9001, [])
     with pytest.raises(ValueError):
         paging.tables_size([(-1, 5)])
+
+
+def _memory(pages: dict[int, dict[int, int]]):
+    """read_entry over {table address: {index: entry}}."""
+    def read(pa: int) -> int:
+        table, index = pa & ~0xFFF, (pa & 0xFFF) // 8
+        if table not in pages:
+            raise LookupError(pa)
+        return pages[table].get(index, 0)
+    return read
+
+
+def test_translate_walks_4k_2m_and_1g_pages():
+    va = 0xFFFF_FFFF_8305_E26C   # a kernel text address: PML4 511, PDPT 510, PD 24, PT 94
+    tables = {0x1000: {511: 0x2000 | paging.P}, 0x2000: {510: 0x3000 | paging.P},
+              0x3000: {24: 0x4000 | paging.P}, 0x4000: {94: 0x305E000 | paging.P}}
+    assert paging.translate(va, 0x1000, _memory(tables)) == 0x305E26C
+    tables[0x3000][24] = 0x3000000 | paging.P | paging.PS            # a 2 MiB page
+    assert paging.translate(va, 0x1000, _memory(tables)) == 0x305E26C
+    tables[0x2000][510] = 0x40000000 | paging.P | paging.PS          # a 1 GiB page
+    assert paging.translate(va, 0x1000, _memory(tables)) == 0x4305E26C
+
+
+def test_translate_of_what_the_tables_do_not_map_is_none():
+    tables = {0x1000: {511: 0x2000 | paging.P}, 0x2000: {}}
+    assert paging.translate(0xFFFF_FFFF_8000_0000, 0x1000, _memory(tables)) is None   # PDPTE not present
+    assert paging.translate(0x1234, 0x1000, _memory(tables)) is None                  # PML4E not present
+    assert paging.translate(0xFFFF_FFFF_8000_0000, 0x9000, _memory(tables)) is None   # CR3 outside memory
+
+
+def test_translate_agrees_with_the_identity_tables():
+    data, cr3 = paging.identity_tables(0x10000, [(0, 8 << 20)])
+    mem = {0x10000 + i: data[i:i + 8] for i in range(0, len(data), 8)}
+    read = lambda pa: int.from_bytes(mem[pa], "little") if pa in mem else (_ for _ in ()).throw(LookupError(pa))
+    for va in (0, 0x1234, 0x7F_FFFF, 0xFFFF_FFFF):
+        assert paging.translate(va, cr3, read) == va

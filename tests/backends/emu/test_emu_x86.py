@@ -13,7 +13,8 @@ pytest.importorskip("unicorn")
 from kvmrig.arch.x86_64 import boot, regs as x86regs  # noqa: E402
 from kvmrig.backends.events import Halt, PortIO  # noqa: E402
 from kvmrig.backends.emu import core  # noqa: E402
-from kvmrig.backends.emu.x86_64 import REG_IDS, EmuX86Backend, _CsBase  # noqa: E402
+from kvmrig.backends.emu.x86_64 import REG_IDS, EmuX86Backend  # noqa: E402
+from kvmrig.backends.emu.x86_cross import CsBase  # noqa: E402
 from kvmrig.rig.load import load_rig  # noqa: E402
 from kvmrig.result import FAILED  # noqa: E402
 from kvmrig.runner import run_rig  # noqa: E402
@@ -43,7 +44,7 @@ def test_register_table_covers_every_canonical_register():
 
 
 def test_cs_base_is_found_in_unicorns_context():
-    assert _CsBase.find() is not None
+    assert CsBase.find() is not None
 
 
 @pytest.mark.parametrize("mode, entry, cs, cs_base, cr0_pe, efer", [

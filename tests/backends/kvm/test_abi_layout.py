@@ -44,6 +44,7 @@ FOREIGN = {
     "arm64": {
         "KVM_GUESTDBG_USE_HW_BP",         # x86 spelling of bit 17
         "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP", "KVM_GUESTDBG_BLOCKIRQ",
+        "KVM_IRQCHIP_PIC_MASTER", "KVM_IRQCHIP_PIC_SLAVE", "KVM_IRQCHIP_IOAPIC",   # x86 asm/kvm.h
     },
 }
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -73,10 +75,46 @@ python3 -m kvmrig run mutants --backend kvm --junit mutants.xml -j 1 > mutants.l
 echo $? > mutants.status
 python3 arm64_vm_checks.py checks.json > checks.log 2>&1
 echo $? > checks.status
-cat rigs.log checks.log
+python3 -m kvmrig snapshot uboot/boot.yaml#at-prompt -o kvm.snap --backend kvm > snap.log 2>&1
+echo $? > snap.status
+python3 -m kvmrig run fromkvm --backend kvm --json fromkvm.json --junit '' -j 1 > fromkvm.log 2>&1
+echo $? > fromkvm.status
+python3 -m kvmrig run fromemu --backend kvm --json fromemu.json --junit '' -j 1 > fromemu.log 2>&1
+echo $? > fromemu.status
+cat rigs.log checks.log snap.log fromkvm.log fromemu.log
 """
 FETCH = ["out.xml", "rigs.status", "rigs.log", "mutants.xml", "mutants.status", "mutants.log",
-         "checks.json", "checks.status", "checks.log"]
+         "checks.json", "checks.status", "checks.log", "kvm.snap", "snap.status", "snap.log",
+         "fromkvm.json", "fromkvm.status", "fromkvm.log", "fromemu.json", "fromemu.status", "fromemu.log"]
+
+# Cross-backend snapshots on arm64: Debian's U-Boot saved at its prompt on the
+# VM's KVM runs these children on the host's emulator, and saved on the host's
+# emulator runs them on the VM's KVM; each must end as on the backend that
+# took the snapshot (exit, console, general registers).
+UBOOT = ROOT / "rigs" / "firmware" / "u-boot"
+UBOOT_BIN = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+CROSS_CHILDREN = ("version", "md", "mw-md", "crc32", "setexpr", "itest-true")
+
+
+def _children_from(folder: Path, snap: str) -> None:
+    """CROSS_CHILDREN copied into `folder`, starting from the file `snap` (beside the folder)."""
+    folder.mkdir()
+    for child in CROSS_CHILDREN:
+        text = (UBOOT / f"{child}.yaml").read_text()
+        assert text.count("from: boot.yaml#at-prompt") == 1
+        (folder / f"{child}.yaml").write_text(text.replace("from: boot.yaml#at-prompt", f"from: ../{snap}"))
+
+
+def _uboot_parent(folder: Path) -> None:
+    """boot.yaml with its images beside it (shipped into the VM)."""
+    folder.mkdir()
+    text = (UBOOT / "boot.yaml").read_text()
+    text = text.replace(f"file: {UBOOT_BIN}", "file: u-boot.bin").replace("file: ../u-boot-arm64.dtb",
+                                                                          "file: u-boot-arm64.dtb")
+    assert "file: u-boot.bin" in text and "file: u-boot-arm64.dtb" in text
+    (folder / "boot.yaml").write_text(text)
+    shutil.copy(UBOOT_BIN, folder / "u-boot.bin")
+    shutil.copy(ROOT / "rigs" / "firmware" / "u-boot-arm64.dtb", folder / "u-boot-arm64.dtb")
 
 
 def _mutants(folder: Path) -> None:
@@ -99,6 +137,7 @@ class Lane:
         self.result = result
         self.seconds = seconds
         self.files = result.files_back
+        self.work = Path()   # the host folder of the files shipped in
 
     def text(self, name: str) -> str:
         assert name in self.files, (f"{name} did not come back from the VM: {self.result.error or ''}\n"
@@ -114,17 +153,24 @@ class Lane:
 
 @pytest.fixture(scope="module")
 def lane(request, tmp_path_factory) -> Lane:
-    mutants = tmp_path_factory.mktemp("arm64vm") / "mutants"
+    work = tmp_path_factory.mktemp("arm64vm")
+    mutants = work / "mutants"
     _mutants(mutants)
+    files = [("rigs/arm64", str(ARM64_RIGS)), ("rigs-kvm/arm64", str(KVM_RIGS)), ("mutants", str(mutants)),
+             ("arm64_vm_checks.py", str(CHECKS))]
+    if UBOOT_BIN.is_file():   # the cross-backend U-Boot part (u-boot-qemu is in scripts/setup.sh)
+        _uboot_parent(work / "uboot")
+        _children_from(work / "fromkvm", "kvm.snap")
+        _children_from(work / "fromemu", "emu.snap")
+        subprocess.run([sys.executable, "-m", "kvmrig", "snapshot", f"{work / 'uboot' / 'boot.yaml'}#at-prompt",
+                        "-o", str(work / "emu.snap"), "--backend", "emu"], check=True, capture_output=True,
+                       timeout=120)
+        files += [("uboot", str(work / "uboot")), ("fromkvm", str(work / "fromkvm")),
+                  ("fromemu", str(work / "fromemu")), ("emu.snap", str(work / "emu.snap"))]
     t0 = time.monotonic()
-    result = invm_qemu.run_in_vm(
-        COMMAND,
-        files=[("rigs/arm64", str(ARM64_RIGS)), ("rigs-kvm/arm64", str(KVM_RIGS)), ("mutants", str(mutants)),
-               ("arm64_vm_checks.py", str(CHECKS))],
-        fetch=FETCH,
-        timeout=VM_TIMEOUT,
-    )
+    result = invm_qemu.run_in_vm(COMMAND, files=files, fetch=FETCH, timeout=VM_TIMEOUT)
     lane = Lane(result, time.monotonic() - t0)
+    lane.work = work
     boot = f"{result.boot_seconds:.1f}s" if result.boot_seconds is not None else "?"
     cmd = f"{result.command_seconds:.1f}s" if result.command_seconds is not None else "?"
     report_line(request, f"arm64 VM: boot {boot}, commands {cmd}, total {lane.seconds:.1f}s")
@@ -210,3 +256,50 @@ def test_foreign_brk_reaches_the_guest_handler(lane):
     res = json.loads(lane.text("checks.json"))["foreign_brk"]
     assert res["ok"], res.get("detail")
     assert res["esr_el1"] == "0xf2000007"
+
+
+# --- 4. snapshots across backends (U-Boot at its prompt) -------------------------
+
+def _records(path: Path) -> dict[str, dict]:
+    return {r["name"]: r for r in json.loads(path.read_text())["rigs"]}
+
+
+def _same_end(got: dict, want: dict) -> None:
+    """Two runs of a child end alike: exit, console and general registers."""
+    assert got["status"] == "passed", (got["name"], got.get("failures"), got.get("message"))
+    assert got["exit"] == want["exit"], got["name"]
+    assert got["console"] == want["console"], got["name"]
+    regs = [f"x{n}" for n in range(31)] + ["pc", "sp"]
+    assert {r: got["regs"][r] for r in regs} == {r: want["regs"][r] for r in regs}, got["name"]
+
+
+def _run_on_host_emu(folder: Path, out: Path) -> dict[str, dict]:
+    proc = subprocess.run([sys.executable, "-m", "kvmrig", "run", str(folder), "--backend", "emu", "--json",
+                           str(out), "--junit", "", "-j", "1"], capture_output=True, text=True, timeout=300,
+                          cwd=folder.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return _records(out)
+
+
+@pytest.mark.skipif(not UBOOT_BIN.is_file(), reason="u-boot-qemu is not installed (scripts/setup.sh)")
+def test_a_kvm_u_boot_snapshot_runs_its_children_on_the_emulator_as_on_kvm(lane):
+    assert lane.status("snap") == 0, lane.text("snap.log")
+    assert lane.status("fromkvm") == 0, lane.text("fromkvm.log")
+    (lane.work / "kvm.snap").write_bytes(lane.files["kvm.snap"])
+    on_kvm = {r["name"]: r for r in json.loads(lane.text("fromkvm.json"))["rigs"]}
+    on_emu = _run_on_host_emu(lane.work / "fromkvm", lane.work / "fromkvm-emu.json")
+    assert sorted(on_emu) == sorted(on_kvm) and len(on_emu) == len(CROSS_CHILDREN)
+    for name, record in on_emu.items():
+        assert record["backend"] == "emu" and on_kvm[name]["backend"] == "kvm"
+        _same_end(record, on_kvm[name])
+
+
+@pytest.mark.skipif(not UBOOT_BIN.is_file(), reason="u-boot-qemu is not installed (scripts/setup.sh)")
+def test_an_emulator_u_boot_snapshot_runs_its_children_on_kvm_as_on_the_emulator(lane):
+    assert lane.status("fromemu") == 0, lane.text("fromemu.log")
+    on_kvm = {r["name"]: r for r in json.loads(lane.text("fromemu.json"))["rigs"]}
+    on_emu = _run_on_host_emu(lane.work / "fromemu", lane.work / "fromemu-emu.json")
+    assert sorted(on_emu) == sorted(on_kvm) and len(on_kvm) == len(CROSS_CHILDREN)
+    for name, record in on_kvm.items():
+        assert record["backend"] == "kvm"
+        _same_end(record, on_emu[name])
