@@ -155,7 +155,13 @@ class _Worker:
         if not self.jobs:
             self._started(index, time.monotonic())
         self.jobs.append(index)
-        self.conn.send(index)
+        try:
+            self.conn.send(index)
+        except OSError:
+            # The worker died since the last wait (a broken pipe): its
+            # sentinel is ready, so the loop records its running rig and
+            # puts this one back with the rest of its queue.
+            pass
 
     def finished(self) -> int:
         """The running rig answered: the next queued one (if any) starts now."""

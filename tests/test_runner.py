@@ -186,6 +186,19 @@ def test_a_worker_that_dies_is_an_error_for_its_rig_and_the_rest_still_run(fake_
     assert results[0].message != results[2].message, "the dead worker was replaced"
 
 
+def test_giving_a_rig_to_a_worker_that_just_died_leaves_it_to_the_loop(monkeypatch):
+    # The parent may hand a worker its next rig between the worker's death and
+    # the wait that notices it: the broken pipe must not end the whole run.
+    monkeypatch.setattr(runner, "_run_list", [fake_rig("a"), fake_rig("b")])
+    w = runner._Worker(multiprocessing.get_context("fork"), None, reuse=False)
+    w.proc.kill()
+    w.proc.join(5)
+    w.give(0)
+    w.give(1)
+    assert list(w.jobs) == [0, 1], "queued, for the loop to record the first as died and put back the rest"
+    w.kill()
+
+
 def test_a_worker_that_hangs_is_killed_by_the_watchdog(fake_workers, monkeypatch):
     monkeypatch.setattr(runner, "WATCHDOG_GRACE", 0.3)
     rigs = [fake_rig("hang", timeout=0.1), fake_rig("after")]
