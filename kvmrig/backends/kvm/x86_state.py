@@ -187,6 +187,10 @@ class _Prepared:
                 self.events = ffi.cast(ctype + " *", buf)
             early = name in ("xcrs", "xsave")
             (self.early if early else self.late).append((set_, ffi.cast(ctype + " *", buf), buf))
+        self.sync = None        # regs, sregs and events as kvm_run's sync area holds them: one copy
+        if self.events is not None:
+            self.sync = ffi.new("struct kvm_sync_regs *")
+            self.sync.regs, self.sync.sregs, self.sync.events = self.regs[0], self.sregs[0], self.events[0]
 
 
 def restore_chips(vm, state: X86CpuState) -> None:
@@ -222,7 +226,7 @@ def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
     rs = vcpu.run_struct
     rs.cr8 = prep.cr8
     rs.request_interrupt_window = 0
-    staged = vcpu.stage(prep.regs, prep.sregs, prep.events)
+    staged = vcpu.stage_all(prep.sync) if prep.sync is not None else vcpu.stage(prep.regs, prep.sregs, prep.events)
     fd, ioctl = vcpu.fd, _ioctl
     for name, request, arg, expect in prep.calls(vcpu, staged, reuse):
         r = ioctl(fd, request, arg)
