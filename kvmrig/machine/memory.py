@@ -8,7 +8,6 @@ expectations and breakpoint patching all read and write one copy.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import functools
 import mmap
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable 
 from kvmrig.rig.model import Region
 
 PAGE = 0x1000
+_ZERO_CHUNK = 0x100000                 # zero_pages() copies at most this much at once
+_ZEROS = memoryview(bytes(_ZERO_CHUNK))
 
 
 @functools.cache  # MemTotal does not change while kvmrig runs
@@ -63,7 +64,6 @@ class Memory:
             raise
         self._starts = [b.start for b in self.backings]
         self.written: set[int] | None = None   # pages written from the host side, once tracked
-        self._views: dict[int, ctypes.c_char] = {}   # region start -> a ctypes view, for memset
 
     def track_writes(self) -> None:
         """Record every page write() touches (for a reset: the guest's own
@@ -80,13 +80,15 @@ class Memory:
         which puts back only what was written. Returns how many pages."""
         n = 0
         run_start = run_end = -1
-        for page in sorted(pages) + [-1]:
-            if page == run_end and page != -1:
+        for page in sorted(pages):
+            if page == run_end:
                 run_end += PAGE
                 continue
             if run_start >= 0:
                 n += self._zero(run_start, run_end)
             run_start, run_end = page, page + PAGE
+        if run_start >= 0:
+            n += self._zero(run_start, run_end)
         return n
 
     def _zero(self, start: int, end: int) -> int:
@@ -98,17 +100,13 @@ class Memory:
                 continue
             off = start - b.start
             stop = min(end, b.end) - b.start
-            ctypes.memset(self._address(b) + off, 0, stop - off)
+            buf = b.buf
+            for at in range(off, stop, _ZERO_CHUNK):   # a copy from shared zeros: no call per page
+                size = min(_ZERO_CHUNK, stop - at)
+                buf[at:at + size] = _ZEROS[:size]
             n += -(-(stop - off) // PAGE)
             start = b.start + stop
         return n
-
-    def _address(self, b: Backing) -> int:
-        """The host address of a region (its ctypes view is dropped in close())."""
-        view = self._views.get(b.start)
-        if view is None:
-            view = self._views[b.start] = ctypes.c_char.from_buffer(b.buf)
-        return ctypes.addressof(view)
 
     def zero_all(self) -> None:
         """Give every region fresh zero pages (madvise MADV_DONTNEED on the
@@ -145,7 +143,6 @@ class Memory:
             self.written.update(range(addr & ~(PAGE - 1), addr + len(data), PAGE))
 
     def close(self) -> None:
-        self._views = {}   # drop the exports first, or the mappings cannot close
         for b in self.backings:
             try:
                 b.buf.close()

@@ -13,6 +13,8 @@ Backends (KVM and the emulator) both load this state, so the two agree.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 
 from kvmrig.arch.x86_64 import gdt, paging
@@ -96,7 +98,14 @@ class X86State:
 
 def _real_segments(cs_selector: int, cs_base: int) -> dict[str, gdt.Segment]:
     """Real-mode segments (64 KiB limits); TR and LDTR valid for VM entry
-    even when unused (SDM vol.3 26.3.1.2)."""
+    even when unused (SDM vol.3 26.3.1.2). A new dict per call; the Segments
+    in it are shared between calls (every rig in real mode boots with the
+    same few: building them cost ~17 us a rig), and nobody changes one."""
+    return dict(_shared_real_segments(cs_selector, cs_base))
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_real_segments(cs_selector: int, cs_base: int) -> dict[str, gdt.Segment]:
     cs = gdt.real_mode_segment(cs_selector, code=True)
     segs = {"cs": gdt.Segment(**{**cs.__dict__, "base": cs_base})}
     for name in ("ds", "es", "fs", "gs", "ss"):
@@ -108,12 +117,29 @@ def _real_segments(cs_selector: int, cs_base: int) -> dict[str, gdt.Segment]:
 
 
 def _flat_segments(code_selector: int, tss_base: int) -> dict[str, gdt.Segment]:
+    """Flat protected/long-mode segments: a new dict of shared Segments, as
+    _real_segments."""
+    return dict(_shared_flat_segments(code_selector, tss_base))
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_flat_segments(code_selector: int, tss_base: int) -> dict[str, gdt.Segment]:
     segs = {"cs": gdt.segment(code_selector)}
     for name in ("ds", "es", "fs", "gs", "ss"):
         segs[name] = gdt.segment(gdt.DATA)
     segs["tr"] = gdt.tss_segment(tss_base)
     segs["ldt"] = gdt.ldt_none()
     return segs
+
+
+# Pure functions of their arguments, asked with the same ones rig after rig
+# (bytes: safe to share).
+_flat_gdt = functools.lru_cache(maxsize=64)(gdt.flat_gdt)
+
+
+@functools.lru_cache(maxsize=64)
+def _identity_tables(at: int, ranges: tuple[tuple[int, int], ...]) -> tuple[bytes, int]:
+    return paging.identity_tables(at, list(ranges))
 
 
 def identity_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -140,7 +166,7 @@ def initial_state(mode: str, entry: int, tables_at: int, ranges: list[tuple[int,
         cs = (entry >> 4) & 0xF000
         return X86State("real", entry - (cs << 4), entry, _real_segments(cs, cs << 4), cr0=CR0_ET)
     tss_base = tables_at + gdt.FLAT_GDT_SIZE  # a zeroed TSS right after the GDT, same page
-    table = gdt.flat_gdt(tss_base)
+    table = _flat_gdt(tss_base)
     gdtr = (tables_at, len(table) - 1)
     writes = [(tables_at, table)]
     if mode == "protected":
@@ -150,7 +176,7 @@ def initial_state(mode: str, entry: int, tables_at: int, ranges: list[tuple[int,
                         cr0=CR0_PE | CR0_MP | CR0_ET | CR0_NE, cr4=CR4_OSFXSR | CR4_OSXMMEXCPT,
                         gdt=gdtr, idt=(0, 0), writes=writes)
     if mode == "long":
-        tables, cr3 = paging.identity_tables(tables_at + GDT_SIZE, identity_ranges(ranges))
+        tables, cr3 = _identity_tables(tables_at + GDT_SIZE, tuple(identity_ranges(ranges)))
         writes.append((tables_at + GDT_SIZE, tables))
         return X86State("long", entry, entry, _flat_segments(gdt.CODE64, tss_base),
                         cr0=CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG, cr3=cr3,

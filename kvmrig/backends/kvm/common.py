@@ -27,6 +27,7 @@ from kvmrig.errors import BackendError
 ffi = abi.ffi
 TIMER_REPEAT = 0.01
 PAGE = 0x1000
+_LOG_CHUNK = 512   # bytes of a dirty-log bitmap read as one int (4096 pages)
 
 _kvm: PerProcess[Kvm] = PerProcess()
 _alarmed_run = None  # the kvm_run of the vCPU a SIGALRM should stop
@@ -170,22 +171,23 @@ class KvmBackendBase(Backend):
         return pages
 
     def _harvest(self) -> None:
+        dirty = self._dirty
         for slot, gpa, size, logged in self._slot_ids:
             if not logged:
                 continue
-            words = (size // PAGE + 63) // 64
-            bitmap = self._bitmaps.get(words)
+            bitmap = self._bitmaps.get(size)
             if bitmap is None:
-                bitmap = self._bitmaps[words] = ffi.new("uint64_t[]", words)
+                bitmap = self._bitmaps[size] = ffi.new("uint64_t[]", (size // PAGE + 63) // 64)
             self.vm.get_dirty_log(slot, bitmap)
-            for w in range(words):
-                bits = bitmap[w]
+            data = ffi.buffer(bitmap)
+            for at in range(0, len(data), _LOG_CHUNK):   # whole chunks as one int: few Python steps
+                bits = int.from_bytes(data[at:at + _LOG_CHUNK], "little")
+                base = gpa + at * 8 * PAGE
                 while bits:
                     low = bits & -bits
-                    self._dirty.add(gpa + (w * 64 + low.bit_length() - 1) * PAGE)
+                    dirty.add(base + (low.bit_length() - 1) * PAGE)
                     bits ^= low
 
-    # Reuse and snapshots ---------------------------------------------------
     def settle_io(self) -> None:
         """Finish a port/MMIO access the vCPU still waits on (and apply registers
         staged in kvm_run), so the state read or written next is final: KVM completes it at the next KVM_RUN, which

@@ -37,7 +37,8 @@ _SYNC_SREGS = getattr(abi, "KVM_SYNC_X86_SREGS", 0)
 # KVM at the ioctl (not at the next KVM_RUN): staged state goes in first.
 _READS_STATE = abi.KVM_GUESTDBG_SINGLESTEP | abi.KVM_GUESTDBG_INJECT_DB \
     | abi.KVM_GUESTDBG_INJECT_BP
-_SIZES = {t: ffi.sizeof(t) for t in ("struct kvm_regs", "struct kvm_sregs", "struct kvm_vcpu_events")
+_SIZES = {t: ffi.sizeof(t) for t in ("struct kvm_regs", "struct kvm_sregs", "struct kvm_vcpu_events",
+                                     "struct kvm_sync_regs")
           if abi.ARCH == "x86_64"}
 
 
@@ -514,6 +515,15 @@ class Vcpu(_Attrs):
             ffi.memmove(self._sync_events, events, _SIZES["struct kvm_vcpu_events"])
             dirty |= abi.KVM_SYNC_X86_EVENTS
         rs.kvm_dirty_regs = dirty
+        return True
+
+    def stage_all(self, sync) -> bool:
+        """stage() of all three sets at once (regs, sregs, events), from one
+        struct kvm_sync_regs: one copy into kvm_run, for the reset of a reused VM."""
+        if self._sync_regs is None or self._sync_sregs is None:
+            return False
+        ffi.memmove(self._sync_regs, sync, _SIZES["struct kvm_sync_regs"])   # regs open kvm_sync_regs
+        self.run_struct.kvm_dirty_regs = _SYNC_REGS | _SYNC_SREGS | abi.KVM_SYNC_X86_EVENTS
         return True
 
     def flush_staged(self) -> None:

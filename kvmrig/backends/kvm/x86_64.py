@@ -54,6 +54,7 @@ INT3, HLT = b"\xcc", b"\xf4"
 # KVM needs 3 pages for the real-mode TSS and 1 for the EPT identity map,
 # somewhere no memory slot is; QEMU's choice first, then lower holes.
 _REG_FIELDS = GPRS + ("rip", "rflags")
+_ZERO_REGS = bytes(8 * len(_REG_FIELDS))
 SYNC = abi.KVM_SYNC_X86_REGS | abi.KVM_SYNC_X86_SREGS
 _sync_cache: PerProcess[bool] = PerProcess()
 _created_cache: PerProcess[dict[int, int]] = PerProcess()
@@ -166,8 +167,7 @@ class KvmX86Backend(KvmBackendBase):
         s.cr0, s.cr3, s.cr4, s.efer = state.cr0, state.cr3, state.cr4, state.efer
         vcpu.set_sregs(s)
         r = vcpu.get_regs()
-        for name in _REG_FIELDS:
-            setattr(r, name, 0)
+        abi.ffi.memmove(r, _ZERO_REGS, len(_ZERO_REGS))   # kvm_regs holds just _REG_FIELDS
         for name, value in state.gprs.items():
             setattr(r, name, value)
         r.rip, r.rflags = state.rip, state.rflags

@@ -26,6 +26,7 @@ from kvmrig.backends.kvm.system import Kvm, Vcpu
 from kvmrig.errors import BackendError, KvmError
 
 ffi = abi.ffi
+_ioctl = abi.libc.ioctl
 MSR_IA32_TSC = 0x10
 MSR_IA32_TSC_ADJUST = 0x3B
 _EVENTS_FLAGS = ffi.offsetof("struct kvm_vcpu_events", "flags")
@@ -133,8 +134,10 @@ def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False) -> X86CpuState:
 class _Prepared:
     """A state's structs, built once: restore() only issues ioctls."""
 
-    def calls(self, vcpu: Vcpu, staged: bool, reuse: bool) -> list[tuple[str, int, object]]:
-        """(name, request, argument) of every ioctl restore() issues, in order."""
+    def calls(self, vcpu: Vcpu, staged: bool, reuse: bool) -> tuple[tuple[str, int, object, int], ...]:
+        """(name, request, argument, expected result) of every ioctl restore()
+        issues, in order (KVM_SET_MSRS answers how many MSRs it set, the
+        others 0)."""
         key = (staged, reuse)
         cached = self._calls.get(key)
         if cached is None:
@@ -144,7 +147,8 @@ class _Prepared:
             plan.append(("KVM_SET_MSRS", self.msrs))
             plan += [(name, arg) for name, arg, _buf in self.late
                      if not (staged and name == "KVM_SET_VCPU_EVENTS") and not (reuse and name == "KVM_SET_MP_STATE")]
-            cached = self._calls[key] = [(name, getattr(abi, name), arg) for name, arg in plan]
+            cached = self._calls[key] = tuple((name, getattr(abi, name), arg, self.count if name == "KVM_SET_MSRS" else 0)
+                                              for name, arg in plan)
         vcpu.forget_sync()
         return cached
 
@@ -153,10 +157,13 @@ class _Prepared:
         ffi.memmove(self.regs, state.regs, len(state.regs))
         self.sregs = ffi.new("struct kvm_sregs *")
         ffi.memmove(self.sregs, state.sregs, len(state.sregs))
+        self.cr8 = int(self.sregs.cr8)
         items = list(state.msrs.items())
         self.msrs = ffi.new("struct kvm_msrs *", {"entries": len(items)})
         self.msrs.nmsrs = len(items)
         self.tsc_entry = None
+        self.tsc = state.msrs.get(MSR_IA32_TSC, 0)
+        self.tsc_hz = state.tsc_khz * 1000
         for i, (index, value) in enumerate(items):
             self.msrs.entries[i].index = index
             self.msrs.entries[i].data = value
@@ -180,6 +187,10 @@ class _Prepared:
                 self.events = ffi.cast(ctype + " *", buf)
             early = name in ("xcrs", "xsave")
             (self.early if early else self.late).append((set_, ffi.cast(ctype + " *", buf), buf))
+        self.sync = None        # regs, sregs and events as kvm_run's sync area holds them: one copy
+        if self.events is not None:
+            self.sync = ffi.new("struct kvm_sync_regs *")
+            self.sync.regs, self.sync.sregs, self.sync.events = self.regs[0], self.sregs[0], self.events[0]
 
 
 def restore_chips(vm, state: X86CpuState) -> None:
@@ -206,28 +217,31 @@ def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
     if prep is None:
         prep = state._prepared = _Prepared(state)
     if prep.tsc_entry is not None:
-        value = state.msrs[MSR_IA32_TSC]
-        if reuse and state.tsc_khz:
-            value += int((time.monotonic() - state.taken) * state.tsc_khz * 1000)
+        value = prep.tsc
+        if reuse and prep.tsc_hz:
+            value += int((time.monotonic() - state.taken) * prep.tsc_hz)
         prep.tsc_entry.data = value & 0xFFFFFFFFFFFFFFFF
     # Without an in-kernel LAPIC every KVM_RUN first loads CR8 from kvm_run.cr8
     # (the TPR as of the last exit): that copy must say the restored CR8 too.
-    vcpu.run_struct.cr8 = prep.sregs.cr8
-    vcpu.run_struct.request_interrupt_window = 0
-    staged = vcpu.stage(prep.regs, prep.sregs, prep.events)
-    calls = prep.calls(vcpu, staged, reuse)
-    fd, ioctl = vcpu.fd, abi.libc.ioctl
-    for name, request, arg in calls:
+    rs = vcpu.run_struct
+    rs.cr8 = prep.cr8
+    rs.request_interrupt_window = 0
+    staged = vcpu.stage_all(prep.sync) if prep.sync is not None else vcpu.stage(prep.regs, prep.sregs, prep.events)
+    fd, ioctl = vcpu.fd, _ioctl
+    for name, request, arg, expect in prep.calls(vcpu, staged, reuse):
         r = ioctl(fd, request, arg)
-        if name == "KVM_SET_MSRS" and r != prep.count:
-            if r < 0:
-                raise KvmError(name, ffi.errno)
-            raise BackendError(f"KVM refused to restore MSR {prep.msrs.entries[r].index:#x} "
-                               f"(value {prep.msrs.entries[r].data:#x})")
-        if r < 0:
-            raise KvmError(name, ffi.errno)
+        if r != expect:
+            _refused(prep, name, r)
 
 
+def _refused(prep: _Prepared, name: str, r: int) -> None:
+    """Raise for an ioctl of restore() that failed (or KVM_SET_MSRS that
+    stopped short: it answers how many MSRs it set)."""
+    if r < 0:
+        raise KvmError(name, ffi.errno)
+    if name == "KVM_SET_MSRS":
+        raise BackendError(f"KVM refused to restore MSR {prep.msrs.entries[r].index:#x} "
+                           f"(value {prep.msrs.entries[r].data:#x})")
 
 
 # Text form (snapshot files) ---------------------------------------------------

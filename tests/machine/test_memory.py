@@ -1,0 +1,42 @@
+"""Guest memory's reset of written pages (machine/memory.py zero_pages)."""
+
+from __future__ import annotations
+
+from kvmrig.machine.memory import PAGE, Memory
+from kvmrig.errors import Mark
+from kvmrig.rig.model import Region
+
+MARK = Mark("t.yaml", 1, 1)
+
+
+def _filled(regions: list[tuple[int, int]]) -> Memory:
+    mem = Memory([Region(at, size, False, MARK) for at, size in regions])
+    for at, size in regions:
+        mem.write(at, b"\xaa" * size)
+    return mem
+
+
+def test_zero_pages_clears_exactly_the_pages_named_across_regions_and_runs():
+    mem = _filled([(0x0, 0x8000), (0x100000, 0x4000)])
+    try:
+        pages = {0x1000, 0x2000, 0x3000, 0x6000, 0x101000, 0x200000}   # a run, a single, another region, outside
+        assert mem.zero_pages(pages) == 5
+        for page in range(0, 0x8000, PAGE):
+            want = 0 if page in pages else 0xAA
+            assert mem.read(page, PAGE) == bytes([want]) * PAGE, hex(page)
+        for page in range(0x100000, 0x104000, PAGE):
+            want = 0 if page in pages else 0xAA
+            assert mem.read(page, PAGE) == bytes([want]) * PAGE, hex(page)
+    finally:
+        mem.close()
+
+
+def test_zero_pages_handles_a_run_longer_than_its_copy_chunk():
+    size = 0x300000   # 3 MiB: more than one shared block of zeros
+    mem = _filled([(0x0, size)])
+    try:
+        assert mem.zero_pages(set(range(PAGE, size - PAGE, PAGE))) == size // PAGE - 2
+        assert mem.read(0, PAGE) == b"\xaa" * PAGE and mem.read(size - PAGE, PAGE) == b"\xaa" * PAGE
+        assert mem.read(PAGE, size - 2 * PAGE) == bytes(size - 2 * PAGE)
+    finally:
+        mem.close()
