@@ -3,6 +3,7 @@ every semantic problem is a RigError at `path:line:col:` (never a traceback)."""
 
 from __future__ import annotations
 
+import os
 import copy
 import re
 from pathlib import Path
@@ -577,3 +578,27 @@ def test_a_bad_text_fails_every_time_it_is_loaded():
     for path in ("/one/a.yaml", "/two/b.yaml"):
         with pytest.raises(RigError, match="is not a size"):
             load_rig_text(broken, path)
+
+
+def test_a_fifo_rig_file_is_read_whole_in_pieces_and_to_an_empty_end(tmp_path):
+    # `kvmrig run <(gen)`: FIFOs are read by polling (a Ctrl-C must never be
+    # lost in a blocking read; tests/test_cli_signals.py sends it there).
+    import threading
+    import time
+
+    from kvmrig.rig.load import read_rig_bytes
+
+    fifo = tmp_path / "r.yaml"
+    os.mkfifo(fifo)
+
+    def write(pieces):
+        with open(fifo, "wb", buffering=0) as f:
+            for piece in pieces:
+                f.write(piece)
+                time.sleep(0.05)
+
+    for pieces in ([b"kvmrig: 1\n", b"name: x\n"], []):
+        t = threading.Thread(target=write, args=(pieces,))
+        t.start()
+        assert read_rig_bytes(fifo) == b"".join(pieces)
+        t.join()
