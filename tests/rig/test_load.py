@@ -3,8 +3,8 @@ every semantic problem is a RigError at `path:line:col:` (never a traceback)."""
 
 from __future__ import annotations
 
-import os
 import copy
+import os
 import re
 from pathlib import Path
 
