@@ -26,6 +26,7 @@ from kvmrig.backends.base import Backend
 from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, PortIO, Shutdown, Step, SwBreak,
                                     SystemEvent, Timeout, Unhandled, WatchHit)
 from kvmrig.coverage import collect
+from kvmrig.arch.x86_64.boot import RFLAGS_IF   # machine.irqchip is x86's
 from kvmrig.errors import RigError
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
 from kvmrig.machine import golden
@@ -50,7 +51,6 @@ class RunOptions:
     coverage: bool = False   # record executed code (kvmrig.coverage) even without executed/not_executed
 
 
-RFLAGS_IF = 1 << 9   # x86: interrupts enabled (machine.irqchip is x86's)
 TAIL = 16  # executed addresses kept for the failure report when single-stepping
 SYSTEM_EXITS = {"off": "system-off", "reset": "reset"}  # SystemEvent.what -> outcome exit
 

@@ -28,6 +28,7 @@ CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_NW, CR0_CD, CR0_PG = (
 CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 RFLAGS_RESERVED = 0x2        # bit 1 is always 1
+RFLAGS_TF, RFLAGS_IF, RFLAGS_AC = 1 << 8, 1 << 9, 1 << 18   # SDM vol.1 3.4.3
 # EFER bits a CPU may define (SDM vol.3 2.2.1, AMD APM vol.2 3.1.7): SCE, LME, LMA,
 # NXE, SVME, LMSLE, FFXSR, TCE, AutoIBRS; KVM refuses the others (EINVAL).
 EFER_DEFINED = sum(1 << b for b in (0, 8, 10, 11, 12, 13, 14, 15, 21))

@@ -43,7 +43,7 @@ from unicorn import unicorn_const as U
 from unicorn import x86_const as X
 
 from kvmrig.arch.x86_64 import cpustate, gdt
-from kvmrig.arch.x86_64.boot import CR0_PE, CR0_PG, X86State
+from kvmrig.arch.x86_64.boot import CR0_PE, CR0_PG, RFLAGS_AC, RFLAGS_IF, RFLAGS_TF, X86State
 from kvmrig.arch.x86_64.regs import CONTROL, GPRS, SEGMENTS
 from kvmrig.backends.events import Event, Halt, PortIO, Shutdown, Unhandled
 from kvmrig.backends.emu import x86_cross
@@ -69,7 +69,6 @@ VECTORS = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD",
            10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC",
            19: "#XM", 20: "#VE"}
 VEC_DF, VEC_GP, VEC_UD = 8, 13, 6
-RFLAGS_TF, RFLAGS_IF, RFLAGS_AC = 1 << 8, 1 << 9, 1 << 18
 
 
 def _vector_name(v: int) -> str:

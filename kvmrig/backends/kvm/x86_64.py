@@ -31,7 +31,7 @@ from collections.abc import Collection
 
 from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
-from kvmrig.arch.x86_64.boot import X86State, system_area
+from kvmrig.arch.x86_64.boot import RFLAGS_IF, X86State, system_area
 from kvmrig.arch.x86_64.access import READ, WRITE, accesses, mode_of
 from kvmrig.arch.x86_64 import cpustate
 from kvmrig.arch.x86_64.faults import explain_shutdown
@@ -47,7 +47,6 @@ from kvmrig.errors import BackendError
 
 DR6_BS = dr7_mod.DR6_BS
 VECTOR_DB, VECTOR_BP = 1, 3
-RFLAGS_IF = 1 << 9
 SYSTEM_PAGES = 4 * PAGE
 SYSTEM_CANDIDATES = (0xFEFFC000, 0xFEFFC000 - 0x1000000, 0xD0000000, 0xB0000000, 0x90000000)
 INT3, HLT = b"\xcc", b"\xf4"
