@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reuse", action="store_true",
                      help="build a fresh VM for every rig (default: a worker resets and reuses its VM "
                           "between rigs with the same arch and memory map)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="load every rig file anew (default: rigs loaded by an earlier run and unchanged since, "
+                          "with the files they read, come from ~/.cache/kvmrig/rigs; KVMRIG_NO_CACHE=1 also)")
     run.add_argument("--save-on-fail", metavar="DIR",
                      help="save the final state of every failed rig as DIR/NAME.snap (a rig with "
                           "`from: DIR/NAME.snap` or kvmrig debug starts from it)")

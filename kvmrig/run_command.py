@@ -26,6 +26,7 @@ from kvmrig.crosscheck import cross_check
 from kvmrig.errors import UsageError
 from kvmrig.report.terminal import Terminal
 from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, classname_for, error_result, result_for
+from kvmrig.rig import cache as rig_cache
 from kvmrig.rig.model import Rig
 
 
@@ -113,14 +114,17 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
         term.line(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
                   else "rerun-failed: no failures recorded for these rigs: running all")
     state.files = files
+    cache = rig_cache.for_run(args.paths, enabled=not getattr(args, "no_cache", False))
     for f in files:
         try:
-            rigs, errors = load_all([f], state.explicit)
+            rigs, errors = load_all([f], state.explicit, cache)
         except Exception:  # a kvmrig bug while loading: this file's error, not the run's end
             rigs, errors = [], [_error(f, f"{f}: internal error in kvmrig while loading:\n{traceback.format_exc()}")]
         state.rigs += rigs
         state.errors += errors
         state.loaded += 1
+    if cache is not None:
+        cache.save()
     rigs, errors = [r for r in state.rigs if _selected(args, r)], state.errors
     total = 0
     if args.shard or args.durations_from:  # after the filters: every shard must split the same list

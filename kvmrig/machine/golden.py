@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import yaml
-
 from kvmrig.arch.arm64.reset import never_written
 from kvmrig.atomic import write_atomic
 from kvmrig.errors import RigError
@@ -147,6 +145,7 @@ def update(rig: Rig, golden: Golden, outcome: Outcome, read) -> list[str]:
     else:
         notes = [f"golden {golden.file.name}: created"]
     header = f"# kvmrig golden snapshot for {rig.path.name}: written by `kvmrig run --update-golden`\n"
+    import yaml   # here: only --update-golden writes YAML, and PyYAML costs every run ~10 ms to import
     text = header + yaml.safe_dump(new, sort_keys=False, allow_unicode=True, width=100)
     try:
         hostfiles.check_allowed(golden.file)

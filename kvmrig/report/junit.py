@@ -16,6 +16,7 @@ schema does not allow (`file`, `disabled`) and times to the microsecond.
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import time
@@ -27,12 +28,21 @@ from kvmrig.report.terminal import failure_message, failure_text
 from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult
 
 # Characters XML 1.0 cannot hold (C0 controls but tab, LF, CR; surrogates; U+FFFE/F).
-_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Compiled when first needed: its wide ranges take the re compiler ~10 ms, and
+# most texts (names, folders) are printable ASCII, which XML holds as it is.
+_NOT_XML_PATTERN = "[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+
+
+@functools.cache
+def _not_xml() -> re.Pattern[str]:
+    return re.compile(_NOT_XML_PATTERN)
 
 
 def xml_text(text: str) -> str:
     """`text` with the characters XML cannot hold written as \\xNN / \\uNNNN."""
-    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+    if text.isascii() and text.isprintable():
+        return text
+    return _not_xml().sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
                         else f"\\u{ord(m.group()):04x}", text)
 
 

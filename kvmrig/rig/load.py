@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import difflib
 import marshal
-import os
 import re
-import select
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -34,6 +31,7 @@ from kvmrig.errors import Mark, RigError
 from kvmrig.rig import hostfiles
 from kvmrig.rig import model as m
 from kvmrig.rig.model import Rig
+from kvmrig.rig.rigfile import MAX_RIG_BYTES, read_rig_bytes
 from kvmrig.rig.schema import validate
 from kvmrig.rig.values import (ValueProblem, parse_address, parse_count, parse_duration, parse_hex,
                                parse_int, parse_size, parse_uint, to_width)
@@ -49,52 +47,11 @@ PC_TESTDEV_MMIO = 0xFF000000  # QEMU's pc-testdev iomem window (64 KiB)
 T = TypeVar("T")
 
 
-# The largest rig file read (rigs are small; this bounds parse time and memory
-# before the YAML limits in yamlmarks apply). Documented in docs/limits.md.
-MAX_RIG_BYTES = 4 << 20
-
-
-def read_rig_bytes(path: str | Path) -> bytes:
-    """The first MAX_RIG_BYTES + 1 bytes of a rig file (enough to tell it is too large)."""
-    if stat.S_ISFIFO(os.stat(path).st_mode):
-        return _read_fifo(path, MAX_RIG_BYTES + 1)
-    with open(path, "rb") as f:
-        return f.read(MAX_RIG_BYTES + 1)
-
-
-def _read_fifo(path: str | Path, limit: int) -> bytes:
-    """A FIFO (`kvmrig run <(gen)`) read without ever blocking in a system call:
-    a Ctrl-C that lands just before a blocking open() or read() would only set
-    Python's flag and leave the syscall waiting for a writer that may never
-    come (a lost interrupt). Polling in short slices lets the signal handler
-    run between them. No POLLHUP comes before a writer has connected once."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        parts: list[bytes] = []
-        size = 0
-        while size < limit:
-            events = poller.poll(100)
-            if not events:
-                continue
-            try:
-                chunk = os.read(fd, min(1 << 16, limit - size))
-            except BlockingIOError:
-                continue
-            if not chunk:
-                if events[0][1] & select.POLLHUP:
-                    break
-                continue
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
-
-
-def load_rig(path: str | Path, raw: bytes | None = None) -> Rig:
-    """Read and check the rig file at `path` (`raw`: what read_rig_bytes read, if it did)."""
+def load_rig(path: str | Path, raw: bytes | None = None, seen: list[tuple[str, bytes]] | None = None) -> Rig:
+    """Read and check the rig file at `path` (`raw`: what read_rig_bytes read, if it did).
+    `seen` gets what else the result depends on (rig/cache.py): (file, its first
+    bytes) per host file read, or ("", b"") when the rig depends on more
+    (another rig, a snapshot file)."""
     p = Path(path)
     try:
         if raw is None:
@@ -114,14 +71,17 @@ def load_rig(path: str | Path, raw: bytes | None = None) -> Rig:
         col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
         raise RigError(f"not UTF-8 text (bad byte {raw[e.start]:#04x} at offset {e.start})",
                        Mark(str(p), line, col)) from None
-    return load_rig_text(text, p)
+    return load_rig_text(text, p, seen)
 
 
-def load_rig_text(text: str, path: str | Path = "rig.yaml") -> Rig:
+def load_rig_text(text: str, path: str | Path = "rig.yaml", seen: list[tuple[str, bytes]] | None = None) -> Rig:
     """Check rig `text` as if read from `path` (marks, name and relative paths use it)."""
     p = Path(path)
     data, marks = _checked_data(text, str(p))
-    return _Builder(p, data, marks).build()
+    builder = _Builder(p, data, marks)
+    if seen is not None:
+        builder.seen = seen
+    return builder.build()
 
 
 # Texts that parsed and passed the schema in this process, as (data, value
@@ -163,6 +123,7 @@ class _Builder:
 
     def __init__(self, path: Path, data: dict[str, Any], marks: Marks):
         self.path = path
+        self.seen: list[tuple[str, bytes]] = []   # what the model depends on besides the text (load_rig)
         self.data = data
         self.marks = marks
         self.arch: str = data["arch"]
@@ -315,6 +276,7 @@ class _Builder:
         """`from:` as a Start: "RIG.yaml#POINT" or a snapshot file."""
         p: JsonPath = ("from",)
         text = self.data["from"]
+        self.seen.append(("", b""))   # another rig or a snapshot file: not a pure function of known bytes
         for key in ("memory", "images", "devices", "cpu", "trace"):
             if key in self.data:
                 self.fail((key,), f"a rig that starts from a snapshot (`from: {text}`) takes its memory, images, "
@@ -572,7 +534,9 @@ class _Builder:
         try:
             f, _size = hostfiles.open_regular(file)
             with f:
-                return f.read(linux_image.HEADER_SIZE)
+                head = f.read(linux_image.HEADER_SIZE)
+            self.seen.append((str(file), head))
+            return head
         except hostfiles.HostFileProblem as e:
             self.fail(path, f"image {e}".replace("a folder, not", "a directory, not"))
         except OSError as e:

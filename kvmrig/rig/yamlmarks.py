@@ -27,14 +27,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-import yaml
-
 from kvmrig.errors import Mark, RigError
 
-try:  # libyaml is ~10x faster; the pure-Python loader behaves the same.
-    _Loader: type = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+# PyYAML (~10 ms to import) is imported by load_yaml, when a text is parsed:
+# a run whose rigs all come from the load cache (rig/cache.py) never needs it,
+# nor do the workers. Marks and format_path do not need it either.
+yaml: Any = None
+_Loader: type = object
+
+
+def _import_yaml() -> None:
+    global yaml, _Loader
+    import yaml as module
+    try:  # libyaml is ~10x faster; the pure-Python loader behaves the same.
+        _Loader = module.CSafeLoader
+    except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+        _Loader = module.SafeLoader
+    yaml = module
 
 JsonPath = tuple[Union[str, int], ...]
 
@@ -96,6 +105,8 @@ def load_yaml(text: str, source: str) -> tuple[Any, Marks]:
 
     An empty document gives `None`. `source` is the path used in marks.
     """
+    if yaml is None:
+        _import_yaml()
     marks = Marks(source)
     try:
         _check_depth(text, source)
