@@ -101,7 +101,8 @@ def test_run_rig_turns_a_kvmrig_bug_into_an_error_with_the_traceback(monkeypatch
     def broken(rig):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(runner, "prepare", broken)
+    from kvmrig.machine import plan
+    monkeypatch.setattr(plan, "prepare", broken)   # run_rig looks it up there when it runs
     result = run_rig(x86_rig("buggy"))
     assert result.status == ERROR
     assert "internal error in kvmrig" in result.message and "ZeroDivisionError" in result.message

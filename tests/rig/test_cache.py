@@ -300,3 +300,21 @@ def test_kvmrig_run_sees_an_edit_between_two_runs(cache_home):
     Path("r.yaml").write_text(TRIVIAL.replace("exit: hlt", "exit: timeout"))
     done = _kvmrig(["r.yaml"], env, Path.cwd())
     assert done.returncode == 1 and "timeout" in done.stdout
+
+
+def test_a_parent_and_its_child_run_from_the_cache(cache_home):
+    """Second run: the parent comes from the cache (the child never does), both
+    reach the workers started before loading, and the child starts from the
+    parent's point."""
+    pytest.importorskip("unicorn")
+    Path("suite").mkdir()
+    parent = TRIVIAL.replace('hex: "f4"', 'hex: "f4 f4"').replace("expect:", "save: end\nexpect:")  # child: 2nd hlt
+    Path("suite/parent.yaml").write_text(parent)
+    Path("suite/child.yaml").write_text("kvmrig: 1\narch: x86_64\nfrom: parent.yaml#end\nset: {regs: {ax: 7}}\n"
+                                        "expect: {exit: hlt, regs: {ax: 7}}\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache_home.parent.parent))
+    for _ in range(2):
+        done = _kvmrig(["-j", "2", "suite"], env, Path.cwd())
+        assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
+    _, _, cache = run_load(["suite"])
+    assert cache.hits == 1 and "suite/parent.yaml" in cache.used and "suite/child.yaml" not in cache.used
