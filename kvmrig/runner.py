@@ -19,13 +19,14 @@ import importlib
 import multiprocessing
 import os
 import pickle
+import select
 import shutil
 import signal
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from kvmrig.result import ERROR, PASSED, RigResult, guarded, judged, result_for
@@ -339,13 +340,13 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
             if all(len(w.jobs) > 1 for w in busy):   # each has its next rig: no hurry
                 time.sleep(min(NAP, timeout))
-            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout)
+            ready = _ready([w.conn.fileno() for w in busy] + [w.proc.sentinel for w in busy], timeout)
             for w in list(busy):
                 while w.jobs:
                     index = w.jobs[0]
                     rig = rigs[index]
                     dead = False
-                    if w.conn in ready and w.conn.poll():
+                    if w.conn.fileno() in ready and _ready([w.conn.fileno()], 0):
                         try:
                             _, result = w.conn.recv()
                         except (EOFError, OSError):
@@ -384,6 +385,17 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         _points_dir, _run_list, _blob_of = before, before_list, before_blobs
         if own_points is not None:
             shutil.rmtree(own_points, ignore_errors=True)
+
+
+def _ready(fds: list[int], timeout: float) -> set[int]:
+    """Those of `fds` readable (data or end of file) within `timeout` seconds:
+    one poll(2). multiprocessing's wait() and Connection.poll() build and tear
+    down a selector at every call (~15 µs), and the loop asks up to twice per
+    answer: for 1000 trivial rigs, a tenth of the parent's time in the run."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _events in poller.poll(timeout * 1000)}
 
 
 def _exit_text(proc) -> str:
