@@ -132,6 +132,7 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
     # does: out of the collector's way, so a collection walks only what the
     # rigs since made, and never writes to the pages shared with the parent.
     gc.freeze()
+    gc.enable()   # kvmrig run's parent turns it off while it loads and runs
     if parent_end is not None:
         parent_end.close()  # else this process holds its own pipe open and never sees EOF
     if parent:
