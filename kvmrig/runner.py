@@ -159,7 +159,8 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
 
 def _warm_up() -> None:
     """What a rig's first run would import (the machine layer, this host's KVM
-    backend), done while the parent is still loading the rigs."""
+    backend): in a worker started early, while the parent is still loading the
+    rigs; else in the parent, before it forks the workers that inherit it."""
     from kvmrig.backends import select
     names = ["kvmrig.machine.plan", "kvmrig.machine.points", "kvmrig.machine.reuse", "kvmrig.machine.session"]
     if select.kvm_usable() is None and select.HOST_ARCH in ("x86_64", "arm64"):
@@ -333,6 +334,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         if started is not None:
             workers, started.workers = started.workers, []
         else:
+            _warm_up()   # here, once: the workers forked below (and any replacement) inherit it
             workers = [_Worker(ctx, executor, reuse) for _ in range(jobs)]
         for w in workers:
             give(w)
