@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kvmrig import lastfailed, runner
 from kvmrig.collect import expand, is_rig_file, load_all
+from kvmrig.crosscheck import cross_check
 from kvmrig.errors import UsageError
 from kvmrig.report.terminal import Terminal
 from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, classname_for, error_result, result_for
@@ -123,26 +124,6 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
         term.line(f"rerun-failed: {len(files)} rig(s) that failed last time" if narrowed
                   else "rerun-failed: no failures recorded for these rigs: running all")
     state.files = files
-    if args.cross_check:
-        from kvmrig.crosscheck import cross_check  # only with --cross-check: it imports the machine layer
-        executor = functools.partial(cross_check, update_golden=args.update_golden)
-    else:
-        executor = functools.partial(runner.run_rig, backend=args.backend, update_golden=args.update_golden,
-                                     save_on_fail=args.save_on_fail, coverage=bool(args.coverage))
-    # The workers start now, and import what running needs while this process
-    # loads the rigs (bench/README.md, "fast suites"); stopped if no rig runs.
-    started = runner.start_workers(min(args.jobs or os.cpu_count() or 1, len(files)), executor,
-                                   reuse=not args.no_reuse) if files else None
-    try:
-        _load_filter_and_run(args, state, term, executor, started)
-    finally:
-        if started is not None:
-            started.stop()
-
-
-def _load_filter_and_run(args: argparse.Namespace, state: _RunState, term: Terminal, executor,
-                         started: runner.Started | None) -> None:
-    files = state.files
     cache = rig_cache.for_run(args.paths, enabled=not getattr(args, "no_cache", False))
     for f in files:
         try:
@@ -167,12 +148,16 @@ def _load_filter_and_run(args: argparse.Namespace, state: _RunState, term: Termi
     term.start(len(rigs) + len(errors))
     for e in errors:
         term.result(e)
+    if args.cross_check:
+        executor = functools.partial(cross_check, update_golden=args.update_golden)
+    else:
+        executor = functools.partial(runner.run_rig, backend=args.backend, update_golden=args.update_golden,
+                                     save_on_fail=args.save_on_fail, coverage=bool(args.coverage))
     state.results = [None] * len(rigs)
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         return
     state.results, state.interrupted = runner.run_rigs(rigs, args.jobs, executor, on_result=term.result,
-                                                       exitfirst=args.exitfirst, reuse=not args.no_reuse,
-                                                       started=started, pickled=cache.pickled if cache else None)
+                                                       exitfirst=args.exitfirst, reuse=not args.no_reuse)
 
 
 def _selected(args: argparse.Namespace, rig: Rig) -> bool:

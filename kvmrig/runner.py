@@ -18,7 +18,6 @@ import gc
 import importlib
 import multiprocessing
 import os
-import pickle
 import select
 import shutil
 import signal
@@ -27,18 +26,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
 
+from kvmrig.backends.select import backend_for
+from kvmrig.machine.plan import prepare
+from kvmrig.machine.points import PointStore
+from kvmrig.machine.reuse import VmPool
+from kvmrig.machine.session import RunOptions, execute
 from kvmrig.result import ERROR, PASSED, RigResult, guarded, judged, result_for
+from kvmrig.rig.load import load_rig
 from kvmrig.rig.model import Rig
 from kvmrig.schedule import Schedule
-
-if TYPE_CHECKING:
-    from kvmrig.machine.reuse import VmPool
-
-# What only runs rigs (the machine layer, the backends) is imported where a
-# rig runs: workers started before the rigs load (start_workers) import it
-# while the parent loads, on the core the parent leaves idle.
 
 WATCHDOG_GRACE = 10.0  # seconds a worker may overrun a rig's own timeout before it is killed
 # A worker whose last rig took less than this gets its next rig queued before
@@ -77,10 +74,6 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points
             return result_for(rig, ERROR, message=blocked)
 
     def body() -> RigResult:
-        from kvmrig.backends.select import backend_for
-        from kvmrig.machine.plan import prepare
-        from kvmrig.machine.points import PointStore
-        from kvmrig.machine.session import RunOptions, execute
         start = time.monotonic()
         plan = prepare(rig)
         _name, factory = backend_for(rig, backend)
@@ -99,8 +92,6 @@ def _parent_in_process(rig: Rig, backend: str) -> tuple[str, str | None]:
     if _own_points is None:
         _own_points = tempfile.mkdtemp(prefix="kvmrig-points-")
         atexit.register(shutil.rmtree, _own_points, True)
-    from kvmrig.machine.points import PointStore
-    from kvmrig.rig.load import load_rig
     assert rig.start is not None and rig.start.parent is not None
     if not PointStore(_own_points).file(rig.start.parent, rig.start.point or "").exists():
         parent = run_rig(load_rig(rig.start.parent), backend, points=_own_points)
@@ -125,23 +116,20 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
-            parent_end: Connection | None = None, reuse: bool = True, early: bool = False) -> None:
-    global _pool, _points_dir
+            parent_end: Connection | None = None, reuse: bool = True) -> None:
+    global _pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     # What the worker inherited (modules, the run's rigs) lives as long as it
     # does: out of the collector's way, so a collection walks only what the
     # rigs since made, and never writes to the pages shared with the parent.
     gc.freeze()
     gc.enable()   # kvmrig run's parent turns it off while it loads and runs
+    if reuse:
+        _pool = VmPool()
     if parent_end is not None:
         parent_end.close()  # else this process holds its own pipe open and never sees EOF
     if parent:
         _die_with_parent(parent)
-    if early:
-        _warm_up()
-    if reuse:
-        from kvmrig.machine.reuse import VmPool
-        _pool = VmPool()
     while True:
         try:
             job = conn.recv()
@@ -149,25 +137,16 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
             return
         if job is None:
             return
-        if type(job) is tuple:   # a worker started before the rigs loaded: the rig itself
-            job, blob, _points_dir = job
-            rig = pickle.loads(blob)
-        else:
-            rig = _run_list[job]
-        conn.send((job, (executor or run_rig)(rig)))
+        conn.send((job, (executor or run_rig)(_run_list[job])))
 
 
-def _warm_up() -> None:
-    """What a rig's first run would import (the machine layer, this host's KVM
-    backend): in a worker started early, while the parent is still loading the
-    rigs; else in the parent, before it forks the workers that inherit it."""
-    from kvmrig.backends import select
-    names = ["kvmrig.machine.plan", "kvmrig.machine.points", "kvmrig.machine.reuse", "kvmrig.machine.session"]
-    if select.kvm_usable() is None and select.HOST_ARCH in ("x86_64", "arm64"):
-        names.append(f"kvmrig.backends.kvm.{select.HOST_ARCH}")
-    for name in names:
+def _import_backend() -> None:
+    """This host's KVM backend module, which a worker's first rig would import
+    (~10 ms in each worker otherwise)."""
+    from kvmrig.backends import select as backends
+    if backends.kvm_usable() is None and backends.HOST_ARCH in ("x86_64", "arm64"):
         try:
-            importlib.import_module(name)
+            importlib.import_module(f"kvmrig.backends.kvm.{backends.HOST_ARCH}")
         except Exception:   # pragma: no cover - the first rig that needs it says why
             pass
 
@@ -176,15 +155,13 @@ class _Worker:
     """One worker process and the rigs it was given, oldest (running) first.
     Rigs reach it as indices into _run_list, which it inherited when forked."""
 
-    def __init__(self, ctx, executor: Executor | None, reuse: bool = True, early: bool = False):
+    def __init__(self, ctx, executor: Executor | None, reuse: bool = True):
         self.conn, child = ctx.Pipe()
         # Forked: the executor is inherited, never pickled (a partial or a lambda will do).
-        self.proc = ctx.Process(target=_worker, args=(child, executor, os.getpid(), self.conn, reuse, early),
+        self.proc = ctx.Process(target=_worker, args=(child, executor, os.getpid(), self.conn, reuse),
                                 daemon=True)
         self.proc.start()
         child.close()
-        self.early = early     # forked before the run's rigs existed: it is sent each rig, not its index
-        self.executor, self.reuse = executor, reuse
         self.jobs: deque[int] = deque()
         self.deadline = 0.0
         self.since = 0.0       # when the running rig started (as far as the parent knows)
@@ -198,7 +175,7 @@ class _Worker:
             self._started(index, time.monotonic())
         self.jobs.append(index)
         try:
-            self.conn.send((index, _pickled(_run_list[index]), _points_dir) if self.early else index)
+            self.conn.send(index)
         except OSError:
             # The worker died since the last wait (a broken pipe): its
             # sentinel is ready, so the loop records its running rig and
@@ -227,38 +204,6 @@ class _Worker:
         self.conn.close()
 
 
-def _pickled(rig: Rig) -> bytes:
-    """A rig as an early worker receives it (from the load cache if it has it)."""
-    blob = _blob_of(rig) if _blob_of is not None else None
-    return blob if blob is not None else pickle.dumps(rig, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-_blob_of: Callable[[Rig], bytes | None] | None = None   # run_rigs' `pickled`, while it runs
-
-
-class Started:
-    """Workers started before the run's rigs are loaded (start_workers), for run_rigs."""
-
-    def __init__(self, workers: list[_Worker]):
-        self.workers = workers
-
-    def stop(self) -> None:
-        """Stop those run_rigs did not take (a run that ended before its rigs ran)."""
-        for w in self.workers:   # nothing to lose: they ran no rig (and may still be importing)
-            w.kill()
-        self.workers = []
-
-
-def start_workers(jobs: int, executor: Executor | None = None, reuse: bool = True) -> Started:
-    """Fork `jobs` workers now (0: one per core), before the rigs are loaded:
-    they import the machine layer and the KVM backend while the parent loads,
-    and are then sent each rig pickled (the load cache holds it so) instead of
-    inheriting the list. Give them to run_rigs(started=...)."""
-    ctx = multiprocessing.get_context("fork")
-    jobs = max(1, jobs or os.cpu_count() or 1)
-    return Started([_Worker(ctx, executor, reuse, early=True) for _ in range(jobs)])
-
-
 def _died(rig: Rig, how: str) -> RigResult:
     return result_for(rig, ERROR, message=f"{rig.path}: the worker running this rig {how}; "
                                            "the rest of the run went on")
@@ -266,8 +211,7 @@ def _died(rig: Rig, how: str) -> RigResult:
 
 def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False, reuse: bool = True, started: Started | None = None,
-             pickled: Callable[[Rig], bytes | None] | None = None) -> tuple[list[RigResult | None], bool]:
+             exitfirst: bool = False, reuse: bool = True) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core), each with `executor`
     (default: run_rig on the rig's own backend choice). Returns (results in
     input order — None for rigs not run — and whether the run was interrupted).
@@ -275,17 +219,13 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
     Rigs that start from a snapshot point (`from: parent.yaml#point`) run
     after their parent, which runs once; a parent the list does not name is
     run too but not reported (so shards of one suite never report it twice),
-    and one that did not pass makes its children errors that say so.
-    `started`: workers from start_workers (their count is the run's; run_rigs
-    stops them); `pickled`: each rig's pickle where the caller has it."""
-    global _points_dir, _run_list, _blob_of
+    and one that did not pass makes its children errors that say so."""
+    global _points_dir, _run_list
     listed = len(rigs)
     order = Schedule(rigs)
     rigs = order.rigs
     results: list[RigResult | None] = [None] * len(rigs)
     if not rigs:
-        if started is not None:
-            started.stop()
         return results, False
     jobs = jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(rigs)))
@@ -295,7 +235,6 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
     own_points = tempfile.mkdtemp(prefix="kvmrig-points-") if order.has_points else None
     before, _points_dir = _points_dir, own_points or _points_dir   # inherited by the forked workers
     before_list, _run_list = _run_list, rigs
-    before_blobs, _blob_of = _blob_of, pickled
 
     def record(index: int, result: RigResult) -> None:
         nonlocal stop
@@ -326,16 +265,13 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         behind that one go back to the schedule, a new worker takes its place."""
         order.put_back(list(w.jobs))
         w.kill()
-        fresh = _Worker(ctx, w.executor, w.reuse)
+        fresh = _Worker(ctx, executor, reuse)
         workers[workers.index(w)] = fresh
         return fresh
 
     try:
-        if started is not None:
-            workers, started.workers = started.workers, []
-        else:
-            _warm_up()   # here, once: the workers forked below (and any replacement) inherit it
-            workers = [_Worker(ctx, executor, reuse) for _ in range(jobs)]
+        _import_backend()   # here, once: the workers forked below (and any replacement) inherit it
+        workers = [_Worker(ctx, executor, reuse) for _ in range(jobs)]
         for w in workers:
             give(w)
         while any(w.jobs for w in workers):
@@ -385,7 +321,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
                 w.proc.join(2)
                 if w.proc.is_alive():
                     w.kill()
-        _points_dir, _run_list, _blob_of = before, before_list, before_blobs
+        _points_dir, _run_list = before, before_list
         if own_points is not None:
             shutil.rmtree(own_points, ignore_errors=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kvmrig.rig.load import load_rig
 from kvmrig.rig.model import Rig
 
 
@@ -28,7 +29,6 @@ class Schedule:
             if start is not None and start.parent is not None:
                 j = by_path.get(start.parent)
                 if j is None:
-                    from kvmrig.rig.load import load_rig   # here: a run from the load cache never needs it
                     j = by_path[start.parent] = len(self.rigs)
                     self.rigs.append(load_rig(start.parent))   # it loaded once already, for the child
                 self.parent[i] = j

@@ -101,8 +101,7 @@ def test_run_rig_turns_a_kvmrig_bug_into_an_error_with_the_traceback(monkeypatch
     def broken(rig):
         raise ZeroDivisionError("boom")
 
-    from kvmrig.machine import plan
-    monkeypatch.setattr(plan, "prepare", broken)   # run_rig looks it up there when it runs
+    monkeypatch.setattr(runner, "prepare", broken)
     result = run_rig(x86_rig("buggy"))
     assert result.status == ERROR
     assert "internal error in kvmrig" in result.message and "ZeroDivisionError" in result.message

@@ -88,7 +88,6 @@ class RigCache:
         self.changed = False
         self.path: str | None = None
         self.hits = self.misses = 0
-        self._blobs: dict[int, tuple[Rig, bytes]] = {}   # id(rig) -> (rig, its pickle): see pickled()
         try:
             self.key = hashlib.blake2b(b"\0".join([
                 FORMAT, code_stamp(), sys.version.encode(), os.getcwd().encode(),
@@ -131,14 +130,7 @@ class RigCache:
             return None
         self.used[name] = entry
         self.hits += 1
-        self._blobs[id(rig)] = (rig, entry[2])
         return rig
-
-    def pickled(self, rig: Rig) -> bytes | None:
-        """The pickle of a rig this cache gave or took (workers started before
-        loading are sent rigs so: runner.start_workers), else None."""
-        got = self._blobs.get(id(rig))
-        return got[1] if got is not None and got[0] is rig else None
 
     def put(self, path: Path, raw: bytes, rig: Rig, seen: list[tuple[str, bytes]]) -> None:
         """Keep a rig the loader just built (unless it depends on more than the files it read)."""
@@ -149,7 +141,6 @@ class RigCache:
         except Exception:   # pragma: no cover - every model object pickles; never fail a load for the cache
             return
         self.used[str(path)] = (_digest(raw), tuple(seen), blob)
-        self._blobs[id(rig)] = (rig, blob)
         self.changed = True
 
     def save(self) -> None:

@@ -303,9 +303,8 @@ def test_kvmrig_run_sees_an_edit_between_two_runs(cache_home):
 
 
 def test_a_parent_and_its_child_run_from_the_cache(cache_home):
-    """Second run: the parent comes from the cache (the child never does), both
-    reach the workers started before loading, and the child starts from the
-    parent's point."""
+    """Second run: the parent comes from the cache (the child never does), and
+    the child starts from the parent's point."""
     pytest.importorskip("unicorn")
     Path("suite").mkdir()
     parent = TRIVIAL.replace('hex: "f4"', 'hex: "f4 f4"').replace("expect:", "save: end\nexpect:")  # child: 2nd hlt
