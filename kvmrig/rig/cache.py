@@ -144,14 +144,19 @@ class RigCache:
         self.changed = True
 
     def save(self) -> None:
-        """Write the entries this run used, if any changed; never raises."""
+        """Write the entries, if any changed, never raising: those this run
+        used, and the others of files still there (a --rerun-failed run loads
+        only some of the files)."""
         if self.path is None:
             return
         try:
-            if not self.changed and self.used.keys() == self.entries.keys():
+            final = {name: entry for name, entry in self.entries.items()
+                     if name not in self.used and os.path.exists(name)}
+            final.update(self.used)
+            if not self.changed and final.keys() == self.entries.keys():
                 os.utime(self.path)   # still in use: pruned last
                 return
-            _write(self.path, FORMAT + pickle.dumps((self.key, self.used), protocol=pickle.HIGHEST_PROTOCOL))
+            _write(self.path, FORMAT + pickle.dumps((self.key, final), protocol=pickle.HIGHEST_PROTOCOL))
             _prune(os.path.dirname(self.path))
         except Exception:   # a read-only or full disk: the next run loads the rigs again
             pass

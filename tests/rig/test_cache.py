@@ -317,3 +317,17 @@ def test_a_parent_and_its_child_run_from_the_cache(cache_home):
         assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
     _, _, cache = run_load(["suite"])
     assert cache.hits == 1 and "suite/parent.yaml" in cache.used and "suite/child.yaml" not in cache.used
+
+
+def test_a_run_that_loads_some_of_the_files_keeps_the_others(cache_home):
+    """--rerun-failed loads only the rigs that failed; the rest stay cached,
+    except for files that are gone."""
+    for name in ("a", "b", "c"):
+        Path(f"{name}.yaml").write_text(TRIVIAL)
+    paths = ["a.yaml", "b.yaml", "c.yaml"]
+    run_load(paths)
+    cache = rig_cache.for_run(paths)
+    load_all([Path("a.yaml")], set(map(Path, paths)), cache)   # only a loads this time
+    os.unlink("c.yaml")
+    cache.save()
+    assert set(rig_cache.for_run(paths).entries) == {"a.yaml", "b.yaml"}
