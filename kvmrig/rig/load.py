@@ -384,8 +384,8 @@ class _Builder:
         if "cpus" in self.data:
             n = self.uint(("cpus",), self.data["cpus"])
             if n != saved:
-                self.fail(("cpus",), f"cpus: {n}, but the snapshot it starts from (`from: {self.data['from']}`) is "
-                          f"of a machine with {saved} vCPU{'s' if saved > 1 else ''}")
+                self.fail(("cpus",), f"this rig says {n} vCPU{'s' if n > 1 else ''}, but the snapshot it starts "
+                          f"from (`from: {self.data['from']}`) is of a machine with {saved}")
         return saved
 
     def call(self, raw: dict[str, Any]) -> m.Call:
