@@ -419,5 +419,6 @@ def _ap_state(index: int, text) -> x86_state.X86CpuState:
     except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
         raise BackendError(f"vCPU {index}'s saved state is malformed ({type(e).__name__}: {e})") from None
     if "lapic" not in state.blobs or "mp_state" not in state.blobs:
-        raise BackendError(f"vCPU {index}'s saved state is incomplete (no {'lapic' if 'lapic' not in state.blobs else 'mp_state'})")
+        missing = "lapic" if "lapic" not in state.blobs else "mp_state"
+        raise BackendError(f"vCPU {index}'s saved state is incomplete (no {missing})")
     return state

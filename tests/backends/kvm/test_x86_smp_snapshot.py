@@ -93,6 +93,21 @@ def test_a_child_from_every_smp_point_ends_as_the_uninterrupted_run(tmp_path):
         _same_end(child_end, parent_end)
 
 
+@pytest.mark.kvm
+def test_without_the_aps_state_the_child_after_init_never_finishes(tmp_path, monkeypatch):
+    """What the children above prove: with the AP left as created (its
+    restore patched out) the child after the INIT times out, its AP never
+    started (a new AP waits for INIT, and ignores the SIPI)."""
+    from kvmrig.backends.kvm import x86_smp
+    restore = x86_smp.x86_state.restore
+    _run(PARENT, tmp_path)
+    monkeypatch.setattr(x86_smp.x86_state, "restore",
+                        lambda vcpu, state, reuse=False: None if vcpu.index else restore(vcpu, state, reuse))
+    child = (X86 / "smp-snap-from-ap-waits-for-sipi.yaml").read_text().replace("timeout: 10s", "timeout: 1s")
+    outcome, _ = _run(tmp_path / "child.yaml", tmp_path, child.replace("smp-snap.yaml#", f"{PARENT}#"))
+    assert outcome.exit == "timeout" and outcome.regs["rip"] in range(0x105D, 0x106A)   # the BSP waits for AP_DONE
+
+
 # The AP prints to the debug console while the BSP saves: its pending port
 # writes are handled before the machine stops, none is lost or repeated.
 PRINTER_BSP = hexof("""
@@ -137,7 +152,7 @@ def test_an_aps_port_writes_are_each_seen_once_across_the_snapshot(tmp_path):
     assert 100 <= counted < 1000   # the AP was printing when the BSP saved
     # Between its INC and its OUT the AP has counted a byte it has not printed yet.
     printed = counted - 1 if ap.rip in (0xD, 0xF) else counted
-    child = f"kvmrig: 1\narch: x86_64\nfrom: printer.yaml#printing\ntimeout: 10s\nexpect: {{exit: hlt}}\n"
+    child = "kvmrig: 1\narch: x86_64\nfrom: printer.yaml#printing\ntimeout: 10s\nexpect: {exit: hlt}\n"
     child_outcome, _ = _run(tmp_path / "child.yaml", tmp_path, child)
     assert child_outcome.failures == []
     assert len(child_outcome.console) == 1000 - printed and set(child_outcome.console) <= {ord("a")}
