@@ -1,5 +1,6 @@
 """Snapshots of x86 machines with several vCPUs on real KVM
 (kvmrig.backends.kvm.x86_smp: world_stopped, export_cpu, import_cpu).
+Snapshot files with several vCPUs: tests/machine/test_snapfile.py.
 
 The guest is rigs/x86/smp-snap.yaml's: two vCPUs each count in their own
 memory, so the end state does not depend on how they interleave. Its points
@@ -108,21 +109,24 @@ def test_without_the_aps_state_the_child_after_init_never_finishes(tmp_path, mon
     assert outcome.exit == "timeout" and outcome.regs["rip"] in range(0x105D, 0x106A)   # the BSP waits for AP_DONE
 
 
-# The AP prints to the debug console while the BSP saves: its pending port
-# writes are handled before the machine stops, none is lost or repeated.
-PRINTER_BSP = hexof("""
+# One vCPU prints to the debug console while the other saves: its pending
+# port writes are handled before the machine stops, none is lost or repeated.
+# Either way round: the BSP saves while the AP prints, the AP (a hit on
+# vCPU 1) while the BSP prints.
+START_AP = """
     c7 05 f0 00 e0 fe ff 01 00 00   # 1000: mov dword [0xfee000f0], 0x1ff   (SVR: APIC on)
     c7 05 10 03 e0 fe 00 00 00 01   # 100a: mov dword [0xfee00310], 1 << 24 (to APIC 1)
     c7 05 00 03 e0 fe 00 45 00 00   # 1014: mov dword [0xfee00300], 0x4500  (INIT)
     c7 05 00 03 e0 fe 08 46 00 00   # 101e: mov dword [0xfee00300], 0x4608  (SIPI 0x08)
+"""
+AP_PRINTS = (hexof(START_AP + """
     81 3d 04 50 00 00 64 00 00 00   # 1028: cmp dword [0x5004], 100   (the AP has printed ~100)
     72 f4                           # 1032: jb 0x1028
     90                              # 1034: nop                       (save: printing)
     80 3d 10 50 00 00 01            # 1035: cmp byte [0x5010], 1      (the AP is done)
     75 f7                           # 103c: jne 0x1035
     fa f4                           # 103e: cli; hlt
-""")
-PRINTER_AP = hexof("""
+"""), hexof("""
     fa                              # 8000: cli
     31 c0                           # 8001: xor ax, ax
     8e d8                           # 8003: mov ds, ax
@@ -134,28 +138,57 @@ PRINTER_AP = hexof("""
     c6 06 10 50 01                  # 8013: mov byte [0x5010], 1
     f4                              # 8018: hlt
     eb fd                           # 8019: jmp 0x8018
-""")
-PRINTER = (f"kvmrig: 1\narch: x86_64\ntimeout: 10s\nmemory: [{{at: 0, size: 2M}}]\ncpus: 2\n"
-           "machine: {irqchip: true}\ndevices: [{type: debugcon, port: 0xe9}]\n"
-           f"images: [{{hex: '{PRINTER_BSP}', at: 0x1000}}, {{hex: '{PRINTER_AP}', at: 0x8000}}]\n"
-           "cpu: {mode: protected, entry: 0x1000}\nbreakpoints: [{at: 0x1034, hits: 1, save: printing}]\n"
-           "expect: {exit: hlt, memory: [{at: 0x5004, u32: 1000}]}\n")
+"""), 0x1034, 0x5004, 0x800D)
+BSP_PRINTS = (hexof(START_AP + """
+    b9 e8 03 00 00                  # 1028: mov ecx, 1000
+    ff 05 00 50 00 00               # 102d: inc dword [0x5000]
+    b0 61                           # 1033: mov al, 'a'
+    e6 e9                           # 1035: out 0xe9, al
+    e2 f4                           # 1037: loop 0x102d
+    80 3d 10 50 00 00 01            # 1039: cmp byte [0x5010], 1      (the AP is done)
+    75 f7                           # 1040: jne 0x1039
+    fa f4                           # 1042: cli; hlt
+"""), hexof("""
+    fa                              # 8000: cli
+    31 c0                           # 8001: xor ax, ax
+    8e d8                           # 8003: mov ds, ax
+    66 81 3e 00 50 64 00 00 00      # 8005: cmp dword [0x5000], 100   (the BSP has printed ~100)
+    72 f5                           # 800e: jb 0x8005
+    90                              # 8010: nop                       (save: printing, on vCPU 1)
+    c6 06 10 50 01                  # 8011: mov byte [0x5010], 1
+    f4                              # 8016: hlt
+    eb fd                           # 8017: jmp 0x8016
+"""), 0x8010, 0x5000, 0x1033)
+
+
+def _printer(bsp: str, ap: str, save_at: int) -> str:
+    return (f"kvmrig: 1\narch: x86_64\ntimeout: 10s\nmemory: [{{at: 0, size: 2M}}]\ncpus: 2\n"
+            "machine: {irqchip: true}\ndevices: [{type: debugcon, port: 0xe9}]\n"
+            f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
+            f"cpu: {{mode: protected, entry: 0x1000}}\nbreakpoints: [{{at: {save_at:#x}, hits: 1, save: printing}}]\n"
+            "expect: {exit: hlt}\n")
 
 
 @pytest.mark.kvm
-def test_an_aps_port_writes_are_each_seen_once_across_the_snapshot(tmp_path):
-    outcome, _end = _run(tmp_path / "printer.yaml", tmp_path, PRINTER)
+@pytest.mark.parametrize("printer", [AP_PRINTS, BSP_PRINTS], ids=["ap-prints-bsp-saves", "bsp-prints-ap-saves"])
+def test_port_writes_of_the_vcpu_not_saving_are_each_seen_once_across_the_snapshot(tmp_path, printer):
+    bsp, ap, save_at, count_at, inc_done = printer
+    outcome, _end = _run(tmp_path / "printer.yaml", tmp_path, _printer(bsp, ap, save_at))
     assert outcome.failures == [] and outcome.console == b"a" * 1000
+    assert outcome.hits[0].cpu == (0 if save_at < 0x8000 else 1)
     snap = snapfile.read(PointStore(tmp_path).file(tmp_path / "printer.yaml", "printing"))
-    ap = x86_state._struct("struct kvm_regs", _vcpus(snap)[1].regs)
-    counted = _u32(snap, 0x5004)
-    assert 100 <= counted < 1000   # the AP was printing when the BSP saved
-    # Between its INC and its OUT the AP has counted a byte it has not printed yet.
-    printed = counted - 1 if ap.rip in (0xD, 0xF) else counted
+    printing = _vcpus(snap)[1 if save_at < 0x8000 else 0]
+    regs = x86_state._struct("struct kvm_regs", printing.regs)
+    sregs = x86_state._struct("struct kvm_sregs", printing.sregs)
+    counted = _u32(snap, count_at)
+    assert 100 <= counted < 1000   # it was printing when the other saved
+    # Between its INC and its OUT a vCPU has counted a byte it has not printed yet.
+    pc = sregs.cs.base + regs.rip
+    printed = counted - 1 if inc_done <= pc <= inc_done + 2 else counted
     child = "kvmrig: 1\narch: x86_64\nfrom: printer.yaml#printing\ntimeout: 10s\nexpect: {exit: hlt}\n"
     child_outcome, _ = _run(tmp_path / "child.yaml", tmp_path, child)
     assert child_outcome.failures == []
-    assert len(child_outcome.console) == 1000 - printed and set(child_outcome.console) <= {ord("a")}
+    assert child_outcome.console == b"a" * (1000 - printed)
 
 
 def _u32(snap: snapfile.Snapshot, addr: int) -> int:
