@@ -69,6 +69,7 @@ class _World:
         self.cond = threading.Condition()
         self.depth = 0                # snapshots under way (one may be taken while another waits)
         self.still: set[int] = set()  # vCPUs parked or saving: out of the guest, no access in flight
+        self.frozen = False           # every vCPU is stopped and the saver reads them: none may leave
 
 
 class _PerVcpu(KvmX86Backend):
@@ -119,7 +120,9 @@ class _PerVcpu(KvmX86Backend):
         with world.cond:
             world.still.add(self.index)
             world.cond.notify_all()
-            while world.depth and not (aps is not None and aps.stopping):
+            # The run ending (another vCPU's exit) lets it go to be joined, but not
+            # while a snapshot reads the vCPUs.
+            while world.depth and (world.frozen or aps is None or not aps.stopping):
                 world.cond.wait(0.05)
             world.still.discard(self.index)
 
@@ -313,7 +316,13 @@ class KvmX86SmpBackend(_PerVcpu):
             world.still.add(here.index)   # a snapshot taken while this one waits counts this vCPU as stopped
         try:
             self._stop_others(here, aps)
-            yield
+            with world.cond:
+                world.frozen = True
+            try:
+                yield
+            finally:
+                with world.cond:
+                    world.frozen = False
         finally:
             with world.cond:
                 world.still.discard(here.index)
