@@ -319,3 +319,20 @@ def test_an_ap_stopped_amid_an_access_is_not_saved_at_the_end():
         with pytest.raises(BackendError, match=r"vCPU 1 was stopped at the end of the run in the middle of an "
                                                r"access \(port 0x3f8\)"):
             backend.export_cpu()
+
+
+@pytest.mark.kvm
+def test_a_one_vcpu_vm_refuses_an_smp_state(smp_file):
+    """snapshot.load into a VM of one vCPU (no rig to compare counts with):
+    refused by the backend, not run with the APs dropped."""
+    from kvmrig.backends.kvm.x86_64 import KvmX86Backend
+    rig = load_rig(PARENT)
+    memory = Memory(rig.memory)
+    try:
+        with KvmX86Backend() as backend:
+            for b in memory.backings:
+                backend.map_memory(b.start, b.buf, b.region.rom)
+            with pytest.raises(SnapshotError, match="the state is of a machine with 2 vCPUs; this VM has one"):
+                snapshot.load(smp_file, backend, memory)
+    finally:
+        memory.close()
