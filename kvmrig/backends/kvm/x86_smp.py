@@ -416,9 +416,7 @@ def _capture_ap(cpu: _PerVcpu) -> x86_state.X86CpuState:
     """An AP's complete state with its local APIC (the VM's chips are vCPU 0's)."""
     cpu.settle_io()
     cpu.vcpu.get_mp_state()   # KVM takes a pending INIT or SIPI now (it resets the registers read next)
-    state = x86_state.capture(cpu.kvm, cpu.vcpu)
-    state.blobs["lapic"] = cpu.vcpu.get_blob(x86_state.LAPIC[2], x86_state.LAPIC[1])
-    return state
+    return x86_state.capture(cpu.kvm, cpu.vcpu, lapic=True)
 
 
 def _ap_state(index: int, text) -> x86_state.X86CpuState:

@@ -336,3 +336,23 @@ def test_a_one_vcpu_vm_refuses_an_smp_state(smp_file):
                 snapshot.load(smp_file, backend, memory)
     finally:
         memory.close()
+
+
+@pytest.mark.kvm
+def test_a_plain_vm_still_resets_after_a_snapshot_of_a_vm_with_local_apics(tmp_path, monkeypatch):
+    """The restorable MSRs are probed per kind of vCPU: probed first on a vCPU
+    with an in-kernel local APIC (which takes MSR_KVM_PV_EOI_EN too), they
+    made every later reset of a plain reused VM fail (found in the x86 lane:
+    test_reuse's debug rigs ran on fresh VMs after the smp-snap examples)."""
+    from kvmrig.machine.reuse import VmPool
+    monkeypatch.setattr(x86_state, "_msr_cache", {})
+    _run(PARENT, tmp_path)   # the first capture of this process: vCPUs with local APICs
+    pool = VmPool()
+    try:
+        for name in ("fib", "fib"):
+            rig = load_rig(X86 / f"{name}.yaml")
+            outcome = pool.execute(prepare(rig), kvm_factory(rig))
+            assert outcome.failures == []
+        assert pool.reused == 1 and pool.refused == 0
+    finally:
+        pool.close()
