@@ -383,6 +383,9 @@ class KvmX86SmpBackend(_PerVcpu):
                 raise BackendError(f"vCPU {cpu.index} was stopped at the end of the run in the middle of an access "
                                    f"({what}) the machine did not handle: that is no state it can resume from "
                                    "(save at a breakpoint instead)")
+        self.settle_io()
+        self.vcpu.get_mp_state()   # as for the APs (_capture_ap): an INIT another vCPU sent it is taken now
+        self.vcpu.forget_sync()
         text = KvmX86Backend.export_cpu(self)
         if len(self._cpus) > 1:
             text["aps"] = [x86_state.to_text(_capture_ap(cpu)) for cpu in self._cpus[1:]]
@@ -415,7 +418,11 @@ class KvmX86SmpBackend(_PerVcpu):
 def _capture_ap(cpu: _PerVcpu) -> x86_state.X86CpuState:
     """An AP's complete state with its local APIC (the VM's chips are vCPU 0's)."""
     cpu.settle_io()
-    cpu.vcpu.get_mp_state()   # KVM takes a pending INIT or SIPI now (it resets the registers read next)
+    # KVM takes a pending INIT or SIPI when asked for the MP state: that resets
+    # the registers (or starts the AP at its SIPI vector), so the copy its last
+    # exit left in kvm_run is stale and they are read by ioctl.
+    cpu.vcpu.get_mp_state()
+    cpu.vcpu.forget_sync()
     return x86_state.capture(cpu.kvm, cpu.vcpu, lapic=True)
 
 
