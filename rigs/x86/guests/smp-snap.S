@@ -8,7 +8,7 @@
  * What it does:
  *   - the BSP copies the AP's 16-bit code (ap_start..ap_end) to 0x8000,
  *     software-enables its local APIC and starts the AP: INIT (at
- *     `start_ap`), then two STARTUP IPIs with vector 0x08 (at `sipi`);
+ *     `start_ap`), then a STARTUP IPI with vector 0x08 (at `sipi`);
  *   - the BSP runs ROUNDS rounds (`round`) of TURNS turns, each adding 1 to
  *     BSP_COUNT (0x5000) and the turn's counter to EBX; the AP runs the same
  *     (`ap_round`) on AP_COUNT (0x5004) and EDX, then stores EDX at AP_SUM
@@ -47,8 +47,10 @@ _start:
 start_ap:
         movl    $0x00004500, ICR_LOW    # INIT, level assert
 sipi:
-        movl    $0x00004608, ICR_LOW    # STARTUP, vector 0x08
-        movl    $0x00004608, ICR_LOW    # and again, as the MP spec says
+        movl    $0x00004608, ICR_LOW    # STARTUP, vector 0x08 (once: KVM keeps a second
+                                        # SIPI pending, and it wakes the started AP from its
+                                        # final HLT once, so its end state would be halted
+                                        # or woken by timing)
 
         mov     $ROUNDS, %edx
 round:
