@@ -36,8 +36,8 @@ class Reusable(Protocol):
     def track_dirty(self) -> None:
         """Start recording the pages the guest writes."""
 
-    def dirty_pages(self) -> set[int] | None:
-        """Pages written since the last call; None if the backend cannot tell."""
+    def dirty_ranges(self) -> list[tuple[int, int]] | None:
+        """[start, end) page ranges written since the last call; None if the backend cannot tell."""
 
     def reset(self) -> None:
         """The vCPU back to its pristine state, debug setup and traps gone."""
@@ -143,12 +143,14 @@ class VmPool:
     def _reset(kept: _Kept) -> None:
         backend, memory = kept.backend, kept.memory
         backend.reset()
-        pages = backend.dirty_pages()
+        ranges = backend.dirty_ranges()
         written = memory.take_written()
-        if pages is None:
+        if ranges is None:
             memory.zero_all()
         else:
-            memory.zero_pages(pages | written)
+            memory.zero_ranges(ranges)
+            if written:
+                memory.zero_pages(written)
 
     @staticmethod
     def _close(kept: _Kept) -> None:

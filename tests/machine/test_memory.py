@@ -40,3 +40,16 @@ def test_zero_pages_handles_a_run_longer_than_its_copy_chunk():
         assert mem.read(PAGE, size - 2 * PAGE) == bytes(size - 2 * PAGE)
     finally:
         mem.close()
+
+
+def test_zero_ranges_clears_each_range_across_regions_and_skips_what_is_outside():
+    mem = _filled([(0x0, 0x8000), (0x100000, 0x4000)])
+    try:
+        # one range, one crossing from the first region's end into the hole, one in the second region
+        assert mem.zero_ranges([(0x1000, 0x3000), (0x7000, 0x9000), (0x102000, 0x104000)]) == 5
+        zeroed = {0x1000, 0x2000, 0x7000, 0x102000, 0x103000}
+        for page in list(range(0, 0x8000, PAGE)) + list(range(0x100000, 0x104000, PAGE)):
+            want = 0 if page in zeroed else 0xAA
+            assert mem.read(page, PAGE) == bytes([want]) * PAGE, hex(page)
+    finally:
+        mem.close()

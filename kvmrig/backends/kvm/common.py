@@ -68,7 +68,7 @@ class KvmBackendBase(Backend):
         self._backing: list[tuple[int, int, int, bool]] = []  # (gpa, size, host address, rom)
         self._slot_ids: list[tuple[int, int, int, bool]] = []  # (slot, gpa, size, dirty-logged)
         self._log_dirty = False    # memory slots log the pages the guest writes (VM reuse, snapshots)
-        self._dirty: set[int] = set()   # pages written since the last dirty_pages(), not yet in a slot's log
+        self._dirty: set[int] = set()   # pages written since the last dirty_ranges(), not yet in a slot's log
         self._bitmaps: dict[int, object] = {}   # slot size -> dirty-log bitmap buffer
         self._traps: dict[int, str] = {}  # page gpa -> "ro" | "absent" (watchpoint page traps)
         self._watch_mmio = False   # watchpoints over MMIO (unbacked) addresses are matched on MMIO exits
@@ -163,15 +163,25 @@ class KvmBackendBase(Backend):
             self._rebuild_slots(self._traps)
             self._dirty.clear()
 
-    def dirty_pages(self) -> set[int]:
-        """Guest-physical pages written since track_dirty() or the last call
-        (KVM_GET_DIRTY_LOG also clears each slot's log)."""
-        self._harvest()
-        pages, self._dirty = self._dirty, set()
-        return pages
+    def dirty_ranges(self) -> list[tuple[int, int]]:
+        """Guest-physical [start, end) page ranges written since track_dirty()
+        or the last call (KVM_GET_DIRTY_LOG also clears each slot's log):
+        runs of neighbouring pages come as one range, so the caller zeroes
+        each run with one copy and Python never steps page by page."""
+        ranges = self._log_runs()
+        if self._dirty:   # the backend's own pokes, and logs taken before a slot rebuild
+            ranges += [(page, page + PAGE) for page in sorted(self._dirty)]
+            self._dirty = set()
+        return ranges
 
     def _harvest(self) -> None:
-        dirty = self._dirty
+        """Move the slots' logs into self._dirty (before the slots are rebuilt)."""
+        for start, end in self._log_runs():
+            self._dirty.update(range(start, end, PAGE))
+
+    def _log_runs(self) -> list[tuple[int, int]]:
+        """KVM_GET_DIRTY_LOG of every logged slot, as runs of written pages."""
+        runs: list[tuple[int, int]] = []
         for slot, gpa, size, logged in self._slot_ids:
             if not logged:
                 continue
@@ -183,10 +193,16 @@ class KvmBackendBase(Backend):
             for at in range(0, len(data), _LOG_CHUNK):   # whole chunks as one int: few Python steps
                 bits = int.from_bytes(data[at:at + _LOG_CHUNK], "little")
                 base = gpa + at * 8 * PAGE
-                while bits:
-                    low = bits & -bits
-                    dirty.add(base + (low.bit_length() - 1) * PAGE)
-                    bits ^= low
+                while bits:   # one turn per run of set bits
+                    low = bits & -bits     # the run's first page
+                    bits += low            # the carry clears the run and sets the bit after it
+                    high = bits & -bits
+                    bits ^= high
+                    start, end = base + (low.bit_length() - 1) * PAGE, base + (high.bit_length() - 1) * PAGE
+                    if runs and runs[-1][1] == start:   # a run across two chunks
+                        start = runs.pop()[0]
+                    runs.append((start, end))
+        return runs
 
     def settle_io(self) -> None:
         """Finish a port/MMIO access the vCPU still waits on (and apply registers

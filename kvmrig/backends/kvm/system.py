@@ -220,6 +220,7 @@ class Vm:
         self._devices: list[Device] = []
         self._region = ffi.new("struct kvm_userspace_memory_region *")
         self._u64 = ffi.new("uint64_t *")
+        self._log = ffi.new("struct kvm_dirty_log *")   # get_dirty_log's, reused (the reset's hot path)
         self._irq = ffi.new("struct kvm_irq_level *")
 
     @property
@@ -256,7 +257,7 @@ class Vm:
     def get_dirty_log(self, slot: int, bitmap) -> None:
         """KVM_GET_DIRTY_LOG: fill `bitmap` (cdata, one bit per page of the slot,
         64-bit words) with the pages written since the last call, and clear them."""
-        log = ffi.new("struct kvm_dirty_log *")
+        log = self._log
         log.slot = slot
         log.dirty_bitmap = int(ffi.cast("uintptr_t", bitmap))
         _call(self.fd, abi.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG", f"slot {slot}")
