@@ -16,7 +16,7 @@ from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable 
 from kvmrig.rig.model import Region
 
 PAGE = 0x1000
-_ZERO_CHUNK = 0x100000                 # zero_pages() copies at most this much at once
+_ZERO_CHUNK = 0x100000                 # zero_ranges() copies at most this much at once
 _ZEROS = memoryview(bytes(_ZERO_CHUNK))
 
 
@@ -73,23 +73,6 @@ class Memory:
     def take_written(self) -> set[int]:
         pages, self.written = self.written or set(), set()
         return pages
-
-    def zero_pages(self, pages) -> int:
-        """Zero each page (guest-physical page addresses; outside any region
-        skipped; runs of neighbours in one copy): the reset of a reused VM,
-        which puts back only what was written. Returns how many pages."""
-        n = 0
-        run_start = run_end = -1
-        for page in sorted(pages):
-            if page == run_end:
-                run_end += PAGE
-                continue
-            if run_start >= 0:
-                n += self._zero(run_start, run_end)
-            run_start, run_end = page, page + PAGE
-        if run_start >= 0:
-            n += self._zero(run_start, run_end)
-        return n
 
     def zero_ranges(self, ranges) -> int:
         """Zero each guest-physical [start, end) range (page aligned; parts

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from kvmrig.backends.base import Backend
-from kvmrig.machine.memory import Memory
+from kvmrig.machine.memory import PAGE, Memory
 from kvmrig.machine.outcome import Outcome
 from kvmrig.machine.plan import Plan
 from kvmrig.rig.model import Rig
@@ -148,9 +148,9 @@ class VmPool:
         if ranges is None:
             memory.zero_all()
         else:
+            if written:   # the loader's pages (a page both wrote is zeroed twice)
+                ranges += [(page, page + PAGE) for page in written]
             memory.zero_ranges(ranges)
-            if written:
-                memory.zero_pages(written)
 
     @staticmethod
     def _close(kept: _Kept) -> None:
