@@ -63,6 +63,7 @@ class Memory:
             self.close()
             raise
         self._starts = [b.start for b in self.backings]
+        self._spans = [(b.start, b.end, b.buf) for b in self.backings]   # for zero_ranges: no lookups
         self.written: set[int] | None = None   # pages written from the host side, once tracked
 
     def track_writes(self) -> None:
@@ -79,7 +80,15 @@ class Memory:
         outside any region skipped), one copy per range: the reset of a reused
         VM from a backend's dirty log. Returns how many pages."""
         n = 0
+        starts, spans = self._starts, self._spans
         for start, end in ranges:
+            i = bisect.bisect_right(starts, start) - 1
+            if i >= 0:
+                at, stop, buf = spans[i]
+                if end <= stop and end - start <= _ZERO_CHUNK:   # the usual case: one copy, no more steps
+                    buf[start - at:end - at] = _ZEROS[:end - start]
+                    n += -(-(end - start) // PAGE)
+                    continue
             n += self._zero(start, end)
         return n
 
@@ -143,3 +152,4 @@ class Memory:
                 pass
         self.backings = []
         self._starts = []
+        self._spans = []

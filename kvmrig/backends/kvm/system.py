@@ -30,6 +30,7 @@ from .perprocess import PerProcess
 
 ffi = abi.ffi
 _ioctl = abi.libc.ioctl
+_GET_DIRTY_LOG = abi.KVM_GET_DIRTY_LOG
 _ZERO = abi.ulong(0)
 _SYNC_REGS = getattr(abi, "KVM_SYNC_X86_REGS", 0)
 _SYNC_SREGS = getattr(abi, "KVM_SYNC_X86_SREGS", 0)
@@ -260,7 +261,8 @@ class Vm:
         log = self._log
         log.slot = slot
         log.dirty_bitmap = int(ffi.cast("uintptr_t", bitmap))
-        _call(self.fd, abi.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG", f"slot {slot}")
+        if _ioctl(self._fd.fd, _GET_DIRTY_LOG, log) < 0:   # the reset's hot path: the error's text only when needed
+            _call(self.fd, _GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG", f"slot {slot}")
 
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR (x86, Intel): 3 pages of guest-physical space KVM
