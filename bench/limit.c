@@ -7,6 +7,7 @@
  *     limit ioctls 0 N    median cost of single ioctls (for reading profiles)
  *     limit reuse 0 N     the lifecycle rig on a kept VM + vCPU (what a VM pool would cost)
  *     limit reset 0 N     kvmrig's reset of a reused VM after a rig that dirtied 16 pages
+ *     limit cache 0 N     what a vCPU ioctl leaves in the CPU caches (a 32 KiB pointer chase after it)
  *
  * LIMIT_SYNC_REGS=1 (not used by bench/run.py, which measures kvmrig's
  * strategy): KVM_CAP_SYNC_REGS, i.e. kvm_run.kvm_valid_regs = REGS | SREGS;
@@ -613,19 +614,70 @@ static void reset_bench(int n) {
     munmap(mem, RESET_RAM);
 }
 
+/* `limit cache 0 N`: what a vCPU ioctl leaves in the CPU caches (the reason
+ * Python pays more per ioctl than C, bench/README.md). A pointer chase through
+ * 32 KiB (one line per step, random order: it fits the L1 data cache when
+ * warm) is timed right after KVM_GET_REGS, right after getpid, and once more
+ * at once (warm). Medians of N. */
+static void cache_bench(int n) {
+    enum { WS = 32 << 10, LINES = WS / 64 };
+    char *buf = aligned_alloc(64, WS);
+    static unsigned perm[LINES];
+    for (unsigned i = 0; i < LINES; i++)
+        perm[i] = i;
+    srand(1);
+    for (unsigned i = LINES - 1; i > 0; i--) {
+        unsigned j = (unsigned)rand() % (i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (unsigned i = 0; i < LINES; i++)
+        *(void **)(buf + perm[i] * 64) = buf + perm[(i + 1) % LINES] * 64;
+    int vm = xioctl(kvm_fd, KVM_CREATE_VM, (void *)0, "KVM_CREATE_VM");
+    int vcpu = xioctl(vm, KVM_CREATE_VCPU, (void *)0, "KVM_CREATE_VCPU");
+    struct kvm_regs regs;
+    uint64_t *after = calloc((size_t)n, sizeof *after), *again = calloc((size_t)n, sizeof *again);
+    printf("{\"op\": \"cache\", \"chase_32k_ns\": {");
+    for (int m = 0; m < 2; m++) {
+        for (int i = 0; i < n; i++) {
+            if (m == 0)
+                xioctl(vcpu, KVM_GET_REGS, &regs, "KVM_GET_REGS");
+            else
+                (void)syscall(39 /* getpid */);
+            void *p = buf + perm[0] * 64;
+            uint64_t t0 = now_ns();
+            for (unsigned k = 0; k < LINES; k++)
+                p = *(void *volatile *)p;
+            uint64_t t1 = now_ns();
+            for (unsigned k = 0; k < LINES; k++)
+                p = *(void *volatile *)p;
+            uint64_t t2 = now_ns();
+            after[i] = t1 - t0;
+            again[i] = t2 - t1;
+        }
+        printf("%s\"after_%s\": %llu, \"again_%s\": %llu", m ? ", " : "", m ? "getpid" : "vcpu_ioctl",
+               (unsigned long long)median_u64(after, n), m ? "getpid" : "vcpu_ioctl",
+               (unsigned long long)median_u64(again, n));
+    }
+    printf("}}\n");
+    close(vcpu);
+    close(vm);
+    free(buf);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: limit lifecycle|pio|mmio|singlestep|hwbp|swbp|ioctls|reuse|reset K N\n");
+        fprintf(stderr, "usage: limit lifecycle|pio|mmio|singlestep|hwbp|swbp|ioctls|reuse|reset|cache K N\n");
         return 2;
     }
     static const char *names[] = {"lifecycle", "pio", "mmio", "singlestep", "hwbp", "swbp"};
     int op = -1;
     int want_ioctls = !strcmp(argv[1], "ioctls"), want_reuse = !strcmp(argv[1], "reuse");
-    int want_reset = !strcmp(argv[1], "reset");
+    int want_reset = !strcmp(argv[1], "reset"), want_cache = !strcmp(argv[1], "cache");
     for (int i = 0; i < 6; i++)
         if (!strcmp(argv[1], names[i]))
             op = i;
-    if (op < 0 && !want_ioctls && !want_reuse && !want_reset) {
+    if (op < 0 && !want_ioctls && !want_reuse && !want_reset && !want_cache) {
         fprintf(stderr, "limit: unknown op %s\n", argv[1]);
         return 2;
     }
@@ -658,6 +710,10 @@ int main(int argc, char **argv) {
     }
     if (want_reset) {
         reset_bench(n);
+        return 0;
+    }
+    if (want_cache) {
+        cache_bench(n);
         return 0;
     }
 
