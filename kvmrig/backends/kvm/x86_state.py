@@ -29,7 +29,7 @@ from kvmrig.errors import BackendError, KvmError
 ffi = abi.ffi
 # restore() issues its ioctls through fcntl.ioctl: CPython's own C wrapper
 # costs ~0.5 us less per call than a cffi call of libc's variadic ioctl
-# (bench/README.md, "Why a reset from Python costs more than from C").
+# (bench/README.md, "The reset of a reused VM against C").
 _ioctl = fcntl.ioctl
 MSR_IA32_TSC = 0x10
 MSR_IA32_TSC_ADJUST = 0x3B

@@ -93,6 +93,7 @@ expect: {{exit: hlt, memory: [{{at: 0xFFF000, u8: 1}}, {{at: 0x1000000, u8: 1}},
 
 
 @pytest.mark.kvm
+@pytest.mark.arch_only("x86_64")
 def test_a_real_vm_logs_writes_across_chunks_as_runs_and_the_reset_zeroes_them(tmp_path):
     """A 32 MiB slot (a log of two 512-byte chunks) on a real VM: the pool's
     reset zeroes what the guest wrote and the loader's page, and the guest's
