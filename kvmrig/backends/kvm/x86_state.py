@@ -14,6 +14,7 @@ fixed list of ioctls with nothing allocated: this is the hot path of VM reuse.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ from kvmrig.backends.kvm.system import Kvm, Vcpu
 from kvmrig.errors import BackendError, KvmError
 
 ffi = abi.ffi
-_ioctl = abi.libc.ioctl
+# restore() issues its ioctls through fcntl.ioctl: CPython's own C wrapper
+# costs ~0.5 us less per call than a cffi call of libc's variadic ioctl
+# (bench/README.md, "The reset of a reused VM against C").
+_ioctl = fcntl.ioctl
 MSR_IA32_TSC = 0x10
 MSR_IA32_TSC_ADJUST = 0x3B
 _EVENTS_FLAGS = ffi.offsetof("struct kvm_vcpu_events", "flags")
@@ -53,23 +57,26 @@ PIT = ("pit2", "struct kvm_pit_state2", "KVM_GET_PIT2", "KVM_SET_PIT2", None)
 _RESTORE_ORDER = ("xcrs", "xsave", "debugregs", "lapic", "mp_state", "events")
 _BLOB_TYPES = {name: (ctype, set_) for name, ctype, _get, set_, _cap in BLOBS + (LAPIC,)}
 
-_msr_cache: tuple[int, tuple[int, ...]] | None = None
+_msr_cache: dict[tuple[int, bool], tuple[int, ...]] = {}   # (pid, in-kernel LAPIC) -> MSR indices
 _blob_cache: tuple[int, tuple[str, ...]] | None = None
 
 
-def restorable_msrs(kvm: Kvm, vcpu: Vcpu) -> tuple[int, ...]:
+def restorable_msrs(kvm: Kvm, vcpu: Vcpu, lapic: bool = False) -> tuple[int, ...]:
     """The MSRs of KVM_GET_MSR_INDEX_LIST that this KVM reads and lets
     userspace write back unchanged (probed once per process on a live vCPU;
-    TSC_ADJUST sorted before TSC, as KVM wants them)."""
-    global _msr_cache
-    pid = os.getpid()
-    if _msr_cache is None or _msr_cache[0] != pid:
+    TSC_ADJUST sorted before TSC, as KVM wants them). Separately for vCPUs
+    with an in-kernel local APIC (`lapic`): KVM takes more MSRs there (e.g.
+    MSR_KVM_PV_EOI_EN), and a list probed on one made every later reset of a
+    plain vCPU in that process fail."""
+    key = (os.getpid(), lapic)
+    found = _msr_cache.get(key)
+    if found is None:
         indices = kvm.msr_index_list()
         values = vcpu.get_msrs(indices)
         keep = [i for i, v in zip(indices, values) if v is not None and vcpu.set_msrs([(i, v)]) == 1]
         keep.sort(key=lambda i: (i == MSR_IA32_TSC, i))   # the TSC last: writing it resyncs the clock
-        _msr_cache = (pid, tuple(keep))
-    return _msr_cache[1]
+        found = _msr_cache[key] = tuple(keep)
+    return found
 
 
 def available_blobs(kvm: Kvm) -> tuple[str, ...]:
@@ -105,13 +112,15 @@ class X86CpuState:
         return (self.regs, self.sregs, mine, self.blobs) == (other.regs, other.sregs, theirs, other.blobs)
 
 
-def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False) -> X86CpuState:
+def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False, lapic: bool | None = None) -> X86CpuState:
     """Everything the vCPU holds now (pending port/MMIO completions excluded:
     the caller finishes those first); with `vm` (a VM with the in-kernel
-    irqchip) also its local APIC, the PICs and IOAPIC, and with `pit` the 8254."""
+    irqchip) also its local APIC, the PICs and IOAPIC, and with `pit` the 8254.
+    `lapic=True` without `vm`: the local APIC but not the VM's chips (an AP's)."""
+    lapic = vm is not None if lapic is None else lapic
     regs = bytes(ffi.buffer(vcpu.get_regs()))
     sregs = bytes(ffi.buffer(vcpu.get_sregs()))
-    indices = restorable_msrs(kvm, vcpu)
+    indices = restorable_msrs(kvm, vcpu, lapic)
     values = vcpu.get_msrs(indices)
     msrs = {i: v for i, v in zip(indices, values) if v is not None}
     blobs = {}
@@ -124,8 +133,9 @@ def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False) -> X86CpuState:
     except KvmError:
         khz = 0
     vm_blobs = {}
-    if vm is not None:
+    if lapic:
         blobs["lapic"] = vcpu.get_blob(LAPIC[2], LAPIC[1])
+    if vm is not None:
         for name, ctype, get, _set, chip in CHIPS + ((PIT,) if pit else ()):
             vm_blobs[name] = vm.get_blob(get, ctype, b"" if chip is None else chip.to_bytes(4, "little"))
     return X86CpuState(regs, sregs, msrs, blobs, time.monotonic(), khz, vm_blobs)
@@ -137,7 +147,8 @@ class _Prepared:
     def calls(self, vcpu: Vcpu, staged: bool, reuse: bool) -> tuple[tuple[str, int, object, int], ...]:
         """(name, request, argument, expected result) of every ioctl restore()
         issues, in order (KVM_SET_MSRS answers how many MSRs it set, the
-        others 0)."""
+        others 0). The argument is a writable buffer over the prepared struct,
+        exactly its size, as fcntl.ioctl takes it."""
         key = (staged, reuse)
         cached = self._calls.get(key)
         if cached is None:
@@ -147,7 +158,8 @@ class _Prepared:
             plan.append(("KVM_SET_MSRS", self.msrs))
             plan += [(name, arg) for name, arg, _buf in self.late
                      if not (staged and name == "KVM_SET_VCPU_EVENTS") and not (reuse and name == "KVM_SET_MP_STATE")]
-            cached = self._calls[key] = tuple((name, getattr(abi, name), arg, self.count if name == "KVM_SET_MSRS" else 0)
+            cached = self._calls[key] = tuple((name, getattr(abi, name), ffi.buffer(arg),
+                                               self.count if name == "KVM_SET_MSRS" else 0)
                                               for name, arg in plan)
         vcpu.forget_sync()
         return cached
@@ -229,19 +241,21 @@ def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
     staged = vcpu.stage_all(prep.sync) if prep.sync is not None else vcpu.stage(prep.regs, prep.sregs, prep.events)
     fd, ioctl = vcpu.fd, _ioctl
     for name, request, arg, expect in prep.calls(vcpu, staged, reuse):
-        r = ioctl(fd, request, arg)
+        try:
+            r = ioctl(fd, request, arg)
+        except OSError as e:
+            raise KvmError(name, e.errno) from None
         if r != expect:
             _refused(prep, name, r)
 
 
 def _refused(prep: _Prepared, name: str, r: int) -> None:
-    """Raise for an ioctl of restore() that failed (or KVM_SET_MSRS that
-    stopped short: it answers how many MSRs it set)."""
-    if r < 0:
-        raise KvmError(name, ffi.errno)
-    if name == "KVM_SET_MSRS":
+    """Raise for KVM_SET_MSRS that stopped short (it answers how many MSRs
+    it set) or another ioctl of restore() with an unexpected answer."""
+    if name == "KVM_SET_MSRS" and 0 <= r < prep.count:
         raise BackendError(f"KVM refused to restore MSR {prep.msrs.entries[r].index:#x} "
                            f"(value {prep.msrs.entries[r].data:#x})")
+    raise BackendError(f"{name} answered {r}, not {0 if name != 'KVM_SET_MSRS' else prep.count}")
 
 
 # Text form (snapshot files) ---------------------------------------------------
