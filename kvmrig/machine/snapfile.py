@@ -1,8 +1,8 @@
 """Snapshot files: a machine's state written down, to start rigs from later.
 
-Format (version 1), one file:
+Format (version 2), one file:
 
-    KVMRIG-SNAPSHOT 1\\n
+    KVMRIG-SNAPSHOT 2\\n
     <header length in bytes, decimal>\\n
     <header: JSON text, indented; registers as text>
     <memory: per region, its non-zero pages zlib-compressed, one region after the other>
@@ -14,6 +14,9 @@ XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), and
 the memory map: per region its address, size, ROM flag, the runs of pages
 that are not all zero (offset, length; the rest of the region is zero), and
 where their compressed bytes are, with a SHA-256 of those bytes uncompressed.
+Version 2 added `machine`: the vCPU count and the GIC (version and layout),
+so a child whose machine differs is refused before it runs. Version 1 files
+(one vCPU, no GIC: all kvmrig could save then) are still read, as such.
 
 Loading checks everything before it is used: a file from another format
 version, arch, backend or memory map, a truncated file or a corrupt one is a
@@ -34,7 +37,9 @@ from kvmrig import __version__
 from kvmrig.errors import SnapshotError
 
 MAGIC = b"KVMRIG-SNAPSHOT"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)   # version 1 is version 2 without `machine` (one vCPU, no GIC)
+ONE_CPU: dict[str, Any] = {"cpus": 1, "gic": None}
 LEVEL = 1   # zlib level: guest RAM is mostly zeros, fast beats small
 
 
@@ -50,6 +55,7 @@ class Snapshot:
     cpu: dict[str, Any]
     origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
     devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
+    machine: dict[str, Any] = field(default_factory=lambda: dict(ONE_CPU))   # vCPUs and GIC (check_machine)
 
     def memory_map(self) -> list[tuple[int, int, bool]]:
         return [(at, size, rom) for at, size, rom, _ in self.memory]
@@ -73,7 +79,8 @@ def write(path: str | Path, snap: Snapshot) -> None:
         blobs.append(packed)
         offset += len(packed)
     header = {"format": VERSION, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
-              "origin": snap.origin, "memory": regions, "devices": snap.devices, "cpu": snap.cpu}
+              "origin": snap.origin, "machine": snap.machine, "memory": regions, "devices": snap.devices,
+              "cpu": snap.cpu}
     text = json.dumps(header, indent=1).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -99,6 +106,7 @@ class Header:
     origin: dict[str, str]
     irqchip: bool = False   # taken with the in-kernel irqchip (rig `machine:`)
     pit: bool = False
+    machine: dict[str, Any] = field(default_factory=lambda: dict(ONE_CPU))   # vCPUs and GIC
 
 
 def read_header(path: str | Path) -> Header:
@@ -118,7 +126,8 @@ def read_header(path: str | Path) -> Header:
     chips = header["cpu"].get("vm_blobs")
     chips = chips if isinstance(chips, dict) else {}
     return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_r in regions],
-                  header.get("devices", []), header.get("origin", {}), "pic_master" in chips, "pit2" in chips)
+                  header.get("devices", []), header.get("origin", {}), "pic_master" in chips, "pit2" in chips,
+                  header["machine"])
 
 
 def read(path: str | Path, arch: str | None = None, backend: str | None = None,
@@ -160,7 +169,7 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
             pos += k
         memory.append((at, size, rom, runs))
     return Snapshot(snap_arch, snap_backend, memory, header["cpu"], header.get("origin", {}),
-                    header.get("devices", []))
+                    header.get("devices", []), header["machine"])
 
 
 def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
@@ -169,9 +178,11 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     words = first.split(b" ")
     if len(words) != 2 or words[0] != MAGIC:
         raise SnapshotError(f"{path}: not a kvmrig snapshot (it does not start with {MAGIC.decode()})")
-    if words[1] != str(VERSION).encode():
+    if words[1] not in [str(v).encode() for v in READS]:
         raise SnapshotError(f"{path}: snapshot format version {words[1].decode(errors='replace')}; this "
-                            f"kvmrig ({__version__}) reads version {VERSION}: take the snapshot again")
+                            f"kvmrig ({__version__}) reads versions {', '.join(map(str, READS))}: take the "
+                            "snapshot again")
+    version = int(words[1])
     size_line, _, rest = rest.partition(b"\n")
     if not size_line.isdigit():
         raise SnapshotError(f"{path}: corrupt snapshot: the header length is missing")
@@ -197,11 +208,56 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
             raise TypeError("cpu, origin or devices")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad {e}") from None
-    if header.get("format") != VERSION:
+    if version == 1:
+        header["machine"] = dict(ONE_CPU)
+    elif "machine" not in header:
+        raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad 'machine'")
+    why = _bad_machine(header["machine"])
+    if why:
+        raise SnapshotError(f"{path}: corrupt snapshot header: machine: {why}")
+    if header.get("format") != version:
         raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
     if memory and len(body) == 0 and regions:
         raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
     return header, regions, body
+
+
+def _bad_machine(machine) -> str | None:
+    """What is wrong with a header's `machine`, or None."""
+    if not isinstance(machine, dict) or set(machine) != {"cpus", "gic"}:
+        return "needs exactly cpus and gic"
+    cpus, gic = machine["cpus"], machine["gic"]
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        return f"cpus {cpus!r} is not a vCPU count"
+    if gic is None:
+        return None
+    if not isinstance(gic, dict) or set(gic) != {"version", "distributor", "redistributor", "irqs"}:
+        return "gic needs exactly version, distributor, redistributor and irqs"
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in gic.values()):
+        return "gic: version, distributor, redistributor and irqs are numbers"
+    return None
+
+
+def gic_text(version: int, distributor: int, redistributor: int, irqs: int) -> dict[str, int]:
+    """A header's `machine.gic` for a GIC of this version and layout."""
+    return {"version": version, "distributor": distributor, "redistributor": redistributor, "irqs": irqs}
+
+
+def machine_mismatch(saved: dict[str, Any], cpus: int, gic: dict[str, int] | None) -> str | None:
+    """How the snapshot's machine (`saved`, a header's `machine`) differs from
+    one with `cpus` vCPUs and the GIC `gic` (gic_text or None), or None."""
+    def gic_words(g):
+        if g is None:
+            return "no GIC"
+        return (f"a GICv{g['version']} (distributor {g['distributor']:#x}, redistributor "
+                f"{g['redistributor']:#x}, {g['irqs']} interrupts)")
+    diffs = []
+    if saved["cpus"] != cpus:
+        diffs.append(f"the snapshot's machine has {saved['cpus']} vCPU{'s' if saved['cpus'] != 1 else ''}, "
+                     f"this one {cpus}")
+    if saved["gic"] != gic:
+        diffs.append(f"the snapshot's machine has {gic_words(saved['gic'])}, this one {gic_words(gic)}")
+    return "; ".join(diffs) or None
 
 
 def _run(text: str) -> tuple[int, int]:

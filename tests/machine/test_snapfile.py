@@ -37,7 +37,7 @@ def test_a_snapshot_round_trips(saved):
 
 def test_the_header_is_text_with_registers_by_name(saved):
     raw = saved.read_bytes()
-    assert raw.startswith(b"KVMRIG-SNAPSHOT 1\n")
+    assert raw.startswith(b"KVMRIG-SNAPSHOT 2\n")
     _, length, rest = raw.split(b"\n", 2)
     header = json.loads(rest[:int(length)])
     assert header["cpu"]["regs"]["rax"] == "0x2a"
@@ -46,10 +46,75 @@ def test_the_header_is_text_with_registers_by_name(saved):
 
 
 def test_another_version_is_named(saved):
-    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 1\n", b"KVMRIG-SNAPSHOT 2\n", 1)
+    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 2\n", b"KVMRIG-SNAPSHOT 3\n", 1)
     saved.write_bytes(raw)
-    with pytest.raises(SnapshotError, match="format version 2; this kvmrig .* reads version 1"):
+    with pytest.raises(SnapshotError, match="format version 3; this kvmrig .* reads versions 1, 2"):
         snapfile.read(saved)
+
+
+def _rewrite_header(path, change, first=None) -> None:
+    """Apply `change` to the header of the file at `path` (and its first line)."""
+    raw = path.read_bytes()
+    line, length, rest = raw.split(b"\n", 2)
+    header = json.loads(rest[:int(length)])
+    change(header)
+    text = json.dumps(header).encode() + b"\n"
+    path.write_bytes((first or line) + b"\n%d\n" % len(text) + text + rest[int(length):])
+
+
+def test_the_machine_is_recorded_and_read_back(tmp_path):
+    snap = _snap()
+    snap.machine = {"cpus": 2, "gic": snapfile.gic_text(3, 0x8000000, 0x80A0000, 288)}
+    snapfile.write(tmp_path / "m.snap", snap)
+    assert snapfile.read(tmp_path / "m.snap").machine == snap.machine
+    assert snapfile.read_header(tmp_path / "m.snap").machine == snap.machine
+
+
+def test_a_version_1_file_is_a_one_vcpu_machine_without_gic(saved):
+    def old(header):
+        del header["machine"]
+        header["format"] = 1
+    _rewrite_header(saved, old, b"KVMRIG-SNAPSHOT 1")
+    assert snapfile.read(saved).machine == {"cpus": 1, "gic": None}
+    assert snapfile.read_header(saved).machine == {"cpus": 1, "gic": None}
+
+
+@pytest.mark.parametrize("machine, words", [
+    (None, "missing or bad 'machine'"),
+    ({"cpus": 0, "gic": None}, "cpus 0 is not a vCPU count"),
+    ({"cpus": "2", "gic": None}, "cpus '2' is not a vCPU count"),
+    ({"cpus": 1}, "needs exactly cpus and gic"),
+    ({"cpus": 1, "gic": {"version": 3}}, "gic needs exactly version, distributor, redistributor and irqs"),
+    ({"cpus": 1, "gic": {"version": 3, "distributor": "0x8000000", "redistributor": 0, "irqs": 64}},
+     "are numbers"),
+])
+def test_a_bad_machine_in_the_header_is_named(saved, machine, words):
+    def change(header):
+        if machine is None:
+            del header["machine"]
+        else:
+            header["machine"] = machine
+    _rewrite_header(saved, change)
+    with pytest.raises(SnapshotError, match=f"corrupt snapshot header.*{words}"):
+        snapfile.read(saved)
+    with pytest.raises(SnapshotError, match=f"corrupt snapshot header.*{words}"):
+        snapfile.read_header(saved)
+
+
+def test_machine_mismatches_are_named():
+    gic = snapfile.gic_text(3, 0x8000000, 0x80A0000, 288)
+    two = {"cpus": 2, "gic": gic}
+    assert snapfile.machine_mismatch(two, 2, dict(gic)) is None
+    assert snapfile.machine_mismatch(two, 1, gic) == "the snapshot's machine has 2 vCPUs, this one 1"
+    assert snapfile.machine_mismatch({"cpus": 1, "gic": None}, 1, gic) == (
+        "the snapshot's machine has no GIC, this one a GICv3 (distributor 0x8000000, redistributor 0x80a0000, "
+        "288 interrupts)")
+    moved = snapfile.gic_text(3, 0x9000000, 0x80A0000, 288)
+    assert "distributor 0x8000000" in snapfile.machine_mismatch(two, 2, moved)
+    assert "distributor 0x9000000" in snapfile.machine_mismatch(two, 2, moved)
+    assert snapfile.machine_mismatch(two, 4, None) == (
+        "the snapshot's machine has 2 vCPUs, this one 4; the snapshot's machine has a GICv3 (distributor "
+        "0x8000000, redistributor 0x80a0000, 288 interrupts), this one no GIC")
 
 
 def test_another_arch_is_named(saved):
