@@ -244,7 +244,8 @@ class _Builder:
                            cpu=part(self.cpu, None))
         else:   # a child: the machine of the point it starts from
             inherited = part(lambda: self.inherited(start), None) if start is not None else None
-            memory, images, devices, cpu, pc_machine, cpus, gic = inherited or ((), (), (), None, m.Machine(), 1, None)
+            nothing = ((), (), (), None, m.Machine(), 1, None)
+            memory, images, devices, cpu, pc_machine, cpus, gic = inherited or nothing
             if self.arch == "arm64" and inherited:   # a child may restate its snapshot's machine
                 part(lambda: self.same_machine(memory, cpus, gic), None)
             machine = dict(images=images, devices=devices, cpu=cpu)
