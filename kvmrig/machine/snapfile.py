@@ -10,17 +10,21 @@ Format (version 2), one file:
 The header records the format version, the kvmrig version that wrote it, the
 arch, the backend whose CPU state it holds (that state's own shape: for KVM
 x86_64 every kvm_regs/kvm_sregs field by name, MSRs by index, and the opaque
-XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), and
-the memory map: per region its address, size, ROM flag, the runs of pages
-that are not all zero (offset, length; the rest of the region is zero), and
-where their compressed bytes are, with a SHA-256 of those bytes uncompressed.
-Version 2 added `machine`: the vCPU count and the GIC (version and layout),
-so a child whose machine differs is refused before it runs. Version 1 files
-(one vCPU, no GIC: all kvmrig could save then) are still read, as such.
+XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), the
+machine (`machine`: the vCPU count and the GIC's version and layout, or null;
+the CPU state holds vCPU 0's and each other vCPU's, in `cpu.aps` on x86_64
+and `cpu.secondaries` on arm64), and the memory map: per region its address,
+size, ROM flag, the runs of pages that are not all zero (offset, length; the
+rest of the region is zero), and where their compressed bytes are, with a
+SHA-256 of those bytes uncompressed.
 
 Loading checks everything before it is used: a file from another format
 version, arch, backend or memory map, a truncated file or a corrupt one is a
 SnapshotError naming the file and the mismatch, never a wrong run.
+
+Version 2 added `machine`, so a child whose machine differs is refused
+before it runs. Version 1 files (one vCPU, no GIC: all kvmrig could save
+then) are still read, as such.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ class Snapshot:
     origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
     devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
     machine: dict[str, Any] = field(default_factory=lambda: dict(ONE_CPU))   # vCPUs and GIC (check_machine)
+
+    @property
+    def cpus(self) -> int:
+        return self.machine["cpus"]
 
     def memory_map(self) -> list[tuple[int, int, bool]]:
         return [(at, size, rom) for at, size, rom, _ in self.memory]
@@ -107,6 +115,10 @@ class Header:
     irqchip: bool = False   # taken with the in-kernel irqchip (rig `machine:`)
     pit: bool = False
     machine: dict[str, Any] = field(default_factory=lambda: dict(ONE_CPU))   # vCPUs and GIC
+
+    @property
+    def cpus(self) -> int:
+        return self.machine["cpus"]
 
 
 def read_header(path: str | Path) -> Header:
@@ -217,6 +229,7 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
         raise SnapshotError(f"{path}: corrupt snapshot header: machine: {why}")
     if header.get("format") != version:
         raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
+    _other_vcpus(path, header)
     if memory and len(body) == 0 and regions:
         raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
     return header, regions, body
@@ -258,6 +271,23 @@ def machine_mismatch(saved: dict[str, Any], cpus: int, gic: dict[str, int] | Non
     if saved["gic"] != gic:
         diffs.append(f"the snapshot's machine has {gic_words(saved['gic'])}, this one {gic_words(gic)}")
     return "; ".join(diffs) or None
+
+
+# where a backend's CPU state keeps the vCPUs after vCPU 0, per arch
+OTHER_VCPUS = {"x86_64": "aps", "arm64": "secondaries"}
+
+
+def _other_vcpus(path: Path, header: dict) -> None:
+    """The header's vCPU count, checked against the per-vCPU states it holds."""
+    count = header["machine"]["cpus"]
+    key = OTHER_VCPUS.get(header["arch"], "aps")
+    others = header["cpu"].get(key, [])
+    if not isinstance(others, list) or not all(isinstance(a, dict) for a in others):
+        raise SnapshotError(f"{path}: corrupt snapshot header: cpu.{key} is not a list of vCPU states")
+    if len(others) != count - 1:
+        raise SnapshotError(f"{path}: truncated or corrupt snapshot: the header says {count} vCPU"
+                            f"{'s' if count > 1 else ''}, its CPU state holds {1 + len(others)} (vCPU 0 and "
+                            f"{len(others)} in cpu.{key})")
 
 
 def _run(text: str) -> tuple[int, int]:

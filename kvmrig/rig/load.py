@@ -245,9 +245,12 @@ class _Builder:
         else:   # a child: the machine of the point it starts from
             inherited = part(lambda: self.inherited(start), None) if start is not None else None
             nothing = ((), (), (), None, m.Machine(), 1, None)
-            memory, images, devices, cpu, pc_machine, cpus, gic = inherited or nothing
+            memory, images, devices, cpu, pc_machine, saved_cpus, gic = inherited or nothing
+            cpus = saved_cpus
             if self.arch == "arm64" and inherited:   # a child may restate its snapshot's machine
                 part(lambda: self.same_machine(memory, cpus, gic), None)
+            elif self.arch == "x86_64":   # the snapshot's vCPUs (`cpus:` may say how many)
+                cpus = part(lambda: self.child_cpus(saved_cpus), 1)
             machine = dict(images=images, devices=devices, cpu=cpu)
         fields = dict(
             timeout=part(timeout, m.DEFAULT_TIMEOUT) if "timeout" in d else m.DEFAULT_TIMEOUT,
@@ -291,7 +294,8 @@ class _Builder:
             self.fail(("machine",), "a rig that starts from a snapshot has its machine (irqchip, PIT) from the "
                       "snapshot, not one of its own", key=True)
         for key, what in (("cpus", "other vCPUs"), ("gic", "the GIC's state")):
-            if key in d and self.arch != "arm64" and (rig.save_points() or rig.start is not None):
+            held = self.arch == "arm64" or key == "cpus"   # arm64 snapshots hold the GIC, both every vCPU
+            if key in d and not held and (rig.save_points() or rig.start is not None):
                 self.fail((key,), f"snapshots (save:, from:) do not capture {what}: a rig with {key}: cannot "
                           "save or start from one", key=True)
         return rig
@@ -357,10 +361,13 @@ class _Builder:
             symbols = head.origin.get("symbols", []) if isinstance(head.origin.get("symbols"), list) else []
             images = tuple(m.Image(Path(f), None, None, mark) for f in symbols
                            if isinstance(f, str) and Path(f).is_file())
-            machine = m.Machine(head.irqchip, head.pit, mark) if head.irqchip else m.Machine()
+            cpus = head.machine["cpus"]
+            if self.arch == "x86_64" and cpus > 1 and not head.irqchip:
+                self.fail(p, f"corrupt snapshot: {cpus} vCPUs without the in-kernel irqchip that starts them")
+            machine = m.Machine(head.irqchip, head.pit, mark, cpus) if head.irqchip else m.Machine()
             g = head.machine["gic"]
             gic = m.Gic(g["distributor"], g["redistributor"], g["irqs"], mark) if g else None
-            return memory, images, devices, None, machine, head.machine["cpus"], gic
+            return memory, images, devices, None, machine, cpus, gic
         if start.parent in _loading:
             self.fail(p, "snapshot points form a cycle: " + " -> ".join(str(x.name) for x in _loading + [start.parent]))
         _loading.append(start.parent)
@@ -392,6 +399,15 @@ class _Builder:
             self.fail(("gic",), f"distributor {own.distributor:#x}, redistributor {own.redistributor:#x}, "
                       f"{own.irqs} interrupts; the snapshot's GIC has distributor {gic.distributor:#x}, "
                       f"redistributor {gic.redistributor:#x}, {gic.irqs} interrupts")
+
+    def child_cpus(self, saved: int) -> int:
+        """The vCPUs of an x86 child: its snapshot's; `cpus:`, if given, must say the same."""
+        if "cpus" in self.data:
+            n = self.uint(("cpus",), self.data["cpus"])
+            if n != saved:
+                self.fail(("cpus",), f"this rig says {n} vCPU{'s' if n > 1 else ''}, but the snapshot it starts "
+                          f"from (`from: {self.data['from']}`) is of a machine with {saved}")
+        return saved
 
     def call(self, raw: dict[str, Any]) -> m.Call:
         p: JsonPath = ("call",)

@@ -41,6 +41,7 @@ def test_the_header_is_text_with_registers_by_name(saved):
     _, length, rest = raw.split(b"\n", 2)
     header = json.loads(rest[:int(length)])
     assert header["cpu"]["regs"]["rax"] == "0x2a"
+    assert header["machine"] == {"cpus": 1, "gic": None} and header["format"] == 2
     assert header["memory"][1] == {**header["memory"][1], "at": "0xffff0000", "rom": True}
     assert len(raw) < 0x3000  # memory is compressed
 
@@ -65,6 +66,7 @@ def _rewrite_header(path, change, first=None) -> None:
 def test_the_machine_is_recorded_and_read_back(tmp_path):
     snap = _snap()
     snap.machine = {"cpus": 2, "gic": snapfile.gic_text(3, 0x8000000, 0x80A0000, 288)}
+    snap.cpu = {**snap.cpu, "aps": [{"regs": {"rax": "0x1"}}]}
     snapfile.write(tmp_path / "m.snap", snap)
     assert snapfile.read(tmp_path / "m.snap").machine == snap.machine
     assert snapfile.read_header(tmp_path / "m.snap").machine == snap.machine
@@ -115,6 +117,36 @@ def test_machine_mismatches_are_named():
     assert snapfile.machine_mismatch(two, 4, None) == (
         "the snapshot's machine has 2 vCPUs, this one 4; the snapshot's machine has a GICv3 (distributor "
         "0x8000000, redistributor 0x80a0000, 288 interrupts), this one no GIC")
+
+
+def _smp_snap(cpus: int = 3) -> Snapshot:
+    snap = _snap()
+    snap.machine = {"cpus": cpus, "gic": None}
+    snap.cpu = {**snap.cpu, "cpus": cpus, "aps": [{"regs": {"rax": hex(i)}} for i in range(1, cpus)]}
+    return snap
+
+
+def test_the_vcpu_count_round_trips(tmp_path):
+    path = tmp_path / "smp.snap"
+    snapfile.write(path, _smp_snap(3))
+    back = snapfile.read(path)
+    assert back.cpus == 3 and back.cpu["aps"][1] == {"regs": {"rax": "0x2"}}
+    assert snapfile.read_header(path).cpus == 3
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["cpu"]["aps"].pop(), "the header says 3 vCPUs, its CPU state holds 2"),
+    (lambda h: h["machine"].update(cpus=2), "the header says 2 vCPUs, its CPU state holds 3"),
+    (lambda h: h["cpu"].update(aps={"1": {}}), "cpu.aps is not a list"),
+])
+def test_a_vcpu_count_that_does_not_match_the_states_is_named(tmp_path, change, message):
+    path = tmp_path / "smp.snap"
+    snapfile.write(path, _smp_snap(3))
+    _rewrite_header(path, change)
+    with pytest.raises(SnapshotError, match=message):
+        snapfile.read(path)
+    with pytest.raises(SnapshotError, match=message):
+        snapfile.read_header(path)
 
 
 def test_another_arch_is_named(saved):

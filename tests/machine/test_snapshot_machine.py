@@ -20,8 +20,10 @@ GIC = snapfile.gic_text(3, 0x08000000, 0x080A0000, 288)
 
 
 def _snap(machine: dict, cpu: dict | None = None, backend: str = "kvm") -> snapfile.Snapshot:
+    vcpu = {"one_reg": {}, "mp_state": "00000000"}
+    others = {"secondaries": [dict(vcpu)] * (machine["cpus"] - 1)} if machine["cpus"] > 1 else {}
     return snapfile.Snapshot("arm64", backend, [(*RAM, [(0, b"\x01" * 0x1000)])],
-                             cpu if cpu is not None else {"one_reg": {}, "mp_state": "00000000", "arch": {}},
+                             cpu if cpu is not None else {**vcpu, "arch": {}, **others},
                              {"rig": "p.yaml", "point": "here"}, [], machine)
 
 
