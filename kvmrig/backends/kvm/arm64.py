@@ -83,6 +83,13 @@ from kvmrig.errors import BackendError, KvmError
 
 # Registers whose value decides where "sp" lives: writing them forgets a cached "sp".
 _SP_DEPENDS = frozenset({"pstate", "sp_el0", "sp_el1"})
+# Registers KVM_ARM_VCPU_INIT does not reset (Linux 6.12: the EL1 exception
+# registers kept in the vCPU's sysreg file, and the timers' compare values):
+# reset() writes them back; arm64_vm_checks.check_reinit_resets proves the list.
+INIT_KEEPS = (onereg.reg_id("sp_el1"), onereg.reg_id("elr_el1"), onereg.reg_id("spsr_el1"),
+              onereg.sys_reg(3, 3, 14, 0, 2),    # KVM_REG_ARM_TIMER_CVAL: CNTV_CVAL_EL0
+              onereg.sys_reg(3, 3, 14, 2, 2))    # CNTP_CVAL_EL0
+TIMER_CNT = onereg.sys_reg(3, 3, 14, 3, 2)       # KVM_REG_ARM_TIMER_CNT: CNTVCT_EL0 (writing it sets CNTVOFF)
 
 
 @dataclass
@@ -137,6 +144,8 @@ class KvmArm64Backend(KvmBackendBase):
     def __init__(self) -> None:
         super().__init__()
         self._init_state()
+        self._vcpu_init: tuple[int, tuple[int, ...]] | None = None   # (target, features) of vCPU 0
+        self._pristine: dict[int, int] | None = None   # keep_pristine(): what reset() writes after the init
 
     def _init_state(self) -> None:
         """The arm64 part of the state (tests build a backend around a fake vCPU with it)."""
@@ -156,12 +165,13 @@ class KvmArm64Backend(KvmBackendBase):
     def set_initial_state(self, state: Arm64State) -> None:
         if state.cpus > 1:  # select.py picks arm64_smp.KvmArm64SmpBackend for those
             raise BackendError(f"cpus: {state.cpus}: this backend drives one vCPU (KvmArm64SmpBackend drives more)")
-        init = self.vm.arm_preferred_target()
-        vcpu = self.vcpu = self.vm.create_vcpu(0)
-        # PSCI 0.2: KVM answers HVC #0 PSCI calls, SYSTEM_OFF/RESET exit as system events.
-        vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=True))
-        if state.gic is not None:
-            self._create_gic(state.gic, [vcpu], self.offers_pmu(state))
+        if self.vcpu is None:
+            # PSCI 0.2: KVM answers HVC #0 PSCI calls, SYSTEM_OFF/RESET exit as system events.
+            vcpu = self._create_boot_vcpu(self.vcpu_features(state, boot=True))
+            if state.gic is not None:
+                self._create_gic(state.gic, [vcpu], self.offers_pmu(state))
+        elif state.gic is not None:   # machine/reuse.py keeps `gic:` rigs fresh-only
+            raise BackendError("a kept VM (created without an in-kernel GIC) cannot take a rig with `gic:`")
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     def vcpu_features(self, state: Arm64State, boot: bool) -> list[int]:
@@ -225,11 +235,17 @@ class KvmArm64Backend(KvmBackendBase):
         self.vm.irq_line(abi.arm_irq_spi(intid), level)
 
     # Whole state: snapshots ------------------------------------------------
+    def _create_boot_vcpu(self, features: list[int]):
+        """vCPU 0, initialised with `features` (remembered: reset() re-issues the same init)."""
+        init = self.vm.arm_preferred_target()
+        vcpu = self.vcpu = self.vm.create_vcpu(0)
+        vcpu.arm_vcpu_init(init.target, features)
+        self._vcpu_init = (init.target, tuple(features))
+        return vcpu
+
     def _ensure_vcpu(self) -> None:
         if self.vcpu is None:
-            init = self.vm.arm_preferred_target()
-            self.vcpu = self.vm.create_vcpu(0)
-            self.vcpu.arm_vcpu_init(init.target, [abi.KVM_ARM_VCPU_PSCI_0_2])
+            self._create_boot_vcpu([abi.KVM_ARM_VCPU_PSCI_0_2])
 
     def export_cpu(self) -> dict:
         """Every register of KVM_GET_REG_LIST (core, FP/SIMD, system, timer and
@@ -295,6 +311,57 @@ class KvmArm64Backend(KvmBackendBase):
                 self.vcpu.set_one_reg(reg, value)
         self.vcpu.set_blob("KVM_SET_MP_STATE", "struct kvm_mp_state", mp)
         self._forget_regs(complete=True)
+
+    # Reuse between rigs (machine/reuse.py) -----------------------------------
+    def keep_pristine(self) -> None:
+        """Remember what reset() must write after re-initialising the vCPU:
+        the registers KVM_ARM_VCPU_INIT leaves alone, and the virtual counter
+        as a new VM's reads (KVM starts it at 0 when it creates the VM)."""
+        self._ensure_vcpu()
+        known = set(self.vcpu.get_reg_list())   # an older KVM may lack the physical timer's
+        self._pristine = {reg: self.vcpu.get_one_reg(reg) for reg in (*INIT_KEEPS, TIMER_CNT) if reg in known}
+
+    def reset(self) -> None:
+        """Make this backend what a new one is, its memory slots kept.
+
+        The vCPU is re-initialised with KVM_ARM_VCPU_INIT (the same target and
+        features), which KVM documents as resetting it to its initial state:
+        core and FP/SIMD registers, PSTATE, every system register with a reset
+        value (SCTLR/TCR/TTBR/MAIR/VBAR/CPACR/TPIDR*/SP_EL0/..., MDSCR and
+        DBGBCR/BVR/WCR/WVR, PMU), the timers' CTL, the MP state (runnable
+        again after PSCI CPU_OFF or SYSTEM_OFF) and a pending SError (HCR_EL2
+        is recomputed). On a vCPU that ran it also cleans the guest's view of
+        memory as for a reboot (stage 2 unmapped, or the I-cache invalidated
+        where stage 2 forces write-back), so code the host writes next is
+        fetched as on a new VM. One ioctl: ~0.3 ms in the TCG lane, against
+        ~5 ms to write the ~190 non-ID registers one by one (and a new VM:
+        ~4.5 ms). What the init leaves (INIT_KEEPS: SP_EL1, ELR_EL1, SPSR_EL1,
+        the timers' CVAL; tests/backends/kvm/arm64_vm_checks.py checks that
+        list against every register of the lane's KVM) is written back, and
+        the virtual counter is set back to its value on a new VM (this
+        rewrites the VM's CNTVOFF). A pending MMIO access is completed first:
+        KVM would complete it into the re-initialised registers at the next
+        KVM_RUN."""
+        if self.vcpu is None:
+            return
+        if self._pristine is None or self._vcpu_init is None:
+            raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
+        self.settle_io()
+        self.forget_run()
+        caps = self._caps
+        self._forget_regs()
+        self._init_state()
+        self._caps = caps
+        target, features = self._vcpu_init
+        self.vcpu.arm_vcpu_init(target, features)
+        for reg, value in self._pristine.items():
+            self.vcpu.set_one_reg(reg, value)
+
+    def reusable(self) -> bool:
+        """One vCPU without an in-kernel GIC: the vGIC's state (and the other
+        vCPUs') is not reset, so such VMs are used once (machine/reuse.py
+        keeps `gic:` and `cpus:` rigs fresh-only anyway)."""
+        return self._gic is None and len(getattr(self, "_cpus", (self,))) == 1
 
     # Registers -----------------------------------------------------------
     def _read_reg(self, name: str) -> int | None:

@@ -36,6 +36,7 @@ import pytest
 
 from kvmrig.invm import qemu as invm_qemu
 from tests.invm.reporting import report_line
+from tests.machine import arm64_reuse_lane as reuse_lane
 
 QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
 ROOT = Path(__file__).resolve().parents[3]
@@ -82,10 +83,11 @@ echo $? > fromkvm.status
 python3 -m kvmrig run fromemu --backend kvm --json fromemu.json --junit '' -j 1 > fromemu.log 2>&1
 echo $? > fromemu.status
 cat rigs.log checks.log snap.log fromkvm.log fromemu.log
-"""
+""" + reuse_lane.COMMAND
 FETCH = ["out.xml", "rigs.status", "rigs.log", "mutants.xml", "mutants.status", "mutants.log",
          "checks.json", "checks.status", "checks.log", "kvm.snap", "snap.status", "snap.log",
-         "fromkvm.json", "fromkvm.status", "fromkvm.log", "fromemu.json", "fromemu.status", "fromemu.log"]
+         "fromkvm.json", "fromkvm.status", "fromkvm.log", "fromemu.json", "fromemu.status", "fromemu.log",
+         *reuse_lane.FETCH]
 
 # Cross-backend snapshots on arm64: Debian's U-Boot saved at its prompt on the
 # VM's KVM runs these children on the host's emulator, and saved on the host's
@@ -167,6 +169,11 @@ def lane(request, tmp_path_factory) -> Lane:
                        timeout=120)
         files += [("uboot", str(work / "uboot")), ("fromkvm", str(work / "fromkvm")),
                   ("fromemu", str(work / "fromemu")), ("emu.snap", str(work / "emu.snap"))]
+    try:   # the fresh-vs-reused differential (its own test fails if this could not be built)
+        reuse_lane.build(work / "reuse-arm64")
+        files += [("reuse-arm64", str(work / "reuse-arm64")), ("arm64_reuse_checks.py", str(reuse_lane.SCRIPT))]
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        report_line(request, f"arm64 reuse differential not shipped: {e}")
     t0 = time.monotonic()
     result = invm_qemu.run_in_vm(COMMAND, files=files, fetch=FETCH, timeout=VM_TIMEOUT)
     lane = Lane(result, time.monotonic() - t0)
@@ -303,3 +310,17 @@ def test_an_emulator_u_boot_snapshot_runs_its_children_on_kvm_as_on_the_emulator
     for name, record in on_kvm.items():
         assert record["backend"] == "kvm"
         _same_end(record, on_emu[name])
+
+
+# --- 5. VM reuse: fresh and reused arm64 VMs end every rig identically ---------------
+
+def test_fresh_and_reused_arm64_vms_end_every_rig_identically(lane, request):
+    """tests/machine/arm64_reuse_checks.py: the differential, what KVM_ARM_VCPU_INIT resets, --no-reuse."""
+    results = json.loads(lane.text("reuse.json"))
+    timing = results.get("timing", {})
+    report_line(request, "arm64 VM reuse in the VM: " + json.dumps(
+        {k: v for k, v in timing.items() if k.endswith("_ms")}) + "; differential " + json.dumps(
+        {o: v.get("seconds") for o, v in results.get("differential", {}).get("orders", {}).items()}))
+    reuse_lane.check(results, with_uboot=UBOOT_BIN.is_file())
+    assert lane.status("reuse") == 0, lane.text("reuse.log")[-3000:]
+

@@ -1,0 +1,345 @@
+"""Fresh vs reused arm64 KVM VMs, run INSIDE the arm64 lane (no pytest there).
+
+tests/backends/kvm/test_arm64.py ships this file into the lane's existing
+boot and runs `python3 arm64_reuse_checks.py reuse.json RIGS...`; the host
+test (tests/machine/arm64_reuse_lane.py) asserts on the JSON it writes:
+
+* "differential": every rig given (the arm64 example rigs, the scribblers of
+  tests/machine/scribblers/arm64, U-Boot children from a snapshot file) in a
+  fixed order (scribble-cpu before every other rig) and in a shuffled one,
+  once with a fresh VM per rig and once through one VmPool; the complete
+  final state of each rig is compared: the outcome (exit, failures, console,
+  hits, steps) and the machine right after the run — every ONE_REG register
+  of KVM_GET_REG_LIST but the running counters (core, FP/SIMD, system,
+  debug, timer CTL/CVAL and firmware registers), the MP state, the vCPU
+  events (pending SError/abort) and a digest of every memory region. A
+  second fresh pass shows the guests' own nondeterminism (U-Boot keeps
+  timer readings in RAM): only what differs fresh vs fresh too is excused.
+* "reinit": what KVM_ARM_VCPU_INIT on a vCPU that ran resets: every
+  register the host can change is changed, the vCPU re-initialised, and
+  the registers that did not come back must all be in arm64.INIT_KEEPS
+  (which reset() writes back); the counter (CNTVOFF) is checked apart.
+* "no_reuse": `kvmrig run` over the scribbler rigs creates one VM with
+  reuse and one per rig with --no-reuse (KVM_CREATE_VM counted).
+* "timing": reset() by re-init vs writing every non-ID register, a new
+  VM, and the pool's whole reset (vCPU + dirty pages) — informational.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from kvmrig.arch.arm64 import cpustate, onereg
+from kvmrig.backends.kvm import arm64 as kvm_arm64
+from kvmrig.backends.kvm import system
+from kvmrig.backends.select import kvm_factory
+from kvmrig.errors import KvmError
+from kvmrig.machine import snapfile
+from kvmrig.machine.plan import prepare
+from kvmrig.machine.reuse import VmPool, fresh_only, run_fresh
+from kvmrig.machine.session import RunOptions
+from kvmrig.rig.load import load_rig
+
+CLOCK_NAMES = ("cntvct_el0", "cntpct_el0")
+CTL_ISTATUS = 1 << 2   # CNTx_CTL_EL0.ISTATUS: read-only, CVAL against the counter
+TIMER_CTLS = (onereg.sys_reg(3, 3, 14, 3, 1), onereg.sys_reg(3, 3, 14, 2, 1))   # CNTV_CTL, CNTP_CTL
+
+
+def _guest_state(reg: int) -> bool:
+    """Registers a guest can change: not the ID/cache-ID/firmware ones
+    (cpustate.is_identity), nor MIDR/MPIDR and the CCSIDR table (KVM_REG_ARM_DEMUX,
+    32-bit ids) which only the VMM sets, nor the running counters."""
+    return not (cpustate.is_identity(reg) or cpustate.is_clock(reg) or (reg >> 16) & 0xFFFF == 0x11
+                or reg in (onereg.reg_id("midr_el1"), onereg.reg_id("mpidr_el1")))
+
+
+def _digest(buf) -> str:
+    h = hashlib.sha256()
+    for off, data in snapfile.runs_of(buf):
+        h.update(off.to_bytes(8, "little") + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+# OSDTRRX_EL1: the guest reads it as zero (KVM traps it, RAZ/WI); what
+# KVM_GET_ONE_REG returns for it is no vCPU state (on Linux 6.12 a host kernel
+# address that differs with the ioctl's call path), so it is not compared.
+NOT_STATE = (onereg.sys_reg(2, 0, 0, 2, 0),)
+
+
+def _observe(record: list):
+    def inspect(backend, memory) -> None:
+        state: dict = {"regs": {k: hex(v) for k, v in dict(backend.get_regs()).items() if k not in CLOCK_NAMES}}
+        backend.settle_io()
+        vcpu = backend.vcpu
+        one = {}
+        for reg in vcpu.get_reg_list():
+            if cpustate.is_clock(reg) or reg in NOT_STATE:
+                continue
+            try:
+                one[cpustate.describe_id(reg) + f" {reg:#x}"] = hex(vcpu.get_one_reg(reg))
+            except KvmError as e:
+                one[f"{reg:#x}"] = f"errno {e.errno}"
+        state["one_reg"] = one
+        state["mp_state"] = vcpu.get_mp_state()
+        state["events"] = vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events").hex()
+        state["memory"] = {hex(b.start): _digest(b.buf) for b in memory.backings}
+        record.append(state)
+    return inspect
+
+
+def _summary(outcome) -> dict:
+    return {"exit": outcome.exit, "code": outcome.exit_code, "console": outcome.console,
+            "failures": [str(f) for f in outcome.failures], "hits": {str(k): v for k, v in outcome.hit_counts.items()},
+            "steps": outcome.steps, "detail": outcome.detail}
+
+
+def _run_all(rigs, reuse: bool) -> tuple[list, dict]:
+    pool = VmPool() if reuse else None
+    results = []
+    try:
+        for rig in rigs:
+            seen: list = []
+            run = pool.execute if pool else run_fresh
+            outcome = run(prepare(rig), kvm_factory(rig), RunOptions(), _observe(seen))
+            results.append((rig.name, {"outcome": _summary(outcome), **seen[0]}))
+        stats = {"created": pool.created, "reused": pool.reused, "refused": pool.refused} if pool else {}
+        return results, stats
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _diff(a, b) -> dict:
+    out = {}
+    for key in a.keys() | b.keys():
+        x, y = a.get(key), b.get(key)
+        if x == y:
+            continue
+        out[key] = _diff(x, y) if isinstance(x, dict) and isinstance(y, dict) else [x, y]
+    return out
+
+
+def _orders(rigs: list, scribbler) -> dict[str, list]:
+    """fixed: scribble-cpu before every other rig; shuffled: the same list, shuffled."""
+    fixed = []
+    for rig in rigs:
+        fixed += [scribbler, rig]
+    shuffled = list(fixed)
+    random.Random(15).shuffle(shuffled)
+    return {"fixed": fixed, "shuffled": shuffled}
+
+
+def differential(rig_files: list[str]) -> dict:
+    rigs = [load_rig(p) for p in rig_files]
+    scribbler = next(r for r in rigs if r.name == "arm64-scribble-cpu")
+    others = [r for r in rigs if r is not scribbler]
+    out: dict = {"rigs": [r.name for r in rigs], "orders": {}}
+    noise: dict[str, set] = {}
+    for order, sequence in _orders(others, scribbler).items():
+        t0 = time.perf_counter()
+        fresh, _ = _run_all(sequence, reuse=False)
+        t1 = time.perf_counter()
+        if order == "fixed":   # the guests' own nondeterminism: two fresh passes
+            again, _ = _run_all(sequence, reuse=False)
+            for (name, f), (_, a) in zip(fresh, again):
+                noise.setdefault(name, set()).update(_diff(f, a))
+        t2 = time.perf_counter()
+        reused, stats = _run_all(sequence, reuse=True)
+        t3 = time.perf_counter()
+        diffs = []
+        for (name, f), (_, r) in zip(fresh, reused):
+            delta = _diff(f, r)
+            for key in sorted(set(delta) - noise.get(name, set())):
+                diffs.append(f"{name}: final {key} differs fresh vs reused: {json.dumps(delta[key])[:600]}")
+        out["orders"][order] = {"sequence": [n for n, _ in fresh], "diffs": diffs, "pool": stats,
+                                "fresh_only": sorted({r.name for r in sequence if fresh_only(r)}),
+                                "verdicts": {n: f["outcome"]["exit"] for n, f in fresh},
+                                "failures": {n: f["outcome"]["failures"] for n, f in fresh
+                                             if f["outcome"]["failures"]},
+                                "seconds": {"fresh": round(t1 - t0, 2), "reused": round(t3 - t2, 2)}}
+    out["noisy"] = {n: sorted(v) for n, v in noise.items() if v}
+    return out
+
+
+def _changed_value(vcpu, reg: int, value: int) -> int | None:
+    """Set `reg` to something else KVM accepts; the value it then holds, or None."""
+    width = 8 * max(1, (1 << ((reg >> 52) & 0xF)))
+    mask = (1 << width) - 1
+    for pattern in (mask, 1, 0x5a5a5a5a5a5a5a5a & mask, 0xF0, 1 << 12, 0x3c0):
+        try:
+            vcpu.set_one_reg(reg, (value ^ pattern) & mask)
+        except (KvmError, ValueError):
+            continue
+        now = vcpu.get_one_reg(reg)
+        if now != value:
+            return now
+    return None
+
+
+def reinit(scribble_bin: bytes) -> dict:
+    """Which registers KVM_ARM_VCPU_INIT leaves as they were, on a vCPU that ran."""
+    import mmap
+    backend = kvm_arm64.KvmArm64Backend()
+    mem = mmap.mmap(-1, 0x10000)
+    try:
+        backend.map_memory(0x40000000, mem, False)
+        backend.keep_pristine()
+        vcpu = backend.vcpu
+        regs = [r for r in vcpu.get_reg_list() if _guest_state(r)]
+        pristine = {r: vcpu.get_one_reg(r) for r in regs}
+        mem[0:len(scribble_bin)] = scribble_bin
+        backend.set_regs({"pstate": 0x3C5, "pc": 0x40000000})
+        ran = backend.run(time.monotonic() + 10)
+        backend.park()
+        backend.settle_io()
+        unchangeable = []
+        for r in regs:
+            if _changed_value(vcpu, r, vcpu.get_one_reg(r)) is None and vcpu.get_one_reg(r) == pristine[r]:
+                unchangeable.append(cpustate.describe_id(r))
+        changed = [r for r in regs if vcpu.get_one_reg(r) != pristine[r]]
+        count_before = vcpu.get_one_reg(kvm_arm64.TIMER_CNT)
+        backend.reset()
+        kept = [r for r in regs if vcpu.get_one_reg(r) != pristine[r]]
+        count_after = vcpu.get_one_reg(kvm_arm64.TIMER_CNT)
+        # The same again with the bare ioctl: what the init itself leaves.
+        for r in regs:
+            _changed_value(vcpu, r, vcpu.get_one_reg(r))
+        target, features = backend._vcpu_init
+        vcpu.arm_vcpu_init(target, features)
+        init_leaves = [r for r in regs if vcpu.get_one_reg(r) != pristine[r]]
+        return {"ran": type(ran).__name__, "registers": len(regs), "changed": len(changed),
+                "unchangeable_from_host": unchangeable,
+                "init_leaves": [cpustate.describe_id(r) for r in init_leaves],
+                # a timer's CTL differs only in ISTATUS while its CVAL does (reset() writes CVAL)
+                "init_leaves_outside_keeps": [cpustate.describe_id(r) for r in init_leaves
+                                              if r not in kvm_arm64.INIT_KEEPS and not (
+                                                  r in TIMER_CTLS and (vcpu.get_one_reg(r) ^ pristine[r]) == CTL_ISTATUS)],
+                "after_reset_differ": [cpustate.describe_id(r) for r in kept],
+                "mp_state_after_reset": vcpu.get_mp_state(),
+                "counter_before_reset": count_before, "counter_after_reset": count_after,
+                "counter_pristine": backend._pristine.get(kvm_arm64.TIMER_CNT)}
+    finally:
+        backend.close()
+        mem.close()
+
+
+def no_reuse(folder: str) -> dict:
+    """VMs created by `kvmrig run FOLDER` with and without --no-reuse."""
+    from kvmrig import cli
+    counts = {}
+    original = system.Kvm.create_vm
+    for flag in ("", "--no-reuse"):
+        log = tempfile.NamedTemporaryFile(delete=False)
+        log.close()
+
+        def counted(self, *args, _log=log.name, **kwargs):
+            with open(_log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            return original(self, *args, **kwargs)
+        system.Kvm.create_vm = counted
+        try:
+            rc = cli.main(["run", folder, "--backend", "kvm", "-j", "1", "--junit", ""] + ([flag] if flag else []))
+        finally:
+            system.Kvm.create_vm = original
+        counts[flag or "reuse"] = {"status": rc, "vms": len(Path(log.name).read_text().split())}
+        os.unlink(log.name)
+    counts["rigs"] = len([p for p in os.listdir(folder) if p.endswith(".yaml")])
+    return counts
+
+
+def timing(scribble_bin: bytes, n: int = 40) -> dict:
+    """reset() by re-init against writing every non-ID register, and a new VM (ms, medians)."""
+    import mmap
+    from statistics import median
+    backend = kvm_arm64.KvmArm64Backend()
+    mem = mmap.mmap(-1, 0x10000)
+    out: dict = {}
+    try:
+        backend.map_memory(0x40000000, mem, False)
+        backend.track_dirty()
+        backend.keep_pristine()
+        vcpu = backend.vcpu
+        regs = [r for r in vcpu.get_reg_list() if _guest_state(r)]
+        pristine = {r: vcpu.get_one_reg(r) for r in regs}
+        mem[0:len(scribble_bin)] = scribble_bin
+
+        def scribble() -> None:
+            backend.set_regs({"pstate": 0x3C5, "pc": 0x40000000})
+            backend.run(time.monotonic() + 10)
+            backend.park()
+        reinit_s, writes_s, pool_s = [], [], []
+        for _ in range(n):
+            scribble()
+            t = time.perf_counter()
+            backend.reset()
+            reinit_s.append(time.perf_counter() - t)
+            scribble()
+            backend.settle_io()
+            t = time.perf_counter()
+            for r in regs:
+                try:
+                    vcpu.set_one_reg(r, pristine[r])
+                except KvmError as e:
+                    if e.errno not in (errno.EINVAL, errno.EBUSY, errno.EPERM):
+                        raise
+            vcpu.set_mp_state(0)
+            writes_s.append(time.perf_counter() - t)
+            backend.reset()
+            scribble()
+            t = time.perf_counter()
+            backend.reset()
+            pages = backend.dirty_pages()
+            for page in pages:
+                off = page - 0x40000000
+                mem[off:off + 0x1000] = bytes(0x1000)
+            pool_s.append(time.perf_counter() - t)
+            mem[0:len(scribble_bin)] = scribble_bin
+        out["reset_reinit_ms"] = round(median(reinit_s) * 1e3, 3)
+        out["reset_write_all_ms"] = round(median(writes_s) * 1e3, 3)
+        out["reset_with_dirty_pages_ms"] = round(median(pool_s) * 1e3, 3)
+        out["registers_written"] = len(regs)
+    finally:
+        backend.close()
+        mem.close()
+    news = []
+    for _ in range(10):
+        t = time.perf_counter()
+        with kvm_arm64.KvmArm64Backend() as b:
+            m = mmap.mmap(-1, 0x10000)
+            b.map_memory(0x40000000, m, False)
+            b._ensure_vcpu()
+            news.append(time.perf_counter() - t)
+        m.close()
+    out["new_vm_ms"] = round(median(news) * 1e3, 3)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    out_path, scribblers, rig_files = argv[1], argv[2], argv[3:]
+    scribble_bin = Path(scribblers, "arm64-scribble-cpu.bin").read_bytes()
+    parts = {"reinit": lambda: reinit(scribble_bin), "differential": lambda: differential(rig_files),
+             "no_reuse": lambda: no_reuse(scribblers), "timing": lambda: timing(scribble_bin)}
+    results = {}
+    for name, part in parts.items():
+        t0 = time.perf_counter()
+        try:
+            results[name] = {"ok": True, **part()}
+        except Exception as e:   # record and go on: the host test reports each part
+            results[name] = {"ok": False, "detail": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+        results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        print(f"{name}: {json.dumps(results[name])[:3000]}", flush=True)
+    Path(out_path).write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0 if all(r["ok"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
