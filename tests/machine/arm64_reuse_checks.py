@@ -21,13 +21,13 @@ test (tests/machine/arm64_reuse_lane.py) asserts on the JSON it writes:
   (which reset() writes back); the counter (CNTVOFF) is checked apart.
 * "no_reuse": `kvmrig run` over the scribbler rigs creates one VM with
   reuse and one per rig with --no-reuse (KVM_CREATE_VM counted).
-* "timing": reset() by re-init vs writing every non-ID register, a new
-  VM, and the pool's whole reset (vCPU + dirty pages) — informational.
+
+Speed (reset by re-init vs writing every register, a new VM) is measured by
+bench/arm64_reset.py (bench/run.py --only arm64), never here.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -54,14 +54,6 @@ CTL_ISTATUS = 1 << 2   # CNTx_CTL_EL0.ISTATUS: read-only, CVAL against the count
 TIMER_CTLS = (onereg.sys_reg(3, 3, 14, 3, 1), onereg.sys_reg(3, 3, 14, 2, 1))   # CNTV_CTL, CNTP_CTL
 
 
-def _guest_state(reg: int) -> bool:
-    """Registers a guest can change: not the ID/cache-ID/firmware ones
-    (cpustate.is_identity), nor MIDR/MPIDR and the CCSIDR table (KVM_REG_ARM_DEMUX,
-    32-bit ids) which only the VMM sets, nor the running counters."""
-    return not (cpustate.is_identity(reg) or cpustate.is_clock(reg) or (reg >> 16) & 0xFFFF == 0x11
-                or reg in (onereg.reg_id("midr_el1"), onereg.reg_id("mpidr_el1")))
-
-
 def _digest(buf) -> str:
     h = hashlib.sha256()
     for off, data in snapfile.runs_of(buf):
@@ -75,7 +67,16 @@ def _digest(buf) -> str:
 NOT_STATE = (onereg.sys_reg(2, 0, 0, 2, 0),)
 
 
-def _observe(record: list):
+def _observe(record: list, fresh: bool):
+    """The inspect hook of VmPool.execute / run_fresh: the machine's complete state after the run.
+
+    A fresh VM's memory is then zeroed (after it was observed): under QEMU TCG
+    (7.2) a new VM running code at the same guest address as an earlier one
+    can fetch the earlier one's translated code (a stale translation found
+    by virtual address, not invalidated since the old host page was freed,
+    not written); a host write to the old page invalidates it. A reused VM
+    needs nothing: the pool zeroes the pages the host wrote (images) and the
+    guest dirtied, i.e. the old code pages, before the next rig."""
     def inspect(backend, memory) -> None:
         state: dict = {"regs": {k: hex(v) for k, v in dict(backend.get_regs()).items() if k not in CLOCK_NAMES}}
         backend.settle_io()
@@ -93,6 +94,10 @@ def _observe(record: list):
         state["events"] = vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events").hex()
         state["memory"] = {hex(b.start): _digest(b.buf) for b in memory.backings}
         record.append(state)
+        if fresh:
+            for b in memory.backings:
+                for off, data in list(snapfile.runs_of(b.buf)):
+                    b.buf[off:off + len(data)] = bytes(len(data))
     return inspect
 
 
@@ -109,7 +114,7 @@ def _run_all(rigs, reuse: bool) -> tuple[list, dict]:
         for rig in rigs:
             seen: list = []
             run = pool.execute if pool else run_fresh
-            outcome = run(prepare(rig), kvm_factory(rig), RunOptions(), _observe(seen))
+            outcome = run(prepare(rig), kvm_factory(rig), RunOptions(), _observe(seen, fresh=not reuse))
             results.append((rig.name, {"outcome": _summary(outcome), **seen[0]}))
         stats = {"created": pool.created, "reused": pool.reused, "refused": pool.refused} if pool else {}
         return results, stats
@@ -194,7 +199,7 @@ def reinit(scribble_bin: bytes) -> dict:
         backend.map_memory(0x40000000, mem, False)
         backend.keep_pristine()
         vcpu = backend.vcpu
-        regs = [r for r in vcpu.get_reg_list() if _guest_state(r)]
+        regs = [r for r in vcpu.get_reg_list() if cpustate.guest_writable(r)]
         pristine = {r: vcpu.get_one_reg(r) for r in regs}
         mem[0:len(scribble_bin)] = scribble_bin
         backend.set_regs({"pstate": 0x3C5, "pc": 0x40000000})
@@ -256,78 +261,11 @@ def no_reuse(folder: str) -> dict:
     return counts
 
 
-def timing(scribble_bin: bytes, n: int = 40) -> dict:
-    """reset() by re-init against writing every non-ID register, and a new VM (ms, medians)."""
-    import mmap
-    from statistics import median
-    backend = kvm_arm64.KvmArm64Backend()
-    mem = mmap.mmap(-1, 0x10000)
-    out: dict = {}
-    try:
-        backend.map_memory(0x40000000, mem, False)
-        backend.track_dirty()
-        backend.keep_pristine()
-        vcpu = backend.vcpu
-        regs = [r for r in vcpu.get_reg_list() if _guest_state(r)]
-        pristine = {r: vcpu.get_one_reg(r) for r in regs}
-        mem[0:len(scribble_bin)] = scribble_bin
-
-        def scribble() -> None:
-            backend.set_regs({"pstate": 0x3C5, "pc": 0x40000000})
-            backend.run(time.monotonic() + 10)
-            backend.park()
-        reinit_s, writes_s, pool_s = [], [], []
-        for _ in range(n):
-            scribble()
-            t = time.perf_counter()
-            backend.reset()
-            reinit_s.append(time.perf_counter() - t)
-            scribble()
-            backend.settle_io()
-            t = time.perf_counter()
-            for r in regs:
-                try:
-                    vcpu.set_one_reg(r, pristine[r])
-                except KvmError as e:
-                    if e.errno not in (errno.EINVAL, errno.EBUSY, errno.EPERM):
-                        raise
-            vcpu.set_mp_state(0)
-            writes_s.append(time.perf_counter() - t)
-            backend.reset()
-            scribble()
-            t = time.perf_counter()
-            backend.reset()
-            pages = backend.dirty_pages()
-            for page in pages:
-                off = page - 0x40000000
-                mem[off:off + 0x1000] = bytes(0x1000)
-            pool_s.append(time.perf_counter() - t)
-            mem[0:len(scribble_bin)] = scribble_bin
-        out["reset_reinit_ms"] = round(median(reinit_s) * 1e3, 3)
-        out["reset_write_all_ms"] = round(median(writes_s) * 1e3, 3)
-        out["reset_with_dirty_pages_ms"] = round(median(pool_s) * 1e3, 3)
-        out["registers_written"] = len(regs)
-    finally:
-        backend.close()
-        mem.close()
-    news = []
-    for _ in range(10):
-        t = time.perf_counter()
-        with kvm_arm64.KvmArm64Backend() as b:
-            m = mmap.mmap(-1, 0x10000)
-            b.map_memory(0x40000000, m, False)
-            b._ensure_vcpu()
-            news.append(time.perf_counter() - t)
-        m.close()
-    out["new_vm_ms"] = round(median(news) * 1e3, 3)
-    return out
-
-
 def main(argv: list[str]) -> int:
     out_path, scribblers, rig_files = argv[1], argv[2], argv[3:]
     scribble_bin = Path(scribblers, "arm64-scribble-cpu.bin").read_bytes()
     parts = {"reinit": lambda: reinit(scribble_bin), "differential": lambda: differential(rig_files),
-             "no_reuse": lambda: no_reuse(scribblers), "timing": lambda: timing(scribble_bin)}
+             "no_reuse": lambda: no_reuse(scribblers)}
     results = {}
     for name, part in parts.items():
         t0 = time.perf_counter()
