@@ -85,7 +85,7 @@ from kvmrig.errors import BackendError, KvmError
 _SP_DEPENDS = frozenset({"pstate", "sp_el0", "sp_el1"})
 # Registers KVM_ARM_VCPU_INIT does not reset (Linux 6.12: the EL1 exception
 # registers kept in the vCPU's sysreg file, and the timers' compare values):
-# reset() writes them back; arm64_vm_checks.check_reinit_resets proves the list.
+# reset() writes them back; tests/machine/arm64_reuse_checks.py (reinit) proves the list.
 INIT_KEEPS = (onereg.reg_id("sp_el1"), onereg.reg_id("elr_el1"), onereg.reg_id("spsr_el1"),
               onereg.sys_reg(3, 3, 14, 0, 2),    # KVM_REG_ARM_TIMER_CVAL: CNTV_CVAL_EL0
               onereg.sys_reg(3, 3, 14, 2, 2))    # CNTP_CVAL_EL0
@@ -333,10 +333,10 @@ class KvmArm64Backend(KvmBackendBase):
         is recomputed). On a vCPU that ran it also cleans the guest's view of
         memory as for a reboot (stage 2 unmapped, or the I-cache invalidated
         where stage 2 forces write-back), so code the host writes next is
-        fetched as on a new VM. One ioctl: ~0.3 ms in the TCG lane, against
-        ~5 ms to write the ~190 non-ID registers one by one (and a new VM:
-        ~4.5 ms). What the init leaves (INIT_KEEPS: SP_EL1, ELR_EL1, SPSR_EL1,
-        the timers' CVAL; tests/backends/kvm/arm64_vm_checks.py checks that
+        fetched as on a new VM. One ioctl, where writing the 177 registers a
+        guest can change one by one costs ~7× more (bench row
+        reset_reuse_arm64, in the TCG lane). What the init leaves (INIT_KEEPS: SP_EL1, ELR_EL1, SPSR_EL1,
+        the timers' CVAL; tests/machine/arm64_reuse_checks.py checks that
         list against every register of the lane's KVM) is written back, and
         the virtual counter is set back to its value on a new VM (this
         rewrites the VM's CNTVOFF). A pending MMIO access is completed first:
