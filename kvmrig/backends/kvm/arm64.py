@@ -26,6 +26,10 @@ and close() completes the last one, so `outcome.regs` stays a full snapshot
 after the VM is gone. "sp" is the stack pointer of the current exception
 level (SP_EL1 at EL1h, SP_EL0 at EL0t/EL1t; onereg.sp_for_pstate).
 
+Reuse: reset() puts a kept VM back for the next rig (KVM_ARM_VCPU_INIT
+again, plus the few registers it leaves); VMs with a GIC or several vCPUs are
+not reused (machine/reuse.py; docs/snapshots.md).
+
 Debug: breakpoints are taken BEFORE the instruction executes and watchpoints
 BEFORE the access completes (the instruction re-executes on return), so
 progress needs "disable, step one instruction, re-enable", which this
@@ -60,7 +64,8 @@ Known limits:
   translations), and a new VM whose RAM lands on a recycled host page at the
   same guest address may run the previous guest's code. kvmrig's software
   breakpoints still work there only because stepping over one runs freshly
-  translated single-step code.
+  translated single-step code. A reused VM (reset()) was not seen to: the
+  pool zeroes the old code pages from the host, which QEMU does notice.
 """
 
 from __future__ import annotations
