@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import random
 import sys
@@ -190,9 +191,13 @@ def _changed_value(vcpu, reg: int, value: int) -> int | None:
     return None
 
 
+def _istatus_only(vcpu, reg: int, pristine: dict[int, int]) -> bool:
+    """A timer's CTL that differs only in ISTATUS (its CVAL differs: reset() writes CVAL back)."""
+    return reg in TIMER_CTLS and vcpu.get_one_reg(reg) ^ pristine[reg] == CTL_ISTATUS
+
+
 def reinit(scribble_bin: bytes) -> dict:
     """Which registers KVM_ARM_VCPU_INIT leaves as they were, on a vCPU that ran."""
-    import mmap
     backend = kvm_arm64.KvmArm64Backend()
     mem = mmap.mmap(-1, 0x10000)
     try:
@@ -226,8 +231,7 @@ def reinit(scribble_bin: bytes) -> dict:
                 "init_leaves": [cpustate.describe_id(r) for r in init_leaves],
                 # a timer's CTL differs only in ISTATUS while its CVAL does (reset() writes CVAL)
                 "init_leaves_outside_keeps": [cpustate.describe_id(r) for r in init_leaves
-                                              if r not in kvm_arm64.INIT_KEEPS and not (
-                                                  r in TIMER_CTLS and (vcpu.get_one_reg(r) ^ pristine[r]) == CTL_ISTATUS)],
+                                              if r not in kvm_arm64.INIT_KEEPS and not _istatus_only(vcpu, r, pristine)],
                 "after_reset_differ": [cpustate.describe_id(r) for r in kept],
                 "mp_state_after_reset": vcpu.get_mp_state(),
                 "counter_before_reset": count_before, "counter_after_reset": count_after,

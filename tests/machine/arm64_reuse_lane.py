@@ -14,7 +14,8 @@ SCRIPT = HERE / "arm64_reuse_checks.py"
 SOURCES = HERE / "scribblers" / "arm64"
 #: guest name -> (how its run ends, expectations)
 GUESTS = {
-    "scribble-cpu": ("system-off", "  regs: {esr_el1: 0x56000077, x30: 0x101e}   # the SVC's syndrome; the last register set\n"),
+    # the SVC's syndrome; the last register it sets
+    "scribble-cpu": ("system-off", "  regs: {esr_el1: 0x56000077, x30: 0x101e}\n"),
     "power-off": ("timeout", ""),
     "read-state": ("system-off", "  regs: {x10: 0, x11: 0, x12: 0, x15: 0, x16: 0, x17: 0, x20: 0, x21: 0}\n"),
 }

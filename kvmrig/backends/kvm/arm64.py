@@ -330,33 +330,36 @@ class KvmArm64Backend(KvmBackendBase):
         """Make this backend what a new one is, its memory slots kept.
 
         The vCPU is re-initialised with KVM_ARM_VCPU_INIT (the same target and
-        features), which KVM documents as resetting it to its initial state:
-        core and FP/SIMD registers, PSTATE, every system register with a reset
-        value (SCTLR/TCR/TTBR/MAIR/VBAR/CPACR/TPIDR*/SP_EL0/..., MDSCR and
-        DBGBCR/BVR/WCR/WVR, PMU), the timers' CTL, the MP state (runnable
-        again after PSCI CPU_OFF or SYSTEM_OFF) and a pending SError (HCR_EL2
-        is recomputed). On a vCPU that ran it also cleans the guest's view of
-        memory as for a reboot (stage 2 unmapped, or the I-cache invalidated
-        where stage 2 forces write-back), so code the host writes next is
-        fetched as on a new VM. One ioctl, where writing the 177 registers a
-        guest can change one by one costs ~7× more (bench row
-        reset_reuse_arm64, in the TCG lane). What the init leaves (INIT_KEEPS: SP_EL1, ELR_EL1, SPSR_EL1,
-        the timers' CVAL; tests/machine/arm64_reuse_checks.py checks that
-        list against every register of the lane's KVM) is written back, and
-        the virtual counter is set back to its value on a new VM (this
-        rewrites the VM's CNTVOFF). A pending MMIO access is completed first:
-        KVM would complete it into the re-initialised registers at the next
-        KVM_RUN."""
+        features), which api.rst allows "multiple times for a given vcpu,
+        including after the vcpu has been run" and which "will reset the vcpu
+        to its initial state": core and FP/SIMD registers, PSTATE, every
+        system register with a reset value (SCTLR/TCR/TTBR/MAIR/VBAR/CPACR/
+        TPIDR*/SP_EL0/..., MDSCR and DBGBCR/BVR/WCR/WVR), the timers' CTL, the
+        MP state (runnable again after PSCI CPU_OFF or SYSTEM_OFF) and a
+        pending SError (HCR_EL2 is recomputed). On a vCPU that ran it also
+        cleans the guest's view of memory as for a reboot (stage 2 unmapped,
+        or the I-cache invalidated where stage 2 forces write-back), so code
+        the host writes next is fetched as on a new VM. One ioctl, where
+        writing the 177 registers a guest can change one by one costs ~7x
+        more (bench row reset_reuse_arm64, in the TCG lane).
+
+        What the init leaves (INIT_KEEPS: SP_EL1, ELR_EL1, SPSR_EL1, the
+        timers' CVAL; tests/machine/arm64_reuse_checks.py checks that list
+        against every register of the lane's KVM) is written back, and the
+        virtual counter is set back to its value on a new VM (this rewrites
+        the VM's CNTVOFF; it runs on from there). A pending MMIO access is
+        completed first: KVM would complete it into the re-initialised
+        registers at the next KVM_RUN."""
         if self.vcpu is None:
             return
         if self._pristine is None or self._vcpu_init is None:
             raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
         self.settle_io()
         self.forget_run()
-        caps = self._caps
+        caps, gic = self._caps, self._gic
         self._forget_regs()
-        self._init_state()
-        self._caps = caps
+        self._init_state()   # debug setup, internal steps, cached registers
+        self._caps, self._gic = caps, gic
         target, features = self._vcpu_init
         self.vcpu.arm_vcpu_init(target, features)
         for reg, value in self._pristine.items():
