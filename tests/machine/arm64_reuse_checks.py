@@ -16,9 +16,12 @@ test (tests/machine/arm64_reuse_lane.py) asserts on the JSON it writes:
   second fresh pass shows the guests' own nondeterminism (U-Boot keeps
   timer readings in RAM): only what differs fresh vs fresh too is excused.
 * "reinit": what KVM_ARM_VCPU_INIT on a vCPU that ran resets: every
-  register the host can change is changed, the vCPU re-initialised, and
-  the registers that did not come back must all be in arm64.INIT_KEEPS
-  (which reset() writes back); the counter (CNTVOFF) is checked apart.
+  register the host can change is changed, the vCPU reset, and the
+  registers that did not come back from the bare init must all be in
+  arm64.INIT_KEEPS (which reset() writes back); after reset() every
+  register, the events and the MP state are as created, and the counter
+  (CNTVOFF) restarts near a new VM's value. A virtual SError left pending
+  is not withdrawn by the init: reusable() must refuse such a VM.
 * "no_reuse": `kvmrig run` over the scribbler rigs creates one VM with
   reuse and one per rig with --no-reuse (KVM_CREATE_VM counted).
 
@@ -206,6 +209,7 @@ def reinit(scribble_bin: bytes) -> dict:
         vcpu = backend.vcpu
         regs = [r for r in vcpu.get_reg_list() if cpustate.guest_writable(r)]
         pristine = {r: vcpu.get_one_reg(r) for r in regs}
+        events = vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events")
         mem[0:len(scribble_bin)] = scribble_bin
         backend.set_regs({"pstate": 0x3C5, "pc": 0x40000000})
         ran = backend.run(time.monotonic() + 10)
@@ -217,9 +221,18 @@ def reinit(scribble_bin: bytes) -> dict:
                 unchangeable.append(cpustate.describe_id(r))
         changed = [r for r in regs if vcpu.get_one_reg(r) != pristine[r]]
         count_before = vcpu.get_one_reg(kvm_arm64.TIMER_CNT)
+        reusable = backend.reusable()
         backend.reset()
         kept = [r for r in regs if vcpu.get_one_reg(r) != pristine[r]]
         count_after = vcpu.get_one_reg(kvm_arm64.TIMER_CNT)
+        events_after = vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events")
+        # A virtual SError left pending (as KVM_SET_VCPU_EVENTS makes one;
+        # PSTATE.A masks it): does the init withdraw it, and is such a VM refused?
+        vcpu.set_blob("KVM_SET_VCPU_EVENTS", "struct kvm_vcpu_events", bytes([1]) + bytes(63))
+        serror_pending = vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events")[0]
+        reusable_with_serror = backend.reusable()
+        backend.reset()
+        serror_after_init = vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events")[0]
         # The same again with the bare ioctl: what the init itself leaves.
         for r in regs:
             _changed_value(vcpu, r, vcpu.get_one_reg(r))
@@ -234,6 +247,9 @@ def reinit(scribble_bin: bytes) -> dict:
                                               if r not in kvm_arm64.INIT_KEEPS and not _istatus_only(vcpu, r, pristine)],
                 "after_reset_differ": [cpustate.describe_id(r) for r in kept],
                 "mp_state_after_reset": vcpu.get_mp_state(),
+                "events_as_created_after_reset": events_after == events, "reusable": reusable,
+                "serror_pending": serror_pending, "reusable_with_serror": reusable_with_serror,
+                "serror_pending_after_init": serror_after_init,
                 "counter_before_reset": count_before, "counter_after_reset": count_after,
                 "counter_pristine": backend._pristine.get(kvm_arm64.TIMER_CNT)}
     finally:

@@ -335,8 +335,8 @@ class KvmArm64Backend(KvmBackendBase):
         to its initial state": core and FP/SIMD registers, PSTATE, every
         system register with a reset value (SCTLR/TCR/TTBR/MAIR/VBAR/CPACR/
         TPIDR*/SP_EL0/..., MDSCR and DBGBCR/BVR/WCR/WVR), the timers' CTL, the
-        MP state (runnable again after PSCI CPU_OFF or SYSTEM_OFF) and a
-        pending SError (HCR_EL2 is recomputed). On a vCPU that ran it also
+        MP state (runnable again after PSCI CPU_OFF or SYSTEM_OFF). Not a
+        pending SError: reusable() refuses a VM with one. On a vCPU that ran it also
         cleans the guest's view of memory as for a reboot (stage 2 unmapped,
         or the I-cache invalidated where stage 2 forces write-back), so code
         the host writes next is fetched as on a new VM. One ioctl, where
@@ -366,10 +366,22 @@ class KvmArm64Backend(KvmBackendBase):
             self.vcpu.set_one_reg(reg, value)
 
     def reusable(self) -> bool:
-        """One vCPU without an in-kernel GIC: the vGIC's state (and the other
-        vCPUs') is not reset, so such VMs are used once (machine/reuse.py
-        keeps `gic:` and `cpus:` rigs fresh-only anyway)."""
-        return self._gic is None and len(getattr(self, "_cpus", (self,))) == 1
+        """One vCPU without an in-kernel GIC (the vGIC's state and the other
+        vCPUs' are not reset; machine/reuse.py keeps `gic:` and `cpus:` rigs
+        fresh-only anyway), and no virtual SError or external abort pending:
+        KVM_ARM_VCPU_INIT does not withdraw one (Linux 6.12, seen in the lane)
+        and KVM_SET_VCPU_EVENTS can only add one, so such a VM is closed. One
+        KVM_GET_VCPU_EVENTS per rig; a KVM without it is not reused."""
+        if self._gic is not None or len(getattr(self, "_cpus", (self,))) != 1:
+            return False
+        if self.vcpu is None:
+            return True
+        try:
+            blob = self.vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events")
+        except KvmError:
+            return False
+        pending = abi.ffi.cast("struct kvm_vcpu_events *", abi.ffi.from_buffer(blob)).exception
+        return not (pending.serror_pending or pending.ext_dabt_pending)
 
     # Registers -----------------------------------------------------------
     def _read_reg(self, name: str) -> int | None:
