@@ -115,7 +115,7 @@ def measure_reset(n: int, strategy: str = "dirty-log") -> dict:
             t0 = time.perf_counter_ns()
             if strategy == "remap":
                 kept.backend.reset()
-                kept.backend.dirty_pages()
+                kept.backend.dirty_ranges()
                 kept.memory.take_written()
                 kept.memory.zero_all()
             else:

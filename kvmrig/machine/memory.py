@@ -16,7 +16,7 @@ from kvmrig.errors import OutsideMemory  # noqa: F401 - raised here, importable 
 from kvmrig.rig.model import Region
 
 PAGE = 0x1000
-_ZERO_CHUNK = 0x100000                 # zero_pages() copies at most this much at once
+_ZERO_CHUNK = 0x100000                 # zero_ranges() copies at most this much at once
 _ZEROS = memoryview(bytes(_ZERO_CHUNK))
 
 
@@ -63,6 +63,7 @@ class Memory:
             self.close()
             raise
         self._starts = [b.start for b in self.backings]
+        self._spans = [(b.start, b.end, b.buf) for b in self.backings]   # for zero_ranges: no lookups
         self.written: set[int] | None = None   # pages written from the host side, once tracked
 
     def track_writes(self) -> None:
@@ -74,21 +75,21 @@ class Memory:
         pages, self.written = self.written or set(), set()
         return pages
 
-    def zero_pages(self, pages) -> int:
-        """Zero each page (guest-physical page addresses; outside any region
-        skipped; runs of neighbours in one copy): the reset of a reused VM,
-        which puts back only what was written. Returns how many pages."""
+    def zero_ranges(self, ranges) -> int:
+        """Zero each guest-physical [start, end) range (page aligned; parts
+        outside any region skipped), one copy per range: the reset of a reused
+        VM from a backend's dirty log. Returns how many pages."""
         n = 0
-        run_start = run_end = -1
-        for page in sorted(pages):
-            if page == run_end:
-                run_end += PAGE
-                continue
-            if run_start >= 0:
-                n += self._zero(run_start, run_end)
-            run_start, run_end = page, page + PAGE
-        if run_start >= 0:
-            n += self._zero(run_start, run_end)
+        starts, spans = self._starts, self._spans
+        for start, end in ranges:
+            i = bisect.bisect_right(starts, start) - 1
+            if i >= 0:
+                at, stop, buf = spans[i]
+                if end <= stop and end - start <= _ZERO_CHUNK:   # the usual case: one copy, no more steps
+                    buf[start - at:end - at] = _ZEROS[:end - start]
+                    n += -(-(end - start) // PAGE)
+                    continue
+            n += self._zero(start, end)
         return n
 
     def _zero(self, start: int, end: int) -> int:
@@ -151,3 +152,4 @@ class Memory:
                 pass
         self.backings = []
         self._starts = []
+        self._spans = []

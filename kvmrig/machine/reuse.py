@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from kvmrig.backends.base import Backend
-from kvmrig.machine.memory import Memory
+from kvmrig.machine.memory import PAGE, Memory
 from kvmrig.machine.outcome import Outcome
 from kvmrig.machine.plan import Plan
 from kvmrig.rig.model import Rig
@@ -36,8 +36,8 @@ class Reusable(Protocol):
     def track_dirty(self) -> None:
         """Start recording the pages the guest writes."""
 
-    def dirty_pages(self) -> set[int] | None:
-        """Pages written since the last call; None if the backend cannot tell."""
+    def dirty_ranges(self) -> list[tuple[int, int]] | None:
+        """[start, end) page ranges written since the last call; None if the backend cannot tell."""
 
     def reset(self) -> None:
         """The vCPU back to its pristine state, debug setup and traps gone."""
@@ -145,12 +145,14 @@ class VmPool:
     def _reset(kept: _Kept) -> None:
         backend, memory = kept.backend, kept.memory
         backend.reset()
-        pages = backend.dirty_pages()
+        ranges = backend.dirty_ranges()
         written = memory.take_written()
-        if pages is None:
+        if ranges is None:
             memory.zero_all()
         else:
-            memory.zero_pages(pages | written)
+            if written:   # the loader's pages (a page both wrote is zeroed twice)
+                ranges += [(page, page + PAGE) for page in written]
+            memory.zero_ranges(ranges)
 
     @staticmethod
     def _close(kept: _Kept) -> None:

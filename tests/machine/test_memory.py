@@ -1,4 +1,4 @@
-"""Guest memory's reset of written pages (machine/memory.py zero_pages)."""
+"""Guest memory's reset of written pages (machine/memory.py zero_ranges)."""
 
 from __future__ import annotations
 
@@ -16,27 +16,27 @@ def _filled(regions: list[tuple[int, int]]) -> Memory:
     return mem
 
 
-def test_zero_pages_clears_exactly_the_pages_named_across_regions_and_runs():
-    mem = _filled([(0x0, 0x8000), (0x100000, 0x4000)])
+def test_zero_ranges_handles_a_range_longer_than_its_copy_chunk():
+    size = 0x300000   # 3 MiB: more than one shared block of zeros
+    mem = _filled([(0x0, size)])
     try:
-        pages = {0x1000, 0x2000, 0x3000, 0x6000, 0x101000, 0x200000}   # a run, a single, another region, outside
-        assert mem.zero_pages(pages) == 5
-        for page in range(0, 0x8000, PAGE):
-            want = 0 if page in pages else 0xAA
-            assert mem.read(page, PAGE) == bytes([want]) * PAGE, hex(page)
-        for page in range(0x100000, 0x104000, PAGE):
-            want = 0 if page in pages else 0xAA
-            assert mem.read(page, PAGE) == bytes([want]) * PAGE, hex(page)
+        assert mem.zero_ranges([(PAGE, size - PAGE)]) == size // PAGE - 2
+        assert mem.read(0, PAGE) == b"\xaa" * PAGE and mem.read(size - PAGE, PAGE) == b"\xaa" * PAGE
+        assert mem.read(PAGE, size - 2 * PAGE) == bytes(size - 2 * PAGE)
     finally:
         mem.close()
 
 
-def test_zero_pages_handles_a_run_longer_than_its_copy_chunk():
-    size = 0x300000   # 3 MiB: more than one shared block of zeros
-    mem = _filled([(0x0, size)])
+def test_zero_ranges_clears_each_range_across_regions_and_skips_what_is_outside():
+    mem = _filled([(0x0, 0x8000), (0x100000, 0x4000)])
     try:
-        assert mem.zero_pages(set(range(PAGE, size - PAGE, PAGE))) == size // PAGE - 2
-        assert mem.read(0, PAGE) == b"\xaa" * PAGE and mem.read(size - PAGE, PAGE) == b"\xaa" * PAGE
-        assert mem.read(PAGE, size - 2 * PAGE) == bytes(size - 2 * PAGE)
+        # a range inside the first region, one from its end into the hole, one from the hole into the
+        # second region, one inside that, one wholly outside
+        ranges = [(0x1000, 0x3000), (0x7000, 0x9000), (0xFF000, 0x101000), (0x102000, 0x104000), (0x200000, 0x201000)]
+        assert mem.zero_ranges(ranges) == 6
+        zeroed = {0x1000, 0x2000, 0x7000, 0x100000, 0x102000, 0x103000}
+        for page in list(range(0, 0x8000, PAGE)) + list(range(0x100000, 0x104000, PAGE)):
+            want = 0 if page in zeroed else 0xAA
+            assert mem.read(page, PAGE) == bytes([want]) * PAGE, hex(page)
     finally:
         mem.close()

@@ -297,7 +297,7 @@ def test_a_scribbler_really_scribbles(scribbler_rigs):
         pool.execute(prepare(by_name["scribble-mem"]), kvm_factory(by_name["scribble-mem"]))
         kept = next(iter(pool._kept.values()))
         kept.backend.reset = lambda: None            # sabotage: no vCPU reset
-        kept.backend.dirty_pages = lambda: set()     # and no memory reset
+        kept.backend.dirty_ranges = lambda: []       # and no memory reset
         pool.execute(prepare(by_name["scribble-cpu"]), kvm_factory(by_name["scribble-cpu"]))
         outcome = pool.execute(prepare(by_name["read-state"]), kvm_factory(by_name["read-state"]))
         # STAR, DR7, CR8 and memory leak; EFER is part of every rig's boot state.

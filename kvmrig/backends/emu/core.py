@@ -700,10 +700,10 @@ class EmuBackendBase(Backend):
         self._pristine = self.uc.context_save()
 
     def track_dirty(self) -> None:
-        """Unicorn keeps no dirty log: dirty_pages() says so and the machine
+        """Unicorn keeps no dirty log: dirty_ranges() says so and the machine
         gives every region fresh zero pages."""
 
-    def dirty_pages(self) -> set[int] | None:
+    def dirty_ranges(self) -> list[tuple[int, int]] | None:
         return None
 
     def park(self) -> None:

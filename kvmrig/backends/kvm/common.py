@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 
 from kvmrig.backends.base import Backend
 from kvmrig.backends.events import Event, Halt, Mmio, PortIO, Shutdown, Step, SystemEvent, Timeout, Unhandled, WatchHit
@@ -68,8 +69,8 @@ class KvmBackendBase(Backend):
         self._backing: list[tuple[int, int, int, bool]] = []  # (gpa, size, host address, rom)
         self._slot_ids: list[tuple[int, int, int, bool]] = []  # (slot, gpa, size, dirty-logged)
         self._log_dirty = False    # memory slots log the pages the guest writes (VM reuse, snapshots)
-        self._dirty: set[int] = set()   # pages written since the last dirty_pages(), not yet in a slot's log
-        self._bitmaps: dict[int, object] = {}   # slot size -> dirty-log bitmap buffer
+        self._dirty: set[int] = set()   # pages written since the last dirty_ranges(), not yet in a slot's log
+        self._bitmaps: dict[int, tuple] = {}   # slot size -> (dirty-log bitmap, a buffer over it)
         self._traps: dict[int, str] = {}  # page gpa -> "ro" | "absent" (watchpoint page traps)
         self._watch_mmio = False   # watchpoints over MMIO (unbacked) addresses are matched on MMIO exits
         self._slot = 0
@@ -163,30 +164,54 @@ class KvmBackendBase(Backend):
             self._rebuild_slots(self._traps)
             self._dirty.clear()
 
-    def dirty_pages(self) -> set[int]:
-        """Guest-physical pages written since track_dirty() or the last call
-        (KVM_GET_DIRTY_LOG also clears each slot's log)."""
-        self._harvest()
-        pages, self._dirty = self._dirty, set()
-        return pages
+    def dirty_ranges(self) -> list[tuple[int, int]]:
+        """Guest-physical [start, end) page ranges written since track_dirty()
+        or the last call (KVM_GET_DIRTY_LOG also clears each slot's log):
+        runs of neighbouring pages come as one range, so the caller zeroes
+        each run with one copy and Python never steps page by page."""
+        ranges = self._log_runs()
+        if self._dirty:   # the backend's own pokes, and logs taken before a slot rebuild
+            ranges += [(page, page + PAGE) for page in sorted(self._dirty)]
+            self._dirty = set()
+        return ranges
 
     def _harvest(self) -> None:
-        dirty = self._dirty
+        """Move the slots' logs into self._dirty (before the slots are rebuilt)."""
+        for start, end in self._log_runs():
+            self._dirty.update(range(start, end, PAGE))
+
+    def _log_runs(self) -> list[tuple[int, int]]:
+        """KVM_GET_DIRTY_LOG of every logged slot, as runs of written pages.
+        This runs right after the reset's vCPU ioctls, whose exit to the outer
+        hypervisor here leaves the CPU caches cold (bench/README.md): every
+        Python step costs several times its usual, so the steps are few."""
+        runs: list[tuple[int, int]] = []
+        get_log = self.vm.get_dirty_log
         for slot, gpa, size, logged in self._slot_ids:
             if not logged:
                 continue
-            bitmap = self._bitmaps.get(size)
-            if bitmap is None:
-                bitmap = self._bitmaps[size] = ffi.new("uint64_t[]", (size // PAGE + 63) // 64)
-            self.vm.get_dirty_log(slot, bitmap)
-            data = ffi.buffer(bitmap)
-            for at in range(0, len(data), _LOG_CHUNK):   # whole chunks as one int: few Python steps
-                bits = int.from_bytes(data[at:at + _LOG_CHUNK], "little")
-                base = gpa + at * 8 * PAGE
-                while bits:
-                    low = bits & -bits
-                    dirty.add(base + (low.bit_length() - 1) * PAGE)
-                    bits ^= low
+            log = self._bitmaps.get(size)
+            if log is None:
+                bitmap = ffi.new("uint64_t[]", (size // PAGE + 63) // 64)
+                log = self._bitmaps[size] = (bitmap, ffi.buffer(bitmap))
+            bitmap, data = log
+            get_log(slot, bitmap)
+            if len(data) <= _LOG_CHUNK:   # slots up to 16 MiB: the whole log is one int
+                chunks: Iterable[tuple[int, int]] = ((gpa, int.from_bytes(data, "little")),)
+            else:                         # larger ones by chunks, so a few written pages stay cheap
+                chunks = ((gpa + at * 8 * PAGE, int.from_bytes(data[at:at + _LOG_CHUNK], "little"))
+                          for at in range(0, len(data), _LOG_CHUNK))
+            for base, bits in chunks:
+                while bits:   # one turn per run of set bits
+                    low = bits & -bits     # the run's first page
+                    bits += low            # the carry clears the run and sets the bit after it
+                    high = bits & -bits
+                    bits ^= high
+                    start, end = base + (low.bit_length() - 1) * PAGE, base + (high.bit_length() - 1) * PAGE
+                    if runs and runs[-1][1] == start:   # a run across two chunks
+                        start = runs.pop()[0]
+                    runs.append((start, end))
+        return runs
 
     def settle_io(self) -> None:
         """Finish a port/MMIO access the vCPU still waits on (and apply registers

@@ -30,6 +30,7 @@ from .perprocess import PerProcess
 
 ffi = abi.ffi
 _ioctl = abi.libc.ioctl
+_GET_DIRTY_LOG = abi.KVM_GET_DIRTY_LOG
 _ZERO = abi.ulong(0)
 _SYNC_REGS = getattr(abi, "KVM_SYNC_X86_REGS", 0)
 _SYNC_SREGS = getattr(abi, "KVM_SYNC_X86_SREGS", 0)
@@ -220,6 +221,7 @@ class Vm:
         self._devices: list[Device] = []
         self._region = ffi.new("struct kvm_userspace_memory_region *")
         self._u64 = ffi.new("uint64_t *")
+        self._log = ffi.new("struct kvm_dirty_log *")   # get_dirty_log's, reused (the reset's hot path)
         self._irq = ffi.new("struct kvm_irq_level *")
 
     @property
@@ -256,10 +258,11 @@ class Vm:
     def get_dirty_log(self, slot: int, bitmap) -> None:
         """KVM_GET_DIRTY_LOG: fill `bitmap` (cdata, one bit per page of the slot,
         64-bit words) with the pages written since the last call, and clear them."""
-        log = ffi.new("struct kvm_dirty_log *")
+        log = self._log
         log.slot = slot
         log.dirty_bitmap = int(ffi.cast("uintptr_t", bitmap))
-        _call(self.fd, abi.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG", f"slot {slot}")
+        if _ioctl(self._fd.fd, _GET_DIRTY_LOG, log) < 0:   # the reset's hot path: the error's text only when needed
+            _call(self.fd, _GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG", f"slot {slot}")
 
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR (x86, Intel): 3 pages of guest-physical space KVM

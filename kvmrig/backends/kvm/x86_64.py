@@ -280,7 +280,7 @@ class KvmX86Backend(KvmBackendBase):
     def reset(self) -> None:
         """Make this backend what a new one is, its memory slots kept: the
         vCPU back to the state it was created in, no debug setup, no traps.
-        The caller puts the memory back (dirty_pages() says where)."""
+        The caller puts the memory back (dirty_ranges() says where)."""
         if self.vcpu is None:
             return
         self.settle_io()

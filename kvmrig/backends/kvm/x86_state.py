@@ -14,6 +14,7 @@ fixed list of ioctls with nothing allocated: this is the hot path of VM reuse.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ from kvmrig.backends.kvm.system import Kvm, Vcpu
 from kvmrig.errors import BackendError, KvmError
 
 ffi = abi.ffi
-_ioctl = abi.libc.ioctl
+# restore() issues its ioctls through fcntl.ioctl: CPython's own C wrapper
+# costs ~0.5 us less per call than a cffi call of libc's variadic ioctl
+# (bench/README.md, "The reset of a reused VM against C").
+_ioctl = fcntl.ioctl
 MSR_IA32_TSC = 0x10
 MSR_IA32_TSC_ADJUST = 0x3B
 _EVENTS_FLAGS = ffi.offsetof("struct kvm_vcpu_events", "flags")
@@ -137,7 +141,8 @@ class _Prepared:
     def calls(self, vcpu: Vcpu, staged: bool, reuse: bool) -> tuple[tuple[str, int, object, int], ...]:
         """(name, request, argument, expected result) of every ioctl restore()
         issues, in order (KVM_SET_MSRS answers how many MSRs it set, the
-        others 0)."""
+        others 0). The argument is a writable buffer over the prepared struct,
+        exactly its size, as fcntl.ioctl takes it."""
         key = (staged, reuse)
         cached = self._calls.get(key)
         if cached is None:
@@ -147,7 +152,8 @@ class _Prepared:
             plan.append(("KVM_SET_MSRS", self.msrs))
             plan += [(name, arg) for name, arg, _buf in self.late
                      if not (staged and name == "KVM_SET_VCPU_EVENTS") and not (reuse and name == "KVM_SET_MP_STATE")]
-            cached = self._calls[key] = tuple((name, getattr(abi, name), arg, self.count if name == "KVM_SET_MSRS" else 0)
+            cached = self._calls[key] = tuple((name, getattr(abi, name), ffi.buffer(arg),
+                                               self.count if name == "KVM_SET_MSRS" else 0)
                                               for name, arg in plan)
         vcpu.forget_sync()
         return cached
@@ -229,19 +235,21 @@ def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
     staged = vcpu.stage_all(prep.sync) if prep.sync is not None else vcpu.stage(prep.regs, prep.sregs, prep.events)
     fd, ioctl = vcpu.fd, _ioctl
     for name, request, arg, expect in prep.calls(vcpu, staged, reuse):
-        r = ioctl(fd, request, arg)
+        try:
+            r = ioctl(fd, request, arg)
+        except OSError as e:
+            raise KvmError(name, e.errno) from None
         if r != expect:
             _refused(prep, name, r)
 
 
 def _refused(prep: _Prepared, name: str, r: int) -> None:
-    """Raise for an ioctl of restore() that failed (or KVM_SET_MSRS that
-    stopped short: it answers how many MSRs it set)."""
-    if r < 0:
-        raise KvmError(name, ffi.errno)
-    if name == "KVM_SET_MSRS":
+    """Raise for KVM_SET_MSRS that stopped short (it answers how many MSRs
+    it set) or another ioctl of restore() with an unexpected answer."""
+    if name == "KVM_SET_MSRS" and 0 <= r < prep.count:
         raise BackendError(f"KVM refused to restore MSR {prep.msrs.entries[r].index:#x} "
                            f"(value {prep.msrs.entries[r].data:#x})")
+    raise BackendError(f"{name} answered {r}, not {0 if name != 'KVM_SET_MSRS' else prep.count}")
 
 
 # Text form (snapshot files) ---------------------------------------------------
