@@ -8,6 +8,7 @@ hit counting and expectations live in the machine layer, which reads the events.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -97,6 +98,12 @@ class Backend(ABC):
 
     def quiesce(self) -> None:
         """Stop every vCPU but the one run() drives (before the verdict)."""
+
+    def world_stopped(self) -> contextlib.AbstractContextManager:
+        """A context in which no vCPU runs and none has an access in flight (a
+        snapshot of the whole machine is taken in it). One vCPU, or a
+        backend that runs the others only while its own run() runs: nothing to do."""
+        return contextlib.nullcontext()
 
     def step_alone(self, on: bool) -> None:
         """While on, only the vCPU of the last event runs: the machine has lifted

@@ -75,6 +75,10 @@ def start_child(rig: Rig, store: PointStore | None, backend: Backend, memory: Me
     if not path.exists() and rig.start.parent is not None:
         raise SnapshotError(f"{rig.start}: the point was not saved (the parent rig did not reach it)")
     snap = read_cached(path, backend, memory)
+    if snap.cpus != rig.cpus:   # the loader said so from the same file: it changed since
+        plural = "s" if snap.cpus > 1 else ""
+        raise SnapshotError(f"{path}: the snapshot is of a machine with {snap.cpus} vCPU{plural}; this rig runs "
+                            f"{rig.cpus}")
     try:
         snapshot.put(snap, backend, memory, zeroed=True)
     except SnapshotError as e:

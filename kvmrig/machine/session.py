@@ -215,7 +215,8 @@ class Session:
         for addr in planted:
             patches.lift(addr)
         try:
-            return store.save(self.rig, name, self.backend, self.memory, self.bus.state())
+            with self.backend.world_stopped():   # cpus > 1: every vCPU stopped, its device access done
+                return store.save(self.rig, name, self.backend, self.memory, self.bus.state())
         finally:
             for addr in planted:
                 patches.plant(addr)

@@ -1,8 +1,8 @@
 """Snapshot files: a machine's state written down, to start rigs from later.
 
-Format (version 1), one file:
+Format (version 2), one file:
 
-    KVMRIG-SNAPSHOT 1\\n
+    KVMRIG-SNAPSHOT 2\\n
     <header length in bytes, decimal>\\n
     <header: JSON text, indented; registers as text>
     <memory: per region, its non-zero pages zlib-compressed, one region after the other>
@@ -11,13 +11,18 @@ The header records the format version, the kvmrig version that wrote it, the
 arch, the backend whose CPU state it holds (that state's own shape: for KVM
 x86_64 every kvm_regs/kvm_sregs field by name, MSRs by index, and the opaque
 XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), and
-the memory map: per region its address, size, ROM flag, the runs of pages
+the machine's vCPU count (`cpus`; the CPU state holds vCPU 0's and, in
+`cpu.aps`, each other vCPU's), and the memory map: per region its address,
+size, ROM flag, the runs of pages
 that are not all zero (offset, length; the rest of the region is zero), and
 where their compressed bytes are, with a SHA-256 of those bytes uncompressed.
 
 Loading checks everything before it is used: a file from another format
 version, arch, backend or memory map, a truncated file or a corrupt one is a
 SnapshotError naming the file and the mismatch, never a wrong run.
+
+Version 1 (before several vCPUs were saved) is version 2 without `cpus`: a
+one-vCPU machine; it is still read.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from kvmrig import __version__
 from kvmrig.errors import SnapshotError
 
 MAGIC = b"KVMRIG-SNAPSHOT"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)   # version 1: one vCPU, no `cpus` in the header
 LEVEL = 1   # zlib level: guest RAM is mostly zeros, fast beats small
 
 
@@ -50,6 +56,7 @@ class Snapshot:
     cpu: dict[str, Any]
     origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
     devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
+    cpus: int = 1   # vCPUs: `cpu` holds vCPU 0 and, in cpu["aps"], vCPUs 1..cpus-1
 
     def memory_map(self) -> list[tuple[int, int, bool]]:
         return [(at, size, rom) for at, size, rom, _ in self.memory]
@@ -73,7 +80,7 @@ def write(path: str | Path, snap: Snapshot) -> None:
         blobs.append(packed)
         offset += len(packed)
     header = {"format": VERSION, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
-              "origin": snap.origin, "memory": regions, "devices": snap.devices, "cpu": snap.cpu}
+              "cpus": snap.cpus, "origin": snap.origin, "memory": regions, "devices": snap.devices, "cpu": snap.cpu}
     text = json.dumps(header, indent=1).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -99,6 +106,7 @@ class Header:
     origin: dict[str, str]
     irqchip: bool = False   # taken with the in-kernel irqchip (rig `machine:`)
     pit: bool = False
+    cpus: int = 1
 
 
 def read_header(path: str | Path) -> Header:
@@ -118,7 +126,8 @@ def read_header(path: str | Path) -> Header:
     chips = header["cpu"].get("vm_blobs")
     chips = chips if isinstance(chips, dict) else {}
     return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_r in regions],
-                  header.get("devices", []), header.get("origin", {}), "pic_master" in chips, "pit2" in chips)
+                  header.get("devices", []), header.get("origin", {}), "pic_master" in chips, "pit2" in chips,
+                  header["cpus"])
 
 
 def read(path: str | Path, arch: str | None = None, backend: str | None = None,
@@ -160,7 +169,7 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
             pos += k
         memory.append((at, size, rom, runs))
     return Snapshot(snap_arch, snap_backend, memory, header["cpu"], header.get("origin", {}),
-                    header.get("devices", []))
+                    header.get("devices", []), header["cpus"])
 
 
 def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
@@ -169,9 +178,11 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     words = first.split(b" ")
     if len(words) != 2 or words[0] != MAGIC:
         raise SnapshotError(f"{path}: not a kvmrig snapshot (it does not start with {MAGIC.decode()})")
-    if words[1] != str(VERSION).encode():
+    if words[1] not in (str(v).encode() for v in READS):
         raise SnapshotError(f"{path}: snapshot format version {words[1].decode(errors='replace')}; this "
-                            f"kvmrig ({__version__}) reads version {VERSION}: take the snapshot again")
+                            f"kvmrig ({__version__}) reads versions {', '.join(map(str, READS))}: take the "
+                            "snapshot again")
+    version = int(words[1])
     size_line, _, rest = rest.partition(b"\n")
     if not size_line.isdigit():
         raise SnapshotError(f"{path}: corrupt snapshot: the header length is missing")
@@ -197,11 +208,29 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
             raise TypeError("cpu, origin or devices")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad {e}") from None
-    if header.get("format") != VERSION:
+    if header.get("format") != version:
         raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
+    header["cpus"] = _cpus(path, header, version)
     if memory and len(body) == 0 and regions:
         raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
     return header, regions, body
+
+
+def _cpus(path: Path, header: dict, version: int) -> int:
+    """The header's vCPU count, checked against the per-vCPU states it holds."""
+    count = header.get("cpus", 1) if version >= 2 else 1
+    if version >= 2 and "cpus" not in header:
+        raise SnapshotError(f"{path}: corrupt snapshot header: missing the vCPU count (cpus)")
+    if type(count) is not int or count < 1:
+        raise SnapshotError(f"{path}: corrupt snapshot header: bad vCPU count {count!r}")
+    aps = header["cpu"].get("aps", [])
+    if not isinstance(aps, list) or not all(isinstance(a, dict) for a in aps):
+        raise SnapshotError(f"{path}: corrupt snapshot header: cpu.aps is not a list of vCPU states")
+    if len(aps) != count - 1:
+        raise SnapshotError(f"{path}: truncated or corrupt snapshot: the header says {count} vCPU"
+                            f"{'s' if count > 1 else ''}, its CPU state holds {1 + len(aps)} (vCPU 0 and "
+                            f"{len(aps)} in cpu.aps)")
+    return count
 
 
 def _run(text: str) -> tuple[int, int]:

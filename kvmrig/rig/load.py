@@ -245,7 +245,9 @@ class _Builder:
         else:   # a child: the machine of the point it starts from
             inherited = part(lambda: self.inherited(start), None) if start is not None else None
             memory, images, devices, cpu, pc_machine = inherited or ((), (), (), None, m.Machine())
-            cpus, gic = 1, None   # snapshots are of one-vCPU machines without a GIC
+            # x86: the snapshot's vCPUs (`cpus:` may say how many); arm64 snapshots have one, and no GIC
+            cpus = part(lambda: self.child_cpus(pc_machine.cpus), 1) if self.arch == "x86_64" else 1
+            gic = None
             machine = dict(images=images, devices=devices, cpu=cpu)
         fields = dict(
             timeout=part(timeout, m.DEFAULT_TIMEOUT) if "timeout" in d else m.DEFAULT_TIMEOUT,
@@ -289,6 +291,8 @@ class _Builder:
             self.fail(("machine",), "a rig that starts from a snapshot has its machine (irqchip, PIT) from the "
                       "snapshot, not one of its own", key=True)
         for key, what in (("cpus", "other vCPUs"), ("gic", "the GIC's state")):
+            if key == "cpus" and self.arch == "x86_64":
+                continue   # x86 snapshots hold every vCPU
             if key in d and (rig.save_points() or rig.start is not None):
                 self.fail((key,), f"snapshots (save:, from:) do not capture {what}: a rig with {key}: cannot "
                           "save or start from one", key=True)
@@ -355,7 +359,9 @@ class _Builder:
             symbols = head.origin.get("symbols", []) if isinstance(head.origin.get("symbols"), list) else []
             images = tuple(m.Image(Path(f), None, None, mark) for f in symbols
                            if isinstance(f, str) and Path(f).is_file())
-            machine = m.Machine(head.irqchip, head.pit, mark) if head.irqchip else m.Machine()
+            if head.cpus > 1 and not head.irqchip:
+                self.fail(p, f"corrupt snapshot: {head.cpus} vCPUs without the in-kernel irqchip that starts them")
+            machine = m.Machine(head.irqchip, head.pit, mark, head.cpus) if head.irqchip else m.Machine()
             return memory, images, devices, None, machine
         if start.parent in _loading:
             self.fail(p, "snapshot points form a cycle: " + " -> ".join(str(x.name) for x in _loading + [start.parent]))
@@ -372,6 +378,15 @@ class _Builder:
         if parent.arch != self.arch:
             self.fail(p, f"{start.parent.name} is an {parent.arch} rig; this rig says arch: {self.arch}")
         return parent.memory, parent.images, parent.devices, parent.cpu, parent.machine
+
+    def child_cpus(self, saved: int) -> int:
+        """The vCPUs of an x86 child: its snapshot's; `cpus:`, if given, must say the same."""
+        if "cpus" in self.data:
+            n = self.uint(("cpus",), self.data["cpus"])
+            if n != saved:
+                self.fail(("cpus",), f"this rig says {n} vCPU{'s' if n > 1 else ''}, but the snapshot it starts "
+                          f"from (`from: {self.data['from']}`) is of a machine with {saved}")
+        return saved
 
     def call(self, raw: dict[str, Any]) -> m.Call:
         p: JsonPath = ("call",)

@@ -37,19 +37,73 @@ def test_a_snapshot_round_trips(saved):
 
 def test_the_header_is_text_with_registers_by_name(saved):
     raw = saved.read_bytes()
-    assert raw.startswith(b"KVMRIG-SNAPSHOT 1\n")
+    assert raw.startswith(b"KVMRIG-SNAPSHOT 2\n")
     _, length, rest = raw.split(b"\n", 2)
     header = json.loads(rest[:int(length)])
     assert header["cpu"]["regs"]["rax"] == "0x2a"
+    assert header["cpus"] == 1 and header["format"] == 2
     assert header["memory"][1] == {**header["memory"][1], "at": "0xffff0000", "rom": True}
     assert len(raw) < 0x3000  # memory is compressed
 
 
 def test_another_version_is_named(saved):
-    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 1\n", b"KVMRIG-SNAPSHOT 2\n", 1)
+    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 2\n", b"KVMRIG-SNAPSHOT 3\n", 1)
     saved.write_bytes(raw)
-    with pytest.raises(SnapshotError, match="format version 2; this kvmrig .* reads version 1"):
+    with pytest.raises(SnapshotError, match="format version 3; this kvmrig .* reads versions 1, 2"):
         snapfile.read(saved)
+
+
+def _rewrite_header(path, change) -> None:
+    """Edit a snapshot's JSON header in place (its memory section kept)."""
+    first, length, rest = path.read_bytes().split(b"\n", 2)
+    header = json.loads(rest[:int(length)])
+    change(header)
+    text = json.dumps(header).encode()
+    version = str(header.get("format", 2)).encode()
+    path.write_bytes(b"KVMRIG-SNAPSHOT " + version + b"\n%d\n" % len(text) + text + rest[int(length):])
+
+
+def test_a_version_1_file_is_read_as_one_vcpu(saved):
+    def as_v1(header):
+        header["format"] = 1
+        del header["cpus"]
+    _rewrite_header(saved, as_v1)
+    back = snapfile.read(saved, "x86_64", "kvm", MAP)
+    assert back.cpus == 1 and back.memory == _snap().memory
+    assert snapfile.read_header(saved).cpus == 1
+
+
+def _smp_snap(cpus: int = 3) -> Snapshot:
+    snap = _snap()
+    snap.cpus = cpus
+    snap.cpu = {**snap.cpu, "cpus": cpus, "aps": [{"regs": {"rax": hex(i)}} for i in range(1, cpus)]}
+    return snap
+
+
+def test_the_vcpu_count_round_trips(tmp_path):
+    path = tmp_path / "smp.snap"
+    snapfile.write(path, _smp_snap(3))
+    back = snapfile.read(path)
+    assert back.cpus == 3 and back.cpu["aps"][1] == {"regs": {"rax": "0x2"}}
+    assert snapfile.read_header(path).cpus == 3
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["cpu"]["aps"].pop(), "the header says 3 vCPUs, its CPU state holds 2"),
+    (lambda h: h.update(cpus=2), "the header says 2 vCPUs, its CPU state holds 3"),
+    (lambda h: h.pop("cpus"), "missing the vCPU count"),
+    (lambda h: h.update(cpus=0), "bad vCPU count 0"),
+    (lambda h: h.update(cpus="3"), "bad vCPU count '3'"),
+    (lambda h: h["cpu"].update(aps={"1": {}}), "cpu.aps is not a list"),
+])
+def test_a_vcpu_count_that_does_not_match_the_states_is_named(tmp_path, change, message):
+    path = tmp_path / "smp.snap"
+    snapfile.write(path, _smp_snap(3))
+    _rewrite_header(path, change)
+    with pytest.raises(SnapshotError, match=message):
+        snapfile.read(path)
+    with pytest.raises(SnapshotError, match=message):
+        snapfile.read_header(path)
 
 
 def test_another_arch_is_named(saved):

@@ -78,9 +78,8 @@ def test_linux_images(tmp_path: Path):
 
 
 def test_machine_rigs_save_points_and_their_children_inherit_the_machine(tmp_path):
-    """Snapshots hold the in-kernel irqchip and PIT of one vCPU: a rig with
-    `machine:` saves points, its children get its machine, have none of their
-    own, and several vCPUs still cannot be saved (an error at `cpus`)."""
+    """Snapshots hold the in-kernel irqchip and PIT: a rig with `machine:`
+    saves points, its children get its machine and have none of their own."""
     rig = load_rig_text(HEAD + "machine: {irqchip: true}\nsave: here\n", tmp_path / "p.yaml")
     assert rig.machine.irqchip and list(rig.save_points()) == ["here"]
     (tmp_path / "p.yaml").write_text(HEAD + "machine: {pit: true}\nsave: here\n")
@@ -88,5 +87,22 @@ def test_machine_rigs_save_points_and_their_children_inherit_the_machine(tmp_pat
     assert child.machine.irqchip and child.machine.pit
     own = error("kvmrig: 1\narch: x86_64\nfrom: p.yaml#here\nmachine: {pit: true}\n", tmp_path)
     assert "m.yaml:4:1: machine: a rig that starts from a snapshot has its machine" in own, own
-    assert "cpus: snapshots (save:, from:) do not capture other vCPUs" in \
-        error(HEAD + "cpus: 2\nmachine: {irqchip: true}\nsave: here\n")
+
+
+def test_smp_rigs_save_points_and_their_children_have_their_vcpus(tmp_path):
+    """x86 snapshots hold every vCPU: a `cpus: 2` rig saves points, its
+    children run 2 vCPUs (the SMP backend); a child's own `cpus` must say the
+    snapshot's count, else an error at that key naming both."""
+    (tmp_path / "p.yaml").write_text(HEAD + "cpus: 2\nmachine: {irqchip: true}\nsave: here\n")
+    child = load_rig_text("kvmrig: 1\narch: x86_64\nfrom: p.yaml#here\n", tmp_path / "c.yaml")
+    assert child.cpus == 2 and child.machine.cpus == 2 and child.machine.irqchip
+    said = load_rig_text("kvmrig: 1\narch: x86_64\nfrom: p.yaml#here\ncpus: 2\n", tmp_path / "c.yaml")
+    assert said.cpus == 2
+    for n in (1, 3):
+        text = error(f"kvmrig: 1\narch: x86_64\nfrom: p.yaml#here\ncpus: {n}\n", tmp_path)
+        assert f"m.yaml:4:7: cpus: this rig says {n} vCPU{'s' if n > 1 else ''}, but the snapshot it starts from " \
+               "(`from: p.yaml#here`) is of a machine with 2" in text, text
+    (tmp_path / "one.yaml").write_text(HEAD + "save: here\n")
+    text = error("kvmrig: 1\narch: x86_64\nfrom: one.yaml#here\ncpus: 2\n", tmp_path)
+    assert "this rig says 2 vCPUs, but the snapshot it starts from (`from: one.yaml#here`) is of a machine with 1" \
+        in text, text

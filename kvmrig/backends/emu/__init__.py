@@ -28,6 +28,9 @@ def unavailable() -> str | None:
 def refuses(rig) -> str | None:
     """Why the emulator cannot model what this rig asks for (None: it can).
     Never a silently different machine: the rig is skipped with this reason."""
+    if rig.arch == "x86_64" and rig.cpus > 1:
+        where = f", as the snapshot it starts from ({rig.start})" if rig.start is not None else ""
+        return f"the emulator backend runs one vCPU; the rig has {rig.cpus}{where}"
     if rig.machine.irqchip:
         return ("the emulator backend has no interrupt controller or timer (the rig sets machine.irqchip/pit; "
                 "unicorn delivers no external interrupts)")

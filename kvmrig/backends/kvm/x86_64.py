@@ -250,10 +250,7 @@ class KvmX86Backend(KvmBackendBase):
 
     def export_cpu(self) -> dict:
         """The complete vCPU state as text (snapshot files), with the neutral
-        form the emulator loads (`arch`)."""
-        if self._ap_vcpus:
-            raise BackendError("snapshots of a machine with several vCPUs are not taken (the other vCPUs' "
-                               "state is not captured)")
+        form the emulator loads (`arch`). vCPU 0's: x86_smp adds the others."""
         state = self.capture_cpu()
         text = x86_state.to_text(state)
         created = self.pristine.msrs if self.pristine is not None else _created_msrs()
@@ -271,6 +268,9 @@ class KvmX86Backend(KvmBackendBase):
 
     def import_cpu(self, text: dict) -> None:
         """Load export_cpu() text; BackendError if it is not a state of this backend."""
+        aps = text.get("aps") if isinstance(text, dict) else None
+        if aps and not self.runs_aps:
+            raise BackendError(f"the state is of a machine with {1 + len(aps)} vCPUs; this VM has one")
         try:
             state = x86_state.from_text(text)
         except (KeyError, TypeError, ValueError, OverflowError) as e:

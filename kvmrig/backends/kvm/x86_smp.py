@@ -22,6 +22,20 @@ instruction means lifting it from memory every vCPU shares, and another vCPU
 could run past it meanwhile. A vCPU steps past a debug-register breakpoint
 by itself (that register off for one instruction, on that vCPU only).
 
+Snapshots (save:, on_hit) hold every vCPU: world_stopped() stops them all
+first. The vCPU saving (at its hit, holding the machine lock) kicks the
+others out of KVM_RUN and lets go of the lock until each is parked: a vCPU
+with an event still to handle handles it (its device access is done, as it
+would be before the save), completes the access in flight (KVM_RUN with
+immediate_exit) and waits outside the guest in _park(). Then the saver
+takes each vCPU's registers, sregs, MSRs, XSAVE/XCRs, debug registers,
+events, local APIC and MP state (an AP still waiting for INIT or SIPI says
+so in its MP state), the VM's PICs/IOAPIC/PIT with vCPU 0, and the memory;
+the others go on after. So a snapshot at a hit is the machine with the
+hitting vCPU at its breakpoint (after the hit's `set`) and every other vCPU
+between two instructions. A child restores every vCPU and its APs run on
+their threads from where they were (halted, waiting for SIPI, or running).
+
 Known limits: the final registers are vCPU 0's; `trace` and `expect.steps`
 single-step every vCPU and count all their instructions; a debugger (kvmrig
 gdb) sees vCPU 0.
@@ -29,16 +43,33 @@ gdb) sees vCPU 0.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Iterator
 
+from kvmrig.arch.x86_64.boot import X86State
 from kvmrig.backends.base import HwSlot
-from kvmrig.backends.events import DebugEvent, Event, Timeout, Unhandled
-from kvmrig.backends.kvm import abi
+from kvmrig.backends.events import DebugEvent, Event, Mmio, PortIO, Timeout, Unhandled
+from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.smp import Aps, kick
 from kvmrig.backends.kvm.x86_64 import SYNC, KvmX86Backend, _sync_regs_supported
+from kvmrig.errors import BackendError
 
 NEVER = float("inf")   # an AP has no deadline of its own: the BSP's run ends it
 KICKED = Timeout(0)    # an AP's KVM_RUN returned for a signal (ApView.next_event)
+KICK_AGAIN = 0.02      # while stopping every vCPU: kick the ones not parked yet this often
+STOP_TIMEOUT = 10.0    # ... and give up (a clear error) if one has not stopped by then
+
+
+class _World:
+    """Every vCPU stopped for a snapshot (KvmX86SmpBackend.world_stopped)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.depth = 0                # snapshots under way (one may be taken while another waits)
+        self.still: set[int] = set()  # vCPUs parked or saving: out of the guest, no access in flight
+        self.frozen = False           # every vCPU is stopped and the saver reads them: none may leave
 
 
 class _PerVcpu(KvmX86Backend):
@@ -69,15 +100,31 @@ class _PerVcpu(KvmX86Backend):
         KvmX86Backend.set_debug(self, *setup)
 
     def _needs_fixup(self) -> bool:
-        return self._pending is not None or KvmX86Backend._needs_fixup(self)
+        return self._pending is not None or self.primary._world.depth > 0 or KvmX86Backend._needs_fixup(self)
 
     def _before_run(self) -> None:
+        if self.primary._world.depth:
+            self._park()
         with self._pending_lock:
             setup, self._pending = self._pending, None
         if setup is not None:
             KvmX86Backend.set_debug(self, *setup)
         if KvmX86Backend._needs_fixup(self):
             KvmX86Backend._before_run(self)
+
+    def _park(self) -> None:
+        """A snapshot is being taken: complete the access in flight, then stay
+        out of the guest until it is done (or the run ends)."""
+        self.settle_io()
+        world, aps = self.primary._world, self.primary._aps
+        with world.cond:
+            world.still.add(self.index)
+            world.cond.notify_all()
+            # The run ending (another vCPU's exit) lets it go to be joined, but not
+            # while a snapshot reads the vCPUs.
+            while world.depth and (world.frozen or aps is None or not aps.stopping):
+                world.cond.wait(0.05)
+            world.still.discard(self.index)
 
     def _rebuild_slots(self, pages: dict[int, str]) -> None:
         with self.primary._slots_lock:   # the VM's memory slots: one rebuild at a time
@@ -116,12 +163,17 @@ class ApView(_PerVcpu):
         self._forget_debug()
         self._init_pending()
         self.irqchip = True
+        self.unhandled: Event | None = None   # an access returned to the machine and not handled yet
 
     def next_event(self) -> Event | None:
         """Run this AP until an event the machine must see; None when it was
         kicked out of KVM_RUN (a new debug setup, or the end of the run)."""
         ev = self._next_event(NEVER)
-        return None if ev is KICKED else ev
+        if ev is KICKED:
+            return None
+        if type(ev) in (PortIO, Mmio):
+            self.unhandled = ev   # cleared once the machine handled it (KvmX86SmpBackend.start_aps)
+        return ev
 
     def _event(self, reason: int, deadline: float) -> Event | None:
         if reason == abi.KVM_EXIT_INTR:
@@ -149,6 +201,7 @@ class KvmX86SmpBackend(_PerVcpu):
         self._here = threading.local()       # .cpu: the view of the AP thread calling
         self._slots_lock = threading.Lock()
         self._holding = False                # this thread holds the machine lock (between run() calls)
+        self._world = _World()
         self._init_pending()
 
     def _create_vcpu(self, state=None):
@@ -215,7 +268,12 @@ class KvmX86SmpBackend(_PerVcpu):
         if len(self._cpus) < 2:
             return
         self._install_alarm()   # kicks are SIGALRMs
-        self._aps = Aps(self._cpus[1:], handler, self._bind)
+        cpus = self._cpus
+
+        def handle(index: int, ev: Event) -> None:
+            cpus[index].unhandled = None   # the device sees the access (even if it ends the run)
+            handler(index, ev)
+        self._aps = Aps(self._cpus[1:], handle, self._bind)
         self._aps.lock.acquire()
         self._holding = True
         self._aps.start()
@@ -242,3 +300,139 @@ class KvmX86SmpBackend(_PerVcpu):
                 self._holding = False
                 self._aps.lock.release()
             self._aps.stop()
+
+    # Snapshots: every vCPU -------------------------------------------------
+    @contextlib.contextmanager
+    def world_stopped(self) -> Iterator[None]:
+        """Every vCPU out of the guest, its access in flight completed (see the
+        module doc); called by the thread handling an event (holding the
+        machine lock), or after the run ended."""
+        aps, world, here = self._aps, self._world, self._cpu()
+        if aps is None or len(self._cpus) < 2:
+            yield
+            return
+        with world.cond:
+            world.depth += 1
+            world.still.add(here.index)   # a snapshot taken while this one waits counts this vCPU as stopped
+        try:
+            self._stop_others(here, aps)
+            with world.cond:
+                world.frozen = True
+            try:
+                yield
+            finally:
+                with world.cond:
+                    world.frozen = False
+        finally:
+            with world.cond:
+                world.still.discard(here.index)
+                world.depth -= 1
+                world.cond.notify_all()
+
+    def _stop_others(self, here: _PerVcpu, aps: Aps) -> None:
+        """Wait until every other vCPU is parked (or its thread has ended),
+        kicking them meanwhile and letting go of the machine lock so that
+        they can handle the events they already have."""
+        world = self._world
+        threads = {cpu.index: thread for cpu, thread in zip(aps.cpus, aps.threads)}
+
+        def stopped(cpu: _PerVcpu) -> bool:
+            if cpu.index in world.still:
+                return True
+            thread = threads.get(cpu.index)   # None: the BSP (the main thread, which parks)
+            return thread is not None and thread.ident is not None and not thread.is_alive()
+
+        others = [c for c in self._cpus if c is not here]
+        if all(stopped(c) for c in others):
+            return   # e.g. after the run ended: every AP thread is gone
+        holding = here is not self or self._holding   # an AP handles its event holding the lock
+        if holding:
+            if here is self:
+                self._holding = False
+            aps.lock.release()
+        try:
+            deadline = time.monotonic() + STOP_TIMEOUT
+            with world.cond:
+                while True:
+                    waiting = [c for c in others if not stopped(c)]
+                    if not waiting:
+                        return
+                    if aps.stopping:
+                        raise BackendError("the run ended on another vCPU while every vCPU was being stopped for "
+                                           "the snapshot")
+                    if time.monotonic() > deadline:
+                        raise BackendError("vCPU " + ", ".join(str(c.index) for c in waiting) + " did not stop "
+                                           f"for the snapshot within {STOP_TIMEOUT:g}s")
+                    for c in waiting:
+                        kick(c.vcpu, c.thread_id)
+                    world.cond.wait(KICK_AGAIN)
+        finally:
+            if holding:
+                aps.lock.acquire()
+                if here is self:
+                    self._holding = True
+
+    def export_cpu(self) -> dict:
+        """vCPU 0's state and the VM's chips (KvmX86Backend.export_cpu) and,
+        in `aps`, every other vCPU's, local APIC and MP state included. Call
+        inside world_stopped()."""
+        for cpu in self._cpus[1:]:
+            ev = cpu.unhandled
+            if ev is not None:
+                what = f"port {ev.port:#x}" if type(ev) is PortIO else f"MMIO at {ev.addr:#x}"
+                raise BackendError(f"vCPU {cpu.index} was stopped at the end of the run in the middle of an access "
+                                   f"({what}) the machine did not handle: that is no state it can resume from "
+                                   "(save at a breakpoint instead)")
+        self.settle_io()
+        self.vcpu.get_mp_state()   # as for the APs (_capture_ap): an INIT another vCPU sent it is taken now
+        self.vcpu.forget_sync()
+        text = KvmX86Backend.export_cpu(self)
+        if len(self._cpus) > 1:
+            text["aps"] = [x86_state.to_text(_capture_ap(cpu)) for cpu in self._cpus[1:]]
+        return text
+
+    def import_cpu(self, text: dict) -> None:
+        """Load export_cpu() text: vCPU 0 and the chips, then each AP (which its
+        thread runs from there once the run starts)."""
+        aps = text.get("aps", [])
+        if not isinstance(aps, list):
+            raise BackendError("the saved KVM x86_64 CPU state is malformed (aps is not a list)")
+        states = [_ap_state(i, t) for i, t in enumerate(aps, start=1)]
+        count = 1 + len(states)
+        if self.vcpu is None:
+            chips = text.get("vm_blobs") if isinstance(text.get("vm_blobs"), dict) else {}
+            if count > 1 and "pic_master" not in chips:
+                raise BackendError(f"the saved state has {count} vCPUs but no in-kernel irqchip, which starts them")
+            self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=bool(chips), pit="pit2" in chips, cpus=count))
+        elif count != len(self._cpus):
+            raise BackendError(f"the saved state is of a machine with {count} vCPUs; this VM has {len(self._cpus)}")
+        KvmX86Backend.import_cpu(self, {k: v for k, v in text.items() if k != "aps"})
+        for cpu, state in zip(self._cpus[1:], states):
+            x86_state.restore(cpu.vcpu, state)
+            # Into KVM now, not staged in kvm_run: a vCPU waiting for INIT takes
+            # staged registers only at its first KVM_RUN after the SIPI, over
+            # the state the SIPI gave it.
+            cpu.vcpu.flush_staged()
+
+
+def _capture_ap(cpu: _PerVcpu) -> x86_state.X86CpuState:
+    """An AP's complete state with its local APIC (the VM's chips are vCPU 0's)."""
+    cpu.settle_io()
+    # KVM takes a pending INIT or SIPI when asked for the MP state: that resets
+    # the registers (or starts the AP at its SIPI vector), so the copy its last
+    # exit left in kvm_run is stale and they are read by ioctl.
+    cpu.vcpu.get_mp_state()
+    cpu.vcpu.forget_sync()
+    return x86_state.capture(cpu.kvm, cpu.vcpu, lapic=True)
+
+
+def _ap_state(index: int, text) -> x86_state.X86CpuState:
+    """vCPU `index`'s saved state; BackendError naming it if it is malformed or cut short."""
+    try:
+        state = x86_state.from_text(text)
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise BackendError(f"vCPU {index}'s saved state is malformed ({type(e).__name__}: {e})") from None
+    if "lapic" not in state.blobs or "mp_state" not in state.blobs:
+        missing = "lapic" if "lapic" not in state.blobs else "mp_state"
+        raise BackendError(f"vCPU {index}'s saved state is incomplete (no {missing})")
+    return state

@@ -57,23 +57,26 @@ PIT = ("pit2", "struct kvm_pit_state2", "KVM_GET_PIT2", "KVM_SET_PIT2", None)
 _RESTORE_ORDER = ("xcrs", "xsave", "debugregs", "lapic", "mp_state", "events")
 _BLOB_TYPES = {name: (ctype, set_) for name, ctype, _get, set_, _cap in BLOBS + (LAPIC,)}
 
-_msr_cache: tuple[int, tuple[int, ...]] | None = None
+_msr_cache: dict[tuple[int, bool], tuple[int, ...]] = {}   # (pid, in-kernel LAPIC) -> MSR indices
 _blob_cache: tuple[int, tuple[str, ...]] | None = None
 
 
-def restorable_msrs(kvm: Kvm, vcpu: Vcpu) -> tuple[int, ...]:
+def restorable_msrs(kvm: Kvm, vcpu: Vcpu, lapic: bool = False) -> tuple[int, ...]:
     """The MSRs of KVM_GET_MSR_INDEX_LIST that this KVM reads and lets
     userspace write back unchanged (probed once per process on a live vCPU;
-    TSC_ADJUST sorted before TSC, as KVM wants them)."""
-    global _msr_cache
-    pid = os.getpid()
-    if _msr_cache is None or _msr_cache[0] != pid:
+    TSC_ADJUST sorted before TSC, as KVM wants them). Separately for vCPUs
+    with an in-kernel local APIC (`lapic`): KVM takes more MSRs there (e.g.
+    MSR_KVM_PV_EOI_EN), and a list probed on one made every later reset of a
+    plain vCPU in that process fail."""
+    key = (os.getpid(), lapic)
+    found = _msr_cache.get(key)
+    if found is None:
         indices = kvm.msr_index_list()
         values = vcpu.get_msrs(indices)
         keep = [i for i, v in zip(indices, values) if v is not None and vcpu.set_msrs([(i, v)]) == 1]
         keep.sort(key=lambda i: (i == MSR_IA32_TSC, i))   # the TSC last: writing it resyncs the clock
-        _msr_cache = (pid, tuple(keep))
-    return _msr_cache[1]
+        found = _msr_cache[key] = tuple(keep)
+    return found
 
 
 def available_blobs(kvm: Kvm) -> tuple[str, ...]:
@@ -109,13 +112,15 @@ class X86CpuState:
         return (self.regs, self.sregs, mine, self.blobs) == (other.regs, other.sregs, theirs, other.blobs)
 
 
-def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False) -> X86CpuState:
+def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False, lapic: bool | None = None) -> X86CpuState:
     """Everything the vCPU holds now (pending port/MMIO completions excluded:
     the caller finishes those first); with `vm` (a VM with the in-kernel
-    irqchip) also its local APIC, the PICs and IOAPIC, and with `pit` the 8254."""
+    irqchip) also its local APIC, the PICs and IOAPIC, and with `pit` the 8254.
+    `lapic=True` without `vm`: the local APIC but not the VM's chips (an AP's)."""
+    lapic = vm is not None if lapic is None else lapic
     regs = bytes(ffi.buffer(vcpu.get_regs()))
     sregs = bytes(ffi.buffer(vcpu.get_sregs()))
-    indices = restorable_msrs(kvm, vcpu)
+    indices = restorable_msrs(kvm, vcpu, lapic)
     values = vcpu.get_msrs(indices)
     msrs = {i: v for i, v in zip(indices, values) if v is not None}
     blobs = {}
@@ -128,8 +133,9 @@ def capture(kvm: Kvm, vcpu: Vcpu, vm=None, pit: bool = False) -> X86CpuState:
     except KvmError:
         khz = 0
     vm_blobs = {}
-    if vm is not None:
+    if lapic:
         blobs["lapic"] = vcpu.get_blob(LAPIC[2], LAPIC[1])
+    if vm is not None:
         for name, ctype, get, _set, chip in CHIPS + ((PIT,) if pit else ()):
             vm_blobs[name] = vm.get_blob(get, ctype, b"" if chip is None else chip.to_bytes(4, "little"))
     return X86CpuState(regs, sregs, msrs, blobs, time.monotonic(), khz, vm_blobs)
