@@ -242,14 +242,20 @@ class Bus:
                 self.mmio.append((pc.PC_TESTDEV_MMIO, pc.PC_TESTDEV_MMIO + pc.PC_TESTDEV_MMIO_LEN,
                                   pc.PcTestdevMem(dev)))
 
-    def connect_irqs(self, set_line: Callable[[int, bool], None]) -> None:
+    def connect_irqs(self, set_line: Callable[[int, bool], None], sync: bool = False) -> None:
         """Wire every device that has an SPI (`irq`) to the interrupt controller:
-        set_line(INTID, level) is the backend's set_irq_line."""
+        set_line(INTID, level) is the backend's set_irq_line. With `sync` (a
+        device state loaded from a snapshot, new input given) each line is
+        driven to the level the device's state says now."""
         for _start, _end, dev in self.mmio:
             spi = dev.spec.irq if dev.spec.type == "pl011" else None
             if spi is not None:
                 intid = SPI_BASE + spi
                 dev._line = lambda level, intid=intid: set_line(intid, level)
+                if sync:
+                    level = dev.mis() != 0
+                    dev._level = not level
+                    dev.update_line(level)
 
     # Port I/O -----------------------------------------------------------
     def port_read(self, port: int, size: int) -> int:

@@ -75,16 +75,21 @@ def start_child(rig: Rig, store: PointStore | None, backend: Backend, memory: Me
     if not path.exists() and rig.start.parent is not None:
         raise SnapshotError(f"{rig.start}: the point was not saved (the parent rig did not reach it)")
     snap = read_cached(path, backend, memory)
-    if snap.cpus != rig.cpus:   # the loader said so from the same file: it changed since
-        plural = "s" if snap.cpus > 1 else ""
-        raise SnapshotError(f"{path}: the snapshot is of a machine with {snap.cpus} vCPU{plural}; this rig runs "
-                            f"{rig.cpus}")
+    why = snapfile.machine_mismatch(snap.machine, rig.cpus, rig_gic(rig))
+    if why is not None:
+        raise SnapshotError(f"{path}: {why}")
     try:
         snapshot.put(snap, backend, memory, zeroed=True)
     except SnapshotError as e:
         raise SnapshotError(f"{path}: {e}") from None
     bus.load_state(snap.devices, rig.start_input)
     return snap
+
+
+def rig_gic(rig: Rig) -> dict[str, int] | None:
+    """The rig's GIC as a snapshot header records it (snapfile.gic_text), or None."""
+    g = rig.gic
+    return None if g is None else snapfile.gic_text(3, g.distributor, g.redistributor, g.irqs)
 
 
 # What the Session calls ----------------------------------------------------------

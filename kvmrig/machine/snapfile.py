@@ -10,19 +10,21 @@ Format (version 2), one file:
 The header records the format version, the kvmrig version that wrote it, the
 arch, the backend whose CPU state it holds (that state's own shape: for KVM
 x86_64 every kvm_regs/kvm_sregs field by name, MSRs by index, and the opaque
-XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), and
-the machine's vCPU count (`cpus`; the CPU state holds vCPU 0's and, in
-`cpu.aps`, each other vCPU's), and the memory map: per region its address,
-size, ROM flag, the runs of pages
-that are not all zero (offset, length; the rest of the region is zero), and
-where their compressed bytes are, with a SHA-256 of those bytes uncompressed.
+XSAVE/XCR/debug/event blobs in hex), where it came from (rig and point), the
+machine (`machine`: the vCPU count and the GIC's version and layout, or null;
+the CPU state holds vCPU 0's and each other vCPU's, in `cpu.aps` on x86_64
+and `cpu.secondaries` on arm64), and the memory map: per region its address,
+size, ROM flag, the runs of pages that are not all zero (offset, length; the
+rest of the region is zero), and where their compressed bytes are, with a
+SHA-256 of those bytes uncompressed.
 
 Loading checks everything before it is used: a file from another format
 version, arch, backend or memory map, a truncated file or a corrupt one is a
 SnapshotError naming the file and the mismatch, never a wrong run.
 
-Version 1 (before several vCPUs were saved) is version 2 without `cpus`: a
-one-vCPU machine; it is still read.
+Version 2 added `machine`, so a child whose machine differs is refused
+before it runs. Version 1 files (one vCPU, no GIC: all kvmrig could save
+then) are still read, as such.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from kvmrig.errors import SnapshotError
 
 MAGIC = b"KVMRIG-SNAPSHOT"
 VERSION = 2
-READS = (1, 2)   # version 1: one vCPU, no `cpus` in the header
+READS = (1, 2)   # version 1 is version 2 without `machine` (one vCPU, no GIC)
+ONE_CPU: dict[str, Any] = {"cpus": 1, "gic": None}
 LEVEL = 1   # zlib level: guest RAM is mostly zeros, fast beats small
 
 
@@ -56,7 +59,11 @@ class Snapshot:
     cpu: dict[str, Any]
     origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
     devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
-    cpus: int = 1   # vCPUs: `cpu` holds vCPU 0 and, in cpu["aps"], vCPUs 1..cpus-1
+    machine: dict[str, Any] = field(default_factory=lambda: dict(ONE_CPU))   # vCPUs and GIC (check_machine)
+
+    @property
+    def cpus(self) -> int:
+        return self.machine["cpus"]
 
     def memory_map(self) -> list[tuple[int, int, bool]]:
         return [(at, size, rom) for at, size, rom, _ in self.memory]
@@ -80,7 +87,8 @@ def write(path: str | Path, snap: Snapshot) -> None:
         blobs.append(packed)
         offset += len(packed)
     header = {"format": VERSION, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
-              "cpus": snap.cpus, "origin": snap.origin, "memory": regions, "devices": snap.devices, "cpu": snap.cpu}
+              "origin": snap.origin, "machine": snap.machine, "memory": regions, "devices": snap.devices,
+              "cpu": snap.cpu}
     text = json.dumps(header, indent=1).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -106,7 +114,11 @@ class Header:
     origin: dict[str, str]
     irqchip: bool = False   # taken with the in-kernel irqchip (rig `machine:`)
     pit: bool = False
-    cpus: int = 1
+    machine: dict[str, Any] = field(default_factory=lambda: dict(ONE_CPU))   # vCPUs and GIC
+
+    @property
+    def cpus(self) -> int:
+        return self.machine["cpus"]
 
 
 def read_header(path: str | Path) -> Header:
@@ -127,7 +139,7 @@ def read_header(path: str | Path) -> Header:
     chips = chips if isinstance(chips, dict) else {}
     return Header(header["arch"], header["backend"], [(at, size, rom) for at, size, rom, *_r in regions],
                   header.get("devices", []), header.get("origin", {}), "pic_master" in chips, "pit2" in chips,
-                  header["cpus"])
+                  header["machine"])
 
 
 def read(path: str | Path, arch: str | None = None, backend: str | None = None,
@@ -169,7 +181,7 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
             pos += k
         memory.append((at, size, rom, runs))
     return Snapshot(snap_arch, snap_backend, memory, header["cpu"], header.get("origin", {}),
-                    header.get("devices", []), header["cpus"])
+                    header.get("devices", []), header["machine"])
 
 
 def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
@@ -178,7 +190,7 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     words = first.split(b" ")
     if len(words) != 2 or words[0] != MAGIC:
         raise SnapshotError(f"{path}: not a kvmrig snapshot (it does not start with {MAGIC.decode()})")
-    if words[1] not in (str(v).encode() for v in READS):
+    if words[1] not in [str(v).encode() for v in READS]:
         raise SnapshotError(f"{path}: snapshot format version {words[1].decode(errors='replace')}; this "
                             f"kvmrig ({__version__}) reads versions {', '.join(map(str, READS))}: take the "
                             "snapshot again")
@@ -208,29 +220,74 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
             raise TypeError("cpu, origin or devices")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad {e}") from None
+    if version == 1:
+        header["machine"] = dict(ONE_CPU)
+    elif "machine" not in header:
+        raise SnapshotError(f"{path}: corrupt snapshot header: missing or bad 'machine'")
+    why = _bad_machine(header["machine"])
+    if why:
+        raise SnapshotError(f"{path}: corrupt snapshot header: machine: {why}")
     if header.get("format") != version:
         raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
-    header["cpus"] = _cpus(path, header, version)
+    _other_vcpus(path, header)
     if memory and len(body) == 0 and regions:
         raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
     return header, regions, body
 
 
-def _cpus(path: Path, header: dict, version: int) -> int:
+def _bad_machine(machine) -> str | None:
+    """What is wrong with a header's `machine`, or None."""
+    if not isinstance(machine, dict) or set(machine) != {"cpus", "gic"}:
+        return "needs exactly cpus and gic"
+    cpus, gic = machine["cpus"], machine["gic"]
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        return f"cpus {cpus!r} is not a vCPU count"
+    if gic is None:
+        return None
+    if not isinstance(gic, dict) or set(gic) != {"version", "distributor", "redistributor", "irqs"}:
+        return "gic needs exactly version, distributor, redistributor and irqs"
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in gic.values()):
+        return "gic: version, distributor, redistributor and irqs are numbers"
+    return None
+
+
+def gic_text(version: int, distributor: int, redistributor: int, irqs: int) -> dict[str, int]:
+    """A header's `machine.gic` for a GIC of this version and layout."""
+    return {"version": version, "distributor": distributor, "redistributor": redistributor, "irqs": irqs}
+
+
+def machine_mismatch(saved: dict[str, Any], cpus: int, gic: dict[str, int] | None) -> str | None:
+    """How the snapshot's machine (`saved`, a header's `machine`) differs from
+    one with `cpus` vCPUs and the GIC `gic` (gic_text or None), or None."""
+    def gic_words(g):
+        if g is None:
+            return "no GIC"
+        return (f"a GICv{g['version']} (distributor {g['distributor']:#x}, redistributor "
+                f"{g['redistributor']:#x}, {g['irqs']} interrupts)")
+    diffs = []
+    if saved["cpus"] != cpus:
+        diffs.append(f"the snapshot's machine has {saved['cpus']} vCPU{'s' if saved['cpus'] != 1 else ''}, "
+                     f"this one {cpus}")
+    if saved["gic"] != gic:
+        diffs.append(f"the snapshot's machine has {gic_words(saved['gic'])}, this one {gic_words(gic)}")
+    return "; ".join(diffs) or None
+
+
+# where a backend's CPU state keeps the vCPUs after vCPU 0, per arch
+OTHER_VCPUS = {"x86_64": "aps", "arm64": "secondaries"}
+
+
+def _other_vcpus(path: Path, header: dict) -> None:
     """The header's vCPU count, checked against the per-vCPU states it holds."""
-    count = header.get("cpus", 1) if version >= 2 else 1
-    if version >= 2 and "cpus" not in header:
-        raise SnapshotError(f"{path}: corrupt snapshot header: missing the vCPU count (cpus)")
-    if type(count) is not int or count < 1:
-        raise SnapshotError(f"{path}: corrupt snapshot header: bad vCPU count {count!r}")
-    aps = header["cpu"].get("aps", [])
-    if not isinstance(aps, list) or not all(isinstance(a, dict) for a in aps):
-        raise SnapshotError(f"{path}: corrupt snapshot header: cpu.aps is not a list of vCPU states")
-    if len(aps) != count - 1:
+    count = header["machine"]["cpus"]
+    key = OTHER_VCPUS.get(header["arch"], "aps")
+    others = header["cpu"].get(key, [])
+    if not isinstance(others, list) or not all(isinstance(a, dict) for a in others):
+        raise SnapshotError(f"{path}: corrupt snapshot header: cpu.{key} is not a list of vCPU states")
+    if len(others) != count - 1:
         raise SnapshotError(f"{path}: truncated or corrupt snapshot: the header says {count} vCPU"
-                            f"{'s' if count > 1 else ''}, its CPU state holds {1 + len(aps)} (vCPU 0 and "
-                            f"{len(aps)} in cpu.aps)")
-    return count
+                            f"{'s' if count > 1 else ''}, its CPU state holds {1 + len(others)} (vCPU 0 and "
+                            f"{len(others)} in cpu.{key})")
 
 
 def _run(text: str) -> tuple[int, int]:

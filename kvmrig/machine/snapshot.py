@@ -29,8 +29,10 @@ def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
         raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot take snapshots yet")
     cpu = export()
     regions = [(b.start, b.region.size, b.region.rom, snapfile.runs_of(b.buf)) for b in memory.backings]
+    shape = getattr(backend, "snapshot_machine", None)   # backends that save more than one bare vCPU
+    machine = shape() if shape is not None else {"cpus": 1 + len(cpu.get("aps", ())), "gic": None}
     return snapfile.Snapshot(backend.arch, backend.name, regions, cpu, dict(origin or {}), list(devices or []),
-                             1 + len(cpu.get("aps", ())))
+                             machine)
 
 
 def save(path: str | Path, backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
@@ -43,10 +45,11 @@ def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory, zeroed: bool 
     With `zeroed` (a new or reset machine: all memory zero) only the pages
     the snapshot has data in are written; else each region is cleared first."""
     load = getattr(backend, "import_cpu", None)
-    if snap.cpus > 1 and snap.backend != backend.name:
-        raise SnapshotError(f"the snapshot is of a machine with {snap.cpus} vCPUs, taken on {snap.backend}; the "
-                            f"{backend.name} backend runs one vCPU and cannot load it")
     if snap.backend != backend.name:   # taken on the other backend: its registers by name
+        if snap.machine != snapfile.ONE_CPU:
+            why = snapfile.machine_mismatch(snap.machine, 1, None)
+            raise SnapshotError(f"{why}: the {backend.name} backend for {backend.arch} loads only one-vCPU "
+                                f"machines without a GIC from another backend's snapshot")
         load = getattr(backend, "import_arch", None)
         if load is None or "arch" not in snap.cpu:
             raise SnapshotError(f"the snapshot holds {snap.backend} CPU state, which the {backend.name} backend "

@@ -244,10 +244,13 @@ class _Builder:
                            cpu=part(self.cpu, None))
         else:   # a child: the machine of the point it starts from
             inherited = part(lambda: self.inherited(start), None) if start is not None else None
-            memory, images, devices, cpu, pc_machine = inherited or ((), (), (), None, m.Machine())
-            # x86: the snapshot's vCPUs (`cpus:` may say how many); arm64 snapshots have one, and no GIC
-            cpus = part(lambda: self.child_cpus(pc_machine.cpus), 1) if self.arch == "x86_64" else 1
-            gic = None
+            nothing = ((), (), (), None, m.Machine(), 1, None)
+            memory, images, devices, cpu, pc_machine, saved_cpus, gic = inherited or nothing
+            cpus = saved_cpus
+            if self.arch == "arm64" and inherited:   # a child may restate its snapshot's machine
+                part(lambda: self.same_machine(memory, cpus, gic), None)
+            elif self.arch == "x86_64":   # the snapshot's vCPUs (`cpus:` may say how many)
+                cpus = part(lambda: self.child_cpus(saved_cpus), 1)
             machine = dict(images=images, devices=devices, cpu=cpu)
         fields = dict(
             timeout=part(timeout, m.DEFAULT_TIMEOUT) if "timeout" in d else m.DEFAULT_TIMEOUT,
@@ -291,9 +294,8 @@ class _Builder:
             self.fail(("machine",), "a rig that starts from a snapshot has its machine (irqchip, PIT) from the "
                       "snapshot, not one of its own", key=True)
         for key, what in (("cpus", "other vCPUs"), ("gic", "the GIC's state")):
-            if key == "cpus" and self.arch == "x86_64":
-                continue   # x86 snapshots hold every vCPU
-            if key in d and (rig.save_points() or rig.start is not None):
+            held = self.arch == "arm64" or key == "cpus"   # arm64 snapshots hold the GIC, both every vCPU
+            if key in d and not held and (rig.save_points() or rig.start is not None):
                 self.fail((key,), f"snapshots (save:, from:) do not capture {what}: a rig with {key}: cannot "
                           "save or start from one", key=True)
         return rig
@@ -338,7 +340,7 @@ class _Builder:
         return m.Start(None, None, file, self.mark(p))
 
     def inherited(self, start: m.Start) -> tuple:
-        """(memory, images, devices, cpu, machine) of where the rig starts from."""
+        """(memory, images, devices, cpu, machine, cpus, gic) of where the rig starts from."""
         p: JsonPath = ("from",)
         if start.parent is None:
             from kvmrig.errors import SnapshotError
@@ -359,10 +361,13 @@ class _Builder:
             symbols = head.origin.get("symbols", []) if isinstance(head.origin.get("symbols"), list) else []
             images = tuple(m.Image(Path(f), None, None, mark) for f in symbols
                            if isinstance(f, str) and Path(f).is_file())
-            if head.cpus > 1 and not head.irqchip:
-                self.fail(p, f"corrupt snapshot: {head.cpus} vCPUs without the in-kernel irqchip that starts them")
-            machine = m.Machine(head.irqchip, head.pit, mark, head.cpus) if head.irqchip else m.Machine()
-            return memory, images, devices, None, machine
+            cpus = head.machine["cpus"]
+            if self.arch == "x86_64" and cpus > 1 and not head.irqchip:
+                self.fail(p, f"corrupt snapshot: {cpus} vCPUs without the in-kernel irqchip that starts them")
+            machine = m.Machine(head.irqchip, head.pit, mark, cpus) if head.irqchip else m.Machine()
+            g = head.machine["gic"]
+            gic = m.Gic(g["distributor"], g["redistributor"], g["irqs"], mark) if g else None
+            return memory, images, devices, None, machine, cpus, gic
         if start.parent in _loading:
             self.fail(p, "snapshot points form a cycle: " + " -> ".join(str(x.name) for x in _loading + [start.parent]))
         _loading.append(start.parent)
@@ -377,7 +382,23 @@ class _Builder:
             self.fail(p, f"{start.parent.name} saves no point {start.point!r} (it saves: {saved})")
         if parent.arch != self.arch:
             self.fail(p, f"{start.parent.name} is an {parent.arch} rig; this rig says arch: {self.arch}")
-        return parent.memory, parent.images, parent.devices, parent.cpu, parent.machine
+        return parent.memory, parent.images, parent.devices, parent.cpu, parent.machine, parent.cpus, parent.gic
+
+    def same_machine(self, memory: tuple[m.Region, ...], cpus: int, gic: m.Gic | None) -> None:
+        """arm64: a child's own `cpus` / `gic` must be its snapshot's (they only restate it)."""
+        if "cpus" in self.data and self.cpus() != cpus:
+            self.fail(("cpus",), f"cpus: {self.data['cpus']}, but the snapshot's machine has {cpus} "
+                      f"vCPU{'s' if cpus != 1 else ''}")
+        if "gic" not in self.data:
+            return
+        own = self.gic(memory, cpus)
+        if gic is None:
+            self.fail(("gic",), "the snapshot's machine has no GIC", key=True)
+        elif own is not None and (own.distributor, own.redistributor, own.irqs) != \
+                (gic.distributor, gic.redistributor, gic.irqs):
+            self.fail(("gic",), f"distributor {own.distributor:#x}, redistributor {own.redistributor:#x}, "
+                      f"{own.irqs} interrupts; the snapshot's GIC has distributor {gic.distributor:#x}, "
+                      f"redistributor {gic.redistributor:#x}, {gic.irqs} interrupts")
 
     def child_cpus(self, saved: int) -> int:
         """The vCPUs of an x86 child: its snapshot's; `cpus:`, if given, must say the same."""

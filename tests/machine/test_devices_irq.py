@@ -42,3 +42,22 @@ def test_no_line_without_an_irq():
     bus, lines = bus_with(b"x", irq=None)
     bus.mmio_write(IMSC, 4, 0x7FF)
     assert lines == [] and bus.mmio_read(MIS, 4) == 0x70
+
+
+def test_a_child_drives_its_lines_to_its_loaded_state_and_new_input():
+    """A snapshot child: the UART's state (IMSC set, no input left) is loaded,
+    the child's input given, then the line is wired: it goes high at once
+    (the guest waits in WFI for that interrupt, and writes no register first)."""
+    parent, _ = bus_with(None)
+    parent.mmio_write(IMSC, 4, 1 << 4)                  # RXIM, nothing received
+    child = Bus((Device("pl011", None, UART, None, None, Mark("r.yaml", 1, 1), None, 1),), Outcome(exit="?"))
+    child.load_state(parent.state(), b"k")
+    lines: list[tuple[int, bool]] = []
+    child.connect_irqs(lambda intid, level: lines.append((intid, level)), sync=True)
+    assert lines == [(33, True)]
+    assert child.mmio_read(DR, 4) == ord("k") and lines == [(33, True), (33, False)]
+    quiet = Bus((Device("pl011", None, UART, None, None, Mark("r.yaml", 1, 1), None, 1),), Outcome(exit="?"))
+    quiet.load_state(parent.state(), None)
+    lines.clear()
+    quiet.connect_irqs(lambda intid, level: lines.append((intid, level)), sync=True)
+    assert lines == [(33, False)], "a low line is said low too: the GIC may hold the parent's level"

@@ -41,7 +41,7 @@ def test_the_header_is_text_with_registers_by_name(saved):
     _, length, rest = raw.split(b"\n", 2)
     header = json.loads(rest[:int(length)])
     assert header["cpu"]["regs"]["rax"] == "0x2a"
-    assert header["cpus"] == 1 and header["format"] == 2
+    assert header["machine"] == {"cpus": 1, "gic": None} and header["format"] == 2
     assert header["memory"][1] == {**header["memory"][1], "at": "0xffff0000", "rom": True}
     assert len(raw) < 0x3000  # memory is compressed
 
@@ -53,29 +53,75 @@ def test_another_version_is_named(saved):
         snapfile.read(saved)
 
 
-def _rewrite_header(path, change) -> None:
-    """Edit a snapshot's JSON header in place (its memory section kept)."""
-    first, length, rest = path.read_bytes().split(b"\n", 2)
+def _rewrite_header(path, change, first=None) -> None:
+    """Apply `change` to the header of the file at `path` (and its first line)."""
+    raw = path.read_bytes()
+    line, length, rest = raw.split(b"\n", 2)
     header = json.loads(rest[:int(length)])
     change(header)
-    text = json.dumps(header).encode()
-    version = str(header.get("format", 2)).encode()
-    path.write_bytes(b"KVMRIG-SNAPSHOT " + version + b"\n%d\n" % len(text) + text + rest[int(length):])
+    text = json.dumps(header).encode() + b"\n"
+    path.write_bytes((first or line) + b"\n%d\n" % len(text) + text + rest[int(length):])
 
 
-def test_a_version_1_file_is_read_as_one_vcpu(saved):
-    def as_v1(header):
+def test_the_machine_is_recorded_and_read_back(tmp_path):
+    snap = _snap()
+    snap.machine = {"cpus": 2, "gic": snapfile.gic_text(3, 0x8000000, 0x80A0000, 288)}
+    snap.cpu = {**snap.cpu, "aps": [{"regs": {"rax": "0x1"}}]}
+    snapfile.write(tmp_path / "m.snap", snap)
+    assert snapfile.read(tmp_path / "m.snap").machine == snap.machine
+    assert snapfile.read_header(tmp_path / "m.snap").machine == snap.machine
+
+
+def test_a_version_1_file_is_a_one_vcpu_machine_without_gic(saved):
+    def old(header):
+        del header["machine"]
         header["format"] = 1
-        del header["cpus"]
-    _rewrite_header(saved, as_v1)
-    back = snapfile.read(saved, "x86_64", "kvm", MAP)
-    assert back.cpus == 1 and back.memory == _snap().memory
-    assert snapfile.read_header(saved).cpus == 1
+    _rewrite_header(saved, old, b"KVMRIG-SNAPSHOT 1")
+    assert snapfile.read(saved).machine == {"cpus": 1, "gic": None}
+    assert snapfile.read_header(saved).machine == {"cpus": 1, "gic": None}
+
+
+@pytest.mark.parametrize("machine, words", [
+    (None, "missing or bad 'machine'"),
+    ({"cpus": 0, "gic": None}, "cpus 0 is not a vCPU count"),
+    ({"cpus": "2", "gic": None}, "cpus '2' is not a vCPU count"),
+    ({"cpus": 1}, "needs exactly cpus and gic"),
+    ({"cpus": 1, "gic": {"version": 3}}, "gic needs exactly version, distributor, redistributor and irqs"),
+    ({"cpus": 1, "gic": {"version": 3, "distributor": "0x8000000", "redistributor": 0, "irqs": 64}},
+     "are numbers"),
+])
+def test_a_bad_machine_in_the_header_is_named(saved, machine, words):
+    def change(header):
+        if machine is None:
+            del header["machine"]
+        else:
+            header["machine"] = machine
+    _rewrite_header(saved, change)
+    with pytest.raises(SnapshotError, match=f"corrupt snapshot header.*{words}"):
+        snapfile.read(saved)
+    with pytest.raises(SnapshotError, match=f"corrupt snapshot header.*{words}"):
+        snapfile.read_header(saved)
+
+
+def test_machine_mismatches_are_named():
+    gic = snapfile.gic_text(3, 0x8000000, 0x80A0000, 288)
+    two = {"cpus": 2, "gic": gic}
+    assert snapfile.machine_mismatch(two, 2, dict(gic)) is None
+    assert snapfile.machine_mismatch(two, 1, gic) == "the snapshot's machine has 2 vCPUs, this one 1"
+    assert snapfile.machine_mismatch({"cpus": 1, "gic": None}, 1, gic) == (
+        "the snapshot's machine has no GIC, this one a GICv3 (distributor 0x8000000, redistributor 0x80a0000, "
+        "288 interrupts)")
+    moved = snapfile.gic_text(3, 0x9000000, 0x80A0000, 288)
+    assert "distributor 0x8000000" in snapfile.machine_mismatch(two, 2, moved)
+    assert "distributor 0x9000000" in snapfile.machine_mismatch(two, 2, moved)
+    assert snapfile.machine_mismatch(two, 4, None) == (
+        "the snapshot's machine has 2 vCPUs, this one 4; the snapshot's machine has a GICv3 (distributor "
+        "0x8000000, redistributor 0x80a0000, 288 interrupts), this one no GIC")
 
 
 def _smp_snap(cpus: int = 3) -> Snapshot:
     snap = _snap()
-    snap.cpus = cpus
+    snap.machine = {"cpus": cpus, "gic": None}
     snap.cpu = {**snap.cpu, "cpus": cpus, "aps": [{"regs": {"rax": hex(i)}} for i in range(1, cpus)]}
     return snap
 
@@ -90,10 +136,7 @@ def test_the_vcpu_count_round_trips(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda h: h["cpu"]["aps"].pop(), "the header says 3 vCPUs, its CPU state holds 2"),
-    (lambda h: h.update(cpus=2), "the header says 2 vCPUs, its CPU state holds 3"),
-    (lambda h: h.pop("cpus"), "missing the vCPU count"),
-    (lambda h: h.update(cpus=0), "bad vCPU count 0"),
-    (lambda h: h.update(cpus="3"), "bad vCPU count '3'"),
+    (lambda h: h["machine"].update(cpus=2), "the header says 2 vCPUs, its CPU state holds 3"),
     (lambda h: h["cpu"].update(aps={"1": {}}), "cpu.aps is not a list"),
 ])
 def test_a_vcpu_count_that_does_not_match_the_states_is_named(tmp_path, change, message):

@@ -101,10 +101,45 @@ def _write(folder: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("key, text", [("gic", "gic: {}\n"), ("cpus", "cpus: 2\n")])
-def test_a_rig_with_a_gic_or_vcpus_takes_no_snapshots(key, text):
-    """A point of such a machine would lose the GIC or the other vCPUs: the
-    rig file says so at the key, instead of a child that runs differently."""
-    for extra, line in (("save: here\n", 4), ("expect: {exit: system-off}\nsave: end\n", 4)):
-        message = error(ARM + text + extra)
-        assert f"r.yaml:{line}:1: {key}: snapshots (save:, from:) do not capture" in message, message
+@pytest.mark.parametrize("text", ["gic: {}\n", "cpus: 2\n", "cpus: 2\ngic: {irqs: 64}\n"])
+def test_a_rig_with_a_gic_or_vcpus_saves_points_and_its_children_inherit_the_machine(tmp_path, text):
+    """Snapshots hold every vCPU and the GIC: such a rig saves points, and a
+    child gets its parent's vCPU count and GIC (it has no machine of its own)."""
+    parent = load_rig(_write(tmp_path, ARM + text + "save: here\n"))
+    assert list(parent.save_points()) == ["here"]
+    (tmp_path / "p.yaml").write_text(ARM + text + "save: here\n")
+    child = load_rig_text("kvmrig: 1\narch: arm64\nfrom: p.yaml#here\n", tmp_path / "c.yaml")
+    assert (child.cpus, child.gic and (child.gic.distributor, child.gic.redistributor, child.gic.irqs)) == \
+        (parent.cpus, parent.gic and (parent.gic.distributor, parent.gic.redistributor, parent.gic.irqs))
+
+
+def _parent(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(ARM + "cpus: 2\ngic: {}\nsave: here\n")
+
+
+@pytest.mark.parametrize("own", ["cpus: 2\n", "gic: {}\n", "cpus: 2\ngic: {distributor: 0x08000000}\n"])
+def test_a_child_may_restate_its_snapshots_machine(tmp_path, own):
+    _parent(tmp_path)
+    child = load_rig_text("kvmrig: 1\narch: arm64\nfrom: p.yaml#here\n" + own, tmp_path / "c.yaml")
+    assert child.cpus == 2 and child.gic.distributor == 0x08000000
+
+
+@pytest.mark.parametrize("own, words", [
+    ("cpus: 1\n", ":4:7: cpus: cpus: 1, but the snapshot's machine has 2 vCPUs"),
+    ("cpus: 4\n", ":4:7: cpus: cpus: 4, but the snapshot's machine has 2 vCPUs"),
+    ("gic: {distributor: 0x09000000}\n", ":4:6: gic: distributor 0x9000000, redistributor 0x80a0000, 288 "
+     "interrupts; the snapshot's GIC has distributor 0x8000000, redistributor 0x80a0000, 288 interrupts"),
+    ("gic: {irqs: 64}\n", "64 interrupts; the snapshot's GIC has distributor 0x8000000"),
+])
+def test_a_child_whose_machine_differs_from_its_snapshots_is_an_error_naming_it(tmp_path, own, words):
+    _parent(tmp_path)
+    message = error("kvmrig: 1\narch: arm64\nfrom: p.yaml#here\n" + own, tmp_path / "r.yaml")
+    assert words in message, message
+
+
+def test_a_child_with_a_gic_of_a_snapshot_without_one_is_an_error(tmp_path):
+    (tmp_path / "p.yaml").write_text(ARM + "save: here\n")
+    message = error("kvmrig: 1\narch: arm64\nfrom: p.yaml#here\ngic: {}\n", tmp_path / "r.yaml")
+    assert ":4:1: gic: the snapshot's machine has no GIC" in message, message
+
+

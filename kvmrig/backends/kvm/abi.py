@@ -902,6 +902,23 @@ KVM_VGIC_V3_ADDR_TYPE_REDIST = 3       # 128 KiB per vCPU (RD + SGI frames), con
 KVM_VGIC_V3_DIST_SIZE = 0x10000
 KVM_VGIC_V3_REDIST_SIZE = 2 * 0x10000
 
+# The vGICv3's state (snapshots: backends/kvm/arm64_gic_state.py). Register
+# groups take attr = MPIDR affinity (Aff3.Aff2.Aff1.Aff0, bits 63:32) | offset
+# (u32 values) / ICC sysreg instr (op0:op1:CRn:CRm:op2, u64 values) / line
+# level info (bits 31:10) | vINTID (a multiple of 32, u32 bitmap).
+KVM_DEV_ARM_VGIC_GRP_DIST_REGS = 1
+KVM_DEV_ARM_VGIC_GRP_REDIST_REGS = 5
+KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS = 6
+KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO = 7
+KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT = 32
+KVM_DEV_ARM_VGIC_V3_MPIDR_MASK = 0xFFFFFFFF << 32
+KVM_DEV_ARM_VGIC_OFFSET_MASK = 0xFFFFFFFF
+KVM_DEV_ARM_VGIC_SYSREG_INSTR_MASK = 0xFFFF
+KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT = 10
+KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_MASK = 0x3FFFFF << 10
+KVM_DEV_ARM_VGIC_LINE_LEVEL_INTID_MASK = 0x3FF
+VGIC_LEVEL_INFO_LINE_LEVEL = 0          # asm/kvm.h; not KVM_-prefixed
+
 # KVM_IRQ_LINE's irq field on arm64 (asm/kvm.h)
 KVM_ARM_IRQ_TYPE_SHIFT = 24
 KVM_ARM_IRQ_VCPU_SHIFT = 16

@@ -80,7 +80,7 @@ from kvmrig.arch.arm64.boot import Arm64State, GicLayout
 from kvmrig.arch.arm64.regs import CANONICAL
 from kvmrig.backends.base import HwSlot
 from kvmrig.backends.events import DebugEvent, Event, ForeignDebug, HwBreak, Step, SwBreak, Unhandled, WatchHit
-from kvmrig.backends.kvm import abi
+from kvmrig.backends.kvm import abi, arm64_snap
 from kvmrig.backends.kvm.common import KvmBackendBase
 from kvmrig.backends.kvm.lazyregs import LazyRegs
 from kvmrig.backends.kvm.perprocess import PerProcess
@@ -165,6 +165,8 @@ class KvmArm64Backend(KvmBackendBase):
         self._resume_bp: tuple[int, frozenset[int]] | None = None  # (pc, exec slots) to step past
         self._last_esr = 0
         self._gic: GicLayout | None = None
+        self._gic_dev = None      # the vGICv3 device (its state: arm64_gic_state)
+        self._pmu = False         # the vCPUs were made with KVM_ARM_VCPU_PMU_V3
 
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
@@ -231,7 +233,7 @@ class KvmArm64Backend(KvmBackendBase):
                     vcpu.set_attr(abi.KVM_ARM_VCPU_PMU_V3_CTRL, abi.KVM_ARM_VCPU_PMU_V3_INIT)
                 except KvmError as e:
                     raise BackendError(f"PMUv3 of vCPU {vcpu.index}: {e}") from None
-        self._gic = gic
+        self._gic, self._gic_dev, self._pmu = gic, dev, pmu
 
     def set_irq_line(self, intid: int, level: bool) -> None:
         """A device's SPI through KVM_IRQ_LINE (level-triggered: it stays until lowered)."""
@@ -254,18 +256,30 @@ class KvmArm64Backend(KvmBackendBase):
 
     def export_cpu(self) -> dict:
         """Every register of KVM_GET_REG_LIST (core, FP/SIMD, system, timer and
-        firmware registers) by id, and the MP state (powered off or not), as text."""
+        firmware registers) by id, and the MP state (powered off or not), as text;
+        the other vCPUs and the GIC too (arm64_snap)."""
         self._ensure_vcpu()
-        self.settle_io()
-        regs = {}
-        for reg in self.vcpu.get_reg_list():
-            try:
-                regs[f"{reg:#x}"] = f"{self.vcpu.get_one_reg(reg):#x}"
-            except KvmError as e:
-                if e.errno not in (errno.ENOENT, errno.EINVAL):
-                    raise
-        mp = self.vcpu.get_blob("KVM_GET_MP_STATE", "struct kvm_mp_state")
-        return {"one_reg": regs, "mp_state": mp.hex(), "arch": self._arch_text(regs, mp)}
+        text = arm64_snap.vcpu_text(self)
+        mp = bytes.fromhex(text["mp_state"])
+        text["arch"] = self._arch_text(text["one_reg"], mp)
+        arm64_snap.export_machine(self, text)
+        return text
+
+    def snapshot_machine(self) -> dict:
+        """The snapshot header's `machine`: vCPU count and GIC layout."""
+        return arm64_snap.machine_shape(self)
+
+    def _build_for_snapshot(self, cpus: int, gic: GicLayout | None, pmu: bool) -> None:
+        """The vCPU (and GIC) a snapshot loads into, made as the one that took it."""
+        if cpus != 1:
+            raise BackendError(f"the snapshot's machine has {cpus} vCPUs; this backend drives one")
+        if self.vcpu is not None:
+            if gic is not None or pmu:
+                raise BackendError("a GIC snapshot needs a machine of its own; this one exists already")
+            return
+        vcpu = self._create_boot_vcpu(arm64_snap.features(self, boot=True, pmu=pmu))
+        if gic is not None:
+            self._create_gic(gic, [vcpu], pmu)
 
     def _arch_text(self, one_reg: dict[str, str], mp: bytes) -> dict:
         """The neutral form the emulator loads (arch/arm64/cpustate.py): the
@@ -301,7 +315,11 @@ class KvmArm64Backend(KvmBackendBase):
     def import_cpu(self, text: dict) -> None:
         """Load export_cpu() text: each register whose value differs from the
         vCPU's is set (some, like the firmware's PSCI version, may not change
-        once the vCPU ran; equal ones need no write)."""
+        once the vCPU ran; equal ones need no write). A machine with more
+        vCPUs or a GIC is built and loaded by arm64_snap."""
+        if arm64_snap.is_machine(text):
+            arm64_snap.import_machine(self, text)
+            return
         self._ensure_vcpu()
         try:
             saved = {int(k, 16): int(v, 16) for k, v in text["one_reg"].items()}

@@ -39,10 +39,12 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
-from kvmrig.arch.arm64.boot import Arm64State
+from kvmrig.arch.arm64.boot import Arm64State, GicLayout
 from kvmrig.backends.base import HwSlot
 from kvmrig.backends.events import DebugEvent, Event, Timeout
+from kvmrig.backends.kvm import arm64_snap
 from kvmrig.backends.kvm.arm64 import KvmArm64Backend
+from kvmrig.errors import BackendError
 
 SLICE = 0.002  # seconds a vCPU runs before the next one's turn
 
@@ -99,6 +101,22 @@ class KvmArm64SmpBackend(KvmArm64Backend):
             # after every vCPU exists
             self._create_gic(state.gic, [cpu.vcpu for cpu in self._cpus], self.offers_pmu(state))
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
+
+    def _build_for_snapshot(self, cpus: int, gic: GicLayout | None, pmu: bool) -> None:
+        """The vCPUs (and GIC) a snapshot loads into, made as set_initial_state
+        makes them: vCPU 0, the others powered off, then the GIC (arm64_snap)."""
+        if self.vcpu is not None:
+            raise BackendError("a snapshot of several vCPUs needs a machine of its own; this one exists already")
+        init = self.vm.arm_preferred_target()
+        self.vcpu = self.vm.create_vcpu(0)
+        self.vcpu.arm_vcpu_init(init.target, arm64_snap.features(self, boot=True, pmu=pmu))
+        for i in range(1, cpus):
+            cpu = _Secondary(self, i)
+            cpu.vcpu = self.vm.create_vcpu(i)
+            cpu.vcpu.arm_vcpu_init(init.target, arm64_snap.features(self, boot=False, pmu=pmu))
+            self._cpus.append(cpu)
+        if gic is not None:
+            self._create_gic(gic, [cpu.vcpu for cpu in self._cpus], pmu)
 
     # Running -------------------------------------------------------------
     def run(self, deadline: float) -> Event:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmrig.backends.kvm import abi
 from kvmrig.invm import qemu as invm_qemu
 from tests.invm.reporting import report_line
 from tests.machine import arm64_reuse_lane as reuse_lane
@@ -82,12 +83,22 @@ python3 -m kvmrig run fromkvm --backend kvm --json fromkvm.json --junit '' -j 1 
 echo $? > fromkvm.status
 python3 -m kvmrig run fromemu --backend kvm --json fromemu.json --junit '' -j 1 > fromemu.log 2>&1
 echo $? > fromemu.status
-cat rigs.log checks.log snap.log fromkvm.log fromemu.log
+python3 - > snapfiles.log 2>&1 <<'PY'
+# kvmrig snapshot twice and kvmrig run, in one interpreter (each start costs seconds under TCG)
+from kvmrig.cli import main
+for name, argv in (("gicsnap", ["snapshot", "rigs-kvm/arm64/gic-snap.yaml#ticking", "-o", "gic.snap"]),
+                   ("smpsnap", ["snapshot", "rigs-kvm/arm64/smp-snap.yaml#secondary-on", "-o", "smp.snap"]),
+                   ("fromfiles", ["run", "fromfiles", "--json", "fromfiles.json", "--junit", "", "-j", "1"])):
+    code = main(argv + ["--backend", "kvm"])
+    open(f"{name}.status", "w").write(f"{code}\n")
+PY
+cat rigs.log checks.log snap.log fromkvm.log fromemu.log snapfiles.log
 """ + reuse_lane.COMMAND
 FETCH = ["out.xml", "rigs.status", "rigs.log", "mutants.xml", "mutants.status", "mutants.log",
          "checks.json", "checks.status", "checks.log", "kvm.snap", "snap.status", "snap.log",
          "fromkvm.json", "fromkvm.status", "fromkvm.log", "fromemu.json", "fromemu.status", "fromemu.log",
-         *reuse_lane.FETCH]
+         "gic.snap", "gicsnap.status", "smp.snap", "smpsnap.status", "fromfiles.json", "fromfiles.status",
+         "snapfiles.log", *reuse_lane.FETCH]
 
 # Cross-backend snapshots on arm64: Debian's U-Boot saved at its prompt on the
 # VM's KVM runs these children on the host's emulator, and saved on the host's
@@ -117,6 +128,20 @@ def _uboot_parent(folder: Path) -> None:
     (folder / "boot.yaml").write_text(text)
     shutil.copy(UBOOT_BIN, folder / "u-boot.bin")
     shutil.copy(ROOT / "rigs" / "firmware" / "u-boot-arm64.dtb", folder / "u-boot-arm64.dtb")
+
+
+# Snapshot files of a `gic:` machine and of two vCPUs (kvmrig snapshot in the
+# VM), and children that start from those files instead of the parent rigs.
+FILE_CHILDREN = {"gic-snap-ticking": ("gic-snap.yaml#ticking", "gic.snap"),
+                 "smp-snap-secondary-on": ("smp-snap.yaml#secondary-on", "smp.snap")}
+
+
+def _file_children(folder: Path) -> None:
+    folder.mkdir()
+    for child, (point, snap) in FILE_CHILDREN.items():
+        text = (KVM_RIGS / f"{child}.yaml").read_text()
+        assert text.count(f"from: {point}") == 1
+        (folder / f"{child}.yaml").write_text(text.replace(f"from: {point}", f"from: ../{snap}"))
 
 
 def _mutants(folder: Path) -> None:
@@ -160,6 +185,8 @@ def lane(request, tmp_path_factory) -> Lane:
     _mutants(mutants)
     files = [("rigs/arm64", str(ARM64_RIGS)), ("rigs-kvm/arm64", str(KVM_RIGS)), ("mutants", str(mutants)),
              ("arm64_vm_checks.py", str(CHECKS))]
+    _file_children(work / "fromfiles")
+    files.append(("fromfiles", str(work / "fromfiles")))
     if UBOOT_BIN.is_file():   # the cross-backend U-Boot part (u-boot-qemu is in scripts/setup.sh)
         _uboot_parent(work / "uboot")
         _children_from(work / "fromkvm", "kvm.snap")
@@ -312,7 +339,67 @@ def test_an_emulator_u_boot_snapshot_runs_its_children_on_kvm_as_on_the_emulator
         _same_end(record, on_emu[name])
 
 
-# --- 5. VM reuse: fresh and reused arm64 VMs end every rig identically ---------------
+# --- 5. snapshot files of machines with a GICv3 or two vCPUs ---------------------
+
+def test_a_gic_snapshot_file_records_the_machine_and_the_gics_state(lane, tmp_path):
+    """gic-snap saved in its timer handler: the header names the GIC, the GIC
+    part holds what the guest programmed (KVM's own readouts)."""
+    from kvmrig.errors import SnapshotError
+    from kvmrig.machine import snapfile
+    assert lane.status("gicsnap") == 0, lane.text("snapfiles.log")
+    path = tmp_path / "gic.snap"
+    path.write_bytes(lane.files["gic.snap"])
+    head = snapfile.read_header(path)
+    assert head.machine == {"cpus": 1, "gic": {"version": 3, "distributor": 0x08000000,
+                                               "redistributor": 0x080A0000, "irqs": 288}}
+    snap = snapfile.read(path)
+    gic = snap.cpu["gic"]
+    cpu = gic["cpus"][0]
+    assert int(gic["dist"]["GICD_CTLR"], 16) & 0x12 == 0x12                     # ARE, group 1 on
+    enabled = int(cpu["redist"]["GICR_ISENABLER0"], 16)
+    assert enabled & 0xFFFF0000 == 1 << 27 and enabled & 1 << 1                  # timer and SGI 1 (KVM: SGIs always)
+    assert int(cpu["redist"]["GICR_ISACTIVER0"], 16) == 1 << 27                  # saved in the timer's handler
+    assert int(cpu["redist"]["GICR_IPRIORITYR0"], 16) == 0x4000                  # SGI 1 at 0x40
+    assert int(cpu["redist"]["GICR_IPRIORITYR6"], 16) >> 24 == 0x80              # INTID 27 at 0x80
+    assert int(cpu["icc"]["ICC_PMR_EL1"], 16) == 0xF0 and int(cpu["icc"]["ICC_IGRPEN1_EL1"], 16) == 1
+    assert any(int(v, 16) for k, v in cpu["icc"].items() if k.startswith("ICC_AP1R")), \
+        "the active interrupt's priority is in an active priority register"
+    # The emulator has neither a GIC nor it state: loading it there is refused, not run on vCPU 0 alone.
+    from kvmrig.backends import emu
+    if emu.unavailable() is None:
+        from kvmrig.machine import snapshot
+        from kvmrig.machine.memory import Memory
+        from kvmrig.rig.load import load_rig_text
+        memory = Memory(load_rig_text("kvmrig: 1\narch: arm64\nmemory: [{at: 0x40000000, size: 64K}]\n").memory)
+        with emu.backend_class("arm64")() as backend:
+            for b in memory.backings:
+                backend.map_memory(b.start, b.buf, b.region.rom)
+            with pytest.raises(SnapshotError, match="has a GICv3 .*loads only one-vCPU machines without a GIC"):
+                snapshot.put(snap, backend, memory)
+
+
+def test_a_two_vcpu_snapshot_file_records_both(lane, tmp_path):
+    from kvmrig.machine import snapfile
+    assert lane.status("smpsnap") == 0, lane.text("snapfiles.log")
+    path = tmp_path / "smp.snap"
+    path.write_bytes(lane.files["smp.snap"])
+    snap = snapfile.read(path)
+    assert snap.machine == {"cpus": 2, "gic": None}
+    vcpu1 = snap.cpu["secondaries"][0]
+    assert int(vcpu1["mp_state"][:8], 16) == 0                                   # running (not PSCI-off)
+    x0 = hex(abi.arm64_core_reg("regs", "regs", 0))
+    assert int(vcpu1["one_reg"][x0], 16) == 0x5EED                               # CPU_ON's context id
+
+
+def test_children_of_those_files_end_as_the_uninterrupted_runs(lane):
+    assert lane.status("fromfiles") == 0, lane.text("snapfiles.log")
+    records = {r["name"]: r for r in json.loads(lane.text("fromfiles.json"))["rigs"]}
+    assert sorted(records) == sorted(FILE_CHILDREN)
+    for name, record in records.items():
+        assert record["status"] == "passed" and record["backend"] == "kvm", (name, record.get("failures"))
+
+
+# --- 6. VM reuse: fresh and reused arm64 VMs end every rig identically ---------------
 
 def test_fresh_and_reused_arm64_vms_end_every_rig_identically(lane, request):
     """tests/machine/arm64_reuse_checks.py: the differential, what KVM_ARM_VCPU_INIT resets, --no-reuse."""
@@ -321,4 +408,3 @@ def test_fresh_and_reused_arm64_vms_end_every_rig_identically(lane, request):
         {o: v.get("seconds") for o, v in results.get("differential", {}).get("orders", {}).items()}))
     reuse_lane.check(results, with_uboot=UBOOT_BIN.is_file())
     assert lane.status("reuse") == 0, lane.text("reuse.log")[-3000:]
-

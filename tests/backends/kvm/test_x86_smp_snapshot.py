@@ -264,11 +264,11 @@ def test_a_vcpu_count_other_than_the_childs_is_an_error_naming_both(smp_file):
     assert run_rig(child).status == PASSED
 
     def one_vcpu(h):
-        h["cpus"] = 1
+        h["machine"]["cpus"] = 1
         del h["cpu"]["aps"]
     _rewrite(smp_file, one_vcpu)
     result = run_rig(child)
-    assert result.status == ERROR and "the snapshot is of a machine with 1 vCPU; this rig runs 2" in result.message, \
+    assert result.status == ERROR and "the snapshot's machine has 1 vCPU, this one 2" in result.message, \
         result.message
 
 
@@ -303,7 +303,7 @@ def test_an_smp_snapshot_does_not_load_on_the_emulator(smp_file):
     memory = Memory(child.memory)
     try:
         with emu_factory(load_rig(X86 / "protected-mode.yaml"))() as backend, \
-                pytest.raises(SnapshotError, match="2 vCPUs, taken on kvm; the emu backend runs one vCPU"):
+                pytest.raises(SnapshotError, match="the snapshot's machine has 2 vCPUs, this one 1: the emu backend for x86_64 loads only one-vCPU machines"):
             snapshot.put(snap, backend, memory)
     finally:
         memory.close()
