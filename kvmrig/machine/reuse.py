@@ -60,7 +60,7 @@ def fresh_only(rig: Rig) -> bool:
     `cpus:`, arm64 `gic:` or `cpu.cpuid`): made before or around the vCPU,
     with state no reset puts back, so never kept or reused."""
     m = rig.machine
-    return (m.irqchip or m.pit or m.cpus > 1 or rig.gic is not None
+    return (m.irqchip or m.pit or m.cpus > 1 or rig.cpus > 1 or rig.gic is not None
             or (rig.cpu is not None and rig.cpu.cpuid is not None))
 
 

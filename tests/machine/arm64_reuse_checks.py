@@ -148,7 +148,9 @@ def _orders(rigs: list, scribbler) -> dict[str, list]:
 
 
 def differential(rig_files: list[str]) -> dict:
-    rigs = [load_rig(p) for p in rig_files]
+    # children of a point of another rig need that run's point store (kvmrig run
+    # keeps it); children of snapshot files (the U-Boot ones) run on their own
+    rigs = [r for r in map(load_rig, rig_files) if r.start is None or r.start.parent is None]
     scribbler = next(r for r in rigs if r.name == "arm64-scribble-cpu")
     others = [r for r in rigs if r is not scribbler]
     out: dict = {"rigs": [r.name for r in rigs], "orders": {}}
