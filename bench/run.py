@@ -8,7 +8,8 @@ C floor), rss (peak memory), emu (the emulator backend), coverage (the C
 example suite with and without coverage, on KVM and on the emulator), reuse
 (VM reuse: the reset against C, the re-mapping alternative, fork_100 from a
 booted U-Boot, growth over 10,000 rigs), kut (the kvm-unit-tests x86 binaries per test under kvmrig
-and under QEMU, bench/kut.py).
+and under QEMU, bench/kut.py), arm64 (the reset of a reused arm64 VM in the nested arm64 lane,
+bench/arm64_reset.py; informational).
 
 Prints a table and writes reports/bench.json:
     {"machine": {...}, "params": {...}, "rows": [{"name", "unit", "limit", "kvmrig",
@@ -845,7 +846,31 @@ def reuse_rows(p: Params, exe: Path | None, tmp: Path) -> list[Row]:
     return rows
 
 
-GROUPS = ("ops", "cli", "suite", "qemu", "rss", "emu", "coverage", "reuse", "kut")
+def arm64_reset_row(p: Params) -> Row | None:
+    """arm64 VM reuse in the nested arm64 lane (bench/arm64_reset.py inside
+    qemu-system-aarch64 TCG): informational, every ioctl there is emulated."""
+    from kvmrig.invm import qemu as invm_qemu
+    if shutil.which(os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU) is None:
+        log("reset_reuse_arm64: no qemu-system-aarch64 (scripts/setup-arm64-lane.sh)")
+        return None
+    n = 50 if p.rounds > 3 else 20
+    log("reset_reuse_arm64 (boots the arm64 lane)")
+    r = invm_qemu.run_in_vm(f"python3 arm64_reset.py {n}", files=[("arm64_reset.py", str(HERE / "arm64_reset.py"))],
+                            timeout=600)
+    line = next((x for x in r.output.splitlines() if x.startswith("ARM64RESET ")), None)
+    if line is None:
+        log(f"reset_reuse_arm64 failed: {r.error or r.output[-2000:]}")
+        return None
+    m = json.loads(line.split(" ", 1)[1])
+    return Row("reset_reuse_arm64", "us", m["new_vm_us"], m["reset_us"], m["n"],
+               f"arm64 KVM in the nested lane (QEMU TCG: informational): reset of a reused VM after a guest that "
+               f"wrote {m['dirty_pages']} pages and two system registers (KVM_ARM_VCPU_INIT again, SP_EL1/ELR_EL1/"
+               f"SPSR_EL1/timer CVALs and the counter written back, KVM_GET_DIRTY_LOG, pages zeroed); limit = a new "
+               f"VM with its vCPU; writing all {m['registers']} guest-writable registers instead of the re-init "
+               f"took {m['write_all_us']:.0f} us", detail=m)
+
+
+GROUPS = ("ops", "cli", "suite", "qemu", "rss", "emu", "coverage", "reuse", "kut", "arm64")
 # The smallest run that still makes every selected row (tests/test_bench_smoke.py).
 TINY = Params(k=3, n_op=1, n_lifecycle=1, n_suite_1000=1, n_suite_100=1, n_suite_1=1,
               n_version=1, n_qemu=1, qemu_j2_batch=2, n_rss=1, rounds=1, n_coverage=1)
@@ -897,6 +922,9 @@ def bench(p: Params, groups: set[str], out: Path, quick: bool = False) -> dict:
             rows += coverage_rows(p)
         if "kut" in groups:
             rows += kut_rows(Row, rounds=1 if p.rounds <= 3 else 3)
+        if "arm64" in groups:
+            row = arm64_reset_row(p)
+            rows += [row] if row is not None else []
     machine["loadavg_1min"] = {"min": min(load.samples), "median": median(load.samples), "max": max(load.samples)}
     report = {"machine": machine, "params": {"quick": quick, **p.__dict__},
               "seconds": round(time.monotonic() - started, 1), "rows": [r.as_json() for r in rows]}

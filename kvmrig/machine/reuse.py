@@ -57,9 +57,11 @@ def shape(rig: Rig) -> tuple:
 
 def fresh_only(rig: Rig) -> bool:
     """Rigs whose VM is built for them (rig `machine:` — irqchip, PIT, APs —
-    or `cpu.cpuid`): made before the vCPU, so never kept or reused."""
+    `cpus:`, arm64 `gic:` or `cpu.cpuid`): made before or around the vCPU,
+    with state no reset puts back, so never kept or reused."""
     m = rig.machine
-    return m.irqchip or m.pit or m.cpus > 1 or (rig.cpu is not None and rig.cpu.cpuid is not None)
+    return (m.irqchip or m.pit or m.cpus > 1 or rig.cpus > 1 or rig.gic is not None
+            or (rig.cpu is not None and rig.cpu.cpuid is not None))
 
 
 class _Kept:

@@ -350,3 +350,14 @@ print(out.exit, pool.created)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["timeout", "3"]
+
+
+def test_rigs_with_a_gic_or_several_vcpus_get_a_fresh_vm():
+    """arm64 `gic:` (the vGIC's state is not reset) and `cpus:` rigs are never
+    kept or reused; plain arm64 rigs are (the arm64 lane's differential runs
+    them on kept VMs: tests/machine/arm64_reuse_checks.py)."""
+    from kvmrig.machine.reuse import fresh_only
+    kvm_rigs = ROOT / "rigs-kvm" / "arm64"
+    assert fresh_only(load_rig(kvm_rigs / "timer-irq.yaml"))        # gic: {}
+    assert fresh_only(load_rig(kvm_rigs / "smp-psci.yaml"))         # cpus: 2
+    assert not fresh_only(load_rig(ROOT / "rigs" / "arm64" / "sysregs.yaml"))

@@ -121,3 +121,13 @@ def test_a_gic_snapshot_cut_inside_its_gic_part_is_truncated(tmp_path: Path):
         snapfile.read(path)
     with pytest.raises(BackendError):   # and the parts themselves never crash on nonsense
         arm64_snap.parse({"one_reg": {}, "mp_state": "00000000", "gic": None})
+
+
+@pytest.mark.parametrize("machine", [{"cpus": 2, "gic": None}, {"cpus": 1, "gic": GIC}])
+def test_a_child_of_such_a_machine_never_runs_on_a_kept_vm(tmp_path: Path, machine):
+    """A kept VM has one vCPU and no GIC: the pool builds such a child its own machine."""
+    from kvmrig.machine.reuse import fresh_only
+    snapfile.write(tmp_path / "m.snap", _snap(machine))
+    assert fresh_only(load_rig_text("kvmrig: 1\narch: arm64\nfrom: m.snap\n", tmp_path / "c.yaml"))
+    snapfile.write(tmp_path / "one.snap", _snap({"cpus": 1, "gic": None}))
+    assert not fresh_only(load_rig_text("kvmrig: 1\narch: arm64\nfrom: one.snap\n", tmp_path / "d.yaml"))

@@ -71,6 +71,15 @@ def is_identity(reg: int) -> bool:
     return reg & 0xFFFFFFFFFFFF0000 in (KVM_REG_ARM_FW, KVM_REG_ARM_DEMUX & 0xFFFFFFFFFFFF0000)
 
 
+def guest_writable(reg: int) -> bool:
+    """Registers a guest can change: not the identity ones (is_identity),
+    MIDR_EL1/MPIDR_EL1 or the CCSIDR table (KVM_REG_ARM_DEMUX, 32-bit ids),
+    which only the VMM sets, nor the running counters. What a reused VM's
+    reset must put back (tests/machine/arm64_reuse_checks.py, bench/arm64_reset.py)."""
+    return not (is_identity(reg) or is_clock(reg) or (reg >> 16) & 0xFFFF == KVM_REG_ARM_DEMUX >> 16 & 0xFFFF
+                or ID_NAMES.get(reg) in IDENTITY)
+
+
 def to_text(regs: dict[str, int], only_here: dict[str, int] | None = None,
             pending: list[str] | None = None) -> dict[str, Any]:
     """The neutral form: CARRIED registers by name, numbers in hex."""

@@ -325,6 +325,19 @@ struct kvm_debug_exit_arch {
     uint32_t hsr_high;
     uint64_t far;
 };
+
+/* asm/kvm.h, KVM_GET/SET_VCPU_EVENTS on arm64: a pending virtual SError
+   (with its ESR) or external data abort (VM reuse compares them). */
+struct kvm_vcpu_events {
+    struct {
+        uint8_t serror_pending;
+        uint8_t serror_has_esr;
+        uint8_t ext_dabt_pending;
+        uint8_t pad[5];
+        uint64_t serror_esr;
+    } exception;
+    uint32_t reserved[12];
+};
 """
 
 _CDEF_COMMON = """
@@ -596,6 +609,8 @@ def ioctl_table(arch: str) -> dict[str, int]:
         table.update({
             "KVM_ARM_VCPU_INIT":        IOW(0xAE, "struct kvm_vcpu_init"),       # vcpu, before the first run
             "KVM_ARM_PREFERRED_TARGET": IOR(0xAF, "struct kvm_vcpu_init"),       # VM
+            "KVM_GET_VCPU_EVENTS":      IOR(0x9F, "struct kvm_vcpu_events"),     # vcpu; KVM_CAP_VCPU_EVENTS
+            "KVM_SET_VCPU_EVENTS":      IOW(0xA0, "struct kvm_vcpu_events"),     # vcpu; KVM_CAP_VCPU_EVENTS
         })
     return table
 

@@ -26,6 +26,10 @@ and close() completes the last one, so `outcome.regs` stays a full snapshot
 after the VM is gone. "sp" is the stack pointer of the current exception
 level (SP_EL1 at EL1h, SP_EL0 at EL0t/EL1t; onereg.sp_for_pstate).
 
+Reuse: reset() puts a kept VM back for the next rig (KVM_ARM_VCPU_INIT
+again, plus the few registers it leaves); VMs with a GIC or several vCPUs are
+not reused (machine/reuse.py; docs/snapshots.md).
+
 Debug: breakpoints are taken BEFORE the instruction executes and watchpoints
 BEFORE the access completes (the instruction re-executes on return), so
 progress needs "disable, step one instruction, re-enable", which this
@@ -60,7 +64,8 @@ Known limits:
   translations), and a new VM whose RAM lands on a recycled host page at the
   same guest address may run the previous guest's code. kvmrig's software
   breakpoints still work there only because stepping over one runs freshly
-  translated single-step code.
+  translated single-step code. A reused VM (reset()) was not seen to: the
+  pool zeroes the old code pages from the host, which QEMU does notice.
 """
 
 from __future__ import annotations
@@ -83,6 +88,13 @@ from kvmrig.errors import BackendError, KvmError
 
 # Registers whose value decides where "sp" lives: writing them forgets a cached "sp".
 _SP_DEPENDS = frozenset({"pstate", "sp_el0", "sp_el1"})
+# Registers KVM_ARM_VCPU_INIT does not reset (Linux 6.12: the EL1 exception
+# registers kept in the vCPU's sysreg file, and the timers' compare values):
+# reset() writes them back; tests/machine/arm64_reuse_checks.py (reinit) proves the list.
+INIT_KEEPS = (onereg.reg_id("sp_el1"), onereg.reg_id("elr_el1"), onereg.reg_id("spsr_el1"),
+              onereg.sys_reg(3, 3, 14, 0, 2),    # KVM_REG_ARM_TIMER_CVAL: CNTV_CVAL_EL0
+              onereg.sys_reg(3, 3, 14, 2, 2))    # CNTP_CVAL_EL0
+TIMER_CNT = onereg.sys_reg(3, 3, 14, 3, 2)       # KVM_REG_ARM_TIMER_CNT: CNTVCT_EL0 (writing it sets CNTVOFF)
 
 
 @dataclass
@@ -137,6 +149,8 @@ class KvmArm64Backend(KvmBackendBase):
     def __init__(self) -> None:
         super().__init__()
         self._init_state()
+        self._vcpu_init: tuple[int, tuple[int, ...]] | None = None   # (target, features) of vCPU 0
+        self._pristine: dict[int, int] | None = None   # keep_pristine(): what reset() writes after the init
 
     def _init_state(self) -> None:
         """The arm64 part of the state (tests build a backend around a fake vCPU with it)."""
@@ -158,12 +172,13 @@ class KvmArm64Backend(KvmBackendBase):
     def set_initial_state(self, state: Arm64State) -> None:
         if state.cpus > 1:  # select.py picks arm64_smp.KvmArm64SmpBackend for those
             raise BackendError(f"cpus: {state.cpus}: this backend drives one vCPU (KvmArm64SmpBackend drives more)")
-        init = self.vm.arm_preferred_target()
-        vcpu = self.vcpu = self.vm.create_vcpu(0)
-        # PSCI 0.2: KVM answers HVC #0 PSCI calls, SYSTEM_OFF/RESET exit as system events.
-        vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=True))
-        if state.gic is not None:
-            self._create_gic(state.gic, [vcpu], self.offers_pmu(state))
+        if self.vcpu is None:
+            # PSCI 0.2: KVM answers HVC #0 PSCI calls, SYSTEM_OFF/RESET exit as system events.
+            vcpu = self._create_boot_vcpu(self.vcpu_features(state, boot=True))
+            if state.gic is not None:
+                self._create_gic(state.gic, [vcpu], self.offers_pmu(state))
+        elif state.gic is not None:   # machine/reuse.py keeps `gic:` rigs fresh-only
+            raise BackendError("a kept VM (created without an in-kernel GIC) cannot take a rig with `gic:`")
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     def vcpu_features(self, state: Arm64State, boot: bool) -> list[int]:
@@ -227,11 +242,17 @@ class KvmArm64Backend(KvmBackendBase):
         self.vm.irq_line(abi.arm_irq_spi(intid), level)
 
     # Whole state: snapshots ------------------------------------------------
+    def _create_boot_vcpu(self, features: list[int]):
+        """vCPU 0, initialised with `features` (remembered: reset() re-issues the same init)."""
+        init = self.vm.arm_preferred_target()
+        vcpu = self.vcpu = self.vm.create_vcpu(0)
+        vcpu.arm_vcpu_init(init.target, features)
+        self._vcpu_init = (init.target, tuple(features))
+        return vcpu
+
     def _ensure_vcpu(self) -> None:
         if self.vcpu is None:
-            init = self.vm.arm_preferred_target()
-            self.vcpu = self.vm.create_vcpu(0)
-            self.vcpu.arm_vcpu_init(init.target, [abi.KVM_ARM_VCPU_PSCI_0_2])
+            self._create_boot_vcpu([abi.KVM_ARM_VCPU_PSCI_0_2])
 
     def export_cpu(self) -> dict:
         """Every register of KVM_GET_REG_LIST (core, FP/SIMD, system, timer and
@@ -256,11 +277,9 @@ class KvmArm64Backend(KvmBackendBase):
             if gic is not None or pmu:
                 raise BackendError("a GIC snapshot needs a machine of its own; this one exists already")
             return
-        init = self.vm.arm_preferred_target()
-        self.vcpu = self.vm.create_vcpu(0)
-        self.vcpu.arm_vcpu_init(init.target, arm64_snap.features(self, boot=True, pmu=pmu))
+        vcpu = self._create_boot_vcpu(arm64_snap.features(self, boot=True, pmu=pmu))
         if gic is not None:
-            self._create_gic(gic, [self.vcpu], pmu)
+            self._create_gic(gic, [vcpu], pmu)
 
     def _arch_text(self, one_reg: dict[str, str], mp: bytes) -> dict:
         """The neutral form the emulator loads (arch/arm64/cpustate.py): the
@@ -315,6 +334,72 @@ class KvmArm64Backend(KvmBackendBase):
                 self.vcpu.set_one_reg(reg, value)
         self.vcpu.set_blob("KVM_SET_MP_STATE", "struct kvm_mp_state", mp)
         self._forget_regs(complete=True)
+
+    # Reuse between rigs (machine/reuse.py) -----------------------------------
+    def keep_pristine(self) -> None:
+        """Remember what reset() must write after re-initialising the vCPU:
+        the registers KVM_ARM_VCPU_INIT leaves alone, and the virtual counter
+        as a new VM's reads (KVM starts it at 0 when it creates the VM)."""
+        self._ensure_vcpu()
+        known = set(self.vcpu.get_reg_list())   # an older KVM may lack the physical timer's
+        self._pristine = {reg: self.vcpu.get_one_reg(reg) for reg in (*INIT_KEEPS, TIMER_CNT) if reg in known}
+
+    def reset(self) -> None:
+        """Make this backend what a new one is, its memory slots kept.
+
+        The vCPU is re-initialised with KVM_ARM_VCPU_INIT (the same target and
+        features), which api.rst allows "multiple times for a given vcpu,
+        including after the vcpu has been run" and which "will reset the vcpu
+        to its initial state": core and FP/SIMD registers, PSTATE, every
+        system register with a reset value (SCTLR/TCR/TTBR/MAIR/VBAR/CPACR/
+        TPIDR*/SP_EL0/..., MDSCR and DBGBCR/BVR/WCR/WVR), the timers' CTL, the
+        MP state (runnable again after PSCI CPU_OFF or SYSTEM_OFF). Not a
+        pending SError: reusable() refuses a VM with one. On a vCPU that ran it also
+        cleans the guest's view of memory as for a reboot (stage 2 unmapped,
+        or the I-cache invalidated where stage 2 forces write-back), so code
+        the host writes next is fetched as on a new VM. One ioctl, where
+        writing the 177 registers a guest can change one by one costs ~7x
+        more (bench row reset_reuse_arm64, in the TCG lane).
+
+        What the init leaves (INIT_KEEPS: SP_EL1, ELR_EL1, SPSR_EL1, the
+        timers' CVAL; tests/machine/arm64_reuse_checks.py checks that list
+        against every register of the lane's KVM) is written back, and the
+        virtual counter is set back to its value on a new VM (this rewrites
+        the VM's CNTVOFF; it runs on from there). A pending MMIO access is
+        completed first: KVM would complete it into the re-initialised
+        registers at the next KVM_RUN."""
+        if self.vcpu is None:
+            return
+        if self._pristine is None or self._vcpu_init is None:
+            raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
+        self.settle_io()
+        self.forget_run()
+        caps, gic = self._caps, self._gic
+        self._forget_regs()
+        self._init_state()   # debug setup, internal steps, cached registers
+        self._caps, self._gic = caps, gic
+        target, features = self._vcpu_init
+        self.vcpu.arm_vcpu_init(target, features)
+        for reg, value in self._pristine.items():
+            self.vcpu.set_one_reg(reg, value)
+
+    def reusable(self) -> bool:
+        """One vCPU without an in-kernel GIC (the vGIC's state and the other
+        vCPUs' are not reset; machine/reuse.py keeps `gic:` and `cpus:` rigs
+        fresh-only anyway), and no virtual SError or external abort pending:
+        KVM_ARM_VCPU_INIT does not withdraw one (Linux 6.12, seen in the lane)
+        and KVM_SET_VCPU_EVENTS can only add one, so such a VM is closed. One
+        KVM_GET_VCPU_EVENTS per rig; a KVM without it is not reused."""
+        if self._gic is not None or len(getattr(self, "_cpus", (self,))) != 1:
+            return False
+        if self.vcpu is None:
+            return True
+        try:
+            blob = self.vcpu.get_blob("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events")
+        except KvmError:
+            return False
+        pending = abi.ffi.cast("struct kvm_vcpu_events *", abi.ffi.from_buffer(blob)).exception
+        return not (pending.serror_pending or pending.ext_dabt_pending)
 
     # Registers -----------------------------------------------------------
     def _read_reg(self, name: str) -> int | None:

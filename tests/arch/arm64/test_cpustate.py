@@ -46,3 +46,18 @@ def test_refusals_name_the_register_or_event():
     del text["regs"]["x3"]
     with pytest.raises(cpustate.CrossError, match="malformed.*x3"):
         cpustate.from_text(text, "kvm")
+
+
+def test_guest_writable_registers_are_what_a_reset_puts_back():
+    """A reused VM's reset must restore these; ID, cache-ID (CCSIDR table,
+    32-bit KVM_REG_ARM_DEMUX ids), firmware, MIDR/MPIDR and counters are not
+    the guest's to change."""
+    for name in ("x0", "pc", "pstate", "sp_el1", "v31", "fpcr", "sctlr_el1", "vbar_el1", "mdscr_el1"):
+        assert cpustate.guest_writable(reg_id(name)), name
+    cntv_cval, cntvct = sys_reg(3, 3, 14, 0, 2), sys_reg(3, 3, 14, 3, 2)
+    assert cpustate.guest_writable(cntv_cval) and not cpustate.guest_writable(cntvct)
+    id_aa64pfr0 = sys_reg(3, 0, 0, 4, 0)
+    for reg in (reg_id("midr_el1"), reg_id("mpidr_el1"), id_aa64pfr0,
+                0x6020000000110000,      # CCSIDR of level 1 (KVM_REG_ARM_DEMUX, 32-bit)
+                cpustate.KVM_REG_ARM_FW):  # the PSCI version
+        assert not cpustate.guest_writable(reg), hex(reg)

@@ -199,6 +199,7 @@ def test_ioctl_numbers_known_values():
     assert arm["KVM_SET_GUEST_DEBUG"] == 0x4208AE9B   # 520-byte struct
     assert arm["KVM_ARM_VCPU_INIT"] == 0x4020AEAE
     assert arm["KVM_ARM_PREFERRED_TARGET"] == 0x8020AEAF
+    assert arm["KVM_GET_VCPU_EVENTS"] == 0x8040AE9F    # the 64-byte arm64 struct: same number as x86's
     assert "KVM_GET_REGS" not in arm and "KVM_ARM_VCPU_INIT" not in x86
 
 
@@ -222,6 +223,8 @@ def test_arm64_layouts_match_api_rst():
     assert f.sizeof("struct kvm_debug_exit_arch") == 16
     assert f.offsetof("struct kvm_debug_exit_arch", "far") == 8
     assert f.sizeof("struct kvm_vcpu_init") == 32
+    assert f.sizeof("struct kvm_vcpu_events") == 64
+    assert f.offsetof("struct kvm_vcpu_events", "exception", "serror_esr") == 8
     # Documentation/virt/kvm/api.rst, "ARM64 core/FP-SIMD registers"
     golden = {
         ("regs", "regs", 0): 0x6030000000100000,

@@ -37,6 +37,7 @@ import pytest
 from kvmrig.backends.kvm import abi
 from kvmrig.invm import qemu as invm_qemu
 from tests.invm.reporting import report_line
+from tests.machine import arm64_reuse_lane as reuse_lane
 
 QEMU = os.environ.get(invm_qemu.QEMU_ENV) or invm_qemu.DEFAULT_QEMU
 ROOT = Path(__file__).resolve().parents[3]
@@ -92,12 +93,12 @@ for name, argv in (("gicsnap", ["snapshot", "rigs-kvm/arm64/gic-snap.yaml#tickin
     open(f"{name}.status", "w").write(f"{code}\n")
 PY
 cat rigs.log checks.log snap.log fromkvm.log fromemu.log snapfiles.log
-"""
+""" + reuse_lane.COMMAND
 FETCH = ["out.xml", "rigs.status", "rigs.log", "mutants.xml", "mutants.status", "mutants.log",
          "checks.json", "checks.status", "checks.log", "kvm.snap", "snap.status", "snap.log",
          "fromkvm.json", "fromkvm.status", "fromkvm.log", "fromemu.json", "fromemu.status", "fromemu.log",
          "gic.snap", "gicsnap.status", "smp.snap", "smpsnap.status", "fromfiles.json", "fromfiles.status",
-         "snapfiles.log"]
+         "snapfiles.log", *reuse_lane.FETCH]
 
 # Cross-backend snapshots on arm64: Debian's U-Boot saved at its prompt on the
 # VM's KVM runs these children on the host's emulator, and saved on the host's
@@ -195,6 +196,11 @@ def lane(request, tmp_path_factory) -> Lane:
                        timeout=120)
         files += [("uboot", str(work / "uboot")), ("fromkvm", str(work / "fromkvm")),
                   ("fromemu", str(work / "fromemu")), ("emu.snap", str(work / "emu.snap"))]
+    try:   # the fresh-vs-reused differential (its own test fails if this could not be built)
+        reuse_lane.build(work / "reuse-arm64")
+        files += [("reuse-arm64", str(work / "reuse-arm64")), ("arm64_reuse_checks.py", str(reuse_lane.SCRIPT))]
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        report_line(request, f"arm64 reuse differential not shipped: {e}")
     t0 = time.monotonic()
     result = invm_qemu.run_in_vm(COMMAND, files=files, fetch=FETCH, timeout=VM_TIMEOUT)
     lane = Lane(result, time.monotonic() - t0)
@@ -391,3 +397,14 @@ def test_children_of_those_files_end_as_the_uninterrupted_runs(lane):
     assert sorted(records) == sorted(FILE_CHILDREN)
     for name, record in records.items():
         assert record["status"] == "passed" and record["backend"] == "kvm", (name, record.get("failures"))
+
+
+# --- 6. VM reuse: fresh and reused arm64 VMs end every rig identically ---------------
+
+def test_fresh_and_reused_arm64_vms_end_every_rig_identically(lane, request):
+    """tests/machine/arm64_reuse_checks.py: the differential, what KVM_ARM_VCPU_INIT resets, --no-reuse."""
+    results = json.loads(lane.text("reuse.json"))
+    report_line(request, "arm64 fresh-vs-reused differential in the VM (s): " + json.dumps(
+        {o: v.get("seconds") for o, v in results.get("differential", {}).get("orders", {}).items()}))
+    reuse_lane.check(results, with_uboot=UBOOT_BIN.is_file())
+    assert lane.status("reuse") == 0, lane.text("reuse.log")[-3000:]
