@@ -50,17 +50,21 @@ class Reusable(Protocol):
 
 
 def shape(rig: Rig) -> tuple:
-    """What two rigs must share to share a VM: the arch and the memory map
-    (every region's address, size and ROM flag)."""
-    return (rig.arch, tuple(sorted((r.at, r.size, r.rom) for r in rig.memory)))
+    """What two rigs must share to share a VM: the arch, the machine (x86
+    in-kernel irqchip, PIT) and the memory map (every region's address, size
+    and ROM flag)."""
+    return (rig.arch, bool(rig.machine.irqchip or rig.machine.pit), bool(rig.machine.pit),
+            tuple(sorted((r.at, r.size, r.rom) for r in rig.memory)))
 
 
 def fresh_only(rig: Rig) -> bool:
-    """Rigs whose VM is built for them (rig `machine:` — irqchip, PIT, APs —
-    `cpus:`, arm64 `gic:` or `cpu.cpuid`): made before or around the vCPU,
-    with state no reset puts back, so never kept or reused."""
+    """Rigs whose VM is built for them (`cpus:` > 1 — APs —, arm64 `gic:` or
+    `cpu.cpuid`): made before or around the vCPU, with state no reset puts
+    back, so never kept or reused. A one-vCPU x86 `machine:` (irqchip, PIT)
+    is kept: its backend's build_machine() makes it, reset() writes the
+    chips back as created."""
     m = rig.machine
-    return (m.irqchip or m.pit or m.cpus > 1 or rig.cpus > 1 or rig.gic is not None
+    return (m.cpus > 1 or rig.cpus > 1 or rig.gic is not None
             or (rig.cpu is not None and rig.cpu.cpuid is not None))
 
 
@@ -127,11 +131,18 @@ class VmPool:
         if not isinstance(backend, Reusable):
             backend.close()
             return None
+        machine = rig.machine.irqchip or rig.machine.pit
+        build = getattr(backend, "build_machine", None)
+        if machine and build is None:   # a backend that cannot keep such a machine: once, as before
+            backend.close()
+            return None
         memory = Memory(rig.memory)
         kept = _Kept(backend, memory)
         try:
             for b in memory.backings:
                 backend.map_memory(b.start, b.buf, b.region.rom)
+            if machine:   # after the memory: KVM's TSS and identity map go in a hole of it
+                build(rig.machine.irqchip, rig.machine.pit)
             backend.track_dirty()
             backend.keep_pristine()
             memory.track_writes()

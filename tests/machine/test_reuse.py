@@ -26,7 +26,7 @@ from kvmrig.machine.plan import prepare
 from kvmrig.arch import host_arch
 from kvmrig.machine import snapfile
 from kvmrig.machine.points import PointStore
-from kvmrig.machine.reuse import VmPool, run_fresh, shape
+from kvmrig.machine.reuse import VmPool, fresh_only, run_fresh, shape
 from kvmrig.machine.session import RunOptions
 from kvmrig.rig.load import load_rig
 from kvmrig.collect import expand, is_rig_file
@@ -34,6 +34,9 @@ from kvmrig.collect import expand, is_rig_file
 ROOT = Path(__file__).resolve().parents[2]
 SCRIBBLERS = Path(__file__).parent / "scribblers"
 GUESTS = ("scribble-cpu", "scribble-mem", "read-state")
+#: guests on a PC machine (`machine: {pit: true}`): they share one kept VM
+CHIP_GUESTS = ("scribble-chips", "read-chips")
+LAPIC_TMCCT = 0x390   # the local APIC timer's current count: it runs on its own
 MSR_IA32_TSC = 0x10
 HOST = host_arch()
 MSR_IA32_TSC_ADJUST = 0x3B
@@ -51,6 +54,7 @@ devices:
 cpu: {{mode: long}}
 expect: {{exit: {exit}}}
 """
+CHIP_RIG = RIG.replace("arch: x86_64\n", "arch: x86_64\nbackend: kvm\nmachine: {{pit: true}}\n")
 
 
 def _assemble(out: Path, name: str) -> Path:
@@ -74,6 +78,11 @@ def scribbler_rigs(tmp_path_factory):
         _assemble(out, name)
         path = out / f"{name}.yaml"
         path.write_text(RIG.format(name=name, exit="exit-code" if name == "read-state" else "hlt"))
+        rigs.append(load_rig(path))
+    for name in CHIP_GUESTS:
+        _assemble(out, name)
+        path = out / f"{name}.yaml"
+        path.write_text(CHIP_RIG.format(name=name, exit="hlt"))
         rigs.append(load_rig(path))
     return rigs
 
@@ -103,12 +112,32 @@ def _observe(record: list):
                 x = bytearray(blobs["xsave"])
                 x[512] &= ~3
                 blobs["xsave"] = bytes(x)
-            blobs.pop("lapic", None)   # machine: rigs (never reused): their local APIC's timer moves on its own
+            if "lapic" in blobs:   # machine: rigs: their local APIC's timer counts on its own
+                x = bytearray(blobs["lapic"])
+                x[LAPIC_TMCCT:LAPIC_TMCCT + 4] = bytes(4)
+                blobs["lapic"] = bytes(x)
             state["blobs"] = blobs
+            chips = dict(cpu.vm_blobs)
+            if "pit2" in chips:   # when each counter was (re)loaded: host time
+                x = bytearray(chips["pit2"])
+                for ch in range(3):
+                    at = _PIT_LOAD_TIME + ch * _PIT_CHANNEL
+                    x[at:at + 8] = bytes(8)
+                chips["pit2"] = bytes(x)
+            state["chips"] = chips
         state["regs"].pop("tsc", None)
         state["memory"] = {b.start: _digest(b.buf) for b in memory.backings}
         record.append(state)
     return inspect
+
+
+def _pit_layout() -> tuple[int, int]:
+    from kvmrig.backends.kvm import abi
+    size = abi.ffi.sizeof("struct kvm_pit_channel_state")
+    return abi.ffi.offsetof("struct kvm_pit_channel_state", "count_load_time"), size
+
+
+_PIT_LOAD_TIME, _PIT_CHANNEL = _pit_layout()
 
 
 def _digest(buf) -> str:
@@ -149,16 +178,19 @@ def points(tmp_path_factory):
 
 
 def _run_all(rigs, factory_for, reuse: bool, points=None):
+    """[(name, summary, observed state, ran on a reused VM, its VM was refused after)], and the pool."""
     results = []
-    pool = VmPool() if reuse else None
+    pool = VmPool(limit=64) if reuse else None   # every shape kept: each rig after its shape's first is reused
     options = RunOptions(points=points)
     try:
         for rig in rigs:
             plan = prepare(rig)
             seen: list = []
             run = pool.execute if pool else run_fresh
+            reused, refused = (pool.reused, pool.refused) if pool else (0, 0)
             outcome = run(plan, factory_for(rig), options, _observe(seen))
-            results.append((rig.name, _summary(outcome), seen[0]))
+            flags = (pool.reused > reused, pool.refused > refused) if pool else (False, False)
+            results.append((rig.name, _summary(outcome), seen[0], *flags))
         return results, pool
     finally:
         if pool is not None:
@@ -184,8 +216,8 @@ def _diff(a: dict, b: dict) -> dict:
 # Guests whose run ends at the rig's timeout in the middle of timer-driven
 # waits: their final state (registers, mode, halted or not) is where the clock
 # found them, different in any two runs on a loaded machine. They have
-# `machine:`, so the pool never reuses their VM; what matters is that the rigs
-# run after them on the kept VMs end identically, which is still compared.
+# their own memory map, so the pool never reuses their VM in one pass; what
+# matters is that the rigs run after them end identically, which is compared.
 ENDS_ON_THE_CLOCK = {"seabios-debian"}
 
 
@@ -197,8 +229,9 @@ def _differential(rigs, factory_for, order: str, points=None) -> None:
     again, _ = _run_all(rigs, factory_for, reuse=False, points=points)
     reused, pool = _run_all(rigs, factory_for, reuse=True, points=points)
     assert pool.reused >= len(rigs) // 2, f"the pool reused only {pool.reused} VMs for {len(rigs)} rigs"
+    _check_reused(rigs, reused)
     diffs, noisy = [], {}
-    for (name, f_out, f_state), (_, a_out, a_state), (_, r_out, r_state) in zip(fresh, again, reused):
+    for (name, f_out, f_state, *_f), (_, a_out, a_state, *_a), (_, r_out, r_state, *_r) in zip(fresh, again, reused):
         # What differs between two fresh VMs is the guest's own nondeterminism
         # (SeaBIOS and U-Boot keep timer readings in RAM): not comparable.
         noise = _diff({"outcome": f_out, **f_state}, {"outcome": a_out, **a_state})
@@ -219,6 +252,23 @@ def _differential(rigs, factory_for, order: str, points=None) -> None:
     # (timer readings); those that end on the clock anywhere.
     assert all(name in ENDS_ON_THE_CLOCK or name.startswith("u-boot") for name in noisy) and \
         all(v == ["memory"] for name, v in noisy.items() if name not in ENDS_ON_THE_CLOCK), noisy
+
+
+def _check_reused(rigs, results) -> None:
+    """Every rig that is not fresh-only ran on a kept VM when one of its shape
+    was left by an earlier rig (and not refused): `machine:` rigs too."""
+    kept, missed, machines = set(), [], 0
+    for rig, (name, _out, _state, reused, refused) in zip(rigs, results):
+        if fresh_only(rig):
+            assert not reused, f"{name} is fresh-only but ran on a reused VM"
+            continue
+        if shape(rig) in kept and not reused:
+            missed.append(name)
+        machines += reused and rig.machine.irqchip
+        (kept.discard if refused else kept.add)(shape(rig))
+    assert not missed, f"ran on a fresh VM though one of their shape was kept: {missed}"
+    if any(r.machine.irqchip and not fresh_only(r) for r in rigs):
+        assert machines >= 2, f"only {machines} rigs with `machine:` ran on a reused VM"
 
 
 def _kvm_rigs(scribbler_rigs):
@@ -306,6 +356,55 @@ def test_a_scribbler_really_scribbles(scribbler_rigs):
         pool.close()
 
 
+def _read_chips_after(by_name, first: str, sabotage=None) -> tuple[dict, int]:
+    """read-chips's registers on the VM `first` left (reset between them), and
+    how many VMs the pool reused."""
+    pool = VmPool()
+    try:
+        pool.execute(prepare(by_name[first]), kvm_factory(by_name[first]))
+        if sabotage is not None:
+            sabotage()
+        outcome = pool.execute(prepare(by_name["read-chips"]), kvm_factory(by_name["read-chips"]))
+        assert not outcome.failures, outcome.failures
+        return {r: outcome.regs[r] for r in CHIP_REGS}, pool.reused
+    finally:
+        pool.close()
+
+
+CHIP_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9")
+
+
+@pytest.mark.kvm
+def test_a_pc_machine_after_a_chip_scribbler_reads_as_new(scribbler_rigs, monkeypatch):
+    """The PICs' masks, the PIT's modes, an IOAPIC entry and the local APIC's
+    TPR, SVR and timer a guest changed are back as created for the next rig
+    on the reused VM; with reset()'s restore of the chips left out (mutation)
+    the reader sees the scribbles, so this and the differential can fail."""
+    by_name = {r.name: r for r in scribbler_rigs}
+    out = run_fresh(prepare(by_name["read-chips"]), kvm_factory(by_name["read-chips"]))
+    fresh_regs = {r: out.regs[r] for r in CHIP_REGS}
+    after, reused = _read_chips_after(by_name, "scribble-chips")
+    assert reused == 1, "read-chips did not run on the kept PC machine"
+    assert after == fresh_regs, {r: (hex(fresh_regs[r]), hex(after[r])) for r in CHIP_REGS if after[r] != fresh_regs[r]}
+    from kvmrig.backends.kvm import x86_state
+    monkeypatch.setattr(x86_state, "restore_chips", lambda vm, state: None)   # PICs, IOAPIC, PIT kept
+    real_restore = x86_state.restore
+
+    def without_lapic(vcpu, state, reuse=False):   # and the LAPIC and MP state
+        blobs = {k: v for k, v in state.blobs.items() if k != "lapic"} if reuse else state.blobs
+        real_restore(vcpu, x86_state.X86CpuState(state.regs, state.sregs, state.msrs, blobs, state.taken,
+                                                 state.tsc_khz, state.vm_blobs), reuse)
+    leaked, _ = _read_chips_after(by_name, "scribble-chips")
+    changed = {r for r in CHIP_REGS if leaked[r] != fresh_regs[r]}
+    assert {"rax", "rbx", "rcx"} <= changed, changed   # PIC masks, PIT modes, IOAPIC entry
+    monkeypatch.setattr(x86_state, "restore", without_lapic)
+    leaked, _ = _read_chips_after(by_name, "scribble-chips")
+    changed = {r for r in CHIP_REGS if leaked[r] != fresh_regs[r]}
+    # The local APIC's LVT timer and SVR (its TPR comes back with CR8, the
+    # timer's count and divider with the x2APIC MSRs KVM lets the host write).
+    assert {"rdx", "rdi"} <= changed, changed
+
+
 def _emu_rigs(scribbler_rigs):
     return _example_rigs() + scribbler_rigs
 
@@ -361,3 +460,16 @@ def test_rigs_with_a_gic_or_several_vcpus_get_a_fresh_vm():
     assert fresh_only(load_rig(kvm_rigs / "timer-irq.yaml"))        # gic: {}
     assert fresh_only(load_rig(kvm_rigs / "smp-psci.yaml"))         # cpus: 2
     assert not fresh_only(load_rig(ROOT / "rigs" / "arm64" / "sysregs.yaml"))
+
+
+def test_x86_pc_machines_are_kept_apart_from_plain_vms():
+    """A one-vCPU x86 `machine:` is kept and reused (reset() writes its chips
+    back), but only for rigs with the same machine: a plain VM and one with
+    the in-kernel irqchip and PIT have different shapes. `cpus:` > 1 stays
+    fresh-only."""
+    x86 = ROOT / "rigs" / "x86"
+    pit, plain = load_rig(x86 / "pit-ticks.yaml"), load_rig(x86 / "fib.yaml")
+    assert not fresh_only(pit)
+    assert fresh_only(load_rig(x86 / "smp-counter.yaml"))
+    assert [r.memory[0].size for r in (pit, plain)] == [2 << 20] * 2   # the same memory map
+    assert shape(pit) != shape(plain)

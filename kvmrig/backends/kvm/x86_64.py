@@ -90,6 +90,9 @@ class KvmX86Backend(KvmBackendBase):
         self.pristine: x86_state.X86CpuState | None = None   # the vCPU as created, for reuse
         self.stepped = False   # KVM single-stepped this vCPU (see reusable())
         self._ap_vcpus: list = []   # vCPUs 1.. (cpus > 1; x86_smp runs them)
+        self._lines_high: set[int] = set()   # ISA lines the rig's devices left raised (lowered at reset)
+        self.irqchip = False   # machine.irqchip: KVM runs HLT and the interrupt controllers (kept by reset())
+        self.pit = False       # machine.pit: KVM's 8254 too
         self._forget_debug()
 
     def _forget_debug(self) -> None:
@@ -113,8 +116,6 @@ class KvmX86Backend(KvmBackendBase):
         self._exec_page: int | None = None     # a trapped page mapped read-only to step its code
         self._exec_reads: list[Event] = []     # the watch hits of the instruction being stepped there
         self._exec_hlt = False                 # its next instruction is HLT: run it unstepped
-        self.irqchip = False                   # machine.irqchip: KVM runs HLT and the interrupt controllers
-        self.pit = False                       # machine.pit: KVM's 8254 too
 
     # Boot ----------------------------------------------------------------------
     def _system_area(self) -> int:
@@ -202,6 +203,7 @@ class KvmX86Backend(KvmBackendBase):
         if not self.irqchip:
             raise BackendError(f"IRQ {intid} raised without an interrupt controller: set machine.irqchip")
         self.vm.irq_line(intid, bool(level))
+        (self._lines_high.add if level else self._lines_high.discard)(intid)
 
     def _halted(self) -> Event | None:
         """With the in-kernel irqchip KVM runs HLT itself; after a kick, a vCPU
@@ -288,6 +290,17 @@ class KvmX86Backend(KvmBackendBase):
         self._forget_debug()
         if self.pristine is None:
             raise BackendError("reset() of a vCPU whose created state was not kept (call keep_pristine first)")
+        if self.irqchip:
+            # A line a device left high stays high in KVM's per-source line
+            # state, which KVM_SET_IRQCHIP does not hold: lower it first (the
+            # chips' registers it touches are written back next).
+            for line in sorted(self._lines_high):
+                self.vm.irq_line(line, False)
+            self._lines_high.clear()
+            # The chips as created: PICs, IOAPIC, and the PIT (KVM_SET_PIT2
+            # reloads each counter now, so it counts from the reset as a new
+            # VM's from its creation); the LAPIC and MP state go with the vCPU.
+            x86_state.restore_chips(self.vm, self.pristine)
         x86_state.restore(self.vcpu, self.pristine, reuse=True)
 
     def _disarm_debug(self) -> None:
@@ -299,14 +312,23 @@ class KvmX86Backend(KvmBackendBase):
         Not after KVM single-stepped it: KVM keeps state from that no ioctl
         reads or writes (on kvm_pvm a later UD2 then completes instead of
         faulting; the differential test in tests/machine/test_reuse.py caught it).
-        Nor with an in-kernel irqchip or APs: their state is not reset."""
-        return not self.stepped and not self.irqchip and not self._ap_vcpus
+        Nor with APs (cpus > 1): their state is not reset. With the in-kernel
+        irqchip (one vCPU) reset() writes the chips back as created."""
+        return not self.stepped and not self._ap_vcpus
+
+    def build_machine(self, irqchip: bool, pit: bool) -> None:
+        """Create the vCPU with a rig's `machine:` (irqchip, PIT) before
+        keep_pristine(), for a VM kept for rigs with that machine."""
+        if self.vcpu is not None:
+            raise BackendError("build_machine() after the vCPU exists")
+        self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=irqchip or pit, pit=pit))
 
     def keep_pristine(self) -> None:
-        """Remember the vCPU as created (before any rig ran), for reset()."""
+        """Remember the vCPU as created (before any rig ran), for reset();
+        with the in-kernel irqchip also its LAPIC, PICs, IOAPIC and PIT."""
         if self.vcpu is None:
             self._create_vcpu()
-        self.pristine = x86_state.capture(self.kvm, self.vcpu)
+        self.pristine = x86_state.capture(self.kvm, self.vcpu, self.vm if self.irqchip else None, self.pit)
 
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:

@@ -6,7 +6,7 @@ KVM_GET_MSR_INDEX_LIST that KVM also lets userspace set back (the TSC among
 them), the XSAVE image (x87/SSE/AVX), the XCRs, the guest's debug registers,
 pending events (exceptions, NMIs, interrupt shadow, SMM) and the MP state;
 with a rig's `machine:` also the in-kernel local APIC, PICs, IOAPIC and PIT
-(snapshots only: such VMs are never reused).
+(snapshots, and the reset of a reused one-vCPU VM with `machine:`).
 
 Restore replays prepared structs (built once per state), so a reset is a
 fixed list of ioctls with nothing allocated: this is the hot path of VM reuse.
@@ -157,7 +157,8 @@ class _Prepared:
             plan += [] if staged else [("KVM_SET_REGS", self.regs)]
             plan.append(("KVM_SET_MSRS", self.msrs))
             plan += [(name, arg) for name, arg, _buf in self.late
-                     if not (staged and name == "KVM_SET_VCPU_EVENTS") and not (reuse and name == "KVM_SET_MP_STATE")]
+                     if not (staged and name == "KVM_SET_VCPU_EVENTS")
+                     and not (reuse and not self.lapic and name == "KVM_SET_MP_STATE")]
             cached = self._calls[key] = tuple((name, getattr(abi, name), ffi.buffer(arg),
                                                self.count if name == "KVM_SET_MSRS" else 0)
                                               for name, arg in plan)
@@ -170,6 +171,7 @@ class _Prepared:
         self.sregs = ffi.new("struct kvm_sregs *")
         ffi.memmove(self.sregs, state.sregs, len(state.sregs))
         self.cr8 = int(self.sregs.cr8)
+        self.lapic = "lapic" in state.blobs   # an in-kernel LAPIC: KVM changes the MP state itself
         items = list(state.msrs.items())
         self.msrs = ffi.new("struct kvm_msrs *", {"entries": len(items)})
         self.msrs.nmsrs = len(items)
@@ -219,7 +221,8 @@ def restore(vcpu: Vcpu, state: X86CpuState, reuse: bool = False) -> None:
     `reuse` is the reset between two rigs: the TSC is set to its captured
     value plus the cycles since capture (a reused VM then looks like one
     created fresh: its TSC has been running), and the MP state is left alone
-    (without an in-kernel irqchip nothing but userspace changes it). Without
+    unless the vCPU has an in-kernel LAPIC (without one nothing but userspace
+    changes it). Without
     `reuse` everything is exact: a snapshot resumes where it was taken.
 
     Registers, sregs and pending events go through kvm_run's sync area where
