@@ -102,7 +102,13 @@ class Dev:
     def update_line(self, level: bool) -> None:
         """Drive the device's interrupt line, telling the interrupt controller only of changes."""
         if self._line is not None and level != self._level:
-            self._level = level
+            self.drive_line(level)
+
+    def drive_line(self, level: bool) -> None:
+        """Tell the interrupt controller the line's level, changed or not (a
+        line newly wired to a controller whose state was loaded)."""
+        self._level = level
+        if self._line is not None:
             self._line(level)
 
     def receive(self) -> int:

@@ -253,9 +253,7 @@ class Bus:
                 intid = SPI_BASE + spi
                 dev._line = lambda level, intid=intid: set_line(intid, level)
                 if sync:
-                    level = dev.mis() != 0
-                    dev._level = not level
-                    dev.update_line(level)
+                    dev.drive_line(dev.mis() != 0)
 
     # Port I/O -----------------------------------------------------------
     def port_read(self, port: int, size: int) -> int:

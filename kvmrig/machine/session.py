@@ -193,8 +193,8 @@ class Session:
             backend.map_memory(b.start, b.buf, b.region.rom)
         start_child(rig, self.options.points, backend, memory, self.bus)
         self.patches.insn = backend.sw_break_insn()   # the vCPU exists now (with the snapshot's irqchip, if any)
-        if rig.arch == "arm64" and rig.gic is not None and any(d.irq is not None for d in rig.devices):
-            self.bus.connect_irqs(backend.set_irq_line, sync=True)   # the child's input may raise a line
+        if rig.gic is not None:   # the devices' lines to the restored GIC (the child's input may raise one)
+            self.bus.connect_irqs(backend.set_irq_line, sync=True)
         if rig.start_set is not None:
             apply_regs(backend, rig.arch, rig.start_set.regs)
             for write in rig.start_set.memory:

@@ -182,13 +182,18 @@ class KvmArm64Backend(KvmBackendBase):
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     def vcpu_features(self, state: Arm64State, boot: bool) -> list[int]:
+        """KVM_ARM_VCPU_INIT features for a rig: a PMUv3 with a GIC where KVM
+        has one (QEMU's -cpu max/host have one by default)."""
+        return self.init_features(boot, self.offers_pmu(state))
+
+    @staticmethod
+    def init_features(boot: bool, pmu: bool) -> list[int]:
         """KVM_ARM_VCPU_INIT features: PSCI 0.2; powered off unless it is the
-        boot vCPU; a PMUv3 with a GIC where KVM has one (QEMU's -cpu max/host
-        have one by default)."""
+        boot vCPU; a PMUv3 with `pmu`."""
         features = [abi.KVM_ARM_VCPU_PSCI_0_2]
         if not boot:
             features.append(abi.KVM_ARM_VCPU_POWER_OFF)
-        if self.offers_pmu(state):
+        if pmu:
             features.append(abi.KVM_ARM_VCPU_PMU_V3)
         return features
 
@@ -277,7 +282,8 @@ class KvmArm64Backend(KvmBackendBase):
             if gic is not None or pmu:
                 raise BackendError("a GIC snapshot needs a machine of its own; this one exists already")
             return
-        vcpu = self._create_boot_vcpu(arm64_snap.features(self, boot=True, pmu=pmu))
+        arm64_snap.check_pmu(self, pmu)
+        vcpu = self._create_boot_vcpu(self.init_features(boot=True, pmu=pmu))
         if gic is not None:
             self._create_gic(gic, [vcpu], pmu)
 

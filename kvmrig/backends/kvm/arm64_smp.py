@@ -88,32 +88,26 @@ class KvmArm64SmpBackend(KvmArm64Backend):
     # Boot ----------------------------------------------------------------
     def set_initial_state(self, state: Arm64State) -> None:
         # (more vCPUs than max_cpus() is a rig error the session raised before this, at `cpus`)
-        init = self.vm.arm_preferred_target()
-        self.vcpu = self.vm.create_vcpu(0)
-        self.vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=True))
-        for i in range(1, state.cpus):
-            cpu = _Secondary(self, i)
-            cpu.vcpu = self.vm.create_vcpu(i)
-            # Powered off until the guest's PSCI CPU_ON (KVM answers it in the kernel).
-            cpu.vcpu.arm_vcpu_init(init.target, self.vcpu_features(state, boot=False))
-            self._cpus.append(cpu)
-        if state.gic is not None:
-            # after every vCPU exists
-            self._create_gic(state.gic, [cpu.vcpu for cpu in self._cpus], self.offers_pmu(state))
+        self._create_machine(state.cpus, state.gic, self.offers_pmu(state))
         self.set_regs({"pstate": state.pstate, "pc": state.pc, **state.entry_regs})
 
     def _build_for_snapshot(self, cpus: int, gic: GicLayout | None, pmu: bool) -> None:
-        """The vCPUs (and GIC) a snapshot loads into, made as set_initial_state
-        makes them: vCPU 0, the others powered off, then the GIC (arm64_snap)."""
+        """The vCPUs (and GIC) a snapshot loads into, made as the ones that took it (arm64_snap)."""
         if self.vcpu is not None:
             raise BackendError("a snapshot of several vCPUs needs a machine of its own; this one exists already")
+        arm64_snap.check_pmu(self, pmu)
+        self._create_machine(cpus, gic, pmu)
+
+    def _create_machine(self, cpus: int, gic: GicLayout | None, pmu: bool) -> None:
+        """vCPU 0, the others powered off until the guest's PSCI CPU_ON (KVM
+        answers it in the kernel), then the GIC, after every vCPU exists."""
         init = self.vm.arm_preferred_target()
         self.vcpu = self.vm.create_vcpu(0)
-        self.vcpu.arm_vcpu_init(init.target, arm64_snap.features(self, boot=True, pmu=pmu))
+        self.vcpu.arm_vcpu_init(init.target, self.init_features(boot=True, pmu=pmu))
         for i in range(1, cpus):
             cpu = _Secondary(self, i)
             cpu.vcpu = self.vm.create_vcpu(i)
-            cpu.vcpu.arm_vcpu_init(init.target, arm64_snap.features(self, boot=False, pmu=pmu))
+            cpu.vcpu.arm_vcpu_init(init.target, self.init_features(boot=False, pmu=pmu))
             self._cpus.append(cpu)
         if gic is not None:
             self._create_gic(gic, [cpu.vcpu for cpu in self._cpus], pmu)

@@ -47,16 +47,11 @@ def machine_shape(backend) -> dict:
     return {"cpus": len(views(backend)), "gic": shape}
 
 
-def features(backend, boot: bool, pmu: bool) -> list[int]:
-    """KVM_ARM_VCPU_INIT features of a vCPU a snapshot loads into (as at boot)."""
-    out = [abi.KVM_ARM_VCPU_PSCI_0_2]
-    if not boot:
-        out.append(abi.KVM_ARM_VCPU_POWER_OFF)
-    if pmu:
-        if backend.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) <= 0:
-            raise BackendError("the snapshot's vCPUs have a PMUv3; this KVM offers none (KVM_CAP_ARM_PMU_V3)")
-        out.append(abi.KVM_ARM_VCPU_PMU_V3)
-    return out
+def check_pmu(backend, pmu: bool) -> None:
+    """The vCPUs a snapshot loads into get a PMUv3 as the saved ones had (their
+    features: backend.init_features); an error if this KVM has none."""
+    if pmu and backend.vm.check_extension(abi.KVM_CAP_ARM_PMU_V3) <= 0:
+        raise BackendError("the snapshot's vCPUs have a PMUv3; this KVM offers none (KVM_CAP_ARM_PMU_V3)")
 
 
 def vcpu_text(view) -> dict:
