@@ -63,9 +63,7 @@ def fresh_only(rig: Rig) -> bool:
     back, so never kept or reused. A one-vCPU x86 `machine:` (irqchip, PIT)
     is kept: its backend's build_machine() makes it, reset() writes the
     chips back as created."""
-    m = rig.machine
-    return (m.cpus > 1 or rig.cpus > 1 or rig.gic is not None
-            or (rig.cpu is not None and rig.cpu.cpuid is not None))
+    return rig.cpus > 1 or rig.gic is not None or (rig.cpu is not None and rig.cpu.cpuid is not None)
 
 
 class _Kept:

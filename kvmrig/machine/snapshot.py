@@ -30,7 +30,7 @@ def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
     cpu = export()
     regions = [(b.start, b.region.size, b.region.rom, snapfile.runs_of(b.buf)) for b in memory.backings]
     shape = getattr(backend, "snapshot_machine", None)   # backends that save more than one bare vCPU
-    machine = shape() if shape is not None else {"cpus": 1 + len(cpu.get("aps", ())), "gic": None}
+    machine = shape() if shape is not None else dict(snapfile.ONE_CPU)
     return snapfile.Snapshot(backend.arch, backend.name, regions, cpu, dict(origin or {}), list(devices or []),
                              machine)
 

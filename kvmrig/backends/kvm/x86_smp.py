@@ -391,6 +391,10 @@ class KvmX86SmpBackend(_PerVcpu):
             text["aps"] = [x86_state.to_text(_capture_ap(cpu)) for cpu in self._cpus[1:]]
         return text
 
+    def snapshot_machine(self) -> dict:
+        """The snapshot header's `machine`: every vCPU (export_cpu's `aps`), no GIC."""
+        return {"cpus": len(self._cpus), "gic": None}
+
     def import_cpu(self, text: dict) -> None:
         """Load export_cpu() text: vCPU 0 and the chips, then each AP (which its
         thread runs from there once the run starts)."""
