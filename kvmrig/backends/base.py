@@ -105,6 +105,42 @@ class Backend(ABC):
         backend that runs the others only while its own run() runs: nothing to do."""
         return contextlib.nullcontext()
 
+    # A debugger's view of every vCPU (kvmrig.gdb) ------------------------------
+    def debug_cpus(self) -> int:
+        """How many vCPUs a debugger can show as threads (each addressed by
+        on_cpu() and stopped and started by debug_stop()/debug_go()). 1: the
+        one vCPU, or a backend that shows only the vCPU of the last event."""
+        return 1
+
+    def on_cpu(self, index: int) -> contextlib.AbstractContextManager:
+        """A context in which get_regs, set_regs, get_pc and get_extra_regs
+        address vCPU `index` (a debugger's thread), called while
+        debug_stop() holds the machine or after the run ended."""
+        if index != 0:
+            raise BackendError(f"the {self.name} backend shows a debugger vCPU 0 only, not {index}")
+        return contextlib.nullcontext()
+
+    def cpu_status(self, index: int) -> str:
+        """What vCPU `index` is doing, for a debugger ("running", "halted",
+        "waiting for SIPI", ...); "" where the backend cannot say."""
+        return ""
+
+    def debug_stop(self) -> None:
+        """Every vCPU out of the guest (its access in flight completed) until
+        debug_go(): what a debugger's stop means with several vCPUs. Before
+        the run starts: the others start stopped. One vCPU: nothing to do."""
+
+    def debug_go(self, cpus: Collection[int] | None) -> None:
+        """Let the vCPUs in `cpus` (None: all) run at the next run() calls; the
+        others stay stopped. Without vCPU 0, run() does not enter the guest:
+        it returns when another vCPU stops (Paused), the run ends or the
+        deadline passes. One vCPU: nothing to do."""
+
+    def ask_stop(self, index: int) -> None:
+        """Called on vCPU `index`'s thread (> 0) as it handles an event that
+        stops the debugger: that vCPU stays out of the guest, and vCPU 0's
+        run() returns Paused so the session reports the stop."""
+
     def step_alone(self, on: bool) -> None:
         """While on, only the vCPU of the last event runs: the machine has lifted
         a software breakpoint from the memory every vCPU shares to single-step

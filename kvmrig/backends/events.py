@@ -150,6 +150,15 @@ class Timeout:
 
 
 @dataclass(frozen=True, slots=True)
+class Paused:
+    """Another vCPU stopped for a debugger (its breakpoint, watchpoint or
+    single-step, cpus > 1): vCPU 0's run() returns so that the session
+    reports that stop; `pc` is vCPU 0's, None when it was not running."""
+
+    pc: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Unhandled:
     """Anything else that stopped the vCPU. `detail` says what, for a person;
     `code` is the backend's raw reason (a KVM exit/suberror, a unicorn error,
@@ -162,4 +171,4 @@ class Unhandled:
 
 # The debug exits Backend.reinject() may be handed back (a Step never is).
 DebugEvent = SwBreak | HwBreak | WatchHit | ForeignDebug
-Event = Halt | Shutdown | SystemEvent | PortIO | Mmio | DebugEvent | Step | Timeout | Unhandled
+Event = Halt | Shutdown | SystemEvent | PortIO | Mmio | DebugEvent | Step | Timeout | Paused | Unhandled

@@ -14,7 +14,15 @@ the run behave exactly as in `kvmrig run`. What it adds:
   sits stopped in the debugger;
 - when the run ends, the verdict is computed as usual (Session.finish) and
   the VM is kept, so the debugger can still read the final registers and
-  memory.
+  memory;
+- with several vCPUs (x86_64 KVM, `cpus: N`) each is a thread of the
+  debugger, all-stop: whenever the controller returns, every vCPU is
+  stopped (Backend.debug_stop); resume() lets them all run, or only one
+  (a single-step runs only the vCPU stepped, the others stay stopped; a
+  continue of one vCPU likewise), and stops when any of them stops for
+  the debugger. A stop another vCPU had meanwhile (while the machine was
+  being stopped) is reported at the next resume() without running, as
+  gdbserver reports a pending status.
 
 Addresses are the guest's physical addresses as the Memory maps them, and
 breakpoints are at the addresses the backend reports (x86: linear). That is
@@ -41,10 +49,12 @@ SLICE = 0.05  # seconds the vCPU runs before the controller looks for an interru
 @dataclass
 class StopInfo:
     """Why the guest is stopped: "entry" (not run yet), "sw" / "hw" (a debugger
-    breakpoint), "watch", "step", "interrupt", or "end" (the rig's run ended)."""
+    breakpoint), "watch", "step", "interrupt", or "end" (the rig's run ended);
+    `cpu`: the vCPU that stopped (that ended the run, for "end")."""
 
     reason: str
     point: ClientPoint | None = None
+    cpu: int = 0
 
 
 class Controller:
@@ -62,8 +72,10 @@ class Controller:
 
     # Lifetime ---------------------------------------------------------------
     def start(self) -> StopInfo:
-        """Load the rig and stop at its first instruction."""
+        """Load the rig and stop at its first instruction (every vCPU)."""
+        self.backend.debug_stop()   # before the start: the other vCPUs start stopped
         self.session.start()
+        self.backend.debug_stop()
         return self.last
 
     def close(self) -> None:
@@ -75,6 +87,15 @@ class Controller:
     @property
     def outcome(self) -> Outcome:
         return self.session.outcome
+
+    @property
+    def cpus(self) -> int:
+        """The vCPUs the debugger sees (threads): 1, or all with `cpus: N` on x86_64 KVM."""
+        return self.backend.debug_cpus()
+
+    def cpu_status(self, cpu: int) -> str:
+        """What vCPU `cpu` is doing ("running", "halted", "waiting for SIPI", ...), or ""."""
+        return self.backend.cpu_status(cpu)
 
     @property
     def ended(self) -> bool:
@@ -96,24 +117,39 @@ class Controller:
         return max(0.0, float(self.rig.timeout) - self.session.seconds)
 
     # Running ----------------------------------------------------------------
-    def resume(self, step: bool = False, interrupted: Callable[[], bool] = lambda: False) -> StopInfo:
+    def resume(self, step: bool = False, interrupted: Callable[[], bool] = lambda: False, cpu: int = 0,
+               alone: bool = False) -> StopInfo:
         """Run until a debugger point, the end of a single-step, an interrupt
-        (`interrupted()` is asked every SLICE seconds) or the end of the run."""
+        (`interrupted()` is asked every SLICE seconds) or the end of the run.
+        With several vCPUs: all run, but for a step (`cpu` alone) or with
+        `alone` (only `cpu` continues); all are stopped again on return."""
         s = self.session
         s.start()
-        go = s.step if step else s.resume
+        if s.ap_stops and not s.ended:   # another vCPU stopped meanwhile: that first, nothing runs
+            pause = s.ap_stops.popleft()
+            self.last = StopInfo(pause.reason, pause.point, pause.cpu)
+            return self.last
+        multi = self.cpus > 1
+        if multi and not step:   # (a step lets its vCPU go once it is armed: Session.step)
+            self.backend.debug_go([cpu] if alone else None)
+        try:
+            self.last = self._run(step, interrupted, cpu)
+        finally:
+            if multi:
+                self.backend.debug_stop()
+        return self.last
+
+    def _run(self, step: bool, interrupted: Callable[[], bool], cpu: int) -> StopInfo:
+        s = self.session
         while True:
-            pause = go(time.monotonic() + SLICE)
+            pause = s.step(time.monotonic() + SLICE, cpu) if step else s.resume(time.monotonic() + SLICE)
             if pause.reason == "end":
                 s.finish()
-                self.last = StopInfo("end")
-                return self.last
+                return StopInfo("end", cpu=s.end_cpu)
             if pause.reason != "until":
-                self.last = StopInfo(pause.reason, pause.point)
-                return self.last
+                return StopInfo(pause.reason, pause.point, pause.cpu)
             if interrupted():
-                self.last = StopInfo("interrupt")
-                return self.last
+                return StopInfo("interrupt", cpu=cpu)
 
     def run_to_end(self) -> Outcome:
         """Drop the debugger's points and run the rig to its end (detach)."""
@@ -142,17 +178,20 @@ class Controller:
             self.session.remove_client_point(kind, addr, length)
 
     # State ------------------------------------------------------------------
-    def read_regs(self) -> dict[str, int]:
-        """The registers, and those only a debugger shows (read-only: x87, SSE, fs_base, ...)."""
-        return {**self.backend.get_extra_regs(), **self.backend.get_regs()}
+    def read_regs(self, cpu: int = 0) -> dict[str, int]:
+        """vCPU `cpu`'s registers, and those only a debugger shows (read-only: x87, SSE, fs_base, ...)."""
+        with self.backend.on_cpu(cpu):
+            return {**self.backend.get_extra_regs(), **self.backend.get_regs()}
 
-    def write_regs(self, values: dict[str, int]) -> None:
-        values = {k: v for k, v in values.items() if k not in self.backend.get_extra_regs()}
-        if values:
-            self.backend.set_regs(values)
+    def write_regs(self, values: dict[str, int], cpu: int = 0) -> None:
+        with self.backend.on_cpu(cpu):
+            values = {k: v for k, v in values.items() if k not in self.backend.get_extra_regs()}
+            if values:
+                self.backend.set_regs(values)
 
-    def pc(self) -> int:
-        return self.backend.get_pc()
+    def pc(self, cpu: int = 0) -> int:
+        with self.backend.on_cpu(cpu):
+            return self.backend.get_pc()
 
     def read_memory(self, addr: int, length: int) -> bytes:
         """Up to `length` bytes at `addr` (fewer where memory ends), planted

@@ -13,6 +13,15 @@ once more ends the session: gdb sees the inferior exit with status 0 if the
 rig passed, 1 if it failed. Detaching (or quitting gdb, which detaches: the
 server says it attached to an existing target) lets the rig run to its end;
 `kill` ends it on the spot.
+
+Threads: every vCPU the controller shows is a thread, id = vCPU index + 1
+(x86_64 KVM with `cpus: N`; one thread otherwise), in all-stop mode. A stop
+reply names the vCPU that stopped (`thread:N;`) and makes it the current
+thread; `Hg` selects whose registers g/G/p/P read and write;
+qThreadExtraInfo says "vCPU 1 (halted)". Continuing (`c`, `vCont;c`) runs
+every vCPU; a single-step (`s`, `vCont;s:N`, also `vCont;s:N;c`) runs only
+the vCPU stepped while the others stay stopped (gdb's `set
+scheduler-locking step`), and `vCont;c:N` continues only vCPU N.
 """
 
 from __future__ import annotations
@@ -39,7 +48,6 @@ Z_KINDS = {"0": "sw", "1": "hw", "2": "write", "3": "read", "4": "access"}
 WATCH_WORD = {"write": "watch", "read": "rwatch", "access": "awatch"}
 SIGINT, SIGILL, SIGTRAP, SIGBUS, SIGSEGV, SIGALRM = 2, 4, 5, 10, 11, 14   # gdb's signal numbers
 END_SIGNAL = {"shutdown": SIGSEGV, "mmio": SIGBUS, "io": SIGBUS, "timeout": SIGALRM, "unhandled": SIGILL}
-THREAD = 1
 
 
 class Connection:
@@ -124,6 +132,10 @@ class GdbServer:
         self.xml = self.target.xml().encode()
         self.gdb_features: set[str] = set()
         self.action: str | None = None   # how the session ended: detach | kill | exited | closed
+        self.cpus = ctl.cpus                  # threads: vCPU i is thread i + 1
+        self.current = ctl.last.cpu           # the vCPU of the last stop (gdb's current thread)
+        self.general = self.current           # Hg: whose registers g/G/p/P address
+        self.resumed = self.current           # Hc: whom `s` steps
 
     # The loop ---------------------------------------------------------------
     def serve(self) -> str:
@@ -159,14 +171,14 @@ class GdbServer:
         if c in ("C", "S"):  # with a signal for the guest, which kvmrig does not deliver
             return self.resume(c == "S", p[1:].partition(";")[2])
         if c == "g":
-            return self.target.encode_all(self.ctl.read_regs())
+            return self.target.encode_all(self.ctl.read_regs(self.general))
         if c == "G":
             return self.write_all(p[1:])
         if c == "p":
             i = hexnum(p[1:])
             if i >= len(self.target.regs):
                 return "E45"
-            return self.target.encode(i, self.ctl.read_regs())
+            return self.target.encode(i, self.ctl.read_regs(self.general))
         if c == "P":
             name, _, value = p[1:].partition("=")
             return self.write_one(hexnum(name), value)
@@ -210,19 +222,27 @@ class GdbServer:
             more = offset + length < len(self.xml)
             return ("m" if more else "l") + escape(chunk).decode("latin-1")
         if p == "qC":
-            return f"QC{THREAD:x}"
+            return f"QC{self.current + 1:x}"
         if p.startswith("qAttached"):
             return "1"  # so that quitting gdb detaches: the rig runs to its end and gives its verdict
         if p == "qfThreadInfo":
-            return f"m{THREAD:x}"
+            return "m" + ",".join(f"{i + 1:x}" for i in range(self.cpus))
         if p == "qsThreadInfo":
             return "l"
+        if p.startswith("qThreadExtraInfo,"):
+            cpu = self.thread(p[len("qThreadExtraInfo,"):])
+            if cpu is None:
+                return "E01"
+            status = self.ctl.cpu_status(cpu)
+            return hex_text(f"vCPU {cpu}" + (f" ({status})" if status else ""))
         if p.startswith("qRcmd,"):
             return hex_text(self.monitor(fromhex(p[6:]).decode("utf-8", "replace").strip()))
         if p == "qSymbol::":
             return "OK"
-        if c in ("H", "T"):
-            return "OK"
+        if c == "H":
+            return self.select(p[1:2], p[2:])
+        if c == "T":
+            return "OK" if self.thread(p[1:]) is not None else "E01"
         if p.startswith("D"):
             self.action = "detach"
             return "OK"
@@ -234,9 +254,33 @@ class GdbServer:
             return "OK"
         return ""  # not supported
 
+    # Threads (vCPUs) -------------------------------------------------------------
+    def thread(self, text: str) -> int | None:
+        """The vCPU of gdb's thread id `text` ("N" or "pP.N", hex); 0 and -1
+        ("any", "all") mean the current thread; None if there is no such thread."""
+        text = text.rpartition(".")[2] if text.startswith("p") else text
+        if text in ("0", "-1"):
+            return self.current
+        try:
+            n = int(text, 16)
+        except ValueError:
+            return None
+        return n - 1 if 1 <= n <= self.cpus else None
+
+    def select(self, op: str, tid: str) -> str:
+        """`Hg` / `Hc`: the thread later register packets / `s` and `c` address."""
+        cpu = self.thread(tid)
+        if cpu is None or op not in ("g", "c"):
+            return "E01"
+        if op == "g":
+            self.general = cpu
+        else:
+            self.resumed = cpu
+        return "OK"
+
     # Registers and memory ------------------------------------------------------
     def write_all(self, text: str) -> str:
-        regs = self.ctl.read_regs()
+        regs = self.ctl.read_regs(self.general)
         update: dict[str, int] = {}
         for i, value in enumerate(self.target.decode_all(text)):
             if value is None:
@@ -245,7 +289,7 @@ class GdbServer:
                 if regs.get(name) != new:
                     update[name] = new
         self._check_widths(update)
-        self.ctl.write_regs(update)
+        self.ctl.write_regs(update, self.general)
         return "OK"
 
     def _check_widths(self, update: dict[str, int]) -> None:
@@ -262,11 +306,11 @@ class GdbServer:
         value = self.target.decode(i, text)
         if value is None:
             return "E01"
-        update = self.target.update(i, value, self.ctl.read_regs())
+        update = self.target.update(i, value, self.ctl.read_regs(self.general))
         if not update:
             return "E01"  # a register kvmrig cannot write (x87)
         self._check_widths(update)
-        self.ctl.write_regs(update)
+        self.ctl.write_regs(update, self.general)
         return "OK"
 
     def _write_memory(self, addr: int, data: bytes) -> str:
@@ -298,35 +342,52 @@ class GdbServer:
 
     # Running -------------------------------------------------------------------
     def vcont(self, p: str) -> str:
+        """vCont: a step of one thread wins (only it runs; its `c` for the others
+        is not followed: module doc); else `c` for every thread, or for one.
+        Actions for threads that do not exist are left out."""
         if p == "vCont?":
             return "vCont;c;C;s;S"
+        steps: list[int] = []
+        conts: list[int | None] = []   # None: every thread
         for action in p.split(";")[1:]:
-            verb, _, thread = action.partition(":")
-            if thread and thread not in ("-1", "0", f"{THREAD:x}", f"p1.{THREAD:x}", "p1.-1"):
+            verb, _, tid = action.partition(":")
+            every = not tid or tid in ("-1", "p-1.-1") or tid.endswith(".-1")
+            cpu = None if every else self.thread(tid)
+            if not every and cpu is None:
                 continue
-            if verb[:1] in ("c", "C"):
-                return self.resume(False, "")
             if verb[:1] in ("s", "S"):
-                return self.resume(True, "")
+                steps.append(self.resumed if every else cpu)
+            elif verb[:1] in ("c", "C"):
+                conts.append(cpu)
+        if steps:
+            return self.resume(True, "", steps[0])
+        if conts:
+            alone = None not in conts and len(set(conts)) == 1 and self.cpus > 1
+            return self.resume(False, "", conts[0] if alone else self.current, alone)
         return "E01"
 
-    def resume(self, step: bool, addr: str) -> str | None:
+    def resume(self, step: bool, addr: str, cpu: int | None = None, alone: bool = False) -> str | None:
         ctl = self.ctl
         if ctl.ended:
             # Continuing past the end: the session is over.
             self.action = "exited"
             return f"W{0 if not ctl.outcome.failures else 1:02x}"
+        if cpu is None:
+            cpu = self.resumed if step else self.current
         if addr:
-            self.target_pc(hexnum(addr))
+            self.target_pc(hexnum(addr), cpu)
         self.conn.interrupts = 0
-        info = ctl.resume(step, self.conn.interrupted)
+        if self.cpus > 1:
+            info = ctl.resume(step, self.conn.interrupted, cpu, alone)
+        else:
+            info = ctl.resume(step, self.conn.interrupted)
         if info.reason == "end":
             for line in end_lines(ctl):
                 self.conn.send("O" + hex_text(line + "\n"))
         return self.stop_reply(info)
 
-    def target_pc(self, addr: int) -> None:
-        self.ctl.write_regs({self.target.pc: addr})
+    def target_pc(self, addr: int, cpu: int = 0) -> None:
+        self.ctl.write_regs({self.target.pc: addr}, cpu)
 
     def stop_reply(self, info: StopInfo) -> str:
         sig = SIGTRAP
@@ -341,7 +402,9 @@ class GdbServer:
             extra = "hwbreak:;"
         elif info.reason == "watch" and info.point is not None:
             extra = f"{WATCH_WORD[info.point.kind]}:{info.point.addr:x};"
-        return f"T{sig:02x}{extra}thread:{THREAD:x};"
+        if 0 <= info.cpu < self.cpus:   # the stopped vCPU is gdb's current thread from now on
+            self.current = self.general = self.resumed = info.cpu
+        return f"T{sig:02x}{extra}thread:{self.current + 1:x};"
 
     # monitor ------------------------------------------------------------------
     def monitor(self, command: str) -> str:
@@ -452,7 +515,8 @@ def serve_rig(rig, address: str, backend: str = "auto", at_end: bool = False, ou
         host, port = sock.getsockname()[:2]
         gdb = target_for(rig.arch, set()).gdb_names
         target = f"{host}:{port}" if host not in ("127.0.0.1", "0.0.0.0", "::") else f":{port}"
-        say(f"kvmrig: rig {rig.name} ({rig.arch}, {name}) stopped at {where}")
+        threads = f"; {ctl.cpus} vCPUs: gdb threads 1-{ctl.cpus}" if ctl.cpus > 1 else ""
+        say(f"kvmrig: rig {rig.name} ({rig.arch}, {name}{threads}) stopped at {where}")
         say(f"kvmrig: connect with: {gdb} -ex 'target remote {target}'")
         say(f"kvmrig: gdb server listening on {host}:{port}")
         conn_sock, peer = sock.accept()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from kvmrig.arch import registers
 from kvmrig.backends.base import Backend
-from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, PortIO, Shutdown, Step, SwBreak,
-                                    SystemEvent, Timeout, Unhandled, WatchHit)
+from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, Paused, PortIO, Shutdown, Step,
+                                    SwBreak, SystemEvent, Timeout, Unhandled, WatchHit)
 from kvmrig.coverage import collect
 from kvmrig.arch.x86_64.boot import RFLAGS_IF   # machine.irqchip is x86's
 from kvmrig.errors import RigError
@@ -61,10 +61,11 @@ class Pause:
 
     reason: "end" (the run ended: finish() gives the verdict), "until" (the
     caller's time ran out while the guest still runs), or a debugger's stop:
-    "step", or "sw" | "hw" | "watch" with the debugger's `point`."""
+    "step", or "sw" | "hw" | "watch" with the debugger's `point`, on vCPU `cpu`."""
 
     reason: str
     point: ClientPoint | None = None
+    cpu: int = 0
 
 
 ENDED = Pause("end")
@@ -122,11 +123,13 @@ class Session:
         self.coverage = (collect.Collector(plan, self.options.coverage)
                          if collect.wanted(self.rig, self.options.coverage) else None)
         self.ap_stop: Stop | None = None  # how another vCPU ended the run (cpus > 1)
+        self.end_cpu = 0       # the vCPU whose event ended the run
+        self.ap_stops: deque[Pause] = deque()   # other vCPUs' stops for a debugger, not reported yet
         self._handlers: dict[type, Callable[[Event], None]] = {
             PortIO: self._io, Mmio: self._mmio, Step: self._step, SwBreak: self._sw, HwBreak: self._hw,
             WatchHit: self._watch, ForeignDebug: self._foreign_exit, Halt: self._halt,
             Shutdown: self._shutdown, SystemEvent: self._system, Timeout: self._timeout,
-            Unhandled: self._unhandled,
+            Paused: self._paused, Unhandled: self._unhandled,
         }
 
     # The public loop -------------------------------------------------------
@@ -254,15 +257,17 @@ class Session:
         finally:
             self.seconds += time.monotonic() - begun
 
-    def step(self, until: float | None = None) -> Pause:
-        """Run one instruction for a debugger: "step" when it is done, or
-        whatever stops it first (a debugger point, the end, `until`)."""
+    def step(self, until: float | None = None, cpu: int = 0) -> Pause:
+        """Run one instruction of vCPU `cpu` for a debugger: "step" when it is
+        done, or whatever stops it first (a debugger point, the end, `until`).
+        With several vCPUs the caller lets only `cpu` run (Backend.debug_go)."""
         self.start()
         if self.ended:
             return ENDED
         self._set_client_step(True)
+        self.backend.debug_go([cpu])   # several vCPUs: only the one stepped runs, once the step is armed
         try:
-            if self.debug.sw_all:
+            if self.debug.sw_all and cpu == 0:   # (vCPUs 1.. run on x86 only, where nothing is planted)
                 self.arrive(self.backend.get_pc())  # a planted breakpoint here counts now; the step runs the original
             return self.resume(until)
         finally:
@@ -393,6 +398,11 @@ class Session:
     def _timeout(self, ev: Timeout) -> None:
         raise Stop("timeout", None, f"still running after {self.rig.timeout:g}s (pc {ev.pc:#x})")
 
+    def _paused(self, ev: Paused) -> None:
+        """Another vCPU stopped for the debugger (_ap_event): report its stop now."""
+        if self.ap_stops:
+            self._client_stop = self.ap_stops.popleft()
+
     def _unhandled(self, ev: Unhandled) -> None:
         if self.ap_stop is not None:   # "another vCPU ended the run": how it did
             raise self.ap_stop
@@ -405,6 +415,7 @@ class Session:
         vCPU 0's are (devices, hits, watch hits); what ends the run is kept,
         naming the vCPU, and the main loop raises it."""
         last_pc = self.last_pc   # vCPU 0's: the halt check of its next step reads it
+        bsp_stop, self._client_stop = self._client_stop, None   # vCPU 0's, not reported yet
         self.exits += 1
         try:
             if type(ev) is Step:
@@ -414,10 +425,14 @@ class Session:
         except Stop as stop:
             stop.detail = f"vCPU {index}: {stop.detail}"
             self.ap_stop = stop
+            self.end_cpu = index
             raise
         finally:
             self.last_pc = last_pc
-            self._client_stop = None   # a debugger follows vCPU 0 only
+            stop, self._client_stop = self._client_stop, bsp_stop
+            if stop is not None:   # it stopped for a debugger: everything stops (Backend.ask_stop)
+                self.ap_stops.append(Pause(stop.reason, stop.point, index))
+                self.backend.ask_stop(index)
 
     def _ap_step(self, ev: Step) -> None:
         """Another vCPU's single-step (trace, `steps`, coverage by steps): counted;
@@ -428,6 +443,8 @@ class Session:
                 self.coverage.saw(ev.pc)
             if len(self.outcome.trace) < self.rig.trace_max:
                 self.outcome.trace.append(ev.pc)
+        if self._client_step:   # a debugger's step of this vCPU (only it ran)
+            self._client_stop = STEPPED
 
     def _io(self, ev: PortIO) -> None:
         size, bus, port = ev.size, self.bus, ev.port

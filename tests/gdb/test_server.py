@@ -39,11 +39,12 @@ class FakeController:
         self.session = SimpleNamespace(debug=SimpleNamespace(points=[]), bus=SimpleNamespace(
             console=SimpleNamespace(data=bytearray(b"hello\n"))))
         self.exits, self.seconds, self.budget = 3, 0.5, 1.5
+        self.cpus = 1
 
-    def read_regs(self):
+    def read_regs(self, cpu=0):
         return dict(self.regs)
 
-    def write_regs(self, values):
+    def write_regs(self, values, cpu=0):
         self.calls.append(("write_regs", values))
         self.regs.update(values)
 

@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Iterable
 
 from kvmrig.backends.base import Backend
-from kvmrig.backends.events import Event, Halt, Mmio, PortIO, Shutdown, Step, SystemEvent, Timeout, Unhandled, WatchHit
+from kvmrig.backends.events import (Event, Halt, Mmio, Paused, PortIO, Shutdown, Step, SystemEvent, Timeout, Unhandled,
+                                    WatchHit)
 from kvmrig.backends.kvm import abi
 from kvmrig.backends.kvm.perprocess import PerProcess
 from kvmrig.backends.kvm.system import Kvm
@@ -351,8 +352,13 @@ class KvmBackendBase(Backend):
             rs.immediate_exit = 0
             if time.monotonic() >= deadline:
                 return Timeout(self._pc_now())
-            if self._aps is not None and self._aps.ended is not None:
-                return Unhandled(self._pc_now(), f"another vCPU ended the run: {self._aps.ended}")
+            aps = self._aps
+            if aps is not None:
+                if aps.ended is not None:
+                    return Unhandled(self._pc_now(), f"another vCPU ended the run: {aps.ended}")
+                if aps.paused:   # another vCPU stopped for a debugger (x86_smp.ask_stop)
+                    aps.paused = False
+                    return Paused(self._pc_now())
             return self._halted() if self.irqchip else None
         return self._other_exit(reason, rs)
 

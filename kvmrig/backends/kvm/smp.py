@@ -57,6 +57,7 @@ class Aps:
         self.lock = threading.Lock()
         self.stopping = False
         self.ended: BaseException | None = None  # what an AP's exit raised
+        self.paused = False              # an AP stopped for a debugger: the BSP's run() returns Paused
         self.main = threading.main_thread().ident
         self.threads = [threading.Thread(target=self._loop, args=(c,), name=f"kvmrig-vcpu{c.index}", daemon=True)
                         for c in cpus]

@@ -36,9 +36,20 @@ hitting vCPU at its breakpoint (after the hit's `set`) and every other vCPU
 between two instructions. A child restores every vCPU and its APs run on
 their threads from where they were (halted, waiting for SIPI, or running).
 
+A debugger (kvmrig gdb) sees every vCPU as a thread, all-stop: when one
+vCPU stops for it (its breakpoint, watchpoint, single-step, an interrupt,
+the end) every vCPU is stopped as for a snapshot and stays parked
+(`_World.held`) until debug_go() lets them run again: all of them to
+continue, only one to single-step (the others stay stopped). An AP that
+stops for the debugger asks for it (ask_stop): it parks before it enters
+the guest again, and vCPU 0's run() returns Paused, so the session reports
+that stop. When vCPU 0 is not to run (another vCPU steps alone), run()
+waits outside the guest for that stop, the end or the deadline. While the
+debugger holds the machine, on_cpu() points the register calls of the
+debugger's thread at the vCPU it selected.
+
 Known limits: the final registers are vCPU 0's; `trace` and `expect.steps`
-single-step every vCPU and count all their instructions; a debugger (kvmrig
-gdb) sees vCPU 0.
+single-step every vCPU and count all their instructions.
 """
 
 from __future__ import annotations
@@ -46,11 +57,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from kvmrig.arch.x86_64.boot import X86State
 from kvmrig.backends.base import HwSlot
-from kvmrig.backends.events import DebugEvent, Event, Mmio, PortIO, Timeout, Unhandled
+from kvmrig.backends.events import DebugEvent, Event, Mmio, Paused, PortIO, Timeout, Unhandled
 from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.smp import Aps, kick
 from kvmrig.backends.kvm.x86_64 import SYNC, KvmX86Backend, _sync_regs_supported
@@ -60,6 +71,9 @@ NEVER = float("inf")   # an AP has no deadline of its own: the BSP's run ends it
 KICKED = Timeout(0)    # an AP's KVM_RUN returned for a signal (ApView.next_event)
 KICK_AGAIN = 0.02      # while stopping every vCPU: kick the ones not parked yet this often
 STOP_TIMEOUT = 10.0    # ... and give up (a clear error) if one has not stopped by then
+MP_STATES = {abi.KVM_MP_STATE_RUNNABLE: "running", abi.KVM_MP_STATE_UNINITIALIZED: "waiting for INIT",
+             abi.KVM_MP_STATE_INIT_RECEIVED: "waiting for SIPI", abi.KVM_MP_STATE_HALTED: "halted",
+             abi.KVM_MP_STATE_SIPI_RECEIVED: "SIPI received"}   # what a debugger shows per vCPU
 
 
 class _World:
@@ -70,6 +84,7 @@ class _World:
         self.depth = 0                # snapshots under way (one may be taken while another waits)
         self.still: set[int] = set()  # vCPUs parked or saving: out of the guest, no access in flight
         self.frozen = False           # every vCPU is stopped and the saver reads them: none may leave
+        self.held: set[int] = set()   # APs a debugger keeps stopped (debug_stop / debug_go / ask_stop)
 
 
 class _PerVcpu(KvmX86Backend):
@@ -100,10 +115,13 @@ class _PerVcpu(KvmX86Backend):
         KvmX86Backend.set_debug(self, *setup)
 
     def _needs_fixup(self) -> bool:
-        return self._pending is not None or self.primary._world.depth > 0 or KvmX86Backend._needs_fixup(self)
+        world = self.primary._world
+        return (self._pending is not None or world.depth > 0 or (world.held and self.index in world.held)
+                or KvmX86Backend._needs_fixup(self))
 
     def _before_run(self) -> None:
-        if self.primary._world.depth:
+        world = self.primary._world
+        if world.depth or self.index in world.held:
             self._park()
         with self._pending_lock:
             setup, self._pending = self._pending, None
@@ -113,8 +131,9 @@ class _PerVcpu(KvmX86Backend):
             KvmX86Backend._before_run(self)
 
     def _park(self) -> None:
-        """A snapshot is being taken: complete the access in flight, then stay
-        out of the guest until it is done (or the run ends)."""
+        """A snapshot is being taken, or a debugger holds this vCPU: complete
+        the access in flight, then stay out of the guest until that is over
+        (or the run ends)."""
         self.settle_io()
         world, aps = self.primary._world, self.primary._aps
         with world.cond:
@@ -122,9 +141,12 @@ class _PerVcpu(KvmX86Backend):
             world.cond.notify_all()
             # The run ending (another vCPU's exit) lets it go to be joined, but not
             # while a snapshot reads the vCPUs.
-            while world.depth and (world.frozen or aps is None or not aps.stopping):
+            while ((world.depth and (world.frozen or aps is None or not aps.stopping))
+                   or (self.index in world.held and not (aps is not None and aps.stopping))):
                 world.cond.wait(0.05)
             world.still.discard(self.index)
+        if aps is not None and aps.stopping:
+            self.vcpu.run_struct.immediate_exit = 1   # the run ended meanwhile: out, without entering the guest
 
     def _rebuild_slots(self, pages: dict[int, str]) -> None:
         with self.primary._slots_lock:   # the VM's memory slots: one rebuild at a time
@@ -202,6 +224,8 @@ class KvmX86SmpBackend(_PerVcpu):
         self._slots_lock = threading.Lock()
         self._holding = False                # this thread holds the machine lock (between run() calls)
         self._world = _World()
+        self._debugged = False   # a debugger holds the machine stopped: the APs start stopped
+        self._bsp_held = False   # debug_go() without vCPU 0: run() waits outside the guest
         self._init_pending()
 
     def _create_vcpu(self, state=None):
@@ -274,6 +298,8 @@ class KvmX86SmpBackend(_PerVcpu):
             cpus[index].unhandled = None   # the device sees the access (even if it ends the run)
             handler(index, ev)
         self._aps = Aps(self._cpus[1:], handle, self._bind)
+        if self._debugged:
+            self._world.held = {c.index for c in self._cpus[1:]}
         self._aps.lock.acquire()
         self._holding = True
         self._aps.start()
@@ -288,10 +314,31 @@ class KvmX86SmpBackend(_PerVcpu):
         try:
             if aps.ended is not None:
                 return Unhandled(None, f"another vCPU ended the run: {aps.ended}")
+            if aps.paused:
+                aps.paused = False
+                return Paused(None)
+            if self._bsp_held:
+                return self._wait_aps(aps, deadline)
             return super().run(deadline)
         finally:
             aps.lock.acquire()
             self._holding = True
+
+    def _wait_aps(self, aps: Aps, deadline: float) -> Event:
+        """run() while a debugger keeps vCPU 0 stopped: wait (not holding the
+        machine lock) until another vCPU stops for it, the run ends or `deadline`."""
+        world = self._world
+        with world.cond:
+            while True:
+                if aps.ended is not None:
+                    return Unhandled(None, f"another vCPU ended the run: {aps.ended}")
+                if aps.paused:
+                    aps.paused = False
+                    return Paused(None)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return Timeout(self._pc_now())
+                world.cond.wait(min(left, KICK_AGAIN))
 
     def quiesce(self) -> None:
         """Stop every AP (before the verdict is taken)."""
@@ -329,10 +376,12 @@ class KvmX86SmpBackend(_PerVcpu):
                 world.depth -= 1
                 world.cond.notify_all()
 
-    def _stop_others(self, here: _PerVcpu, aps: Aps) -> None:
+    def _stop_others(self, here: _PerVcpu, aps: Aps, purpose: str = "the snapshot") -> None:
         """Wait until every other vCPU is parked (or its thread has ended),
         kicking them meanwhile and letting go of the machine lock so that
-        they can handle the events they already have."""
+        they can handle the events they already have. For the debugger
+        (`purpose` not a snapshot) a run ending meanwhile is no error: its
+        threads end."""
         world = self._world
         threads = {cpu.index: thread for cpu, thread in zip(aps.cpus, aps.threads)}
 
@@ -357,12 +406,12 @@ class KvmX86SmpBackend(_PerVcpu):
                     waiting = [c for c in others if not stopped(c)]
                     if not waiting:
                         return
-                    if aps.stopping:
+                    if aps.stopping and purpose == "the snapshot":
                         raise BackendError("the run ended on another vCPU while every vCPU was being stopped for "
                                            "the snapshot")
                     if time.monotonic() > deadline:
                         raise BackendError("vCPU " + ", ".join(str(c.index) for c in waiting) + " did not stop "
-                                           f"for the snapshot within {STOP_TIMEOUT:g}s")
+                                           f"for {purpose} within {STOP_TIMEOUT:g}s")
                     for c in waiting:
                         kick(c.vcpu, c.thread_id)
                     world.cond.wait(KICK_AGAIN)
@@ -371,6 +420,71 @@ class KvmX86SmpBackend(_PerVcpu):
                 aps.lock.acquire()
                 if here is self:
                     self._holding = True
+
+    # A debugger: every vCPU a thread, all-stop (module doc) ----------------
+    def debug_cpus(self) -> int:
+        return len(self._cpus)
+
+    @contextlib.contextmanager
+    def on_cpu(self, index: int) -> Iterator[None]:
+        if not 0 <= index < len(self._cpus):
+            raise BackendError(f"no vCPU {index}: this machine has {len(self._cpus)}")
+        cpu = self._cpus[index]
+        if cpu is not self:
+            # Stopped outside the guest: read by ioctl, not from the copy its last
+            # exit left in kvm_run (an INIT or SIPI taken since makes that stale).
+            cpu.vcpu.forget_sync()
+        before = getattr(self._here, "cpu", None)
+        self._here.cpu = cpu
+        try:
+            yield
+        finally:
+            if before is None:
+                del self._here.cpu
+            else:
+                self._here.cpu = before
+
+    def cpu_status(self, index: int) -> str:
+        cpu = self._cpus[index]
+        state = cpu.vcpu.get_mp_state()   # takes a pending INIT/SIPI, as the vCPU's next KVM_RUN would
+        cpu.vcpu.forget_sync()
+        return MP_STATES.get(state, f"MP state {state}")
+
+    def debug_stop(self) -> None:
+        """Every vCPU stopped and kept so (the AP threads parked) until
+        debug_go(); before the run starts, the APs will start stopped."""
+        aps, world = self._aps, self._world
+        if aps is None:
+            self._debugged = True
+            return
+        self._bsp_held = True
+        self.settle_io()   # vCPU 0 is out of the guest on this thread: its access completed
+        with world.cond:
+            world.held = {c.index for c in self._cpus[1:]}
+            world.still.add(0)   # for a snapshot an AP takes while the debugger holds vCPU 0
+        self._stop_others(self, aps, "the debugger")
+
+    def debug_go(self, cpus: Collection[int] | None) -> None:
+        aps, world = self._aps, self._world
+        if aps is None:
+            return
+        run = set(range(len(self._cpus))) if cpus is None else set(cpus)
+        with world.cond:
+            world.held = {c.index for c in self._cpus[1:] if c.index not in run}
+            self._bsp_held = 0 not in run
+            if not self._bsp_held:
+                world.still.discard(0)
+            world.cond.notify_all()
+
+    def ask_stop(self, index: int) -> None:
+        aps, world = self._aps, self._world
+        if aps is None or index == 0:
+            return
+        with world.cond:
+            world.held.add(index)   # parks before it enters the guest again (_needs_fixup)
+            aps.paused = True
+            world.cond.notify_all()   # vCPU 0 waiting outside the guest (_wait_aps)
+        kick(self.vcpu, self.thread_id)   # vCPU 0 in KVM_RUN: out, and run() returns Paused
 
     def export_cpu(self) -> dict:
         """vCPU 0's state and the VM's chips (KvmX86Backend.export_cpu) and,

@@ -1,0 +1,138 @@
+"""gdb against an x86_64 KVM machine with two vCPUs (`cpus: 2`): every vCPU
+is a thread, all-stop (kvmrig.gdb.server, Backend.debug_stop/debug_go).
+
+The guest (two vCPUs, handshakes in guest memory, nothing timed): the BSP
+(protected mode at 0x1000) sets EBX, starts the AP by INIT/SIPI and counts
+in ECX until the AP says it is ready (0x5004) and the gate 0x500c is open,
+then acknowledges (0x5008) and spins. The AP (real mode, moved to CS 0 so
+that its IP is the linear address) sets its own EBX, passes `ap_bp`, says
+it is ready, counts in EDX until the acknowledgement, and ends the run by
+writing 0x2a to the exit port: so the end is vCPU 1's."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import hexof
+from tests.gdb.test_gdb_session import ROOT, gdb, serve, values, x86_kvm  # noqa: F401 - serve: a fixture
+
+BSP = hexof("""
+    bb b5 b5 b5 b5                  # 1000: mov ebx, 0xb5b5b5b5
+    c7 05 f0 00 e0 fe ff 01 00 00   # 1005: mov dword [0xfee000f0], 0x1ff   (SVR: APIC on)
+    c7 05 10 03 e0 fe 00 00 00 01   # 100f: mov dword [0xfee00310], 1 << 24 (to APIC 1)
+    c7 05 00 03 e0 fe 00 45 00 00   # 1019: mov dword [0xfee00300], 0x4500  (INIT)
+    c7 05 00 03 e0 fe 08 46 00 00   # 1023: mov dword [0xfee00300], 0x4608  (SIPI 0x08)
+    31 c9                           # 102d: xor ecx, ecx
+    41                              # 102f: w1: inc ecx
+    80 3d 04 50 00 00 01            # 1030: cmp byte [0x5004], 1   (the AP is ready)
+    75 f6                           # 1037: jne w1
+    80 3d 0c 50 00 00 01            # 1039: cmp byte [0x500c], 1   (the gate is open)
+    75 ed                           # 1040: jne w1
+    c6 05 08 50 00 00 01            # 1042: mov byte [0x5008], 1   (acknowledge)
+    eb fe                           # 1049: jmp 0x1049
+""")
+AP = hexof("""
+    ea 05 80 00 00                  # 8000: jmp 0:0x8005
+    31 c0                           # 8005: xor ax, ax
+    8e d8                           # 8007: mov ds, ax
+    66 bb a1 a1 a1 a1               # 8009: mov ebx, 0xa1a1a1a1
+    66 31 d2                        # 800f: xor edx, edx
+    90                              # 8012: ap_bp: nop
+    c6 06 04 50 01                  # 8013: mov byte [0x5004], 1   (ready)
+    66 42                           # 8018: w2: inc edx
+    80 3e 08 50 01                  # 801a: cmp byte [0x5008], 1
+    75 f7                           # 801f: jne w2
+    b0 2a                           # 8021: mov al, 0x2a
+    e6 f4                           # 8023: out 0xf4, al            (the end, on vCPU 1)
+    eb fe                           # 8025: jmp 0x8025
+""")
+AP_BP = 0x8012
+pytestmark = x86_kvm
+
+
+def smp_rig(gate_open: bool = True, exit_code: int = 0x2A, timeout: str = "10s") -> str:
+    gate = ", {hex: '01', at: 0x500c}" if gate_open else ""
+    return (f"kvmrig: 1\nname: two\narch: x86_64\ntimeout: {timeout}\nmemory: [{{at: 0, size: 2M}}]\n"
+            "cpus: 2\nmachine: {irqchip: true}\n"
+            f"images: [{{hex: '{BSP}', at: 0x1000}}, {{hex: '{AP}', at: 0x8000}}{gate}]\n"
+            "devices: [{type: exit, port: 0xf4}]\n"
+            "cpu: {mode: protected, entry: 0x1000}\n"
+            f"expect: {{exit: exit-code, exit_code: {exit_code}, memory: [{{at: 0x5008, u8: 1}}]}}\n")
+
+
+def threads(out: str) -> list[str]:
+    """The lines of `info threads` (one per thread)."""
+    return re.findall(r"^\*?\s+\d+\s+Thread [\d.]+ .*$", out, re.M)
+
+
+def test_every_vcpu_is_a_thread_and_all_stop_together(make_rig, serve):
+    rig = make_rig(smp_rig())
+    server = serve("debug", str(rig), "--gdb", ":PORT")
+    assert "2 vCPUs" in server.started()
+    out = gdb(server.port,
+              "info threads",
+              f"break *{AP_BP:#x}",
+              "continue",
+              'printf "ap_pc=%#lx ap_ebx=%#lx ap_cs=%#x\\n", $pc, $ebx & 0xffffffff, $cs',
+              "info threads",
+              "thread 1",
+              'printf "bsp_ebx=%#x bsp_ecx=%ld bsp_pc=%#lx\\n", $ebx, $ecx, $pc',
+              "thread 2",
+              "stepi",
+              'printf "ap_step_pc=%#lx\\n", $pc',
+              "thread 1",
+              'printf "bsp_ecx_after_ap_step=%ld bsp_pc_after_ap_step=%#lx\\n", $ecx, $pc',
+              "stepi",
+              'printf "bsp_step_pc=%#lx\\n", $pc',
+              "thread 2",
+              'printf "ap_pc_after_bsp_step=%#lx\\n", $pc',
+              "set $edx = 0x1000",
+              "delete",
+              "continue",
+              'printf "end_ap_pc=%#lx end_ap_edx_big=%d\\n", $pc, $edx >= 0x1000',
+              "thread 1",
+              'printf "end_bsp_pc=%#lx end_bsp_ebx=%#x\\n", $pc, $ebx',
+              "continue")
+    got = values(out)
+    first = threads(out.split("Breakpoint 1 at")[0])
+    assert len(first) == 2, out
+    assert "(vCPU 0 (running))" in first[0] and "(vCPU 1 (waiting for INIT))" in first[1], first
+    # the AP's breakpoint: thread 2 stopped, with its own registers
+    assert re.search(r"Thread 2 .*hit Breakpoint 1", out), out
+    assert (got["ap_pc"], got["ap_ebx"], got["ap_cs"]) == ("0x8012", "0xa1a1a1a1", "0"), out
+    assert (got["bsp_ebx"]) == "0xb5b5b5b5", out
+    assert 0x102f <= int(got["bsp_pc"], 16) <= 0x1040, out
+    # a step runs the stepped vCPU only: the other's counter and pc stay
+    assert got["ap_step_pc"] == "0x8013", out
+    assert got["bsp_ecx_after_ap_step"] == got["bsp_ecx"], out
+    assert got["bsp_pc_after_ap_step"] == got["bsp_pc"], out
+    assert got["bsp_step_pc"] != got["bsp_pc"] and 0x102f <= int(got["bsp_step_pc"], 16) <= 0x1040, out
+    assert got["ap_pc_after_bsp_step"] == "0x8013", out
+    # the end is vCPU 1's (its OUT), with the rig's verdict; every vCPU's final state stays readable
+    assert "kvmrig: the rig's run ended: exit exit-code (code 42)" in out and "kvmrig: rig two passed" in out
+    assert (got["end_ap_pc"], got["end_ap_edx_big"]) == ("0x8025", "1"), out
+    assert (got["end_bsp_pc"], got["end_bsp_ebx"]) == ("0x1049", "0xb5b5b5b5"), out
+    assert "exited normally" in out, out
+    status, printed = server.finish()
+    assert status == 0, printed
+
+
+def test_ctrl_c_stops_every_vcpu_until_continue(make_rig, serve):
+    rig = make_rig(smp_rig(gate_open=False, timeout="30s"))   # both count until gdb opens the gate
+    server = serve("debug", str(rig), "--gdb", ":PORT")
+    out = gdb(server.port, "continue",
+              "thread 1", 'printf "a_ecx=%ld\\n", $ecx', "thread 2", 'printf "a_edx=%ld\\n", $edx',
+              "info threads", "monitor status", "x/2xw 0x5000",
+              "thread 1", 'printf "b_ecx=%ld\\n", $ecx', "thread 2", 'printf "b_edx=%ld\\n", $edx',
+              "set {char}0x500c = 1", "continue", "continue", interrupt=server)
+    got = values(out)
+    assert "received signal SIGINT" in out, out
+    assert int(got["a_ecx"]) > 0 and int(got["a_edx"]) > 0, out   # both were running
+    assert (got["b_ecx"], got["b_edx"]) == (got["a_ecx"], got["a_edx"]), out   # and neither ran while stopped
+    assert "rig two passed" in out and "exited normally" in out, out
+    assert server.finish()[0] == 0
