@@ -180,9 +180,9 @@ class Session:
                                       "instruction can be planted on this machine), so the run is slower")
         if self.coverage is not None:
             self.coverage.start(self)
-        if self.rig.machine.cpus > 1:
-            self.backend.start_aps(self._ap_event)
         self._arm(self.user_step)
+        if self.rig.machine.cpus > 1:   # armed first: an AP restored running must not pass a breakpoint unarmed
+            self.backend.start_aps(self._ap_event)
         if self.user_step and self.rig.trace_max:
             self.outcome.trace.append(self.last_pc)
         if self.user_step and self.debug.sw_all:

@@ -136,3 +136,55 @@ def test_ctrl_c_stops_every_vcpu_until_continue(make_rig, serve):
     assert (got["b_ecx"], got["b_edx"]) == (got["a_ecx"], got["a_edx"]), out   # and neither ran while stopped
     assert "rig two passed" in out and "exited normally" in out, out
     assert server.finish()[0] == 0
+
+
+def test_a_snapshot_file_of_an_smp_machine_shows_each_vcpu_where_it_was_saved(tmp_path, serve):
+    """`kvmrig snapshot rigs/x86/smp-snap.yaml#ap-round-2 -o F`, then `kvmrig debug F`: the AP was
+    saved at its second round (a hit on vCPU 1), the BSP wherever it was."""
+    snap = tmp_path / "ap-round-2.snap"
+    made = subprocess.run([sys.executable, "-m", "kvmrig", "snapshot",
+                           str(ROOT / "rigs" / "x86" / "smp-snap.yaml") + "#ap-round-2", "-o", str(snap)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stdout + made.stderr
+    server = serve("debug", str(snap), "--gdb", ":PORT")
+    assert "2 vCPUs: gdb threads 1-2" in server.started()
+    out = gdb(server.port,
+              "info threads",
+              "thread 2",
+              'printf "a_pc=%#lx a_cs=%#x a_si=%d a_edx=%d\\n", $pc, $cs, $si & 0xffff, $edx',
+              "thread 1",
+              'printf "b_pc=%#lx b_cs=%#x\\n", $pc, $cs',
+              "break *0x1041",             # round: the BSP's next round (the AP runs in real mode with
+              "continue",                  # CS 0x800: gdb's pc is its IP, not the linear address)
+              'printf "c_pc=%#lx\\n", $pc',
+              "thread 2",
+              'printf "c_ap_edx=%d\\n", $edx',
+              "monitor status",
+              'printf "d_ap_edx=%d\\n", $edx',
+              "delete",
+              "continue",
+              "continue")
+    got = values(out)
+    assert len(threads(out)) == 2 and "(vCPU 1 (running))" in out, out
+    # vCPU 1: real mode, CS 0x800 (SIPI vector 8), IP 0x13 = ap_round, one round done (SI 4 -> 3)
+    assert (got["a_pc"], got["a_cs"], got["a_si"], got["a_edx"]) == ("0x13", "0x800", "3", "500500"), out
+    assert got["b_cs"] != "0x800" and 0x1000 <= int(got["b_pc"], 16) < 0x1100, out   # the BSP, protected mode
+    assert re.search(r"Thread 1 .*hit Breakpoint 1", out) and got["c_pc"] == "0x1041", out
+    assert got["c_ap_edx"] == got["d_ap_edx"], out   # the AP is stopped with the BSP
+    assert "exit exit-code (code 8000)" in out and "exited normally" in out, out
+    assert server.finish()[0] == 0
+
+
+def test_gdb_on_fail_serves_every_vcpu_of_a_failed_smp_rig(make_rig, serve):
+    make_rig(smp_rig(exit_code=0x2B), name="rigs/two.yaml")
+    server = serve("run", "-j", "1", "--junit", "", "--gdb-on-fail", ":PORT", "rigs")
+    out = gdb(server.port, "info threads",
+              'printf "end_ap_pc=%#lx end_ap_ebx=%#x\\n", $pc, $ebx',     # the end was vCPU 1's
+              "thread 1", 'printf "end_bsp_pc=%#lx end_bsp_ebx=%#x\\n", $pc, $ebx', "continue")
+    got = values(out)
+    assert len(threads(out)) == 2, out
+    assert (got["end_ap_pc"], got["end_ap_ebx"]) == ("0x8025", "0xa1a1a1a1"), out
+    assert (got["end_bsp_pc"], got["end_bsp_ebx"]) == ("0x1049", "0xb5b5b5b5"), out
+    assert "exit code: expected 43, got 42" in out or "exited with code 01" in out, out
+    status, printed = server.finish()
+    assert status == 1, printed

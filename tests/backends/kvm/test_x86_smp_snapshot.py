@@ -234,6 +234,22 @@ def test_an_smp_machine_saved_at_its_end_and_from_a_file(tmp_path):
     assert result.status == PASSED, (result.message, result.outcome and [str(f) for f in result.outcome.failures])
 
 
+@pytest.mark.kvm
+def test_a_childs_breakpoint_where_an_ap_resumes_is_hit_there_every_time(tmp_path):
+    """The APs of a child run only once the child's breakpoints are armed on
+    them: an AP saved at its hit on ap_round (0x8013) resumes on it, and a
+    child's breakpoint there counts that first instruction and both later
+    rounds, every run (before the fix the AP thread started unarmed and
+    passed it in most runs). 8 children in one process, 8 fresh VMs."""
+    _run(PARENT, tmp_path)
+    child = ("kvmrig: 1\narch: x86_64\nfrom: smp-snap.yaml#ap-round-2\ntimeout: 10s\n"
+             "breakpoints: [{at: 0x8013, hits: 3}]\nexpect: {exit: exit-code, exit_code: 8000}\n")
+    for n in range(8):
+        outcome, _ = _run(tmp_path / "child.yaml", tmp_path, child.replace("smp-snap.yaml#", f"{PARENT}#"))
+        assert outcome.failures == [], (n, [str(f) for f in outcome.failures])
+        assert [h.cpu for h in outcome.hits] == [1, 1, 1]
+
+
 def _rewrite(path: Path, change) -> None:
     """Edit a snapshot file's JSON header (its memory section kept)."""
     _magic, length, rest = path.read_bytes().split(b"\n", 2)
