@@ -417,8 +417,10 @@ class GdbServer:
         if command == "status":
             if ctl.ended:
                 return "\n".join(end_lines(ctl)) + "\n"
+            cpus = "".join(f"  vCPU {i} (thread {i + 1}): {ctl.cpu_status(i) or '?'}\n" for i in range(self.cpus)
+                           if self.cpus > 1)
             return (f"rig {ctl.rig.name}: running, stopped by the debugger; {ctl.exits} exits, "
-                    f"{ctl.seconds:.3f}s of guest time, {ctl.budget:.3f}s of its timeout left\n")
+                    f"{ctl.seconds:.3f}s of guest time, {ctl.budget:.3f}s of its timeout left\n" + cpus)
         if command == "hits":
             points = ctl.session.debug.points
             if not points:

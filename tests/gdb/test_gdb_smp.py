@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from kvmrig.backends.select import kvm_factory
+from kvmrig.gdb.controller import Controller
+from kvmrig.machine.plan import prepare
+from kvmrig.rig.load import load_rig_text
 from tests.conftest import hexof
 from tests.gdb.test_gdb_session import ROOT, gdb, serve, values, x86_kvm  # noqa: F401 - serve: a fixture
 
@@ -52,7 +56,13 @@ AP = hexof("""
     eb fe                           # 8025: jmp 0x8025
 """)
 AP_BP = 0x8012
-pytestmark = x86_kvm
+
+
+def with_gdb(test):
+    """Real KVM on x86_64, with gdb installed (tests.gdb.test_gdb_session.x86_kvm)."""
+    for mark in x86_kvm:
+        test = mark(test)
+    return test
 
 
 def smp_rig(gate_open: bool = True, exit_code: int = 0x2A, timeout: str = "10s") -> str:
@@ -70,6 +80,7 @@ def threads(out: str) -> list[str]:
     return re.findall(r"^\*?\s+\d+\s+Thread [\d.]+ .*$", out, re.M)
 
 
+@with_gdb
 def test_every_vcpu_is_a_thread_and_all_stop_together(make_rig, serve):
     rig = make_rig(smp_rig())
     server = serve("debug", str(rig), "--gdb", ":PORT")
@@ -106,7 +117,7 @@ def test_every_vcpu_is_a_thread_and_all_stop_together(make_rig, serve):
     assert re.search(r"Thread 2 .*hit Breakpoint 1", out), out
     assert (got["ap_pc"], got["ap_ebx"], got["ap_cs"]) == ("0x8012", "0xa1a1a1a1", "0"), out
     assert (got["bsp_ebx"]) == "0xb5b5b5b5", out
-    assert 0x102f <= int(got["bsp_pc"], 16) <= 0x1040, out
+    assert 0x102d <= int(got["bsp_pc"], 16) <= 0x1040, out   # from after its SIPI to its wait loop
     # a step runs the stepped vCPU only: the other's counter and pc stay
     assert got["ap_step_pc"] == "0x8013", out
     assert got["bsp_ecx_after_ap_step"] == got["bsp_ecx"], out
@@ -122,6 +133,7 @@ def test_every_vcpu_is_a_thread_and_all_stop_together(make_rig, serve):
     assert status == 0, printed
 
 
+@with_gdb
 def test_ctrl_c_stops_every_vcpu_until_continue(make_rig, serve):
     rig = make_rig(smp_rig(gate_open=False, timeout="30s"))   # both count until gdb opens the gate
     server = serve("debug", str(rig), "--gdb", ":PORT")
@@ -138,6 +150,7 @@ def test_ctrl_c_stops_every_vcpu_until_continue(make_rig, serve):
     assert server.finish()[0] == 0
 
 
+@with_gdb
 def test_a_snapshot_file_of_an_smp_machine_shows_each_vcpu_where_it_was_saved(tmp_path, serve):
     """`kvmrig snapshot rigs/x86/smp-snap.yaml#ap-round-2 -o F`, then `kvmrig debug F`: the AP was
     saved at its second round (a hit on vCPU 1), the BSP wherever it was."""
@@ -154,13 +167,11 @@ def test_a_snapshot_file_of_an_smp_machine_shows_each_vcpu_where_it_was_saved(tm
               'printf "a_pc=%#lx a_cs=%#x a_si=%d a_edx=%d\\n", $pc, $cs, $si & 0xffff, $edx',
               "thread 1",
               'printf "b_pc=%#lx b_cs=%#x\\n", $pc, $cs',
-              "break *0x1041",             # round: the BSP's next round (the AP runs in real mode with
-              "continue",                  # CS 0x800: gdb's pc is its IP, not the linear address)
-              'printf "c_pc=%#lx\\n", $pc',
+              "break *0x1060",             # the BSP once the AP is done (where the BSP was saved
+              "continue",                  # depends on how the parent's vCPUs interleaved)
+              'printf "c_pc=%#lx c_eax=%d\\n", $pc, $eax',
               "thread 2",
-              'printf "c_ap_edx=%d\\n", $edx',
-              "monitor status",
-              'printf "d_ap_edx=%d\\n", $edx',
+              'printf "c_ap_si=%d c_ap_edx=%d\\n", $si & 0xffff, $edx',
               "delete",
               "continue",
               "continue")
@@ -169,12 +180,13 @@ def test_a_snapshot_file_of_an_smp_machine_shows_each_vcpu_where_it_was_saved(tm
     # vCPU 1: real mode, CS 0x800 (SIPI vector 8), IP 0x13 = ap_round, one round done (SI 4 -> 3)
     assert (got["a_pc"], got["a_cs"], got["a_si"], got["a_edx"]) == ("0x13", "0x800", "3", "500500"), out
     assert got["b_cs"] != "0x800" and 0x1000 <= int(got["b_pc"], 16) < 0x1100, out   # the BSP, protected mode
-    assert re.search(r"Thread 1 .*hit Breakpoint 1", out) and got["c_pc"] == "0x1041", out
-    assert got["c_ap_edx"] == got["d_ap_edx"], out   # the AP is stopped with the BSP
+    assert re.search(r"Thread 1 .*hit Breakpoint 1", out) and got["c_pc"] == "0x1060", out
+    assert (got["c_ap_si"], got["c_ap_edx"]) == ("0", "2002000"), out   # the AP's rounds all done
     assert "exit exit-code (code 8000)" in out and "exited normally" in out, out
     assert server.finish()[0] == 0
 
 
+@with_gdb
 def test_gdb_on_fail_serves_every_vcpu_of_a_failed_smp_rig(make_rig, serve):
     make_rig(smp_rig(exit_code=0x2B), name="rigs/two.yaml")
     server = serve("run", "-j", "1", "--junit", "", "--gdb-on-fail", ":PORT", "rigs")
@@ -188,3 +200,39 @@ def test_gdb_on_fail_serves_every_vcpu_of_a_failed_smp_rig(make_rig, serve):
     assert "exit code: expected 43, got 42" in out or "exited with code 01" in out, out
     status, printed = server.finish()
     assert status == 1, printed
+
+
+@x86_kvm[0]
+@x86_kvm[2]
+def test_the_controller_runs_one_vcpu_alone_and_stops_every_vcpu_together():
+    """Without gdb: `alone` continues one vCPU, a step runs only its vCPU,
+    each stop names its vCPU, and the end is the AP's."""
+    rig = load_rig_text(smp_rig(gate_open=False), "/rigs/two.yaml")
+    ctl = Controller(prepare(rig), kvm_factory(rig))
+    try:
+        ctl.start()
+        assert ctl.cpus == 2 and ctl.cpu_status(1) == "waiting for INIT" and ctl.pc(0) == 0x1000
+        ctl.insert("hw", AP_BP)
+        info = ctl.resume()                      # the BSP starts the AP, which stops at ap_bp
+        assert (info.reason, info.cpu) == ("hw", 1) and ctl.pc(1) == AP_BP
+        assert ctl.read_regs(1)["rbx"] == 0xA1A1A1A1 and ctl.read_regs(0)["rbx"] == 0xB5B5B5B5
+        counted = ctl.read_regs(0)["rcx"]
+        ctl.remove("hw", AP_BP)
+        # Only the AP continues, until it says it is ready (the guest's own handshake);
+        # the BSP, which counts while it waits for that, has not run meanwhile.
+        ready = lambda: ctl.read_memory(0x5004, 1) == b"\x01"   # noqa: E731
+        info = ctl.resume(interrupted=ready, cpu=1, alone=True)
+        assert (info.reason, info.cpu) == ("interrupt", 1)
+        assert ctl.read_regs(0)["rcx"] == counted and 0x8018 <= ctl.pc(1) <= 0x801F
+        edx = ctl.read_regs(1)["rdx"]
+        info = ctl.resume(step=True, cpu=0)     # a step of the BSP: the AP stays where it is
+        assert (info.reason, info.cpu) == ("step", 0)
+        assert ctl.read_regs(0)["rcx"] in (counted, counted + 1) and ctl.read_regs(1)["rdx"] == edx
+        ctl.write_regs({"rdx": 0x1000}, cpu=1)
+        assert ctl.read_regs(1)["rdx"] == 0x1000 and ctl.read_regs(0)["rdx"] != 0x1000
+        assert ctl.write_memory(0x500C, b"\x01")   # open the gate: both go on, the AP ends the run
+        info = ctl.resume()
+        assert (info.reason, info.cpu) == ("end", 1) and ctl.outcome.exit_code == 0x2A, ctl.outcome
+        assert ctl.outcome.failures == [] and ctl.read_regs(1)["rdx"] > 0x1000
+    finally:
+        ctl.close()

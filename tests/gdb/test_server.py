@@ -297,6 +297,83 @@ def test_a_malformed_packet_is_an_error_reply_not_a_crash():
     assert srv.handle("Z0,zz,1") == "E01"
 
 
+# -- several vCPUs: threads, all-stop ------------------------------------------------------------
+
+class SmpController(FakeController):
+    """Two vCPUs: registers per vCPU, resume() recording whom it runs."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.cpus = 2
+        self.per_cpu = [dict(REGS), {**REGS, "rip": 0x13, "rbx": 0xA1, "cs": 0x800}]
+
+    def read_regs(self, cpu=0):
+        return dict(self.per_cpu[cpu])
+
+    def write_regs(self, values, cpu=0):
+        self.calls.append(("write_regs", cpu, values))
+        self.per_cpu[cpu].update(values)
+
+    def cpu_status(self, cpu):
+        return ("running", "waiting for SIPI")[cpu]
+
+    def resume(self, step=False, interrupted=None, cpu=0, alone=False):
+        self.calls.append(("resume", step, cpu, alone))
+        info = self.stops.pop(0)
+        self.last = info
+        return info
+
+
+def test_every_vcpu_is_a_thread_with_its_own_registers():
+    srv, ctl = server(SmpController())
+    assert srv.handle("qfThreadInfo") == "m1,2" and srv.handle("qsThreadInfo") == "l"
+    assert srv.handle("qC") == "QC1"
+    assert (srv.handle("T1"), srv.handle("T2"), srv.handle("T3"), srv.handle("T0")) == ("OK", "OK", "E01", "OK")
+    assert bytes.fromhex(srv.handle("qThreadExtraInfo,2")).decode() == "vCPU 1 (waiting for SIPI)"
+    assert bytes.fromhex(srv.handle("qThreadExtraInfo,1")).decode() == "vCPU 0 (running)"
+    assert srv.handle("qThreadExtraInfo,3") == "E01"
+    rip = srv.target.index["rip"]
+    assert srv.handle(f"p{rip:x}") == (0x1000).to_bytes(8, "little").hex()
+    assert srv.handle("Hg2") == "OK"
+    assert srv.handle(f"p{rip:x}") == (0x13).to_bytes(8, "little").hex()
+    assert srv.handle("g").startswith("00" * 8 + (0xA1).to_bytes(8, "little").hex())   # rax, rbx of vCPU 1
+    assert srv.handle(f"P{rip:x}=" + (0x20).to_bytes(8, "little").hex()) == "OK"
+    assert ctl.calls[-1] == ("write_regs", 1, {"rip": 0x20}) and ctl.per_cpu[0]["rip"] == 0x1000
+    assert srv.handle("Hg3") == "E01" and srv.handle("Hx1") == "E01"
+    assert srv.handle("Hgp1.1") == "OK" and srv.handle(f"p{rip:x}") == (0x1000).to_bytes(8, "little").hex()
+
+
+@pytest.mark.parametrize("packet, call", [
+    ("vCont;c", ("resume", False, 0, False)),
+    ("vCont;s:2;c", ("resume", True, 1, False)),     # a step runs the stepped vCPU alone
+    ("vCont;s:p1.2", ("resume", True, 1, False)),
+    ("vCont;c:2", ("resume", False, 1, True)),       # only vCPU 1 continues
+    ("vCont;c:1;c:2", ("resume", False, 0, False)),  # both: everything runs
+    ("vCont;s:5;c", ("resume", False, 0, False)),    # no thread 5: its step is left out
+    ("c", ("resume", False, 0, False)),
+    ("s", ("resume", True, 0, False)),
+])
+def test_resume_packets_with_several_vcpus(packet, call):
+    srv, ctl = server(SmpController())
+    ctl.stops = [StopInfo("step")]
+    srv.handle(packet)
+    assert ctl.calls == [call]
+
+
+def test_a_stop_names_the_vcpu_and_makes_it_the_current_thread():
+    srv, ctl = server(SmpController())
+    ctl.stops = [StopInfo("sw", cpu=1), StopInfo("step", cpu=1), StopInfo("interrupt", cpu=0),
+                 StopInfo("end", cpu=1)]
+    assert srv.handle("c") == "T05swbreak:;thread:2;"
+    assert srv.handle("qC") == "QC2"
+    rip = srv.target.index["rip"]
+    assert srv.handle(f"p{rip:x}") == (0x13).to_bytes(8, "little").hex()   # its registers, without an Hg
+    assert srv.handle("s") == "T05thread:2;" and ctl.calls[-1] == ("resume", True, 1, False)   # `s`: the current
+    assert srv.handle("Hc1") == "OK" and srv.handle("s") == "T02thread:1;"
+    assert ctl.calls[-1] == ("resume", True, 0, False)
+    assert srv.handle("c") == "T05thread:2;"   # the end was vCPU 1's
+
+
 # -- the connection --------------------------------------------------------------------------------
 
 @pytest.fixture
