@@ -148,7 +148,11 @@ def _parser() -> argparse.ArgumentParser:
                          description="Load RIG, stop it at its first instruction and serve it to one gdb "
                                      "(GDB remote protocol): breakpoints, watchpoints, stepping, registers and "
                                      "memory. The rig's own breakpoints still count and its checks still run; "
-                                     "detaching lets it run to its end and prints the verdict.")
+                                     "detaching lets it run to its end and prints the verdict. An x86_64 KVM "
+                                     "machine with `cpus: N` shows each vCPU as a thread (thread N = vCPU N-1), "
+                                     "all-stop: any vCPU's stop stops all, continue runs all, stepi runs only "
+                                     "the vCPU stepped. arm64 with cpus > 1 shows one thread (the vCPU of the "
+                                     "last event); the emulator runs one vCPU.")
     dbg.add_argument("rig", metavar="RIG", help="the rig file, or a snapshot file (FILE.snap) to start from")
     dbg.add_argument("--gdb", default="127.0.0.1:1234", metavar="[HOST]:PORT",
                      help="where to listen (default %(default)s; the host defaults to 127.0.0.1, port 0 picks one)")

@@ -6,14 +6,16 @@ The guest (two vCPUs, handshakes in guest memory, nothing timed): the BSP
 in ECX until the AP says it is ready (0x5004) and the gate 0x500c is open,
 then acknowledges (0x5008) and spins. The AP (real mode, moved to CS 0 so
 that its IP is the linear address) sets its own EBX, passes `ap_bp`, says
-it is ready, counts in EDX until the acknowledgement, and ends the run by
-writing 0x2a to the exit port: so the end is vCPU 1's."""
+it is ready, counts in EDX until the gate is open and then until the
+acknowledgement, and ends the run by writing 0x2a to the exit port: so the
+end is vCPU 1's. Opening the gate sends both vCPUs on at once."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,13 +51,18 @@ AP = hexof("""
     90                              # 8012: ap_bp: nop
     c6 06 04 50 01                  # 8013: mov byte [0x5004], 1   (ready)
     66 42                           # 8018: w2: inc edx
-    80 3e 08 50 01                  # 801a: cmp byte [0x5008], 1
+    80 3e 0c 50 01                  # 801a: cmp byte [0x500c], 1   (the gate is open)
     75 f7                           # 801f: jne w2
-    b0 2a                           # 8021: mov al, 0x2a
-    e6 f4                           # 8023: out 0xf4, al            (the end, on vCPU 1)
-    eb fe                           # 8025: jmp 0x8025
+    90                              # 8021: ap_go: nop
+    66 42                           # 8022: w3: inc edx
+    80 3e 08 50 01                  # 8024: cmp byte [0x5008], 1   (acknowledged)
+    75 f7                           # 8029: jne w3
+    b0 2a                           # 802b: mov al, 0x2a
+    e6 f4                           # 802d: out 0xf4, al            (the end, on vCPU 1)
+    eb fe                           # 802f: jmp 0x802f
 """)
 AP_BP = 0x8012
+AP_GO, BSP_GO = 0x8021, 0x1042   # the first instruction of each vCPU past the open gate
 
 
 def with_gdb(test):
@@ -126,7 +133,7 @@ def test_every_vcpu_is_a_thread_and_all_stop_together(make_rig, serve):
     assert got["ap_pc_after_bsp_step"] == "0x8013", out
     # the end is vCPU 1's (its OUT), with the rig's verdict; every vCPU's final state stays readable
     assert "kvmrig: the rig's run ended: exit exit-code (code 42)" in out and "kvmrig: rig two passed" in out
-    assert (got["end_ap_pc"], got["end_ap_edx_big"]) == ("0x8025", "1"), out
+    assert (got["end_ap_pc"], got["end_ap_edx_big"]) == ("0x802f", "1"), out
     assert (got["end_bsp_pc"], got["end_bsp_ebx"]) == ("0x1049", "0xb5b5b5b5"), out
     assert "exited normally" in out, out
     status, printed = server.finish()
@@ -195,7 +202,7 @@ def test_gdb_on_fail_serves_every_vcpu_of_a_failed_smp_rig(make_rig, serve):
               "thread 1", 'printf "end_bsp_pc=%#lx end_bsp_ebx=%#x\\n", $pc, $ebx', "continue")
     got = values(out)
     assert len(threads(out)) == 2, out
-    assert (got["end_ap_pc"], got["end_ap_ebx"]) == ("0x8025", "0xa1a1a1a1"), out
+    assert (got["end_ap_pc"], got["end_ap_ebx"]) == ("0x802f", "0xa1a1a1a1"), out
     assert (got["end_bsp_pc"], got["end_bsp_ebx"]) == ("0x1049", "0xb5b5b5b5"), out
     assert "exit code: expected 43, got 42" in out or "exited with code 01" in out, out
     status, printed = server.finish()
@@ -234,5 +241,81 @@ def test_the_controller_runs_one_vcpu_alone_and_stops_every_vcpu_together():
         info = ctl.resume()
         assert (info.reason, info.cpu) == ("end", 1) and ctl.outcome.exit_code == 0x2A, ctl.outcome
         assert ctl.outcome.failures == [] and ctl.read_regs(1)["rdx"] > 0x1000
+    finally:
+        ctl.close()
+
+
+@x86_kvm[0]
+@x86_kvm[2]
+def test_two_vcpus_stopping_at_once_are_both_reported_one_after_the_other():
+    """Both vCPUs wait for the gate, each with a debugger breakpoint just past
+    it: opening it stops one, and the next resume() reports the other, whether
+    it had hit its breakpoint while the machine was being stopped (reported
+    without running: pending) or gets there once it runs again. Repeated, so
+    that both orders and both ways occur under load; none may lose a stop."""
+    for _ in range(4):
+        rig = load_rig_text(smp_rig(gate_open=False), "/rigs/two.yaml")
+        ctl = Controller(prepare(rig), kvm_factory(rig))
+        try:
+            ctl.start()
+            ready = lambda: ctl.read_memory(0x5004, 1) == b"\x01"   # noqa: E731
+            assert ctl.resume(interrupted=ready).reason == "interrupt"   # both wait at the gate now
+            ctl.insert("hw", BSP_GO)
+            ctl.insert("hw", AP_GO)
+            assert ctl.write_memory(0x500C, b"\x01")
+            stops = []
+            for _ in range(2):
+                info = ctl.resume()
+                stops.append((info.reason, info.cpu, ctl.pc(info.cpu)))
+            assert sorted(stops) == [("hw", 0, BSP_GO), ("hw", 1, AP_GO)], stops
+            ctl.remove("hw", BSP_GO)
+            ctl.remove("hw", AP_GO)
+            end = ctl.resume()
+            assert (end.reason, end.cpu, ctl.outcome.failures) == ("end", 1, [])
+        finally:
+            ctl.close()
+
+
+@x86_kvm[0]
+@x86_kvm[2]
+def test_a_stop_another_vcpu_had_meanwhile_is_reported_next_without_running(monkeypatch):
+    """The BSP acknowledges, then stops at its breakpoint (0x1049); the AP,
+    released by that acknowledgement, stops at its own (0x802b) while the
+    BSP's stop is being handled (the handler waits for the AP's debug exit:
+    a handshake, not a delay). The BSP's stop is reported; the AP's is
+    pending and reported by the next resume() without running anything."""
+    from kvmrig.backends.kvm import abi
+    from kvmrig.machine.session import Session
+
+    bsp_bp, ap_bp = 0x1049, 0x802B
+    hw = Session._hw
+
+    def bsp_hit_waits_for_the_ap(self, ev):
+        if ev.pc == bsp_bp and self.backend.current_cpu() == 0:
+            ap = self.backend._cpus[1].vcpu.run_struct
+            deadline = time.monotonic() + 30
+            while ap.exit_reason != abi.KVM_EXIT_DEBUG:   # the AP is out at its breakpoint, waiting for the lock
+                assert time.monotonic() < deadline, "the AP never reached its breakpoint"
+                time.sleep(0.001)
+        hw(self, ev)
+
+    monkeypatch.setattr(Session, "_hw", bsp_hit_waits_for_the_ap)
+    rig = load_rig_text(smp_rig(), "/rigs/two.yaml")
+    ctl = Controller(prepare(rig), kvm_factory(rig))
+    try:
+        ctl.start()
+        ctl.insert("hw", bsp_bp)
+        ctl.insert("hw", ap_bp)
+        first = ctl.resume()
+        assert (first.reason, first.cpu, ctl.pc(0)) == ("hw", 0, bsp_bp)
+        assert [(p.reason, p.cpu) for p in ctl.session.ap_stops] == [("hw", 1)]   # pending
+        edx = ctl.read_regs(1)["rdx"]
+        second = ctl.resume()
+        assert (second.reason, second.cpu, ctl.pc(1), ctl.pc(0)) == ("hw", 1, ap_bp, bsp_bp)
+        assert ctl.read_regs(1)["rdx"] == edx and not ctl.session.ap_stops
+        ctl.remove("hw", bsp_bp)
+        ctl.remove("hw", ap_bp)
+        end = ctl.resume()
+        assert (end.reason, end.cpu, ctl.outcome.failures) == ("end", 1, [])
     finally:
         ctl.close()
