@@ -16,9 +16,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from kvmrig.backends.select import kvm_factory
 from kvmrig.gdb.controller import Controller
