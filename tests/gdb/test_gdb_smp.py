@@ -148,6 +148,7 @@ def test_ctrl_c_stops_every_vcpu_until_continue(make_rig, serve):
               "set {char}0x500c = 1", "continue", "continue", interrupt=server)
     got = values(out)
     assert "received signal SIGINT" in out, out
+    assert "vCPU 0 (thread 1): running" in out and "vCPU 1 (thread 2): running" in out, out   # monitor status
     assert int(got["a_ecx"]) > 0 and int(got["a_edx"]) > 0, out   # both were running
     assert (got["b_ecx"], got["b_edx"]) == (got["a_ecx"], got["a_edx"]), out   # and neither ran while stopped
     assert "rig two passed" in out and "exited normally" in out, out
@@ -216,6 +217,10 @@ def test_the_controller_runs_one_vcpu_alone_and_stops_every_vcpu_together():
     try:
         ctl.start()
         assert ctl.cpus == 2 and ctl.cpu_status(1) == "waiting for INIT" and ctl.pc(0) == 0x1000
+        ctl.insert("hw", 0x1023)                 # the BSP has sent INIT, not SIPI yet
+        info = ctl.resume()
+        assert (info.reason, info.cpu, ctl.cpu_status(1)) == ("hw", 0, "waiting for SIPI")
+        ctl.remove("hw", 0x1023)
         ctl.insert("hw", AP_BP)
         info = ctl.resume()                      # the BSP starts the AP, which stops at ap_bp
         assert (info.reason, info.cpu) == ("hw", 1) and ctl.pc(1) == AP_BP
