@@ -321,3 +321,48 @@ def test_a_stop_another_vcpu_had_meanwhile_is_reported_next_without_running(monk
         assert (end.reason, end.cpu, ctl.outcome.failures) == ("end", 1, [])
     finally:
         ctl.close()
+
+
+@x86_kvm[0]
+@x86_kvm[2]
+def test_an_ap_saves_its_point_while_the_debugger_holds_the_bsp(tmp_path):
+    """The rig's point on the AP's `ready` store is saved while only the AP
+    runs (a continue of vCPU 1 alone): the snapshot holds the BSP where the
+    debugger stopped it, and a child of it ends as the rig does."""
+    from kvmrig.machine import snapfile
+    from kvmrig.machine.points import PointStore
+    from kvmrig.machine.session import RunOptions
+    from kvmrig.backends.kvm import x86_state
+
+    text = smp_rig(gate_open=False).replace("expect:", "breakpoints: [{at: 0x8013, save: ready}]\nexpect:")
+    path = tmp_path / "two.yaml"
+    path.write_text(text)
+    rig = load_rig_text(text, str(path))
+    ctl = Controller(prepare(rig), kvm_factory(rig), RunOptions(points=PointStore(tmp_path)))
+    try:
+        ctl.start()
+        ctl.insert("hw", AP_BP)
+        assert (ctl.resume().cpu, ctl.pc(1)) == (1, AP_BP)
+        ctl.remove("hw", AP_BP)
+        bsp = ctl.read_regs(0)
+        ready = lambda: ctl.read_memory(0x5004, 1) == b"\x01"   # noqa: E731
+        info = ctl.resume(interrupted=ready, cpu=1, alone=True)
+        assert (info.reason, info.cpu) == ("interrupt", 1)
+        saved = snapfile.read(PointStore(tmp_path).file(path, "ready"))
+        regs = x86_state._struct("struct kvm_regs", x86_state.from_text(saved.cpu).regs)
+        assert (regs.rip, regs.rcx) == (bsp["rip"], bsp["rcx"])   # the BSP as the debugger holds it
+        ap = x86_state._struct("struct kvm_regs", x86_state.from_text(saved.cpu["aps"][0]).regs)
+        assert ap.rip == 0x8013
+        assert ctl.write_memory(0x500C, b"\x01")
+        end = ctl.resume()
+        assert (end.reason, end.cpu, ctl.outcome.failures) == ("end", 1, [])
+    finally:
+        ctl.close()
+    (tmp_path / "ready.snap").write_bytes(PointStore(tmp_path).file(path, "ready").read_bytes())
+    child = tmp_path / "child.yaml"   # from the file (by `two.yaml#ready` it would run its parent, whose gate is shut)
+    child.write_text("kvmrig: 1\narch: x86_64\nfrom: ready.snap\nset: {memory: [{at: 0x500c, u8: 1}]}\n"
+                     "expect: {exit: exit-code, exit_code: 42, memory: [{at: 0x5008, u8: 1}]}\n")
+    from kvmrig.rig.load import load_rig
+    from kvmrig.runner import run_rig
+    result = run_rig(load_rig(child), "kvm")
+    assert result.status == "passed", (result.message, result.details)

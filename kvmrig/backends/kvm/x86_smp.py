@@ -458,10 +458,11 @@ class KvmX86SmpBackend(_PerVcpu):
             self._debugged = True
             return
         self._bsp_held = True
-        self.settle_io()   # vCPU 0 is out of the guest on this thread: its access completed
+        if aps.stopping:
+            return   # the run ended: the APs were stopped with it, and every vCPU stays as it ended
         with world.cond:
             world.held = {c.index for c in self._cpus[1:]}
-            world.still.add(0)   # for a snapshot an AP takes while the debugger holds vCPU 0
+            world.still.add(0)   # out of the guest, for a snapshot an AP takes meanwhile (export_cpu settles it)
         self._stop_others(self, aps, "the debugger")
 
     def debug_go(self, cpus: Collection[int] | None) -> None:
