@@ -103,9 +103,17 @@ def test_every_vcpu_is_a_thread_and_all_stop_together(make_rig, serve):
               "thread 1",
               'printf "bsp_ecx_after_ap_step=%ld bsp_pc_after_ap_step=%#lx\\n", $ecx, $pc',
               "stepi",
-              'printf "bsp_step_pc=%#lx\\n", $pc',
+              'printf "bsp_step_pc=%#lx bsp_step_ecx=%ld\\n", $pc, $ecx',
               "thread 2",
               'printf "ap_pc_after_bsp_step=%#lx\\n", $pc',
+              "set scheduler-locking on",   # continue = vCont;c:2: the AP alone
+              "break *0x8018",
+              "continue",
+              'printf "ap_alone_pc=%#lx\\n", $pc',
+              "thread 1",
+              'printf "bsp_pc_after_ap_alone=%#lx bsp_ecx_after_ap_alone=%ld\\n", $pc, $ecx',
+              "set scheduler-locking off",
+              "thread 2",
               "set $edx = 0x1000",
               "delete",
               "continue",
@@ -128,6 +136,8 @@ def test_every_vcpu_is_a_thread_and_all_stop_together(make_rig, serve):
     assert got["bsp_pc_after_ap_step"] == got["bsp_pc"], out
     assert got["bsp_step_pc"] != got["bsp_pc"] and 0x102f <= int(got["bsp_step_pc"], 16) <= 0x1040, out
     assert got["ap_pc_after_bsp_step"] == "0x8013", out
+    assert got["ap_alone_pc"] == "0x8018", out   # continued alone: the BSP did not move
+    assert (got["bsp_pc_after_ap_alone"], got["bsp_ecx_after_ap_alone"]) == (got["bsp_step_pc"], got["bsp_step_ecx"])
     # the end is vCPU 1's (its OUT), with the rig's verdict; every vCPU's final state stays readable
     assert "kvmrig: the rig's run ended: exit exit-code (code 42)" in out and "kvmrig: rig two passed" in out
     assert (got["end_ap_pc"], got["end_ap_edx_big"]) == ("0x802f", "1"), out
