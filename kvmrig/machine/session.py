@@ -123,6 +123,7 @@ class Session:
         self.coverage = (collect.Collector(plan, self.options.coverage)
                          if collect.wanted(self.rig, self.options.coverage) else None)
         self.ap_stop: Stop | None = None  # how another vCPU ended the run (cpus > 1)
+        self.ap_stop_cpu = 0   # ... and which
         self.end_cpu = 0       # the vCPU whose event ended the run
         self.ap_stops: deque[Pause] = deque()   # other vCPUs' stops for a debugger, not reported yet
         self._handlers: dict[type, Callable[[Event], None]] = {
@@ -377,6 +378,7 @@ class Session:
         """Record how the run ended (`ev`: the last event); finish() judges it."""
         self.backend.quiesce()   # other vCPUs stop before anything is judged
         self.ended = True
+        self.end_cpu = self.ap_stop_cpu if stop is self.ap_stop else 0
         self._client_step = False
         outcome = self.outcome
         outcome.exit, outcome.exit_code, outcome.detail = stop.exit, stop.code, stop.detail
@@ -424,8 +426,7 @@ class Session:
                 self._handlers[type(ev)](ev)
         except Stop as stop:
             stop.detail = f"vCPU {index}: {stop.detail}"
-            self.ap_stop = stop
-            self.end_cpu = index
+            self.ap_stop, self.ap_stop_cpu = stop, index
             raise
         finally:
             self.last_pc = last_pc
