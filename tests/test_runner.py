@@ -193,8 +193,8 @@ def test_giving_a_rig_to_a_worker_that_just_died_leaves_it_to_the_loop(monkeypat
     w = runner._Worker(multiprocessing.get_context("fork"), None, reuse=False)
     w.proc.kill()
     w.proc.join(5)
-    w.give(0)
-    w.give(1)
+    w.give([0])
+    w.give([1])
     assert list(w.jobs) == [0, 1], "queued, for the loop to record the first as died and put back the rest"
     w.kill()
 
