@@ -23,7 +23,6 @@ from pathlib import Path
 
 from kvmrig import lastfailed, runner
 from kvmrig.collect import expand, is_rig_file, load_all
-from kvmrig.crosscheck import cross_check
 from kvmrig.errors import UsageError
 from kvmrig.report.terminal import Terminal
 from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, classname_for, error_result, result_for
@@ -149,6 +148,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
     for e in errors:
         term.result(e)
     if args.cross_check:
+        from kvmrig.crosscheck import cross_check
         executor = functools.partial(cross_check, update_golden=args.update_golden)
     else:
         executor = functools.partial(runner.run_rig, backend=args.backend, update_golden=args.update_golden,

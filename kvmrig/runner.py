@@ -32,11 +32,9 @@ from collections.abc import Callable
 
 from kvmrig.backends.select import backend_for
 from kvmrig.machine.plan import prepare
-from kvmrig.machine.points import PointStore
 from kvmrig.machine.reuse import VmPool
 from kvmrig.machine.session import RunOptions, execute
 from kvmrig.result import ERROR, PASSED, RigResult, guarded, judged, result_for
-from kvmrig.rig.load import load_rig
 from kvmrig.rig.model import Rig
 from kvmrig.schedule import Schedule
 
@@ -80,11 +78,19 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points
         start = time.monotonic()
         plan = prepare(rig)
         _name, factory = backend_for(rig, backend)
-        options = RunOptions(update_golden=update_golden, points=PointStore(points) if points else None,
+        options = RunOptions(update_golden=update_golden, points=_store(points),
                              save_on_fail=save_on_fail, coverage=coverage)
         outcome = _pool.execute(plan, factory, options) if _pool is not None else execute(plan, factory, options)
         return judged(rig, outcome, time.monotonic() - start)
     return guarded(rig, body)
+
+
+def _store(points: str | None):
+    """The run's point store, if it has one (the snapshot code loads only then)."""
+    if not points:
+        return None
+    from kvmrig.machine.points import PointStore
+    return PointStore(points)
 
 
 def _parent_in_process(rig: Rig, backend: str) -> tuple[str, str | None]:
@@ -95,8 +101,11 @@ def _parent_in_process(rig: Rig, backend: str) -> tuple[str, str | None]:
     if _own_points is None:
         _own_points = tempfile.mkdtemp(prefix="kvmrig-points-")
         atexit.register(shutil.rmtree, _own_points, True)
+    from kvmrig.machine.points import PointStore
+
     assert rig.start is not None and rig.start.parent is not None
     if not PointStore(_own_points).file(rig.start.parent, rig.start.point or "").exists():
+        from kvmrig.rig.load import load_rig
         parent = run_rig(load_rig(rig.start.parent), backend, points=_own_points)
         if parent.status != PASSED:
             why = parent.message or "; ".join(str(f) for f in (parent.outcome.failures if parent.outcome else [])[:3])

@@ -29,7 +29,6 @@ from kvmrig.coverage import collect
 from kvmrig.arch.x86_64.boot import RFLAGS_IF   # machine.irqchip is x86's
 from kvmrig.errors import RigError
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
-from kvmrig.machine import golden
 from kvmrig.machine import verdict
 from kvmrig.machine.devices import Bus
 from kvmrig.machine.diagnose import stop_report
@@ -38,7 +37,10 @@ from kvmrig.machine.memory import Memory, OutsideMemory
 from kvmrig.machine.outcome import Failure, Hit, Outcome, Stop
 from kvmrig.machine.pcdevices import MachineContext
 from kvmrig.machine.plan import Plan
-from kvmrig.machine.points import PointStore, enter_call, save_snapshot, start_child
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # snapshots and golden files load with the first rig that uses them
+    from kvmrig.machine.points import PointStore
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ class Session:
     def _start_child(self) -> None:
         """start() of a rig with `from:`: memory mapped, the snapshot in, then
         the rig's `input`, `set` and `call` on top."""
+        from kvmrig.machine.points import enter_call, start_child
+
         rig, backend, memory = self.rig, self.backend, self.memory
         for b in memory.backings:
             backend.map_memory(b.start, b.buf, b.region.rom)
@@ -303,11 +307,15 @@ class Session:
             outcome.failures.extend(verdict.apply(rig, outcome, self.verdict))
         golden_spec = rig.expect.golden
         if golden_spec is not None:
+            from kvmrig.machine import golden
+
             if self.options.update_golden:
                 outcome.notes.extend(golden.update(rig, golden_spec, outcome, self.memory.read))
             else:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
         if outcome.failures and self.options.save_on_fail:
+            from kvmrig.machine.points import save_snapshot
+
             try:
                 path = save_snapshot(Path(self.options.save_on_fail) / f"{rig.name}.snap", rig, "end",
                                      self.backend, self.memory, self.bus.state())

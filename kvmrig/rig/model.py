@@ -21,6 +21,7 @@ EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "t
 NORMAL_EXITS = ("hlt", "exit-code", "system-off")
 X86_MODES = ("reset", "real", "protected", "long")
 ARM64_MODES = ("el1",)
+DEFAULT_MODES = {"x86_64": "long", "arm64": "el1"}   # a rig's cpu.mode when it names none
 DEVICE_TYPES = ("serial", "pl011", "debugcon", "exit", "constant", "reset",
                 "isa-debug-exit", "pc-testdev", "fw-cfg", "cmos")
 # Devices at QEMU's fixed places (extension): their default port.
