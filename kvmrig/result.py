@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,5 +111,6 @@ def guarded(rig: Rig, body: Callable[[], RigResult]) -> RigResult:
     except KvmrigError as e:
         return result_for(rig, ERROR, message=f"{rig.path}: {e}", seconds=time.monotonic() - start)
     except Exception:  # a kvmrig bug: report it against the rig, keep the run going
+        import traceback
         return result_for(rig, ERROR, message=f"{rig.path}: internal error in kvmrig:\n{traceback.format_exc()}",
                           seconds=time.monotonic() - start)

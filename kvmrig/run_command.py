@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from kvmrig import lastfailed, runner
@@ -128,6 +127,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
         try:
             rigs, errors = load_all([f], state.explicit, cache)
         except Exception:  # a kvmrig bug while loading: this file's error, not the run's end
+            import traceback
             rigs, errors = [], [_error(f, f"{f}: internal error in kvmrig while loading:\n{traceback.format_exc()}")]
         state.rigs += rigs
         state.errors += errors

@@ -1,12 +1,12 @@
 """Running rigs: one in-process (run_rig), many across worker processes (run_rigs).
 
-Workers are forked once and fed rigs through pipes, so the per-rig cost is a
-VM's, not a process's. A worker inherits the run's rigs when it is forked and
-is sent only their indices; one whose rigs are short gets the next ones queued
-before it answers (PIPELINE_BELOW), so it does not wait for the parent. The
-pipes carry length-prefixed pickles (_frame): a worker writes each answer as
-its rig ends, and the parent takes all of a worker's waiting answers with one
-read and tops its queue up with one write. Each worker runs a rig with the executor it was given
+Workers are forked once (kvmrig.forked) and fed rigs through pipes, so the
+per-rig cost is a VM's, not a process's. A worker inherits the run's rigs when
+it is forked and is sent only their indices; one whose rigs are short gets the
+next ones queued before it answers (PIPELINE_BELOW), so it does not wait for
+the parent. A worker writes each answer as its rig ends; the parent takes all
+of a worker's waiting answers with one read and tops its queue up with one
+write. Each worker runs a rig with the executor it was given
 (run_rig on one backend, or crosscheck.cross_check). A worker that dies
 (segfault, kill -9) or overruns its rig's timeout by a wide margin becomes an
 error for that rig and is replaced; the rest of the run goes on. Ctrl-C stops
@@ -19,9 +19,7 @@ import atexit
 import ctypes
 import gc
 import importlib
-import multiprocessing
 import os
-import pickle
 import select
 import shutil
 import signal
@@ -31,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 
 from kvmrig.backends.select import backend_for
+from kvmrig.forked import Forked, Frames, frame, write_all
 from kvmrig.machine.plan import prepare
 from kvmrig.machine.reuse import VmPool
 from kvmrig.machine.session import RunOptions, execute
@@ -59,6 +58,7 @@ _pool: VmPool | None = None        # this worker's kept VMs (machine/reuse.py); 
 _points_dir: str | None = None     # the run's snapshot points (set by run_rigs before it forks)
 _run_list: list[Rig] = []          # the run's rigs (set by run_rigs before it forks): jobs are their indices
 _own_points: str | None = None     # this process's points for children run on their own
+_live: set[_Worker] = set()        # workers not yet closed (run_rigs closes every one before it returns)
 
 
 def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points: str | None = None,
@@ -147,7 +147,7 @@ def _worker(jobs_fd: int, answers_fd: int, executor: Executor | None, parent: in
             pass
     if parent:
         _die_with_parent(parent)
-    frames = _Frames(jobs_fd)
+    frames = Frames(jobs_fd)
     run = executor or run_rig
     while True:
         try:
@@ -157,74 +157,7 @@ def _worker(jobs_fd: int, answers_fd: int, executor: Executor | None, parent: in
         if jobs is None:
             return
         for job in jobs:
-            _write_all(answers_fd, _frame((job, run(_run_list[job]))))
-
-
-def _frame(obj) -> bytes:
-    """One message on a worker pipe: its pickle's length (4 bytes), then the pickle."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(data).to_bytes(4, "little") + data
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of `data` (a signal, such as a rig's timer, may cut a write short)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-class _Frames:
-    """The messages arriving on a pipe, cut from what its reads return."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.buf = bytearray()
-
-    def _cut(self) -> list:
-        out = []
-        buf = self.buf
-        start = 0
-        while len(buf) - start >= 4:
-            end = start + 4 + int.from_bytes(buf[start:start + 4], "little")
-            if end > len(buf):
-                break
-            out.append(pickle.loads(buf[start + 4:end]))
-            start = end
-        del buf[:start]
-        return out
-
-    def next(self):
-        """The next message, waiting for it (EOFError at end of file)."""
-        while True:
-            if len(self.buf) >= 4 and len(self.buf) >= 4 + int.from_bytes(self.buf[:4], "little"):
-                n = 4 + int.from_bytes(self.buf[:4], "little")
-                msg = pickle.loads(self.buf[4:n])
-                del self.buf[:n]
-                return msg
-            chunk = os.read(self.fd, 1 << 16)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-
-    def waiting(self) -> tuple[list, bool]:
-        """Every whole message readable now, without waiting (the fd is
-        non-blocking), and whether the writer is gone (end of file)."""
-        eof = False
-        while True:
-            try:
-                chunk = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError:
-                eof = True
-                break
-            if not chunk:
-                eof = True
-                break
-            self.buf += chunk
-            if len(chunk) < 1 << 16:
-                break
-        return self._cut(), eof
+            write_all(answers_fd, frame((job, run(_run_list[job]))))
 
 
 def _import_backend() -> None:
@@ -242,20 +175,19 @@ class _Worker:
     """One worker process and the rigs it was given, oldest (running) first.
     Rigs reach it as indices into _run_list, which it inherited when forked."""
 
-    def __init__(self, ctx, executor: Executor | None, reuse: bool = True, others: tuple[int, ...] = ()):
+    def __init__(self, executor: Executor | None, reuse: bool = True, others: tuple[int, ...] = ()):
         jobs_r, self.jobs_fd = os.pipe()
         self.answers_fd, answers_w = os.pipe()
         os.set_blocking(self.answers_fd, False)
         # Forked: the executor is inherited, never pickled (a partial or a lambda will do).
-        self.proc = ctx.Process(target=_worker, daemon=True,
-                                args=(jobs_r, answers_w, executor, os.getpid(),
-                                      (self.jobs_fd, self.answers_fd, *others), reuse))
         try:
-            self.proc.start()
+            self.proc = Forked(_worker, (jobs_r, answers_w, executor, os.getpid(),
+                                         (self.jobs_fd, self.answers_fd, *others), reuse))
         finally:
             os.close(jobs_r)
             os.close(answers_w)
-        self.answers = _Frames(self.answers_fd)
+        _live.add(self)
+        self.answers = Frames(self.answers_fd)
         self.jobs: deque[int] = deque()
         self.deadline = 0.0
         self.since = 0.0       # when the running rig started (as far as the parent knows)
@@ -276,7 +208,7 @@ class _Worker:
             self._started(indices[0], time.monotonic())
         self.jobs.extend(indices)
         try:
-            os.write(self.jobs_fd, _frame(indices))   # a few bytes: one atomic write, never blocks
+            os.write(self.jobs_fd, frame(indices))   # a few bytes: one atomic write, never blocks
         except OSError:
             # The worker died since the last wait (a broken pipe): its
             # sentinel is ready, so the loop records its running rig and
@@ -299,7 +231,7 @@ class _Worker:
     def stop(self) -> None:
         """No more rigs: the worker ends when it reads this."""
         try:
-            os.write(self.jobs_fd, _frame(None))
+            os.write(self.jobs_fd, frame(None))
         except OSError:
             pass
 
@@ -314,6 +246,8 @@ class _Worker:
             self.closed = True
             os.close(self.jobs_fd)
             os.close(self.answers_fd)
+            self.proc.close()
+            _live.discard(self)
 
 
 def _died(rig: Rig, how: str) -> RigResult:
@@ -341,7 +275,6 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         return results, False
     jobs = jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(rigs)))
-    ctx = multiprocessing.get_context("fork")
     workers: list[_Worker] = []
     stop = False
     own_points = tempfile.mkdtemp(prefix="kvmrig-points-") if order.has_points else None
@@ -388,7 +321,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
 
     def _spawn() -> _Worker:
         # The new worker closes the parent's ends of the others' pipes too.
-        return _Worker(ctx, executor, reuse, others=tuple(fd for w in workers if not w.closed for fd in w.fds()))
+        return _Worker(executor, reuse, others=tuple(fd for w in workers if not w.closed for fd in w.fds()))
 
     try:
         _import_backend()   # here, once: the workers forked below (and any replacement) inherit it
