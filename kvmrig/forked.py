@@ -140,7 +140,9 @@ class Frames:
 
     def waiting(self) -> tuple[list, bool]:
         """Every whole message readable now, without waiting (the fd must be
-        non-blocking), and whether the writer is gone (end of file)."""
+        non-blocking), and whether a read found the end of file (the writer
+        gone). A read shorter than CHUNK ends the call, so an end of file
+        right behind the data shows at the next call."""
         eof = False
         while True:
             try:
