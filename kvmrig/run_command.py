@@ -156,7 +156,9 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
     state.results = [None] * len(rigs)
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         return
+    term.batched = True   # run_rigs flushes it before each wait (on_wait)
     state.results, state.interrupted = runner.run_rigs(rigs, args.jobs, executor, on_result=term.result,
+                                                       on_wait=term.flush,
                                                        exitfirst=args.exitfirst, reuse=not args.no_reuse)
 
 

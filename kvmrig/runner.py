@@ -257,11 +257,14 @@ def _died(rig: Rig, how: str) -> RigResult:
 
 def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False, reuse: bool = True) -> tuple[list[RigResult | None], bool]:
+             exitfirst: bool = False, reuse: bool = True,
+             on_wait: Callable[[], None] | None = None) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core), each with `executor`
     (default: run_rig on the rig's own backend choice). Returns (results in
     input order — None for rigs not run — and whether the run was interrupted).
     `reuse`: each worker keeps its VMs between rigs (machine/reuse.py).
+    `on_wait`: called whenever the loop is about to wait for workers (a
+    terminal flushes there what on_result wrote since).
     Rigs that start from a snapshot point (`from: parent.yaml#point`) run
     after their parent, which runs once; a parent the list does not name is
     run too but not reported (so shards of one suite never report it twice),
@@ -332,6 +335,8 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         while any(w.jobs for w in workers):
             busy = [w for w in workers if w.jobs]
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            if on_wait is not None:
+                on_wait()
             if all(len(w.jobs) > 1 for w in busy):   # each has its next rig: no hurry
                 time.sleep(min(NAP, timeout))
             ready = _ready([w.answers_fd for w in busy] + [w.proc.sentinel for w in busy], timeout)
