@@ -390,6 +390,9 @@ def _umask() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:   # the command itself: its dataclasses compiled once, not at every run
+        from kvmrig import dataclass_code
+        dataclass_code.install()
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -406,4 +409,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if argv is None:   # the command itself (not a caller's main([...])): the process ends here, and
+            dataclass_code.save()
             gc.freeze()    # the collector's last pass over every rig and result it holds (~30 ms) frees nothing

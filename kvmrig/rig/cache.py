@@ -43,10 +43,10 @@ import os
 import pickle
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kvmrig.atomic import write_own_cache
 from kvmrig.rig.rigfile import Stat, file_stat
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ class RigCache:
                     entries[name] = (digest, seen, sig, len(models))
                     models.append(rig)
             blob = pickle.dumps(models, protocol=pickle.HIGHEST_PROTOCOL)
-            _write(self.path, FORMAT + pickle.dumps((self.key, entries, blob), protocol=pickle.HIGHEST_PROTOCOL))
+            write_own_cache(self.path, FORMAT + pickle.dumps((self.key, entries, blob), protocol=pickle.HIGHEST_PROTOCOL))
             _prune(os.path.dirname(self.path))
         except Exception:   # a read-only or full disk, a model that does not pickle: the next run loads again
             pass
@@ -221,28 +221,6 @@ def _same(file: str, head: bytes) -> bool:
             return f.read(HEAD_SIZE) == head
     except (hostfiles.HostFileProblem, OSError):
         return False
-
-
-def _write(path: str, data: bytes) -> None:
-    where = os.path.dirname(path)
-    os.makedirs(where, exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISREG(st.st_mode):
-            return   # a symlink, FIFO or device someone put there: not ours to replace
-    from kvmrig.atomic import current_umask
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pickle", dir=where)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _prune(where: str) -> None:
