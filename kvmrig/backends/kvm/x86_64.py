@@ -62,6 +62,25 @@ _created_cache: PerProcess[dict[int, int]] = PerProcess()
 NATIVE_HITS: Counter[str] = Counter()
 
 
+# set_initial_state's results: (sregs before, GDTR, IDTR, CR0, CR3, CR4, EFER)
+# -> (the state's segments, sregs after); at most SREGS_MEMO_MAX kept.
+_sregs_memo: dict[tuple, tuple[tuple, bytes]] = {}
+SREGS_MEMO_MAX = 64
+
+
+def load_sregs(s, state: X86State) -> None:
+    """Write the state's segments, descriptor tables and control registers
+    into kvm_sregs `s` (the rest of it, e.g. CR8 and the APIC base, kept)."""
+    for name, seg in state.segments.items():
+        dst = getattr(s, name)
+        dst.selector, dst.base, dst.limit, dst.type = seg.selector, seg.base, seg.limit, seg.type
+        dst.present, dst.dpl, dst.db, dst.s, dst.l, dst.g = seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g
+        dst.avl, dst.unusable = seg.avl, seg.unusable
+    s.gdt.base, s.gdt.limit = state.gdt
+    s.idt.base, s.idt.limit = state.idt
+    s.cr0, s.cr3, s.cr4, s.efer = state.cr0, state.cr3, state.cr4, state.efer
+
+
 def _sync_regs_supported(kvm) -> bool:
     """KVM_CAP_SYNC_REGS covers regs and sregs here (asked once per process;
     KVMRIG_KVM_SYNC_REGS=0 turns it off, to compare)."""
@@ -157,14 +176,20 @@ class KvmX86Backend(KvmBackendBase):
     def set_initial_state(self, state: X86State) -> None:
         vcpu = self.vcpu or self._create_vcpu(state)
         s = vcpu.get_sregs()
-        for name, seg in state.segments.items():
-            dst = getattr(s, name)
-            dst.selector, dst.base, dst.limit, dst.type = seg.selector, seg.base, seg.limit, seg.type
-            dst.present, dst.dpl, dst.db, dst.s, dst.l, dst.g = seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g
-            dst.avl, dst.unusable = seg.avl, seg.unusable
-        s.gdt.base, s.gdt.limit = state.gdt
-        s.idt.base, s.idt.limit = state.idt
-        s.cr0, s.cr3, s.cr4, s.efer = state.cr0, state.cr3, state.cr4, state.efer
+        # The sregs are a pure function of the vCPU's (the pristine ones on a
+        # reused VM) and the state's segments, tables and control registers:
+        # rigs that boot alike reuse the bytes instead of ~80 field writes.
+        before = bytes(abi.ffi.buffer(s))
+        key = (before, state.gdt, state.idt, state.cr0, state.cr3, state.cr4, state.efer)
+        segments = tuple(state.segments.items())
+        known = _sregs_memo.get(key)
+        if known is not None and known[0] == segments:   # equal values (the same Segments: at once)
+            abi.ffi.memmove(s, known[1], len(known[1]))
+        else:
+            load_sregs(s, state)
+            if len(_sregs_memo) >= SREGS_MEMO_MAX:
+                _sregs_memo.clear()
+            _sregs_memo[key] = (segments, bytes(abi.ffi.buffer(s)))
         vcpu.set_sregs(s)
         r = vcpu.get_regs()
         abi.ffi.memmove(r, _ZERO_REGS, len(_ZERO_REGS))   # kvm_regs holds just _REG_FIELDS
