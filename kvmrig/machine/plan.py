@@ -149,7 +149,8 @@ def prepare(rig: Rig) -> Plan:
     _check_set_memory(rig, symbols)
     if rig.arch == "x86_64":
         _check_x86(rig, plan.boot.state)
-    DebugPlan(rig, arch, symbols.resolve)  # raises if the arch's debug registers cannot hold the rig's points
+    if rig.breakpoints or rig.watchpoints:   # raises if the arch's debug registers cannot hold them
+        DebugPlan(rig, arch, symbols.resolve)
     return plan
 
 

@@ -25,9 +25,11 @@ rig do not change").
 
 from __future__ import annotations
 
+import operator
 import os
+import struct
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
@@ -61,6 +63,30 @@ _created_cache: PerProcess[dict[int, int]] = PerProcess()
 #: how the x86_64 lane's test run shows the native path really ran.
 NATIVE_HITS: Counter[str] = Counter()
 
+
+def _sregs_reader() -> tuple[struct.Struct, Callable, tuple[str, ...]]:
+    """What get_regs() reads of kvm_sregs: a Struct picking the segment
+    selectors, control registers and CS base at their offsets in the ABI's
+    struct, a getter putting them in _SREG_NAMES' order, and those names."""
+    ffi = abi.ffi
+    selector, base = ffi.offsetof("struct kvm_segment", "selector"), ffi.offsetof("struct kvm_segment", "base")
+    picks = ([(ffi.offsetof("struct kvm_sregs", name) + selector, "H", name) for name in SEGMENTS]
+             + [(ffi.offsetof("struct kvm_sregs", name), "Q", name) for name in CONTROL]
+             + [(ffi.offsetof("struct kvm_sregs", "cs") + base, "Q", "cs_base")])
+    names = tuple(name for _at, _code, name in picks)
+    fmt, at = "=", 0
+    for offset, code, _name in sorted(picks):
+        fmt += f"{offset - at}x{code}" if offset > at else code
+        at = offset + struct.calcsize("=" + code)
+    by_offset = [name for _at, _code, name in sorted(picks)]
+    return struct.Struct(fmt), operator.itemgetter(*(by_offset.index(name) for name in names)), names
+
+
+# kvm_regs is _REG_FIELDS' u64s in order (as _ZERO_REGS assumes too)
+assert [abi.ffi.offsetof("struct kvm_regs", name) for name in _REG_FIELDS] == list(range(0, 8 * len(_REG_FIELDS), 8))
+assert abi.ffi.sizeof("struct kvm_regs") == 8 * len(_REG_FIELDS)
+_REGS = struct.Struct(f"={len(_REG_FIELDS)}Q")
+_SREGS, _sreg_order, _SREG_NAMES = _sregs_reader()
 
 # set_initial_state's results: (sregs before, GDTR, IDTR, CR0, CR3, CR4, EFER)
 # -> (the state's segments, sregs after); at most SREGS_MEMO_MAX kept.
@@ -357,14 +383,11 @@ class KvmX86Backend(KvmBackendBase):
 
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
-        r = self.vcpu.get_regs()
-        out = {name: getattr(r, name) for name in _REG_FIELDS}
-        s = self.vcpu.get_sregs()
-        for name in SEGMENTS:
-            out[name] = getattr(s, name).selector
-        for name in CONTROL:
-            out[name] = getattr(s, name)
-        out["cs_base"] = s.cs.base  # not a register name users write: for linear addresses in reports
+        """kvm_regs by name, then the segment selectors, control registers and
+        cs_base (not a register name users write: for linear addresses in
+        reports), each struct read with one unpack."""
+        out = dict(zip(_REG_FIELDS, _REGS.unpack(abi.ffi.buffer(self.vcpu.get_regs()))))
+        out.update(zip(_SREG_NAMES, _sreg_order(_SREGS.unpack_from(abi.ffi.buffer(self.vcpu.get_sregs())))))
         return out
 
     def get_pc(self) -> int:
