@@ -68,16 +68,22 @@ def _all_addresses(rig: Rig):
 def _names_symbol_in_regs(rig: Rig) -> bool:
     """Whether any register value _register_symbols looks at is a `sym:` (most
     rigs have none: then it has nothing to do, and is asked for every rig)."""
-    def sets(regs) -> bool:
-        return any(isinstance(v, Address) for _name, v, _mark in regs)
-
-    def checks(state) -> bool:
-        return state is not None and any(isinstance(c.value, Address) for c in state.regs)
-
-    return ((rig.cpu is not None and sets(rig.cpu.regs)) or checks(rig.expect)
-            or (rig.start_set is not None and sets(rig.start_set.regs))
-            or any(checks(p.expect) or (p.set is not None and sets(p.set.regs))
-                   for p in (*rig.breakpoints, *rig.watchpoints)))
+    sets = [rig.cpu, rig.start_set]
+    checks = [rig.expect]
+    for p in (*rig.breakpoints, *rig.watchpoints):
+        sets.append(p.set)
+        checks.append(p.expect)
+    for s in sets:
+        if s is not None:
+            for _name, v, _mark in s.regs:
+                if isinstance(v, Address):
+                    return True
+    for c in checks:
+        if c is not None:
+            for check in c.regs:
+                if isinstance(check.value, Address):
+                    return True
+    return False
 
 
 def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
