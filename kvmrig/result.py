@@ -8,10 +8,11 @@ they hold plain data only.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from kvmrig.errors import KvmrigError, NoBackend, RigError
@@ -39,6 +40,14 @@ class RigResult:
     @property
     def ok(self) -> bool:
         return self.status in (PASSED, SKIPPED)
+
+    def __reduce__(self):
+        # Pickled as its field values in order (one per rig, worker to parent):
+        # no field names in each message, and a plain call to load.
+        return RigResult, _result_fields(self)
+
+
+_result_fields = operator.attrgetter(*(f.name for f in fields(RigResult)))
 
 
 # What marks a project's root folder, as pytest finds its rootdir (plus .git).

@@ -23,6 +23,7 @@ from kvmrig.backends.base import Backend
 from kvmrig.machine.memory import PAGE, Memory
 from kvmrig.machine.outcome import Outcome
 from kvmrig.machine.plan import Plan
+from kvmrig.machine.session import Session
 from kvmrig.rig.model import Rig
 
 
@@ -89,8 +90,6 @@ class VmPool:
         """Run a prepared rig on a kept VM (reset first) or on a new one kept for
         later. `inspect(backend, memory)` sees the machine right after the run
         (tests compare it with a fresh VM's)."""
-        from kvmrig.machine.session import Session
-
         if fresh_only(plan.rig):
             return _once(plan, make_backend, options, inspect)
         key = (make_backend, shape(plan.rig))
@@ -178,8 +177,6 @@ class VmPool:
 
 def _once(plan: Plan, make_backend: Callable[[], Backend], options, inspect) -> Outcome:
     """A fresh VM for one rig, closed after it (machine.session.execute, plus `inspect`)."""
-    from kvmrig.machine.session import Session
-
     memory = Memory(plan.rig.memory)
     try:
         with make_backend() as backend:

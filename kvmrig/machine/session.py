@@ -153,7 +153,8 @@ class Session:
             self.memory.write(addr, data)
         for b in self.memory.backings:
             self.backend.map_memory(b.start, b.buf, b.region.rom)
-        limit = self.backend.max_cpus()
+        # One vCPU is always there (KVM's limits are >= 1): ask KVM only for more.
+        limit = self.backend.max_cpus() if self.rig.cpus > 1 else None
         if limit is not None and self.rig.cpus > limit:
             raise RigError(f"{self.rig.cpus} vCPUs asked, this {self.backend.name} offers at most {limit} per VM "
                            "(KVM_CAP_MAX_VCPUS)", self.rig.cpus_mark or self.rig.mark)
