@@ -47,9 +47,9 @@ def test_the_header_is_text_with_registers_by_name(saved):
 
 
 def test_another_version_is_named(saved):
-    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 2\n", b"KVMRIG-SNAPSHOT 3\n", 1)
+    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 2\n", b"KVMRIG-SNAPSHOT 4\n", 1)
     saved.write_bytes(raw)
-    with pytest.raises(SnapshotError, match="format version 3; this kvmrig .* reads versions 1, 2"):
+    with pytest.raises(SnapshotError, match="format version 4; this kvmrig .* reads versions 1, 2, 3"):
         snapfile.read(saved)
 
 

@@ -44,6 +44,7 @@ gdb) sees vCPU 0.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ from kvmrig.backends.events import DebugEvent, Event, Mmio, PortIO, Timeout, Unh
 from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.smp import Aps, kick
 from kvmrig.backends.kvm.x86_64 import SYNC, KvmX86Backend, _sync_regs_supported
-from kvmrig.errors import BackendError
+from kvmrig.errors import BackendError, KvmError
 
 NEVER = float("inf")   # an AP has no deadline of its own: the BSP's run ends it
 KICKED = Timeout(0)    # an AP's KVM_RUN returned for a signal (ApView.next_event)
@@ -68,8 +69,19 @@ class _World:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.depth = 0                # snapshots under way (one may be taken while another waits)
-        self.still: set[int] = set()  # vCPUs parked or saving: out of the guest, no access in flight
-        self.frozen = False           # every vCPU is stopped and the saver reads them: none may leave
+        self.still: set[int] = set()  # vCPUs parked, saving or done (they ended the run): out of the guest
+        self.savers: list[int] = []   # the threads taking them
+
+    def mark_still(self, index: int) -> None:
+        with self.cond:
+            self.still.add(index)
+            self.cond.notify_all()
+
+    def wait_out(self) -> None:
+        """Stay out of the guest while a snapshot another thread takes is under way."""
+        me = threading.get_ident()
+        while self.depth and me not in self.savers:
+            self.cond.wait(0.05)
 
 
 class _PerVcpu(KvmX86Backend):
@@ -114,17 +126,17 @@ class _PerVcpu(KvmX86Backend):
 
     def _park(self) -> None:
         """A snapshot is being taken: complete the access in flight, then stay
-        out of the guest until it is done (or the run ends)."""
+        out of the guest until it is done; if the run ended meanwhile, leave
+        without running another instruction (to be joined)."""
         self.settle_io()
         world, aps = self.primary._world, self.primary._aps
         with world.cond:
             world.still.add(self.index)
             world.cond.notify_all()
-            # The run ending (another vCPU's exit) lets it go to be joined, but not
-            # while a snapshot reads the vCPUs.
-            while world.depth and (world.frozen or aps is None or not aps.stopping):
-                world.cond.wait(0.05)
+            world.wait_out()
             world.still.discard(self.index)
+        if aps is not None and aps.stopping:
+            self.vcpu.run_struct.immediate_exit = 1   # KVM_RUN returns at once (EINTR)
 
     def _rebuild_slots(self, pages: dict[int, str]) -> None:
         with self.primary._slots_lock:   # the VM's memory slots: one rebuild at a time
@@ -167,8 +179,17 @@ class ApView(_PerVcpu):
 
     def next_event(self) -> Event | None:
         """Run this AP until an event the machine must see; None when it was
-        kicked out of KVM_RUN (a new debug setup, or the end of the run)."""
-        ev = self._next_event(NEVER)
+        kicked out of KVM_RUN (a new debug setup, or the end of the run). A
+        KVM_RUN or debug setup that fails is an Unhandled event: the machine
+        ends the run with it, as with any other event, naming this vCPU."""
+        try:
+            ev = self._next_event(NEVER)
+        except KvmError as e:
+            if e.errno == errno.EAGAIN:
+                raise   # the AP left its wait-for-SIPI state: Aps enters again
+            return Unhandled(None, str(e))
+        except BackendError as e:
+            return Unhandled(None, str(e))
         if ev is KICKED:
             return None
         if type(ev) in (PortIO, Mmio):
@@ -272,7 +293,13 @@ class KvmX86SmpBackend(_PerVcpu):
 
         def handle(index: int, ev: Event) -> None:
             cpus[index].unhandled = None   # the device sees the access (even if it ends the run)
-            handler(index, ev)
+            try:
+                handler(index, ev)
+            except BaseException:
+                # It ended the run and never enters the guest again: a snapshot
+                # under way counts it as stopped (its end is the snapshot's `ending`).
+                self._world.mark_still(index)
+                raise
         self._aps = Aps(self._cpus[1:], handle, self._bind)
         self._aps.lock.acquire()
         self._holding = True
@@ -294,12 +321,24 @@ class KvmX86SmpBackend(_PerVcpu):
             self._holding = True
 
     def quiesce(self) -> None:
-        """Stop every AP (before the verdict is taken)."""
-        if self._aps is not None:
-            if self._holding:
-                self._holding = False
-                self._aps.lock.release()
-            self._aps.stop()
+        """Stop every AP (before the verdict is taken). If another vCPU is
+        taking a snapshot, vCPU 0 (its last access handled: the one that
+        ended the run) waits, stopped, until it is written (world_stopped)."""
+        aps = self._aps
+        if aps is None:
+            return
+        aps.stopping = True   # an AP taking a snapshot stops after it; none starts another
+        if self._holding:
+            self._holding = False
+            aps.lock.release()
+        world = self._world
+        with world.cond:
+            if world.depth and threading.get_ident() not in world.savers:
+                world.still.add(self.index)
+                world.cond.notify_all()
+                world.wait_out()
+                world.still.discard(self.index)
+        aps.stop()
 
     # Snapshots: every vCPU -------------------------------------------------
     @contextlib.contextmanager
@@ -313,26 +352,25 @@ class KvmX86SmpBackend(_PerVcpu):
             return
         with world.cond:
             world.depth += 1
+            world.savers.append(threading.get_ident())
             world.still.add(here.index)   # a snapshot taken while this one waits counts this vCPU as stopped
         try:
             self._stop_others(here, aps)
-            with world.cond:
-                world.frozen = True
-            try:
-                yield
-            finally:
-                with world.cond:
-                    world.frozen = False
+            yield
         finally:
             with world.cond:
                 world.still.discard(here.index)
+                world.savers.remove(threading.get_ident())
                 world.depth -= 1
                 world.cond.notify_all()
 
     def _stop_others(self, here: _PerVcpu, aps: Aps) -> None:
-        """Wait until every other vCPU is parked (or its thread has ended),
-        kicking them meanwhile and letting go of the machine lock so that
-        they can handle the events they already have."""
+        """Wait until every other vCPU is parked (or has ended the run, or its
+        thread has ended), kicking them meanwhile and letting go of the
+        machine lock so that they can handle the events they already have.
+        One of those events may end the run (an exit device, a triple fault,
+        an exit KVM cannot handle, on any vCPU): that vCPU is stopped too, and
+        the session records the end in the snapshot (Session.save_point)."""
         world = self._world
         threads = {cpu.index: thread for cpu, thread in zip(aps.cpus, aps.threads)}
 
@@ -357,9 +395,6 @@ class KvmX86SmpBackend(_PerVcpu):
                     waiting = [c for c in others if not stopped(c)]
                     if not waiting:
                         return
-                    if aps.stopping:
-                        raise BackendError("the run ended on another vCPU while every vCPU was being stopped for "
-                                           "the snapshot")
                     if time.monotonic() > deadline:
                         raise BackendError("vCPU " + ", ".join(str(c.index) for c in waiting) + " did not stop "
                                            f"for the snapshot within {STOP_TIMEOUT:g}s")

@@ -393,3 +393,98 @@ def test_an_ap_that_took_its_sipi_while_out_of_kvm_run_is_saved_as_started(tmp_p
     sregs = x86_state._struct("struct kvm_sregs", state.sregs)
     assert _mp_state(state) == abi.KVM_MP_STATE_RUNNABLE
     assert (sregs.cs.selector, sregs.cs.base, regs.rip) == (0x800, 0x8000, 0)   # SIPI vector 0x08
+
+
+# The run ends on one vCPU while the machine is being stopped for another's
+# save (an exit device write or a fault, on an AP while vCPU 0 saves or on
+# vCPU 0 while an AP saves; the AP's fault, a UD2 in real mode with an empty
+# IVT, is a triple fault where the CPU runs real mode and an instruction KVM
+# cannot emulate on this kvm_pvm, which emulates it: either ends the run). The interleaving is forced, not timed: the
+# ender waits in memory for GO, which only the saving hit's `set` writes, and
+# the saver's stop waits (a test hook) until the ender has left KVM_RUN with
+# its end before it kicks anyone.
+ENDS_32 = {"exit": "b0 03 e6 f4 f4 eb fd",          # mov al, 3; out 0xf4, al; hlt; jmp hlt
+           "triple": "0f 01 1d 00 51 00 00 0f 0b"}  # lidt [0x5100] (limit 0); ud2
+ENDS_16 = {"exit": "b0 03 e6 f4 f4 eb fd",
+           "triple": "0f 01 1e 00 51 0f 0b"}        # lidt [0x5100]; ud2
+SAVER_32 = "80 3d 00 50 00 00 01 75 f7 90 eb fe"    # 1028: wait READY; 1031: nop (save); jmp $
+ENDER_32 = "c6 05 00 50 00 00 01 80 3d 04 50 00 00 01 75 f7 "   # READY = 1; wait GO; 1038: the end
+REAL = "fa 31 c0 8e d8 "                             # 8000: cli; ds = 0
+SAVER_16 = "80 3e 00 50 01 75 f9 90 eb fe"           # 8005: wait READY; 800c: nop (save); jmp $
+ENDER_16 = "c6 06 00 50 01 80 3e 04 50 01 75 f9 "     # READY = 1; wait GO; 8011: the end
+EXPECT_END = {"exit": "expect: {exit: exit-code, exit_code: 3}\n", "triple": ""}   # a fault: no normal end
+
+
+def _racer(saver: int, how: str) -> str:
+    bsp = hexof(START_AP) + hexof(SAVER_32 if saver == 0 else ENDER_32 + ENDS_32[how])
+    ap = hexof(REAL + (SAVER_16 if saver == 1 else ENDER_16 + ENDS_16[how]))
+    save_at = 0x1031 if saver == 0 else 0x800C
+    return (f"kvmrig: 1\narch: x86_64\ntimeout: 10s\nmemory: [{{at: 0, size: 2M}}]\ncpus: 2\n"
+            "machine: {irqchip: true}\ndevices: [{type: exit, port: 0xf4}]\n"
+            f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
+            "cpu: {mode: protected, entry: 0x1000}\n"
+            f"breakpoints: [{{at: {save_at:#x}, hits: 1, save: here, set: {{memory: [{{at: 0x5004, u8: 1}}]}}}}]\n"
+            + EXPECT_END[how])
+
+
+@pytest.fixture
+def end_during_stop(monkeypatch):
+    """Hold the saver's stop until the vCPU that ends the run has left
+    KVM_RUN with its end (an exit device write, a shutdown); yields a list
+    that records, per stop, whether it had."""
+    from kvmrig.backends.kvm import x86_smp
+    from kvmrig.backends.events import Shutdown, Unhandled
+    ended, seen = __import__("threading").Event(), []
+    next_event, stop_others = x86_smp.KvmX86Backend._next_event, x86_smp.KvmX86SmpBackend._stop_others
+
+    def spy(self, deadline):
+        ev = next_event(self, deadline)
+        if type(ev) is Shutdown or (type(ev) is PortIO and ev.port == 0xF4) or \
+                (type(ev) is Unhandled and not ev.detail.startswith("another vCPU")):
+            ended.set()
+        return ev
+
+    def held(self, here, aps):
+        seen.append(ended.wait(10))
+        return stop_others(self, here, aps)
+    monkeypatch.setattr(x86_smp._PerVcpu, "_next_event", spy, raising=False)
+    monkeypatch.setattr(x86_smp.KvmX86SmpBackend, "_stop_others", held)
+    return seen
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("saver, how", [(0, "exit"), (0, "triple"), (1, "exit"), (1, "triple")],
+                         ids=["vcpu0-saves-ap-exits", "vcpu0-saves-ap-faults",
+                              "ap-saves-vcpu0-exits", "ap-saves-vcpu0-triple-faults"])
+def test_a_point_saved_as_another_vcpu_ends_the_run_records_the_end_and_its_child_ends_so(
+        tmp_path, end_during_stop, saver, how):
+    """The point is saved (the machine as it stopped, the ender's last event
+    handled and completed) with `ending`: the run's end, which vCPU, why. Its
+    child ends the same way before any instruction, in the same state."""
+    outcome, parent_end = _run(tmp_path / "racer.yaml", tmp_path, _racer(saver, how))
+    assert end_during_stop[0] is True   # the forced interleaving happened
+    ender = 1 - saver
+    failed = [] if how == "exit" else ["exit"]   # a fault is not a normal end: the exit check fails
+    assert [f.what for f in outcome.failures] == failed and outcome.hits[0].cpu == saver
+    assert outcome.exit in (("exit-code",) if how == "exit" else ("shutdown", "unhandled"))
+    path = PointStore(tmp_path).file(tmp_path / "racer.yaml", "here")
+    assert path.read_bytes().startswith(b"KVMRIG-SNAPSHOT 3\n")
+    snap = snapfile.read(path)
+    assert snap.ending["cpu"] == ender and snap.ending["exit"] == outcome.exit
+    assert snap.ending["code"] == outcome.exit_code and snap.ending["detail"] == outcome.detail
+    if ender:
+        assert outcome.detail.startswith("vCPU 1: ")
+    # The saver is at its breakpoint; the ender past its exit write (completed).
+    regs = [x86_state._struct("struct kvm_regs", v.regs) for v in _vcpus(snap)]
+    sregs = [x86_state._struct("struct kvm_sregs", v.sregs) for v in _vcpus(snap)]
+    assert sregs[saver].cs.base + regs[saver].rip == (0x1031 if saver == 0 else 0x800C)
+    if how == "exit":
+        assert sregs[ender].cs.base + regs[ender].rip == (0x103C if ender == 0 else 0x8015)
+    child = "kvmrig: 1\narch: x86_64\nfrom: racer.yaml#here\ntimeout: 5s\n" + EXPECT_END[how]
+    child_outcome, child_end = _run(tmp_path / "child.yaml", tmp_path, child)
+    assert [f.what for f in child_outcome.failures] == failed
+    assert (child_outcome.exit, child_outcome.exit_code, child_outcome.detail) == \
+        (outcome.exit, outcome.exit_code, outcome.detail)
+    assert any("was ending as it saved it" in n for n in child_outcome.notes), child_outcome.notes
+    assert child_outcome.regs == outcome.regs
+    _same_end(child_end, parent_end)
