@@ -429,13 +429,15 @@ def _racer(saver: int, how: str) -> str:
 
 @pytest.fixture
 def end_during_stop(monkeypatch):
-    """Hold the saver's stop until the vCPU that ends the run has left
-    KVM_RUN with its end (an exit device write, a shutdown); yields a list
-    that records, per stop, whether it had."""
+    """Hold the saver (before it starts stopping the machine: a vCPU kicked
+    meanwhile, e.g. by the 10 ms alarm, would park instead of ending the run)
+    until the vCPU that ends the run has left KVM_RUN with its end (an exit
+    device write, a fault), which then waits for the machine lock the saver
+    holds; yields a list that records, per save, whether it had."""
     from kvmrig.backends.kvm import x86_smp
     from kvmrig.backends.events import Shutdown, Unhandled
     ended, seen = __import__("threading").Event(), []
-    next_event, stop_others = x86_smp.KvmX86Backend._next_event, x86_smp.KvmX86SmpBackend._stop_others
+    next_event, world_stopped = x86_smp.KvmX86Backend._next_event, x86_smp.KvmX86SmpBackend.world_stopped
 
     def spy(self, deadline):
         ev = next_event(self, deadline)
@@ -444,11 +446,12 @@ def end_during_stop(monkeypatch):
             ended.set()
         return ev
 
-    def held(self, here, aps):
-        seen.append(ended.wait(10))
-        return stop_others(self, here, aps)
+    def held(self):
+        if self._aps is not None and not self._aps.stopping:   # a save mid-run (not the test's at the end)
+            seen.append(ended.wait(10))
+        return world_stopped(self)
     monkeypatch.setattr(x86_smp._PerVcpu, "_next_event", spy, raising=False)
-    monkeypatch.setattr(x86_smp.KvmX86SmpBackend, "_stop_others", held)
+    monkeypatch.setattr(x86_smp.KvmX86SmpBackend, "world_stopped", held)
     return seen
 
 
