@@ -35,6 +35,10 @@ the others go on after. So a snapshot at a hit is the machine with the
 hitting vCPU at its breakpoint (after the hit's `set`) and every other vCPU
 between two instructions. A child restores every vCPU and its APs run on
 their threads from where they were (halted, waiting for SIPI, or running).
+An event handled while the machine is being stopped may end the run (an
+exit device, a fault, on any vCPU): that vCPU never enters the guest again
+and counts as stopped (vCPU 0 waits in quiesce() until the snapshot is
+written), and the session records the end in the snapshot.
 
 Known limits: the final registers are vCPU 0's; `trace` and `expect.steps`
 single-step every vCPU and count all their instructions; a debugger (kvmrig
