@@ -24,12 +24,14 @@ SnapshotError naming the file and the mismatch, never a wrong run.
 
 Version 2 added `machine`, so a child whose machine differs is refused
 before it runs. Version 1 files (one vCPU, no GIC: all kvmrig could save
-then) are still read, as such. Version 3 is version 2 with `ending`: the
-run was ending as the point was saved (another vCPU's exit, triple fault,
-... handled while the machine was being stopped for it): `{cpu, exit, code,
-detail}`, which a child ends with before running (Session). Only such files
-are written as version 3, so a kvmrig that cannot honour `ending` refuses
-them instead of running on past it.
+then) are still read, as such. Version 3 is version 2 with what a version
+2 reader would drop silently: `ending`, the run was ending as the point was
+saved (another vCPU's exit, triple fault, ... handled while the machine was
+being stopped for it): `{cpu, exit, code, detail}`, which a child ends with
+before running (Session); and an x86 AP's `pending` write (its run ended
+before the machine handled it; a child's device sees it first). Only such
+files are written as version 3, so a kvmrig that cannot honour them refuses
+them instead of running on past them.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def write(path: str | Path, snap: Snapshot) -> None:
                         "length": len(packed), "sha256": hashlib.sha256(data).hexdigest()})
         blobs.append(packed)
         offset += len(packed)
-    version = VERSION if snap.ending is None else ENDING_VERSION
+    version = ENDING_VERSION if snap.ending is not None or _has_pending(snap.cpu) else VERSION
     header = {"format": version, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
               "origin": snap.origin, "machine": snap.machine, "memory": regions, "devices": snap.devices,
               "cpu": snap.cpu}
@@ -240,12 +242,12 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     if header.get("format") != version:
         raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
     _other_vcpus(path, header)
-    if version >= ENDING_VERSION:
-        why = _bad_ending(header.get("ending"), header["machine"]["cpus"])
+    if version < ENDING_VERSION:
+        header.pop("ending", None)
+    elif "ending" in header:
+        why = _bad_ending(header["ending"], header["machine"]["cpus"])
         if why:
             raise SnapshotError(f"{path}: corrupt snapshot header: ending: {why}")
-    else:
-        header.pop("ending", None)
     if memory and len(body) == 0 and regions:
         raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
     return header, regions, body
@@ -265,6 +267,12 @@ def _bad_machine(machine) -> str | None:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in gic.values()):
         return "gic: version, distributor, redistributor and irqs are numbers"
     return None
+
+
+def _has_pending(cpu: dict) -> bool:
+    """Whether an AP's state holds a write its run left pending (x86: `pending`)."""
+    others = cpu.get("aps")
+    return isinstance(others, list) and any(isinstance(a, dict) and "pending" in a for a in others)
 
 
 def _bad_ending(ending, cpus: int) -> str | None:

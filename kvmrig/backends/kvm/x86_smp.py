@@ -180,12 +180,16 @@ class ApView(_PerVcpu):
         self._init_pending()
         self.irqchip = True
         self.unhandled: Event | None = None   # an access returned to the machine and not handled yet
+        self.first: Event | None = None       # a child's: the write its snapshot left pending, seen first
 
     def next_event(self) -> Event | None:
         """Run this AP until an event the machine must see; None when it was
         kicked out of KVM_RUN (a new debug setup, or the end of the run). A
         KVM_RUN or debug setup that fails is an Unhandled event: the machine
         ends the run with it, as with any other event, naming this vCPU."""
+        if self.first is not None:   # the access was completed in KVM when saved: only the device is due
+            ev, self.first = self.first, None
+            return ev
         try:
             ev = self._next_event(NEVER)
         except KvmError as e:
@@ -415,19 +419,18 @@ class KvmX86SmpBackend(_PerVcpu):
         """vCPU 0's state and the VM's chips (KvmX86Backend.export_cpu) and,
         in `aps`, every other vCPU's, local APIC and MP state included. Call
         inside world_stopped()."""
+        pending = {}
         for cpu in self._cpus[1:]:
-            ev = cpu.unhandled
-            if ev is not None:
-                what = f"port {ev.port:#x}" if type(ev) is PortIO else f"MMIO at {ev.addr:#x}"
-                raise BackendError(f"vCPU {cpu.index} was stopped at the end of the run in the middle of an access "
-                                   f"({what}) the machine did not handle: that is no state it can resume from "
-                                   "(save at a breakpoint instead)")
+            if cpu.unhandled is not None:
+                pending[cpu.index] = _pending_text(cpu.index, cpu.unhandled)
         self.settle_io()
         self.vcpu.get_mp_state()   # as for the APs (_capture_ap): an INIT another vCPU sent it is taken now
         self.vcpu.forget_sync()
         text = KvmX86Backend.export_cpu(self)
         if len(self._cpus) > 1:
             text["aps"] = [x86_state.to_text(_capture_ap(cpu)) for cpu in self._cpus[1:]]
+            for index, access in pending.items():
+                text["aps"][index - 1]["pending"] = access
         return text
 
     def snapshot_machine(self) -> dict:
@@ -450,12 +453,52 @@ class KvmX86SmpBackend(_PerVcpu):
         elif count != len(self._cpus):
             raise BackendError(f"the saved state is of a machine with {count} vCPUs; this VM has {len(self._cpus)}")
         KvmX86Backend.import_cpu(self, {k: v for k, v in text.items() if k != "aps"})
-        for cpu, state in zip(self._cpus[1:], states):
+        firsts = [_pending_event(i, t.get("pending")) for i, t in enumerate(aps, start=1)]
+        for cpu, state, first in zip(self._cpus[1:], states, firsts):
+            cpu.first = first
             x86_state.restore(cpu.vcpu, state)
             # Into KVM now, not staged in kvm_run: a vCPU waiting for INIT takes
             # staged registers only at its first KVM_RUN after the SIPI, over
             # the state the SIPI gave it.
             cpu.vcpu.flush_staged()
+
+
+def _pending_text(index: int, ev: Event) -> dict:
+    """An AP's access the run ended before the machine handled it (its thread
+    stopped with the run), for the snapshot. A write is saved: _capture_ap
+    completes it in KVM (KVM_RUN with immediate_exit: the instruction is done,
+    as the guest sees it) and a child's device sees the data before the AP
+    runs on. A read is refused: KVM finishes the instruction only with the
+    answer, and until then the vCPU's state is not consistent (KVM's API doc,
+    KVM_EXIT_IO/MMIO), so there is nothing to resume from."""
+    if type(ev) is PortIO:
+        what = f"port {ev.port:#x}"
+        text = {"port": hex(ev.port), "size": ev.size, "count": ev.count, "data": ev.data.hex()}
+    else:
+        what = f"MMIO at {ev.addr:#x}"
+        text = {"mmio": hex(ev.addr), "size": ev.size, "data": ev.data.hex()}
+    if not ev.write:
+        raise BackendError(f"vCPU {index} was stopped at the end of the run in the middle of a read ({what}, "
+                           f"{ev.size} byte(s)) the machine did not answer (the run ended first): KVM completes "
+                           "that instruction only with the answer, and until then the vCPU's state is not one to "
+                           "resume from, so the end of this run cannot be saved (writes can; save at a breakpoint "
+                           "instead)")
+    return text
+
+
+def _pending_event(index: int, text) -> Event | None:
+    """The write a saved AP had pending (_pending_text), as the event its child's device sees first."""
+    if text is None:
+        return None
+    try:
+        data = bytes.fromhex(text["data"])
+        if "port" in text:
+            ev: Event = PortIO(int(text["port"], 16), int(text["size"]), True, data, int(text["count"]))
+        else:
+            ev = Mmio(int(text["mmio"], 16), int(text["size"]), True, data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BackendError(f"vCPU {index}'s pending write is malformed ({type(e).__name__}: {e})") from None
+    return ev
 
 
 def _capture_ap(cpu: _PerVcpu) -> x86_state.X86CpuState:

@@ -310,16 +310,91 @@ def test_an_smp_snapshot_does_not_load_on_the_emulator(smp_file):
 
 
 @pytest.mark.kvm
-def test_an_ap_stopped_amid_an_access_is_not_saved_at_the_end():
-    """The run ended while an AP's port access was not handled (its thread
-    stopped first): that AP has no state to resume from, and saving says so."""
+def test_an_ap_stopped_amid_a_read_is_not_saved_at_the_end():
+    """The run ended while an AP's port read was not answered (its thread
+    stopped first): KVM holds that instruction half done until it has the
+    answer, and saving says so (a write is saved: below)."""
     rig = load_rig(PARENT)
     with kvm_factory(rig)() as backend:
         backend._create_vcpu(prepare(rig).boot.state)
-        backend._cpus[1].unhandled = PortIO(0x3F8, 1, True, b"a", 1)
-        with pytest.raises(BackendError, match=r"vCPU 1 was stopped at the end of the run in the middle of an "
-                                               r"access \(port 0x3f8\)"):
+        backend._cpus[1].unhandled = PortIO(0x3F8, 1, False, b"", 1)
+        with pytest.raises(BackendError, match=r"vCPU 1 was stopped at the end of the run in the middle of a "
+                                               r"read \(port 0x3f8, 1 byte\(s\)\) the machine did not answer \(the "
+                                               r"run ended first\): KVM completes that instruction only with the "
+                                               r"answer"):
             backend.export_cpu()
+
+
+# vCPU 0 ends the run (an exit device write) while the AP has left KVM_RUN
+# with a port write the machine never handles (its thread stops with the run).
+# Forced, not timed: the AP writes only after GO, which vCPU 0 sets just
+# before its end; test hooks hold vCPU 0's end until the AP's write is out of
+# KVM_RUN, and that write until the run has ended.
+AP_WRITES_AT_END = (hexof(START_AP + """
+    80 3d 00 50 00 00 01            # 1028: cmp byte [0x5000], 1   (the AP is ready)
+    75 f7                           # 102f: jne 0x1028
+    c6 05 04 50 00 00 01            # 1031: mov byte [0x5004], 1   (GO)
+    b0 07 e6 f4                     # 1038: mov al, 7; out 0xf4, al (the end)
+    80 3d 08 50 00 00 01            # 103c: cmp byte [0x5008], 1   (a child goes on here: the AP
+    75 f7                           # 1043: jne 0x103c              went on after its write)
+    fa f4                           # 1045: cli; hlt
+"""), hexof("""
+    fa 31 c0 8e d8                  # 8000: cli; ds = 0
+    c6 06 00 50 01                  # 8005: mov byte [0x5000], 1   (ready)
+    80 3e 04 50 01                  # 800a: cmp byte [0x5004], 1
+    75 f9                           # 800f: jne 0x800a
+    b0 78 e6 e9                     # 8011: mov al, 'x'; out 0xe9, al (pending as the run ends)
+    c6 06 08 50 01                  # 8015: mov byte [0x5008], 1   (done)
+    f4 eb fd                        # 801a: hlt; jmp 0x801a
+"""))
+
+
+@pytest.mark.kvm
+def test_an_ap_write_pending_at_the_end_is_saved_and_seen_first_by_the_childs_device(tmp_path, monkeypatch):
+    """`save:` at the end with an AP amid an unhandled port write: the write is
+    completed in KVM (the AP past its OUT) and recorded, never seen by the
+    parent's devices; the child's debugcon prints it before the AP goes on."""
+    from kvmrig.backends.kvm import x86_smp
+    out, seen = __import__("threading").Event(), []
+    next_event, quiesce = x86_smp.ApView.next_event, x86_smp.KvmX86SmpBackend.quiesce
+
+    def write_held(self):
+        ev = next_event(self)
+        if type(ev) is PortIO and ev.port == 0xE9:   # out of KVM_RUN: held until the run has ended
+            out.set()
+            deadline = time.monotonic() + 10
+            while not self.primary._aps.stopping and time.monotonic() < deadline:
+                time.sleep(0.001)
+            seen.append(self.primary._aps.stopping)
+        return ev
+
+    def end_held(self):   # vCPU 0's end waits until the AP's write is out
+        if self._aps is not None and not self._aps.stopping:
+            seen.append(out.wait(10))
+        return quiesce(self)
+    monkeypatch.setattr(x86_smp.ApView, "next_event", write_held)
+    monkeypatch.setattr(x86_smp.KvmX86SmpBackend, "quiesce", end_held)
+    bsp, ap = AP_WRITES_AT_END
+    parent = (f"kvmrig: 1\narch: x86_64\ntimeout: 10s\nmemory: [{{at: 0, size: 2M}}]\ncpus: 2\n"
+              "machine: {irqchip: true}\ndevices: [{type: exit, port: 0xf4}, {type: debugcon, port: 0xe9}]\n"
+              f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
+              "cpu: {mode: protected, entry: 0x1000}\nsave: at-end\nexpect: {exit: exit-code, exit_code: 7}\n")
+    outcome, _ = _run(tmp_path / "parent.yaml", tmp_path, parent)
+    assert seen == [True, True]   # the forced interleaving happened
+    assert outcome.failures == [] and outcome.console == b""   # the parent's device never saw it
+    path = PointStore(tmp_path).file(tmp_path / "parent.yaml", "at-end")
+    assert path.read_bytes().startswith(b"KVMRIG-SNAPSHOT 3\n")
+    snap = snapfile.read(path)
+    assert snap.ending is None   # saved after the run ended: its final state, children go on
+    assert snap.cpu["aps"][0]["pending"] == {"port": "0xe9", "size": 1, "count": 1, "data": "78"}
+    ap_regs = x86_state._struct("struct kvm_regs", _vcpus(snap)[1].regs)
+    assert ap_regs.rip == 0x15   # 0800:0015, past its OUT (completed in KVM)
+    monkeypatch.undo()
+    child = ("kvmrig: 1\narch: x86_64\nfrom: parent.yaml#at-end\ntimeout: 5s\n"
+             "expect: {exit: hlt, console: {contains: x}}\n")
+    child_outcome, child_end = _run(tmp_path / "child.yaml", tmp_path, child)
+    assert child_outcome.failures == [] and child_outcome.console == b"x"
+    assert "pending" not in child_end.cpu["aps"][0]   # delivered: nothing pending at the child's end
 
 
 @pytest.mark.kvm
