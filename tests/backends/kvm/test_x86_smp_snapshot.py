@@ -566,3 +566,18 @@ def test_a_point_saved_as_another_vcpu_ends_the_run_records_the_end_and_its_chil
     assert any("was ending as it saved it" in n for n in child_outcome.notes), child_outcome.notes
     assert child_outcome.regs == outcome.regs
     _same_end(child_end, parent_end)
+
+
+@pytest.mark.kvm
+def test_a_point_that_cannot_be_saved_mid_run_is_a_failure_and_the_run_goes_on(tmp_path):
+    """A save at a hit that fails (here: the points folder is a file) is a
+    `snapshot` failure naming the point and why, on either vCPU; the run ends
+    as it would have."""
+    blocker = tmp_path / "points"
+    blocker.write_text("not a folder")
+    outcome, _ = _run(PARENT, blocker)
+    assert (outcome.exit, outcome.exit_code) == ("exit-code", 8000)
+    unsaved = [f for f in outcome.failures if f.what == "snapshot"]
+    assert sorted(f.expected for f in unsaved) == sorted(f"point {p!r} saved" for p in POINTS)
+    assert all(f.actual.startswith("not saved: ") and f.mark is not None for f in unsaved), unsaved
+    assert len(unsaved) == len(outcome.failures)
