@@ -362,9 +362,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         result = run_rig(rig, args.backend, points=tmp)
         saved = PointStore(tmp).file(rig.path, point)
         if not saved.exists():
+            unsaved = [f for f in (result.outcome.failures if result.outcome else []) if f.what == "snapshot"]
             print(f"kvmrig: {rig.path} did not reach point {point!r}: {result.status}"
                   f"{': ' + result.message if result.message else ''}"
-                  f"{'; ' + result.outcome.detail if result.outcome else ''}", file=sys.stderr)
+                  f"{'; ' + result.outcome.detail if result.outcome else ''}"
+                  f"{'; ' + str(unsaved[0]) if unsaved else ''}", file=sys.stderr)
             return 1
         part = out.with_name(f".{out.name}.part{os.getpid()}")
         try:

@@ -269,6 +269,11 @@ class Cpuid:
     leaves: tuple[CpuidLeaf, ...] = ()
     mark: Mark | None = None
 
+    def key(self) -> tuple:
+        """The edits without where they were written: on one host, equal keys
+        give the same CPUID table (VM reuse, the MSRs a vCPU has)."""
+        return (self.add, self.remove, self.vendor, tuple((lf.leaf, lf.subleaf, lf.regs) for lf in self.leaves))
+
 
 @dataclass(frozen=True)
 class Cpu:

@@ -186,6 +186,7 @@ class KvmX86Backend(KvmBackendBase):
                 self.pit = True
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self._cpuid(state.cpuid))
+        vcpu.cpuid_key = None if state.cpuid is None else state.cpuid.key()   # its MSRs depend on it
         if state.cpus > 1:
             if not self.runs_aps:
                 raise BackendError("cpus > 1 needs the SMP backend (kvmrig.backends.kvm.x86_smp), which runs the APs")
@@ -193,6 +194,7 @@ class KvmX86Backend(KvmBackendBase):
             for index in range(1, state.cpus):
                 ap = self.vm.create_vcpu(index)   # waits for INIT/SIPI from the guest (in-kernel LAPIC)
                 ap.set_cpuid2(self._cpuid(state.cpuid, apic_id=index))
+                ap.cpuid_key = vcpu.cpuid_key
                 aps.append(ap)
             self._ap_vcpus = aps
         if _sync_regs_supported(self.kvm):
@@ -367,12 +369,13 @@ class KvmX86Backend(KvmBackendBase):
         irqchip (one vCPU) reset() writes the chips back as created."""
         return not self.stepped and not self._ap_vcpus
 
-    def build_machine(self, irqchip: bool, pit: bool) -> None:
-        """Create the vCPU with a rig's `machine:` (irqchip, PIT) before
-        keep_pristine(), for a VM kept for rigs with that machine."""
+    def build_machine(self, irqchip: bool, pit: bool, cpuid=None) -> None:
+        """Create the vCPU with a rig's `machine:` (irqchip, PIT) and
+        `cpu.cpuid` (rig.model.Cpuid) before keep_pristine(), for a VM kept
+        for rigs with that machine and CPUID."""
         if self.vcpu is not None:
             raise BackendError("build_machine() after the vCPU exists")
-        self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=irqchip or pit, pit=pit))
+        self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=irqchip or pit, pit=pit, cpuid=cpuid))
 
     def keep_pristine(self) -> None:
         """Remember the vCPU as created (before any rig ran), for reset();
