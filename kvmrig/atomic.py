@@ -66,6 +66,30 @@ def write_atomic(path: str | Path, text: str, prefix: str = ".kvmrig-") -> None:
         raise
 
 
+def write_own_cache(path: str, data: bytes) -> None:
+    """Replace one of kvmrig's own cache files (~/.cache/kvmrig) atomically,
+    with 0666 minus the umask; a symlink, FIFO or device someone put at its
+    name is left alone (nothing written): a cache is not worth replacing them."""
+    where = os.path.dirname(path)
+    os.makedirs(where, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            return
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=where)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def _write_through(path: Path, text: str, st: os.stat_result) -> None:
     """Write into a device, FIFO or socket in place (never create, never truncate)."""
     if stat.S_ISSOCK(st.st_mode):

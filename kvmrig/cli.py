@@ -366,9 +366,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         result = run_rig(rig, args.backend, points=tmp)
         saved = PointStore(tmp).file(rig.path, point)
         if not saved.exists():
+            unsaved = [f for f in (result.outcome.failures if result.outcome else []) if f.what == "snapshot"]
             print(f"kvmrig: {rig.path} did not reach point {point!r}: {result.status}"
                   f"{': ' + result.message if result.message else ''}"
-                  f"{'; ' + result.outcome.detail if result.outcome else ''}", file=sys.stderr)
+                  f"{'; ' + result.outcome.detail if result.outcome else ''}"
+                  f"{'; ' + str(unsaved[0]) if unsaved else ''}", file=sys.stderr)
             return 1
         part = out.with_name(f".{out.name}.part{os.getpid()}")
         try:
@@ -394,6 +396,9 @@ def _umask() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:   # the command itself: its dataclasses compiled once, not at every run
+        from kvmrig import dataclass_code
+        dataclass_code.install()
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -410,4 +415,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if argv is None:   # the command itself (not a caller's main([...])): the process ends here, and
+            dataclass_code.save()
             gc.freeze()    # the collector's last pass over every rig and result it holds (~30 ms) frees nothing

@@ -6,12 +6,11 @@ import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from kvmrig.errors import RigError
 from kvmrig.result import RigResult, error_result
-from kvmrig.rig.rigfile import read_rig_bytes
+from kvmrig.rig.rigfile import file_stat, read_rig_bytes
 
 if TYPE_CHECKING:
     from kvmrig.rig.cache import RigCache
@@ -95,13 +94,19 @@ def load_all(paths: list[Path], explicit: set[Path] | None = None,
     `cache`: rigs loaded by an earlier run (rig/cache.py), used where nothing changed."""
     rigs, errors = [], []
     for path in paths:
-        raw = None
+        raw = sig = None
+        if cache is not None:
+            rig = cache.get_unread(path)
+            if rig is not None:   # its stat is the one recorded when its bytes were
+                rigs.append(rig)
+                continue
+            sig = file_stat(path)   # before the read: a change after it shows in the next run's stat
         try:
             raw = read_rig_bytes(path)
         except (OSError, ValueError):
             pass   # the loader reports it
         else:
-            rig = cache.get(path, raw) if cache is not None else None
+            rig = cache.get(path, raw, sig) if cache is not None else None
             if rig is not None:   # only rig files are kept: no need to look at the first key
                 rigs.append(rig)
                 continue
@@ -120,6 +125,6 @@ def load_all(paths: list[Path], explicit: set[Path] | None = None,
         else:
             rigs.append(rig)
             if cache is not None and raw is not None:
-                cache.put(path, raw, rig, seen)
+                cache.put(path, raw, rig, seen, sig)
     return rigs, errors
 

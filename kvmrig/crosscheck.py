@@ -120,7 +120,7 @@ class _LoadOnly(PointStore):
     """The run's points for the second backend: children load from them, and
     a parent's points stay the ones the first backend (KVM) saved."""
 
-    def save(self, rig, point, backend, memory, devices):
+    def save(self, rig, point, backend, memory, devices, ending=None):
         return None
 
 

@@ -8,11 +8,11 @@ they hold plain data only.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from kvmrig.errors import KvmrigError, NoBackend, RigError
@@ -40,6 +40,14 @@ class RigResult:
     @property
     def ok(self) -> bool:
         return self.status in (PASSED, SKIPPED)
+
+    def __reduce__(self):
+        # Pickled as its field values in order (one per rig, worker to parent):
+        # no field names in each message, and a plain call to load.
+        return RigResult, _result_fields(self)
+
+
+_result_fields = operator.attrgetter(*(f.name for f in fields(RigResult)))
 
 
 # What marks a project's root folder, as pytest finds its rootdir (plus .git).
@@ -112,5 +120,6 @@ def guarded(rig: Rig, body: Callable[[], RigResult]) -> RigResult:
     except KvmrigError as e:
         return result_for(rig, ERROR, message=f"{rig.path}: {e}", seconds=time.monotonic() - start)
     except Exception:  # a kvmrig bug: report it against the rig, keep the run going
+        import traceback
         return result_for(rig, ERROR, message=f"{rig.path}: internal error in kvmrig:\n{traceback.format_exc()}",
                           seconds=time.monotonic() - start)

@@ -18,12 +18,10 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from kvmrig import lastfailed, runner
 from kvmrig.collect import expand, is_rig_file, load_all
-from kvmrig.crosscheck import cross_check
 from kvmrig.errors import UsageError
 from kvmrig.report.terminal import Terminal
 from kvmrig.result import ERROR, FAILED, SKIPPED, RigResult, classname_for, error_result, result_for
@@ -129,6 +127,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
         try:
             rigs, errors = load_all([f], state.explicit, cache)
         except Exception:  # a kvmrig bug while loading: this file's error, not the run's end
+            import traceback
             rigs, errors = [], [_error(f, f"{f}: internal error in kvmrig while loading:\n{traceback.format_exc()}")]
         state.rigs += rigs
         state.errors += errors
@@ -149,6 +148,7 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
     for e in errors:
         term.result(e)
     if args.cross_check:
+        from kvmrig.crosscheck import cross_check
         executor = functools.partial(cross_check, update_golden=args.update_golden)
     else:
         executor = functools.partial(runner.run_rig, backend=args.backend, update_golden=args.update_golden,
@@ -156,7 +156,9 @@ def _load_and_run(args: argparse.Namespace, state: _RunState, term: Terminal) ->
     state.results = [None] * len(rigs)
     if args.exitfirst and errors:  # -x: a rig file error is the first error; run nothing more
         return
+    term.batched = True   # run_rigs flushes it before each wait (on_wait)
     state.results, state.interrupted = runner.run_rigs(rigs, args.jobs, executor, on_result=term.result,
+                                                       on_wait=term.flush,
                                                        exitfirst=args.exitfirst, reuse=not args.no_reuse)
 
 

@@ -1,9 +1,12 @@
 """Running rigs: one in-process (run_rig), many across worker processes (run_rigs).
 
-Workers are forked once and fed rigs through pipes, so the per-rig cost is a
-VM's, not a process's. A worker inherits the run's rigs when it is forked and
-is sent only their indices; one whose rigs are short gets the next ones queued
-before it answers (PIPELINE_BELOW), so it does not wait for the parent. Each worker runs a rig with the executor it was given
+Workers are forked once (kvmrig.forked) and fed rigs through pipes, so the
+per-rig cost is a VM's, not a process's. A worker inherits the run's rigs when
+it is forked and is sent only their indices; one whose rigs are short gets the
+next ones queued before it answers (PIPELINE_BELOW), so it does not wait for
+the parent. A worker writes each answer as its rig ends; the parent takes all
+of a worker's waiting answers with one read and tops its queue up with one
+write. Each worker runs a rig with the executor it was given
 (run_rig on one backend, or crosscheck.cross_check). A worker that dies
 (segfault, kill -9) or overruns its rig's timeout by a wide margin becomes an
 error for that rig and is replaced; the rest of the run goes on. Ctrl-C stops
@@ -16,7 +19,6 @@ import atexit
 import ctypes
 import gc
 import importlib
-import multiprocessing
 import os
 import select
 import shutil
@@ -25,15 +27,13 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 
 from kvmrig.backends.select import backend_for
+from kvmrig.forked import Forked, Frames, frame, write_all
 from kvmrig.machine.plan import prepare
-from kvmrig.machine.points import PointStore
 from kvmrig.machine.reuse import VmPool
 from kvmrig.machine.session import RunOptions, execute
 from kvmrig.result import ERROR, PASSED, RigResult, guarded, judged, result_for
-from kvmrig.rig.load import load_rig
 from kvmrig.rig.model import Rig
 from kvmrig.schedule import Schedule
 
@@ -58,6 +58,7 @@ _pool: VmPool | None = None        # this worker's kept VMs (machine/reuse.py); 
 _points_dir: str | None = None     # the run's snapshot points (set by run_rigs before it forks)
 _run_list: list[Rig] = []          # the run's rigs (set by run_rigs before it forks): jobs are their indices
 _own_points: str | None = None     # this process's points for children run on their own
+_live: set[_Worker] = set()        # workers not yet closed (run_rigs closes every one before it returns)
 
 
 def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points: str | None = None,
@@ -77,11 +78,19 @@ def run_rig(rig: Rig, backend: str = "auto", update_golden: bool = False, points
         start = time.monotonic()
         plan = prepare(rig)
         _name, factory = backend_for(rig, backend)
-        options = RunOptions(update_golden=update_golden, points=PointStore(points) if points else None,
+        options = RunOptions(update_golden=update_golden, points=_store(points),
                              save_on_fail=save_on_fail, coverage=coverage)
         outcome = _pool.execute(plan, factory, options) if _pool is not None else execute(plan, factory, options)
         return judged(rig, outcome, time.monotonic() - start)
     return guarded(rig, body)
+
+
+def _store(points: str | None):
+    """The run's point store, if it has one (the snapshot code loads only then)."""
+    if not points:
+        return None
+    from kvmrig.machine.points import PointStore
+    return PointStore(points)
 
 
 def _parent_in_process(rig: Rig, backend: str) -> tuple[str, str | None]:
@@ -92,8 +101,11 @@ def _parent_in_process(rig: Rig, backend: str) -> tuple[str, str | None]:
     if _own_points is None:
         _own_points = tempfile.mkdtemp(prefix="kvmrig-points-")
         atexit.register(shutil.rmtree, _own_points, True)
+    from kvmrig.machine.points import PointStore
+
     assert rig.start is not None and rig.start.parent is not None
     if not PointStore(_own_points).file(rig.start.parent, rig.start.point or "").exists():
+        from kvmrig.rig.load import load_rig
         parent = run_rig(load_rig(rig.start.parent), backend, points=_own_points)
         if parent.status != PASSED:
             why = parent.message or "; ".join(str(f) for f in (parent.outcome.failures if parent.outcome else [])[:3])
@@ -115,8 +127,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
-            parent_end: Connection | None = None, reuse: bool = True) -> None:
+def _worker(jobs_fd: int, answers_fd: int, executor: Executor | None, parent: int = 0,
+            theirs: tuple[int, ...] = (), reuse: bool = True) -> None:
+    """A worker's life: read lists of rig indices, run each, write each answer
+    (index, RigResult) as soon as it is known; stop at None or end of file."""
     global _pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     # What the worker inherited (modules, the run's rigs) lives as long as it
@@ -126,18 +140,24 @@ def _worker(conn: Connection, executor: Executor | None, parent: int = 0,
     gc.enable()   # kvmrig run's parent turns it off while it loads and runs
     if reuse:
         _pool = VmPool()
-    if parent_end is not None:
-        parent_end.close()  # else this process holds its own pipe open and never sees EOF
+    for fd in theirs:   # the parent's ends of every worker's pipes: else no end of file is ever seen
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     if parent:
         _die_with_parent(parent)
+    frames = Frames(jobs_fd)
+    run = executor or run_rig
     while True:
         try:
-            job = conn.recv()
+            jobs = frames.next()
         except EOFError:
             return
-        if job is None:
+        if jobs is None:
             return
-        conn.send((job, (executor or run_rig)(_run_list[job])))
+        for job in jobs:
+            write_all(answers_fd, frame((job, run(_run_list[job]))))
 
 
 def _import_backend() -> None:
@@ -155,53 +175,79 @@ class _Worker:
     """One worker process and the rigs it was given, oldest (running) first.
     Rigs reach it as indices into _run_list, which it inherited when forked."""
 
-    def __init__(self, ctx, executor: Executor | None, reuse: bool = True):
-        self.conn, child = ctx.Pipe()
+    def __init__(self, executor: Executor | None, reuse: bool = True, others: tuple[int, ...] = ()):
+        jobs_r, self.jobs_fd = os.pipe()
+        self.answers_fd, answers_w = os.pipe()
+        os.set_blocking(self.answers_fd, False)
         # Forked: the executor is inherited, never pickled (a partial or a lambda will do).
-        self.proc = ctx.Process(target=_worker, args=(child, executor, os.getpid(), self.conn, reuse),
-                                daemon=True)
-        self.proc.start()
-        child.close()
+        try:
+            self.proc = Forked(_worker, (jobs_r, answers_w, executor, os.getpid(),
+                                         (self.jobs_fd, self.answers_fd, *others), reuse))
+        finally:
+            os.close(jobs_r)
+            os.close(answers_w)
+        _live.add(self)
+        self.answers = Frames(self.answers_fd)
         self.jobs: deque[int] = deque()
         self.deadline = 0.0
         self.since = 0.0       # when the running rig started (as far as the parent knows)
         self.depth = 1         # rigs it may hold: more while its rigs are short
+        self.closed = False
 
-    def wants(self) -> bool:
-        return not self.jobs or len(self.jobs) < self.depth
+    def fds(self) -> tuple[int, int]:
+        return (self.jobs_fd, self.answers_fd)
 
-    def give(self, index: int) -> None:
+    def room(self) -> int:
+        """How many more rigs it may be given now (one at least when idle)."""
+        return max(self.depth - len(self.jobs), 0 if self.jobs else 1)
+
+    def give(self, indices: list[int]) -> None:
+        if not indices:
+            return
         if not self.jobs:
-            self._started(index, time.monotonic())
-        self.jobs.append(index)
+            self._started(indices[0], time.monotonic())
+        self.jobs.extend(indices)
         try:
-            self.conn.send(index)
+            os.write(self.jobs_fd, frame(indices))   # a few bytes: one atomic write, never blocks
         except OSError:
             # The worker died since the last wait (a broken pipe): its
             # sentinel is ready, so the loop records its running rig and
-            # puts this one back with the rest of its queue.
+            # puts these back with the rest of its queue.
             pass
 
-    def finished(self) -> int:
-        """The running rig answered: the next queued one (if any) starts now."""
+    def finished(self, took: float) -> int:
+        """The running rig answered (after `took` seconds of its own): the next queued one starts now."""
         index = self.jobs.popleft()
-        now = time.monotonic()
-        took = now - self.since
         self.depth = (1 if took >= PIPELINE_BELOW else 2 if took >= PIPELINE_BELOW / 10
                       else 4 if took >= PIPELINE_BELOW / 100 else PIPELINE_DEPTH)
         if self.jobs:
-            self._started(self.jobs[0], now)
+            self._started(self.jobs[0], time.monotonic())
         return index
 
     def _started(self, index: int, now: float) -> None:
         self.since = now
         self.deadline = now + _run_list[index].timeout + WATCHDOG_GRACE
 
+    def stop(self) -> None:
+        """No more rigs: the worker ends when it reads this."""
+        try:
+            os.write(self.jobs_fd, frame(None))
+        except OSError:
+            pass
+
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(1)
-        self.conn.close()
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.jobs_fd)
+            os.close(self.answers_fd)
+            self.proc.close()
+            _live.discard(self)
 
 
 def _died(rig: Rig, how: str) -> RigResult:
@@ -211,11 +257,14 @@ def _died(rig: Rig, how: str) -> RigResult:
 
 def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
              on_result: Callable[[RigResult], None] | None = None,
-             exitfirst: bool = False, reuse: bool = True) -> tuple[list[RigResult | None], bool]:
+             exitfirst: bool = False, reuse: bool = True,
+             on_wait: Callable[[], None] | None = None) -> tuple[list[RigResult | None], bool]:
     """Run rigs over `jobs` workers (0: one per core), each with `executor`
     (default: run_rig on the rig's own backend choice). Returns (results in
     input order — None for rigs not run — and whether the run was interrupted).
     `reuse`: each worker keeps its VMs between rigs (machine/reuse.py).
+    `on_wait`: called whenever the loop is about to wait for workers (a
+    terminal flushes there what on_result wrote since).
     Rigs that start from a snapshot point (`from: parent.yaml#point`) run
     after their parent, which runs once; a parent the list does not name is
     run too but not reported (so shards of one suite never report it twice),
@@ -229,7 +278,6 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         return results, False
     jobs = jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(rigs)))
-    ctx = multiprocessing.get_context("fork")
     workers: list[_Worker] = []
     stop = False
     own_points = tempfile.mkdtemp(prefix="kvmrig-points-") if order.has_points else None
@@ -251,57 +299,64 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
         # More than one rig goes only to a worker whose rigs are short, only
         # while there is more to do than idle workers would take, and never
         # with -x (which must not start a rig after the first failure).
-        while not stop and w.wants() and (not w.jobs or (not exitfirst and order.waiting() > jobs)):
+        batch: list[int] = []
+        while not stop:
+            room = w.room() - len(batch)
+            if room <= 0 or ((w.jobs or batch) and (exitfirst or order.waiting() <= jobs)):
+                break
             index, blocked = order.next_ready()
             if index is None:
-                return
+                break
             if blocked is None:
-                w.give(index)
+                batch.append(index)
             else:
                 record(index, result_for(rigs[index], ERROR, message=blocked))
+        w.give(batch)
 
     def replace(w: _Worker) -> _Worker:
         """A dead or killed worker (its running rig recorded): the rigs queued
         behind that one go back to the schedule, a new worker takes its place."""
         order.put_back(list(w.jobs))
         w.kill()
-        fresh = _Worker(ctx, executor, reuse)
+        fresh = _spawn()
         workers[workers.index(w)] = fresh
         return fresh
 
+    def _spawn() -> _Worker:
+        # The new worker closes the parent's ends of the others' pipes too.
+        return _Worker(executor, reuse, others=tuple(fd for w in workers if not w.closed for fd in w.fds()))
+
     try:
         _import_backend()   # here, once: the workers forked below (and any replacement) inherit it
-        workers = [_Worker(ctx, executor, reuse) for _ in range(jobs)]
+        for _ in range(jobs):
+            workers.append(_spawn())
         for w in workers:
             give(w)
         while any(w.jobs for w in workers):
             busy = [w for w in workers if w.jobs]
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            if on_wait is not None:
+                on_wait()
             if all(len(w.jobs) > 1 for w in busy):   # each has its next rig: no hurry
                 time.sleep(min(NAP, timeout))
-            ready = _ready([w.conn.fileno() for w in busy] + [w.proc.sentinel for w in busy], timeout)
-            for w in list(busy):
-                while w.jobs:
+            ready = _ready([w.answers_fd for w in busy] + [w.proc.sentinel for w in busy], timeout)
+            for w in busy:
+                gone = w.proc.sentinel in ready
+                answers, eof = w.answers.waiting() if gone or w.answers_fd in ready else ([], False)
+                for index, result in answers:
+                    w.finished(result.seconds)
+                    record(index, result)
+                if w.jobs and (eof or gone or time.monotonic() > w.deadline):
                     index = w.jobs[0]
                     rig = rigs[index]
-                    dead = False
-                    if w.conn.fileno() in ready and _ready([w.conn.fileno()], 0):
-                        try:
-                            _, result = w.conn.recv()
-                        except (EOFError, OSError):
-                            result, dead = _died(rig, _exit_text(w.proc)), True
-                    elif w.proc.sentinel in ready:
-                        result, dead = _died(rig, _exit_text(w.proc)), True
-                    elif time.monotonic() > w.deadline:
-                        result, dead = _died(rig, f"did not answer {rig.timeout + WATCHDOG_GRACE:g}s after "
-                                                  "starting it and was killed"), True
+                    if eof or gone:
+                        result = _died(rig, _exit_text(w.proc))
                     else:
-                        break
-                    w.finished()
+                        result = _died(rig, f"did not answer {rig.timeout + WATCHDOG_GRACE:g}s after "
+                                            "starting it and was killed")
+                    w.finished(0.0)
                     record(index, result)
-                    if dead:
-                        w = replace(w)
-                        break
+                    replace(w)
                 for idle in workers:   # a parent's end may have made several children ready
                     give(idle)
         return results[:listed], False
@@ -310,10 +365,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
     finally:
         for w in workers:
             if not w.jobs and w.proc.is_alive():
-                try:
-                    w.conn.send(None)
-                except OSError:
-                    pass
+                w.stop()
         for w in workers:
             if w.jobs:
                 w.kill()
@@ -321,6 +373,7 @@ def run_rigs(rigs: list[Rig], jobs: int = 0, executor: Executor | None = None,
                 w.proc.join(2)
                 if w.proc.is_alive():
                     w.kill()
+                w.close()
         _points_dir, _run_list = before, before_list
         if own_points is not None:
             shutil.rmtree(own_points, ignore_errors=True)

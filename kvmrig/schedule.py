@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvmrig.rig.load import load_rig
 from kvmrig.rig.model import Rig
 
 
@@ -30,6 +29,7 @@ class Schedule:
                 j = by_path.get(start.parent)
                 if j is None:
                     j = by_path[start.parent] = len(self.rigs)
+                    from kvmrig.rig.load import load_rig   # here: a cached run never imports the loader
                     self.rigs.append(load_rig(start.parent))   # it loaded once already, for the child
                 self.parent[i] = j
             i += 1

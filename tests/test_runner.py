@@ -7,7 +7,6 @@ without a real guest doing it.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import time
@@ -151,7 +150,7 @@ def fake_run_rig(rig: Rig, *args, **kwargs) -> RigResult:
 def fake_workers(monkeypatch):
     monkeypatch.setattr(runner, "run_rig", fake_run_rig)
     yield
-    assert multiprocessing.active_children() == [], "run_rigs left worker processes behind"
+    assert runner._live == set(), "run_rigs left worker processes (or their pipes) behind"
 
 
 def names(results) -> list[str | None]:
@@ -190,11 +189,11 @@ def test_giving_a_rig_to_a_worker_that_just_died_leaves_it_to_the_loop(monkeypat
     # The parent may hand a worker its next rig between the worker's death and
     # the wait that notices it: the broken pipe must not end the whole run.
     monkeypatch.setattr(runner, "_run_list", [fake_rig("a"), fake_rig("b")])
-    w = runner._Worker(multiprocessing.get_context("fork"), None, reuse=False)
+    w = runner._Worker(None, reuse=False)
     w.proc.kill()
     w.proc.join(5)
-    w.give(0)
-    w.give(1)
+    w.give([0])
+    w.give([1])
     assert list(w.jobs) == [0, 1], "queued, for the loop to record the first as died and put back the rest"
     w.kill()
 
@@ -336,3 +335,35 @@ def test_workers_die_with_a_killed_run(make_rig, tmp_path):
         alive = [c for c in children if os.path.exists(f"/proc/{c}") and
                  open(f"/proc/{c}/stat").read().split(")")[1].split()[0] != "Z"]
     assert not alive, f"workers {alive} outlived the killed run"
+
+
+# Modules a plain x86 run has no use for: each is imported by the rigs that need it.
+NOT_FOR_PLAIN_RIGS = ("yaml", "jsonschema", "kvmrig.rig.load", "kvmrig.rig.schema", "kvmrig.arch.arm64.debugregs",
+                      "kvmrig.arch.arm64.devicetree", "kvmrig.arch.arm64.boot", "kvmrig.arch.x86_64.multiboot",
+                      "kvmrig.arch.x86_64.linux", "kvmrig.coverage.lines", "kvmrig.machine.snapfile",
+                      "kvmrig.machine.golden", "kvmrig.crosscheck", "platform", "multiprocessing", "socket", "traceback")
+
+
+@pytest.mark.kvm
+@x86_host
+def test_a_cached_run_of_plain_rigs_imports_only_what_they_use(tmp_path):
+    """Every module a run imports is paid for by every run, on the parent's
+    clock: a cached run of plain x86 rigs (parent and workers alike, as
+    -X importtime lists them) loads no YAML, schema, other arch or snapshot code."""
+    import subprocess
+    import sys
+    for i in range(3):
+        (tmp_path / f"r{i}.yaml").write_text("kvmrig: 1\narch: x86_64\nmemory:\n  - {at: 0, size: 64K}\n"
+                                             "images:\n  - {hex: f4, at: 0x1000}\ncpu: {mode: real}\n"
+                                             "expect: {exit: hlt}\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("KVMRIG_NO_CACHE", None)
+    cmd = [sys.executable, "-X", "importtime", "-m", "kvmrig", "run", "-j", "2", "."]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "kvmrig.rig.load" in first.stderr, "the first run loads the rig files (and -X importtime shows it)"
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in second.stderr.splitlines() if line.startswith("import time:")}
+    assert "kvmrig.backends.kvm.x86_state" in imported and "kvmrig.machine.session" in imported
+    assert sorted(imported & set(NOT_FOR_PLAIN_RIGS)) == []

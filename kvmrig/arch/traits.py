@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kvmrig.arch.arm64.debugregs import plan_watch
 from kvmrig.arch.x86_64.dr7 import split_watch
 
 
@@ -44,6 +43,7 @@ def _x86_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]
 
 
 def _arm64_split(addr: int, length: int, max_len: int = 8) -> list[tuple[int, int]]:
+    from kvmrig.arch.arm64.debugregs import plan_watch   # arm64's only: an x86 run never loads it
     return [(p.start, p.length) for p in plan_watch(addr, length, "access")]
 
 

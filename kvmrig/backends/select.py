@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -17,6 +18,8 @@ HOST_ARCH = host_arch()
 def kvm_usable() -> str | None:
     """None when /dev/kvm can be opened, else why not."""
     path = os.environ.get("KVMRIG_KVM_DEVICE", "/dev/kvm")
+    if os.access(path, os.R_OK | os.W_OK):   # one system call for the usual answer (asked per rig)
+        return None
     if not os.path.exists(path):
         return f"{path} is absent on this machine"
     if not os.access(path, os.R_OK | os.W_OK):
@@ -31,20 +34,25 @@ def kvm_factory(rig: Rig) -> Callable[[], Backend]:
         why = f"KVM runs {HOST_ARCH} guests on this {HOST_ARCH} host, not {rig.arch}"
     if why:
         raise NoBackend(f"KVM cannot run this rig: {why}")
+    return _kvm_class(rig.arch, getattr(rig, "cpus", 1) > 1)
+
+
+@functools.cache   # a class per (arch, SMP): an import statement costs ~1 us even when done, asked per rig
+def _kvm_class(arch: str, smp: bool) -> Callable[[], Backend]:
     # Each backend module is imported when a rig needs it: a run loads one arch's code.
-    if rig.arch == "x86_64":
-        if getattr(rig, "cpus", 1) > 1:
+    if arch == "x86_64":
+        if smp:
             from kvmrig.backends.kvm.x86_smp import KvmX86SmpBackend
             return KvmX86SmpBackend
         from kvmrig.backends.kvm.x86_64 import KvmX86Backend
         return KvmX86Backend
-    if rig.arch == "arm64":
-        if getattr(rig, "cpus", 1) > 1:
+    if arch == "arm64":
+        if smp:
             from kvmrig.backends.kvm.arm64_smp import KvmArm64SmpBackend
             return KvmArm64SmpBackend
         from kvmrig.backends.kvm.arm64 import KvmArm64Backend
         return KvmArm64Backend
-    raise NoBackend(f"no KVM backend for {rig.arch} yet")
+    raise NoBackend(f"no KVM backend for {arch} yet")
 
 
 def emu_factory(rig: Rig) -> Callable[[], Backend]:

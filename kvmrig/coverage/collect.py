@@ -27,12 +27,15 @@ Limits: the guest sees the planted bytes if it reads or copies its own code
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kvmrig.coverage.leaders import Blocks, find_blocks
-from kvmrig.coverage.lines import ImageCode, Range, image_code
 from kvmrig.errors import RigError
 from kvmrig.machine.outcome import Failure
 from kvmrig.rig.model import Rig
+
+if TYPE_CHECKING:   # the readers of debug information load with the first rig that wants coverage
+    from kvmrig.coverage.leaders import Blocks
+    from kvmrig.coverage.lines import ImageCode, Range
 
 
 def merge_ranges(ranges) -> list[Range]:
@@ -53,6 +56,8 @@ def wanted(rig: Rig, coverage: bool) -> bool:
 def elf_code(plan, notes: list[str] | None = None) -> list[ImageCode]:
     """The ImageCode of each ELF image of a prepared rig whose debug information
     can be read (raw images have none; an unreadable one is noted and left out)."""
+    from kvmrig.coverage.lines import image_code
+
     out = []
     for img in plan.images:
         if img.entry is not None and img.image.file is not None:   # ELF images carry an entry
@@ -67,6 +72,9 @@ def elf_code(plan, notes: list[str] | None = None) -> list[ImageCode]:
 def raw_blocks(plan) -> Blocks:
     """Basic blocks of the images without line tables, from the addresses where
     code certainly starts in them (kvmrig.coverage.leaders)."""
+    from kvmrig.coverage.leaders import find_blocks
+    from kvmrig.coverage.lines import image_code
+
     rig = plan.rig
     mode = rig.cpu.mode if rig.cpu is not None else ""
     state = plan.boot.state

@@ -11,12 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmrig.arch.arm64 import boot as arm
 from kvmrig.arch.x86_64 import boot as x86
-from kvmrig.arch.x86_64 import linux, multiboot
 from kvmrig.errors import RigError
 from kvmrig.machine.images import image_mark
-from kvmrig.machine.devicetree import plan_dtb
 
 PAGE = 0x1000
 MULTIBOOT_TABLES = 0x9F000  # kvmrig's GDT for a multiboot kernel: below 640 KiB, where a BIOS keeps its EBDA
@@ -111,6 +108,8 @@ LINUX_CMDLINE = 0x20000
 
 def _linux_boot(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
     """The zero page, command line and initrd of a Linux 64-bit boot; RSI set."""
+    from kvmrig.arch.x86_64 import linux   # each boot protocol is loaded by the rigs that use it
+
     rig, spec = plan.rig, kernel.image
     mark = image_mark(kernel)
     low = [r for r in rig.memory if r.at == 0 and not r.rom]
@@ -143,6 +142,8 @@ def _linux_boot(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
 
 def _multiboot_info(plan, kernel, state, tables_at: int) -> list[tuple[int, bytes]]:
     """The multiboot information after the kernel's end; EAX/EBX set to find it."""
+    from kvmrig.arch.x86_64 import multiboot
+
     rig, spec = plan.rig, kernel.image
     mark = image_mark(kernel)
     modules = []
@@ -168,6 +169,9 @@ def _multiboot_info(plan, kernel, state, tables_at: int) -> list[tuple[int, byte
 
 
 def _arm64(plan) -> BootPlan:
+    from kvmrig.arch.arm64 import boot as arm
+    from kvmrig.machine.devicetree import plan_dtb
+
     rig = plan.rig
     gic = arm.GicLayout(rig.gic.distributor, rig.gic.redistributor, rig.gic.irqs) if rig.gic else None
     writes: list[tuple[int, bytes]] = []

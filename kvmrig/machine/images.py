@@ -7,15 +7,12 @@ what makes `sym:name+off` work in any address field of the rig.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmrig.arch.x86_64 import linux, multiboot
 from kvmrig.errors import Mark, RigError
 from kvmrig.rig import hostfiles
-from kvmrig.rig.load import DEFAULT_MODES
-from kvmrig.rig.model import Address, Image, Rig
+from kvmrig.rig.model import DEFAULT_MODES, Address, Image, Rig
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -220,6 +217,8 @@ def load_image(image: Image, rig: Rig | None = None) -> LoadedImage:
 
 def _load_multiboot(image: Image, data: bytes, limit: int) -> LoadedImage:
     """A Multiboot v1 kernel: the a.out-kludge addresses of its header, else its ELF."""
+    from kvmrig.arch.x86_64 import multiboot   # loaded by the rigs that need it: a run imports less
+
     mark = image.file_mark or image.mark
     try:
         header = multiboot.find_header(data)
@@ -239,6 +238,8 @@ def _load_multiboot(image: Image, data: bytes, limit: int) -> LoadedImage:
 def _load_x86_linux(image: Image, data: bytes, limit: int) -> LoadedImage:
     """An x86 Linux kernel: a vmlinux ELF (segments at their physical addresses,
     entered at e_entry) or a bzImage (its protected-mode part at its load address)."""
+    from kvmrig.arch.x86_64 import linux
+
     if data[:4] == ELF_MAGIC:
         loaded = _load_elf(image, data, limit)
         loaded.x86_linux = True
@@ -300,6 +301,8 @@ class Symbols:
     def _unknown(self, name: str) -> str:
         if not self.sources:
             return f"unknown symbol '{name}': no loaded image has symbols (only ELF images do)"
+        import difflib
+
         close = difflib.get_close_matches(name, list(self.table), n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         return f"unknown symbol '{name}' in {', '.join(self.sources)}{hint}"

@@ -6,7 +6,8 @@ so they hold plain data only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 
 from kvmrig.errors import Mark
 
@@ -94,3 +95,11 @@ class Outcome:
     seconds: float = 0.0
     subtests: list[Subtest] = field(default_factory=list)  # the guest's own checks (rig `verdict:`)
     skipped: str | None = None  # the guest skipped itself (verdict exit codes): the reason
+
+    def __reduce__(self):
+        # Pickled as its field values in order (one per rig, worker to parent):
+        # no field names in each message, and a plain call to load.
+        return Outcome, _outcome_fields(self)
+
+
+_outcome_fields = operator.attrgetter(*(f.name for f in fields(Outcome)))

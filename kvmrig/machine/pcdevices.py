@@ -16,7 +16,6 @@ on QEMU's so guests built for QEMU run unchanged (kvmrig extensions):
 from __future__ import annotations
 
 import ctypes
-import datetime
 import mmap
 import struct
 from collections.abc import Callable
@@ -273,6 +272,8 @@ class Cmos(Dev):
             self.ram[reg] = value & 0xFF
 
     def _clock(self, reg: int) -> int | None:
+        import datetime   # the CMOS clock only
+
         now = datetime.datetime.now(datetime.timezone.utc)
         values = {0x00: now.second, 0x02: now.minute, 0x04: now.hour, 0x06: now.isoweekday() % 7 + 1,
                   0x07: now.day, 0x08: now.month, 0x09: now.year % 100, 0x32: now.year // 100}

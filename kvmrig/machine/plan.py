@@ -12,6 +12,7 @@ from typing import Any
 
 from kvmrig.arch import registers
 from kvmrig.arch.traits import Traits, traits
+from kvmrig.arch.x86_64 import boot as x86
 from kvmrig.errors import RigError
 from kvmrig.machine import boot
 from kvmrig.machine.debug import DebugPlan
@@ -64,9 +65,33 @@ def _all_addresses(rig: Rig):
         yield rig.start_call.return_to
 
 
+def _names_symbol_in_regs(rig: Rig) -> bool:
+    """Whether any register value _register_symbols looks at is a `sym:` (most
+    rigs have none: then it has nothing to do, and is asked for every rig)."""
+    sets = [rig.cpu, rig.start_set]
+    checks = [rig.expect]
+    for p in (*rig.breakpoints, *rig.watchpoints):
+        sets.append(p.set)
+        checks.append(p.expect)
+    for s in sets:
+        if s is not None:
+            for _name, v, _mark in s.regs:
+                if isinstance(v, Address):
+                    return True
+    for c in checks:
+        if c is not None:
+            for check in c.regs:
+                if isinstance(check.value, Address):
+                    return True
+    return False
+
+
 def _register_symbols(rig: Rig, symbols: Symbols) -> Rig:
     """The rig with every `sym:` register value (cpu.regs, set.regs, expected
     regs) replaced by its address, fitted to the register's width."""
+    if not _names_symbol_in_regs(rig):
+        return rig
+
     def value(name: str, v, mark):
         if not isinstance(v, Address):
             return v
@@ -130,7 +155,8 @@ def prepare(rig: Rig) -> Plan:
     _check_set_memory(rig, symbols)
     if rig.arch == "x86_64":
         _check_x86(rig, plan.boot.state)
-    DebugPlan(rig, arch, symbols.resolve)  # raises if the arch's debug registers cannot hold the rig's points
+    if rig.breakpoints or rig.watchpoints:   # raises if the arch's debug registers cannot hold them
+        DebugPlan(rig, arch, symbols.resolve)
     return plan
 
 
@@ -171,9 +197,6 @@ def _check_x86(rig: Rig, state) -> None:
     """What KVM would refuse at the first ioctl, refused here at the rig's line:
     control registers KVM_SET_SREGS rejects (EINVAL), and a memory map with no
     16 KiB hole below 4 GiB for KVM's TSS and identity map."""
-    from kvmrig.arch import registers
-    from kvmrig.arch.x86_64 import boot as x86
-
     regs = {"cr0": state.cr0, "cr4": state.cr4, "efer": state.efer}
     mark = rig.cpu.mark if rig.cpu else rig.mark
     for name, value, where in rig.cpu.regs if rig.cpu else ():

@@ -34,8 +34,9 @@ class PointStore:
         key = hashlib.sha1(str(Path(rig_path).resolve()).encode()).hexdigest()[:12]
         return self.folder / f"{Path(rig_path).stem}-{key}-{point}.snap"
 
-    def save(self, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list) -> Path:
-        return save_snapshot(self.file(rig.path, point), rig, point, backend, memory, devices)
+    def save(self, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list,
+             ending: dict | None = None) -> Path:
+        return save_snapshot(self.file(rig.path, point), rig, point, backend, memory, devices, ending)
 
     def source(self, start: Start) -> Path:
         """The snapshot file a child starts from."""
@@ -111,10 +112,13 @@ def enter_call(backend: Backend, memory: Memory, arch: str, to: int, args: tuple
     backend.set_regs(update)
 
 
-def save_snapshot(path: Path, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list) -> Path:
+def save_snapshot(path: Path, rig: Rig, point: str, backend: Backend, memory: Memory, devices: list,
+                  ending: dict | None = None) -> Path:
     """Write the machine to `path` (its folder made if needed), naming the rig
-    and point, and the rig's ELF images for `sym:` addresses of children."""
+    and point, and the rig's ELF images for `sym:` addresses of children;
+    `ending`: how the run was ending as it was saved (snapfile), if it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     elves = [str(img.file.resolve()) for img in rig.images if img.file is not None and img.at is None]
-    snapshot.save(path, backend, memory, {"rig": str(rig.path), "point": point, "symbols": elves}, devices)
+    snapshot.save(path, backend, memory, {"rig": str(rig.path), "point": point, "symbols": elves}, devices,
+                  ending)
     return path

@@ -23,6 +23,7 @@ from kvmrig.backends.base import Backend
 from kvmrig.machine.memory import PAGE, Memory
 from kvmrig.machine.outcome import Outcome
 from kvmrig.machine.plan import Plan
+from kvmrig.machine.session import Session
 from kvmrig.rig.model import Rig
 
 
@@ -51,19 +52,30 @@ class Reusable(Protocol):
 
 def shape(rig: Rig) -> tuple:
     """What two rigs must share to share a VM: the arch, the machine (x86
-    in-kernel irqchip, PIT) and the memory map (every region's address, size
-    and ROM flag)."""
-    return (rig.arch, bool(rig.machine.irqchip or rig.machine.pit), bool(rig.machine.pit),
+    in-kernel irqchip, PIT), the x86 CPUID table (`cpu.cpuid`: KVM refuses a
+    changed KVM_SET_CPUID2 once the vCPU ran, so a VM serves only rigs with
+    the same edits) and the memory map (every region's address, size and
+    ROM flag)."""
+    return (rig.arch, bool(rig.machine.irqchip or rig.machine.pit), bool(rig.machine.pit), _cpuid_key(rig),
             tuple(sorted((r.at, r.size, r.rom) for r in rig.memory)))
 
 
+def _cpuid(rig: Rig):
+    return rig.cpu.cpuid if rig.cpu is not None else None
+
+
+def _cpuid_key(rig: Rig) -> tuple | None:
+    spec = _cpuid(rig)
+    return None if spec is None else spec.key()
+
+
 def fresh_only(rig: Rig) -> bool:
-    """Rigs whose VM is built for them (`cpus:` > 1 — APs —, arm64 `gic:` or
-    `cpu.cpuid`): made before or around the vCPU, with state no reset puts
-    back, so never kept or reused. A one-vCPU x86 `machine:` (irqchip, PIT)
+    """Rigs whose VM is built for them (`cpus:` > 1 — APs —, arm64 `gic:`):
+    made before or around the vCPU, with state no reset puts back, so never
+    kept or reused. A one-vCPU x86 `machine:` (irqchip, PIT) or `cpu.cpuid`
     is kept: its backend's build_machine() makes it, reset() writes the
-    chips back as created."""
-    return rig.cpus > 1 or rig.gic is not None or (rig.cpu is not None and rig.cpu.cpuid is not None)
+    chips back as created, and the CPUID table is the shape's."""
+    return rig.cpus > 1 or rig.gic is not None
 
 
 class _Kept:
@@ -89,8 +101,6 @@ class VmPool:
         """Run a prepared rig on a kept VM (reset first) or on a new one kept for
         later. `inspect(backend, memory)` sees the machine right after the run
         (tests compare it with a fresh VM's)."""
-        from kvmrig.machine.session import Session
-
         if fresh_only(plan.rig):
             return _once(plan, make_backend, options, inspect)
         key = (make_backend, shape(plan.rig))
@@ -130,8 +140,9 @@ class VmPool:
             backend.close()
             return None
         machine = rig.machine.irqchip or rig.machine.pit
+        cpuid = _cpuid(rig)
         build = getattr(backend, "build_machine", None)
-        if machine and build is None:   # a backend that cannot keep such a machine: once, as before
+        if (machine or cpuid is not None) and build is None:   # a backend that cannot keep it: once, as before
             backend.close()
             return None
         memory = Memory(rig.memory)
@@ -139,7 +150,9 @@ class VmPool:
         try:
             for b in memory.backings:
                 backend.map_memory(b.start, b.buf, b.region.rom)
-            if machine:   # after the memory: KVM's TSS and identity map go in a hole of it
+            if cpuid is not None:   # after the memory: KVM's TSS and identity map go in a hole of it
+                build(rig.machine.irqchip, rig.machine.pit, cpuid)
+            elif machine:
                 build(rig.machine.irqchip, rig.machine.pit)
             backend.track_dirty()
             backend.keep_pristine()
@@ -178,8 +191,6 @@ class VmPool:
 
 def _once(plan: Plan, make_backend: Callable[[], Backend], options, inspect) -> Outcome:
     """A fresh VM for one rig, closed after it (machine.session.execute, plus `inspect`)."""
-    from kvmrig.machine.session import Session
-
     memory = Memory(plan.rig.memory)
     try:
         with make_backend() as backend:

@@ -27,9 +27,8 @@ from kvmrig.backends.events import (Event, ForeignDebug, Halt, HwBreak, Mmio, Pa
                                     SwBreak, SystemEvent, Timeout, Unhandled, WatchHit)
 from kvmrig.coverage import collect
 from kvmrig.arch.x86_64.boot import RFLAGS_IF   # machine.irqchip is x86's
-from kvmrig.errors import RigError
+from kvmrig.errors import KvmrigError, RigError
 from kvmrig.machine.debug import MAX_HIT_RECORDS, ClientPoint, DebugPlan, Point, SwPatches
-from kvmrig.machine import golden
 from kvmrig.machine import verdict
 from kvmrig.machine.devices import Bus
 from kvmrig.machine.diagnose import stop_report
@@ -38,7 +37,10 @@ from kvmrig.machine.memory import Memory, OutsideMemory
 from kvmrig.machine.outcome import Failure, Hit, Outcome, Stop
 from kvmrig.machine.pcdevices import MachineContext
 from kvmrig.machine.plan import Plan
-from kvmrig.machine.points import PointStore, enter_call, save_snapshot, start_child
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # snapshots and golden files load with the first rig that uses them
+    from kvmrig.machine.points import PointStore
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,9 @@ class Session:
         self.coverage = (collect.Collector(plan, self.options.coverage)
                          if collect.wanted(self.rig, self.options.coverage) else None)
         self.ap_stop: Stop | None = None  # how another vCPU ended the run (cpus > 1)
-        self.ap_stop_cpu = 0   # ... and which
+        self.ap_stop_cpu = 0
+        self.end_stop: Stop | None = None  # how the run ended (set before the other vCPUs are stopped)
+        self.saved_end: dict | None = None  # a child's snapshot was saved as its run ended: end so (snapfile)
         self.end_cpu = 0       # the vCPU whose event ended the run
         self.ap_stops: deque[Pause] = deque()   # other vCPUs' stops for a debugger, not reported yet
         self._handlers: dict[type, Callable[[Event], None]] = {
@@ -155,7 +159,8 @@ class Session:
             self.memory.write(addr, data)
         for b in self.memory.backings:
             self.backend.map_memory(b.start, b.buf, b.region.rom)
-        limit = self.backend.max_cpus()
+        # One vCPU is always there (KVM's limits are >= 1): ask KVM only for more.
+        limit = self.backend.max_cpus() if self.rig.cpus > 1 else None
         if limit is not None and self.rig.cpus > limit:
             raise RigError(f"{self.rig.cpus} vCPUs asked, this {self.backend.name} offers at most {limit} per VM "
                            "(KVM_CAP_MAX_VCPUS)", self.rig.cpus_mark or self.rig.mark)
@@ -182,8 +187,8 @@ class Session:
         if self.coverage is not None:
             self.coverage.start(self)
         self._arm(self.user_step)
-        if self.rig.machine.cpus > 1:   # armed first: an AP restored running must not pass a breakpoint unarmed
-            self.backend.start_aps(self._ap_event)
+        if self.rig.machine.cpus > 1 and self.saved_end is None:   # armed first: an AP restored
+            self.backend.start_aps(self._ap_event)                 # running must not pass a breakpoint unarmed
         if self.user_step and self.rig.trace_max:
             self.outcome.trace.append(self.last_pc)
         if self.user_step and self.debug.sw_all:
@@ -192,10 +197,12 @@ class Session:
     def _start_child(self) -> None:
         """start() of a rig with `from:`: memory mapped, the snapshot in, then
         the rig's `input`, `set` and `call` on top."""
+        from kvmrig.machine.points import enter_call, start_child
+
         rig, backend, memory = self.rig, self.backend, self.memory
         for b in memory.backings:
             backend.map_memory(b.start, b.buf, b.region.rom)
-        start_child(rig, self.options.points, backend, memory, self.bus)
+        self.saved_end = start_child(rig, self.options.points, backend, memory, self.bus).ending
         self.patches.insn = backend.sw_break_insn()   # the vCPU exists now (with the snapshot's irqchip, if any)
         if rig.gic is not None:   # the devices' lines to the restored GIC (the child's input may raise one)
             self.bus.connect_irqs(backend.set_irq_line, sync=True)
@@ -209,23 +216,66 @@ class Session:
                        self.plan.resolve(call.return_to))
         self.last_pc = backend.get_pc()
         self._plant_and_arm()
+        if self.saved_end is not None:
+            self._end_as_saved(self.saved_end)
+
+    def _end_as_saved(self, ending: dict) -> None:
+        """The parent's run was ending as it saved this child's point (another
+        vCPU's exit handled while the machine was being stopped for it): the
+        child, which continues from the point, ends as the parent did there,
+        before any vCPU runs (its APs were never started)."""
+        self.ended = True
+        self.end_cpu = ending["cpu"]
+        outcome = self.outcome
+        outcome.exit, outcome.exit_code, outcome.detail = ending["exit"], ending["code"], ending["detail"]
+        outcome.notes.append(f"the run that saved {self.rig.start} was ending as it saved it (vCPU {ending['cpu']}: "
+                             f"{ending['exit']}): this run ends there too, before any instruction")
 
     def save_point(self, name: str) -> Path | None:
         """Save the machine as this rig's snapshot point `name` (planted
-        breakpoint instructions lifted for the copy, then planted again)."""
+        breakpoint instructions lifted for the copy, then planted again).
+        While the machine is being stopped for it, another vCPU's pending
+        event may end the run: the point is still the machine as it stopped
+        (that event handled), and the snapshot says how the run ended there
+        (`ending`), so a child ends the same way. A point saved after the run
+        ended (`save:` at the end) is the final state: children go on from it."""
         store = self.options.points
         if store is None:
             return None
+        running = not self.ended
         patches = self.patches
         planted = [a for a in patches.saved if self.memory.read(a, len(patches.insn)) == patches.insn]
         for addr in planted:
             patches.lift(addr)
         try:
             with self.backend.world_stopped():   # cpus > 1: every vCPU stopped, its device access done
-                return store.save(self.rig, name, self.backend, self.memory, self.bus.state())
+                ending = self._ending() if running else None
+                return store.save(self.rig, name, self.backend, self.memory, self.bus.state(), ending)
         finally:
             for addr in planted:
                 patches.plant(addr)
+
+    def _ending(self) -> dict | None:
+        """How the run ended while the machine was stopped for a save (every
+        vCPU is stopped now), or None. A timeout is the parent's clock, not
+        the machine's: a child has its own."""
+        if self.ap_stop is not None:
+            stop, cpu = self.ap_stop, self.ap_stop_cpu
+        elif self.end_stop is not None:
+            stop, cpu = self.end_stop, 0
+        else:
+            return None
+        if stop.exit == "timeout":
+            return None
+        return {"cpu": cpu, "exit": stop.exit, "code": stop.code, "detail": stop.detail}
+
+    def _save_at(self, name: str, mark) -> None:
+        """save_point() mid-run; a point that cannot be saved is a failure of
+        the run (its children then say the point is missing), not an error."""
+        try:
+            self.save_point(name)
+        except (KvmrigError, OSError) as e:
+            self.outcome.failures.append(Failure("snapshot", f"point {name!r} saved", f"not saved: {e}", mark))
 
     def resume(self, until: float | None = None) -> Pause:
         """Run until the run ends, a debugger's point or step stops it, or the
@@ -309,11 +359,15 @@ class Session:
             outcome.failures.extend(verdict.apply(rig, outcome, self.verdict))
         golden_spec = rig.expect.golden
         if golden_spec is not None:
+            from kvmrig.machine import golden
+
             if self.options.update_golden:
                 outcome.notes.extend(golden.update(rig, golden_spec, outcome, self.memory.read))
             else:
                 outcome.failures.extend(golden.check(rig, golden_spec, outcome, self.memory.read))
         if outcome.failures and self.options.save_on_fail:
+            from kvmrig.machine.points import save_snapshot
+
             try:
                 path = save_snapshot(Path(self.options.save_on_fail) / f"{rig.name}.snap", rig, "end",
                                      self.backend, self.memory, self.bus.state())
@@ -376,6 +430,7 @@ class Session:
     # The end ---------------------------------------------------------------
     def _end(self, stop: Stop, ev: Event | None) -> None:
         """Record how the run ended (`ev`: the last event); finish() judges it."""
+        self.end_stop = stop   # before quiesce(): a snapshot another vCPU takes meanwhile records it
         self.backend.quiesce()   # other vCPUs stop before anything is judged
         self.ended = True
         self.end_cpu = self.ap_stop_cpu if stop is self.ap_stop else 0
@@ -473,7 +528,7 @@ class Session:
         save its point (a rig that booted; a child ends here too) and end the run."""
         dev = self.bus.idle[0]
         if self.rig.start is None:
-            self.save_point(dev.spec.idle)
+            self._save_at(dev.spec.idle, dev.spec.mark)
         raise Stop("idle", None, f"{dev.name} waits for input and none is left")
 
     # Debug ---------------------------------------------------------------
@@ -627,7 +682,7 @@ class Session:
                 for write in spec.set.memory:  # through the patches: a planted breakpoint stays planted
                     self.patches.write(self.plan.resolve(write.at), write.data)
         if spec.save is not None and point.hits == (spec.on_hit or 1):
-            self.save_point(spec.save)   # after the hit's `set`, as the guest goes on
+            self._save_at(spec.save, spec.mark)   # after the hit's `set`, as the guest goes on
         if point.hits <= MAX_HIT_RECORDS or hit.failures:
             self.outcome.hits.append(hit)
 

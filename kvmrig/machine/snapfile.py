@@ -24,7 +24,14 @@ SnapshotError naming the file and the mismatch, never a wrong run.
 
 Version 2 added `machine`, so a child whose machine differs is refused
 before it runs. Version 1 files (one vCPU, no GIC: all kvmrig could save
-then) are still read, as such.
+then) are still read, as such. Version 3 is version 2 with what a version
+2 reader would drop silently: `ending`, the run was ending as the point was
+saved (another vCPU's exit, triple fault, ... handled while the machine was
+being stopped for it): `{cpu, exit, code, detail}`, which a child ends with
+before running (Session); and an x86 AP's `pending` write (its run ended
+before the machine handled it; a child's device sees it first). Only such
+files are written as version 3, so a kvmrig that cannot honour them refuses
+them instead of running on past them.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from kvmrig.errors import SnapshotError
 
 MAGIC = b"KVMRIG-SNAPSHOT"
 VERSION = 2
-READS = (1, 2)   # version 1 is version 2 without `machine` (one vCPU, no GIC)
+ENDING_VERSION = 3   # version 2 plus `ending` (written only when there is one)
+READS = (1, 2, 3)   # version 1 is version 2 without `machine` (one vCPU, no GIC)
 ONE_CPU: dict[str, Any] = {"cpus": 1, "gic": None}
 LEVEL = 1   # zlib level: guest RAM is mostly zeros, fast beats small
 
@@ -60,6 +68,7 @@ class Snapshot:
     origin: dict[str, str] = field(default_factory=dict)   # rig, point, ...
     devices: list[dict[str, Any]] = field(default_factory=list)   # each device's spec and state
     machine: dict[str, Any] = field(default_factory=lambda: dict(ONE_CPU))   # vCPUs and GIC (check_machine)
+    ending: dict[str, Any] | None = None   # how the run was ending as it was saved (module doc), or None
 
     @property
     def cpus(self) -> int:
@@ -86,14 +95,17 @@ def write(path: str | Path, snap: Snapshot) -> None:
                         "length": len(packed), "sha256": hashlib.sha256(data).hexdigest()})
         blobs.append(packed)
         offset += len(packed)
-    header = {"format": VERSION, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
+    version = ENDING_VERSION if snap.ending is not None or _has_pending(snap.cpu) else VERSION
+    header = {"format": version, "kvmrig": __version__, "arch": snap.arch, "backend": snap.backend,
               "origin": snap.origin, "machine": snap.machine, "memory": regions, "devices": snap.devices,
               "cpu": snap.cpu}
+    if snap.ending is not None:
+        header["ending"] = snap.ending
     text = json.dumps(header, indent=1).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(MAGIC + b" %d\n%d\n" % (VERSION, len(text)))
+            f.write(MAGIC + b" %d\n%d\n" % (version, len(text)))
             f.write(text)
             for blob in blobs:
                 f.write(blob)
@@ -181,7 +193,7 @@ def read(path: str | Path, arch: str | None = None, backend: str | None = None,
             pos += k
         memory.append((at, size, rom, runs))
     return Snapshot(snap_arch, snap_backend, memory, header["cpu"], header.get("origin", {}),
-                    header.get("devices", []), header["machine"])
+                    header.get("devices", []), header["machine"], header.get("ending"))
 
 
 def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
@@ -230,6 +242,12 @@ def _parse(path: Path, raw: bytes, memory: bool) -> tuple[dict, list, bytes]:
     if header.get("format") != version:
         raise SnapshotError(f"{path}: corrupt snapshot: the header says format {header.get('format')!r}")
     _other_vcpus(path, header)
+    if version < ENDING_VERSION:
+        header.pop("ending", None)
+    elif "ending" in header:
+        why = _bad_ending(header["ending"], header["machine"]["cpus"])
+        if why:
+            raise SnapshotError(f"{path}: corrupt snapshot header: ending: {why}")
     if memory and len(body) == 0 and regions:
         raise SnapshotError(f"{path}: truncated snapshot: the memory section is missing")
     return header, regions, body
@@ -248,6 +266,26 @@ def _bad_machine(machine) -> str | None:
         return "gic needs exactly version, distributor, redistributor and irqs"
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in gic.values()):
         return "gic: version, distributor, redistributor and irqs are numbers"
+    return None
+
+
+def _has_pending(cpu: dict) -> bool:
+    """Whether an AP's state holds a write its run left pending (x86: `pending`)."""
+    others = cpu.get("aps")
+    return isinstance(others, list) and any(isinstance(a, dict) and "pending" in a for a in others)
+
+
+def _bad_ending(ending, cpus: int) -> str | None:
+    """What is wrong with a version 3 header's `ending`, or None."""
+    if not isinstance(ending, dict) or set(ending) != {"cpu", "exit", "code", "detail"}:
+        return "needs exactly cpu, exit, code and detail"
+    cpu, code = ending["cpu"], ending["code"]
+    if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < cpus:
+        return f"cpu {cpu!r} is not one of the machine's {cpus} vCPUs"
+    if not isinstance(ending["exit"], str) or not isinstance(ending["detail"], str):
+        return "exit and detail are text"
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        return f"code {code!r} is not a number"
     return None
 
 

@@ -21,9 +21,10 @@ def memory_map(memory: Memory) -> list[tuple[int, int, bool]]:
 
 
 def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
-         devices: list | None = None) -> snapfile.Snapshot:
+         devices: list | None = None, ending: dict | None = None) -> snapfile.Snapshot:
     """The machine as it is now (a pending I/O access completed first);
-    `devices` is the bus's state (Bus.state())."""
+    `devices` is the bus's state (Bus.state()); `ending`: how the run was
+    ending as it was taken (snapfile's module doc), if it was."""
     export = getattr(backend, "export_cpu", None)
     if export is None:
         raise SnapshotError(f"the {backend.name} backend for {backend.arch} cannot take snapshots yet")
@@ -32,12 +33,12 @@ def take(backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
     shape = getattr(backend, "snapshot_machine", None)   # backends that save more than one bare vCPU
     machine = shape() if shape is not None else dict(snapfile.ONE_CPU)
     return snapfile.Snapshot(backend.arch, backend.name, regions, cpu, dict(origin or {}), list(devices or []),
-                             machine)
+                             machine, ending)
 
 
 def save(path: str | Path, backend: Backend, memory: Memory, origin: dict[str, str] | None = None,
-         devices: list | None = None) -> None:
-    snapfile.write(path, take(backend, memory, origin, devices))
+         devices: list | None = None, ending: dict | None = None) -> None:
+    snapfile.write(path, take(backend, memory, origin, devices, ending))
 
 
 def put(snap: snapfile.Snapshot, backend: Backend, memory: Memory, zeroed: bool = True) -> None:

@@ -17,8 +17,8 @@ schema does not allow (`file`, `disabled`) and times to the microsecond.
 from __future__ import annotations
 
 import functools
+import os
 import re
-import socket
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -103,7 +103,7 @@ def junit_tree(results: list[RigResult], suite_name: str = "kvmrig") -> ET.Eleme
     root = ET.Element("testsuites", name=suite_name, time=seconds(total), **{k: str(v) for k, v in counts.items()})
     suite = ET.SubElement(root, "testsuite", name=suite_name, **{k: str(v) for k, v in counts.items()},
                           skipped=str(statuses.count(SKIPPED) + subtests.count("skipped")), time=seconds(total),
-                          timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"), hostname=socket.gethostname())
+                          timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"), hostname=os.uname().nodename)
     backends = sorted({r.backend for r in results if r.backend})
     if backends:
         props = ET.SubElement(suite, "properties")

@@ -87,6 +87,10 @@ class Terminal:
         self.color = color
         self.count = 0
         self.total = 0
+        # Set by a caller that calls flush() whenever it is about to wait: the
+        # results that arrive together then go out in one write, not one each
+        # (a CI log reader is woken once per write).
+        self.batched = False
 
     def _out(self, text: str) -> None:
         """Write, surviving a reader that went away (`kvmrig run | head -1`):
@@ -136,7 +140,7 @@ class Terminal:
             self._out(self._paint(result.status, mark))
             if self.count == self.total or self.count % 80 == 0:
                 self._out(f" [{self.count}/{self.total}]\n")
-            self._flush()
+            self._flush_unless_batched(result)
             return
         where = f"{result.path}::{result.name}"
         info = [x for x in (result.backend, _ms(result.seconds)) if x]
@@ -156,6 +160,15 @@ class Terminal:
             console = result.outcome.console.decode("utf-8", errors="replace").rstrip("\n")
             for text in console.splitlines()[-20:]:
                 self._out(f"      | {printable(text)}\n")
+        self._flush_unless_batched(result)
+
+    def _flush_unless_batched(self, result: RigResult) -> None:
+        if not self.batched or result.status in (FAILED, ERROR) or self.count == self.total:
+            self._flush()
+
+    def flush(self) -> None:
+        """Write what result() left buffered: the runner calls it before it
+        waits for workers (see batched)."""
         self._flush()
 
     def summary(self, results: list[RigResult], seconds: float, interrupted: bool = False, extra: str = "") -> str:

@@ -39,7 +39,7 @@ from kvmrig.rig.yamlmarks import JsonPath, Marks, format_path, load_yaml
 
 PAGE = 0x1000
 ADDRESS_LIMIT = 1 << 48  # guest-physical addresses kvmrig maps (4-level paging, KVM)
-DEFAULT_MODES = {"x86_64": "long", "arm64": "el1"}
+DEFAULT_MODES = m.DEFAULT_MODES
 MODES = {"x86_64": m.X86_MODES, "arm64": m.ARM64_MODES}
 MEM_WIDTHS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}
 PC_TESTDEV_MMIO = 0xFF000000  # QEMU's pc-testdev iomem window (64 KiB)

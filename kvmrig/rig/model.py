@@ -21,6 +21,7 @@ EXITS = ("hlt", "exit-code", "system-off", "reset", "shutdown", "mmio", "io", "t
 NORMAL_EXITS = ("hlt", "exit-code", "system-off")
 X86_MODES = ("reset", "real", "protected", "long")
 ARM64_MODES = ("el1",)
+DEFAULT_MODES = {"x86_64": "long", "arm64": "el1"}   # a rig's cpu.mode when it names none
 DEVICE_TYPES = ("serial", "pl011", "debugcon", "exit", "constant", "reset",
                 "isa-debug-exit", "pc-testdev", "fw-cfg", "cmos")
 # Devices at QEMU's fixed places (extension): their default port.
@@ -267,6 +268,11 @@ class Cpuid:
     vendor: str | None = None
     leaves: tuple[CpuidLeaf, ...] = ()
     mark: Mark | None = None
+
+    def key(self) -> tuple:
+        """The edits without where they were written: on one host, equal keys
+        give the same CPUID table (VM reuse, the MSRs a vCPU has)."""
+        return (self.add, self.remove, self.vendor, tuple((lf.leaf, lf.subleaf, lf.regs) for lf in self.leaves))
 
 
 @dataclass(frozen=True)

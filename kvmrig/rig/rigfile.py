@@ -1,16 +1,34 @@
-"""Reading a rig file's bytes (kept apart from the loader: a run whose rigs come
-from the load cache reads the files but never imports the loader)."""
+"""Reading a rig file's bytes, and the stat that tells the load cache it is
+unchanged (kept apart from the loader: a run whose rigs come from the load
+cache never imports the loader)."""
 
 from __future__ import annotations
 
 import os
 import select
 import stat
+import time
 from pathlib import Path
 
 # The largest rig file read (rigs are small; this bounds parse time and memory
 # before the YAML limits in yamlmarks apply). Documented in docs/limits.md.
 MAX_RIG_BYTES = 4 << 20
+RACY_NS = 2_000_000_000   # a file changed this recently (ns) is read and digested: its stat is not trusted
+
+Stat = tuple[int, int, int, int, int]
+
+
+def file_stat(path: str | Path) -> Stat | None:
+    """What says a rig file is unchanged without reading it: taken before the
+    file is read, and only for a regular file not changed in the last
+    RACY_NS (None otherwise: such a file is always read and digested)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_ctime_ns > time.time_ns() - RACY_NS:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def read_rig_bytes(path: str | Path) -> bytes:

@@ -40,3 +40,29 @@ def test_zero_ranges_clears_each_range_across_regions_and_skips_what_is_outside(
             assert mem.read(page, PAGE) == bytes([want]) * PAGE, hex(page)
     finally:
         mem.close()
+
+
+def test_write_takes_exactly_what_read_takes():
+    """write() checks its range itself (the loader's per-rig path): the same
+    places as read(), at every edge of two regions with a hole between."""
+    from kvmrig.machine.memory import OutsideMemory
+    mem = Memory([Region(0x1000, 0x1000, False, MARK), Region(0x4000, 0x2000, True, MARK)])
+    try:
+        for addr in (0, 0xFFF, 0x1000, 0x1FFF, 0x2000, 0x3FFF, 0x4000, 0x5FFF, 0x6000, 0x7000):
+            for length in (0, 1, 2, 0x1000, 0x2000, 0x2001):
+                try:
+                    mem.read(addr, length)
+                except OutsideMemory:
+                    readable = False
+                else:
+                    readable = True
+                try:
+                    mem.write(addr, b"\xab" * length)
+                except OutsideMemory:
+                    written = False
+                else:
+                    written = True
+                    assert mem.read(addr, length) == b"\xab" * length
+                assert written == readable, (hex(addr), length)
+    finally:
+        mem.close()

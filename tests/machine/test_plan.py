@@ -75,3 +75,66 @@ def test_control_registers_validate_accepts_run_accepts(cpu):
     prepare(rig)
     result = run_rig(rig, "kvm")
     assert result.status == PASSED, result.message or result.outcome
+
+
+# -- sym: register values: the fast "no symbol anywhere" check sees every place ------
+
+SYM_PLACES = HEAD + """\
+memory: [{at: 0, size: 64K}]
+images: [{hex: f4, at: 0x1000}]
+cpu: {mode: real, regs: {rax: 1}}
+breakpoints: [{at: 0x1000, kind: hw, expect: {regs: {rbx: 2}}, set: {regs: {rcx: 3}}}]
+watchpoints: [{at: 0x2000, len: 4, access: write, expect: {regs: {rdx: 4}}, set: {regs: {rsi: 5}}}]
+expect: {exit: hlt, regs: {rdi: 6}}
+"""
+
+
+class _Symbols:
+    def resolve(self, addr):
+        return 0x1234 if addr.symbol == "here" else addr.value
+
+
+def _sym(mark):
+    from kvmrig.rig.model import Address
+    return Address(None, "here", 0, mark)
+
+
+def _with_symbol(rig, place: str):
+    """`rig` with the register value at `place` replaced by sym:here."""
+    from dataclasses import replace
+
+    def in_set(s):
+        (name, _v, mark), *rest = s.regs
+        return replace(s, regs=((name, _sym(mark), mark), *rest))
+
+    def in_check(c):
+        first, *rest = c.regs
+        return replace(c, regs=(replace(first, value=_sym(first.mark)), *rest))
+
+    bp, wp = rig.breakpoints[0], rig.watchpoints[0]
+    return {
+        "cpu.regs": lambda: replace(rig, cpu=in_set(rig.cpu)),
+        "breakpoint expect": lambda: replace(rig, breakpoints=(replace(bp, expect=in_check(bp.expect)),)),
+        "breakpoint set": lambda: replace(rig, breakpoints=(replace(bp, set=in_set(bp.set)),)),
+        "watchpoint expect": lambda: replace(rig, watchpoints=(replace(wp, expect=in_check(wp.expect)),)),
+        "watchpoint set": lambda: replace(rig, watchpoints=(replace(wp, set=in_set(wp.set)),)),
+        "expect": lambda: replace(rig, expect=in_check(rig.expect)),
+        "child set": lambda: replace(rig, start_set=in_set(rig.cpu)),
+    }[place]()
+
+
+@pytest.mark.parametrize("place", ["cpu.regs", "breakpoint expect", "breakpoint set", "watchpoint expect",
+                                   "watchpoint set", "expect", "child set"])
+def test_a_symbol_in_any_register_value_is_resolved(place):
+    from kvmrig.machine.plan import _register_symbols
+    from kvmrig.rig.model import Address
+
+    rig = load_rig_text(SYM_PLACES, "r.yaml")
+    assert _register_symbols(rig, _Symbols()) is rig   # no sym: anywhere: the rig itself
+    out = _register_symbols(_with_symbol(rig, place), _Symbols())
+    values = [v for _n, v, _m in (*out.cpu.regs, *out.breakpoints[0].set.regs, *out.watchpoints[0].set.regs,
+                                  *(out.start_set.regs if out.start_set else ()))]
+    values += [c.value for c in (*out.breakpoints[0].expect.regs, *out.watchpoints[0].expect.regs,
+                                 *out.expect.regs)]
+    assert not any(isinstance(v, Address) for v in values)
+    assert 0x1234 in values

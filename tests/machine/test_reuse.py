@@ -87,6 +87,31 @@ def scribbler_rigs(tmp_path_factory):
     return rigs
 
 
+#: rigs with `cpu.cpuid` (one-vCPU x86 KVM): a VM is kept per CPUID table, so
+#: the two tables' rigs never share one. Table A or B: KVM's, plus leaf
+#: 0x4fff0000 with eax 0x11 or 0x22, which the reader's CPUID returns (a B rig
+#: on an A VM would end with 0x11). name: (guest, table)
+CPUID_RIGS = {"cpuid-a-scribble-cpu": ("scribble-cpu", 0x11), "cpuid-a-reader": ("cpuid-reader", 0x11),
+              "cpuid-b-reader": ("cpuid-reader", 0x22), "cpuid-a-read-state": ("read-state", 0x11),
+              "cpuid-b-read-state": ("read-state", 0x22)}
+CPUID_READER = "b8 00 00 ff 4f 31 c9 0f a2 f4"   # mov eax, 0x4fff0000; xor ecx, ecx; cpuid; hlt
+
+
+@pytest.fixture(scope="module")
+def cpuid_rigs(scribbler_rigs):
+    out = Path(scribbler_rigs[0].path).parent   # the scribblers' binaries are there
+    (out / "cpuid-reader.bin").write_bytes(bytes.fromhex(CPUID_READER))
+    rigs = []
+    for name, (guest, eax) in CPUID_RIGS.items():
+        path = out / f"{name}.yaml"
+        text = RIG.format(name=guest, exit="exit-code" if guest == "read-state" else "hlt")
+        text = text.replace(f"name: {guest}\n", f"name: {name}\nbackend: kvm\n").replace(
+            "cpu: {mode: long}", f"cpu: {{mode: long, cpuid: {{leaves: [{{leaf: 0x4fff0000, eax: {eax:#x}}}]}}}}")
+        path.write_text(text)
+        rigs.append(load_rig(path))
+    return rigs
+
+
 def _example_rigs(arch: str | None = None):
     paths = [p for p in expand([str(ROOT / "rigs")]) if is_rig_file(p)]
     rigs = [load_rig(p) for p in paths]
@@ -257,7 +282,7 @@ def _differential(rigs, factory_for, order: str, points=None) -> None:
 def _check_reused(rigs, results) -> None:
     """Every rig that is not fresh-only ran on a kept VM when one of its shape
     was left by an earlier rig (and not refused): `machine:` rigs too."""
-    kept, missed, machines = set(), [], 0
+    kept, missed, machines, cpuids = set(), [], 0, 0
     for rig, (name, _out, _state, reused, refused) in zip(rigs, results):
         if fresh_only(rig):
             assert not reused, f"{name} is fresh-only but ran on a reused VM"
@@ -265,21 +290,39 @@ def _check_reused(rigs, results) -> None:
         if shape(rig) in kept and not reused:
             missed.append(name)
         machines += reused and rig.machine.irqchip
+        cpuids += reused and rig.cpu is not None and rig.cpu.cpuid is not None
         (kept.discard if refused else kept.add)(shape(rig))
     assert not missed, f"ran on a fresh VM though one of their shape was kept: {missed}"
     if any(r.machine.irqchip and not fresh_only(r) for r in rigs):
         assert machines >= 2, f"only {machines} rigs with `machine:` ran on a reused VM"
+    if sum(r.cpu is not None and r.cpu.cpuid is not None for r in rigs) >= 3:
+        assert cpuids >= 2, f"only {cpuids} rigs with `cpu.cpuid` ran on a reused VM"
 
 
-def _kvm_rigs(scribbler_rigs):
-    return _example_rigs("x86_64") + scribbler_rigs
+def _kvm_rigs(scribbler_rigs, cpuid_rigs=()):
+    return _example_rigs("x86_64") + scribbler_rigs + list(cpuid_rigs)
 
 
 @pytest.mark.kvm
 @pytest.mark.parametrize("order", ["fixed", "shuffled"])
-def test_fresh_and_reused_kvm_vms_end_every_rig_identically(scribbler_rigs, points, order):
-    rigs = [r for r in _kvm_rigs(scribbler_rigs) if r.backend in ("any", "kvm")]
+def test_fresh_and_reused_kvm_vms_end_every_rig_identically(scribbler_rigs, cpuid_rigs, points, order):
+    rigs = [r for r in _kvm_rigs(scribbler_rigs, cpuid_rigs) if r.backend in ("any", "kvm")]
     _differential(rigs, kvm_factory, order, points)
+
+
+@pytest.mark.kvm
+def test_cpuid_rigs_share_a_kept_vm_only_with_the_same_table(cpuid_rigs):
+    """Which cpuid rig ran on a kept VM: the first of each table on a new one,
+    every later one of the same table on that table's kept VM; each reader
+    sees its own table's leaf, as on a new VM."""
+    results, pool = _run_all(cpuid_rigs, kvm_factory, reuse=True)
+    reused = {name: flag for name, _out, _state, flag, _refused in results}
+    assert reused == {"cpuid-a-scribble-cpu": False, "cpuid-a-reader": True, "cpuid-b-reader": False,
+                      "cpuid-a-read-state": True, "cpuid-b-read-state": True}, reused
+    assert pool.created == 2 and pool.refused == 0
+    eax = {name: state["regs"]["rax"] for name, _out, state, *_f in results if name.endswith("reader")}
+    assert eax == {"cpuid-a-reader": 0x11, "cpuid-b-reader": 0x22}
+    assert all(out["failures"] == [] for _n, out, *_r in results), [out["failures"] for _n, out, *_r in results]
 
 
 #: rigs/x86 examples that set up KVM guest debugging, and plain ones that run before them

@@ -46,10 +46,44 @@ def test_the_header_is_text_with_registers_by_name(saved):
     assert len(raw) < 0x3000  # memory is compressed
 
 
+ENDING = {"cpu": 0, "exit": "exit-code", "code": 3, "detail": "exit device exit@0xf4 written with 3"}
+
+
+def test_a_snapshot_with_an_ending_is_version_3_and_round_trips(tmp_path):
+    """Only a snapshot saved as its run ended is version 3 (a reader of 2,
+    which would run its children on past the end, refuses it by version)."""
+    path = tmp_path / "ending.snap"
+    snap = _snap()
+    snap.ending = dict(ENDING)
+    snapfile.write(path, snap)
+    assert path.read_bytes().startswith(b"KVMRIG-SNAPSHOT 3\n")
+    assert snapfile.read(path, "x86_64", "kvm", MAP) == snap
+
+
+@pytest.mark.parametrize("ending, message", [
+    ([], "ending: needs exactly cpu, exit, code and detail"),
+    ({**ENDING, "cpu": 1}, "ending: cpu 1 is not one of the machine's 1 vCPUs"),
+    ({**ENDING, "code": "3"}, "ending: code '3' is not a number"),
+    ({**ENDING, "exit": 3}, "ending: exit and detail are text"),
+    ({k: v for k, v in ENDING.items() if k != "detail"}, "ending: needs exactly cpu, exit, code and detail"),
+])
+def test_a_bad_ending_is_named(tmp_path, ending, message):
+    path = tmp_path / "ending.snap"
+    snap = _snap()
+    snap.ending = dict(ENDING)
+    snapfile.write(path, snap)
+
+    def change(header):
+        header["ending"] = ending
+    _rewrite_header(path, change)
+    with pytest.raises(SnapshotError, match=f"corrupt snapshot header: {message}"):
+        snapfile.read(path)
+
+
 def test_another_version_is_named(saved):
-    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 2\n", b"KVMRIG-SNAPSHOT 3\n", 1)
+    raw = saved.read_bytes().replace(b"KVMRIG-SNAPSHOT 2\n", b"KVMRIG-SNAPSHOT 4\n", 1)
     saved.write_bytes(raw)
-    with pytest.raises(SnapshotError, match="format version 3; this kvmrig .* reads versions 1, 2"):
+    with pytest.raises(SnapshotError, match="format version 4; this kvmrig .* reads versions 1, 2, 3"):
         snapfile.read(saved)
 
 

@@ -216,3 +216,31 @@ def test_colour_does_not_change_the_layout():
         plain.result(make())
         coloured.result(make())
         assert ansi.sub("", coloured_out.getvalue()) == plain_out.getvalue()
+
+
+class CountingStream(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+@pytest.mark.parametrize("verbosity", [0, -1])
+def test_batched_results_wait_for_flush_but_failures_and_the_last_go_out_at_once(verbosity):
+    stream = CountingStream()
+    term = Terminal(stream, verbosity=verbosity, color=False)
+    term.start(4)
+    term.result(passed("a"))
+    assert stream.flushes == 1, "unbatched: every result is flushed"
+    term.batched = True
+    term.result(passed("b"))
+    assert stream.flushes == 1, "batched: a passed rig waits for the runner's flush()"
+    term.flush()
+    assert stream.flushes == 2
+    term.result(failed("c"))
+    assert stream.flushes == 3, "a failure is shown at once"
+    term.result(passed("d"))
+    assert stream.flushes == 4, "the last result too"

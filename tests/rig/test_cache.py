@@ -5,6 +5,7 @@ a fresh load. A damaged, foreign or unwritable cache never changes a run."""
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -188,7 +189,7 @@ def test_a_damaged_cache_file_is_a_silent_miss_and_is_written_again(cache_home, 
         path.write_bytes(b"")
     else:   # a well-formed file of another key (a hash collision, a copied file)
         import pickle
-        path.write_bytes(rig_cache.FORMAT + pickle.dumps((b"other", {"r.yaml": (b"", (), b"")})))
+        path.write_bytes(rig_cache.FORMAT + pickle.dumps((b"other", {"r.yaml": (b"", (), None, 0)}, b"")))
     (rig,), errors, cache = run_load(["r.yaml"])
     assert not errors and cache.hits == 0 and rig == fresh
     (_,), _, cache = run_load(["r.yaml"])
@@ -198,9 +199,15 @@ def test_a_damaged_cache_file_is_a_silent_miss_and_is_written_again(cache_home, 
 def test_a_damaged_entry_is_a_miss(cache_home):
     Path("r.yaml").write_text(TRIVIAL)
     (fresh,), _, cache = run_load(["r.yaml"])
-    digest, seen, _blob = cache.used["r.yaml"]
-    cache.entries = {"r.yaml": (digest, seen, b"\x80\x05garbage")}
+    digest, seen, _sig, _rig = cache.used["r.yaml"]
+    cache.entries = {"r.yaml": (digest, seen, None, 0)}
+    cache._blob, cache._models = b"\x80\x05garbage", None   # the models' list damaged
     assert cache.get(Path("r.yaml"), Path("r.yaml").read_bytes()) is None
+    cache._blob, cache._models = pickle.dumps([fresh]), None
+    cache.entries = {"r.yaml": (digest, seen, None, 1)}      # an index past its end
+    assert cache.get(Path("r.yaml"), Path("r.yaml").read_bytes()) is None
+    cache.entries = {"r.yaml": (digest, seen, None, 0)}
+    assert cache.get(Path("r.yaml"), Path("r.yaml").read_bytes()) == fresh
 
 
 def test_an_unwritable_cache_changes_nothing(cache_home, tmp_path, monkeypatch):
@@ -331,3 +338,56 @@ def test_a_run_that_loads_some_of_the_files_keeps_the_others(cache_home):
     os.unlink("c.yaml")
     cache.save()
     assert set(rig_cache.for_run(paths).entries) == {"a.yaml", "b.yaml"}
+
+
+def test_a_file_unchanged_since_its_stat_was_recorded_is_not_read_again(cache_home, monkeypatch):
+    from kvmrig import collect
+    from kvmrig.rig import rigfile
+    monkeypatch.setattr(rigfile, "RACY_NS", 0)   # trust the stat of files written a moment ago
+    folder = Path("suite")
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"r{i}.yaml").write_text(TRIVIAL)
+    first, _, cache = run_load(["suite"])
+    assert cache.misses == 3 and all(entry[2] is not None for entry in cache.used.values())
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read")
+    reader = collect.read_rig_bytes
+    monkeypatch.setattr(collect, "read_rig_bytes", no_reading)
+    again, errors, cache = run_load(["suite"])
+    assert not errors and again == first and cache.hits == cache.unread == 3
+    monkeypatch.setattr(collect, "read_rig_bytes", reader)
+
+    edited = folder / "r1.yaml"
+    edited.write_text(TRIVIAL.replace("f4", "90 f4"))   # a different size
+    before = (folder / "r2.yaml").stat()
+    (folder / "r2.yaml").write_text(TRIVIAL.replace("0x1000", "0x2000"))   # the same size...
+    os.utime(folder / "r2.yaml", ns=(before.st_atime_ns, before.st_mtime_ns + 1))   # ...another mtime
+    rigs, _, cache = run_load(["suite"])
+    assert cache.unread == 1 and cache.misses == 2
+    assert rigs[1].images[0].data == b"\x90\xf4" and rigs[2].images[0].at == 0x2000
+
+
+def test_the_stat_of_a_file_changed_moments_ago_is_never_trusted(cache_home):
+    # Two writes in one clock tick leave mtime and ctime as they were: a file
+    # changed within RACY_NS of its read is digested every time until it ages.
+    Path("r.yaml").write_text(TRIVIAL)
+    _, _, cache = run_load(["r.yaml"])
+    assert cache.used["r.yaml"][2] is None
+    before = Path("r.yaml").stat()
+    Path("r.yaml").write_text(TRIVIAL.replace("0x1000", "0x3000"))   # same size
+    os.utime("r.yaml", ns=(before.st_atime_ns, before.st_mtime_ns))   # and the same mtime
+    (rig,), _, cache = run_load(["r.yaml"])
+    assert rig.images[0].at == 0x3000 and cache.unread == 0
+
+
+def test_only_regular_files_have_a_trusted_stat(tmp_path):
+    from kvmrig.rig import rigfile
+    old = tmp_path / "old.yaml"
+    old.write_text(TRIVIAL)
+    os.utime(old, ns=(0, 0))   # mtime long ago; ctime is now, so not yet trusted either
+    assert rigfile.file_stat(old) is None
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    assert rigfile.file_stat(fifo) is None and rigfile.file_stat(tmp_path / "absent.yaml") is None

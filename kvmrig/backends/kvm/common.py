@@ -14,6 +14,7 @@ import dataclasses
 import os
 import signal
 import threading
+from _signal import getsignal as _handler_of   # signal.getsignal without its enum conversion (per rig)
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -270,7 +271,7 @@ class KvmBackendBase(Backend):
     def _install_alarm(self) -> None:
         """kvmrig's SIGALRM handler (main thread only): the timeout, and the kicks
         that get a vCPU out of KVM_RUN (x86_smp), must not kill the process."""
-        if signal.getsignal(signal.SIGALRM) is not _on_alarm:   # another kept VM's close() may have put
+        if _handler_of(signal.SIGALRM) is not _on_alarm:   # another kept VM's close() may have put
             self._old_handler = signal.signal(signal.SIGALRM, _on_alarm)   # the old one back meanwhile
             self._handler_installed = True
 

@@ -432,6 +432,7 @@ class Vcpu(_Attrs):
         self._vm: Vm | None = vm
         self._fd = fd
         self.index = index
+        self.cpuid_key: tuple | None = None   # the CPUID edits it was given (x86_64.py), None: KVM's own
         self._map_size = mmap_size
         self._map = ffi.NULL
         addr = abi.libc.mmap(ffi.NULL, mmap_size, _mmap.PROT_READ | _mmap.PROT_WRITE,

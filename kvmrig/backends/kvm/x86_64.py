@@ -25,9 +25,11 @@ rig do not change").
 
 from __future__ import annotations
 
+import operator
 import os
+import struct
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from kvmrig.arch.x86_64 import cpuid
 from kvmrig.arch.x86_64 import dr7 as dr7_mod
@@ -60,6 +62,49 @@ _created_cache: PerProcess[dict[int, int]] = PerProcess()
 #: Debug exits taken natively in this process ("int3", "dr-exec", "dr-watch"):
 #: how the x86_64 lane's test run shows the native path really ran.
 NATIVE_HITS: Counter[str] = Counter()
+
+
+def _sregs_reader() -> tuple[struct.Struct, Callable, tuple[str, ...]]:
+    """What get_regs() reads of kvm_sregs: a Struct picking the segment
+    selectors, control registers and CS base at their offsets in the ABI's
+    struct, a getter putting them in _SREG_NAMES' order, and those names."""
+    ffi = abi.ffi
+    selector, base = ffi.offsetof("struct kvm_segment", "selector"), ffi.offsetof("struct kvm_segment", "base")
+    picks = ([(ffi.offsetof("struct kvm_sregs", name) + selector, "H", name) for name in SEGMENTS]
+             + [(ffi.offsetof("struct kvm_sregs", name), "Q", name) for name in CONTROL]
+             + [(ffi.offsetof("struct kvm_sregs", "cs") + base, "Q", "cs_base")])
+    names = tuple(name for _at, _code, name in picks)
+    fmt, at = "=", 0
+    for offset, code, _name in sorted(picks):
+        fmt += f"{offset - at}x{code}" if offset > at else code
+        at = offset + struct.calcsize("=" + code)
+    by_offset = [name for _at, _code, name in sorted(picks)]
+    return struct.Struct(fmt), operator.itemgetter(*(by_offset.index(name) for name in names)), names
+
+
+# kvm_regs is _REG_FIELDS' u64s in order (as _ZERO_REGS assumes too)
+assert [abi.ffi.offsetof("struct kvm_regs", name) for name in _REG_FIELDS] == list(range(0, 8 * len(_REG_FIELDS), 8))
+assert abi.ffi.sizeof("struct kvm_regs") == 8 * len(_REG_FIELDS)
+_REGS = struct.Struct(f"={len(_REG_FIELDS)}Q")
+_SREGS, _sreg_order, _SREG_NAMES = _sregs_reader()
+
+# set_initial_state's results: (sregs before, GDTR, IDTR, CR0, CR3, CR4, EFER)
+# -> (the state's segments, sregs after); at most SREGS_MEMO_MAX kept.
+_sregs_memo: dict[tuple, tuple[tuple, bytes]] = {}
+SREGS_MEMO_MAX = 64
+
+
+def load_sregs(s, state: X86State) -> None:
+    """Write the state's segments, descriptor tables and control registers
+    into kvm_sregs `s` (the rest of it, e.g. CR8 and the APIC base, kept)."""
+    for name, seg in state.segments.items():
+        dst = getattr(s, name)
+        dst.selector, dst.base, dst.limit, dst.type = seg.selector, seg.base, seg.limit, seg.type
+        dst.present, dst.dpl, dst.db, dst.s, dst.l, dst.g = seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g
+        dst.avl, dst.unusable = seg.avl, seg.unusable
+    s.gdt.base, s.gdt.limit = state.gdt
+    s.idt.base, s.idt.limit = state.idt
+    s.cr0, s.cr3, s.cr4, s.efer = state.cr0, state.cr3, state.cr4, state.efer
 
 
 def _sync_regs_supported(kvm) -> bool:
@@ -141,6 +186,7 @@ class KvmX86Backend(KvmBackendBase):
                 self.pit = True
         vcpu = self.vcpu = self.vm.create_vcpu(0)
         vcpu.set_cpuid2(self._cpuid(state.cpuid))
+        vcpu.cpuid_key = None if state.cpuid is None else state.cpuid.key()   # its MSRs depend on it
         if state.cpus > 1:
             if not self.runs_aps:
                 raise BackendError("cpus > 1 needs the SMP backend (kvmrig.backends.kvm.x86_smp), which runs the APs")
@@ -148,6 +194,7 @@ class KvmX86Backend(KvmBackendBase):
             for index in range(1, state.cpus):
                 ap = self.vm.create_vcpu(index)   # waits for INIT/SIPI from the guest (in-kernel LAPIC)
                 ap.set_cpuid2(self._cpuid(state.cpuid, apic_id=index))
+                ap.cpuid_key = vcpu.cpuid_key
                 aps.append(ap)
             self._ap_vcpus = aps
         if _sync_regs_supported(self.kvm):
@@ -157,14 +204,20 @@ class KvmX86Backend(KvmBackendBase):
     def set_initial_state(self, state: X86State) -> None:
         vcpu = self.vcpu or self._create_vcpu(state)
         s = vcpu.get_sregs()
-        for name, seg in state.segments.items():
-            dst = getattr(s, name)
-            dst.selector, dst.base, dst.limit, dst.type = seg.selector, seg.base, seg.limit, seg.type
-            dst.present, dst.dpl, dst.db, dst.s, dst.l, dst.g = seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g
-            dst.avl, dst.unusable = seg.avl, seg.unusable
-        s.gdt.base, s.gdt.limit = state.gdt
-        s.idt.base, s.idt.limit = state.idt
-        s.cr0, s.cr3, s.cr4, s.efer = state.cr0, state.cr3, state.cr4, state.efer
+        # The sregs are a pure function of the vCPU's (the pristine ones on a
+        # reused VM) and the state's segments, tables and control registers:
+        # rigs that boot alike reuse the bytes instead of ~80 field writes.
+        before = bytes(abi.ffi.buffer(s))
+        key = (before, state.gdt, state.idt, state.cr0, state.cr3, state.cr4, state.efer)
+        segments = tuple(state.segments.items())
+        known = _sregs_memo.get(key)
+        if known is not None and known[0] == segments:   # equal values (the same Segments: at once)
+            abi.ffi.memmove(s, known[1], len(known[1]))
+        else:
+            load_sregs(s, state)
+            if len(_sregs_memo) >= SREGS_MEMO_MAX:
+                _sregs_memo.clear()
+            _sregs_memo[key] = (segments, bytes(abi.ffi.buffer(s)))
         vcpu.set_sregs(s)
         r = vcpu.get_regs()
         abi.ffi.memmove(r, _ZERO_REGS, len(_ZERO_REGS))   # kvm_regs holds just _REG_FIELDS
@@ -316,12 +369,13 @@ class KvmX86Backend(KvmBackendBase):
         irqchip (one vCPU) reset() writes the chips back as created."""
         return not self.stepped and not self._ap_vcpus
 
-    def build_machine(self, irqchip: bool, pit: bool) -> None:
-        """Create the vCPU with a rig's `machine:` (irqchip, PIT) before
-        keep_pristine(), for a VM kept for rigs with that machine."""
+    def build_machine(self, irqchip: bool, pit: bool, cpuid=None) -> None:
+        """Create the vCPU with a rig's `machine:` (irqchip, PIT) and
+        `cpu.cpuid` (rig.model.Cpuid) before keep_pristine(), for a VM kept
+        for rigs with that machine and CPUID."""
         if self.vcpu is not None:
             raise BackendError("build_machine() after the vCPU exists")
-        self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=irqchip or pit, pit=pit))
+        self._create_vcpu(X86State("long", 0, 0, {}, 0, irqchip=irqchip or pit, pit=pit, cpuid=cpuid))
 
     def keep_pristine(self) -> None:
         """Remember the vCPU as created (before any rig ran), for reset();
@@ -332,14 +386,11 @@ class KvmX86Backend(KvmBackendBase):
 
     # Registers -------------------------------------------------------------------
     def get_regs(self) -> dict[str, int]:
-        r = self.vcpu.get_regs()
-        out = {name: getattr(r, name) for name in _REG_FIELDS}
-        s = self.vcpu.get_sregs()
-        for name in SEGMENTS:
-            out[name] = getattr(s, name).selector
-        for name in CONTROL:
-            out[name] = getattr(s, name)
-        out["cs_base"] = s.cs.base  # not a register name users write: for linear addresses in reports
+        """kvm_regs by name, then the segment selectors, control registers and
+        cs_base (not a register name users write: for linear addresses in
+        reports), each struct read with one unpack."""
+        out = dict(zip(_REG_FIELDS, _REGS.unpack(abi.ffi.buffer(self.vcpu.get_regs()))))
+        out.update(zip(_SREG_NAMES, _sreg_order(_SREGS.unpack_from(abi.ffi.buffer(self.vcpu.get_sregs())))))
         return out
 
     def get_pc(self) -> int:

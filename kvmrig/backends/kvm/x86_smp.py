@@ -35,6 +35,10 @@ the others go on after. So a snapshot at a hit is the machine with the
 hitting vCPU at its breakpoint (after the hit's `set`) and every other vCPU
 between two instructions. A child restores every vCPU and its APs run on
 their threads from where they were (halted, waiting for SIPI, or running).
+An event handled while the machine is being stopped may end the run (an
+exit device, a fault, on any vCPU): that vCPU never enters the guest again
+and counts as stopped (vCPU 0 waits in quiesce() until the snapshot is
+written), and the session records the end in the snapshot.
 
 A debugger (kvmrig gdb) sees every vCPU as a thread, all-stop: when one
 vCPU stops for it (its breakpoint, watchpoint, single-step, an interrupt,
@@ -55,6 +59,7 @@ single-step every vCPU and count all their instructions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import Collection, Iterator
@@ -65,7 +70,7 @@ from kvmrig.backends.events import DebugEvent, Event, Mmio, Paused, PortIO, Time
 from kvmrig.backends.kvm import abi, x86_state
 from kvmrig.backends.kvm.smp import Aps, kick
 from kvmrig.backends.kvm.x86_64 import SYNC, KvmX86Backend, _sync_regs_supported
-from kvmrig.errors import BackendError
+from kvmrig.errors import BackendError, KvmError
 
 NEVER = float("inf")   # an AP has no deadline of its own: the BSP's run ends it
 KICKED = Timeout(0)    # an AP's KVM_RUN returned for a signal (ApView.next_event)
@@ -82,9 +87,20 @@ class _World:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.depth = 0                # snapshots under way (one may be taken while another waits)
-        self.still: set[int] = set()  # vCPUs parked or saving: out of the guest, no access in flight
-        self.frozen = False           # every vCPU is stopped and the saver reads them: none may leave
+        self.still: set[int] = set()  # vCPUs parked, saving or done (they ended the run): out of the guest
+        self.savers: list[int] = []   # the threads taking them
         self.held: set[int] = set()   # APs a debugger keeps stopped (debug_stop / debug_go / ask_stop)
+
+    def mark_still(self, index: int) -> None:
+        with self.cond:
+            self.still.add(index)
+            self.cond.notify_all()
+
+    def wait_out(self) -> None:
+        """Stay out of the guest while a snapshot another thread takes is under way."""
+        me = threading.get_ident()
+        while self.depth and me not in self.savers:
+            self.cond.wait(0.05)
 
 
 class _PerVcpu(KvmX86Backend):
@@ -132,21 +148,22 @@ class _PerVcpu(KvmX86Backend):
 
     def _park(self) -> None:
         """A snapshot is being taken, or a debugger holds this vCPU: complete
-        the access in flight, then stay out of the guest until that is over
-        (or the run ends)."""
+        the access in flight, then stay out of the guest until that is over;
+        if the run ended meanwhile, leave without running another instruction
+        (to be joined)."""
         self.settle_io()
         world, aps = self.primary._world, self.primary._aps
         with world.cond:
             world.still.add(self.index)
             world.cond.notify_all()
-            # The run ending (another vCPU's exit) lets it go to be joined, but not
-            # while a snapshot reads the vCPUs.
-            while ((world.depth and (world.frozen or aps is None or not aps.stopping))
-                   or (self.index in world.held and not (aps is not None and aps.stopping))):
-                world.cond.wait(0.05)
+            while True:
+                world.wait_out()
+                if self.index not in world.held or (aps is not None and aps.stopping):
+                    break
+                world.cond.wait(0.05)   # held by a debugger (the run ending lets it go, to be joined)
             world.still.discard(self.index)
         if aps is not None and aps.stopping:
-            self.vcpu.run_struct.immediate_exit = 1   # the run ended meanwhile: out, without entering the guest
+            self.vcpu.run_struct.immediate_exit = 1   # KVM_RUN returns at once (EINTR)
 
     def _rebuild_slots(self, pages: dict[int, str]) -> None:
         with self.primary._slots_lock:   # the VM's memory slots: one rebuild at a time
@@ -186,11 +203,24 @@ class ApView(_PerVcpu):
         self._init_pending()
         self.irqchip = True
         self.unhandled: Event | None = None   # an access returned to the machine and not handled yet
+        self.first: Event | None = None       # a child's: the write its snapshot left pending, seen first
 
     def next_event(self) -> Event | None:
         """Run this AP until an event the machine must see; None when it was
-        kicked out of KVM_RUN (a new debug setup, or the end of the run)."""
-        ev = self._next_event(NEVER)
+        kicked out of KVM_RUN (a new debug setup, or the end of the run). A
+        KVM_RUN or debug setup that fails is an Unhandled event: the machine
+        ends the run with it, as with any other event, naming this vCPU."""
+        if self.first is not None:   # the access was completed in KVM when saved: only the device is due
+            ev, self.first = self.first, None
+            return ev
+        try:
+            ev = self._next_event(NEVER)
+        except KvmError as e:
+            if e.errno == errno.EAGAIN:
+                raise   # the AP left its wait-for-SIPI state: Aps enters again
+            return Unhandled(None, str(e))
+        except BackendError as e:
+            return Unhandled(None, str(e))
         if ev is KICKED:
             return None
         if type(ev) in (PortIO, Mmio):
@@ -296,7 +326,13 @@ class KvmX86SmpBackend(_PerVcpu):
 
         def handle(index: int, ev: Event) -> None:
             cpus[index].unhandled = None   # the device sees the access (even if it ends the run)
-            handler(index, ev)
+            try:
+                handler(index, ev)
+            except BaseException:
+                # It ended the run and never enters the guest again: a snapshot
+                # under way counts it as stopped (its end is the snapshot's `ending`).
+                self._world.mark_still(index)
+                raise
         self._aps = Aps(self._cpus[1:], handle, self._bind)
         if self._debugged:
             self._world.held = {c.index for c in self._cpus[1:]}
@@ -341,12 +377,24 @@ class KvmX86SmpBackend(_PerVcpu):
                 world.cond.wait(min(left, KICK_AGAIN))
 
     def quiesce(self) -> None:
-        """Stop every AP (before the verdict is taken)."""
-        if self._aps is not None:
-            if self._holding:
-                self._holding = False
-                self._aps.lock.release()
-            self._aps.stop()
+        """Stop every AP (before the verdict is taken). If another vCPU is
+        taking a snapshot, vCPU 0 (its last access handled: the one that
+        ended the run) waits, stopped, until it is written (world_stopped)."""
+        aps = self._aps
+        if aps is None:
+            return
+        aps.stopping = True   # an AP taking a snapshot stops after it; none starts another
+        if self._holding:
+            self._holding = False
+            aps.lock.release()
+        world = self._world
+        with world.cond:
+            if world.depth and threading.get_ident() not in world.savers:
+                world.still.add(self.index)
+                world.cond.notify_all()
+                world.wait_out()
+                world.still.discard(self.index)
+        aps.stop()
 
     # Snapshots: every vCPU -------------------------------------------------
     @contextlib.contextmanager
@@ -360,28 +408,26 @@ class KvmX86SmpBackend(_PerVcpu):
             return
         with world.cond:
             world.depth += 1
+            world.savers.append(threading.get_ident())
             world.still.add(here.index)   # a snapshot taken while this one waits counts this vCPU as stopped
         try:
             self._stop_others(here, aps)
-            with world.cond:
-                world.frozen = True
-            try:
-                yield
-            finally:
-                with world.cond:
-                    world.frozen = False
+            yield
         finally:
             with world.cond:
                 world.still.discard(here.index)
+                world.savers.remove(threading.get_ident())
                 world.depth -= 1
                 world.cond.notify_all()
 
     def _stop_others(self, here: _PerVcpu, aps: Aps, purpose: str = "the snapshot") -> None:
-        """Wait until every other vCPU is parked (or its thread has ended),
-        kicking them meanwhile and letting go of the machine lock so that
-        they can handle the events they already have. For the debugger
-        (`purpose` not a snapshot) a run ending meanwhile is no error: its
-        threads end."""
+        """Wait until every other vCPU is parked (or has ended the run, or its
+        thread has ended), kicking them meanwhile and letting go of the
+        machine lock so that they can handle the events they already have.
+        One of those events may end the run (an exit device, a triple fault,
+        an exit KVM cannot handle, on any vCPU): that vCPU is stopped too, and
+        the session records the end in the snapshot (Session.save_point), or
+        the debugger's next resume() ends the run (`purpose`: what it is for)."""
         world = self._world
         threads = {cpu.index: thread for cpu, thread in zip(aps.cpus, aps.threads)}
 
@@ -406,9 +452,6 @@ class KvmX86SmpBackend(_PerVcpu):
                     waiting = [c for c in others if not stopped(c)]
                     if not waiting:
                         return
-                    if aps.stopping and purpose == "the snapshot":
-                        raise BackendError("the run ended on another vCPU while every vCPU was being stopped for "
-                                           "the snapshot")
                     if time.monotonic() > deadline:
                         raise BackendError("vCPU " + ", ".join(str(c.index) for c in waiting) + " did not stop "
                                            f"for {purpose} within {STOP_TIMEOUT:g}s")
@@ -491,19 +534,18 @@ class KvmX86SmpBackend(_PerVcpu):
         """vCPU 0's state and the VM's chips (KvmX86Backend.export_cpu) and,
         in `aps`, every other vCPU's, local APIC and MP state included. Call
         inside world_stopped()."""
+        pending = {}
         for cpu in self._cpus[1:]:
-            ev = cpu.unhandled
-            if ev is not None:
-                what = f"port {ev.port:#x}" if type(ev) is PortIO else f"MMIO at {ev.addr:#x}"
-                raise BackendError(f"vCPU {cpu.index} was stopped at the end of the run in the middle of an access "
-                                   f"({what}) the machine did not handle: that is no state it can resume from "
-                                   "(save at a breakpoint instead)")
+            if cpu.unhandled is not None:
+                pending[cpu.index] = _pending_text(cpu.index, cpu.unhandled)
         self.settle_io()
         self.vcpu.get_mp_state()   # as for the APs (_capture_ap): an INIT another vCPU sent it is taken now
         self.vcpu.forget_sync()
         text = KvmX86Backend.export_cpu(self)
         if len(self._cpus) > 1:
             text["aps"] = [x86_state.to_text(_capture_ap(cpu)) for cpu in self._cpus[1:]]
+            for index, access in pending.items():
+                text["aps"][index - 1]["pending"] = access
         return text
 
     def snapshot_machine(self) -> dict:
@@ -526,12 +568,52 @@ class KvmX86SmpBackend(_PerVcpu):
         elif count != len(self._cpus):
             raise BackendError(f"the saved state is of a machine with {count} vCPUs; this VM has {len(self._cpus)}")
         KvmX86Backend.import_cpu(self, {k: v for k, v in text.items() if k != "aps"})
-        for cpu, state in zip(self._cpus[1:], states):
+        firsts = [_pending_event(i, t.get("pending")) for i, t in enumerate(aps, start=1)]
+        for cpu, state, first in zip(self._cpus[1:], states, firsts):
+            cpu.first = first
             x86_state.restore(cpu.vcpu, state)
             # Into KVM now, not staged in kvm_run: a vCPU waiting for INIT takes
             # staged registers only at its first KVM_RUN after the SIPI, over
             # the state the SIPI gave it.
             cpu.vcpu.flush_staged()
+
+
+def _pending_text(index: int, ev: Event) -> dict:
+    """An AP's access the run ended before the machine handled it (its thread
+    stopped with the run), for the snapshot. A write is saved: _capture_ap
+    completes it in KVM (KVM_RUN with immediate_exit: the instruction is done,
+    as the guest sees it) and a child's device sees the data before the AP
+    runs on. A read is refused: KVM finishes the instruction only with the
+    answer, and until then the vCPU's state is not consistent (KVM's API doc,
+    KVM_EXIT_IO/MMIO), so there is nothing to resume from."""
+    if type(ev) is PortIO:
+        what = f"port {ev.port:#x}"
+        text = {"port": hex(ev.port), "size": ev.size, "count": ev.count, "data": ev.data.hex()}
+    else:
+        what = f"MMIO at {ev.addr:#x}"
+        text = {"mmio": hex(ev.addr), "size": ev.size, "data": ev.data.hex()}
+    if not ev.write:
+        raise BackendError(f"vCPU {index} was stopped at the end of the run in the middle of a read ({what}, "
+                           f"{ev.size} byte(s)) the machine did not answer (the run ended first): KVM completes "
+                           "that instruction only with the answer, and until then the vCPU's state is not one to "
+                           "resume from, so the end of this run cannot be saved (writes can; save at a breakpoint "
+                           "instead)")
+    return text
+
+
+def _pending_event(index: int, text) -> Event | None:
+    """The write a saved AP had pending (_pending_text), as the event its child's device sees first."""
+    if text is None:
+        return None
+    try:
+        data = bytes.fromhex(text["data"])
+        if "port" in text:
+            ev: Event = PortIO(int(text["port"], 16), int(text["size"]), True, data, int(text["count"]))
+        else:
+            ev = Mmio(int(text["mmio"], 16), int(text["size"]), True, data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BackendError(f"vCPU {index}'s pending write is malformed ({type(e).__name__}: {e})") from None
+    return ev
 
 
 def _capture_ap(cpu: _PerVcpu) -> x86_state.X86CpuState:

@@ -57,7 +57,7 @@ PIT = ("pit2", "struct kvm_pit_state2", "KVM_GET_PIT2", "KVM_SET_PIT2", None)
 _RESTORE_ORDER = ("xcrs", "xsave", "debugregs", "lapic", "mp_state", "events")
 _BLOB_TYPES = {name: (ctype, set_) for name, ctype, _get, set_, _cap in BLOBS + (LAPIC,)}
 
-_msr_cache: dict[tuple[int, bool], tuple[int, ...]] = {}   # (pid, in-kernel LAPIC) -> MSR indices
+_msr_cache: dict[tuple, tuple[int, ...]] = {}   # (pid, in-kernel LAPIC, CPUID edits) -> MSR indices
 _blob_cache: tuple[int, tuple[str, ...]] | None = None
 
 
@@ -67,8 +67,10 @@ def restorable_msrs(kvm: Kvm, vcpu: Vcpu, lapic: bool = False) -> tuple[int, ...
     TSC_ADJUST sorted before TSC, as KVM wants them). Separately for vCPUs
     with an in-kernel local APIC (`lapic`): KVM takes more MSRs there (e.g.
     MSR_KVM_PV_EOI_EN), and a list probed on one made every later reset of a
-    plain vCPU in that process fail."""
-    key = (os.getpid(), lapic)
+    plain vCPU in that process fail. And per CPUID table (`cpu.cpuid` edits,
+    Vcpu.cpuid_key): KVM refuses an MSR whose feature the guest's CPUID lacks
+    (TSC_AUX without RDTSCP, ...)."""
+    key = (os.getpid(), lapic, getattr(vcpu, "cpuid_key", None))
     found = _msr_cache.get(key)
     if found is None:
         indices = kvm.msr_index_list()

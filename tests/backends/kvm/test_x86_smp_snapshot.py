@@ -326,16 +326,91 @@ def test_an_smp_snapshot_does_not_load_on_the_emulator(smp_file):
 
 
 @pytest.mark.kvm
-def test_an_ap_stopped_amid_an_access_is_not_saved_at_the_end():
-    """The run ended while an AP's port access was not handled (its thread
-    stopped first): that AP has no state to resume from, and saving says so."""
+def test_an_ap_stopped_amid_a_read_is_not_saved_at_the_end():
+    """The run ended while an AP's port read was not answered (its thread
+    stopped first): KVM holds that instruction half done until it has the
+    answer, and saving says so (a write is saved: below)."""
     rig = load_rig(PARENT)
     with kvm_factory(rig)() as backend:
         backend._create_vcpu(prepare(rig).boot.state)
-        backend._cpus[1].unhandled = PortIO(0x3F8, 1, True, b"a", 1)
-        with pytest.raises(BackendError, match=r"vCPU 1 was stopped at the end of the run in the middle of an "
-                                               r"access \(port 0x3f8\)"):
+        backend._cpus[1].unhandled = PortIO(0x3F8, 1, False, b"", 1)
+        with pytest.raises(BackendError, match=r"vCPU 1 was stopped at the end of the run in the middle of a "
+                                               r"read \(port 0x3f8, 1 byte\(s\)\) the machine did not answer \(the "
+                                               r"run ended first\): KVM completes that instruction only with the "
+                                               r"answer"):
             backend.export_cpu()
+
+
+# vCPU 0 ends the run (an exit device write) while the AP has left KVM_RUN
+# with a port write the machine never handles (its thread stops with the run).
+# Forced, not timed: the AP writes only after GO, which vCPU 0 sets just
+# before its end; test hooks hold vCPU 0's end until the AP's write is out of
+# KVM_RUN, and that write until the run has ended.
+AP_WRITES_AT_END = (hexof(START_AP + """
+    80 3d 00 50 00 00 01            # 1028: cmp byte [0x5000], 1   (the AP is ready)
+    75 f7                           # 102f: jne 0x1028
+    c6 05 04 50 00 00 01            # 1031: mov byte [0x5004], 1   (GO)
+    b0 07 e6 f4                     # 1038: mov al, 7; out 0xf4, al (the end)
+    80 3d 08 50 00 00 01            # 103c: cmp byte [0x5008], 1   (a child goes on here: the AP
+    75 f7                           # 1043: jne 0x103c              went on after its write)
+    fa f4                           # 1045: cli; hlt
+"""), hexof("""
+    fa 31 c0 8e d8                  # 8000: cli; ds = 0
+    c6 06 00 50 01                  # 8005: mov byte [0x5000], 1   (ready)
+    80 3e 04 50 01                  # 800a: cmp byte [0x5004], 1
+    75 f9                           # 800f: jne 0x800a
+    b0 78 e6 e9                     # 8011: mov al, 'x'; out 0xe9, al (pending as the run ends)
+    c6 06 08 50 01                  # 8015: mov byte [0x5008], 1   (done)
+    f4 eb fd                        # 801a: hlt; jmp 0x801a
+"""))
+
+
+@pytest.mark.kvm
+def test_an_ap_write_pending_at_the_end_is_saved_and_seen_first_by_the_childs_device(tmp_path, monkeypatch):
+    """`save:` at the end with an AP amid an unhandled port write: the write is
+    completed in KVM (the AP past its OUT) and recorded, never seen by the
+    parent's devices; the child's debugcon prints it before the AP goes on."""
+    from kvmrig.backends.kvm import x86_smp
+    out, seen = __import__("threading").Event(), []
+    next_event, quiesce = x86_smp.ApView.next_event, x86_smp.KvmX86SmpBackend.quiesce
+
+    def write_held(self):
+        ev = next_event(self)
+        if type(ev) is PortIO and ev.port == 0xE9:   # out of KVM_RUN: held until the run has ended
+            out.set()
+            deadline = time.monotonic() + 10
+            while not self.primary._aps.stopping and time.monotonic() < deadline:
+                time.sleep(0.001)
+            seen.append(self.primary._aps.stopping)
+        return ev
+
+    def end_held(self):   # vCPU 0's end waits until the AP's write is out
+        if self._aps is not None and not self._aps.stopping:
+            seen.append(out.wait(10))
+        return quiesce(self)
+    monkeypatch.setattr(x86_smp.ApView, "next_event", write_held)
+    monkeypatch.setattr(x86_smp.KvmX86SmpBackend, "quiesce", end_held)
+    bsp, ap = AP_WRITES_AT_END
+    parent = (f"kvmrig: 1\narch: x86_64\ntimeout: 10s\nmemory: [{{at: 0, size: 2M}}]\ncpus: 2\n"
+              "machine: {irqchip: true}\ndevices: [{type: exit, port: 0xf4}, {type: debugcon, port: 0xe9}]\n"
+              f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
+              "cpu: {mode: protected, entry: 0x1000}\nsave: at-end\nexpect: {exit: exit-code, exit_code: 7}\n")
+    outcome, _ = _run(tmp_path / "parent.yaml", tmp_path, parent)
+    assert seen == [True, True]   # the forced interleaving happened
+    assert outcome.failures == [] and outcome.console == b""   # the parent's device never saw it
+    path = PointStore(tmp_path).file(tmp_path / "parent.yaml", "at-end")
+    assert path.read_bytes().startswith(b"KVMRIG-SNAPSHOT 3\n")
+    snap = snapfile.read(path)
+    assert snap.ending is None   # saved after the run ended: its final state, children go on
+    assert snap.cpu["aps"][0]["pending"] == {"port": "0xe9", "size": 1, "count": 1, "data": "78"}
+    ap_regs = x86_state._struct("struct kvm_regs", _vcpus(snap)[1].regs)
+    assert ap_regs.rip == 0x15   # 0800:0015, past its OUT (completed in KVM)
+    monkeypatch.undo()
+    child = ("kvmrig: 1\narch: x86_64\nfrom: parent.yaml#at-end\ntimeout: 5s\n"
+             "expect: {exit: hlt, console: {contains: x}}\n")
+    child_outcome, child_end = _run(tmp_path / "child.yaml", tmp_path, child)
+    assert child_outcome.failures == [] and child_outcome.console == b"x"
+    assert "pending" not in child_end.cpu["aps"][0]   # delivered: nothing pending at the child's end
 
 
 @pytest.mark.kvm
@@ -409,3 +484,116 @@ def test_an_ap_that_took_its_sipi_while_out_of_kvm_run_is_saved_as_started(tmp_p
     sregs = x86_state._struct("struct kvm_sregs", state.sregs)
     assert _mp_state(state) == abi.KVM_MP_STATE_RUNNABLE
     assert (sregs.cs.selector, sregs.cs.base, regs.rip) == (0x800, 0x8000, 0)   # SIPI vector 0x08
+
+
+# The run ends on one vCPU while the machine is being stopped for another's
+# save (an exit device write or a fault, on an AP while vCPU 0 saves or on
+# vCPU 0 while an AP saves; the AP's fault, a UD2 in real mode with an empty
+# IVT, is a triple fault where the CPU runs real mode and an instruction KVM
+# cannot emulate on this kvm_pvm, which emulates it: either ends the run). The interleaving is forced, not timed: the
+# ender waits in memory for GO, which only the saving hit's `set` writes, and
+# the saver's stop waits (a test hook) until the ender has left KVM_RUN with
+# its end before it kicks anyone.
+ENDS_32 = {"exit": "b0 03 e6 f4 f4 eb fd",          # mov al, 3; out 0xf4, al; hlt; jmp hlt
+           "triple": "0f 01 1d 00 51 00 00 0f 0b"}  # lidt [0x5100] (limit 0); ud2
+ENDS_16 = {"exit": "b0 03 e6 f4 f4 eb fd",
+           "triple": "0f 01 1e 00 51 0f 0b"}        # lidt [0x5100]; ud2
+SAVER_32 = "80 3d 00 50 00 00 01 75 f7 90 eb fe"    # 1028: wait READY; 1031: nop (save); jmp $
+ENDER_32 = "c6 05 00 50 00 00 01 80 3d 04 50 00 00 01 75 f7 "   # READY = 1; wait GO; 1038: the end
+REAL = "fa 31 c0 8e d8 "                             # 8000: cli; ds = 0
+SAVER_16 = "80 3e 00 50 01 75 f9 90 eb fe"           # 8005: wait READY; 800c: nop (save); jmp $
+ENDER_16 = "c6 06 00 50 01 80 3e 04 50 01 75 f9 "     # READY = 1; wait GO; 8011: the end
+EXPECT_END = {"exit": "expect: {exit: exit-code, exit_code: 3}\n", "triple": ""}   # a fault: no normal end
+
+
+def _racer(saver: int, how: str) -> str:
+    bsp = hexof(START_AP) + hexof(SAVER_32 if saver == 0 else ENDER_32 + ENDS_32[how])
+    ap = hexof(REAL + (SAVER_16 if saver == 1 else ENDER_16 + ENDS_16[how]))
+    save_at = 0x1031 if saver == 0 else 0x800C
+    return (f"kvmrig: 1\narch: x86_64\ntimeout: 10s\nmemory: [{{at: 0, size: 2M}}]\ncpus: 2\n"
+            "machine: {irqchip: true}\ndevices: [{type: exit, port: 0xf4}]\n"
+            f"images: [{{hex: '{bsp}', at: 0x1000}}, {{hex: '{ap}', at: 0x8000}}]\n"
+            "cpu: {mode: protected, entry: 0x1000}\n"
+            f"breakpoints: [{{at: {save_at:#x}, hits: 1, save: here, set: {{memory: [{{at: 0x5004, u8: 1}}]}}}}]\n"
+            + EXPECT_END[how])
+
+
+@pytest.fixture
+def end_during_stop(monkeypatch):
+    """Hold the saver (before it starts stopping the machine: a vCPU kicked
+    meanwhile, e.g. by the 10 ms alarm, would park instead of ending the run)
+    until the vCPU that ends the run has left KVM_RUN with its end (an exit
+    device write, a fault), which then waits for the machine lock the saver
+    holds; yields a list that records, per save, whether it had."""
+    from kvmrig.backends.kvm import x86_smp
+    from kvmrig.backends.events import Shutdown, Unhandled
+    ended, seen = __import__("threading").Event(), []
+    next_event, world_stopped = x86_smp.KvmX86Backend._next_event, x86_smp.KvmX86SmpBackend.world_stopped
+
+    def spy(self, deadline):
+        ev = next_event(self, deadline)
+        if type(ev) is Shutdown or (type(ev) is PortIO and ev.port == 0xF4) or \
+                (type(ev) is Unhandled and not ev.detail.startswith("another vCPU")):
+            ended.set()
+        return ev
+
+    def held(self):
+        if self._aps is not None and not self._aps.stopping:   # a save mid-run (not the test's at the end)
+            seen.append(ended.wait(10))
+        return world_stopped(self)
+    monkeypatch.setattr(x86_smp._PerVcpu, "_next_event", spy, raising=False)
+    monkeypatch.setattr(x86_smp.KvmX86SmpBackend, "world_stopped", held)
+    return seen
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("saver, how", [(0, "exit"), (0, "triple"), (1, "exit"), (1, "triple")],
+                         ids=["vcpu0-saves-ap-exits", "vcpu0-saves-ap-faults",
+                              "ap-saves-vcpu0-exits", "ap-saves-vcpu0-triple-faults"])
+def test_a_point_saved_as_another_vcpu_ends_the_run_records_the_end_and_its_child_ends_so(
+        tmp_path, end_during_stop, saver, how):
+    """The point is saved (the machine as it stopped, the ender's last event
+    handled and completed) with `ending`: the run's end, which vCPU, why. Its
+    child ends the same way before any instruction, in the same state."""
+    outcome, parent_end = _run(tmp_path / "racer.yaml", tmp_path, _racer(saver, how))
+    assert end_during_stop[0] is True   # the forced interleaving happened
+    ender = 1 - saver
+    failed = [] if how == "exit" else ["exit"]   # a fault is not a normal end: the exit check fails
+    assert [f.what for f in outcome.failures] == failed and outcome.hits[0].cpu == saver
+    assert outcome.exit in (("exit-code",) if how == "exit" else ("shutdown", "unhandled"))
+    path = PointStore(tmp_path).file(tmp_path / "racer.yaml", "here")
+    assert path.read_bytes().startswith(b"KVMRIG-SNAPSHOT 3\n")
+    snap = snapfile.read(path)
+    assert snap.ending["cpu"] == ender and snap.ending["exit"] == outcome.exit
+    assert snap.ending["code"] == outcome.exit_code and snap.ending["detail"] == outcome.detail
+    if ender:
+        assert outcome.detail.startswith("vCPU 1: ")
+    # The saver is at its breakpoint; the ender past its exit write (completed).
+    regs = [x86_state._struct("struct kvm_regs", v.regs) for v in _vcpus(snap)]
+    sregs = [x86_state._struct("struct kvm_sregs", v.sregs) for v in _vcpus(snap)]
+    assert sregs[saver].cs.base + regs[saver].rip == (0x1031 if saver == 0 else 0x800C)
+    if how == "exit":
+        assert sregs[ender].cs.base + regs[ender].rip == (0x103C if ender == 0 else 0x8015)
+    child = "kvmrig: 1\narch: x86_64\nfrom: racer.yaml#here\ntimeout: 5s\n" + EXPECT_END[how]
+    child_outcome, child_end = _run(tmp_path / "child.yaml", tmp_path, child)
+    assert [f.what for f in child_outcome.failures] == failed
+    assert (child_outcome.exit, child_outcome.exit_code, child_outcome.detail) == \
+        (outcome.exit, outcome.exit_code, outcome.detail)
+    assert any("was ending as it saved it" in n for n in child_outcome.notes), child_outcome.notes
+    assert child_outcome.regs == outcome.regs
+    _same_end(child_end, parent_end)
+
+
+@pytest.mark.kvm
+def test_a_point_that_cannot_be_saved_mid_run_is_a_failure_and_the_run_goes_on(tmp_path):
+    """A save at a hit that fails (here: the points folder is a file) is a
+    `snapshot` failure naming the point and why, on either vCPU; the run ends
+    as it would have."""
+    blocker = tmp_path / "points"
+    blocker.write_text("not a folder")
+    outcome, _ = _run(PARENT, blocker)
+    assert (outcome.exit, outcome.exit_code) == ("exit-code", 8000)
+    unsaved = [f for f in outcome.failures if f.what == "snapshot"]
+    assert sorted(f.expected for f in unsaved) == sorted(f"point {p!r} saved" for p in POINTS)
+    assert all(f.actual.startswith("not saved: ") and f.mark is not None for f in unsaved), unsaved
+    assert len(unsaved) == len(outcome.failures)
