@@ -32,13 +32,20 @@ class Forked:
                 stream.flush()
             except (OSError, ValueError, AttributeError):
                 pass
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(readable)
+            os.close(writable)
+            raise
         if pid == 0:   # the child
             code = 1
             try:
                 os.close(readable)
                 target(*args)
                 code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
             except KeyboardInterrupt:
                 code = 130
             except BaseException:   # a bug in the child: say it where the parent's stderr goes

@@ -183,6 +183,10 @@ class _Worker:
         try:
             self.proc = Forked(_worker, (jobs_r, answers_w, executor, os.getpid(),
                                          (self.jobs_fd, self.answers_fd, *others), reuse))
+        except BaseException:   # no fork (out of memory or processes): no pipes left behind either
+            os.close(self.jobs_fd)
+            os.close(self.answers_fd)
+            raise
         finally:
             os.close(jobs_r)
             os.close(answers_w)

@@ -36,6 +36,14 @@ def test_a_child_that_raises_exits_1_with_the_traceback_on_stderr(capfd):
     proc.close()
 
 
+def test_a_child_that_exits_gives_its_status():
+    import sys
+    proc = Forked(sys.exit, (7,))
+    proc.join(10)
+    assert proc.exitcode == 7
+    proc.close()
+
+
 def test_a_child_never_runs_the_parents_atexit_handlers(tmp_path):
     # os._exit: a worker must not write the parent's reports or remove its folders.
     import atexit
