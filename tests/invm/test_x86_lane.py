@@ -62,19 +62,38 @@ pytestmark = [pytest.mark.x86vm, pytest.mark.skipif(MISSING is not None, reason=
 SELECT = "not firmware and not both_arches and not arm64"
 #: debug rigs on reused VMs (single-step there once stepped nothing on SVM KVM)
 REUSE_TEST = "tests/machine/test_reuse.py::test_debug_rigs_on_reused_vms_end_as_on_fresh_ones"
-COMMAND = f"""
+#: `bounded SECONDS LOG COMMAND...`: run COMMAND (output to LOG) in the background;
+#: if it is still running after SECONDS, append every Python process's stacks
+#: (faulthandler, on SIGABRT) to LOG and end it, so that a hang in the VM comes
+#: back as a diagnosis in LOG instead of the whole VM timing out blind.
+BOUNDED = """
+bounded() {
+  limit=$1; log=$2; shift 2
+  : > "$log"
+  "$@" >> "$log" 2>&1 &   # appending: the note below is not overwritten by the stacks
+  pid=$!; waited=0
+  while kill -0 $pid 2>/dev/null && [ $waited -lt $limit ]; do sleep 1; waited=$((waited + 1)); done
+  if kill -0 $pid 2>/dev/null; then
+    echo "still running after ${limit}s: the Python stacks of every process follow" >> "$log"
+    for d in /proc/[0-9]*; do grep -q python3 "$d/cmdline" 2>/dev/null && kill -ABRT "${d#/proc/}"; done
+    sleep 5
+  fi
+  wait $pid
+}
+"""
+COMMAND = BOUNDED + f"""
 set +e
-KVMRIG_KVM_DEBUG=native KVMRIG_NATIVE_TALLY=tally.json python3 -m pytest -p no:cacheprovider \
-  -p tests.invm.x86_lane_tally -q -rfE --junitxml=pytest.xml \
+bounded 360 pytest.log env KVMRIG_KVM_DEBUG=native KVMRIG_NATIVE_TALLY=tally.json python3 -X faulthandler -m pytest \
+  -p no:cacheprovider -p tests.invm.x86_lane_tally -q -rfE --junitxml=pytest.xml \
   tests/machine/test_debug_kvm.py tests/backends/kvm/test_system.py tests/backends/kvm/test_x86_smp.py \
   tests/test_examples.py \
-  {REUSE_TEST} -k "{SELECT}" > pytest.log 2>&1
+  {REUSE_TEST} -k "{SELECT}"
 echo $? > pytest.status
 tail -5 pytest.log
 """
 LINUX_RIGS = "rigs-kvm/linux-x86_64"
 LINUX_COMMAND = f"""
-python3 -m kvmrig run -j 1 --junit "" --json linux.json {LINUX_RIGS} > linux.log 2>&1
+bounded 420 linux.log python3 -X faulthandler -m kvmrig run -j 1 --junit "" --json linux.json {LINUX_RIGS}
 echo $? > linux.status
 tail -3 linux.log
 """
