@@ -166,13 +166,7 @@ class Frames:
             if len(chunk) < CHUNK:
                 break
         out = []
-        start = 0
-        buf = self.buf
-        while len(buf) - start >= 4:
-            end = start + 4 + int.from_bytes(buf[start:start + 4], "little")
-            if end > len(buf):
-                break
-            out.append(pickle.loads(buf[start + 4:end]))
-            start = end
-        del buf[:start]
+        while end := self._whole():
+            out.append(pickle.loads(self.buf[4:end]))
+            del self.buf[:end]
         return out, eof

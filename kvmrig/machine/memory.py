@@ -63,7 +63,7 @@ class Memory:
             self.close()
             raise
         self._starts = [b.start for b in self.backings]
-        self._spans = [(b.start, b.end, b.buf) for b in self.backings]   # for zero_ranges: no lookups
+        self._spans = [(b.start, b.end, b.buf) for b in self.backings]   # for _span and zero_ranges: no lookups
         self.written: set[int] | None = None   # pages written from the host side, once tracked
 
     def track_writes(self) -> None:
@@ -122,27 +122,28 @@ class Memory:
             return self.backings[i]
         return None
 
-    def _span(self, addr: int, length: int) -> tuple[Backing, int]:
-        b = self.find(addr)
-        if b is None or addr + length > b.end:
+    def _span(self, addr: int, length: int) -> tuple[mmap.mmap, int]:
+        """(the region's buffer, offset of `addr` in it) for `length` bytes
+        inside one region, else OutsideMemory. On _spans, without a Backing
+        lookup: the loader writes through here for every rig."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0 or addr >= self._spans[i][1] or addr + length > self._spans[i][1]:
             raise OutsideMemory(f"{addr:#x}..{addr + length:#x} is not inside one memory region")
-        return b, addr - b.start
+        at, _end, buf = self._spans[i]
+        return buf, addr - at
 
     def contains(self, addr: int, length: int) -> bool:
         b = self.find(addr)
         return b is not None and addr + length <= b.end
 
     def read(self, addr: int, length: int) -> bytes:
-        b, off = self._span(addr, length)
-        return b.buf[off:off + length]
+        buf, off = self._span(addr, length)
+        return buf[off:off + length]
 
     def write(self, addr: int, data: bytes) -> None:
         """Write guest memory from the host side (ROM included: this is the loader)."""
-        i = bisect.bisect_right(self._starts, addr) - 1   # _span()'s checks, on _spans (per rig: the loader)
-        if i < 0 or addr >= self._spans[i][1] or addr + len(data) > self._spans[i][1]:
-            raise OutsideMemory(f"{addr:#x}..{addr + len(data):#x} is not inside one memory region")
-        at, _end, buf = self._spans[i]
-        buf[addr - at:addr - at + len(data)] = data
+        buf, off = self._span(addr, len(data))
+        buf[off:off + len(data)] = data
         if self.written is not None:
             self.written.update(range(addr & ~(PAGE - 1), addr + len(data), PAGE))
 

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmrig.arch import registers
 from kvmrig.backends.base import Backend
@@ -37,7 +38,6 @@ from kvmrig.machine.memory import Memory, OutsideMemory
 from kvmrig.machine.outcome import Failure, Hit, Outcome, Stop
 from kvmrig.machine.pcdevices import MachineContext
 from kvmrig.machine.plan import Plan
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # snapshots and golden files load with the first rig that uses them
     from kvmrig.machine.points import PointStore

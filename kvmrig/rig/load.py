@@ -39,7 +39,6 @@ from kvmrig.rig.yamlmarks import JsonPath, Marks, format_path, load_yaml
 
 PAGE = 0x1000
 ADDRESS_LIMIT = 1 << 48  # guest-physical addresses kvmrig maps (4-level paging, KVM)
-DEFAULT_MODES = m.DEFAULT_MODES
 MODES = {"x86_64": m.X86_MODES, "arm64": m.ARM64_MODES}
 MEM_WIDTHS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64}
 PC_TESTDEV_MMIO = 0xFF000000  # QEMU's pc-testdev iomem window (64 KiB)
@@ -707,7 +706,7 @@ class _Builder:
     def cpu(self) -> m.Cpu:
         raw = self.data.get("cpu", {})
         p: JsonPath = ("cpu",)
-        mode = raw.get("mode", DEFAULT_MODES[self.arch])
+        mode = raw.get("mode", m.DEFAULT_MODES[self.arch])
         if any(img.get("format") == "multiboot" for img in self.data.get("images", [])):
             if "mode" in raw and mode != "protected":
                 self.fail(p + ("mode",), "a multiboot kernel starts in protected mode (leave mode out)")
